@@ -1,0 +1,167 @@
+"""A reusable linearisation of a network: trace ``jvp`` once, split it in two.
+
+``torch.func.linearize`` re-traces the model at every call, which costs about
+one gradient per HF step. Here the forward-mode derivative of the network is
+traced once per input shape into an FX graph of aten operations and split
+into
+
+* a *primal* graph ``(params, buffers, x) ↦ (z, saved…)``: the forward pass,
+  also returning the intermediate values that the tangent computation needs;
+* a *tangent* graph ``(saved…, v) ↦ J v``: only the operations that touch the
+  tangent ``v``.
+
+Per HF step the primal graph runs once, under autograd, which gives the
+outputs, the gradient and the reverse-mode ``Jᵀ u`` from one forward pass;
+every CG product then runs only the tangent graph and one backward pass.
+
+The trace is made with functionalisation (no in-place updates, so values
+saved for the tangent graph cannot be overwritten later in the primal graph)
+and is only valid for models whose forward pass does not branch on data
+values; :meth:`TracedLinearization.build` checks the traced forward against
+the model's own forward once per input shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, fx, nn
+from torch.func import functional_call, functionalize, jvp
+from torch.fx.experimental.proxy_tensor import make_fx
+
+__all__ = ["TracedLinearization"]
+
+
+class TracedLinearization:
+    """Primal and tangent graphs of one model at one input shape.
+
+    Args:
+        primal: ``(*params, *others, x) ↦ (z, *saved)``.
+        tangent: ``(*saved, *v) ↦ J v``.
+        num_saved: Number of saved intermediate values.
+    """
+
+    def __init__(self, primal: fx.GraphModule, tangent: fx.GraphModule, num_saved: int) -> None:
+        self.primal = primal
+        self.tangent = tangent
+        self.num_saved = num_saved
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        param_names: Sequence[str],
+        other_names: Sequence[str],
+        params: Sequence[Tensor],
+        others: Sequence[Tensor],
+        x: Tensor,
+        atol: float = 1e-4,
+    ) -> TracedLinearization:
+        """Trace ``v ↦ J v`` of ``model`` w.r.t. ``params`` at inputs shaped like ``x``.
+
+        Args:
+            model: The network, in the mode it will be used in.
+            param_names: Names of the differentiated parameters.
+            other_names: Names of all other parameters and buffers (inputs of
+                the graphs, held constant).
+            params: Values of the differentiated parameters.
+            others: Values of the other tensors.
+            x: An input batch (its values are used for tracing and checking).
+            atol: Tolerance of the check against the model's own forward.
+
+        Raises:
+            RuntimeError: If the traced forward pass disagrees with the
+                model's (data-dependent control flow) or tracing fails.
+        """
+        n_p, n_o = len(params), len(others)
+
+        def jvp_of_model(p: list[Tensor], o: list[Tensor], inp: Tensor, v: list[Tensor]):
+            def f(p_: tuple[Tensor, ...]) -> Tensor:
+                state = dict(zip(param_names, p_, strict=True))
+                state.update(zip(other_names, o, strict=True))
+                return functional_call(model, state, (inp,))
+
+            return jvp(f, (tuple(p),), (tuple(v),))
+
+        tangents = [torch.zeros_like(p) for p in params]
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            gm = make_fx(functionalize(jvp_of_model, remove="mutations"))(
+                list(params), list(others), x, tangents
+            )
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 2 * n_p + n_o + 1:
+            raise RuntimeError("unexpected number of inputs in the traced graph")
+        primal_in = placeholders[: n_p + n_o + 1]
+        tangent_in = placeholders[n_p + n_o + 1 :]
+        out_node = next(n for n in gm.graph.nodes if n.op == "output")
+        z_node, jv_node = out_node.args[0]
+
+        # which nodes depend on the tangent
+        tdep: set[fx.Node] = set(tangent_in)
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and any(a in tdep for a in node.all_input_nodes):
+                tdep.add(node)
+        if jv_node not in tdep:
+            raise RuntimeError("the outputs do not depend on the parameters")
+        needed: list[fx.Node] = []
+        for node in gm.graph.nodes:
+            if node in tdep:
+                for a in node.all_input_nodes:
+                    if a not in tdep and a not in needed:
+                        needed.append(a)
+
+        primal_graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            if node in tdep or node.op == "output":
+                continue
+            env[node] = primal_graph.node_copy(node, lambda n: env[n])
+        primal_graph.output((env[z_node], *(env[n] for n in needed)))
+        primal_graph.eliminate_dead_code()
+
+        tangent_graph = fx.Graph()
+        tenv: dict[fx.Node, fx.Node] = {}
+        for i, n in enumerate(needed):
+            tenv[n] = tangent_graph.placeholder(f"saved_{i}")
+        for node in gm.graph.nodes:
+            if node in tdep:
+                tenv[node] = tangent_graph.node_copy(node, lambda n: tenv[n])
+        tangent_graph.output(tenv[jv_node])
+        tangent_graph.eliminate_dead_code()
+
+        del primal_in
+        lin = cls(fx.GraphModule(gm, primal_graph), fx.GraphModule(gm, tangent_graph), len(needed))
+        with torch.no_grad():
+            z_traced = lin.primal(*params, *others, x)[0]
+            z_model = functional_call(
+                model,
+                {
+                    **dict(zip(param_names, params, strict=True)),
+                    **dict(zip(other_names, others, strict=True)),
+                },
+                (x,),
+            )
+        if z_traced.shape != z_model.shape or not torch.allclose(
+            z_traced, z_model, atol=atol, rtol=1e-4
+        ):
+            raise RuntimeError("the traced forward pass differs from the model's own forward pass")
+        return lin
+
+    def forward(
+        self, params: Sequence[Tensor], others: Sequence[Tensor], x: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Run the primal graph; returns the outputs and the saved values.
+
+        Runs under the caller's autograd mode, so with parameters that require
+        gradients the outputs carry a graph for ``Jᵀ u``.
+        """
+        res = self.primal(*params, *others, x)
+        return res[0], [s.detach() for s in res[1:]]
+
+    def jvp(self, saved: Sequence[Tensor], v: Sequence[Tensor]) -> Tensor:
+        """``J v`` from the saved values of :meth:`forward`."""
+        with torch.no_grad():
+            return self.tangent(*saved, *v)

@@ -1,0 +1,342 @@
+"""Curvature of a mini-batch loss as a linear operator on flat parameter vectors.
+
+:func:`linearize_curvature` evaluates, at the current parameters θ and on a
+batch B, the loss ``L_B(θ)``, its gradient ``g`` and an operator ``v ↦ C v``
+where ``C`` is either
+
+* the generalised Gauss-Newton matrix ``G = Jᵀ H J`` (``J`` the Jacobian of the
+  network outputs w.r.t. θ, ``H`` the Hessian of the loss w.r.t. the outputs),
+  or
+* the Hessian ``∇²L_B(θ)``.
+
+Two back-ends compute the products:
+
+* ``"func"`` (default): the forward pass and its linearisation are computed
+  once per step and reused by every product. A GGN product is then one
+  tangent pass ``v → J v``, the closed-form ``J v → H J v`` and one backward pass
+  ``H J v → Jᵀ H J v``; a Hessian product is one backward pass through the
+  retained double-backward graph of the gradient.
+* ``"backpack"``: BackPACK's R-op products (``backpack.hessianfree``), which
+  redo the double-backward R-op for every product, as the paper's reference
+  implementation does; kept for comparison.
+
+With ``chunk_size`` the batch is processed in chunks and everything is summed
+exactly: a chunk's loss is weighted by ``n_c / N`` for mean-reduced losses and
+by 1 for sum-reduced ones, so loss, gradient and products equal the full-batch
+quantities. By default a chunked product recomputes each chunk's forward pass
+(memory of one chunk); ``cache_chunks=True`` keeps every chunk's linearisation
+(memory of the whole batch, no recomputation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hfft._params import FlatSpace, ModelState
+from hfft.losses import Loss, loss_reduction, output_hessian
+
+__all__ = [
+    "BACKENDS",
+    "CURVATURES",
+    "CurvatureOperator",
+    "LinearizationCache",
+    "batch_loss",
+    "linearize_curvature",
+    "split_batch",
+]
+
+CURVATURES = ("ggn", "hessian")
+BACKENDS = ("func", "backpack")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a batch and its weight in the batch loss."""
+
+    inputs: Tensor
+    targets: Tensor
+    weight: float
+
+
+def split_batch(
+    inputs: Tensor, targets: Tensor, chunk_size: int | None, reduction: str
+) -> list[Chunk]:
+    """Split a batch into chunks whose weighted losses sum to the batch loss.
+
+    Args:
+        inputs: Batch inputs, samples along the first dimension.
+        targets: Batch targets, samples along the first dimension.
+        chunk_size: Samples per chunk; ``None`` for one chunk.
+        reduction: ``"mean"`` (weights ``n_c / N``) or ``"sum"`` (weights 1).
+
+    Raises:
+        ValueError: For a non-positive chunk size or mismatched batch sizes.
+    """
+    n = inputs.shape[0]
+    if targets.shape[0] != n:
+        raise ValueError(f"inputs hold {n} samples but targets hold {targets.shape[0]}")
+    if chunk_size is None or chunk_size >= n:
+        return [Chunk(inputs, targets, 1.0)]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    chunks = []
+    for start in range(0, n, chunk_size):
+        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+        weight = x.shape[0] / n if reduction == "mean" else 1.0
+        chunks.append(Chunk(x, y, weight))
+    return chunks
+
+
+@torch.no_grad()
+def batch_loss(model: nn.Module, loss_fn: Loss, chunks: Sequence[Chunk]) -> float:
+    """The batch loss at the model's current parameters, summed over chunks."""
+    total = 0.0
+    for c in chunks:
+        total += c.weight * float(loss_fn(model(c.inputs), c.targets))
+    return total
+
+
+class LinearizationCache:
+    """Traced linearisations of one model, keyed by input shape and mode.
+
+    Tracing costs about one gradient and is done once per input shape; a
+    model that cannot be traced (or whose trace does not reproduce its forward
+    pass) falls back to ``torch.func.jvp`` for every product, recorded in
+    :attr:`fallback_reason`.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self.fallback_reason: str | None = None
+
+    def get(self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Tensor) -> Any:
+        from hfft._trace import TracedLinearization
+
+        key = (
+            id(model),
+            model.training,
+            tuple(x.shape),
+            x.dtype,
+            str(x.device),
+            tuple(state.param_names),
+            tuple(tuple(p.shape) for p in params),
+        )
+        if key not in self._cache:
+            try:
+                self._cache[key] = TracedLinearization.build(
+                    model, state.param_names, state.other_names, params, state.others, x
+                )
+            except Exception as err:  # any tracing failure: use the untraced path
+                self.fallback_reason = f"{type(err).__name__}: {err}"
+                self._cache[key] = None
+        return self._cache[key]
+
+
+class CurvatureOperator:
+    """Loss, gradient and curvature products of a batch at fixed parameters.
+
+    Create with :func:`linearize_curvature`. ``matvec`` maps a flat vector to
+    the flat curvature-vector product; it is deterministic for a
+    deterministic model.
+
+    Attributes:
+        loss: Batch loss ``L_B(θ)`` (without any L2 term).
+        grad: Flat gradient ``∇L_B(θ)``.
+        num_products: Products computed so far.
+    """
+
+    loss: float
+    grad: Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Loss,
+        chunks: list[Chunk],
+        params: Sequence[Tensor],
+        cache_chunks: bool,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.chunks = chunks
+        # a private copy: the optimizer writes trial parameters into the model while
+        # this operator's graphs still need the values they were built at
+        self.params = [p.detach().clone() for p in params]
+        self.space = FlatSpace(params)
+        self.state = ModelState(model, params)
+        self.keep = cache_chunks or len(chunks) == 1
+        self.num_products = 0
+        self._prepared: list[Any] = []
+        loss = 0.0
+        grad = [torch.zeros_like(p) for p in self.params]
+        for c in chunks:
+            prep, loss_c, grad_c = self._prepare(c)
+            loss += c.weight * loss_c
+            for acc, g in zip(grad, grad_c, strict=True):
+                acc.add_(g, alpha=c.weight)
+            if self.keep:
+                self._prepared.append(prep)
+        self.loss = loss
+        self.grad = self.space.flatten(grad)
+
+    def _leaves(self) -> list[Tensor]:
+        return [p.detach().requires_grad_(True) for p in self.params]
+
+    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+        raise NotImplementedError
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        raise NotImplementedError
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``v ↦ C v`` for a flat vector ``v``."""
+        vs = self.space.unflatten(v)
+        out: Tensor | None = None
+        for i, c in enumerate(self.chunks):
+            prep = self._prepared[i] if self.keep else self._prepare(c)[0]
+            cv = self.space.flatten(self._product(prep, c, vs, retain=self.keep))
+            out = cv * c.weight if out is None else out.add_(cv, alpha=c.weight)
+        self.num_products += 1
+        assert out is not None
+        return out
+
+    __call__ = matvec
+
+
+class _FuncGGN(CurvatureOperator):
+    def __init__(self, *args: Any, lin_cache: LinearizationCache, **kwargs: Any) -> None:
+        self.lin_cache = lin_cache
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+        lin = self.lin_cache.get(self.model, self.state, self.params, chunk.inputs)
+        leaves = self._leaves()
+        with torch.enable_grad():
+            if lin is not None:
+                z, saved = lin.forward(leaves, self.state.others, chunk.inputs)
+            else:
+                z = torch.func.functional_call(
+                    self.model, self.state.state(leaves), (chunk.inputs,)
+                )
+                saved = []
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, retain_graph=True)
+        hvp = output_hessian(self.loss_fn, z, chunk.targets)
+        return (lin, leaves, z, saved, hvp), float(loss.detach()), list(grads)
+
+    def _jvp(self, lin: Any, saved: list[Tensor], x: Tensor, vs: list[Tensor]) -> Tensor:
+        if lin is not None:
+            return lin.jvp(saved, vs)
+
+        def f(*p: Tensor) -> Tensor:
+            return torch.func.functional_call(self.model, self.state.state(p), (x,))
+
+        with torch.no_grad():
+            return torch.func.jvp(f, tuple(self.params), tuple(vs))[1]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        lin, leaves, z, saved, hvp = prep
+        jv = self._jvp(lin, saved, chunk.inputs, vs)  # v → J v
+        hjv = hvp(jv)  # J v → H J v
+        return torch.autograd.grad(z, leaves, hjv, retain_graph=retain)  # → Jᵀ H J v
+
+
+class _FuncHessian(CurvatureOperator):
+    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+        leaves = self._leaves()
+        with torch.enable_grad():
+            z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        return (leaves, grads), float(loss.detach()), [g.detach() for g in grads]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        leaves, grads = prep
+        # v → ∇(gᵀv): reverse-over-reverse through the retained gradient graph
+        return torch.autograd.grad(grads, leaves, vs, retain_graph=retain)
+
+
+class _BackpackCurvature(CurvatureOperator):
+    def __init__(self, *args: Any, curvature: str, **kwargs: Any) -> None:
+        self.curvature = curvature
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+        leaves = self._leaves()
+        with torch.enable_grad():
+            z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        return (leaves, z, loss), float(loss.detach()), [g.detach() for g in grads]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+        from backpack.hessianfree.hvp import hessian_vector_product
+
+        leaves, z, loss = prep
+        with torch.enable_grad():
+            if self.curvature == "ggn":
+                out = ggn_vector_product_from_plist(loss, z, leaves, vs)
+            else:
+                out = hessian_vector_product(loss, leaves, vs)
+        return [o.detach() for o in out]
+
+
+def linearize_curvature(
+    model: nn.Module,
+    loss_fn: Loss,
+    inputs: Tensor,
+    targets: Tensor,
+    params: Sequence[Tensor] | None = None,
+    *,
+    curvature: str = "ggn",
+    backend: str = "func",
+    chunk_size: int | None = None,
+    cache_chunks: bool = False,
+    lin_cache: LinearizationCache | None = None,
+) -> CurvatureOperator:
+    """Loss, gradient and curvature operator of ``loss_fn(model(inputs), targets)``.
+
+    The model is used in the mode it is in (``train()``/``eval()``); for
+    products that define one quadratic model it must be a deterministic
+    function of its parameters and inputs.
+
+    Args:
+        model: The network; its parameters are read, never changed.
+        loss_fn: ``loss_fn(outputs, targets)``, mean- or sum-reduced.
+        inputs: Batch inputs.
+        targets: Batch targets.
+        params: The parameters to differentiate (default: all of the model's
+            parameters that require gradients).
+        curvature: ``"ggn"`` or ``"hessian"``.
+        backend: ``"func"`` or ``"backpack"``.
+        chunk_size: Process the batch in chunks of this many samples.
+        cache_chunks: Keep every chunk's linearisation instead of recomputing
+            it per product.
+        lin_cache: Traced linearisations to reuse across calls (``"func"`` GGN).
+
+    Returns:
+        The :class:`CurvatureOperator`.
+
+    Raises:
+        ValueError: For an unknown curvature or back-end.
+    """
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    chunks = split_batch(inputs, targets, chunk_size, loss_reduction(loss_fn))
+    args = (model, loss_fn, chunks, params)
+    if backend == "backpack":
+        return _BackpackCurvature(*args, cache_chunks=cache_chunks, curvature=curvature)
+    if curvature == "hessian":
+        return _FuncHessian(*args, cache_chunks=cache_chunks)
+    cache = lin_cache if lin_cache is not None else LinearizationCache()
+    return _FuncGGN(*args, cache_chunks=cache_chunks, lin_cache=cache)

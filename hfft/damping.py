@@ -1,0 +1,54 @@
+"""Levenberg-Marquardt adaptation of the Tikhonov damping λ.
+
+Martens (2010, §4.1): compare the actual change of the objective with the
+change the quadratic model predicted,
+
+    ρ = (f(θ + p) − f(θ)) / (q(p) − q(0)),
+
+and make the model more conservative when it over-promises:
+``λ ← 3/2 · λ`` if ``ρ < 1/4``, ``λ ← 2/3 · λ`` if ``ρ > 3/4``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["DECREASE", "INCREASE", "adapt_damping", "reduction_ratio"]
+
+INCREASE = 3.0 / 2.0
+DECREASE = 2.0 / 3.0
+
+
+def reduction_ratio(f_new: float, f_old: float, q_new: float) -> float:
+    """ρ = (f_new − f_old) / (q_new − q(0)) with ``q(0) = 0``.
+
+    Returns ``-inf`` when the ratio is meaningless for damping purposes: a
+    non-finite loss, or a quadratic model that predicts no decrease
+    (``q_new ≥ 0``).
+    """
+    if not (math.isfinite(f_new) and math.isfinite(f_old) and math.isfinite(q_new)):
+        return -math.inf
+    if q_new >= 0.0:
+        return -math.inf
+    return (f_new - f_old) / q_new
+
+
+def adapt_damping(damping: float, rho: float, low: float = 0.25, high: float = 0.75) -> float:
+    """The Levenberg-Marquardt rule: next λ from the current λ and ρ.
+
+    Args:
+        damping: Current λ > 0.
+        rho: Reduction ratio (see :func:`reduction_ratio`).
+        low: Below this ρ the damping grows by 3/2.
+        high: Above this ρ the damping shrinks by 2/3.
+
+    Raises:
+        ValueError: If ``damping`` is not positive.
+    """
+    if not damping > 0:
+        raise ValueError(f"damping must be positive, got {damping}")
+    if rho < low:
+        return damping * INCREASE
+    if rho > high:
+        return damping * DECREASE
+    return damping

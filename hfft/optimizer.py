@@ -1,0 +1,480 @@
+"""The Hessian-free optimizer (Martens 2010; Tatzel, Hennig & Schneider, Algorithm 1).
+
+One :meth:`HessianFree.step` on a batch B and a disjoint batch B̄:
+
+1. ``g = ∇f_B(θ)`` and the curvature ``C`` (GGN or Hessian) of ``f_B`` at θ,
+   where ``f = L + Σ_groups (wd/2)‖θ_group‖²`` is the objective *with* its L2
+   term: ``g`` gets ``wd·θ`` and the curvature ``wd·I`` on each group.
+2. CG on ``(C + λI) p = −g`` from ``cg_decay_x0 ×`` the previous final iterate,
+   optionally preconditioned by the damped empirical-Fisher diagonal.
+3. λ adapted by the Levenberg-Marquardt rule with ρ measured on B̄.
+4. CG backtracking on B̄ over the kept iterates.
+5. An Armijo line search on B̄; no acceptable step size → the step is
+   rejected, θ is left unchanged and λ is raised.
+
+Every decision is returned as a :class:`StepRecord`; the optimizer never prints.
+Non-finite values never reach the parameters: such a step is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hfft.cg import conjugate_gradient
+from hfft.curvature import (
+    BACKENDS,
+    CURVATURES,
+    LinearizationCache,
+    batch_loss,
+    linearize_curvature,
+    split_batch,
+)
+from hfft.damping import INCREASE, adapt_damping, reduction_ratio
+from hfft.linesearch import armijo, backtrack
+from hfft.losses import Loss, loss_reduction
+from hfft.preconditioner import (
+    PRECONDITIONERS,
+    empirical_fisher_diagonal,
+    preconditioner_from_diagonal,
+)
+
+__all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
+
+MODEL_MODES = ("eval", "train", "keep")
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Everything one HF step decided, for logs.
+
+    Losses include the L2 term of the objective. ``loss_before``/``loss_after``
+    are on the evaluation batch B̄; ``batch_loss`` is on B.
+    """
+
+    step: int
+    accepted: bool
+    reject_reason: str | None
+    loss_before: float
+    loss_after: float
+    batch_loss: float
+    grad_norm: float
+    damping: float
+    next_damping: float
+    rho: float
+    cg_iterations: int
+    cg_stop_reason: str
+    cg_chosen_iterate: int
+    cg_q: float
+    alpha: float
+    linesearch_tries: int
+    products: int
+    eval_batch_evaluations: int
+    time_gradient: float
+    time_cg: float
+    time_eval: float
+    time_total: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (non-finite floats become ``None``)."""
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
+
+
+class HessianFree(torch.optim.Optimizer):
+    """Hessian-free (truncated-Newton) optimizer with GGN or Hessian curvature.
+
+    Unlike first-order optimizers, :meth:`step` needs the model, the loss and
+    the data, because it evaluates curvature products and losses itself::
+
+        opt = HessianFree(model.parameters(), weight_decay=5e-4)
+        record = opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(xb, yb))
+
+    Args:
+        params: Parameters or parameter groups; only ``weight_decay`` may
+            differ between groups (e.g. a group of biases without L2).
+        curvature: ``"ggn"`` (generalised Gauss-Newton, PSD; default) or
+            ``"hessian"``.
+        damping: Initial Tikhonov damping λ.
+        adapt_damping: Levenberg-Marquardt adaptation of λ.
+        cg_max_iter: Most CG iterations per step.
+        cg_tol: CG stops when ``‖r‖ ≤ cg_tol · ‖g‖``.
+        martens_criterion: Martens' relative-progress stopping rule for CG.
+        cg_decay_x0: CG starts from this factor times the previous final
+            iterate (0 disables the warm start).
+        use_cg_backtracking: Choose among the kept CG iterates on B̄.
+        lr: Initial step size α of the line search (the step size if the line
+            search is off).
+        use_linesearch: Armijo line search on B̄.
+        weight_decay: L2 coefficient ``wd`` of the objective term
+            ``(wd/2)‖θ‖²``, per group.
+        preconditioner: ``None`` or ``"empirical-fisher"``.
+        chunk_size: Split B and B̄ into chunks of this many samples; sums are
+            exact for mean- and sum-reduced losses.
+        backend: ``"func"`` (linearise once per step) or ``"backpack"``
+            (BackPACK R-op products, for comparison).
+        model_mode: Mode of the model during the step: ``"eval"`` (default:
+            dropout off, BatchNorm uses running statistics, so every product
+            sees the same quadratic), ``"train"`` or ``"keep"``.
+        cache_chunks: Keep every chunk's linearisation between products
+            (memory of the whole batch) instead of recomputing it.
+        preconditioner_exponent: Exponent ξ of Martens' preconditioner.
+        linesearch_beta: Shrink factor of the line search.
+        linesearch_c: Armijo constant.
+        linesearch_max_tries: Most step sizes tried.
+
+    Raises:
+        ValueError: For invalid hyperparameters.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        curvature: str = "ggn",
+        damping: float = 1.0,
+        adapt_damping: bool = True,
+        cg_max_iter: int = 250,
+        cg_tol: float = 1e-6,
+        martens_criterion: bool = True,
+        cg_decay_x0: float = 0.95,
+        use_cg_backtracking: bool = True,
+        lr: float = 1.0,
+        use_linesearch: bool = True,
+        weight_decay: float = 0.0,
+        preconditioner: str | None = None,
+        chunk_size: int | None = None,
+        *,
+        backend: str = "func",
+        model_mode: str = "eval",
+        cache_chunks: bool = False,
+        preconditioner_exponent: float = 0.75,
+        linesearch_beta: float = 0.8,
+        linesearch_c: float = 0.01,
+        linesearch_max_tries: int = 20,
+    ) -> None:
+        _check(curvature in CURVATURES, f"curvature must be one of {CURVATURES}, got {curvature!r}")
+        _check(backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}")
+        _check(model_mode in MODEL_MODES, f"model_mode must be one of {MODEL_MODES}")
+        _check(
+            preconditioner is None or preconditioner in PRECONDITIONERS,
+            f"preconditioner must be None or one of {PRECONDITIONERS}, got {preconditioner!r}",
+        )
+        _check(damping > 0, f"damping must be positive, got {damping}")
+        _check(cg_max_iter >= 1, f"cg_max_iter must be >= 1, got {cg_max_iter}")
+        _check(cg_tol >= 0, f"cg_tol must be >= 0, got {cg_tol}")
+        _check(0 <= cg_decay_x0 <= 1, f"cg_decay_x0 must be in [0, 1], got {cg_decay_x0}")
+        _check(lr > 0, f"lr must be positive, got {lr}")
+        _check(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}")
+        _check(
+            chunk_size is None or chunk_size >= 1,
+            f"chunk_size must be a positive integer, got {chunk_size}",
+        )
+        defaults = dict(
+            curvature=curvature,
+            damping=damping,
+            adapt_damping=adapt_damping,
+            cg_max_iter=cg_max_iter,
+            cg_tol=cg_tol,
+            martens_criterion=martens_criterion,
+            cg_decay_x0=cg_decay_x0,
+            use_cg_backtracking=use_cg_backtracking,
+            lr=lr,
+            use_linesearch=use_linesearch,
+            weight_decay=weight_decay,
+            preconditioner=preconditioner,
+            chunk_size=chunk_size,
+            backend=backend,
+            model_mode=model_mode,
+            cache_chunks=cache_chunks,
+            preconditioner_exponent=preconditioner_exponent,
+            linesearch_beta=linesearch_beta,
+            linesearch_c=linesearch_c,
+            linesearch_max_tries=linesearch_max_tries,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check(group["weight_decay"] >= 0, "weight_decay must be >= 0 in every group")
+        self._lin_cache = LinearizationCache()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def damping(self) -> float:
+        """The current damping λ."""
+        return float(self._global().get("damping", self.defaults["damping"]))
+
+    @property
+    def linearization_fallback(self) -> str | None:
+        """Why the traced linearisation could not be used, if it could not."""
+        return self._lin_cache.fallback_reason
+
+    def _global(self) -> dict[str, Any]:
+        return self.state["hf"]  # type: ignore[index]
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    def _wd_vector(self, params: Sequence[Tensor]) -> Tensor:
+        parts = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    parts.append(
+                        torch.full(
+                            (p.numel(),), group["weight_decay"], dtype=p.dtype, device=p.device
+                        )
+                    )
+        return torch.cat(parts)
+
+    # -- the step ------------------------------------------------------------
+
+    def step(  # type: ignore[override]
+        self,
+        model: nn.Module,
+        loss_fn: Loss,
+        batch: Batch,
+        eval_batch: Batch | None = None,
+    ) -> StepRecord:
+        """Take one Hessian-free step.
+
+        Args:
+            model: The network whose parameters this optimizer holds.
+            loss_fn: ``loss_fn(outputs, targets)``, mean- or sum-reduced.
+            batch: ``(inputs, targets)`` of B (gradient and curvature).
+            eval_batch: ``(inputs, targets)`` of B̄ (damping, backtracking,
+                line search); defaults to ``batch``.
+
+        Returns:
+            The :class:`StepRecord` of this step.
+        """
+        mode = self.defaults["model_mode"]
+        was_training = model.training
+        if mode != "keep":
+            model.train(mode == "train")
+        try:
+            return self._step(
+                model, loss_fn, batch, eval_batch if eval_batch is not None else batch
+            )
+        finally:
+            model.train(was_training)
+
+    def _step(self, model: nn.Module, loss_fn: Loss, batch: Batch, eval_batch: Batch) -> StepRecord:
+        hp = self.defaults
+        params = self._params()
+        g_state = self._global()
+        step_no = int(g_state.get("step", 0)) + 1
+        g_state["step"] = step_no
+        lam = float(g_state.get("damping", hp["damping"]))
+        reduction = loss_reduction(loss_fn)
+        timer = _Timer(params[0].device)
+
+        with torch.no_grad():
+            theta = torch.cat([p.detach().reshape(-1) for p in params])
+        wd = self._wd_vector(params)
+
+        def l2(flat: Tensor) -> float:
+            return 0.5 * float(torch.dot(wd * flat, flat))
+
+        # 1. gradient and curvature on B
+        op = linearize_curvature(
+            model,
+            loss_fn,
+            batch[0],
+            batch[1],
+            params,
+            curvature=hp["curvature"],
+            backend=hp["backend"],
+            chunk_size=hp["chunk_size"],
+            cache_chunks=hp["cache_chunks"],
+            lin_cache=self._lin_cache,
+        )
+        grad = op.grad + wd * theta
+        batch_f = op.loss + l2(theta)
+        grad_norm = float(torch.linalg.vector_norm(grad))
+        t_grad = timer.lap()
+
+        # objective on B̄ at θ + d
+        eval_chunks = split_batch(eval_batch[0], eval_batch[1], hp["chunk_size"], reduction)
+        evals = 0
+
+        def f_at(d: Tensor | None) -> float:
+            nonlocal evals
+            evals += 1
+            flat = theta if d is None else theta + d
+            self._write(params, flat)
+            return batch_loss(model, loss_fn, eval_chunks) + l2(flat)
+
+        f0 = f_at(None)
+        t_eval = timer.lap()
+
+        def finish(**kw: Any) -> StepRecord:
+            base: dict[str, Any] = dict(
+                step=step_no,
+                accepted=False,
+                reject_reason=None,
+                loss_before=f0,
+                loss_after=f0,
+                batch_loss=batch_f,
+                grad_norm=grad_norm,
+                damping=lam,
+                next_damping=lam,
+                rho=math.nan,
+                cg_iterations=0,
+                cg_stop_reason="not run",
+                cg_chosen_iterate=0,
+                cg_q=math.nan,
+                alpha=0.0,
+                linesearch_tries=0,
+                products=op.num_products,
+                eval_batch_evaluations=evals,
+                time_gradient=t_grad,
+                time_cg=0.0,
+                time_eval=t_eval,
+                time_total=timer.total(),
+            )
+            base.update(kw)
+            g_state["damping"] = base["next_damping"]
+            return StepRecord(**base)
+
+        if not (math.isfinite(grad_norm) and math.isfinite(f0) and math.isfinite(batch_f)):
+            self._write(params, theta)
+            return finish(reject_reason="non-finite loss or gradient", next_damping=lam * INCREASE)
+
+        # 2. CG on (C + (wd + λ) I) p = −g
+        shift = wd + lam
+
+        def damped(v: Tensor) -> Tensor:
+            return op.matvec(v) + shift * v
+
+        precondition = None
+        if hp["preconditioner"] == "empirical-fisher":
+            diag = empirical_fisher_diagonal(model, loss_fn, op.chunks, params, reduction)
+            precondition = preconditioner_from_diagonal(diag, shift, hp["preconditioner_exponent"])
+        x0 = None
+        prev = [self.state[p].get("cg_x") for p in params]
+        if hp["cg_decay_x0"] > 0 and all(t is not None for t in prev):
+            x0 = hp["cg_decay_x0"] * torch.cat([t.reshape(-1) for t in prev])  # type: ignore[union-attr]
+        res = conjugate_gradient(
+            damped,
+            -grad,
+            x0,
+            max_iter=hp["cg_max_iter"],
+            tol=hp["cg_tol"],
+            martens_criterion=hp["martens_criterion"],
+            precondition=precondition,
+        )
+        t_cg = timer.lap()
+        if torch.isfinite(res.x).all():
+            for p, chunk in zip(
+                params, torch.split(res.x, [p.numel() for p in params]), strict=True
+            ):
+                self.state[p]["cg_x"] = chunk.view_as(p).clone()
+        q_last = res.q_values[-1]
+        cg_info = dict(cg_iterations=res.iterations, cg_stop_reason=res.stop_reason, cg_q=q_last)
+
+        # 3. damping from ρ of the last iterate (its B̄ loss is backtracking's start)
+        p_last = res.iterates[-1][1]
+        f_last = f_at(p_last)
+        rho = reduction_ratio(f_last, f0, q_last)
+        next_lam = adapt_damping(lam, rho) if hp["adapt_damping"] else lam
+
+        # 4. CG backtracking
+        if hp["use_cg_backtracking"]:
+            chosen_i, p, f_p, _ = backtrack(res.iterates, f_at, last_loss=f_last)
+        else:
+            chosen_i, p, f_p = res.iterates[-1][0], p_last, f_last
+
+        # 5. line search
+        slope = float(torch.dot(grad, p))
+        if hp["use_linesearch"]:
+            ls = armijo(
+                lambda a: f_at(a * p),
+                f0,
+                slope,
+                alpha0=hp["lr"],
+                beta=hp["linesearch_beta"],
+                c=hp["linesearch_c"],
+                max_tries=hp["linesearch_max_tries"],
+                known={1.0: f_p},
+            )
+            alpha, f_new, tries = ls.alpha, ls.loss, ls.tries
+        else:
+            alpha = hp["lr"]
+            f_new = f_p if alpha == 1.0 else f_at(alpha * p)
+            tries = 1
+            if not math.isfinite(f_new):
+                alpha = None
+        t_eval += timer.lap()
+
+        if alpha is None:
+            self._write(params, theta)
+            reason = (
+                "no step size passed the line search" if hp["use_linesearch"] else "non-finite loss"
+            )
+            return finish(
+                reject_reason=reason,
+                next_damping=max(next_lam, lam * INCREASE),
+                rho=rho,
+                cg_chosen_iterate=chosen_i,
+                linesearch_tries=tries,
+                time_cg=t_cg,
+                time_eval=t_eval,
+                **cg_info,
+            )
+        self._write(params, theta + alpha * p)
+        return finish(
+            accepted=True,
+            loss_after=f_new,
+            next_damping=next_lam,
+            rho=rho,
+            cg_chosen_iterate=chosen_i,
+            alpha=alpha,
+            linesearch_tries=tries,
+            time_cg=t_cg,
+            time_eval=t_eval,
+            **cg_info,
+        )
+
+    @staticmethod
+    @torch.no_grad()
+    def _write(params: Sequence[Tensor], flat: Tensor) -> None:
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class _Timer:
+    """Wall-clock laps; synchronises CUDA only at lap boundaries."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.start = self.last = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        out, self.last = now - self.last, now
+        return out
+
+    def total(self) -> float:
+        return self._now() - self.start

@@ -1,0 +1,189 @@
+"""Curvature products against dense torch.func matrices on tiny float64 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import dense, dense_ggn, flat_params, loss_of_flat, make_problem
+from torch import nn
+
+from hfft.curvature import LinearizationCache, linearize_curvature, split_batch
+
+LOSSES = {
+    "ce-mean": lambda: nn.CrossEntropyLoss(),
+    "ce-sum": lambda: nn.CrossEntropyLoss(reduction="sum"),
+    "mse-mean": lambda: nn.MSELoss(),
+    "mse-sum": lambda: nn.MSELoss(reduction="sum"),
+}
+
+
+def targets_for(loss_name: str, y: torch.Tensor) -> torch.Tensor:
+    if loss_name.startswith("mse"):
+        return nn.functional.one_hot(y, 3).double()
+    return y
+
+
+CASES = [
+    (model, loss, backend)
+    for model in ("mlp", "cnn")
+    for loss in LOSSES
+    for backend in ("func", "backpack")
+]
+
+
+@pytest.mark.parametrize(("kind", "loss_name", "backend"), CASES, ids=lambda c: str(c))
+def test_ggn_products_equal_dense_ggn(kind: str, loss_name: str, backend: str) -> None:
+    model, x, y = make_problem(kind)
+    y = targets_for(loss_name, y)
+    loss_fn = LOSSES[loss_name]()
+    op = linearize_curvature(model, loss_fn, x, y, backend=backend)
+    dim = flat_params(model).numel()
+    g_dense = dense_ggn(model, loss_fn, x, y)
+    g_op = dense(op.matvec, dim)
+    torch.testing.assert_close(g_op, g_dense, rtol=1e-9, atol=1e-11)
+    # symmetric and positive semi-definite
+    torch.testing.assert_close(g_op, g_op.T, rtol=1e-9, atol=1e-11)
+    assert torch.linalg.eigvalsh(g_op).min() > -1e-10
+    # loss and gradient
+    f = loss_of_flat(model, loss_fn, x, y)
+    theta = flat_params(model)
+    assert op.loss == pytest.approx(float(f(theta)), rel=1e-12)
+    torch.testing.assert_close(op.grad, torch.func.grad(f)(theta), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [(k, b) for k in ("mlp", "cnn") for b in ("func", "backpack")],
+    ids=lambda c: str(c),
+)
+def test_hessian_products_equal_dense_hessian(kind: str, backend: str) -> None:
+    model, x, y = make_problem(kind)
+    loss_fn = nn.CrossEntropyLoss()
+    op = linearize_curvature(model, loss_fn, x, y, curvature="hessian", backend=backend)
+    theta = flat_params(model)
+    h_dense = torch.func.hessian(loss_of_flat(model, loss_fn, x, y))(theta)
+    torch.testing.assert_close(dense(op.matvec, theta.numel()), h_dense, rtol=1e-9, atol=1e-11)
+
+
+def test_backends_agree_on_random_vectors() -> None:
+    model, x, y = make_problem("cnn", n=10)
+    loss_fn = nn.CrossEntropyLoss()
+    ops = [linearize_curvature(model, loss_fn, x, y, backend=b) for b in ("func", "backpack")]
+    for _ in range(3):
+        v = torch.randn(ops[0].grad.numel(), dtype=torch.float64)
+        torch.testing.assert_close(ops[0].matvec(v), ops[1].matvec(v), rtol=1e-10, atol=1e-12)
+
+
+def test_consecutive_products_are_identical() -> None:
+    model, x, y = make_problem("cnn", n=10)
+    op = linearize_curvature(model, nn.CrossEntropyLoss(), x, y)
+    v = torch.randn(op.grad.numel(), dtype=torch.float64)
+    assert torch.equal(op.matvec(v), op.matvec(v))
+    assert op.num_products == 2
+
+
+def test_generic_loss_uses_autograd_output_hessian() -> None:
+    model, x, y = make_problem("mlp")
+
+    def smooth_l1(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.smooth_l1_loss(z, nn.functional.one_hot(t, 3).double(), beta=5.0)
+
+    op = linearize_curvature(model, smooth_l1, x, y)
+    dim = flat_params(model).numel()
+    torch.testing.assert_close(
+        dense(op.matvec, dim), dense_ggn(model, smooth_l1, x, y), rtol=1e-9, atol=1e-11
+    )
+
+
+CHUNK_CASES = [
+    (loss, curvature, backend, cache)
+    for loss in ("ce-mean", "ce-sum", "mse-mean")
+    for curvature in ("ggn", "hessian")
+    for backend in ("func", "backpack")
+    for cache in (False, True)
+]
+
+
+@pytest.mark.parametrize(
+    ("loss_name", "curvature", "backend", "cache"), CHUNK_CASES, ids=lambda c: str(c)
+)
+def test_chunked_equals_full_batch(
+    loss_name: str, curvature: str, backend: str, cache: bool
+) -> None:
+    model, x, y = make_problem("cnn", n=11)  # 11 = 4 + 4 + 3: unequal chunks
+    y = targets_for(loss_name, y)
+    loss_fn = LOSSES[loss_name]()
+    kw = dict(curvature=curvature, backend=backend)
+    full = linearize_curvature(model, loss_fn, x, y, **kw)
+    chunked = linearize_curvature(model, loss_fn, x, y, chunk_size=4, cache_chunks=cache, **kw)
+    assert len(chunked.chunks) == 3
+    assert chunked.loss == pytest.approx(full.loss, rel=1e-12)
+    torch.testing.assert_close(chunked.grad, full.grad, rtol=1e-10, atol=1e-12)
+    v = torch.randn(full.grad.numel(), dtype=torch.float64)
+    torch.testing.assert_close(chunked.matvec(v), full.matvec(v), rtol=1e-10, atol=1e-12)
+
+
+def test_split_batch_weights() -> None:
+    x, y = torch.zeros(10, 2), torch.zeros(10)
+    assert [c.weight for c in split_batch(x, y, 4, "mean")] == [0.4, 0.4, 0.2]
+    assert [c.weight for c in split_batch(x, y, 4, "sum")] == [1.0, 1.0, 1.0]
+    assert len(split_batch(x, y, None, "mean")) == 1
+    with pytest.raises(ValueError, match="chunk_size"):
+        split_batch(x, y, 0, "mean")
+    with pytest.raises(ValueError, match="samples"):
+        split_batch(x, y[:3], 4, "mean")
+
+
+class DataDependent(nn.Module):
+    """A forward pass that branches on data values: cannot be traced once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.lin(x)
+        return z if float(z.detach().sum()) > 0 else -z
+
+
+def test_untraceable_model_falls_back_to_exact_products() -> None:
+    torch.manual_seed(1)
+    model = DataDependent().double()
+    x, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    loss_fn = nn.CrossEntropyLoss()
+    cache = LinearizationCache()
+    op = linearize_curvature(model, loss_fn, x, y, lin_cache=cache)
+    assert cache.fallback_reason is not None
+    dim = flat_params(model).numel()
+    torch.testing.assert_close(
+        dense(op.matvec, dim), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+    )
+
+
+def test_traced_linearization_is_reused_across_steps() -> None:
+    model, x, y = make_problem("mlp")
+    cache = LinearizationCache()
+    linearize_curvature(model, nn.CrossEntropyLoss(), x, y, lin_cache=cache)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    op = linearize_curvature(model, nn.CrossEntropyLoss(), x, y, lin_cache=cache)
+    assert len(cache._cache) == 1
+    dim = flat_params(model).numel()
+    torch.testing.assert_close(
+        dense(op.matvec, dim),
+        dense_ggn(model, nn.CrossEntropyLoss(), x, y),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"curvature": "fisher"}, "curvature"), ({"backend": "jax"}, "backend")],
+    ids=["curvature", "backend"],
+)
+def test_invalid_options(kwargs: dict, match: str) -> None:
+    model, x, y = make_problem("mlp")
+    with pytest.raises(ValueError, match=match):
+        linearize_curvature(model, nn.CrossEntropyLoss(), x, y, **kwargs)
