@@ -212,6 +212,12 @@ class HessianFree(torch.optim.Optimizer):
         """The current damping λ."""
         return float(self._global().get("damping", self.defaults["damping"]))
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state; the global HF state is copied, not shared with the source."""
+        super().load_state_dict(state_dict)
+        if "hf" in self.state:
+            self.state["hf"] = dict(self.state["hf"])  # type: ignore[index]
+
     @property
     def linearization_fallback(self) -> str | None:
         """Why the traced linearisation could not be used, if it could not."""

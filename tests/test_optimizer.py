@@ -1,0 +1,308 @@
+"""The HessianFree optimizer: exact steps against dense linear algebra, and its rules."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import dense_ggn, flat_params, loss_of_flat, make_problem
+from torch import nn
+
+import hfft.optimizer as hf_optimizer
+from hfft import HessianFree
+from hfft.preconditioner import empirical_fisher_diagonal
+from hfft.curvature import split_batch
+
+EXACT = dict(
+    adapt_damping=False,
+    cg_max_iter=500,
+    cg_tol=1e-13,
+    martens_criterion=False,
+    cg_decay_x0=0.0,
+    use_cg_backtracking=False,
+    use_linesearch=False,
+    lr=1.0,
+)
+
+
+def groups(model: nn.Module, wd: float) -> list[dict]:
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": weights, "weight_decay": wd}, {"params": biases, "weight_decay": 0.0}]
+
+
+def wd_vector(model: nn.Module, wd: float) -> torch.Tensor:
+    # flat order of the optimizer: weights group first, then biases
+    w = [torch.full((p.numel(),), wd) for n, p in model.named_parameters() if n.endswith("weight")]
+    b = [torch.zeros(p.numel()) for n, p in model.named_parameters() if n.endswith("bias")]
+    return torch.cat(w + b).double()
+
+
+def grouped_flat(model: nn.Module) -> torch.Tensor:
+    named = list(model.named_parameters())
+    order = [p for n, p in named if n.endswith("weight")] + [
+        p for n, p in named if n.endswith("bias")
+    ]
+    return torch.cat([p.detach().reshape(-1) for p in order])
+
+
+def permutation(model: nn.Module) -> torch.Tensor:
+    """Index map from the model's flat order to the optimizer's grouped order."""
+    offsets, start = {}, 0
+    for n, p in model.named_parameters():
+        offsets[n] = torch.arange(start, start + p.numel())
+        start += p.numel()
+    named = [n for n, _ in model.named_parameters()]
+    order = [n for n in named if n.endswith("weight")] + [n for n in named if n.endswith("bias")]
+    return torch.cat([offsets[n] for n in order])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("wd", [0.0, 0.1], ids=lambda w: f"wd={w}")
+def test_one_exact_step_is_the_damped_gauss_newton_step(kind: str, wd: float) -> None:
+    model, x, y = make_problem(kind, n=8)
+    loss_fn = nn.CrossEntropyLoss()
+    lam = 0.3
+    perm = permutation(model)
+    theta = flat_params(model)[perm]
+    g_mat = dense_ggn(model, loss_fn, x, y)[perm][:, perm]
+    grad = torch.func.grad(loss_of_flat(model, loss_fn, x, y))(flat_params(model))[perm]
+    wdv = wd_vector(model, wd)
+    expected = theta - torch.linalg.solve(
+        g_mat + torch.diag(wdv) + lam * torch.eye(theta.numel(), dtype=torch.float64),
+        grad + wdv * theta,
+    )
+    opt = HessianFree(groups(model, wd), damping=lam, **EXACT)
+    record = opt.step(model, loss_fn, batch=(x, y))
+    assert record.accepted
+    torch.testing.assert_close(grouped_flat(model), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_one_exact_hessian_step() -> None:
+    model, x, y = make_problem("mlp", n=8)
+    loss_fn = nn.CrossEntropyLoss()
+    f = loss_of_flat(model, loss_fn, x, y)
+    theta = flat_params(model)
+    h = torch.func.hessian(f)(theta)
+    lam = 1.0 + float(-torch.linalg.eigvalsh(h).min().clamp(max=0))  # keep H + λI positive
+    expected = theta - torch.linalg.solve(
+        h + lam * torch.eye(theta.numel()).double(), torch.func.grad(f)(theta)
+    )
+    opt = HessianFree(model.parameters(), curvature="hessian", damping=lam, **EXACT)
+    opt.step(model, loss_fn, batch=(x, y))
+    torch.testing.assert_close(flat_params(model), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_newton_step_on_a_quadratic() -> None:
+    # linear least squares: GGN = Hessian, so λ → 0 and full CG is Newton's method
+    torch.manual_seed(3)
+    model = nn.Linear(5, 2).double()
+    x, y = torch.randn(40, 5).double(), torch.randn(40, 2).double()
+    loss_fn = nn.MSELoss(reduction="sum")
+    opt = HessianFree(model.parameters(), damping=1e-10, **EXACT)
+    opt.step(model, loss_fn, batch=(x, y))
+    x1 = torch.cat([x, torch.ones(40, 1).double()], dim=1)
+    w_star = torch.linalg.lstsq(x1, y).solution
+    torch.testing.assert_close(model.weight.detach(), w_star[:5].T, rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(model.bias.detach(), w_star[5], rtol=1e-7, atol=1e-8)
+
+
+def test_damping_follows_lm_rule_of_recorded_rho() -> None:
+    model, x, y = make_problem("mlp", n=30)
+    opt = HessianFree(model.parameters(), damping=1.0)
+    for _ in range(4):
+        r = opt.step(
+            model, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:])
+        )
+        expected = r.damping * (1.5 if r.rho < 0.25 else 2 / 3 if r.rho > 0.75 else 1.0)
+        if not r.accepted:
+            expected = max(expected, 1.5 * r.damping)
+        assert r.next_damping == pytest.approx(expected)
+        assert opt.damping == pytest.approx(r.next_damping)
+
+
+def test_rho_is_the_measured_over_predicted_reduction() -> None:
+    model, x, y = make_problem("mlp", n=30)
+    opt = HessianFree(model.parameters(), use_cg_backtracking=False, use_linesearch=False)
+    r = opt.step(model, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    assert r.rho == pytest.approx((r.loss_after - r.loss_before) / r.cg_q)
+
+
+def test_step_rejected_when_no_step_size_decreases_eval_loss() -> None:
+    # B̄'s targets are the model's own outputs: θ is B̄'s exact minimiser (loss 0),
+    # so no step along B's direction can pass the Armijo test
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2).double()
+    x, y = torch.randn(10, 4).double(), torch.randn(10, 2).double()
+    x_bar = torch.randn(10, 4).double()
+    with torch.no_grad():
+        y_bar = model(x_bar)
+    before = flat_params(model).clone()
+    opt = HessianFree(model.parameters(), damping=1e-3)
+    r = opt.step(model, nn.MSELoss(), batch=(x, y), eval_batch=(x_bar, y_bar))
+    assert r.loss_before == 0.0
+    assert not r.accepted
+    assert r.reject_reason == "no step size passed the line search"
+    assert r.linesearch_tries == 20
+    assert torch.equal(flat_params(model), before)
+    assert r.loss_after == r.loss_before
+    assert r.next_damping >= 1.5 * r.damping
+
+
+def test_non_finite_batch_is_rejected_and_parameters_stay_finite() -> None:
+    model, x, y = make_problem("mlp")
+    x_bad = x.clone()
+    x_bad[0, 0] = math.nan
+    before = flat_params(model).clone()
+    opt = HessianFree(model.parameters())
+    r = opt.step(model, nn.CrossEntropyLoss(), batch=(x_bad, y), eval_batch=(x, y))
+    assert not r.accepted
+    assert r.reject_reason == "non-finite loss or gradient"
+    assert torch.equal(flat_params(model), before)
+    assert r.next_damping == pytest.approx(1.5)
+
+
+def test_warm_start_uses_decayed_previous_final_iterate(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real = hf_optimizer.conjugate_gradient
+
+    def spy(*args, **kwargs):
+        res = real(*args, **kwargs)
+        seen.append((args[2], res.x))
+        return res
+
+    monkeypatch.setattr(hf_optimizer, "conjugate_gradient", spy)
+    model, x, y = make_problem("mlp", n=30)
+    opt = HessianFree(model.parameters())
+    for _ in range(2):
+        opt.step(model, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    assert seen[0][0] is None
+    torch.testing.assert_close(seen[1][0], 0.95 * seen[0][1])
+
+
+def test_state_dict_round_trip_reproduces_the_next_step() -> None:
+    model, x, y = make_problem("cnn", n=30)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = HessianFree(model.parameters(), damping=2.0)
+    for _ in range(2):
+        opt.step(model, loss_fn, batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    twin = copy.deepcopy(model)
+    opt2 = HessianFree(twin.parameters())
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.damping == opt.damping
+    r1 = opt.step(model, loss_fn, batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    r2 = opt2.step(twin, loss_fn, batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    assert (r1.step, r1.cg_iterations, r1.damping) == (r2.step, r2.cg_iterations, r2.damping)
+    torch.testing.assert_close(flat_params(model), flat_params(twin))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"chunk_size": 7}, {"chunk_size": 7, "cache_chunks": True}, {"backend": "backpack"}],
+    ids=["chunked", "chunked-cached", "backpack"],
+)
+def test_variants_take_the_same_step(options: dict) -> None:
+    model, x, y = make_problem("cnn", n=30)
+    twin = copy.deepcopy(model)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = dict(batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    r1 = HessianFree(model.parameters(), weight_decay=0.01).step(model, loss_fn, **batches)
+    r2 = HessianFree(twin.parameters(), weight_decay=0.01, **options).step(twin, loss_fn, **batches)
+    assert r1.cg_iterations == r2.cg_iterations
+    assert r1.loss_after == pytest.approx(r2.loss_after, rel=1e-10)
+    torch.testing.assert_close(flat_params(model), flat_params(twin), rtol=1e-9, atol=1e-11)
+
+
+def test_empirical_fisher_diagonal_matches_per_sample_gradients() -> None:
+    model, x, y = make_problem("cnn", n=9)
+    loss_fn = nn.CrossEntropyLoss()
+    params = list(model.parameters())
+    diag = empirical_fisher_diagonal(
+        model, loss_fn, split_batch(x, y, 4, "mean"), params, "mean", vmap_chunk=3
+    )
+    per_sample = torch.stack(
+        [
+            torch.func.grad(loss_of_flat(model, loss_fn, x[i : i + 1], y[i : i + 1]))(
+                flat_params(model)
+            )
+            for i in range(9)
+        ]
+    )
+    torch.testing.assert_close(diag, per_sample.pow(2).mean(0))
+
+
+def test_preconditioner_reduces_cg_iterations_on_ill_conditioned_problem() -> None:
+    # features on scales from 1 to 100: the GGN's diagonal carries the ill-conditioning
+    torch.manual_seed(0)
+    d = 50
+    x = torch.randn(500, d).double() * torch.logspace(0, 2, d).double()
+    y = torch.randn(500, 3).double()
+    records = {}
+    for pre in (None, "empirical-fisher"):
+        torch.manual_seed(1)
+        model = nn.Linear(d, 3).double()
+        opt = HessianFree(
+            model.parameters(),
+            damping=1e-4,
+            cg_tol=1e-6,
+            martens_criterion=False,
+            preconditioner=pre,
+        )
+        records[pre] = opt.step(model, nn.MSELoss(), batch=(x, y))
+    plain, pre = records[None], records["empirical-fisher"]
+    assert pre.cg_stop_reason == plain.cg_stop_reason == "residual"
+    assert pre.cg_iterations < 0.5 * plain.cg_iterations, (pre.cg_iterations, plain.cg_iterations)
+    assert pre.cg_q == pytest.approx(plain.cg_q, rel=1e-6)  # same solution
+
+
+def test_eval_mode_default_makes_dropout_model_deterministic() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    model.train()
+    x, y = torch.randn(20, 4).double(), torch.randint(0, 3, (20,))
+    twin = copy.deepcopy(model)
+    r1 = HessianFree(model.parameters()).step(model, nn.CrossEntropyLoss(), batch=(x, y))
+    r2 = HessianFree(twin.parameters()).step(twin, nn.CrossEntropyLoss(), batch=(x, y))
+    assert model.training and twin.training  # mode restored
+    assert r1.loss_after == r2.loss_after
+    torch.testing.assert_close(flat_params(model), flat_params(twin), rtol=0, atol=0)
+
+
+def test_a_few_steps_train_a_classifier() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(400, 2)
+    y = ((x[:, 0] * x[:, 1]) > 0).long()  # XOR-like, needs the hidden layer
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = HessianFree(model.parameters())
+    records = [
+        opt.step(
+            model, nn.CrossEntropyLoss(), batch=(x[:200], y[:200]), eval_batch=(x[200:], y[200:])
+        )
+        for _ in range(15)
+    ]
+    assert records[-1].loss_after < 0.5 * records[0].loss_before
+    assert all(math.isfinite(r.loss_after) for r in records)
+    assert records[0].to_dict()["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"curvature": "fisher"}, "curvature"),
+        ({"damping": 0.0}, "damping"),
+        ({"cg_max_iter": 0}, "cg_max_iter"),
+        ({"cg_decay_x0": 1.5}, "cg_decay_x0"),
+        ({"lr": -1.0}, "lr"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"preconditioner": "kfac"}, "preconditioner"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"backend": "jax"}, "backend"),
+        ({"model_mode": "test"}, "model_mode"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
+def test_invalid_hyperparameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HessianFree(nn.Linear(2, 2).parameters(), **kwargs)
