@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft._params import FlatSpace, ModelState
-from hfft.losses import Loss, loss_reduction, output_hessian
+from hfft.losses import Loss, hessian_kind, loss_reduction, output_hessian
 
 __all__ = [
     "BACKENDS",
@@ -176,7 +176,7 @@ class CurvatureOperator:
         grad = [torch.zeros_like(p) for p in self.params]
         for c in chunks:
             prep, loss_c, grad_c = self._prepare(c)
-            loss += c.weight * loss_c
+            loss += c.weight * float(loss_c)
             for acc, g in zip(grad, grad_c, strict=True):
                 acc.add_(g, alpha=c.weight)
             if self.keep:
@@ -187,7 +187,7 @@ class CurvatureOperator:
     def _leaves(self) -> list[Tensor]:
         return [p.detach().requires_grad_(True) for p in self.params]
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
         raise NotImplementedError
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
@@ -211,9 +211,11 @@ class CurvatureOperator:
 class _FuncGGN(CurvatureOperator):
     def __init__(self, *args: Any, lin_cache: LinearizationCache, **kwargs: Any) -> None:
         self.lin_cache = lin_cache
+        # output-Hessian formula per chunk, decided once (it may read the targets)
+        self._kinds: dict[int, str] = {}
         super().__init__(*args, **kwargs)
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
         lin = self.lin_cache.get(self.model, self.state, self.params, chunk.inputs)
         leaves = self._leaves()
         with torch.enable_grad():
@@ -226,8 +228,11 @@ class _FuncGGN(CurvatureOperator):
                 saved = []
             loss = self.loss_fn(z, chunk.targets)
             grads = torch.autograd.grad(loss, leaves, retain_graph=True)
-        hvp = output_hessian(self.loss_fn, z, chunk.targets)
-        return (lin, leaves, z, saved, hvp), float(loss.detach()), list(grads)
+        key = id(chunk)
+        if key not in self._kinds:
+            self._kinds[key] = hessian_kind(self.loss_fn, z, chunk.targets)
+        hvp = output_hessian(self.loss_fn, z, chunk.targets, self._kinds[key])
+        return (lin, leaves, z, saved, hvp), loss.detach(), list(grads)
 
     def _jvp(self, lin: Any, saved: list[Tensor], x: Tensor, vs: list[Tensor]) -> Tensor:
         if lin is not None:
@@ -247,13 +252,13 @@ class _FuncGGN(CurvatureOperator):
 
 
 class _FuncHessian(CurvatureOperator):
-    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
         leaves = self._leaves()
         with torch.enable_grad():
             z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
             loss = self.loss_fn(z, chunk.targets)
             grads = torch.autograd.grad(loss, leaves, create_graph=True)
-        return (leaves, grads), float(loss.detach()), [g.detach() for g in grads]
+        return (leaves, grads), loss.detach(), [g.detach() for g in grads]
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
         leaves, grads = prep
@@ -266,13 +271,13 @@ class _BackpackCurvature(CurvatureOperator):
         self.curvature = curvature
         super().__init__(*args, **kwargs)
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, float, list[Tensor]]:
+    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
         leaves = self._leaves()
         with torch.enable_grad():
             z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
             loss = self.loss_fn(z, chunk.targets)
             grads = torch.autograd.grad(loss, leaves, create_graph=True)
-        return (leaves, z, loss), float(loss.detach()), [g.detach() for g in grads]
+        return (leaves, z, loss), loss.detach(), [g.detach() for g in grads]
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
         from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist

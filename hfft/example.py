@@ -60,7 +60,8 @@ def main(sgd_epochs: int = 20, hf_steps: int = 10, seed: int = 0) -> None:
     # weight decay on the weights only: biases go in a group without L2
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    hf = HessianFree([{"params": weights, "weight_decay": 1e-4}, {"params": biases}])
+    groups: list[dict] = [{"params": weights, "weight_decay": 1e-4}, {"params": biases}]
+    hf = HessianFree(groups)
     for _ in range(hf_steps):
         # two disjoint batches: B for gradient and curvature, B̄ for the step checks
         perm = torch.randperm(len(x_tr))

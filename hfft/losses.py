@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["loss_reduction", "output_hessian"]
+__all__ = ["hessian_kind", "loss_reduction", "output_hessian"]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 
@@ -44,29 +44,43 @@ def loss_reduction(loss_fn: Loss) -> str:
     return str(reduction)
 
 
-def _cross_entropy_closed_form(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> bool:
+def hessian_kind(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> str:
+    """Which output-Hessian formula applies: ``"ce"``, ``"mse"`` or ``"autograd"``.
+
+    Closed forms cover ``nn.CrossEntropyLoss`` without class weights on 2-D
+    outputs (and without targets equal to ``ignore_index``) and ``nn.MSELoss``.
+    The ``ignore_index`` check reads the targets (a host-device sync on GPUs),
+    so callers that evaluate the same batch repeatedly should compute the kind
+    once and pass it to :func:`output_hessian`.
+    """
+    if isinstance(loss_fn, nn.MSELoss):
+        return "mse"
     if not isinstance(loss_fn, nn.CrossEntropyLoss) or loss_fn.weight is not None:
-        return False
+        return "autograd"
     if outputs.ndim != 2:
-        return False
-    if targets.dtype in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-        return not bool(torch.any(targets == loss_fn.ignore_index))
-    return True  # class probabilities as targets
+        return "autograd"
+    if not targets.is_floating_point() and bool(torch.any(targets == loss_fn.ignore_index)):
+        return "autograd"
+    return "ce"
 
 
-def output_hessian(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
+def output_hessian(
+    loss_fn: Loss, outputs: Tensor, targets: Tensor, kind: str | None = None
+) -> Callable[[Tensor], Tensor]:
     """Return ``u ↦ H u`` with ``H = ∂²loss_fn(z, targets)/∂z²`` at ``z = outputs``.
 
     Args:
         loss_fn: The loss, ``loss_fn(outputs, targets)`` a scalar.
         outputs: Network outputs ``z`` (detached values are fine).
         targets: Targets of the batch.
+        kind: The result of :func:`hessian_kind` if already known.
 
     Returns:
         A function mapping a tensor shaped like ``outputs`` to ``H u``.
     """
     z = outputs.detach()
-    if _cross_entropy_closed_form(loss_fn, z, targets):
+    kind = kind if kind is not None else hessian_kind(loss_fn, z, targets)
+    if kind == "ce":
         scale = 1.0 / z.shape[0] if loss_reduction(loss_fn) == "mean" else 1.0
         p = torch.softmax(z, dim=1)
 
@@ -76,7 +90,7 @@ def output_hessian(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> Callable[
             return scale * (pu - p * pu.sum(dim=1, keepdim=True))
 
         return ce_hvp
-    if isinstance(loss_fn, nn.MSELoss):
+    if kind == "mse":
         scale = 2.0 / z.numel() if loss_reduction(loss_fn) == "mean" else 2.0
 
         def mse_hvp(u: Tensor) -> Tensor:

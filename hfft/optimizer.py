@@ -368,7 +368,7 @@ class HessianFree(torch.optim.Optimizer):
         x0 = None
         prev = [self.state[p].get("cg_x") for p in params]
         if hp["cg_decay_x0"] > 0 and all(t is not None for t in prev):
-            x0 = hp["cg_decay_x0"] * torch.cat([t.reshape(-1) for t in prev])  # type: ignore[union-attr]
+            x0 = hp["cg_decay_x0"] * torch.cat([t.reshape(-1) for t in prev if t is not None])
         res = conjugate_gradient(
             damped,
             -grad,
