@@ -6,8 +6,8 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 from __future__ import annotations
 
 import json
-import sys
 import re
+import sys
 from typing import Annotated
 
 import typer

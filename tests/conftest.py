@@ -86,3 +86,9 @@ def dense_ggn(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    # tiny tensors: one thread is faster and immune to oversubscribed cores
+    torch.set_num_threads(1)

@@ -1,0 +1,266 @@
+"""Naming a model on the command line: registered problems and user factories.
+
+``--model`` is either a registered name (``3c3d``, ``mlp``, …; see
+:mod:`hfft.models`) or a factory spec, ``path/to/file.py:factory`` or
+``package.module:factory``, naming a function that returns an ``nn.Module``.
+``--model-arg KEY=VALUE`` items become keyword arguments of the factory.
+
+Nothing here imports torch at module level, so the CLI can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["DATA_ARGS", "ModelSpecError", "build_model", "load_factory", "parse_model_args"]
+
+#: Arguments that follow the data and are passed by :func:`build_model` itself.
+DATA_ARGS = ("num_classes", "in_channels", "input_size")
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+class ModelSpecError(ValueError):
+    """A model name, factory spec or model argument the user got wrong."""
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` items into typed keyword arguments.
+
+    A value becomes ``bool`` for ``true``/``false``, ``None`` for
+    ``none``/``null`` (any case), ``int`` if it parses as one, else ``float``
+    if it parses as one, else ``str``. Quotes force a string:
+    ``name="1"`` gives ``"1"``.
+
+    Args:
+        items: Items such as ``["width=64", "act=relu", "p=0.5"]``.
+
+    Returns:
+        ``{key: value}`` in the order given.
+
+    Raises:
+        ModelSpecError: For an item without ``=``, a key that is not a Python
+            identifier, an empty value, or a repeated key.
+    """
+    args: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        raw = raw.strip()
+        if not sep:
+            raise ModelSpecError(f"Model argument {item!r} is not of the form KEY=VALUE.")
+        if not _KEY.match(key):
+            raise ModelSpecError(f"Model argument {item!r} has an invalid name {key!r}.")
+        if not raw:
+            raise ModelSpecError(f"Model argument {item!r} has no value; write {key}=VALUE.")
+        if key in args:
+            raise ModelSpecError(f"Model argument {key!r} is given more than once.")
+        args[key] = _parse_value(raw)
+    return args
+
+
+def _parse_value(raw: str) -> Any:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+        return raw[1:-1]
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """Load the model factory named by ``path/to/file.py:factory`` or
+    ``package.module:factory``.
+
+    A file is loaded as a fresh module, which **executes the user's file** —
+    the user's explicit choice when they name it (never do this with an
+    untrusted file). Its directory is on ``sys.path`` while it runs, so it
+    may import modules beside it. A dotted module path is imported with
+    :func:`importlib.import_module`. The factory may be a dotted attribute
+    (``module:Class.create``).
+
+    Args:
+        spec: ``TARGET:FACTORY``; the target is taken as a file when it ends
+            in ``.py`` or contains a path separator.
+
+    Returns:
+        The factory (any callable).
+
+    Raises:
+        ModelSpecError: If the colon is missing, the file does not exist, the
+            file or module cannot be imported, or the attribute is missing or
+            not callable.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ModelSpecError(
+            f"Model {spec!r} is neither a registered name nor of the form "
+            "path/to/file.py:factory or package.module:factory."
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _load_file(Path(target).expanduser())
+    else:
+        module = _import_module(target)
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ModelSpecError(f"{target!r} has no attribute {attr!r}.") from None
+    if not callable(obj):
+        raise ModelSpecError(
+            f"{target}:{attr} is a {type(obj).__name__}, not a callable model factory."
+        )
+    return obj
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelSpecError(f"Model file {str(path)!r} does not exist.")
+    path = path.resolve()
+    # A unique name per file, registered before execution, so that the
+    # file's own classes (dataclasses, pickling) can find their module.
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    name = f"hfft_user_model_{digest}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ModelSpecError(f"Model file {str(path)!r} cannot be loaded as a Python module.")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelSpecError(
+            f"Loading model file {str(path)!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _import_module(name: str) -> Any:
+    if not _MODULE.match(name):
+        raise ModelSpecError(f"{name!r} is not a Python module path (package.module).")
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise ModelSpecError(f"Cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def build_model(
+    spec_or_name: str,
+    model_args: dict[str, Any],
+    *,
+    num_classes: int,
+    in_channels: int,
+    input_size: int,
+) -> nn.Module:
+    """Build a model from a registered name or a user's factory spec.
+
+    A registered problem's factory is called with the data arguments and
+    ``model_args``. A user's factory is called with ``model_args`` and those
+    of ``num_classes``, ``in_channels``, ``input_size`` that its signature
+    names explicitly (a bare ``**kwargs`` does not count), so a factory that
+    ignores the data shape works unchanged.
+
+    Args:
+        spec_or_name: Registered name or ``file.py:factory`` /
+            ``package.module:factory``.
+        model_args: Keyword arguments for the factory (see
+            :func:`parse_model_args`); must not repeat the data arguments.
+        num_classes: Number of classes of the data.
+        in_channels: Channels of the input images.
+        input_size: Side of the square input images.
+
+    Returns:
+        The model.
+
+    Raises:
+        ModelSpecError: For an unknown name, a bad spec (see
+            :func:`load_factory`), a model argument the factory does not take,
+            a factory that fails, or one that returns something other than an
+            ``nn.Module``.
+    """
+    from torch import nn
+
+    from hfft.models import PROBLEMS
+
+    repeated = [key for key in DATA_ARGS if key in model_args]
+    if repeated:
+        raise ModelSpecError(
+            f"Model argument {repeated[0]!r} follows the data and cannot be set by hand."
+        )
+    data = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+    if spec_or_name in PROBLEMS:
+        factory: Callable[..., Any] = PROBLEMS[spec_or_name].build
+        kwargs = {**data, **model_args}
+    elif ":" in spec_or_name:
+        factory = load_factory(spec_or_name)
+        named = _named_parameters(factory)
+        kwargs = {**{k: v for k, v in data.items() if k in named}, **model_args}
+    else:
+        known = ", ".join(PROBLEMS)
+        raise ModelSpecError(
+            f"Unknown model {spec_or_name!r}; use one of {known} "
+            "or path/to/file.py:factory or package.module:factory."
+        )
+    _check_accepts(spec_or_name, factory, model_args)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelSpecError(
+            f"Building model {spec_or_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(
+            f"Model factory {spec_or_name!r} returned a {type(model).__name__}, "
+            "not a torch.nn.Module."
+        )
+    return model
+
+
+def _named_parameters(factory: Callable[..., Any]) -> set[str]:
+    """Names the factory accepts as keywords; empty if it has no signature."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in params if p.kind in kinds}
+
+
+def _check_accepts(name: str, factory: Callable[..., Any], model_args: dict[str, Any]) -> None:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return  # no signature to check against; let the call decide
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = _named_parameters(factory) - set(DATA_ARGS)
+    unknown = [key for key in model_args if key not in accepted]
+    if unknown:
+        choices = ", ".join(sorted(accepted)) or "none"
+        raise ModelSpecError(
+            f"Model {name!r} does not take the argument {unknown[0]!r}; it takes: {choices}."
+        )

@@ -1,0 +1,113 @@
+"""Small models that train in seconds on a CPU (the digits demo and the tests).
+
+Both are deterministic functions of (parameters, input) — no BatchNorm, no
+dropout — so curvature tests can use them as they are.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "cnn", "mlp"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        known = ", ".join(ACTIVATIONS)
+        raise ValueError(f"Unknown activation {name!r}; choose one of: {known}.") from None
+
+
+def _check_positive(**values: int) -> None:
+    for key, value in values.items():
+        if value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value}.")
+
+
+def mlp(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 8,
+    width: int = 128,
+    depth: int = 2,
+    activation: str = "relu",
+) -> nn.Module:
+    """Multi-layer perceptron on flattened images.
+
+    flatten → ``depth`` × (dense ``width`` → activation) → dense ``num_classes``.
+    PyTorch's default initialisation.
+
+    Args:
+        num_classes: Number of outputs.
+        in_channels: Channels of the input images.
+        input_size: Side of the square input images (the input has
+            ``in_channels · input_size²`` features).
+        width: Units per hidden layer.
+        depth: Number of hidden layers.
+        activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
+
+    Returns:
+        The network, mapping (N, C, H, W) images to (N, num_classes) logits.
+
+    Raises:
+        ValueError: For a non-positive size or an unknown activation.
+    """
+    _check_positive(width=width, depth=depth, input_size=input_size)
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = in_channels * input_size * input_size
+    for _ in range(depth):
+        layers += [nn.Linear(features, width), _activation(activation)]
+        features = width
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    input_size: int = 8,
+    width: int = 16,
+    hidden: int = 64,
+    activation: str = "relu",
+) -> nn.Module:
+    """Small CNN: two 3×3 convolutions, each followed by a 2×2 max-pool, and
+    one hidden dense layer.
+
+    conv3×3·``width`` (pad 1) → act → maxpool2 → conv3×3·2``width`` (pad 1) →
+    act → maxpool2 → dense ``hidden`` → act → dense ``num_classes``.
+    PyTorch's default initialisation.
+
+    Args:
+        num_classes: Number of outputs.
+        in_channels: Channels of the input images.
+        input_size: Side of the square input images (at least 4).
+        width: Channels of the first convolution (the second has twice as many).
+        hidden: Units of the hidden dense layer.
+        activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
+
+    Returns:
+        The network, mapping (N, C, H, W) images to (N, num_classes) logits.
+
+    Raises:
+        ValueError: For a non-positive size, images smaller than 4×4 or an
+            unknown activation.
+    """
+    _check_positive(width=width, hidden=hidden)
+    if input_size < 4:
+        raise ValueError(f"cnn needs images of at least 4×4 pixels, got {input_size}.")
+    side = input_size // 2 // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        _activation(activation),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        _activation(activation),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * side * side, hidden),
+        _activation(activation),
+        nn.Linear(hidden, num_classes),
+    )
