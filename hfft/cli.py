@@ -5,10 +5,14 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -40,6 +44,43 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise fail(f"--device {name} was asked for but CUDA is not available on this machine")
     return name
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that runs save what they have."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except Terminated:
+        typer.echo("hfft: terminated; what was finished is saved and marked interrupted", err=True)
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        typer.echo("hfft: interrupted; what was finished is saved and marked interrupted", err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        raise fail(str(err).rstrip(".") + ".") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory we can create and write to."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} exists and is not a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise fail(f"--out {out} is not writable")
 
 
 def _version(value: bool) -> None:
@@ -114,6 +155,110 @@ def bench(
     console = Console()
     for r in results:
         print_bench(console, r)
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Registered model (3c3d, allcnnc, wrn164, mlp, cnn) or your own factory as "
+            "path/to/file.py:function or package.module:function. Loading your own file "
+            "executes it."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for checkpoints and run.json.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Data set: digits, cifar10, cifar100, svhn, mnist, fashion-mnist, synthetic, "
+            "or path/to/file.py:function returning (train, test). Default: the model's."
+        ),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Where torchvision data sets are (or go with --download).")
+    ] = None,
+    download: Annotated[bool, typer.Option(help="Download a missing data set.")] = False,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the model's).", min=1)
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="SGD learning rate (default: the model's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (default: the model's).", min=1)
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="SGD momentum (default: the model's).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(help="L2 on weights, not biases or norms (default: the model's)."),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
+    ] = None,
+    checkpoints: Annotated[
+        int, typer.Option(help="Evenly spaced checkpoints to keep.", min=1)
+    ] = 10,
+    augment: Annotated[bool, typer.Option(help="Random crops (and flips where valid).")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a model with SGD, keeping evenly spaced checkpoints and a run manifest.
+
+    Evaluation (train-eval, validation, test) runs after every epoch outside the
+    training clock; run.json records the total training time that budgets like
+    `--budget 10%` refer to.
+    """
+    with user_errors():
+        from hfft.models import PROBLEMS
+        from hfft.modelspec import parse_model_args
+        from hfft.train import TrainConfig
+        from hfft.train import train as run_training
+
+        check_out_dir(out)
+        dev = resolve_device(device)
+        problem = PROBLEMS.get(model)
+        if problem is None and ":" not in model:
+            raise fail(
+                f"unknown model {model!r}; choose from {', '.join(PROBLEMS)} "
+                "or give path/to/file.py:function"
+            )
+        if problem is None and (data is None or None in (epochs, lr, batch_size)):
+            raise fail("a model of your own needs --data, --epochs, --lr and --batch-size")
+        d = problem.defaults if problem is not None else None
+        config = TrainConfig(
+            model=model,
+            model_args=parse_model_args(model_arg or []),
+            data=data or (d.dataset if d else ""),
+            data_root=str(data_root) if data_root else None,
+            download=download,
+            out=str(out),
+            epochs=epochs or (d.epochs if d else 1),
+            lr=lr if lr is not None else (d.lr if d else 0.0),
+            batch_size=batch_size or (d.batch_size if d else 1),
+            momentum=momentum if momentum is not None else (d.momentum if d else 0.0),
+            weight_decay=weight_decay
+            if weight_decay is not None
+            else (d.weight_decay if d else 0.0),
+            checkpoints=checkpoints,
+            seed=seed,
+            device=dev,
+            augment=augment,
+        )
+        from hfft.render import training_progress
+
+        with training_progress(config.epochs, quiet) as (on_step, on_epoch):
+            result = run_training(config, on_step=on_step, on_epoch=on_epoch)
+        if not quiet:
+            from rich.console import Console
+
+            from hfft.render import print_train_summary
+
+            print_train_summary(Console(), result)
 
 
 def main() -> None:

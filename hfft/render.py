@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
     from hfft.bench import BenchResult
+    from hfft.train import TrainResult
+
+StepHook = Callable[[int, int, int], None]
+EpochHook = Callable[[dict[str, Any]], None]
 
 BENCH_ROWS = [
     ("forward", "forward"),
@@ -45,3 +52,49 @@ def print_bench(console: Console, result: BenchResult) -> None:
     for note in result.notes:
         console.print(f"note: {note}")
     console.print()
+
+
+@contextlib.contextmanager
+def training_progress(
+    epochs: int, quiet: bool = False, console: Console | None = None
+) -> Iterator[tuple[StepHook | None, EpochHook | None]]:
+    """A progress bar over epochs with the latest metrics; hooks for :func:`hfft.train.train`."""
+    if quiet:
+        yield None, None
+        return
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.total}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("train", total=epochs, epoch=1, info="")
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        progress.update(task, completed=epoch - 1 + step / steps, epoch=epoch)
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        info = f"train loss {record['train_batch_loss']:.4f}"
+        if "valid_accuracy" in record:
+            info += f", valid acc {record['valid_accuracy']:.2%}"
+        progress.update(task, completed=record["epoch"], info=info)
+
+    with progress:
+        yield on_step, on_epoch
+
+
+def print_train_summary(console: Console, result: TrainResult) -> None:
+    """Where the checkpoints are, how long training took, the final metrics."""
+    table = Table(title="training finished", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    table.add_row("training time", f"{result.train_seconds:.1f} s (evaluation not counted)")
+    for key, value in result.final_metrics.items():
+        shown = f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}"
+        table.add_row(key.replace("_", " "), shown)
+    table.add_row("checkpoints", f"{len(result.checkpoints)} in {result.manifest.parent}")
+    table.add_row("manifest", str(result.manifest))
+    console.print(table)

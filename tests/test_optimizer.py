@@ -12,8 +12,8 @@ from torch import nn
 
 import hfft.optimizer as hf_optimizer
 from hfft import HessianFree
-from hfft.preconditioner import empirical_fisher_diagonal
 from hfft.curvature import split_batch
+from hfft.preconditioner import empirical_fisher_diagonal
 
 EXACT = dict(
     adapt_damping=False,

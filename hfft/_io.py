@@ -1,0 +1,95 @@
+"""Atomic file output and file hashing.
+
+Every file ``hfft`` writes goes through :func:`atomic_write_bytes`: the data
+goes to a temporary file in the destination's directory, is flushed to disk
+(``fsync``) and then renamed over the destination with :func:`os.replace`,
+which is atomic on POSIX and Windows for paths on one file system. A reader
+therefore sees either the old file or the complete new one, never a half
+written file, even if the process is killed (or Ctrl-C is pressed) midway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_file"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename).
+
+    The parent directory must exist. On any failure the temporary file is
+    removed and an existing file at ``path`` is left untouched.
+
+    Args:
+        path: Destination file.
+        data: The complete new contents.
+
+    Raises:
+        OSError: If the file cannot be written or renamed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave the temporary file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # makes the rename itself durable; not possible (nor needed) on every platform
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically.
+
+    The object is serialised completely before anything touches the disk, so
+    an object that is not JSON-serialisable leaves an existing file intact.
+
+    Args:
+        path: Destination file.
+        obj: A JSON-serialisable object (non-finite floats are written as
+            ``NaN``/``Infinity``, as :mod:`json` does by default).
+
+    Raises:
+        TypeError: If ``obj`` is not JSON-serialisable.
+        OSError: If the file cannot be written.
+    """
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file's contents, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,540 @@
+"""Data sets as device-resident tensors: DeepOBS-style splits, augmentation, batch sampling.
+
+:func:`load_data` returns :class:`DataSplits`: the whole data set converted
+to tensors once and kept on the target device, so a batch is one index
+gather with no per-sample Python work.
+
+Splits (all seeded by ``seed``, reproducible, and independent of the device):
+
+* **test**: the official test set. Digits has none; its test set is a
+  20 % hold-out drawn with a *fixed* seed, so it is the same for every
+  ``seed``. The synthetic set has a separately generated test set.
+* **valid**: held out of the official training set; as large as the test
+  set (DeepOBS: 10,000 for CIFAR and MNIST), or 10 % of the training set for
+  small sets whose test set exceeds a fifth of the training set (digits,
+  SVHN).
+* **train**: the rest of the training set.
+* **train-eval**: a seeded subset of *train*, as large as the test set (at
+  most all of train), for measuring the training loss.
+
+The split follows the data seed, so a run that continues from a checkpoint
+must use the seed the checkpoint was trained with, or its validation set
+would contain training images.
+
+Images are float32 NCHW, normalised per channel with the mean and standard
+deviation of the *train* split (recorded in :attr:`DataSplits.mean`/``std``).
+Augmentation (:func:`hfft.sampling.augment_batch`) pads with zeros in that normalised
+space, i.e. with the channel mean.
+
+Besides the registered names (:data:`DATASETS`), ``name`` may be
+``path/to/file.py:factory`` or ``package.module:factory``, naming a
+function that returns ``(train, test)``, each either a
+``torch.utils.data.Dataset`` of ``(x, y)`` pairs or a tuple of tensors
+``(x, y)``.
+
+Importing this module does not import torch (command-line help lists the
+data sets cheaply).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+__all__ = [
+    "DATASETS",
+    "AugmentSpec",
+    "DataError",
+    "DataSplits",
+    "DatasetInfo",
+    "SplitIndices",
+    "default_root",
+    "load_data",
+    "split_indices",
+]
+
+#: Seed of the digits test hold-out: fixed, so the test set never depends on the run.
+_DIGITS_TEST_SEED = 20_100_101
+_SYNTHETIC_SEED = 1_234
+
+
+class DataError(ValueError):
+    """A data set that cannot be found or loaded, or user data of the wrong form."""
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """How training batches may be augmented.
+
+    Attributes:
+        crop_padding: Zero padding on each side before a random crop back to
+            the original size (0: no crop).
+        flip: Random horizontal flips with probability 1/2.
+    """
+
+    crop_padding: int
+    flip: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSplits:
+    """A data set's splits, as tensors on one device.
+
+    Attributes:
+        name: Data set name (or the user's factory spec).
+        train_x, train_y: Training split (images float32 NCHW, labels int64).
+        valid_x, valid_y: Validation split, held out of the training set.
+        train_eval_x, train_eval_y: Subset of the training split for
+            measuring the training loss.
+        test_x, test_y: Test split.
+        num_classes: Number of classes.
+        in_channels: Image channels.
+        input_size: Side of the square images.
+        augment: Augmentation for training batches; ``None`` for none.
+        mean, std: Per-channel normalisation, computed on the training split.
+        seed: The seed of the split.
+    """
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    valid_x: Tensor
+    valid_y: Tensor
+    train_eval_x: Tensor
+    train_eval_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    in_channels: int
+    input_size: int
+    augment: AugmentSpec | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+
+    @property
+    def num_train(self) -> int:
+        """Size of the training split."""
+        return int(self.train_x.shape[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """A registered data set.
+
+    Attributes:
+        name: Registry name.
+        description: One line for command-line help.
+        num_classes: Number of classes.
+        in_channels: Image channels.
+        input_size: Side of the square images.
+        augment: Default augmentation of training batches.
+        folder: Where torchvision expects it below ``root``; empty for the
+            built-in sets.
+    """
+
+    name: str
+    description: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    augment: AugmentSpec | None
+    folder: str = ""
+
+    @property
+    def needs_files(self) -> bool:
+        """Whether it is read from a data root (torchvision) rather than built in."""
+        return bool(self.folder)
+
+
+_CROP_FLIP = AugmentSpec(crop_padding=4, flip=True)
+_CROP_32 = AugmentSpec(crop_padding=4, flip=False)
+_CROP_28 = AugmentSpec(crop_padding=2, flip=False)
+_CROP_8 = AugmentSpec(crop_padding=1, flip=False)
+
+#: The registered data sets by name.
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="digits",
+            description="scikit-learn's 8×8 handwritten digits (1,797 images, built in)",
+            num_classes=10,
+            in_channels=1,
+            input_size=8,
+            augment=_CROP_8,
+        ),
+        DatasetInfo(
+            name="synthetic",
+            description="seeded Gaussian blobs as 1×8×8 images (for tests)",
+            num_classes=10,
+            in_channels=1,
+            input_size=8,
+            augment=_CROP_8,
+        ),
+        DatasetInfo(
+            name="cifar10",
+            description="CIFAR-10 (torchvision)",
+            num_classes=10,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_FLIP,
+            folder="cifar-10-batches-py",
+        ),
+        DatasetInfo(
+            name="cifar100",
+            description="CIFAR-100 (torchvision)",
+            num_classes=100,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_FLIP,
+            folder="cifar-100-python",
+        ),
+        DatasetInfo(
+            name="svhn",
+            description="SVHN digits, train and test splits (torchvision)",
+            num_classes=10,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_32,
+            folder="train_32x32.mat and test_32x32.mat",
+        ),
+        DatasetInfo(
+            name="mnist",
+            description="MNIST (torchvision)",
+            num_classes=10,
+            in_channels=1,
+            input_size=28,
+            augment=_CROP_28,
+            folder="MNIST/raw",
+        ),
+        DatasetInfo(
+            name="fashion-mnist",
+            description="Fashion-MNIST (torchvision)",
+            num_classes=10,
+            in_channels=1,
+            input_size=28,
+            augment=_CROP_28,
+            folder="FashionMNIST/raw",
+        ),
+    )
+}
+
+
+def default_root() -> Path:
+    """Where torchvision data sets are looked for without ``root``.
+
+    ``$HFFT_DATA_ROOT`` if set, else ``~/.cache/hfft/data``.
+    """
+    return Path(os.environ.get("HFFT_DATA_ROOT", "~/.cache/hfft/data")).expanduser()
+
+
+# --- splits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitIndices:
+    """Indices into the official training set (sorted).
+
+    Attributes:
+        train: The training split.
+        valid: The validation split (disjoint from ``train``).
+        train_eval: Positions *within the training split* of the train-eval subset.
+    """
+
+    train: Tensor
+    valid: Tensor
+    train_eval: Tensor
+
+
+def split_indices(n_train: int, n_test: int, seed: int) -> SplitIndices:
+    """Seeded validation hold-out and train-eval subset (see the module docstring).
+
+    Args:
+        n_train: Size of the official training set.
+        n_test: Size of the test set.
+        seed: Seed of the split.
+
+    Returns:
+        The :class:`SplitIndices`, CPU int64 tensors.
+
+    Raises:
+        DataError: If the training set is too small to hold out a validation set.
+    """
+    import torch
+
+    n_valid = n_test if n_test <= n_train // 5 else round(0.1 * n_train)
+    if n_valid < 1 or n_train - n_valid < 1:
+        raise DataError(
+            f"A training set of {n_train} samples is too small to hold out a validation set."
+        )
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n_train, generator=gen)
+    valid, train = perm[:n_valid].sort().values, perm[n_valid:].sort().values
+    n_eval = min(n_test, train.numel())
+    train_eval = torch.randperm(train.numel(), generator=gen)[:n_eval].sort().values
+    return SplitIndices(train, valid, train_eval)
+
+
+def load_data(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    download: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    augment: bool = True,
+) -> DataSplits:
+    """Load a data set's splits onto a device.
+
+    Args:
+        name: A name in :data:`DATASETS`, or ``path/to/file.py:factory`` /
+            ``package.module:factory`` for the user's own data.
+        root: Directory of the torchvision data sets (default:
+            :func:`default_root`); passed to a user's factory that takes ``root``.
+        download: Download a missing torchvision data set into ``root``.
+        device: Device of the returned tensors.
+        seed: Seed of the validation and train-eval splits.
+        augment: Whether training batches may be augmented (the data set's
+            :class:`AugmentSpec`); ``False`` gives ``augment=None``.
+
+    Returns:
+        The :class:`DataSplits`.
+
+    Raises:
+        DataError: For an unknown name, a missing or unreadable data set, or
+            user data of the wrong form.
+    """
+    import torch
+
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    if name in DATASETS:
+        info = DATASETS[name]
+        raw = _LOADERS[name](root_path, download)
+        spec, num_classes = info.augment, info.num_classes
+    elif ":" in name:
+        raw = _load_user_data(name, root_path, download)
+        spec = None  # whether crops or flips preserve a user's labels is unknown
+        num_classes = max(int(raw[1].max()), int(raw[3].max())) + 1
+    else:
+        raise DataError(
+            f"Unknown data set {name!r}; use one of {', '.join(DATASETS)} "
+            "or path/to/file.py:factory or package.module:factory."
+        )
+    all_x, all_y, test_x, test_y = raw
+    idx = split_indices(all_x.shape[0], test_x.shape[0], seed)
+    dev = torch.device(device)
+    # uint8 images travel to the device before conversion: 4× less to copy
+    all_x, all_y = all_x.to(dev), all_y.to(dev)
+    train, valid, train_eval = idx.train.to(dev), idx.valid.to(dev), idx.train_eval.to(dev)
+    train_raw = all_x[train]
+    mean, std = _channel_stats(train_raw)
+    train_x, train_y = _normalise(train_raw, mean, std), all_y[train]
+    del train_raw
+    return DataSplits(
+        name=name,
+        train_x=train_x,
+        train_y=train_y,
+        valid_x=_normalise(all_x[valid], mean, std),
+        valid_y=all_y[valid],
+        train_eval_x=train_x[train_eval],
+        train_eval_y=train_y[train_eval],
+        test_x=_normalise(test_x.to(dev), mean, std),
+        test_y=test_y.to(dev),
+        num_classes=num_classes,
+        in_channels=int(train_x.shape[1]),
+        input_size=int(train_x.shape[2]),
+        augment=spec if augment else None,
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        seed=seed,
+    )
+
+
+def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    import torch
+
+    means, stds = [], []
+    for c in range(x.shape[1]):  # one channel at a time in float64: exact and memory-light
+        xc = x[:, c].to(torch.float64)
+        means.append(xc.mean())
+        stds.append(xc.std(correction=0))
+    mean, std = torch.stack(means), torch.stack(stds)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))  # constant channel: no scaling
+
+
+def _normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    import torch
+
+    shape = (1, -1, 1, 1)
+    m = mean.to(x.device, torch.float32).view(shape)
+    s = std.to(x.device, torch.float32).view(shape)
+    return ((x.to(torch.float32) - m) / s).contiguous()
+
+
+# --- sources -------------------------------------------------------------------------------
+
+_Raw = tuple["Tensor", "Tensor", "Tensor", "Tensor"]  # train_x, train_y, test_x, test_y
+
+
+def _digits(root: Path, download: bool) -> _Raw:
+    import torch
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    n_test = len(y) - int(0.8 * len(y))  # 360 of 1,797
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_DIGITS_TEST_SEED))
+    test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
+    return x[train], y[train], x[test], y[test]
+
+
+def _synthetic(root: Path, download: bool) -> _Raw:
+    """Ten Gaussian blobs around random 8×8 prototypes; 3,000 training and 600 test images."""
+    import torch
+
+    gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
+    prototypes = torch.randn(10, 1, 8, 8, generator=gen)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, 10, (n,), generator=gen)
+        return prototypes[y] + 2.5 * torch.randn(n, 1, 8, 8, generator=gen), y
+
+    return *draw(3000), *draw(600)
+
+
+def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
+    def load(root: Path, download: bool) -> _Raw:
+        import torch
+        from torchvision import datasets
+
+        def open_split(train: bool) -> Any:
+            if name == "svhn":
+                return datasets.SVHN(root, split="train" if train else "test", download=download)
+            cls = {
+                "cifar10": datasets.CIFAR10,
+                "cifar100": datasets.CIFAR100,
+                "mnist": datasets.MNIST,
+                "fashion-mnist": datasets.FashionMNIST,
+            }[name]
+            return cls(root, train=train, download=download)
+
+        if download:
+            root.mkdir(parents=True, exist_ok=True)
+        try:
+            splits = [open_split(True), open_split(False)]
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            if download:
+                raise DataError(
+                    f"Data set {name!r} could not be downloaded into '{root}': {err}"
+                ) from None
+            raise DataError(
+                f"Data set {name!r} was not found or is incomplete in '{root}' (expected "
+                f"{DATASETS[name].folder} there); pass --data-root DIR pointing at an "
+                "existing copy or add --download."
+            ) from None
+        except Exception as err:  # a failed download, an unreadable file
+            raise DataError(
+                f"Data set {name!r} could not be loaded from '{root}': {type(err).__name__}: {err}"
+            ) from None
+        out: list[Tensor] = []
+        for ds in splits:
+            x = torch.as_tensor(ds.data)  # uint8, converted once for the whole set
+            if x.dim() == 3:  # MNIST-like (N, H, W)
+                x = x.unsqueeze(1)
+            elif name.startswith("cifar"):  # (N, H, W, C) → NCHW
+                x = x.permute(0, 3, 1, 2)
+            labels = ds.labels if name == "svhn" else ds.targets
+            out += [x.contiguous(), torch.as_tensor(labels, dtype=torch.int64)]
+        return out[0], out[1], out[2], out[3]
+
+    return load
+
+
+_LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    **{name: _torchvision(name) for name, info in DATASETS.items() if info.needs_files},
+}
+
+
+def _load_user_data(spec: str, root: Path, download: bool) -> _Raw:
+    from hfft.modelspec import ModelSpecError, load_factory
+
+    target = spec.rpartition(":")[0]
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    if is_file and not Path(target).expanduser().is_file():
+        raise DataError(f"Data file '{target}' does not exist.")
+    try:
+        factory = load_factory(spec)
+    except ModelSpecError as err:
+        raise DataError(f"Data {spec!r} cannot be loaded: {str(err).rstrip('.')}.") from None
+    try:
+        named = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        named = set()
+    kwargs = {k: v for k, v in (("root", root), ("download", download)) if k in named}
+    try:
+        result = factory(**kwargs)
+    except Exception as err:
+        raise DataError(f"Data factory {spec!r} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise DataError(f"Data factory {spec!r} must return a pair (train, test).")
+    train_x, train_y = _as_tensors(spec, "train", result[0])
+    test_x, test_y = _as_tensors(spec, "test", result[1])
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(
+            f"Data factory {spec!r} returned train images of shape {tuple(train_x.shape[1:])} "
+            f"but test images of shape {tuple(test_x.shape[1:])}."
+        )
+    return train_x, train_y, test_x, test_y
+
+
+def _as_tensors(spec: str, split: str, data: Any) -> tuple[Tensor, Tensor]:
+    """A user's split as ``(x, y)``: images (N, C, H, W) float32, labels (N,) int64."""
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        x, y = data.tensors
+    elif isinstance(data, tuple | list) and len(data) == 2:
+        x, y = (torch.as_tensor(part) for part in data)
+    elif isinstance(data, Dataset):
+        # a generic Dataset can only be read sample by sample: done once, here
+        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+        if not pairs:
+            raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
+        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+        y = torch.as_tensor([int(p[1]) for p in pairs])
+    else:
+        raise DataError(
+            f"Data factory {spec!r} returned a {type(data).__name__} as its {split} set, "
+            "not a Dataset or a pair of tensors (x, y)."
+        )
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[2] != x.shape[3]:
+        raise DataError(
+            f"Data factory {spec!r} returned {split} inputs of shape {tuple(x.shape)}; "
+            "expected square images (N, C, H, W) or (N, H, W)."
+        )
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.numel() == 0:
+        raise DataError(
+            f"Data factory {spec!r} returned {split} labels of shape {tuple(y.shape)} and "
+            f"dtype {y.dtype}; expected {x.shape[0]} integer class labels."
+        )
+    if int(y.min()) < 0:
+        raise DataError(f"Data factory {spec!r} returned negative {split} labels.")
+    return x.to(torch.float32), y.to(torch.int64)
+
+
+# --- batches -------------------------------------------------------------------------------

@@ -1,0 +1,321 @@
+"""Checkpoint files: round trips, PyTorch forms, refusal of unsafe or broken files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from hfft import _io
+from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from hfft.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    apply_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def bn_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)
+    )
+
+
+def trained_state(model: nn.Module) -> dict[str, Tensor]:
+    """A state dict with non-default BatchNorm statistics and counter."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 1, 6, 6))
+    return model.state_dict()
+
+
+def assert_same(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert torch.equal(a[k], b[k]), k
+
+
+METADATA = {"model": "cnn", "model_args": {"width": 8}, "epoch": 3, "elapsed": 1.5, "lr": 0.1}
+
+
+# --- safetensors ---------------------------------------------------------------------------
+
+
+def test_round_trip_with_metadata_and_batchnorm_buffers(tmp_path: Path) -> None:
+    sd = trained_state(bn_model())
+    assert sd["1.num_batches_tracked"].dtype == torch.int64
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, sd, METADATA)
+    ckpt = load_checkpoint(path)
+    assert isinstance(ckpt, Checkpoint)
+    assert ckpt.format == "safetensors"
+    assert ckpt.path == path
+    assert ckpt.metadata == METADATA
+    assert_same(ckpt.state_dict, sd)
+    assert int(ckpt.state_dict["1.num_batches_tracked"]) == 3
+
+    model = bn_model()
+    apply_state_dict(model, ckpt.state_dict)
+    assert_same(model.state_dict(), sd)
+
+
+def test_file_is_plain_safetensors(tmp_path: Path) -> None:
+    sd = trained_state(bn_model())
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, sd, METADATA)
+    assert_same(load_file(path), sd)
+
+
+def test_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
+    w = torch.randn(4, 3)
+    sd = {"a": w, "tied": w, "t": w.t(), "slice": w[1:3]}
+    save_checkpoint(tmp_path / "c.safetensors", sd, {})
+    assert_same(load_checkpoint(tmp_path / "c.safetensors").state_dict, sd)
+
+
+def test_foreign_safetensors_without_metadata(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.ones(2)}, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata is None
+    assert torch.equal(ckpt.state_dict["w"], torch.ones(2))
+
+
+def test_safetensors_recognised_by_content(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.bin"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    ckpt = load_checkpoint(path)
+    assert ckpt.format == "safetensors"
+    assert ckpt.metadata == {"epoch": 1}
+
+
+def test_non_tensor_entry_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="'step' is a int"):
+        save_checkpoint(tmp_path / "c.safetensors", {"step": 3}, {})  # type: ignore[dict-item]
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- PyTorch files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda sd: sd, id="plain"),
+        pytest.param(lambda sd: {"model": sd, "epoch": 7, "optimizer": {"lr": 0.1}}, id="model"),
+        pytest.param(lambda sd: {"state_dict": sd, "epoch": 7}, id="state_dict"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_torch_forms(tmp_path: Path, wrap, suffix: str) -> None:
+    sd = trained_state(bn_model())
+    path = tmp_path / f"ckpt{suffix}"
+    torch.save(wrap(sd), path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.format == "torch"
+    assert ckpt.metadata is None
+    assert_same(ckpt.state_dict, sd)
+    apply_state_dict(bn_model(), ckpt.state_dict)
+
+
+class _Payload:
+    """Unpickling this would run a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _pickled(obj: object, how: str, path: Path) -> None:
+    if how == "torch.save":
+        torch.save(obj, path)
+    else:
+        path.write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle-2", "pickle-4"])
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path: Path, how: str) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pt"
+    # (plain pickle cannot hold a tensor that weights_only accepts: payload alone)
+    obj = {"payload": _Payload(marker)}
+    _pickled({"weight": torch.zeros(2), **obj} if how == "torch.save" else obj, how, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt") as info:
+        load_checkpoint(path)
+    assert not marker.exists()
+    if how != "pickle-4":  # protocol 4 is refused before the payload's global is even read
+        assert "execute code" in str(info.value)
+        assert "system" in str(info.value)
+
+
+def test_payload_would_execute_with_unsafe_pickle(tmp_path: Path) -> None:
+    # guards the test above: its payload really does run when unpickled unsafely
+    marker = tmp_path / "executed"
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(os.urandom(512), id="random"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"hello world\n", id="text"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_corrupt_file(tmp_path: Path, content: bytes, suffix: str) -> None:
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_truncated_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"ckpt{suffix}"
+    sd = {"w": torch.randn(100)}
+    if suffix == ".pt":
+        torch.save(sd, path)
+    else:
+        save_checkpoint(path, sd, METADATA)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [
+        pytest.param({}, "holds no tensors", id="empty-dict"),
+        pytest.param({"epoch": 3, "lr": 0.1}, "holds no tensors", id="no-tensors"),
+        pytest.param({"model": {"epoch": 3}}, "holds no tensors under 'model'", id="nested-empty"),
+        pytest.param({"w": torch.ones(1), "epoch": 3}, "'epoch' is a int", id="mixed"),
+        pytest.param([torch.ones(1)], "holds a list", id="list"),
+        pytest.param(torch.ones(3), "holds a Tensor", id="tensor"),
+    ],
+)
+def test_no_state_dict(tmp_path: Path, obj: object, match: str) -> None:
+    path = tmp_path / "x.pt"
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+# --- applying to a model -------------------------------------------------------------------
+
+
+def test_mismatch_message_names_keys_and_shapes() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    sd = nn.Sequential(nn.Linear(4, 5), nn.Linear(3, 2)).state_dict()
+    del sd["1.bias"]
+    sd["extra"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as info:
+        apply_state_dict(model, sd)
+    msg = str(info.value)
+    assert "missing keys 1.bias" in msg
+    assert "unexpected keys extra" in msg
+    assert "0.weight (checkpoint 5×4, model 3×4)" in msg
+    assert "0.bias (checkpoint 5, model 3)" in msg
+    assert msg.count(".") >= 1 and "\n" not in msg
+
+
+def test_mismatch_message_truncates_long_lists() -> None:
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(10)])
+    with pytest.raises(CheckpointError, match=r"missing keys 0\.weight, .* and 15 more\.$"):
+        apply_state_dict(model, {})
+
+
+def test_model_unchanged_on_mismatch() -> None:
+    model = nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError):
+        apply_state_dict(model, {"weight": torch.zeros(2, 3)})
+    assert_same(model.state_dict(), before)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_wrapper_prefix_is_stripped(prefix: str) -> None:
+    src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
+    apply_state_dict(dst, {prefix + k: v for k, v in src.state_dict().items()})
+    assert_same(dst.state_dict(), src.state_dict())
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+
+def test_atomic_writers(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "a.bin", b"\x00\x01")
+    atomic_write_text(tmp_path / "b.txt", "λ = 1\n")
+    atomic_write_json(tmp_path / "c.json", {"x": [1, 2.5, None]})
+    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "b.txt").read_text(encoding="utf-8") == "λ = 1\n"
+    assert json.loads((tmp_path / "c.json").read_text()) == {"x": [1, 2.5, None]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt", "c.json"]
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sha256_file(tmp_path / "f") == expected
+
+
+def test_failed_replace_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    before = path.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk on fire"):
+        save_checkpoint(path, {"w": torch.zeros(2)}, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_interrupt_during_write_keeps_old_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"step": 1})
+
+    def interrupt(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io.os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(path, {"step": 2})
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_unserialisable_metadata_keeps_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"epoch": 1})
+    with pytest.raises(CheckpointError, match="JSON-serialisable"):
+        save_checkpoint(path, {"w": torch.zeros(2)}, {"device": torch.device("cpu")})
+    assert load_checkpoint(path).metadata == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "m.json", {"x": object()})
+    assert not (tmp_path / "m.json").exists()
