@@ -120,6 +120,15 @@ def bench(
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's choice).", min=1)
     ] = None,
+    sgd_loop: Annotated[
+        bool,
+        typer.Option(
+            "--sgd-loop",
+            help="Instead: one epoch of hfft's SGD loop against a plain PyTorch loop "
+            "(model default cnn, on --data).",
+        ),
+    ] = False,
+    data: Annotated[str, typer.Option(help="Data set for --sgd-loop.")] = "digits",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Time a gradient and GGN-vector products (torch.func and BackPACK) side by side.
@@ -139,6 +148,25 @@ def bench(
     for name in names:
         if name not in PROBLEMS:
             raise fail(f"unknown model {name!r}; choose from {', '.join(sorted(PROBLEMS))}")
+    if sgd_loop:
+        with user_errors():
+            from hfft.bench import bench_sgd_loop
+
+            loops = [
+                bench_sgd_loop(name, data, batch_size or 128, dev, rounds)
+                for name in (model or ["cnn"])
+            ]
+        if as_json:
+            json.dump([r.to_dict() for r in loops], sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            from rich.console import Console
+
+            from hfft.render import print_loop_bench
+
+            for r in loops:
+                print_loop_bench(Console(), r)
+        return
     results = []
     for name in names:
         bs = batch_size or (128 if name == "3c3d" else 32)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from hfft.bench import BenchResult
+    from hfft.bench import BenchResult, LoopBenchResult
     from hfft.train import TrainResult
 
 StepHook = Callable[[int, int, int], None]
@@ -98,3 +98,14 @@ def print_train_summary(console: Console, result: TrainResult) -> None:
     table.add_row("checkpoints", f"{len(result.checkpoints)} in {result.manifest.parent}")
     table.add_row("manifest", str(result.manifest))
     console.print(table)
+
+
+def print_loop_bench(console: Console, result: LoopBenchResult) -> None:
+    """One line per loop: seconds per epoch and the throughput ratio."""
+    console.print(
+        f"{result.model} on {result.data}, batch {result.batch_size}, {result.device} "
+        f"(median of {result.rounds} epochs):\n"
+        f"  hfft SGD loop   {1e3 * result.hfft_seconds:8.1f} ms/epoch\n"
+        f"  plain PyTorch   {1e3 * result.plain_seconds:8.1f} ms/epoch\n"
+        f"  hfft throughput = {result.throughput_ratio:.3f} × plain loop"
+    )

@@ -1,0 +1,168 @@
+"""SGD training: checkpoints, manifest, clock, interruption, the CLI command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+from typer.testing import CliRunner
+
+from hfft.checkpoint import apply_state_dict, load_checkpoint
+from hfft.cli import app
+from hfft.modelspec import build_model
+from hfft.train import TrainConfig, checkpoint_epochs, train
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("epochs", "count", "expected"),
+    [
+        (100, 10, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]),
+        (5, 10, [1, 2, 3, 4, 5]),
+        (7, 3, [2, 5, 7]),
+        (1, 1, [1]),
+    ],
+    ids=["100/10", "more-ckpts-than-epochs", "7/3", "1/1"],
+)
+def test_checkpoint_epochs(epochs: int, count: int, expected: list[int]) -> None:
+    assert checkpoint_epochs(epochs, count) == expected
+
+
+def config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(
+        model="mlp",
+        data="digits",
+        out=str(tmp_path / "run"),
+        epochs=4,
+        lr=0.05,
+        batch_size=64,
+        momentum=0.9,
+        weight_decay=1e-4,
+        checkpoints=2,
+        seed=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_writes_checkpoints_and_manifest(tmp_path: Path) -> None:
+    result = train(config(tmp_path))
+    assert result.status == "completed"
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["status"] == "completed"
+    assert [c["epoch"] for c in manifest["checkpoints"]] == [2, 4]
+    assert [e["epoch"] for e in manifest["epochs"]] == [1, 2, 3, 4]
+    # the clock: the last checkpoint is at the end of training
+    assert manifest["train_seconds"] == manifest["checkpoints"][-1]["elapsed_seconds"] > 0
+    elapsed = [e["elapsed_seconds"] for e in manifest["epochs"]]
+    assert elapsed == sorted(elapsed)
+    assert manifest["epochs"][-1]["test_accuracy"] > 0.8
+    ckpt = load_checkpoint(result.checkpoints[-1])
+    meta = ckpt.metadata
+    assert meta is not None
+    assert (meta["model"], meta["data"], meta["epoch"], meta["data_seed"]) == (
+        "mlp",
+        "digits",
+        4,
+        3,
+    )
+    assert meta["elapsed_seconds"] == manifest["train_seconds"]
+    assert meta["lr"] == 0.05 and meta["batch_size"] == 64
+    model = build_model("mlp", {}, num_classes=10, in_channels=1, input_size=8)
+    apply_state_dict(model, ckpt.state_dict)
+    assert set(safetensors.torch.load_file(result.checkpoints[0])) == set(model.state_dict())
+
+
+def test_interrupted_training_keeps_valid_checkpoints(tmp_path: Path) -> None:
+    def stop_after_two(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, epochs=4, checkpoints=4), on_epoch=stop_after_two)
+    run = tmp_path / "run"
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert [c["epoch"] for c in manifest["checkpoints"]] == [1, 2]
+    for c in manifest["checkpoints"]:
+        assert load_checkpoint(run / c["path"]).metadata["epoch"] == c["epoch"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"epochs": 0}, {"lr": 0.0}, {"batch_size": 0}, {"weight_decay": -1.0}],
+    ids=["epochs", "lr", "batch", "wd"],
+)
+def test_config_validation(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        config(tmp_path, **kwargs)
+
+
+def test_cli_train_quiet(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "mlp",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--checkpoints",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ckpt-01.safetensors",
+        "ckpt-02.safetensors",
+        "run.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "resnet9000"], "unknown model"),
+        (["train", "mlp", "--data", "imagenet"], "imagenet"),
+        (["train", "mlp", "--device", "cuda:0"], "CUDA is not available"),
+        (["train", "mlp", "--model-arg", "width"], "width"),
+        (["train", "mlp", "--model-arg", "depthh=3"], "depthh"),
+        (["train", "x.py:make"], "needs --data"),
+    ],
+    ids=["model", "data", "device", "malformed-arg", "unknown-arg", "own-model"],
+)
+def test_cli_train_errors(tmp_path: Path, argv: list[str], message: str) -> None:
+    result = runner.invoke(app, [*argv, "--out", str(tmp_path / "o"), "--quiet", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_train_out_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    result = runner.invoke(app, ["train", "mlp", "--out", str(f), "--quiet"])
+    assert result.exit_code == 2
+    assert "not a directory" in result.output
+
+
+def test_cli_train_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hfft.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hfft.train, "train", interrupted)
+    result = runner.invoke(app, ["train", "mlp", "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output
