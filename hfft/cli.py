@@ -289,6 +289,144 @@ def train(
             print_train_summary(Console(), result)
 
 
+def _seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from hfft.budget import parse_duration
+
+    return parse_duration(text)
+
+
+@app.command()
+def finetune(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="Checkpoint: hfft safetensors, or a PyTorch state_dict .pt/.pth "
+            "(then --model and --data are needed)."
+        ),
+    ],
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="hf, sgd, sgd-div10, sgd-cosine or sgd-plateau; options after a colon, "
+            "e.g. hf:m=2048,damping=0.5 or sgd:lr=0.01."
+        ),
+    ] = "hf",
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="10% (of the original training time), 600s / 10m / 1h, 200steps or 3epochs."
+        ),
+    ] = "10%",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output directory (default: finetune-STRATEGY beside the checkpoint)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model name or path/to/file.py:factory (executes that file)."),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Where torchvision data sets are.")] = None,
+    download: Annotated[bool, typer.Option(help="Download a missing data set.")] = False,
+    train_time: Annotated[
+        str | None,
+        typer.Option(help="Original training time (e.g. 2h) when run.json does not know it."),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="SGD learning rate α (default: training's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="SGD batch size (default: training's).", min=1)
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(help="SGD momentum (default: training's).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 of the objective (default: the problem's).")
+    ] = None,
+    eval_batch_size: Annotated[
+        int | None, typer.Option(help="Size of HF's second batch B̄ (default 1024).", min=1)
+    ] = None,
+    eval_points: Annotated[
+        int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
+    ] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed of this run.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Fine-tune a checkpoint with one strategy under a budget.
+
+    Writes final.safetensors, best.safetensors (best validation accuracy) and
+    metrics.json (configuration, evaluations over the budget, every optimizer
+    step, final and best results) into --out. The clock runs only while the
+    optimizer works; evaluations are paused out of it.
+    """
+    with user_errors():
+        from hfft.finetune import FinetuneConfig
+        from hfft.finetune import finetune as run_finetune
+        from hfft.modelspec import parse_model_args
+        from hfft.strategies import parse_strategy
+
+        label = parse_strategy(strategy).label
+        target = out or checkpoint.parent / ("finetune-" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label))
+        check_out_dir(target)
+        config = FinetuneConfig(
+            checkpoint=str(checkpoint),
+            strategy=strategy,
+            budget=budget,
+            out=str(target),
+            model=model,
+            model_args=parse_model_args(model_arg or []),
+            data=data,
+            data_root=str(data_root) if data_root else None,
+            download=download,
+            train_time=_seconds(train_time),
+            lr=lr,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eval_batch_size=eval_batch_size,
+            eval_points=eval_points,
+            seed=seed,
+            device=resolve_device(device),
+        )
+        from hfft.render import finetune_progress
+
+        with finetune_progress(label, quiet or as_json) as on_progress:
+            result = run_finetune(config, on_progress=on_progress)
+    if as_json:
+        json.dump(result_dict(result), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not quiet:
+        from rich.console import Console
+
+        from hfft.render import print_finetune_summary
+
+        print_finetune_summary(Console(), result)
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    """A finetune result as JSON-ready dict."""
+    return {
+        "status": result.status,
+        "out": str(result.out),
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "fraction": result.fraction,
+        "initial": result.initial,
+        "final": result.final,
+        "best": result.best,
+        "metrics": str(result.metrics_path),
+    }
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -12,6 +12,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from hfft.bench import BenchResult, LoopBenchResult
+    from hfft.finetune import FinetuneResult
     from hfft.train import TrainResult
 
 StepHook = Callable[[int, int, int], None]
@@ -109,3 +110,65 @@ def print_loop_bench(console: Console, result: LoopBenchResult) -> None:
         f"  plain PyTorch   {1e3 * result.plain_seconds:8.1f} ms/epoch\n"
         f"  hfft throughput = {result.throughput_ratio:.3f} × plain loop"
     )
+
+
+@contextlib.contextmanager
+def finetune_progress(
+    label: str, quiet: bool = False, console: Console | None = None
+) -> Iterator[Callable[[float, dict[str, Any]], None] | None]:
+    """A progress bar over the budget fraction with steps and the latest validation accuracy."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}% of budget"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+    task = progress.add_task("finetune", total=1.0, info="")
+    state = {"info": ""}
+
+    def on_progress(fraction: float, entry: dict[str, Any]) -> None:
+        if "valid_accuracy" in entry:
+            state["info"] = f"step {entry['step']}, valid acc {entry['valid_accuracy']:.2%}"
+        progress.update(task, completed=min(fraction, 1.0), info=state["info"])
+
+    with progress:
+        yield on_progress
+
+
+def _fmt(key: str, value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}"
+
+
+def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
+    """Initial, final and best metrics side by side, and where the files are."""
+    table = Table(
+        title=f"finetune {result.status}: {result.steps} steps, {result.seconds:.1f} s "
+        f"({min(result.fraction, 9.99):.0%} of budget)",
+        title_justify="left",
+    )
+    table.add_column("")
+    for name in ("start", "final", "best (valid acc)"):
+        table.add_column(name, justify="right")
+    for key in (
+        "train_eval_loss",
+        "train_eval_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "test_loss",
+        "test_accuracy",
+    ):
+        table.add_row(
+            key.replace("_", " ").replace("train eval", "train"),
+            _fmt(key, result.initial.get(key)),
+            _fmt(key, result.final.get(key)),
+            _fmt(key, result.best.get(key)),
+        )
+    console.print(table)
+    console.print(f"outputs in {result.out}: final.safetensors, best.safetensors, metrics.json")

@@ -1,0 +1,175 @@
+"""What a fine-tuning run starts from: checkpoint → model, data and training hyperparameters.
+
+A checkpoint written by ``hfft train`` carries its model, data set, data seed
+and SGD hyperparameters in its metadata, and the run manifest beside it
+(``run.json``) knows the total training time. A foreign checkpoint (a plain
+``state_dict``) needs the model and data named explicitly, and the training
+time when a budget is a percentage of it.
+
+Precedence for every hyperparameter: explicit override, then the checkpoint's
+metadata, then the registered problem's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hfft.data import DataSplits
+
+__all__ = ["Source", "SourceError", "load_source", "training_seconds"]
+
+
+class SourceError(ValueError):
+    """A checkpoint that cannot be turned into a model with data (one sentence)."""
+
+
+@dataclass
+class Source:
+    """A model loaded from a checkpoint, with its data and training hyperparameters."""
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any] | None
+    model: nn.Module
+    model_name: str
+    model_args: dict[str, Any]
+    data_name: str
+    data_seed: int
+    splits: DataSplits
+    lr: float | None
+    batch_size: int | None
+    momentum: float
+    weight_decay: float
+    train_seconds: float | None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for logs."""
+        return {
+            "checkpoint": str(self.path),
+            "sha256": self.sha256,
+            "model": self.model_name,
+            "model_args": self.model_args,
+            "data": self.data_name,
+            "data_seed": self.data_seed,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "train_seconds": self.train_seconds,
+            "epoch": (self.metadata or {}).get("epoch"),
+        }
+
+
+def training_seconds(checkpoint: Path) -> float | None:
+    """Total training seconds from the ``run.json`` beside a checkpoint, if there is one."""
+    manifest = checkpoint.parent / "run.json"
+    if not manifest.is_file():
+        return None
+    try:
+        value = json.loads(manifest.read_text()).get("train_seconds")
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def load_source(
+    checkpoint: str | Path,
+    *,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str = "cpu",
+    train_time: float | None = None,
+    data_seed: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+) -> Source:
+    """Load a checkpoint into its model, with its data split and hyperparameters.
+
+    Args:
+        checkpoint: hfft safetensors or a PyTorch state-dict file.
+        model: Model name or factory spec (overrides the metadata).
+        model_args: Model keyword arguments (override the metadata).
+        data: Data set name or factory spec (overrides the metadata).
+        data_root: Where torchvision data sets are.
+        download: Download a missing data set.
+        device: Where the model and data go.
+        train_time: Original training seconds (overrides ``run.json``).
+        data_seed: Seed of the data split (default: the checkpoint's, else 0).
+        lr: SGD learning rate override.
+        batch_size: SGD batch size override.
+        momentum: SGD momentum override.
+        weight_decay: L2 override.
+
+    Raises:
+        SourceError: When the model or data cannot be determined.
+        CheckpointError: For unreadable or mismatching checkpoints.
+        DataError: For missing data sets.
+    """
+    from hfft._io import sha256_file
+    from hfft.checkpoint import apply_state_dict, load_checkpoint
+    from hfft.data import load_data
+    from hfft.models import PROBLEMS
+    from hfft.modelspec import build_model
+
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    meta = ckpt.metadata or {}
+    model_name = _first(model, meta.get("model"))
+    if model_name is None:
+        raise SourceError(
+            f"{path} carries no hfft metadata, so the model is unknown; "
+            "pass --model NAME or --model path/to/file.py:factory"
+        )
+    data_name = _first(data, meta.get("data"))
+    problem = PROBLEMS.get(model_name)
+    if data_name is None and problem is not None:
+        data_name = problem.defaults.dataset
+    if data_name is None:
+        raise SourceError(f"the data set of {path} is unknown; pass --data NAME")
+    seed = int(_first(data_seed, meta.get("data_seed"), 0))
+    splits = load_data(data_name, root=data_root, download=download, device=device, seed=seed)
+    args = dict(meta.get("model_args") or {}) if model is None else {}
+    args.update(model_args or {})
+    net = build_model(
+        model_name,
+        args,
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        input_size=splits.input_size,
+    )
+    apply_state_dict(net, ckpt.state_dict)
+    net = net.to(device)
+    d = problem.defaults if problem is not None else None
+    return Source(
+        path=path,
+        sha256=sha256_file(path),
+        metadata=ckpt.metadata,
+        model=net,
+        model_name=model_name,
+        model_args=args,
+        data_name=data_name,
+        data_seed=seed,
+        splits=splits,
+        lr=_first(lr, meta.get("lr"), d.lr if d else None),
+        batch_size=_first(batch_size, meta.get("batch_size"), d.batch_size if d else None),
+        momentum=float(_first(momentum, meta.get("momentum"), d.momentum if d else 0.0)),
+        weight_decay=float(
+            _first(weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
+        ),
+        train_seconds=_first(train_time, training_seconds(path)),
+    )

@@ -1,0 +1,220 @@
+"""Strategy parsing, its option table, and the table's agreement with HessianFree."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from hfft.strategies import (
+    HF_OPTIONS,
+    SGD_OPTIONS,
+    SGD_STRATEGIES,
+    STRATEGIES,
+    Strategy,
+    parse_strategy,
+)
+
+FULL_HF = (
+    "hf:m=1024,damping=0.5,curvature=hessian,preconditioner=empirical-fisher,chunk_size=512,"
+    "cg_max_iter=100,martens_criterion=false,cg_tol=1e-8,adapt_damping=no,cg_decay_x0=0,"
+    "use_cg_backtracking=0,lr=0.5,use_linesearch=yes,backend=backpack,model_mode=train,"
+    "cache_chunks=true,preconditioner_exponent=1,linesearch_beta=0.5,linesearch_c=0.1,"
+    "linesearch_max_tries=5"
+)
+
+
+def test_names() -> None:
+    assert SGD_STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
+    assert STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau", "hf")
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "options", "label"),
+    [
+        ("sgd", "sgd", {}, "sgd"),
+        ("sgd-cosine", "sgd-cosine", {}, "sgd-cosine"),
+        (" SGD-Plateau ", "sgd-plateau", {}, "sgd-plateau"),
+        ("hf", "hf", {}, "hf"),
+        ("hf:m=2048", "hf", {"m": 2048}, "hf:m=2048"),
+        ("hf:damping=0.5,m=2048", "hf", {"m": 2048, "damping": 0.5}, "hf:m=2048,damping=0.5"),
+        ("hf:damping=1", "hf", {"damping": 1.0}, "hf:damping=1.0"),
+        (
+            "hf: m = 64 , cg-max-iter=10",
+            "hf",
+            {"m": 64, "cg_max_iter": 10},
+            "hf:m=64,cg_max_iter=10",
+        ),
+        (
+            "hf:preconditioner=none,chunk_size=None",
+            "hf",
+            {"preconditioner": None, "chunk_size": None},
+            "hf:preconditioner=none,chunk_size=none",
+        ),
+        ("hf:curvature=Hessian", "hf", {"curvature": "hessian"}, "hf:curvature=hessian"),
+        ("hf:cg_tol=1e-8", "hf", {"cg_tol": 1e-8}, "hf:cg_tol=1e-08"),
+        (
+            "sgd:momentum=0.9,lr=0.01,batch_size=128",
+            "sgd",
+            {"lr": 0.01, "batch_size": 128, "momentum": 0.9},
+            "sgd:lr=0.01,batch_size=128,momentum=0.9",
+        ),
+    ],
+    ids=lambda v: repr(v) if isinstance(v, str) else None,
+)
+def test_parse_strategy(text: str, name: str, options: dict[str, Any], label: str) -> None:
+    strategy = parse_strategy(text)
+    assert strategy == Strategy(name, options)
+    assert strategy.options == options
+    assert strategy.label == label == str(strategy)
+    assert parse_strategy(label) == strategy
+    assert strategy.is_hf == (name == "hf")
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [
+        ("true", True),
+        ("1", True),
+        ("yes", True),
+        ("TRUE", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("No", False),
+    ],
+)
+def test_booleans(word: str, value: bool) -> None:
+    assert parse_strategy(f"hf:use_linesearch={word}").options == {"use_linesearch": value}
+
+
+def test_full_hf_strategy() -> None:
+    strategy = parse_strategy(FULL_HF)
+    assert strategy.batch_size == 1024
+    assert strategy.optimizer_options == {
+        "curvature": "hessian",
+        "damping": 0.5,
+        "adapt_damping": False,
+        "cg_max_iter": 100,
+        "cg_tol": 1e-8,
+        "martens_criterion": False,
+        "cg_decay_x0": 0.0,
+        "use_cg_backtracking": False,
+        "lr": 0.5,
+        "use_linesearch": True,
+        "preconditioner": "empirical-fisher",
+        "chunk_size": 512,
+        "backend": "backpack",
+        "model_mode": "train",
+        "cache_chunks": True,
+        "preconditioner_exponent": 1.0,
+        "linesearch_beta": 0.5,
+        "linesearch_c": 0.1,
+        "linesearch_max_tries": 5,
+    }
+    assert parse_strategy(strategy.label) == strategy
+
+
+def test_sgd_options() -> None:
+    strategy = parse_strategy("sgd-div10:batch_size=32,lr=0.2")
+    assert strategy.batch_size == 32
+    assert strategy.optimizer_options == {"lr": 0.2}
+    assert parse_strategy("sgd").batch_size is None
+
+
+def test_unknown_strategy() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_strategy("adam:lr=0.1")
+    assert str(err.value) == (
+        "unknown strategy 'adam'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, "
+        "optionally with key=value options as in hf:m=2048,damping=0.5 or sgd:lr=0.01"
+    )
+
+
+def test_unknown_option_lists_the_accepted_ones() -> None:
+    with pytest.raises(ValueError) as err:
+        parse_strategy("sgd:m=12")
+    assert str(err.value) == (
+        "unknown option 'm' for strategy 'sgd'; the accepted options are lr, batch_size, momentum"
+    )
+    with pytest.raises(ValueError, match="accepted options are m, curvature, damping, "):
+        parse_strategy("hf:foo=1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("hf:m=1.5", "option m of strategy 'hf' must be an integer > 0, got '1.5'"),
+        ("hf:m=0", "option m of strategy 'hf' must be an integer > 0, got '0'"),
+        ("hf:damping=nan", "option damping of strategy 'hf' must be a number > 0, got 'nan'"),
+        ("hf:cg_decay_x0=2", "must be a number in \\[0, 1\\], got '2'"),
+        ("hf:linesearch_beta=1", "must be a number in \\(0, 1\\), got '1'"),
+        ("hf:adapt_damping=maybe", "must be true or false, got 'maybe'"),
+        ("hf:curvature=fisher", "must be one of ggn, hessian, got 'fisher'"),
+        ("hf:preconditioner=kfac", "must be one of empirical-fisher, none, got 'kfac'"),
+        ("hf:chunk_size=-1", "must be an integer > 0 or none, got '-1'"),
+        ("hf:curvature=none", "must be one of ggn, hessian, got 'none'"),
+        ("sgd:momentum=1", "must be a number in \\[0, 1\\), got '1'"),
+        ("hf:m", "option 'm' of strategy 'hf' is not key=value"),
+        ("hf:", "option '' of strategy 'hf' is not key=value"),
+        ("hf:m=1,,damping=1", "option '' of strategy 'hf' is not key=value"),
+        ("hf:m=1,m=2", "option m of strategy 'hf' is given twice"),
+        ("hf:weight_decay=0.1", "weight_decay cannot be set .* comes from the problem"),
+    ],
+)
+def test_bad_options(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_strategy(text)
+
+
+def test_strategy_validates_and_normalises() -> None:
+    with pytest.raises(ValueError, match="unknown strategy"):
+        Strategy("newton")
+    with pytest.raises(ValueError, match="unknown option"):
+        Strategy("sgd", {"damping": 1.0})
+    with pytest.raises(ValueError, match="must be an integer > 0"):
+        Strategy("hf", {"m": 2.0})
+    with pytest.raises(ValueError, match="must be true or false"):
+        Strategy("hf", {"use_linesearch": 1})
+    options = {"damping": 2, "m": 8}
+    strategy = Strategy("hf", options)
+    assert strategy.options == {"m": 8, "damping": 2.0}
+    assert isinstance(strategy.options["damping"], float)
+    options["m"] = 16  # the strategy keeps its own copy
+    assert strategy.label == "hf:m=8,damping=2.0"
+    assert hash(strategy) == hash(parse_strategy("hf:damping=2,m=8"))
+
+
+def test_hf_options_match_hessian_free_signature() -> None:
+    from hfft.curvature import BACKENDS, CURVATURES
+    from hfft.optimizer import MODEL_MODES, HessianFree
+    from hfft.preconditioner import PRECONDITIONERS
+
+    parameters = dict(inspect.signature(HessianFree.__init__).parameters)
+    for name in ("self", "params", "weight_decay"):
+        del parameters[name]
+    assert list(HF_OPTIONS) == ["m", *parameters]
+    for name, parameter in parameters.items():
+        option = HF_OPTIONS[name]
+        annotation = option.type.__name__ + (" | None" if option.nullable else "")
+        assert parameter.annotation == annotation, name
+        assert option.check(parameter.default), name
+    assert HF_OPTIONS["curvature"].choices == CURVATURES
+    assert HF_OPTIONS["backend"].choices == BACKENDS
+    assert HF_OPTIONS["model_mode"].choices == MODEL_MODES
+    assert HF_OPTIONS["preconditioner"].choices == PRECONDITIONERS
+
+
+def test_sgd_options_table() -> None:
+    assert list(SGD_OPTIONS) == ["lr", "batch_size", "momentum"]
+
+
+def test_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys, hfft.budget, hfft.schedules, hfft.strategies; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
