@@ -164,8 +164,8 @@ def bench(
 
             from hfft.render import print_loop_bench
 
-            for r in loops:
-                print_loop_bench(Console(), r)
+            for loop in loops:
+                print_loop_bench(Console(), loop)
         return
     results = []
     for name in names:
