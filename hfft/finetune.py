@@ -167,6 +167,8 @@ def finetune(
         "versions": versions(),
         "device": str(device),
         "seed": config.seed,
+        # one-time setup outside the clock (HF: tracing the linearisation)
+        "setup_seconds": runner.setup_seconds,
         "evaluations": [],
         "steps": [],
         "initial": {},

@@ -306,3 +306,15 @@ def test_a_few_steps_train_a_classifier() -> None:
 def test_invalid_hyperparameters(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         HessianFree(nn.Linear(2, 2).parameters(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "shapes"), [(None, 1), (7, 2), (5, 1)], ids=["full", "7+7+6", "5x4"]
+)
+def test_prepare_traces_ahead_and_step_reuses_it(chunk_size: int | None, shapes: int) -> None:
+    model, x, y = make_problem("mlp", n=20)
+    opt = HessianFree(model.parameters(), chunk_size=chunk_size)
+    assert opt.prepare(model, x) > 0
+    assert len(opt._lin_cache._cache) == shapes
+    opt.step(model, nn.CrossEntropyLoss(), batch=(x, y))
+    assert len(opt._lin_cache._cache) == shapes
