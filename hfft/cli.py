@@ -5,17 +5,37 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
-import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from hfft._cli_common import (
+    BatchSizeOpt,
+    BudgetOpt,
+    DataOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EvalBatchOpt,
+    EvalPointsOpt,
+    JsonOpt,
+    LrOpt,
+    ModelArgOpt,
+    ModelOpt,
+    MomentumOpt,
+    QuietOpt,
+    SeedOpt,
+    TrainTimeOpt,
+    WeightDecayOpt,
+    check_out_dir,
+    fail,
+    print_json,
+    resolve_device,
+    source_spec,
+    user_errors,
+)
 from hfft._version import __version__
 
 app = typer.Typer(
@@ -25,62 +45,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one sentence to stderr and return the exit to raise."""
-    typer.echo(f"hfft: error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
-    import torch
-
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise fail(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise fail(f"--device {name} was asked for but CUDA is not available on this machine")
-    return name
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so that runs save what they have."""
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    except Terminated:
-        typer.echo("hfft: terminated; what was finished is saved and marked interrupted", err=True)
-        raise typer.Exit(143) from None
-    except KeyboardInterrupt:
-        typer.echo("hfft: interrupted; what was finished is saved and marked interrupted", err=True)
-        raise typer.Exit(130) from None
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        raise fail(str(err).rstrip(".") + ".") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def check_out_dir(out: Path) -> None:
-    """``--out`` must be a directory we can create and write to."""
-    import os
-
-    if out.exists() and not out.is_dir():
-        raise fail(f"--out {out} exists and is not a directory")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise fail(f"--out {out} is not writable")
 
 
 def _version(value: bool) -> None:
@@ -115,7 +79,7 @@ def bench(
     batch_size: Annotated[
         int | None, typer.Option(help="Batch size (default: 128 for 3c3d, 32 otherwise).", min=1)
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     rounds: Annotated[int, typer.Option(help="Timed rounds; the median is reported.", min=1)] = 5,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's choice).", min=1)
@@ -129,7 +93,7 @@ def bench(
         ),
     ] = False,
     data: Annotated[str, typer.Option(help="Data set for --sgd-loop.")] = "digits",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Time a gradient and GGN-vector products (torch.func and BackPACK) side by side.
 
@@ -157,8 +121,7 @@ def bench(
                 for name in (model or ["cnn"])
             ]
         if as_json:
-            json.dump([r.to_dict() for r in loops], sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            print_json([r.to_dict() for r in loops])
         else:
             from rich.console import Console
 
@@ -173,8 +136,7 @@ def bench(
         net, x, y = shaped_problem(name, bs, dev)
         results.append(bench_products(net, x, y, name=name, rounds=rounds))
     if as_json:
-        json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json([r.to_dict() for r in results])
         return
     from rich.console import Console
 
@@ -196,44 +158,24 @@ def train(
         ),
     ],
     out: Annotated[Path, typer.Option(help="Directory for checkpoints and run.json.")],
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="Data set: digits, cifar10, cifar100, svhn, mnist, fashion-mnist, synthetic, "
-            "or path/to/file.py:function returning (train, test). Default: the model's."
-        ),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Where torchvision data sets are (or go with --download).")
-    ] = None,
-    download: Annotated[bool, typer.Option(help="Download a missing data set.")] = False,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
     epochs: Annotated[
         int | None, typer.Option(help="Epochs (default: the model's).", min=1)
     ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="SGD learning rate (default: the model's).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Batch size (default: the model's).", min=1)
-    ] = None,
-    momentum: Annotated[
-        float | None, typer.Option(help="SGD momentum (default: the model's).")
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(help="L2 on weights, not biases or norms (default: the model's)."),
-    ] = None,
-    model_arg: Annotated[
-        list[str] | None,
-        typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
-    ] = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    model_arg: ModelArgOpt = None,
     checkpoints: Annotated[
         int, typer.Option(help="Evenly spaced checkpoints to keep.", min=1)
     ] = 10,
     augment: Annotated[bool, typer.Option(help="Random crops (and flips where valid).")] = True,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a model with SGD, keeping evenly spaced checkpoints and a run manifest.
 
@@ -289,14 +231,6 @@ def train(
             print_train_summary(Console(), result)
 
 
-def _seconds(text: str | None) -> float | None:
-    if text is None:
-        return None
-    from hfft.budget import parse_duration
-
-    return parse_duration(text)
-
-
 @app.command()
 def finetune(
     checkpoint: Annotated[
@@ -313,53 +247,27 @@ def finetune(
             "e.g. hf:m=2048,damping=0.5 or sgd:lr=0.01."
         ),
     ] = "hf",
-    budget: Annotated[
-        str,
-        typer.Option(
-            help="10% (of the original training time), 600s / 10m / 1h, 200steps or 3epochs."
-        ),
-    ] = "10%",
+    budget: BudgetOpt = "10%",
     out: Annotated[
         Path | None,
         typer.Option(help="Output directory (default: finetune-STRATEGY beside the checkpoint)."),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Model name or path/to/file.py:factory (executes that file)."),
-    ] = None,
-    model_arg: Annotated[
-        list[str] | None,
-        typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
-    ] = None,
-    data: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Where torchvision data sets are.")] = None,
-    download: Annotated[bool, typer.Option(help="Download a missing data set.")] = False,
-    train_time: Annotated[
-        str | None,
-        typer.Option(help="Original training time (e.g. 2h) when run.json does not know it."),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="SGD learning rate α (default: training's).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="SGD batch size (default: training's).", min=1)
-    ] = None,
-    momentum: Annotated[
-        float | None, typer.Option(help="SGD momentum (default: training's).")
-    ] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option(help="L2 of the objective (default: the problem's).")
-    ] = None,
-    eval_batch_size: Annotated[
-        int | None, typer.Option(help="Size of HF's second batch B̄ (default 1024).", min=1)
-    ] = None,
-    eval_points: Annotated[
-        int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
-    ] = 20,
-    seed: Annotated[int, typer.Option(help="Random seed of this run.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    train_time: TrainTimeOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    eval_batch_size: EvalBatchOpt = None,
+    eval_points: EvalPointsOpt = 20,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune a checkpoint with one strategy under a budget.
 
@@ -371,7 +279,6 @@ def finetune(
     with user_errors():
         from hfft.finetune import FinetuneConfig
         from hfft.finetune import finetune as run_finetune
-        from hfft.modelspec import parse_model_args
         from hfft.strategies import parse_strategy
 
         label = parse_strategy(strategy).label
@@ -382,16 +289,18 @@ def finetune(
             strategy=strategy,
             budget=budget,
             out=str(target),
-            model=model,
-            model_args=parse_model_args(model_arg or []),
-            data=data,
-            data_root=str(data_root) if data_root else None,
-            download=download,
-            train_time=_seconds(train_time),
-            lr=lr,
-            batch_size=batch_size,
-            momentum=momentum,
-            weight_decay=weight_decay,
+            source=source_spec(
+                model,
+                model_arg,
+                data,
+                data_root,
+                download,
+                train_time,
+                lr,
+                batch_size,
+                momentum,
+                weight_decay,
+            ),
             eval_batch_size=eval_batch_size,
             eval_points=eval_points,
             seed=seed,
@@ -402,14 +311,164 @@ def finetune(
         with finetune_progress(label, quiet or as_json) as on_progress:
             result = run_finetune(config, on_progress=on_progress)
     if as_json:
-        json.dump(result_dict(result), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result_dict(result))
     elif not quiet:
         from rich.console import Console
 
         from hfft.render import print_finetune_summary
 
         print_finetune_summary(Console(), result)
+
+
+@app.command()
+def compare(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="One or more checkpoints (e.g. the phases of a run).")
+    ],
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="A strategy to compare (repeatable), e.g. -s sgd -s sgd-cosine -s hf:m=512. "
+            "Default: sgd, sgd-div10, sgd-cosine, sgd-plateau and hf at up to three batch "
+            "sizes that fit the data.",
+        ),
+    ] = None,
+    seeds: Annotated[
+        int, typer.Option(help="Seeds per strategy (paired across strategies).", min=1)
+    ] = 5,
+    budget: BudgetOpt = "10%",
+    out: Annotated[Path, typer.Option(help="Output directory (rerun to resume).")] = Path(
+        "compare"
+    ),
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    train_time: TrainTimeOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    eval_batch_size: EvalBatchOpt = None,
+    eval_points: EvalPointsOpt = 20,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run every strategy × seed from each checkpoint under one budget and rank them.
+
+    Ranks by the best test accuracy and by the best train loss reached within the
+    budget (mean and quartiles over seeds, with strategies that cannot be told
+    apart marked), and writes every run's outputs, compare.json and PNG plots
+    into --out. Runs go one after another on the device; rerunning reuses
+    finished runs.
+    """
+    with user_errors():
+        from hfft.compare import CompareConfig
+        from hfft.compare import compare as run_compare
+
+        check_out_dir(out)
+        config = CompareConfig(
+            checkpoints=tuple(str(c) for c in checkpoints),
+            strategies=tuple(strategy or []) or None,
+            seeds=seeds,
+            budget=budget,
+            out=str(out),
+            eval_points=eval_points,
+            eval_batch_size=eval_batch_size,
+            device=resolve_device(device),
+            source=source_spec(
+                model, model_arg, data, data_root, download, train_time, lr, batch_size
+            ),
+        )
+        from hfft.render import compare_progress
+
+        with compare_progress(quiet or as_json) as on_run:
+            result = run_compare(config, on_run=on_run)
+    if as_json:
+        print_json(result.summary)
+    elif not quiet:
+        from rich.console import Console
+
+        from hfft.render import print_compare
+
+        print_compare(Console(), result)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(
+        "hfft-demo"
+    ),
+    seeds: Annotated[int, typer.Option(help="Seeds per strategy.", min=1)] = 3,
+    epochs: Annotated[int, typer.Option(help="SGD training epochs.", min=2)] = 200,
+    device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
+) -> None:
+    """The whole workflow on scikit-learn's bundled digits: train, then compare.
+
+    Trains a small CNN with SGD keeping 10 checkpoints (no download, no GPU),
+    then compares every strategy from the middle and the last checkpoint with
+    a 10 % budget, prints the ranking and writes the plots. It runs exactly
+    the public commands it prints.
+    """
+    import time
+
+    start = time.perf_counter()
+    run = out / "train"
+    train_cmd = (
+        f"hfft train cnn --data digits --model-arg width=32 --epochs {epochs} "
+        f"--checkpoints 10 --device {device} --out {run}"
+    )
+    typer.echo(f"$ {train_cmd}")
+    train(
+        model="cnn",
+        out=run,
+        data="digits",
+        data_root=None,
+        download=False,
+        epochs=epochs,
+        lr=None,
+        batch_size=None,
+        momentum=None,
+        weight_decay=None,
+        model_arg=["width=32"],
+        checkpoints=10,
+        augment=True,
+        seed=0,
+        device=device,
+        quiet=quiet,
+    )
+    ckpts = [run / "ckpt-05.safetensors", run / "ckpt-10.safetensors"]
+    typer.echo(
+        f"\n$ hfft compare {ckpts[0]} {ckpts[1]} --seeds {seeds} --budget 10% "
+        f"--device {device} --out {out / 'compare'}"
+    )
+    compare(
+        checkpoints=ckpts,
+        strategy=None,
+        seeds=seeds,
+        budget="10%",
+        out=out / "compare",
+        model=None,
+        model_arg=None,
+        data=None,
+        data_root=None,
+        download=False,
+        train_time=None,
+        lr=None,
+        batch_size=None,
+        eval_batch_size=None,
+        eval_points=20,
+        device=device,
+        quiet=quiet,
+        as_json=False,
+    )
+    typer.echo(
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s. Checkpoints and run.json: {run}; "
+        f"every run's metrics.json and weights, compare.json and the PNG plots: {out / 'compare'}"
+    )
 
 
 def result_dict(result: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
+from hfft.source import SourceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,16 +48,7 @@ class FinetuneConfig:
     strategy: str = "hf"
     budget: str = "10%"
     out: str = "finetune"
-    model: str | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    train_time: float | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
+    source: SourceSpec = field(default_factory=SourceSpec)
     eval_batch_size: int | None = None
     eval_points: int = 20
     seed: int = 0
@@ -111,7 +103,6 @@ def finetune(
     """
     from hfft.budget import BudgetClock, evaluation_fractions, parse_budget, resolve_budget
     from hfft.runners import make_runner
-    from hfft.source import load_source
     from hfft.strategies import parse_strategy
     from hfft.train import versions
 
@@ -119,20 +110,7 @@ def finetune(
     budget = parse_budget(config.budget)
     if config.eval_points < 1:
         raise ValueError(f"eval points must be a positive integer, got {config.eval_points}")
-    src = source or load_source(
-        config.checkpoint,
-        model=config.model,
-        model_args=config.model_args,
-        data=config.data,
-        data_root=config.data_root,
-        download=config.download,
-        device=config.device,
-        train_time=config.train_time,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    src = source or config.source.load(config.checkpoint, config.device)
     budget = resolve_budget(budget, src.train_seconds)
     model, splits = src.model, src.splits
     device = next(model.parameters()).device

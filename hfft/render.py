@@ -172,3 +172,28 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
         )
     console.print(table)
     console.print(f"outputs in {result.out}: final.safetensors, best.safetensors, metrics.json")
+
+
+@contextlib.contextmanager
+def compare_progress(
+    quiet: bool = False, console: Console | None = None
+) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A progress bar over the runs of a comparison (advanced before each new run)."""
+    if quiet:
+        yield None
+        return
+    progress = Progress(
+        TextColumn("[bold]compare"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+    task = progress.add_task("compare", total=None, info="")
+
+    def on_run(index: int, total: int, description: str) -> None:
+        progress.update(task, total=total, completed=index - 1, info=description)
+
+    with progress:
+        yield on_run

@@ -13,7 +13,7 @@ metadata, then the registered problem's defaults.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from hfft.data import DataSplits
 
-__all__ = ["Source", "SourceError", "load_source", "training_seconds"]
+__all__ = ["Source", "SourceError", "SourceSpec", "load_source", "training_seconds"]
 
 
 class SourceError(ValueError):
@@ -64,6 +64,26 @@ class Source:
             "train_seconds": self.train_seconds,
             "epoch": (self.metadata or {}).get("epoch"),
         }
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Overrides for what a checkpoint's metadata says (all optional)."""
+
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    train_time: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+
+    def load(self, checkpoint: str | Path, device: str = "cpu") -> Source:
+        """:func:`load_source` with these overrides."""
+        return load_source(checkpoint, device=device, **asdict(self))
 
 
 def training_seconds(checkpoint: Path) -> float | None:

@@ -1,0 +1,163 @@
+"""Shared pieces of the command line: errors, devices, output folders, option types.
+
+Option types are declared once here (``Annotated[..., typer.Option(...)]``) and
+reused by every command that takes them, so the help reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from hfft.source import SourceSpec
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that runs save what they have."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one sentence to stderr and return the exit to raise."""
+    typer.echo(f"hfft: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise fail(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise fail(f"--device {name} was asked for but CUDA is not available on this machine")
+    return name
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except Terminated:
+        typer.echo("hfft: terminated; what was finished is saved and marked interrupted", err=True)
+        raise typer.Exit(143) from None
+    except KeyboardInterrupt:
+        typer.echo("hfft: interrupted; what was finished is saved and marked interrupted", err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        raise fail(str(err).rstrip(".") + ".") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory we can create and write to."""
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} exists and is not a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise fail(f"--out {out} is not writable")
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output on stdout."""
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def source_spec(
+    model: str | None,
+    model_arg: list[str] | None,
+    data: str | None,
+    data_root: Path | None,
+    download: bool,
+    train_time: str | None,
+    lr: float | None,
+    batch_size: int | None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+) -> SourceSpec:
+    """The checkpoint overrides given on the command line."""
+    from hfft.budget import parse_duration
+    from hfft.modelspec import parse_model_args
+    from hfft.source import SourceSpec
+
+    return SourceSpec(
+        model=model,
+        model_args=parse_model_args(model_arg or []),
+        data=data,
+        data_root=str(data_root) if data_root else None,
+        download=download,
+        train_time=parse_duration(train_time) if train_time is not None else None,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+
+
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Model name or path/to/file.py:factory for a plain state-dict checkpoint "
+        "(loading your file executes it)."
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Data set: digits, cifar10, cifar100, svhn, mnist, fashion-mnist, synthetic, or "
+        "path/to/file.py:function returning (train, test). Default: the checkpoint's or model's."
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="Where torchvision data sets are (or go with --download).")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Download a missing data set.")]
+TrainTimeOpt = Annotated[
+    str | None,
+    typer.Option(help="Original training time (e.g. 2h) when no run.json beside the checkpoint."),
+]
+LrOpt = Annotated[float | None, typer.Option(help="SGD learning rate α (default: training's).")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option(help="SGD batch size (default: training's).", min=1)
+]
+MomentumOpt = Annotated[float | None, typer.Option(help="SGD momentum (default: training's).")]
+WeightDecayOpt = Annotated[
+    float | None, typer.Option(help="L2 on weights, not biases or norms (default: training's).")
+]
+BudgetOpt = Annotated[
+    str,
+    typer.Option(help="10% (of the original training time), 600s / 10m / 1h, 200steps or 3epochs."),
+]
+EvalBatchOpt = Annotated[
+    int | None, typer.Option(help="Size of HF's second batch B̄ (default 1024).", min=1)
+]
+EvalPointsOpt = Annotated[
+    int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
+]
