@@ -24,7 +24,7 @@ from typing import Any
 from hfft._io import atomic_write_json
 from hfft.source import SourceSpec
 
-__all__ = ["CompareConfig", "CompareResult", "compare", "default_strategies"]
+__all__ = ["CompareConfig", "CompareResult", "compare", "default_strategies", "run_directory"]
 
 SGD_DEFAULTS = ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
 HF_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
@@ -74,6 +74,11 @@ def default_strategies(n_train: int) -> list[str]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
+
+
+def run_directory(out: Path, checkpoint: str, strategy: str, seed: int) -> Path:
+    """Where one run of a comparison writes its outputs."""
+    return out / checkpoint / _slug(strategy) / f"seed-{seed}"
 
 
 def _checkpoint_keys(paths: list[Path]) -> list[str]:
@@ -138,7 +143,7 @@ def compare(
         for label in strategies:
             for seed in range(config.seeds):
                 index += 1
-                run_dir = out / key / _slug(label) / f"seed-{seed}"
+                run_dir = run_directory(out, key, label, seed)
                 ft = FinetuneConfig(
                     checkpoint=str(src.path),
                     strategy=label,

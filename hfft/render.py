@@ -12,6 +12,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from hfft.bench import BenchResult, LoopBenchResult
+    from hfft.compare import CompareResult
     from hfft.finetune import FinetuneResult
     from hfft.train import TrainResult
 
@@ -197,3 +198,57 @@ def compare_progress(
 
     with progress:
         yield on_run
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def ranking_table(entry: dict[str, Any], metric: str) -> Table:
+    """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
+    accuracy = metric.endswith("accuracy")
+    what = "best test accuracy (%)" if accuracy else "best train loss"
+    table = Table(
+        title=f"{entry['checkpoint']}: ranked by {what} within the budget",
+        title_justify="left",
+    )
+    for col in ("#", "strategy", "mean", "q25–q75", "seeds", "tied with"):
+        table.add_column(col, justify="right" if col in ("#", "mean", "seeds") else "left")
+    ttt = entry.get("time_to_target") or {}
+    fractions = ttt.get("fractions", {}) if accuracy else {}
+    if fractions:
+        table.add_column("to target", justify="right")
+        table.caption = (
+            f"tied with: not distinguishable given the seed spread; to target: budget needed "
+            f"to reach {ttt['baseline']}'s final {100 * ttt['target']:.2f}% (median over seeds)"
+        )
+    fmt = _pct if accuracy else (lambda v: f"{v:.4f}")
+    for s in entry["rankings"][metric]:
+        row = [
+            str(s["rank"]),
+            s["strategy"],
+            fmt(s["mean"]),
+            f"{fmt(s['q25'])}–{fmt(s['q75'])}",
+            str(len(s["values"])),
+            ", ".join(s["tied_with"]) or "–",
+        ]
+        if fractions:
+            f = fractions.get(s["strategy"])
+            row.append("not reached" if f is None else f"{100 * f:.0f}%")
+        table.add_row(*row)
+    return table
+
+
+def print_compare(console: Console, result: CompareResult) -> None:
+    """The rankings of every checkpoint, notes, and where the files are."""
+    summary = result.summary
+    for entry in summary["checkpoints"]:
+        for metric in ("test_accuracy", "train_eval_loss"):
+            console.print(ranking_table(entry, metric))
+        for note in entry.get("notes", []):
+            console.print(f"note: {note}")
+    console.print(
+        f"{result.ran} runs done, {result.reused} reused. compare.json: {result.compare_json}"
+    )
+    for path in result.plots:
+        console.print(f"plot: {path}")

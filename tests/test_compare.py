@@ -1,0 +1,164 @@
+"""hfft compare and hfft demo: runs, ranking files, plots, resumability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hfft.cli import app
+from hfft.compare import CompareConfig, compare, default_strategies, run_directory
+from hfft.train import TrainConfig, train
+
+runner = CliRunner()
+STRATEGIES = ("sgd", "sgd-cosine", "hf:m=128,cg_max_iter=10")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained")
+    train(
+        TrainConfig(
+            model="mlp",
+            data="digits",
+            out=str(out),
+            epochs=4,
+            lr=0.05,
+            batch_size=64,
+            momentum=0.9,
+            weight_decay=1e-4,
+            checkpoints=2,
+            seed=0,
+            model_args={"width": 32},
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n_train", "expected"),
+    [
+        (1293, ["hf:m=256", "hf:m=512"]),
+        (40_000, ["hf:m=1024", "hf:m=2048", "hf:m=4096"]),
+        (300, []),
+    ],
+    ids=["digits", "cifar", "tiny"],
+)
+def test_default_strategies(n_train: int, expected: list[str]) -> None:
+    assert default_strategies(n_train) == [
+        "sgd",
+        "sgd-div10",
+        "sgd-cosine",
+        "sgd-plateau",
+        *expected,
+    ]
+
+
+def test_compare_runs_ranks_plots_and_resumes(run_dir: Path, tmp_path: Path) -> None:
+    cfg = CompareConfig(
+        checkpoints=(str(run_dir / "ckpt-01.safetensors"), str(run_dir / "ckpt-02.safetensors")),
+        strategies=STRATEGIES,
+        seeds=2,
+        budget="4steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=2,
+        eval_batch_size=128,
+    )
+    result = compare(cfg)
+    assert (result.ran, result.reused) == (12, 0)
+    summary = json.loads(result.compare_json.read_text())
+    assert [c["checkpoint"] for c in summary["checkpoints"]] == ["ckpt-01", "ckpt-02"]
+    ranking = summary["checkpoints"][1]["rankings"]["test_accuracy"]
+    assert sorted(s["strategy"] for s in ranking) == sorted(STRATEGIES)
+    assert [s["rank"] for s in ranking] == [1, 2, 3]
+    assert all(len(s["values"]) == 2 for s in ranking)
+    assert set(summary["relative_performance"]) == {"test_accuracy", "train_eval_loss"}
+    for run in summary["runs"]:
+        where = run_directory(tmp_path / "cmp", run["checkpoint"], run["strategy"], run["seed"])
+        metrics = where / "metrics.json"
+        assert json.loads(metrics.read_text())["status"] == "completed"
+    names = sorted(p.name for p in result.plots)
+    assert names == [
+        "curves-ckpt-01.png",
+        "curves-ckpt-02.png",
+        "relative-test_accuracy.png",
+        "relative-train_eval_loss.png",
+    ]
+    for p in result.plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same command again reuses every finished run
+    again = compare(cfg)
+    assert (again.ran, again.reused) == (0, 12)
+    # a run lost to an interruption is redone, the others are kept
+    victim = tmp_path / "cmp" / "ckpt-02" / "sgd" / "seed-1" / "metrics.json"
+    log = json.loads(victim.read_text())
+    log["status"] = "interrupted"
+    victim.write_text(json.dumps(log))
+    third = compare(cfg)
+    assert (third.ran, third.reused) == (1, 11)
+
+
+def test_seeds_are_paired_across_sgd_strategies(run_dir: Path, tmp_path: Path) -> None:
+    cfg = CompareConfig(
+        checkpoints=(str(run_dir / "ckpt-02.safetensors"),),
+        strategies=("sgd", "sgd-div10"),
+        seeds=1,
+        budget="3steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=1,
+    )
+    compare(cfg)
+    losses = {}
+    for s in ("sgd", "sgd-div10"):
+        log = json.loads((tmp_path / "cmp" / "ckpt-02" / s / "seed-0" / "metrics.json").read_text())
+        losses[s] = log["steps"][0]["loss"]
+    # same seed → same first batch → same loss before the first update
+    assert losses["sgd"] == losses["sgd-div10"]
+
+
+def test_cli_compare_json_and_errors(run_dir: Path, tmp_path: Path) -> None:
+    ckpt = str(run_dir / "ckpt-02.safetensors")
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            ckpt,
+            "-s",
+            "sgd",
+            "-s",
+            "sgd-div10",
+            "--seeds",
+            "2",
+            "--budget",
+            "2steps",
+            "--json",
+            "--device",
+            "cpu",
+            "--eval-points",
+            "1",
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["strategies"] == ["sgd", "sgd-div10"]
+    bad = runner.invoke(app, ["compare", ckpt, "-s", "adam", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "adam" in bad.output
+    assert not (tmp_path / "bad").exists()
+    bad = runner.invoke(app, ["compare", ckpt, "--budget", "soon", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "soon" in bad.output
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["demo", "--epochs", "10", "--seeds", "1", "--out", str(tmp_path / "demo"), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "$ hfft train cnn" in result.output and "$ hfft compare" in result.output
+    summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
+    assert len(summary["checkpoints"]) == 2
+    assert (tmp_path / "demo" / "compare" / "relative-test_accuracy.png").exists()
