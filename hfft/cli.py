@@ -418,10 +418,11 @@ def demo(
     start = time.perf_counter()
     run = out / "train"
     train_cmd = (
-        f"hfft train cnn --data digits --model-arg width=32 --epochs {epochs} "
-        f"--checkpoints 10 --device {device} --out {run}"
+        f"hfft train cnn --data digits --model-arg width=32 --epochs {epochs} --lr 0.05 "
+        f"--momentum 0 --checkpoints 10 --device {device} --out {run}"
     )
     typer.echo(f"$ {train_cmd}")
+    # plain SGD (as in DeepOBS) for long enough that 10 % of its time buys several HF steps
     train(
         model="cnn",
         out=run,
@@ -429,9 +430,9 @@ def demo(
         data_root=None,
         download=False,
         epochs=epochs,
-        lr=None,
+        lr=0.05,
         batch_size=None,
-        momentum=None,
+        momentum=0.0,
         weight_decay=None,
         model_arg=["width=32"],
         checkpoints=10,

@@ -204,6 +204,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _names(names: list[str], most: int = 2) -> str:
+    if not names:
+        return "–"
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} +{len(names) - most}"
+
+
 def ranking_table(entry: dict[str, Any], metric: str) -> Table:
     """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
     accuracy = metric.endswith("accuracy")
@@ -230,7 +237,7 @@ def ranking_table(entry: dict[str, Any], metric: str) -> Table:
             fmt(s["mean"]),
             f"{fmt(s['q25'])}–{fmt(s['q75'])}",
             str(len(s["values"])),
-            ", ".join(s["tied_with"]) or "–",
+            _names(s["tied_with"]),
         ]
         if fractions:
             f = fractions.get(s["strategy"])
