@@ -83,6 +83,30 @@ def dense_ggn(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor:
     return jac.T @ h @ jac
 
 
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory):
+    """A short hfft training run on digits: run.json and two checkpoints."""
+    from hfft.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained")
+    train(
+        TrainConfig(
+            model="mlp",
+            data="digits",
+            out=str(out),
+            epochs=4,
+            lr=0.05,
+            batch_size=64,
+            momentum=0.9,
+            weight_decay=1e-4,
+            checkpoints=2,
+            seed=1,
+            model_args={"width": 32},
+        )
+    )
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

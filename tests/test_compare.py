@@ -10,31 +10,14 @@ from typer.testing import CliRunner
 
 from hfft.cli import app
 from hfft.compare import CompareConfig, compare, default_strategies, run_directory
-from hfft.train import TrainConfig, train
 
 runner = CliRunner()
 STRATEGIES = ("sgd", "sgd-cosine", "hf:m=128,cg_max_iter=10")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
-    train(
-        TrainConfig(
-            model="mlp",
-            data="digits",
-            out=str(out),
-            epochs=4,
-            lr=0.05,
-            batch_size=64,
-            momentum=0.9,
-            weight_decay=1e-4,
-            checkpoints=2,
-            seed=0,
-            model_args={"width": 32},
-        )
-    )
-    return out
+def run_dir(trained_run: Path) -> Path:
+    return trained_run
 
 
 @pytest.mark.parametrize(

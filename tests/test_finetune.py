@@ -19,31 +19,14 @@ from typer.testing import CliRunner
 from hfft.checkpoint import load_checkpoint
 from hfft.cli import app
 from hfft.finetune import FinetuneConfig, finetune
-from hfft.train import TrainConfig, train
 
 runner = CliRunner()
 HF_SMALL = "hf:m=256,cg_max_iter=20"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("trained")
-    train(
-        TrainConfig(
-            model="mlp",
-            data="digits",
-            out=str(out),
-            epochs=4,
-            lr=0.05,
-            batch_size=64,
-            momentum=0.9,
-            weight_decay=1e-4,
-            checkpoints=2,
-            seed=1,
-            model_args={"width": 32},
-        )
-    )
-    return out
+def run_dir(trained_run: Path) -> Path:
+    return trained_run
 
 
 @pytest.fixture(scope="module")
