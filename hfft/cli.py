@@ -6,6 +6,7 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 from __future__ import annotations
 
 import re
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -470,6 +471,106 @@ def demo(
         f"\ndemo finished in {time.perf_counter() - start:.0f} s. Checkpoints and run.json: {run}; "
         f"every run's metrics.json and weights, compare.json and the PNG plots: {out / 'compare'}"
     )
+
+
+class SelftestMode(str, Enum):
+    """The model mode HF will use during its steps."""
+
+    eval = "eval"
+    train = "train"
+
+
+@app.command()
+def selftest(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint to check: hfft safetensors, or a PyTorch state_dict (then --model "
+            "and --data are needed). Without it: built-in problems on every available device."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    train_time: TrainTimeOpt = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Training samples in the checked batch.", min=1)
+    ] = 128,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Time budget that the cost line fills with HF and SGD steps: 10% of the "
+            "training time (the default when it is known) or 600s / 10m / 1h."
+        ),
+    ] = None,
+    mode: Annotated[
+        SelftestMode,
+        typer.Option(help="Model mode HF will use (its default: eval); train is checked too."),
+    ] = SelftestMode.eval,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="HF's chunk size, if you will use one.", min=1)
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto (every available device for the built-in checks), cpu, cuda or cuda:N."
+        ),
+    ] = "auto",
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that curvature products are correct and deterministic; exit 0 only if all pass.
+
+    Without CHECKPOINT: GGN and Hessian products against dense matrices, both
+    back-ends, CG on an SPD system, chunked accumulation and determinism on tiny
+    float64 problems, on the CPU and on CUDA when present (with CPU/CUDA agreement).
+
+    With CHECKPOINT: on a batch of its training data, in the mode HF uses, forward
+    and product determinism, GGN symmetry and positive semi-definiteness, batch
+    independence, loss reduction, finite values; training mode too, to name what
+    breaks there (dropout, BatchNorm, random layers, non-deterministic kernels) and
+    the fix; and the cost of HF and SGD steps within --budget.
+
+    Exit code 0: every check passed (warnings allowed); 1: a check failed; 2: bad input.
+    """
+    with user_errors():
+        if checkpoint is None:
+            if model is not None or data is not None:
+                raise fail("--model and --data describe a CHECKPOINT; give one or drop them")
+            from hfft.selftest import selftest_builtin, selftest_devices
+
+            devices = selftest_devices() if device == "auto" else [resolve_device(device)]
+            from hfft.render import selftest_status
+
+            with selftest_status(quiet or as_json):
+                report = selftest_builtin(devices)
+        else:
+            from hfft.render import selftest_status
+            from hfft.selftest import selftest_checkpoint
+
+            dev = resolve_device(device)
+            spec = source_spec(model, model_arg, data, data_root, download, train_time, None, None)
+            with selftest_status(quiet or as_json):
+                source = spec.load(checkpoint, dev)
+                report = selftest_checkpoint(
+                    source,
+                    batch_size=batch_size,
+                    budget=budget,
+                    mode=mode.value,
+                    chunk_size=chunk_size,
+                )
+    if as_json:
+        print_json(report.to_dict())
+    elif not quiet:
+        from rich.console import Console
+
+        from hfft.render import print_selftest
+
+        print_selftest(Console(), report)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 def result_dict(result: Any) -> dict[str, Any]:
