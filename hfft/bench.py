@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 from hfft.curvature import LinearizationCache, linearize_curvature
 
-__all__ = ["BenchResult", "LoopBenchResult", "bench_products", "bench_sgd_loop", "shaped_problem"]
+__all__ = [
+    "BenchResult",
+    "LoopBenchResult",
+    "bench_products",
+    "bench_sgd_loop",
+    "median_time",
+    "shaped_problem",
+]
 
 # input shape and classes of the data set each registered problem trains on
 DATA_SHAPES = {
@@ -74,6 +81,12 @@ def _timed(fn: Callable[[], Any], cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    return statistics.median(_timed(fn, cuda) for _ in range(repeats))
 
 
 def bench_products(

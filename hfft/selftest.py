@@ -45,8 +45,6 @@ line search) and an SGD step as one gradient.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -77,6 +75,7 @@ from hfft._checks import (
     split_size,
     symmetry_check,
 )
+from hfft.bench import median_time
 from hfft.cg import conjugate_gradient
 from hfft.curvature import CurvatureOperator, LinearizationCache, linearize_curvature
 from hfft.losses import Loss, loss_reduction
@@ -510,21 +509,6 @@ def model_checks(
     return checks
 
 
-def _timed(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
-    """Median seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_cost(
     model: nn.Module,
     loss_fn: Loss,
@@ -581,14 +565,14 @@ def measure_cost(
                 model, loss_fn, x, y, params, chunk_size=chunk_size, lin_cache=cache
             )
 
-        forward_s = _timed(forward, cuda, repeats)
-        gradient_s = _timed(gradient, cuda, repeats)
-        setup_s = _timed(setup, cuda, repeats)
+        forward_s = median_time(forward, cuda, repeats)
+        gradient_s = median_time(gradient, cuda, repeats)
+        setup_s = median_time(setup, cuda, repeats)
         if cuda:
             torch.cuda.reset_peak_memory_stats(x.device)
         op = setup()
         (v,) = random_vectors(1, op.grad.numel(), op.grad)
-        product_s = _timed(lambda: op.matvec(v), cuda, repeats)
+        product_s = median_time(lambda: op.matvec(v), cuda, repeats)
         peak = int(torch.cuda.max_memory_allocated(x.device)) if cuda else None
     hf_step_s = setup_s + cg_iterations * product_s + EVAL_FORWARDS * forward_s
 
