@@ -482,7 +482,7 @@ def finite_check(run: Run) -> Check:
 def linearisation_check(run: Run) -> Check:
     name = f"linearisation [{run.mode}]"
     if run.fallback is None:
-        return Check(name, PASS, None, None, "traced once per step; products reuse it")
+        return Check(name, PASS, None, None, "traced once per input shape; every product reuses it")
     why = "the forward pass is random" if run.forward > run.tol else run.fallback
     detail = f"tracing failed ({why}); every product re-runs the forward pass: correct but slower"
     return Check(name, WARN, None, None, detail)
