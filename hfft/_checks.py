@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from hfft.curvature import LinearizationCache, linearize_curvature, split_batch
 from hfft.losses import Loss, loss_reduction
+from hfft.optimizer import step_mode
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 STATUSES = (PASS, WARN, FAIL)
@@ -301,9 +302,25 @@ def measure(
     chunk_size: int | None,
     weight_decay: float,
 ) -> Run:
-    """Everything one mode's checks judge (the model is left in that mode)."""
-    if training is not None:
-        model.train(training)
+    """Everything one mode's checks judge, with the model in HF's step mode.
+
+    The mode is entered as :meth:`hfft.HessianFree.step` does (see
+    :func:`hfft.optimizer.step_mode`): BatchNorm in training mode normalises
+    with batch statistics without updating its running averages.
+    """
+    mode = "keep" if training is None else ("train" if training else "eval")
+    with step_mode(model, mode):
+        return _measure(model, loss_fn, x, y, chunk_size, weight_decay)
+
+
+def _measure(
+    model: nn.Module,
+    loss_fn: Loss,
+    x: Tensor,
+    y: Tensor,
+    chunk_size: int | None,
+    weight_decay: float,
+) -> Run:
     with torch.no_grad():
         try:
             z = model(x)

@@ -18,9 +18,10 @@ Non-finite values never reach the parameters: such a step is rejected.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ from hfft.preconditioner import (
     preconditioner_from_diagonal,
 )
 
-__all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
+__all__ = ["MODEL_MODES", "HessianFree", "StepRecord", "step_mode"]
 
 MODEL_MODES = ("eval", "train", "keep")
 Batch = tuple[Tensor, Tensor]
@@ -236,15 +237,10 @@ class HessianFree(torch.optim.Optimizer):
         start = time.perf_counter()
         params = self._params()
         state = ModelState(model, params)
-        was_training = model.training
-        if hp["model_mode"] != "keep":
-            model.train(hp["model_mode"] == "train")
-        try:
+        with step_mode(model, hp["model_mode"]):
             n, size = inputs.shape[0], hp["chunk_size"] or inputs.shape[0]
             for m in sorted({min(size, n), n % size} - {0}):
                 self._lin_cache.get(model, state, [p.detach() for p in params], inputs[:m])
-        finally:
-            model.train(was_training)
         return time.perf_counter() - start
 
     @property
@@ -291,16 +287,10 @@ class HessianFree(torch.optim.Optimizer):
         Returns:
             The :class:`StepRecord` of this step.
         """
-        mode = self.defaults["model_mode"]
-        was_training = model.training
-        if mode != "keep":
-            model.train(mode == "train")
-        try:
+        with step_mode(model, self.defaults["model_mode"]):
             return self._step(
                 model, loss_fn, batch, eval_batch if eval_batch is not None else batch
             )
-        finally:
-            model.train(was_training)
 
     def _step(self, model: nn.Module, loss_fn: Loss, batch: Batch, eval_batch: Batch) -> StepRecord:
         hp = self.defaults
@@ -487,6 +477,34 @@ class HessianFree(torch.optim.Optimizer):
             n = p.numel()
             p.copy_(flat[offset : offset + n].view_as(p))
             offset += n
+
+
+@contextlib.contextmanager
+def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """The model's mode during an HF step; every module's own mode is restored after.
+
+    ``"eval"``/``"train"`` switch the whole model, ``"keep"`` leaves it. A step
+    must not change the model's state, so BatchNorm layers in training mode use
+    the batch statistics without updating their running averages (their
+    ``track_running_stats`` is off for the step).
+    """
+    modes = {m: m.training for m in model.modules()}
+    if mode != "keep":
+        model.train(mode == "train")
+    paused = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    for bn in paused:
+        bn.track_running_stats = False
+    try:
+        yield
+    finally:
+        for bn in paused:
+            bn.track_running_stats = True
+        for module, training in modes.items():
+            module.training = training
 
 
 def _check(ok: bool, message: str) -> None:

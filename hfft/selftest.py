@@ -79,6 +79,7 @@ from hfft.bench import median_time
 from hfft.cg import conjugate_gradient
 from hfft.curvature import CurvatureOperator, LinearizationCache, linearize_curvature
 from hfft.losses import Loss, loss_reduction
+from hfft.optimizer import step_mode
 
 if TYPE_CHECKING:
     from hfft.source import Source
@@ -542,14 +543,12 @@ def measure_cost(
     Returns:
         The :class:`Cost`.
     """
-    training = mode_flag(mode)
+    mode_flag(mode)  # validates the mode
     if budget_seconds is not None and not (budget_seconds > 0 and math.isfinite(budget_seconds)):
         raise ValueError(f"the budget must be positive and finite, got {budget_seconds} s")
     cuda = x.device.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
-    with preserved(model):
-        if training is not None:
-            model.train(training)
+    with preserved(model), step_mode(model, mode):
 
         def forward() -> None:
             with torch.no_grad():

@@ -318,3 +318,25 @@ def test_prepare_traces_ahead_and_step_reuses_it(chunk_size: int | None, shapes:
     assert len(opt._lin_cache._cache) == shapes
     opt.step(model, nn.CrossEntropyLoss(), batch=(x, y))
     assert len(opt._lin_cache._cache) == shapes
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_step_leaves_batchnorm_statistics_and_modes_alone(mode: str) -> None:
+    model = bn_model()
+    model.train()
+    model[1].eval()  # a mixed-mode model: each module's mode must come back
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    x, y = torch.randn(30, 4).double(), torch.randint(0, 3, (30,))
+    r = HessianFree(model.parameters(), model_mode=mode).step(
+        model, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:])
+    )
+    assert math.isfinite(r.loss_after)
+    for k, v in model.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    assert model.training and not model[1].training
+    assert model[1].track_running_stats
