@@ -214,8 +214,8 @@ def bench_sgd_loop(
 
     Both train the same model (two identical copies) with ``torch.optim.SGD`` on
     the same device-resident training split, without augmentation, one epoch
-    each, interleaved over ``rounds`` after one warm-up epoch; the medians are
-    compared.
+    each, interleaved over ``rounds`` (alternating which goes first) after one
+    warm-up epoch; the medians are compared.
     """
     import copy
 
@@ -259,8 +259,10 @@ def bench_sgd_loop(
 
     cuda = device.startswith("cuda")
     times: dict[str, list[float]] = {"hfft": [], "plain": []}
+    order = [("hfft", hfft_epoch), ("plain", plain_epoch)]
     for r in range(rounds + 1):
-        for key, fn in (("hfft", hfft_epoch), ("plain", plain_epoch)):
+        # alternate which loop goes first, so that neither always runs on a warm cache
+        for key, fn in order if r % 2 else order[::-1]:
             t = _timed(fn, cuda)
             if r > 0:
                 times[key].append(t)
