@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft._step import step_mode
 from hfft.curvature import LinearizationCache, linearize_curvature, split_batch
 from hfft.losses import Loss, loss_reduction
-from hfft.optimizer import step_mode
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 STATUSES = (PASS, WARN, FAIL)
@@ -305,7 +305,7 @@ def measure(
     """Everything one mode's checks judge, with the model in HF's step mode.
 
     The mode is entered as :meth:`hfft.HessianFree.step` does (see
-    :func:`hfft.optimizer.step_mode`): BatchNorm in training mode normalises
+    :func:`hfft._step.step_mode`): BatchNorm in training mode normalises
     with batch statistics without updating its running averages.
     """
     mode = "keep" if training is None else ("train" if training else "eval")

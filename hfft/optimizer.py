@@ -18,10 +18,9 @@ Non-finite values never reach the parameters: such a step is rejected.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft._params import ModelState
+from hfft._step import Timer, step_mode
 from hfft.cg import conjugate_gradient
 from hfft.curvature import (
     BACKENDS,
@@ -47,7 +47,7 @@ from hfft.preconditioner import (
     preconditioner_from_diagonal,
 )
 
-__all__ = ["MODEL_MODES", "HessianFree", "StepRecord", "step_mode"]
+__all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
 
 MODEL_MODES = ("eval", "train", "keep")
 Batch = tuple[Tensor, Tensor]
@@ -300,7 +300,7 @@ class HessianFree(torch.optim.Optimizer):
         g_state["step"] = step_no
         lam = float(g_state.get("damping", hp["damping"]))
         reduction = loss_reduction(loss_fn)
-        timer = _Timer(params[0].device)
+        timer = Timer(params[0].device)
 
         with torch.no_grad():
             theta = torch.cat([p.detach().reshape(-1) for p in params])
@@ -479,55 +479,6 @@ class HessianFree(torch.optim.Optimizer):
             offset += n
 
 
-@contextlib.contextmanager
-def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """The model's mode during an HF step; every module's own mode is restored after.
-
-    ``"eval"``/``"train"`` switch the whole model, ``"keep"`` leaves it. A step
-    must not change the model's state, so BatchNorm layers in training mode use
-    the batch statistics without updating their running averages (their
-    ``track_running_stats`` is off for the step).
-    """
-    modes = {m: m.training for m in model.modules()}
-    if mode != "keep":
-        model.train(mode == "train")
-    paused = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
-    ]
-    for bn in paused:
-        bn.track_running_stats = False
-    try:
-        yield
-    finally:
-        for bn in paused:
-            bn.track_running_stats = True
-        for module, training in modes.items():
-            module.training = training
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
-
-
-class _Timer:
-    """Wall-clock laps; synchronises CUDA only at lap boundaries."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.start = self.last = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self) -> float:
-        now = self._now()
-        out, self.last = now - self.last, now
-        return out
-
-    def total(self) -> float:
-        return self._now() - self.start

@@ -74,10 +74,10 @@ from hfft._checks import (
     split_size,
     symmetry_check,
 )
+from hfft._step import step_mode
 from hfft.bench import median_time
 from hfft.curvature import LinearizationCache, linearize_curvature
 from hfft.losses import Loss, loss_reduction
-from hfft.optimizer import step_mode
 
 if TYPE_CHECKING:
     from hfft.source import Source
