@@ -71,7 +71,7 @@ def training_progress(
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        transient=False,
+        transient=True,
     )
     task = progress.add_task("train", total=epochs, epoch=1, info="")
 
@@ -128,6 +128,8 @@ def finetune_progress(
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
+        # erased when done (or failed): the summary follows, an error stays one line
+        transient=True,
     )
     task = progress.add_task("finetune", total=1.0, info="")
     state = {"info": ""}
@@ -190,6 +192,8 @@ def compare_progress(
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
+        # erased when done (or failed): the summary follows, an error stays one line
+        transient=True,
     )
     task = progress.add_task("compare", total=None, info="")
 
