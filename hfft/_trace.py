@@ -94,7 +94,6 @@ class TracedLinearization:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 2 * n_p + n_o + 1:
             raise RuntimeError("unexpected number of inputs in the traced graph")
-        primal_in = placeholders[: n_p + n_o + 1]
         tangent_in = placeholders[n_p + n_o + 1 :]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         z_node, jv_node = out_node.args[0]
@@ -132,7 +131,6 @@ class TracedLinearization:
         tangent_graph.output(tenv[jv_node])
         tangent_graph.eliminate_dead_code()
 
-        del primal_in
         lin = cls(fx.GraphModule(gm, primal_graph), fx.GraphModule(gm, tangent_graph), len(needed))
         with torch.no_grad():
             z_traced = lin.primal(*params, *others, x)[0]
