@@ -33,13 +33,20 @@ from hfft.cli import app, compare, train
 
 @app.command()
 def bench(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint to measure on a batch of its training data (instead of --model).",
+            show_default=False,
+        ),
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(
             "--model",
             "-m",
-            help="Registered model to measure (repeatable). Default: 3c3d at batch 128 "
-            "and allcnnc at batch 32.",
+            help="Registered model to measure on random data shaped like its data set "
+            "(repeatable). Default: 3c3d at batch 128 and allcnnc at batch 32.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -47,6 +54,17 @@ def bench(
     ] = None,
     device: DeviceOpt = "auto",
     rounds: Annotated[int, typer.Option(help="Timed rounds; the median is reported.", min=1)] = 5,
+    cg_iterations: Annotated[
+        int,
+        typer.Option(
+            help="CG iterations of the whole-HF-step benchmark, one step per back-end "
+            "(0 skips it).",
+            min=0,
+        ),
+    ] = 50,
+    memory: Annotated[
+        bool, typer.Option(help="Also measure peak memory (separate, slower runs).")
+    ] = True,
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: torch's choice).", min=1)
     ] = None,
@@ -61,56 +79,86 @@ def bench(
     data: Annotated[str, typer.Option(help="Data set for --sgd-loop.")] = "digits",
     as_json: JsonOpt = False,
 ) -> None:
-    """Time a gradient and GGN-vector products (torch.func and BackPACK) side by side.
+    """Measure what an HF step and an SGD step cost, side by side in one run.
 
-    Random data shaped like each model's data set; every operation is measured in
-    the same run, interleaved, and reported with its ratio to one gradient.
+    Times one forward, one gradient, one SGD step (hfft's and a plain PyTorch
+    loop's), GGN-vector products with each back-end (torch.func and BackPACK's
+    R-op), one CG iteration, chunked products, and one whole HF step per
+    back-end broken down into its parts; with peak memory and FLOPs of each,
+    and ratios to one gradient. Operations are interleaved round by round and
+    the median is reported; the targets of issue #7 are checked at the end.
     """
     import torch
 
-    from hfft.bench import bench_products, shaped_problem
     from hfft.models import PROBLEMS
 
     dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    names = model or ["3c3d", "allcnnc"]
+    if checkpoint is not None and model:
+        raise fail("give a checkpoint or --model, not both")
+    names = model or ([] if checkpoint is not None else ["3c3d", "allcnnc"])
     for name in names:
         if name not in PROBLEMS:
             raise fail(f"unknown model {name!r}; choose from {', '.join(sorted(PROBLEMS))}")
     if sgd_loop:
-        with user_errors():
-            from hfft.bench import bench_sgd_loop
-
-            loops = [
-                bench_sgd_loop(name, data, batch_size or 128, dev, rounds)
-                for name in (model or ["cnn"])
-            ]
-        if as_json:
-            print_json([r.to_dict() for r in loops])
-        else:
-            from rich.console import Console
-
-            from hfft.render import print_loop_bench
-
-            for loop in loops:
-                print_loop_bench(Console(), loop)
+        _bench_loops(model or ["cnn"], data, batch_size or 128, dev, rounds, as_json)
         return
-    results = []
-    for name in names:
-        bs = batch_size or (128 if name == "3c3d" else 32)
-        net, x, y = shaped_problem(name, bs, dev)
-        results.append(bench_products(net, x, y, name=name, rounds=rounds))
+    from hfft.bench import bench_model, shaped_problem
+
+    problems = []
+    with user_errors():
+        if checkpoint is not None:
+            src = source_spec(None, None, None, None, False, None, None, None).load(
+                checkpoint, device=dev
+            )
+            bs = min(batch_size or 32, src.splits.num_train)
+            net = src.model.eval()
+            x, y = src.splits.train_x[:bs], src.splits.train_y[:bs]
+            problems.append((checkpoint.name, net, x, y))
+        for name in names:
+            bs = batch_size or (128 if name == "3c3d" else 32)
+            problems.append((name, *shaped_problem(name, bs, dev)))
+        results = [
+            bench_model(
+                net,
+                x,
+                y,
+                name=name,
+                rounds=rounds,
+                cg_iterations=cg_iterations,
+                measure_memory=memory,
+            )
+            for name, net, x, y in problems
+        ]
     if as_json:
         print_json([r.to_dict() for r in results])
         return
     from rich.console import Console
 
-    from hfft.render import print_bench
+    from hfft.render_bench import print_bench
 
     console = Console()
     for r in results:
         print_bench(console, r)
+
+
+def _bench_loops(
+    models: list[str], data: str, batch_size: int, device: str, rounds: int, as_json: bool
+) -> None:
+    from hfft.bench_loop import bench_sgd_loop
+
+    with user_errors():
+        loops = [bench_sgd_loop(name, data, batch_size, device, rounds) for name in models]
+    if as_json:
+        print_json([r.to_dict() for r in loops])
+        return
+    from rich.console import Console
+
+    from hfft.render_bench import print_loop_bench
+
+    for loop in loops:
+        print_loop_bench(Console(), loop)
 
 
 @app.command()

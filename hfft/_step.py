@@ -9,7 +9,29 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["Timer", "step_mode"]
+__all__ = ["Timer", "fp32_precision", "step_mode"]
+
+
+@contextlib.contextmanager
+def fp32_precision(tf32: bool) -> Iterator[None]:
+    """Full float32 (``tf32=False``) or TF32 CUDA convolutions and matrix products.
+
+    PyTorch lets cuDNN convolutions use TF32 by default on Ampere and later
+    GPUs, which rounds their inputs to a 10-bit mantissa (relative error about
+    1e-3). CG needs every curvature product to be the same symmetric linear
+    map to near float32 precision: errors of 1e-3 per product break the
+    conjugacy of its directions and blur ρ, whose numerator and denominator
+    are small differences. So the HF step runs in IEEE float32 unless asked
+    otherwise; the flags are restored after. No effect on CPUs.
+    """
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul  # type: ignore[attr-defined]
+    saved = conv.fp32_precision, matmul.fp32_precision
+    mode = "tf32" if tf32 else "ieee"
+    conv.fp32_precision = matmul.fp32_precision = mode
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 @contextlib.contextmanager

@@ -97,6 +97,7 @@ class TracedLinearization:
         tangent_in = placeholders[n_p + n_o + 1 :]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         z_node, jv_node = out_node.args[0]
+        _drop_zero_terms(gm.graph)
 
         # which nodes depend on the tangent
         tdep: set[fx.Node] = set(tangent_in)
@@ -112,15 +113,6 @@ class TracedLinearization:
                     if a not in tdep and a not in needed:
                         needed.append(a)
 
-        primal_graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        for node in gm.graph.nodes:
-            if node in tdep or node.op == "output":
-                continue
-            env[node] = primal_graph.node_copy(node, lambda n: env[n])
-        primal_graph.output((env[z_node], *(env[n] for n in needed)))
-        primal_graph.eliminate_dead_code()
-
         tangent_graph = fx.Graph()
         tenv: dict[fx.Node, fx.Node] = {}
         for i, n in enumerate(needed):
@@ -130,6 +122,22 @@ class TracedLinearization:
                 tenv[node] = tangent_graph.node_copy(node, lambda n: tenv[n])
         tangent_graph.output(tenv[jv_node])
         tangent_graph.eliminate_dead_code()
+        # saved values whose only uses were dead are neither saved nor passed
+        unused = {i for i, n in enumerate(needed) if not tenv[n].users}
+        for i in sorted(unused, reverse=True):
+            tangent_graph.erase_node(tenv[needed[i]])
+        needed = [n for i, n in enumerate(needed) if i not in unused]
+        for i, n in enumerate(needed):
+            tenv[n].target = tenv[n].name = f"saved_{i}"
+
+        primal_graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            if node in tdep or node.op == "output":
+                continue
+            env[node] = primal_graph.node_copy(node, lambda n: env[n])
+        primal_graph.output((env[z_node], *(env[n] for n in needed)))
+        primal_graph.eliminate_dead_code()
 
         lin = cls(fx.GraphModule(gm, primal_graph), fx.GraphModule(gm, tangent_graph), len(needed))
         with torch.no_grad():
@@ -163,3 +171,70 @@ class TracedLinearization:
         """``J v`` from the saved values of :meth:`forward`."""
         with torch.no_grad():
             return self.tangent(*saved, *v)
+
+
+_ZERO_PRESERVING = {
+    torch.ops.aten.alias.default,
+    torch.ops.aten.expand.default,
+    torch.ops.aten.view.default,
+    torch.ops.aten._unsafe_view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.t.default,
+    torch.ops.aten.permute.default,
+    torch.ops.aten.clone.default,
+    torch.ops.aten.constant_pad_nd.default,
+    torch.ops.aten.threshold_backward.default,
+}
+_ZERO_IF_FIRST = {torch.ops.aten.mul.Tensor, torch.ops.aten.mm.default, torch.ops.aten.bmm.default}
+
+
+def _drop_zero_terms(graph: fx.Graph) -> None:
+    """Remove the terms that the zero tangent of the input contributes.
+
+    The input has no tangent, which the trace records as a tensor of zeros;
+    the derivative of the first layer then adds, e.g., ``conv(0, W)`` to its
+    result: a whole wasted convolution per forward pass. Nodes that are
+    provably all zeros are tracked, and ``a + zero`` becomes ``a`` (expanded
+    to the sum's shape where ``a`` broadcasts); dead code elimination then removes the zero terms.
+    """
+    zero: set[fx.Node] = set()
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        target = node.target
+        if target in (torch.ops.aten.zeros.default, torch.ops.aten.zeros_like.default):
+            zero.add(node)
+        elif target in _ZERO_PRESERVING and args and args[0] in zero:
+            if target is not torch.ops.aten.constant_pad_nd.default or not node.args[2:]:
+                zero.add(node)
+        elif target in _ZERO_IF_FIRST and any(a in zero for a in args):
+            zero.add(node)
+        elif (
+            target is torch.ops.aten.convolution.default
+            and node.args[0] in zero
+            and node.args[2] is None
+        ):
+            zero.add(node)
+        elif target is torch.ops.aten.add.Tensor and len(node.args) == 2 and not node.kwargs:
+            a, b = node.args
+            for keep, drop in ((a, b), (b, a)):
+                if drop not in zero or not isinstance(keep, fx.Node):
+                    continue
+                shape = _shape(node)
+                if shape is None or _shape(keep) is None:
+                    break
+                if _shape(keep) != shape:  # a broadcast operand: expand it (a view)
+                    with graph.inserting_before(node):
+                        keep = graph.call_function(
+                            torch.ops.aten.expand.default, (keep, list(shape))
+                        )
+                        keep.meta["val"] = node.meta["val"]
+                node.replace_all_uses_with(keep)
+                break
+    graph.eliminate_dead_code()
+
+
+def _shape(node: fx.Node) -> torch.Size | None:
+    val = node.meta.get("val")
+    return val.shape if isinstance(val, Tensor) else None

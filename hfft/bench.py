@@ -3,11 +3,15 @@
 Everything is measured in one process, interleaved round by round (so that
 drifts in machine load hit every operation alike), after warm-up; the median
 over rounds is reported with its ratio to one gradient (forward + backward of
-the batch loss, the unit of cost SGD pays per step).
+the batch loss, the unit of cost SGD pays per step). Peak memory and
+arithmetic (FLOPs) are measured in separate runs of each operation, because
+the instruments slow it down. A whole HF step is measured by
+:func:`hfft.bench_step.bench_hf_step`.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -21,11 +25,10 @@ from hfft.curvature import LinearizationCache, linearize_curvature
 
 __all__ = [
     "BenchResult",
-    "LoopBenchResult",
-    "bench_products",
-    "bench_sgd_loop",
+    "bench_model",
     "median_time",
     "shaped_problem",
+    "timed",
 ]
 
 # input shape and classes of the data set each registered problem trains on
@@ -38,10 +41,36 @@ DATA_SHAPES = {
     "digits": (1, 8, 10),
 }
 
+LABELS = {
+    "forward": "forward",
+    "gradient": "gradient (forward + backward)",
+    "sgd_step[hfft]": "SGD step, hfft",
+    "sgd_step[plain]": "SGD step, plain PyTorch loop",
+    "ggn_setup[func]": "HF setup, func (forward, gradient, linearisation)",
+    "ggn_product[func]": "GGN-vector product, func",
+    "cg_iteration[func]": "CG iteration, func (product + vector algebra)",
+    "ggn_setup[backpack]": "HF setup, BackPACK",
+    "ggn_product[backpack]": "GGN-vector product, BackPACK R-op",
+    "ggn_setup[chunked]": "HF setup, func, 4 chunks",
+    "ggn_product[chunked]": "GGN-vector product, func, 4 chunks re-linearised",
+    "ggn_setup[one chunk]": "HF setup, func, one chunk (¼ batch) alone",
+    "ggn_product[one chunk]": "GGN-vector product, func, one chunk alone",
+}
+"""Table labels of the measured operations, in display order."""
+
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Median seconds per operation and ratios to one gradient."""
+    """Median seconds, peak memory and FLOPs per operation, with ratios.
+
+    Attributes:
+        seconds: Median seconds per operation (keys as in :data:`LABELS`).
+        ratios: Seconds over one gradient's, plus named headline ratios.
+        flops: FLOPs per operation over one gradient's.
+        peak_bytes: Peak memory each operation allocates.
+        step: The whole-step benchmark (:func:`hfft.bench_step.bench_hf_step`).
+        targets: Performance targets of issue #7, name → (value, bound, met).
+    """
 
     model: str
     batch_size: int
@@ -50,11 +79,19 @@ class BenchResult:
     rounds: int
     seconds: dict[str, float]
     ratios: dict[str, float] = field(default_factory=dict)
+    flops: dict[str, float] = field(default_factory=dict)
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+    step: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, tuple[float, str, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
-        return asdict(self)
+        out = asdict(self)
+        out["targets"] = {
+            k: {"value": v, "target": b, "met": m} for k, (v, b, m) in self.targets.items()
+        }
+        return out
 
 
 def shaped_problem(
@@ -73,7 +110,8 @@ def shaped_problem(
     return model, x, y
 
 
-def _timed(fn: Callable[[], Any], cuda: bool) -> float:
+def timed(fn: Callable[[], Any], cuda: bool) -> float:
+    """Seconds of one call (the device synchronised before and after)."""
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -86,10 +124,135 @@ def _timed(fn: Callable[[], Any], cuda: bool) -> float:
 def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
     """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
     fn()
-    return statistics.median(_timed(fn, cuda) for _ in range(repeats))
+    return statistics.median(timed(fn, cuda) for _ in range(repeats))
 
 
-def bench_products(
+def _operations(
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, backends: tuple[str, ...]
+) -> tuple[dict[str, Callable[[], Any]], int, dict[str, LinearizationCache]]:
+    """The measured operations as closures, the number of parameters, the traces."""
+    from hfft.cg import conjugate_gradient
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim = sum(p.numel() for p in params)
+    v = torch.randn(dim, device=x.device, dtype=x.dtype)
+    caches = {b: LinearizationCache() for b in (*backends, "chunked", "one chunk")}
+    ops: dict[str, Any] = {}
+    quarter = max(1, x.shape[0] // 4)
+    batches = {"chunked": (x, y, quarter), "one chunk": (x[:quarter], y[:quarter], None)}
+
+    def setup(backend: str, inputs: Tensor, targets: Tensor, chunk: int | None = None) -> Any:
+        def run() -> None:
+            ops[backend] = linearize_curvature(
+                model,
+                loss_fn,
+                inputs,
+                targets,
+                params,
+                backend="func" if backend in batches else backend,
+                chunk_size=chunk,
+                lin_cache=caches[backend],
+            )
+
+        return run
+
+    def product(backend: str) -> Callable[[], Any]:
+        return lambda: ops[backend].matvec(v)
+
+    def cg_iteration() -> None:
+        # five iterations to the end (no stopping rule), reported per iteration
+        op = ops["func"]
+        conjugate_gradient(
+            lambda u: op.matvec(u) + u, v, max_iter=5, tol=0.0, martens_criterion=False
+        )
+
+    fns: dict[str, Callable[[], Any]] = {
+        "forward": lambda: _forward(model, x),
+        "gradient": lambda: _gradient(model, loss_fn, x, y),
+    }
+    fns.update(_sgd_steps(model, x, y, loss_fn))
+    for b in backends:
+        fns[f"ggn_setup[{b}]"] = setup(b, x, y)
+        fns[f"ggn_product[{b}]"] = product(b)
+        if b == "func":
+            fns["cg_iteration[func]"] = cg_iteration
+    if "func" in backends and x.shape[0] >= 4:
+        for key, (xb, yb, chunk) in batches.items():
+            fns[f"ggn_setup[{key}]"] = setup(key, xb, yb, chunk)
+            fns[f"ggn_product[{key}]"] = product(key)
+    return fns, dim, caches
+
+
+def _forward(model: nn.Module, x: Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def _gradient(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+
+
+def _sgd_steps(
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module
+) -> dict[str, Callable[[], Any]]:
+    """One SGD step of hfft's runner and of a plain loop, each on its own copy."""
+    from hfft.runners import SGDRunner
+    from hfft.strategies import parse_strategy
+
+    n = x.shape[0]
+    splits = _bench_splits(x, y)
+    ours = copy.deepcopy(model)
+    runner = SGDRunner(
+        parse_strategy("sgd"),
+        ours,
+        splits,
+        lr=1e-6,
+        batch_size=n,
+        momentum=0.9,
+        weight_decay=5e-4,
+        evaluations=1,
+        seed=0,
+    )
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(twin.parameters(), lr=1e-6, momentum=0.9, weight_decay=5e-4)
+
+    def plain() -> None:
+        twin.train()
+        idx = torch.randperm(n, device=x.device)
+        opt.zero_grad()
+        loss = loss_fn(twin(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        float(loss.detach())  # the loss a plain loop logs, as hfft's runner does
+
+    return {"sgd_step[hfft]": lambda: runner.step(0.0), "sgd_step[plain]": plain}
+
+
+def _bench_splits(x: Tensor, y: Tensor) -> Any:
+    from hfft.data import DataSplits
+
+    return DataSplits(
+        name="bench",
+        train_x=x,
+        train_y=y,
+        valid_x=x,
+        valid_y=y,
+        train_eval_x=x,
+        train_eval_y=y,
+        test_x=x,
+        test_y=y,
+        num_classes=int(y.max()) + 1,
+        in_channels=x.shape[1],
+        input_size=x.shape[-1],
+        augment=None,
+        mean=(0.0,),
+        std=(1.0,),
+        seed=0,
+    )
+
+
+def bench_model(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -99,11 +262,13 @@ def bench_products(
     rounds: int = 5,
     warmup: int = 1,
     backends: tuple[str, ...] = ("func", "backpack"),
+    cg_iterations: int = 50,
+    measure_memory: bool = True,
 ) -> BenchResult:
-    """Time forward, gradient and GGN-vector products of each back-end.
+    """Time, count and weigh every operation of an HF step and of an SGD step.
 
     Args:
-        model: The network (used in its current mode).
+        model: The network (used in its current mode; SGD steps train copies).
         x: A batch of inputs.
         y: Its targets.
         loss_fn: The loss (cross-entropy by default).
@@ -111,64 +276,57 @@ def bench_products(
         rounds: Timed rounds (the median is reported).
         warmup: Untimed rounds first.
         backends: Curvature back-ends to time.
+        cg_iterations: CG iterations of the whole-step benchmark (0: skip it).
+        measure_memory: Also measure peak memory (a separate, slower run).
 
     Returns:
-        The :class:`BenchResult`; ``seconds`` has ``forward``, ``gradient`` and
-        per back-end ``ggn_product[<backend>]`` (one product, the operator
-        already built) and ``ggn_setup[<backend>]`` (building the operator:
-        forward, gradient and linearisation, once per HF step).
+        The :class:`BenchResult`.
     """
+    from hfft._measure import count_flops, peak_memory
+
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     cuda = x.device.type == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
-    dim = sum(p.numel() for p in params)
-    v = torch.randn(dim, device=x.device, dtype=x.dtype)
-    caches = {b: LinearizationCache() for b in backends}
-    ops: dict[str, Any] = {}
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    def gradient() -> None:
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-
-    def setup(backend: str) -> Callable[[], None]:
-        def run() -> None:
-            ops[backend] = linearize_curvature(
-                model, loss_fn, x, y, params, backend=backend, lin_cache=caches[backend]
-            )
-
-        return run
-
-    def product(backend: str) -> Callable[[], None]:
-        return lambda: ops[backend].matvec(v)
-
-    timed: dict[str, Callable[[], None]] = {"forward": forward, "gradient": gradient}
-    for b in backends:
-        timed[f"ggn_setup[{b}]"] = setup(b)
-        timed[f"ggn_product[{b}]"] = product(b)
-
-    samples: dict[str, list[float]] = {k: [] for k in timed}
+    fns, dim, caches = _operations(model, x, y, loss_fn, backends)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + rounds):
-        for key, fn in timed.items():
-            t = _timed(fn, cuda)
+        for key, fn in fns.items():
+            t = timed(fn, cuda)
             if r >= warmup:
                 samples[key].append(t)
     seconds = {k: statistics.median(s) for k, s in samples.items()}
+    seconds["cg_iteration[func]"] = seconds.get("cg_iteration[func]", 0.0) / 5
+    if "cg_iteration[func]" not in fns:
+        del seconds["cg_iteration[func]"]
     unit = seconds["gradient"]
     ratios = {k: s / unit for k, s in seconds.items()}
-    notes = []
-    if "func" in backends and "backpack" in backends:
-        ratios["backpack_over_func_product"] = (
-            seconds["ggn_product[backpack]"] / seconds["ggn_product[func]"]
-        )
-    for b in backends:
-        if caches[b].fallback_reason:
-            notes.append(f"{b}: traced linearisation unavailable ({caches[b].fallback_reason})")
+    # products after their setups (already built); setups are not counted, because
+    # the counter's module hooks cannot follow autograd.grad on fresh leaves
+    flops_raw = {
+        k: count_flops(fn) for k, fn in fns.items() if not k.startswith(("sgd_step", "ggn_setup"))
+    }
+    flops = {k: f / flops_raw["gradient"] for k, f in flops_raw.items() if flops_raw["gradient"]}
+    if "cg_iteration[func]" in flops:
+        flops["cg_iteration[func]"] /= 5
+    peak = {}
+    if measure_memory:
+        for key, fn in fns.items():
+            if key.startswith("ggn_product"):  # a product with the setup it needs
+                setup = fns[key.replace("product", "setup")]
+                peak[key] = peak_memory(_then(setup, fn), x.device)
+            elif not key.startswith("ggn_setup"):
+                peak[key] = peak_memory(fn, x.device)
+    step: dict[str, Any] = {}
+    if cg_iterations > 0:
+        from hfft.bench_step import bench_hf_step
+
+        step = bench_hf_step(model, x, y, loss_fn, cg_iterations=cg_iterations, backends=backends)
+    notes = [
+        f"{b}: traced linearisation unavailable ({c.fallback_reason})"
+        for b, c in caches.items()
+        if c.fallback_reason
+    ]
     model.zero_grad(set_to_none=True)
-    return BenchResult(
+    result = BenchResult(
         model=name,
         batch_size=x.shape[0],
         device=str(x.device),
@@ -176,102 +334,44 @@ def bench_products(
         rounds=rounds,
         seconds=seconds,
         ratios=ratios,
+        flops=flops,
+        peak_bytes=peak,
+        step=step,
         notes=notes,
     )
+    result.targets.update(check_targets(result))
+    return result
 
 
-@dataclass(frozen=True)
-class LoopBenchResult:
-    """Seconds per epoch of hfft's SGD loop and of a plain PyTorch loop."""
-
-    model: str
-    data: str
-    batch_size: int
-    device: str
-    rounds: int
-    hfft_seconds: float
-    plain_seconds: float
-
-    @property
-    def throughput_ratio(self) -> float:
-        """hfft's samples per second over the plain loop's (≥ 1 means hfft is faster)."""
-        return self.plain_seconds / self.hfft_seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {**asdict(self), "throughput_ratio": self.throughput_ratio}
+def _then(first: Callable[[], Any], second: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: (first(), second())
 
 
-def bench_sgd_loop(
-    model_name: str = "cnn",
-    data: str = "digits",
-    batch_size: int = 128,
-    device: str = "cpu",
-    rounds: int = 5,
-    seed: int = 0,
-) -> LoopBenchResult:
-    """One epoch of :func:`hfft.train.sgd_epoch` against a plain hand-written loop.
+def check_targets(r: BenchResult) -> dict[str, tuple[float, str, bool]]:
+    """The issue-#7 targets this result can be held to: value, bound, met."""
+    s, out = r.seconds, {}
 
-    Both train the same model (two identical copies) with ``torch.optim.SGD`` on
-    the same device-resident training split, without augmentation, one epoch
-    each, interleaved over ``rounds`` (alternating which goes first) after one
-    warm-up epoch; the medians are compared.
-    """
-    import copy
+    def add(key: str, value: float, bound: str, met: bool) -> None:
+        out[key] = (value, bound, met)
 
-    from hfft.data import load_data
-    from hfft.models import get_problem, param_groups
-    from hfft.modelspec import build_model
-    from hfft.sampling import BatchSampler
-    from hfft.train import sgd_epoch
-
-    torch.manual_seed(seed)
-    splits = load_data(data, device=device, seed=seed, augment=False)
-    model = build_model(
-        model_name,
-        {},
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        input_size=splits.input_size,
-    ).to(device)
-    d = get_problem(model_name).defaults
-    twin = copy.deepcopy(model)
-    loss_fn = nn.CrossEntropyLoss()
-    opt_h = torch.optim.SGD(param_groups(model, d.weight_decay), lr=d.lr, momentum=d.momentum)
-    opt_p = torch.optim.SGD(param_groups(twin, d.weight_decay), lr=d.lr, momentum=d.momentum)
-    sampler = BatchSampler(splits.train_x.shape[0], seed=seed, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x_all, y_all = splits.train_x, splits.train_y
-    n = x_all.shape[0]
-
-    def hfft_epoch() -> None:
-        sgd_epoch(model, opt_h, loss_fn, splits, sampler, batch_size, gen)
-
-    def plain_epoch() -> None:
-        twin.train()
-        perm = torch.randperm(n, device=device)
-        for i in range(n // batch_size):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            opt_p.zero_grad()
-            loss = loss_fn(twin(x_all[idx]), y_all[idx])
-            loss.backward()
-            opt_p.step()
-
-    cuda = device.startswith("cuda")
-    times: dict[str, list[float]] = {"hfft": [], "plain": []}
-    order = [("hfft", hfft_epoch), ("plain", plain_epoch)]
-    for r in range(rounds + 1):
-        # alternate which loop goes first, so that neither always runs on a warm cache
-        for key, fn in order if r % 2 else order[::-1]:
-            t = _timed(fn, cuda)
-            if r > 0:
-                times[key].append(t)
-    return LoopBenchResult(
-        model=model_name,
-        data=data,
-        batch_size=batch_size,
-        device=device,
-        rounds=rounds,
-        hfft_seconds=statistics.median(times["hfft"]),
-        plain_seconds=statistics.median(times["plain"]),
-    )
+    if "ggn_product[func]" in s:
+        v = s["ggn_product[func]"] / s["gradient"]
+        add("product / gradient", v, "≤ 1.2", v <= 1.2)
+    if "ggn_product[backpack]" in s and "ggn_product[func]" in s:
+        v = s["ggn_product[backpack]"] / s["ggn_product[func]"]
+        add("BackPACK product / func product", v, "≥ 3", v >= 3)
+    steps = r.step.get("seconds", {})
+    if "func" in steps and "backpack" in steps:
+        v = steps["backpack"] / steps["func"]
+        add("BackPACK step / func step", v, "≥ 3", v >= 3)
+    if "sgd_step[hfft]" in s:
+        v = s["sgd_step[plain]"] / s["sgd_step[hfft]"]
+        add("SGD step speed, hfft / plain", v, "≥ 0.95", v >= 0.95)
+    if "ggn_product[chunked]" in s and "ggn_product[func]" in s:
+        v = s["ggn_product[chunked]"] / s["ggn_product[func]"]
+        add("chunked product time / unchunked", v, "≤ 1.3", v <= 1.3)
+        p = r.peak_bytes
+        if p.get("ggn_product[one chunk]"):
+            v = p["ggn_product[chunked]"] / p["ggn_product[one chunk]"]
+            add("chunked peak memory / one chunk", v, "≤ 1.5", v <= 1.5)
+    return out

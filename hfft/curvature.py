@@ -30,6 +30,7 @@ quantities. By default a chunked product recomputes each chunk's forward pass
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,11 @@ class CurvatureOperator:
         loss: Batch loss ``L_B(θ)`` (without any L2 term).
         grad: Flat gradient ``∇L_B(θ)``.
         num_products: Products computed so far.
+        product_seconds: Wall-clock seconds spent in :meth:`matvec`. On a GPU
+            this counts only queued work unless :attr:`synchronize` is set.
+        synchronize: Synchronise the device around each product so that
+            :attr:`product_seconds` is exact on a GPU (for profiling; it adds
+            one synchronisation per product).
     """
 
     loss: float
@@ -171,6 +177,9 @@ class CurvatureOperator:
         self.state = ModelState(model, params)
         self.keep = cache_chunks or len(chunks) == 1
         self.num_products = 0
+        self.product_seconds = 0.0
+        self.synchronize = False
+        self._cuda = self.params[0].device.type == "cuda"
         self._prepared: list[Any] = []
         loss = 0.0
         grad = [torch.zeros_like(p) for p in self.params]
@@ -187,7 +196,12 @@ class CurvatureOperator:
     def _leaves(self) -> list[Tensor]:
         return [p.detach().requires_grad_(True) for p in self.params]
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
+        """Linearise ``chunk``; returns (what products need, loss, gradient).
+
+        With ``gradient=False`` (re-linearising a chunk for a product) the
+        gradient may be skipped and an empty list returned.
+        """
         raise NotImplementedError
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
@@ -195,14 +209,21 @@ class CurvatureOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         """``v ↦ C v`` for a flat vector ``v``."""
+        sync = self.synchronize and self._cuda
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         vs = self.space.unflatten(v)
         out: Tensor | None = None
         for i, c in enumerate(self.chunks):
-            prep = self._prepared[i] if self.keep else self._prepare(c)[0]
+            prep = self._prepared[i] if self.keep else self._prepare(c, gradient=False)[0]
             cv = self.space.flatten(self._product(prep, c, vs, retain=self.keep))
             out = cv * c.weight if out is None else out.add_(cv, alpha=c.weight)
         self.num_products += 1
         assert out is not None
+        if sync:
+            torch.cuda.synchronize()
+        self.product_seconds += time.perf_counter() - start
         return out
 
     __call__ = matvec
@@ -215,7 +236,7 @@ class _FuncGGN(CurvatureOperator):
         self._kinds: dict[int, str] = {}
         super().__init__(*args, **kwargs)
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
         lin = self.lin_cache.get(self.model, self.state, self.params, chunk.inputs)
         leaves = self._leaves()
         with torch.enable_grad():
@@ -227,7 +248,7 @@ class _FuncGGN(CurvatureOperator):
                 )
                 saved = []
             loss = self.loss_fn(z, chunk.targets)
-            grads = torch.autograd.grad(loss, leaves, retain_graph=True)
+            grads = torch.autograd.grad(loss, leaves, retain_graph=True) if gradient else ()
         key = id(chunk)
         if key not in self._kinds:
             self._kinds[key] = hessian_kind(self.loss_fn, z, chunk.targets)
@@ -252,7 +273,7 @@ class _FuncGGN(CurvatureOperator):
 
 
 class _FuncHessian(CurvatureOperator):
-    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
         leaves = self._leaves()
         with torch.enable_grad():
             z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
@@ -271,12 +292,12 @@ class _BackpackCurvature(CurvatureOperator):
         self.curvature = curvature
         super().__init__(*args, **kwargs)
 
-    def _prepare(self, chunk: Chunk) -> tuple[Any, Tensor, list[Tensor]]:
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
         leaves = self._leaves()
         with torch.enable_grad():
             z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
             loss = self.loss_fn(z, chunk.targets)
-            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True) if gradient else ()
         return (leaves, z, loss), loss.detach(), [g.detach() for g in grads]
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:

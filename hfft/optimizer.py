@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft._params import ModelState
-from hfft._step import Timer, step_mode
+from hfft._step import Timer, fp32_precision, step_mode
 from hfft.cg import conjugate_gradient
 from hfft.curvature import (
     BACKENDS,
@@ -59,6 +59,13 @@ class StepRecord:
 
     Losses include the L2 term of the objective. ``loss_before``/``loss_after``
     are on the evaluation batch B̄; ``batch_loss`` is on B.
+
+    Times are wall-clock seconds: ``time_gradient`` (forward, gradient and
+    linearisation on B), ``time_preconditioner``, ``time_cg`` (all of CG, of
+    which ``time_products`` in curvature products), ``time_eval`` (every
+    evaluation on B̄, of which ``time_backtracking`` and ``time_linesearch``;
+    the rest is the losses at θ and at the last CG iterate, which ρ needs)
+    and ``time_total``.
     """
 
     step: int
@@ -80,8 +87,12 @@ class StepRecord:
     products: int
     eval_batch_evaluations: int
     time_gradient: float
+    time_preconditioner: float
     time_cg: float
+    time_products: float
     time_eval: float
+    time_backtracking: float
+    time_linesearch: float
     time_total: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +144,16 @@ class HessianFree(torch.optim.Optimizer):
         linesearch_beta: Shrink factor of the line search.
         linesearch_c: Armijo constant.
         linesearch_max_tries: Most step sizes tried.
+        tf32: Let CUDA convolutions and matrix products in the step use TF32
+            (faster on Ampere and later GPUs, relative error about 1e-3 per
+            product). Off: CG needs products that are one symmetric linear
+            map to float32 precision (see :func:`hfft._step.fp32_precision`).
+
+    Attributes:
+        profile: Set to ``True`` to synchronise the GPU around every
+            curvature product so that ``StepRecord.time_products`` is exact
+            there (one extra synchronisation per product; for benchmarks).
+            On a CPU products are always timed exactly.
 
     Raises:
         ValueError: For invalid hyperparameters.
@@ -162,6 +183,7 @@ class HessianFree(torch.optim.Optimizer):
         linesearch_beta: float = 0.8,
         linesearch_c: float = 0.01,
         linesearch_max_tries: int = 20,
+        tf32: bool = False,
     ) -> None:
         _check(curvature in CURVATURES, f"curvature must be one of {CURVATURES}, got {curvature!r}")
         _check(backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -201,11 +223,13 @@ class HessianFree(torch.optim.Optimizer):
             linesearch_beta=linesearch_beta,
             linesearch_c=linesearch_c,
             linesearch_max_tries=linesearch_max_tries,
+            tf32=tf32,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check(group["weight_decay"] >= 0, "weight_decay must be >= 0 in every group")
         self._lin_cache = LinearizationCache()
+        self.profile = False
 
     # -- state ---------------------------------------------------------------
 
@@ -287,7 +311,7 @@ class HessianFree(torch.optim.Optimizer):
         Returns:
             The :class:`StepRecord` of this step.
         """
-        with step_mode(model, self.defaults["model_mode"]):
+        with step_mode(model, self.defaults["model_mode"]), fp32_precision(self.defaults["tf32"]):
             return self._step(
                 model, loss_fn, batch, eval_batch if eval_batch is not None else batch
             )
@@ -322,6 +346,7 @@ class HessianFree(torch.optim.Optimizer):
             cache_chunks=hp["cache_chunks"],
             lin_cache=self._lin_cache,
         )
+        op.synchronize = self.profile
         grad = op.grad + wd * theta
         batch_f = op.loss + l2(theta)
         grad_norm = float(torch.linalg.vector_norm(grad))
@@ -362,8 +387,12 @@ class HessianFree(torch.optim.Optimizer):
                 products=op.num_products,
                 eval_batch_evaluations=evals,
                 time_gradient=t_grad,
+                time_preconditioner=0.0,
                 time_cg=0.0,
+                time_products=op.product_seconds,
                 time_eval=t_eval,
+                time_backtracking=0.0,
+                time_linesearch=0.0,
                 time_total=timer.total(),
             )
             base.update(kw)
@@ -384,6 +413,7 @@ class HessianFree(torch.optim.Optimizer):
         if hp["preconditioner"] == "empirical-fisher":
             diag = empirical_fisher_diagonal(model, loss_fn, op.chunks, params, reduction)
             precondition = preconditioner_from_diagonal(diag, shift, hp["preconditioner_exponent"])
+        t_pre = timer.lap()
         x0 = None
         prev = [self.state[p].get("cg_x") for p in params]
         if hp["cg_decay_x0"] > 0 and all(t is not None for t in prev):
@@ -409,6 +439,7 @@ class HessianFree(torch.optim.Optimizer):
         # 3. damping from ρ of the last iterate (its B̄ loss is backtracking's start)
         p_last = res.iterates[-1][1]
         f_last = f_at(p_last)
+        t_eval += timer.lap()
         rho = reduction_ratio(f_last, f0, q_last)
         next_lam = adapt_damping(lam, rho) if hp["adapt_damping"] else lam
 
@@ -417,6 +448,7 @@ class HessianFree(torch.optim.Optimizer):
             chosen_i, p, f_p, _ = backtrack(res.iterates, f_at, last_loss=f_last)
         else:
             chosen_i, p, f_p = res.iterates[-1][0], p_last, f_last
+        t_bt = timer.lap()
 
         # 5. line search
         slope = float(torch.dot(grad, p))
@@ -438,7 +470,15 @@ class HessianFree(torch.optim.Optimizer):
             tries = 1
             if not math.isfinite(f_new):
                 alpha = None
-        t_eval += timer.lap()
+        t_ls = timer.lap()
+        t_eval += t_bt + t_ls
+        times = dict(
+            time_preconditioner=t_pre,
+            time_cg=t_cg,
+            time_eval=t_eval,
+            time_backtracking=t_bt,
+            time_linesearch=t_ls,
+        )
 
         if alpha is None:
             self._write(params, theta)
@@ -451,8 +491,7 @@ class HessianFree(torch.optim.Optimizer):
                 rho=rho,
                 cg_chosen_iterate=chosen_i,
                 linesearch_tries=tries,
-                time_cg=t_cg,
-                time_eval=t_eval,
+                **times,
                 **cg_info,
             )
         self._write(params, theta + alpha * p)
@@ -464,8 +503,7 @@ class HessianFree(torch.optim.Optimizer):
             cg_chosen_iterate=chosen_i,
             alpha=alpha,
             linesearch_tries=tries,
-            time_cg=t_cg,
-            time_eval=t_eval,
+            **times,
             **cg_info,
         )
 

@@ -11,49 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from hfft.bench import BenchResult, LoopBenchResult
     from hfft.compare import CompareResult
     from hfft.finetune import FinetuneResult
     from hfft.train import TrainResult
 
 StepHook = Callable[[int, int, int], None]
 EpochHook = Callable[[dict[str, Any]], None]
-
-BENCH_ROWS = [
-    ("forward", "forward"),
-    ("gradient", "gradient (forward + backward)"),
-    ("ggn_setup[func]", "HF step setup, func (forward, gradient, linearisation)"),
-    ("ggn_product[func]", "GGN-vector product, func"),
-    ("ggn_setup[backpack]", "HF step setup, BackPACK"),
-    ("ggn_product[backpack]", "GGN-vector product, BackPACK R-op"),
-]
-
-
-def bench_table(result: BenchResult) -> Table:
-    """The benchmark of one model as a table: seconds and ratio to one gradient."""
-    table = Table(
-        title=f"{result.model}, batch {result.batch_size}, {result.device} "
-        f"({result.num_params:,} parameters, median of {result.rounds})",
-        title_justify="left",
-    )
-    table.add_column("operation")
-    table.add_column("ms", justify="right")
-    table.add_column("× gradient", justify="right")
-    for key, label in BENCH_ROWS:
-        if key in result.seconds:
-            table.add_row(label, f"{1e3 * result.seconds[key]:.1f}", f"{result.ratios[key]:.2f}")
-    return table
-
-
-def print_bench(console: Console, result: BenchResult) -> None:
-    """Print one benchmark table with the headline ratio and notes."""
-    console.print(bench_table(result))
-    speedup = result.ratios.get("backpack_over_func_product")
-    if speedup is not None:
-        console.print(f"func product is {speedup:.2f}× faster than BackPACK's R-op product")
-    for note in result.notes:
-        console.print(f"note: {note}")
-    console.print()
 
 
 @contextlib.contextmanager
@@ -100,17 +63,6 @@ def print_train_summary(console: Console, result: TrainResult) -> None:
     table.add_row("checkpoints", f"{len(result.checkpoints)} in {result.manifest.parent}")
     table.add_row("manifest", str(result.manifest))
     console.print(table)
-
-
-def print_loop_bench(console: Console, result: LoopBenchResult) -> None:
-    """One line per loop: seconds per epoch and the throughput ratio."""
-    console.print(
-        f"{result.model} on {result.data}, batch {result.batch_size}, {result.device} "
-        f"(median of {result.rounds} epochs):\n"
-        f"  hfft SGD loop   {1e3 * result.hfft_seconds:8.1f} ms/epoch\n"
-        f"  plain PyTorch   {1e3 * result.plain_seconds:8.1f} ms/epoch\n"
-        f"  hfft throughput = {result.throughput_ratio:.3f} × plain loop"
-    )
 
 
 @contextlib.contextmanager

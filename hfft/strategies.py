@@ -130,6 +130,7 @@ HF_OPTIONS: dict[str, Option] = {
     "linesearch_beta": Option(float, "line-search step shrink factor", range="open-unit"),
     "linesearch_c": Option(float, "Armijo sufficient-decrease constant", range="open-unit"),
     "linesearch_max_tries": Option(int, "most line-search trials", range="positive"),
+    "tf32": Option(bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)"),
 }
 """Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
 

@@ -45,14 +45,32 @@ def test_python_dash_m_works() -> None:
 
 def test_bench_json_reports_ratios() -> None:
     result = runner.invoke(
-        app, ["bench", "--model", "mlp", "--batch-size", "16", "--rounds", "1", "--json"]
+        app,
+        [
+            *("bench", "--model", "mlp", "--batch-size", "16", "--rounds", "1", "--json"),
+            *("--cg-iterations", "2", "--no-memory"),
+        ],
     )
     assert result.exit_code == 0, result.output
     (entry,) = json.loads(result.output)
     assert entry["model"] == "mlp"
     assert entry["ratios"]["gradient"] == 1.0
-    for key in ("forward", "ggn_product[func]", "ggn_product[backpack]"):
+    for key in ("forward", "ggn_product[func]", "ggn_product[backpack]", "sgd_step[hfft]"):
         assert entry["seconds"][key] > 0
+    assert entry["peak_bytes"] == {}
+    assert entry["step"]["records"]["func"]["cg_iterations"] == 2
+    assert entry["targets"]["product / gradient"]["target"] == "≤ 1.2"
+
+
+def test_bench_of_a_checkpoint_prints_the_tables(trained_run) -> None:
+    ckpt = sorted(trained_run.glob("*.safetensors"))[-1]
+    result = runner.invoke(
+        app, ["bench", str(ckpt), "--batch-size", "32", "--rounds", "1", "--cg-iterations", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "GGN-vector product, func" in result.output
+    assert "one HF step, 2 CG iterations" in result.output
+    assert "targets" in result.output
 
 
 @pytest.mark.parametrize(
@@ -60,8 +78,10 @@ def test_bench_json_reports_ratios() -> None:
     [
         (["bench", "--model", "resnet9000"], "unknown model"),
         (["bench", "--device", "gpu"], "--device must be"),
+        (["bench", "missing.safetensors", "--model", "mlp"], "not both"),
+        (["bench", "missing.safetensors"], "missing.safetensors"),
     ],
-    ids=["unknown-model", "bad-device"],
+    ids=["unknown-model", "bad-device", "checkpoint-and-model", "missing-checkpoint"],
 )
 def test_bench_errors_are_one_sentence(argv: list[str], message: str) -> None:
     result = runner.invoke(app, argv)

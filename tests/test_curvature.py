@@ -178,6 +178,28 @@ def test_traced_linearization_is_reused_across_steps() -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_linearised_forward_costs_one_forward_and_products_no_gradient(kind: str) -> None:
+    """No arithmetic on the input's zero tangent, and no gradient inside products."""
+    from hfft._measure import count_flops
+
+    model, x, y = make_problem(kind, n=8)
+    loss_fn = nn.CrossEntropyLoss()
+    forward = count_flops(lambda: model(x))
+    gradient = count_flops(lambda: loss_fn(model(x), y).backward())
+    cache = LinearizationCache()
+    linearize_curvature(model, loss_fn, x, y, lin_cache=cache)  # traces, once per shape
+    linearize_curvature(model, loss_fn, x[:2], y[:2], lin_cache=cache)
+    setup = count_flops(lambda: linearize_curvature(model, loss_fn, x, y, lin_cache=cache))
+    assert setup == gradient  # one forward (with the values Jv needs) and one backward
+    whole = linearize_curvature(model, loss_fn, x, y, lin_cache=cache)
+    chunked = linearize_curvature(model, loss_fn, x, y, chunk_size=2, lin_cache=cache)
+    v = torch.randn(flat_params(model).numel(), dtype=torch.float64)
+    product = count_flops(lambda: whole.matvec(v))
+    # re-linearising each chunk costs one forward of it, and no backward of the loss
+    assert count_flops(lambda: chunked.matvec(v)) == product + forward
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"curvature": "fisher"}, "curvature"), ({"backend": "jax"}, "backend")],

@@ -340,3 +340,34 @@ def test_step_leaves_batchnorm_statistics_and_modes_alone(mode: str) -> None:
         assert torch.equal(v, buffers[k]), k
     assert model.training and not model[1].training
     assert model[1].track_running_stats
+
+
+def test_step_times_add_up() -> None:
+    model, x, y = make_problem("cnn", n=8)
+    opt = HessianFree(model.parameters(), cg_max_iter=5, preconditioner="empirical-fisher")
+    r = opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(x[:4], y[:4]))
+    assert r.accepted
+    assert 0 < r.time_products <= r.time_cg
+    assert r.time_preconditioner > 0
+    assert r.time_backtracking + r.time_linesearch <= r.time_eval
+    parts = r.time_gradient + r.time_preconditioner + r.time_cg + r.time_eval
+    assert parts <= r.time_total
+
+
+def test_step_runs_in_ieee_float32_and_restores_the_flags() -> None:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    seen = []
+
+    def loss_fn(z, t):
+        seen.append((conv.fp32_precision, matmul.fp32_precision))
+        return nn.functional.cross_entropy(z, t)
+
+    model, x, y = make_problem("mlp")
+    HessianFree(model.parameters(), cg_max_iter=2).step(model, loss_fn, batch=(x, y))
+    assert seen and all(s == ("ieee", "ieee") for s in seen)
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    seen.clear()
+    HessianFree(model.parameters(), cg_max_iter=2, tf32=True).step(model, loss_fn, batch=(x, y))
+    assert seen and all(s == ("tf32", "tf32") for s in seen)
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
