@@ -297,6 +297,19 @@ class BudgetClock:
             if was_running:
                 self.resume()
 
+    def synchronize(self, seconds: float) -> None:
+        """Set the paused clock to ``seconds`` (data-parallel: the slowest rank's).
+
+        Raises:
+            RuntimeError: If the clock is running.
+            ValueError: If ``seconds`` is less than the time already charged.
+        """
+        if self._started is not None:
+            raise RuntimeError("pause the budget clock before synchronising it")
+        if seconds < self._elapsed:
+            raise ValueError(f"cannot set the clock back from {self._elapsed} to {seconds}")
+        self._elapsed = seconds
+
     def step_done(self, samples: int = 0) -> None:
         """Count one optimizer step that drew ``samples`` training examples.
 

@@ -30,6 +30,7 @@ from hfft._cli_common import (
     TrainTimeOpt,
     WeightDecayOpt,
     check_out_dir,
+    data_parallel,
     fail,
     print_json,
     resolve_device,
@@ -202,6 +203,8 @@ def finetune(
         label = parse_strategy(strategy).label
         target = out or checkpoint.parent / ("finetune-" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label))
         check_out_dir(target)
+        dev, main = data_parallel(resolve_device(device))
+        quiet, as_json = quiet or not main, as_json and main
         config = FinetuneConfig(
             checkpoint=str(checkpoint),
             strategy=strategy,
@@ -222,7 +225,7 @@ def finetune(
             eval_batch_size=eval_batch_size,
             eval_points=eval_points,
             seed=seed,
-            device=resolve_device(device),
+            device=dev,
         )
         from hfft.render import finetune_progress
 
@@ -287,6 +290,8 @@ def compare(
         from hfft.compare import compare as run_compare
 
         check_out_dir(out)
+        dev, main = data_parallel(resolve_device(device))
+        quiet, as_json = quiet or not main, as_json and main
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
             strategies=tuple(strategy or []) or None,
@@ -295,7 +300,7 @@ def compare(
             out=str(out),
             eval_points=eval_points,
             eval_batch_size=eval_batch_size,
-            device=resolve_device(device),
+            device=dev,
             source=source_spec(
                 model, model_arg, data, data_root, download, train_time, lr, batch_size
             ),

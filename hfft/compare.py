@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfft import distributed
 from hfft._io import atomic_write_json
 from hfft.source import SourceSpec
 
@@ -156,13 +157,18 @@ def compare(
                     source=config.source,
                 )
                 expected = json.loads(json.dumps(dataclasses.asdict(ft)))
-                log = _reusable(run_dir / "metrics.json", expected, src.sha256)
+                # data-parallel: rank 0 (which wrote the files) decides what to reuse
+                log = distributed.broadcast_object(
+                    _reusable(run_dir / "metrics.json", expected, src.sha256)
+                    if distributed.is_main()
+                    else None
+                )
                 if log is None:
                     if on_run is not None:
                         on_run(index, total, f"{key} {label} seed {seed}")
                     src.model.load_state_dict(state)
-                    result = finetune(ft, source=src)
-                    log = json.loads(result.metrics_path.read_text())
+                    # as it was written (JSON types), also on ranks that wrote nothing
+                    log = json.loads(json.dumps(finetune(ft, source=src).log))
                     ran += 1
                 else:
                     reused += 1
@@ -175,6 +181,8 @@ def compare(
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}
         for r in runs
     ]
+    if not distributed.is_main():
+        return CompareResult(summary, out / "compare.json", [], reused, ran)
     plots = [
         plot_budget_curves(
             [r for r in runs if r.checkpoint == key], out / f"curves-{key}.png", checkpoint=key

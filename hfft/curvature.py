@@ -31,7 +31,7 @@ quantities. By default a chunked product recomputes each chunk's forward pass
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,11 @@ class Chunk:
 
 
 def split_batch(
-    inputs: Tensor, targets: Tensor, chunk_size: int | None, reduction: str
+    inputs: Tensor,
+    targets: Tensor,
+    chunk_size: int | None,
+    reduction: str,
+    total: int | None = None,
 ) -> list[Chunk]:
     """Split a batch into chunks whose weighted losses sum to the batch loss.
 
@@ -74,6 +78,8 @@ def split_batch(
         targets: Batch targets, samples along the first dimension.
         chunk_size: Samples per chunk; ``None`` for one chunk.
         reduction: ``"mean"`` (weights ``n_c / N``) or ``"sum"`` (weights 1).
+        total: ``N``, when this batch is one rank's shard of a batch of
+            ``N`` samples (data-parallel); the local size by default.
 
     Raises:
         ValueError: For a non-positive chunk size or mismatched batch sizes.
@@ -81,14 +87,15 @@ def split_batch(
     n = inputs.shape[0]
     if targets.shape[0] != n:
         raise ValueError(f"inputs hold {n} samples but targets hold {targets.shape[0]}")
-    if chunk_size is None or chunk_size >= n:
-        return [Chunk(inputs, targets, 1.0)]
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    whole = total if total is not None else n
+    if chunk_size is None or chunk_size >= n:
+        return [Chunk(inputs, targets, n / whole if reduction == "mean" else 1.0)]
     chunks = []
     for start in range(0, n, chunk_size):
         x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
-        weight = x.shape[0] / n if reduction == "mean" else 1.0
+        weight = x.shape[0] / whole if reduction == "mean" else 1.0
         chunks.append(Chunk(x, y, weight))
     return chunks
 
@@ -166,8 +173,10 @@ class CurvatureOperator:
         chunks: list[Chunk],
         params: Sequence[Tensor],
         cache_chunks: bool,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.model = model
+        self.reduce = reduce
         self.loss_fn = loss_fn
         self.chunks = chunks
         # a private copy: the optimizer writes trial parameters into the model while
@@ -190,8 +199,12 @@ class CurvatureOperator:
                 acc.add_(g, alpha=c.weight)
             if self.keep:
                 self._prepared.append(prep)
+        flat = self.space.flatten(grad)
+        if reduce is not None:  # data-parallel: sum the shards' loss and gradient
+            both = reduce(torch.cat([flat, flat.new_tensor([loss])]))
+            flat, loss = both[:-1], float(both[-1])
         self.loss = loss
-        self.grad = self.space.flatten(grad)
+        self.grad = flat
 
     def _leaves(self) -> list[Tensor]:
         return [p.detach().requires_grad_(True) for p in self.params]
@@ -219,8 +232,10 @@ class CurvatureOperator:
             prep = self._prepared[i] if self.keep else self._prepare(c, gradient=False)[0]
             cv = self.space.flatten(self._product(prep, c, vs, retain=self.keep))
             out = cv * c.weight if out is None else out.add_(cv, alpha=c.weight)
-        self.num_products += 1
         assert out is not None
+        if self.reduce is not None:
+            out = self.reduce(out)
+        self.num_products += 1
         if sync:
             torch.cuda.synchronize()
         self.product_seconds += time.perf_counter() - start
@@ -325,6 +340,8 @@ def linearize_curvature(
     chunk_size: int | None = None,
     cache_chunks: bool = False,
     lin_cache: LinearizationCache | None = None,
+    total: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> CurvatureOperator:
     """Loss, gradient and curvature operator of ``loss_fn(model(inputs), targets)``.
 
@@ -345,6 +362,10 @@ def linearize_curvature(
         cache_chunks: Keep every chunk's linearisation instead of recomputing
             it per product.
         lin_cache: Traced linearisations to reuse across calls (``"func"`` GGN).
+        total: Data-parallel: samples in the whole batch, of which ``inputs``
+            is this rank's shard.
+        reduce: Data-parallel: sums a tensor over ranks (in place); applied
+            to the loss and gradient and to every product.
 
     Returns:
         The :class:`CurvatureOperator`.
@@ -358,11 +379,12 @@ def linearize_curvature(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
-    chunks = split_batch(inputs, targets, chunk_size, loss_reduction(loss_fn))
+    chunks = split_batch(inputs, targets, chunk_size, loss_reduction(loss_fn), total)
     args = (model, loss_fn, chunks, params)
+    common: dict[str, Any] = {"cache_chunks": cache_chunks, "reduce": reduce}
     if backend == "backpack":
-        return _BackpackCurvature(*args, cache_chunks=cache_chunks, curvature=curvature)
+        return _BackpackCurvature(*args, **common, curvature=curvature)
     if curvature == "hessian":
-        return _FuncHessian(*args, cache_chunks=cache_chunks)
+        return _FuncHessian(*args, **common)
     cache = lin_cache if lin_cache is not None else LinearizationCache()
-    return _FuncGGN(*args, cache_chunks=cache_chunks, lin_cache=cache)
+    return _FuncGGN(*args, **common, lin_cache=cache)

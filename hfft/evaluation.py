@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from hfft import distributed
+
 if TYPE_CHECKING:
     from hfft.data import DataSplits
 
@@ -27,10 +29,14 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    total, correct, n = 0.0, 0, x.shape[0]
+    n = x.shape[0]
+    if distributed.is_distributed():  # each rank evaluates its shard; sums are reduced
+        part = distributed.shard(n)
+        x, y = x[part], y[part]
+    total, correct = 0.0, 0
     reduction = getattr(loss_fn, "reduction", "mean")
     try:
-        for start in range(0, n, batch_size):
+        for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             out = model(xb)
             loss = float(loss_fn(out, yb))
@@ -38,6 +44,9 @@ def evaluate(
             correct += int((out.argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
+    if distributed.is_distributed():
+        sums = torch.tensor([total, float(correct)], dtype=torch.float64, device=x.device)
+        total, correct = distributed.all_reduce_sum(sums).tolist()
     return total / max(n, 1), correct / max(n, 1)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hfft import distributed
 from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
@@ -68,6 +69,7 @@ class FinetuneResult:
     final: dict[str, float]
     best: dict[str, Any]
     metrics_path: Path
+    log: dict[str, Any] = field(default_factory=dict)
 
 
 def _finite_state(model: torch.nn.Module) -> bool:
@@ -131,7 +133,9 @@ def finetune(
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     clock = BudgetClock(budget, train_size=splits.train_x.shape[0], sync=sync)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # data-parallel: rank 0 alone writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     log: dict[str, Any] = {
@@ -144,6 +148,7 @@ def finetune(
         "source": src.describe(),
         "versions": versions(),
         "device": str(device),
+        "world_size": distributed.world_size(),
         "seed": config.seed,
         # one-time setup outside the clock (HF: tracing the linearisation)
         "setup_seconds": runner.setup_seconds,
@@ -189,7 +194,10 @@ def finetune(
         if acc > best.get("valid_accuracy", -math.inf) and _finite_state(model):
             best.clear()
             best.update(entry)
-            save_checkpoint(out / "best.safetensors", _cpu_state(model), {**meta, **_brief(entry)})
+            if main:
+                save_checkpoint(
+                    out / "best.safetensors", _cpu_state(model), {**meta, **_brief(entry)}
+                )
         if on_progress is not None:
             on_progress(clock.fraction, entry)
         return metrics
@@ -205,10 +213,13 @@ def finetune(
             "epochs": clock.epochs,
             "fraction": clock.fraction,
         }
-        if _finite_state(model):
-            save_checkpoint(out / "final.safetensors", _cpu_state(model), {**meta, **_brief(final)})
         metrics_path = out / "metrics.json"
-        atomic_write_json(metrics_path, log)
+        if main:
+            if _finite_state(model):
+                save_checkpoint(
+                    out / "final.safetensors", _cpu_state(model), {**meta, **_brief(final)}
+                )
+            atomic_write_json(metrics_path, log)
         return FinetuneResult(
             out,
             status,
@@ -219,6 +230,7 @@ def finetune(
             final,
             dict(best),
             metrics_path,
+            log,
         )
 
     status = "completed"
@@ -230,6 +242,8 @@ def finetune(
             record = runner.step(clock.fraction)
             clock.pause()
             clock.step_done(runner.samples)
+            if distributed.is_distributed():  # the slowest rank's clock, so all stop together
+                clock.synchronize(distributed.all_reduce_max(clock.seconds, device))
             record["seconds"] = clock.seconds
             log["steps"].append(record)
             if runner.diverged:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft import distributed
 from hfft._params import ModelState
 from hfft._step import Timer, fp32_precision, step_mode
 from hfft.cg import conjugate_gradient
@@ -333,6 +334,13 @@ class HessianFree(torch.optim.Optimizer):
         def l2(flat: Tensor) -> float:
             return 0.5 * float(torch.dot(wd * flat, flat))
 
+        # data-parallel: batch and eval_batch are this rank's shards of the global ones
+        reduce, n_b, n_bar = None, None, None
+        if distributed.is_distributed():
+            reduce = distributed.all_reduce_sum
+            sizes = torch.tensor([batch[0].shape[0], eval_batch[0].shape[0]], device=theta.device)
+            n_b, n_bar = (int(n) for n in reduce(sizes).tolist())
+
         # 1. gradient and curvature on B
         op = linearize_curvature(
             model,
@@ -345,6 +353,8 @@ class HessianFree(torch.optim.Optimizer):
             chunk_size=hp["chunk_size"],
             cache_chunks=hp["cache_chunks"],
             lin_cache=self._lin_cache,
+            total=n_b,
+            reduce=reduce,
         )
         op.synchronize = self.profile
         grad = op.grad + wd * theta
@@ -353,7 +363,7 @@ class HessianFree(torch.optim.Optimizer):
         t_grad = timer.lap()
 
         # objective on B̄ at θ + d
-        eval_chunks = split_batch(eval_batch[0], eval_batch[1], hp["chunk_size"], reduction)
+        eval_chunks = split_batch(eval_batch[0], eval_batch[1], hp["chunk_size"], reduction, n_bar)
         evals = 0
 
         def f_at(d: Tensor | None) -> float:
@@ -361,7 +371,10 @@ class HessianFree(torch.optim.Optimizer):
             evals += 1
             flat = theta if d is None else theta + d
             self._write(params, flat)
-            return batch_loss(model, loss_fn, eval_chunks) + l2(flat)
+            loss = batch_loss(model, loss_fn, eval_chunks)
+            if reduce is not None:
+                loss = float(reduce(torch.tensor([loss], dtype=torch.float64, device=flat.device)))
+            return loss + l2(flat)
 
         f0 = f_at(None)
         t_eval = timer.lap()
@@ -411,7 +424,11 @@ class HessianFree(torch.optim.Optimizer):
 
         precondition = None
         if hp["preconditioner"] == "empirical-fisher":
-            diag = empirical_fisher_diagonal(model, loss_fn, op.chunks, params, reduction)
+            diag = empirical_fisher_diagonal(
+                model, loss_fn, op.chunks, params, reduction, total=n_b
+            )
+            if reduce is not None:
+                diag = reduce(diag)
             precondition = preconditioner_from_diagonal(diag, shift, hp["preconditioner_exponent"])
         t_pre = timer.lap()
         x0 = None

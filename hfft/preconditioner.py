@@ -33,6 +33,7 @@ def empirical_fisher_diagonal(
     params: Sequence[Tensor],
     reduction: str,
     vmap_chunk: int = 64,
+    total: int | None = None,
 ) -> Tensor:
     """``Σ_n w ∇ℓ_n ⊙ ∇ℓ_n`` over the batch as a flat vector.
 
@@ -47,11 +48,14 @@ def empirical_fisher_diagonal(
         params: Parameters to differentiate.
         reduction: ``"mean"`` or ``"sum"``.
         vmap_chunk: Samples per vmap call (memory bound).
+        total: Samples in the whole batch when ``chunks`` are only this
+            rank's shard of it (data-parallel); the local count by default.
+            The caller sums the shards' results over ranks.
     """
     state = ModelState(model, params)
     space = FlatSpace(params)
     detached = tuple(p.detach() for p in params)
-    n_total = sum(c.inputs.shape[0] for c in chunks)
+    n_total = total if total is not None else sum(c.inputs.shape[0] for c in chunks)
 
     def sample_loss(p: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
         z = torch.func.functional_call(model, state.state(p), (x.unsqueeze(0),))

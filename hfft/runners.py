@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hfft import distributed
 from hfft.models import param_groups
 from hfft.sampling import BatchSampler, augment_batch
 
@@ -97,15 +98,44 @@ class SGDRunner(Runner):
         if self.splits.augment is not None:
             x = augment_batch(x, self.splits.augment, self.gen)
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(x), y)
-        value = float(loss.detach())  # also the per-step device sync that fair timing needs
+        if distributed.is_distributed():
+            value = self._sharded_backward(x, y)
+        else:
+            loss = self.loss_fn(self.model(x), y)
+            value = float(loss.detach())  # also the per-step device sync fair timing needs
+            if math.isfinite(value):
+                loss.backward()
         self.count += 1
         if not math.isfinite(value):
             self.diverged = True  # the update is skipped: parameters stay finite
         else:
-            loss.backward()
             self.opt.step()
         return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
+
+    def _sharded_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """This rank's share of the batch loss and gradient, summed over ranks.
+
+        Every rank drew the same global batch; it takes its contiguous shard,
+        weights the shard's mean loss by its share of the batch and sums the
+        gradients and the loss over ranks in one all-reduce, so every rank
+        applies the gradient of the whole batch.
+        """
+        part = distributed.shard(x.shape[0])
+        share = (part.stop - part.start) / x.shape[0]
+        loss = self.loss_fn(self.model(x[part]), y[part]) * share
+        loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        grads = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+            for p in params
+        ]
+        flat = distributed.all_reduce_sum(torch.cat([*grads, loss.detach().reshape(1)]))
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+        return float(flat[-1])
 
     def hyper(self) -> dict[str, float]:
         return {"lr": self.lr}
@@ -155,6 +185,8 @@ class HFRunner(Runner):
 
     def step(self, fraction: float) -> dict[str, Any]:
         idx, idx_bar = self.sampler.disjoint_pair(self.m, self.m_bar)
+        if distributed.is_distributed():  # this rank's shards; the optimizer all-reduces
+            idx, idx_bar = idx[distributed.shard(self.m)], idx_bar[distributed.shard(self.m_bar)]
         x, y = self.splits.train_x, self.splits.train_y
         record = self.opt.step(
             self.model, self.loss_fn, batch=(x[idx], y[idx]), eval_batch=(x[idx_bar], y[idx_bar])
