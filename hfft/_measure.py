@@ -19,14 +19,15 @@ __all__ = ["count_flops", "peak_memory"]
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes of tensors allocated by ``fn`` and alive at the same time.
+    """Peak bytes that ``fn`` adds to what was in use before it ran.
 
-    Memory that was allocated before the call (the model, the data, graphs
-    that ``fn`` only reads) is not counted; memory that ``fn`` allocates and
-    keeps is. On CUDA this is the caching allocator's peak; on the CPU it is
-    accumulated from the profiler's allocation and release events at operator
-    granularity, so scratch memory that an operator frees before it returns
-    is missed.
+    On CUDA this is the caching allocator's peak of allocated tensors. On a
+    Linux CPU it is the process's peak resident memory during the call (the
+    kernel's high-water mark, reset just before, after returning freed heap
+    memory to the system) over the resident memory at the start, so it counts
+    everything the call touches, kernels' scratch space included. Elsewhere
+    it falls back to the profiler's allocation events, which see tensors
+    only, at operator granularity.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -35,6 +36,37 @@ def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
+    resident = _resident_peak(fn)
+    return resident if resident is not None else _profiled_peak(fn)
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def _resident_peak(fn: Callable[[], Any]) -> int | None:
+    """Peak resident memory added by ``fn`` (Linux), or ``None`` where unsupported."""
+    import ctypes
+    import gc
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        gc.collect()
+        libc.malloc_trim(0)  # freed heap memory back to the system: an honest baseline
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+        base = _proc_status("VmRSS:")
+    except OSError:
+        return None
+    fn()
+    return max(0, _proc_status("VmHWM:") - base)
+
+
+def _profiled_peak(fn: Callable[[], Any]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with warnings.catch_warnings(), _native_stderr_silenced():

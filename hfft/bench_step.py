@@ -99,7 +99,8 @@ def bench_hf_step(
         and ``relative_difference`` of the parameters after the step between
         the first back-end and each other one, relative to the step's length;
         ``peak_bytes`` (back-end → peak memory of a step; on the CPU measured
-        on a 3-iteration step, because the profiler is slow).
+        on a 3-iteration step to save time: the peak comes from one product
+        and the kept iterates, not from the number of iterations).
     """
     from hfft._measure import peak_memory
 

@@ -371,3 +371,45 @@ def test_step_runs_in_ieee_float32_and_restores_the_flags() -> None:
     HessianFree(model.parameters(), cg_max_iter=2, tf32=True).step(model, loss_fn, batch=(x, y))
     assert seen and all(s == ("tf32", "tf32") for s in seen)
     assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+def _host_reads_of_a_step(monkeypatch: pytest.MonkeyPatch, cg_iterations: int) -> int:
+    """Reads of tensor values by the host (each one a device sync on a GPU) in one step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = 0
+
+    class Scalars(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal reads
+            if func is torch.ops.aten._local_scalar_dense.default:  # float(), item(), bool()
+                reads += 1
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        nonlocal reads
+        reads += 1
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    model, x, y = make_problem("cnn", n=8)
+    opt = HessianFree(
+        model.parameters(),
+        cg_max_iter=cg_iterations,
+        cg_tol=0.0,
+        martens_criterion=False,
+        use_cg_backtracking=False,  # B̄ evaluations of more iterates would add reads
+        use_linesearch=False,
+    )
+    opt.prepare(model, x)
+    with Scalars():
+        record = opt.step(model, nn.CrossEntropyLoss(), batch=(x, y))
+    assert record.cg_iterations == cg_iterations
+    return reads
+
+
+def test_one_host_device_synchronisation_per_cg_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    few, many = _host_reads_of_a_step(monkeypatch, 3), _host_reads_of_a_step(monkeypatch, 9)
+    assert (many - few) / 6 == 1.0
