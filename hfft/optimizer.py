@@ -266,6 +266,23 @@ class HessianFree(torch.optim.Optimizer):
                     )
         return torch.cat(parts)
 
+    @torch.no_grad()
+    def objective(self, model: nn.Module, loss_fn: Loss, batch: Batch) -> float:
+        """The objective on ``batch`` at the current parameters, as :meth:`step` measures B̄.
+
+        The loss (chunked like the step, in the step's model mode) plus the L2
+        term ``Σ (wd/2)‖θ‖²``: at the same parameters and batch it equals a
+        step's ``loss_before``, so callers can compare other updates with HF's
+        on the same scale.
+        """
+        hp = self.defaults
+        params = self._params()
+        chunks = split_batch(batch[0], batch[1], hp["chunk_size"], loss_reduction(loss_fn))
+        theta = torch.cat([p.detach().reshape(-1) for p in params])
+        wd = self._wd_vector(params)
+        with step_mode(model, hp["model_mode"]):
+            return batch_loss(model, loss_fn, chunks) + 0.5 * float(torch.dot(wd * theta, theta))
+
     # -- the step ------------------------------------------------------------
 
     def step(  # type: ignore[override]
