@@ -17,20 +17,26 @@ are measured on the same batch B̄ and on the objective the HF step minimises
 
 :func:`decide` then applies the rule:
 
-1. the probe did not lower the B̄ objective → it is **rolled back**
-   (parameters and buffers restored bit for bit; SGD's state was never
-   touched) and SGD goes on: a probe that does not pay off is not taken;
-2. HF's rate exceeds ``margin`` × SGD's (or SGD made no progress at all over
-   its window) → **switch**: the probe step is kept and every later step is HF;
-3. otherwise the probe step is **kept** (it lowered the objective, and its
-   time is spent either way) and SGD goes on for another window.
+1. HF's rate exceeds ``margin`` × SGD's, or SGD did not lower the B̄
+   objective over its window while the probe did → **switch**: the probe
+   step is kept and every later step is HF;
+2. otherwise the probe is **rolled back**: parameters and buffers are
+   restored bit for bit, and since SGD's optimizer state and sampler were
+   never touched, SGD goes on exactly as the ``sgd`` strategy with the same
+   seed would have (only later, by the probe's time). A probe that does not
+   pay off is not taken.
 
+Rolling back even a probe that lowered the objective is deliberate: on the
+digits problem, SGD at the training rate resumed after a kept HF step was
+often unstable (the B̄ loss of one run jumped from 0.01 to 0.5 in the next
+window), while the rolled-back run cannot do worse than its own SGD phase.
 Probes, and the one B̄ evaluation that opens each window, run inside
 :meth:`AutoRunner.step`, so they are charged to the budget like every step;
-neither is counted in the rates. Once switched, ``auto`` stays on HF: HF never
-applies a step that raises the B̄ objective, and going back to a constant SGD
-rate would undo what HF bought by removing SGD's noise. The defaults were
-tuned on the digits problem of ``hfft demo`` (see the README).
+neither is counted in the rates. Once switched, ``auto`` stays on HF, which
+never applies a step that raises its B̄ objective. HF keeps what rolled-back
+probes taught it (its damping and CG warm start). The defaults
+(:data:`DEFAULT_INTERVAL`, :data:`DEFAULT_MARGIN`) are the neutral choices;
+the README reports how they fare on the digits problem of ``hfft demo``.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ DEFAULT_MARGIN = 1.0
 HF_SEED_OFFSET = 7919
 """HF's batches come from their own stream (seed + offset), SGD's from the run's seed."""
 
-ACTIONS = ("switch", "keep", "roll back")
+ACTIONS = ("switch", "roll back")
 """What :func:`decide` can choose."""
 
 
@@ -106,7 +112,7 @@ class ProbeMeasurement:
 
 @dataclass(frozen=True)
 class Decision:
-    """What :func:`decide` chose: ``switch``, ``keep`` or ``roll back``, and why."""
+    """What :func:`decide` chose: ``switch`` or ``roll back``, and why."""
 
     action: str
     reason: str
@@ -122,17 +128,16 @@ class Decision:
 
 
 def decide(measurement: ProbeMeasurement, margin: float = DEFAULT_MARGIN) -> Decision:
-    """The switching rule of ``auto`` (module docstring, rules 1–3).
+    """The switching rule of ``auto`` (module docstring).
 
     Args:
         measurement: The probe's measurements.
         margin: HF's rate must exceed ``margin`` × SGD's rate.
 
     Returns:
-        ``roll back`` if the probe did not lower the B̄ objective (or its
-        rate is not finite); else ``keep`` if SGD's rate is not finite; else
-        ``switch`` if SGD's rate is not positive or HF's rate exceeds
-        ``margin`` × SGD's; else ``keep``.
+        ``switch`` if the probe lowered the B̄ objective and either SGD did
+        not (over its window) or HF's rate exceeds ``margin`` × SGD's;
+        ``roll back`` otherwise, also when a rate could not be measured.
 
     Raises:
         ValueError: If ``margin`` is not positive and finite.
@@ -143,7 +148,7 @@ def decide(measurement: ProbeMeasurement, margin: float = DEFAULT_MARGIN) -> Dec
     if not (math.isfinite(hf) and hf > 0):
         return Decision("roll back", "the probe did not lower the B̄ loss")
     if not math.isfinite(sgd):
-        return Decision("keep", "SGD's rate over the window could not be measured")
+        return Decision("roll back", "SGD's rate over the window could not be measured")
     if sgd <= 0:
         return Decision(
             "switch", f"SGD did not lower the B̄ loss over {measurement.sgd_steps} steps; HF did"
@@ -152,7 +157,8 @@ def decide(measurement: ProbeMeasurement, margin: float = DEFAULT_MARGIN) -> Dec
     if ratio > margin:
         return Decision("switch", f"HF lowered the B̄ loss {ratio:.3g}× as fast as SGD per second")
     return Decision(
-        "keep", f"HF lowered the B̄ loss only {ratio:.3g}× as fast as SGD (needs > {margin:g}×)"
+        "roll back",
+        f"HF lowered the B̄ loss only {ratio:.3g}× as fast as SGD (needs > {margin:g}×)",
     )
 
 
