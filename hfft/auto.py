@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIONS",
+    "DEFAULT_BACKOFF",
     "DEFAULT_INTERVAL",
     "DEFAULT_MARGIN",
     "HF_SEED_OFFSET",
@@ -73,6 +74,9 @@ DEFAULT_INTERVAL = 0.1
 
 DEFAULT_MARGIN = 1.0
 """HF must lower the B̄ objective faster than ``margin`` × SGD per second to switch."""
+
+DEFAULT_BACKOFF = 1.0
+"""Factor by which the window grows after each rolled-back probe (1: fixed windows)."""
 
 HF_SEED_OFFSET = 7919
 """HF's batches come from their own stream (seed + offset), SGD's from the run's seed."""
@@ -220,6 +224,8 @@ class AutoRunner(Runner):
         self.model = model
         self.interval = float(strategy.options.get("interval", DEFAULT_INTERVAL))
         self.margin = float(strategy.options.get("margin", DEFAULT_MARGIN))
+        self.backoff = float(strategy.options.get("backoff", DEFAULT_BACKOFF))
+        self._interval = self.interval
         self.setup_seconds = self.hf.setup_seconds
         self.samples = self.sgd.samples
         self.cuda = splits.train_x.device.type == "cuda"
@@ -243,7 +249,7 @@ class AutoRunner(Runner):
         self._window = (batches, self.hf.objective(batches[1]))
         self._window_seconds = 0.0
         self._window_steps = 0
-        self._next_probe = fraction + self.interval
+        self._next_probe = fraction + self._interval
 
     def step(self, fraction: float) -> dict[str, Any]:
         self.count += 1
@@ -304,6 +310,8 @@ class AutoRunner(Runner):
         if decision.action == "switch":
             self.phase = "hf"
             self.switch = probe
+        else:
+            self._interval *= self.backoff
         # the next window opens with the next SGD step, at the fraction after this probe
         self._window = None
         extra = {k: v for k, v in probe.items() if k not in ("step", "fraction")}
@@ -317,6 +325,7 @@ class AutoRunner(Runner):
             "auto": {
                 "interval": self.interval,
                 "margin": self.margin,
+                "backoff": self.backoff,
                 "m": self.hf.m,
                 "eval_batch_size": self.hf.m_bar,
                 "switched": self.switch is not None,

@@ -46,6 +46,7 @@ _RANGES = {
     "nonnegative": (lambda x: x >= 0, ">= 0"),
     "unit": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "open-unit": (lambda x: 0 < x < 1, "in (0, 1)"),
+    "at-least-one": (lambda x: x >= 1, ">= 1"),
     "momentum": (lambda x: 0 <= x < 1, "in [0, 1)"),
 }
 
@@ -59,7 +60,8 @@ class Option:
         choices: The accepted strings, for ``str`` options.
         nullable: Whether ``none`` (Python ``None``) is accepted.
         range: A key of the accepted numeric ranges (``positive``,
-            ``nonnegative``, ``unit``, ``open-unit``, ``momentum``), or ``None``.
+            ``nonnegative``, ``unit``, ``open-unit``, ``momentum``,
+            ``at-least-one``), or ``None``.
         help: One line for the command-line help.
     """
 
@@ -153,6 +155,9 @@ AUTO_RULE_OPTIONS: dict[str, Option] = {
     ),
     "margin": Option(
         float, "switch when HF's loss decrease per second exceeds margin × SGD's", range="positive"
+    ),
+    "backoff": Option(
+        float, "factor by which the window grows after each rolled-back probe", range="at-least-one"
     ),
 }
 """Options of the switching rule of ``auto`` (see :mod:`hfft.auto` for the defaults)."""

@@ -205,6 +205,21 @@ def test_a_run_that_stays_on_sgd_is_the_sgd_run_with_probes(ckpt: Path, tmp_path
     assert auto_losses == [s["loss"] for s in sgd["steps"]]
 
 
+@pytest.mark.parametrize(
+    ("backoff", "probe_steps"), [(1.0, [8, 16, 24, 32, 40]), (2.0, [8, 23])], ids=["1", "2"]
+)
+def test_backoff_lengthens_the_window_after_each_roll_back(
+    ckpt: Path, tmp_path: Path, backoff: float, probe_steps: list[int]
+) -> None:
+    # probes that raise the loss (step size 20 without a line search) are always rolled back
+    strategy = f"auto:{HF_CHEAP},hf_use_linesearch=0,hf_lr=20,interval=0.17,backoff={backoff}"
+    log = run(ckpt, tmp_path, strategy, budget="40steps")
+    probes = log["auto"]["probes"]
+    assert [p["step"] for p in probes] == probe_steps
+    assert {p["decision"] for p in probes} == {"roll back"}
+    assert log["auto"]["backoff"] == backoff
+
+
 def test_cli_prints_the_switch_unless_quiet_or_json(ckpt: Path, tmp_path: Path) -> None:
     base = ["finetune", str(ckpt), "--strategy", f"auto:{CHEAP},interval=0.25,margin=1e-9"]
     base += ["--budget", "12steps", "--eval-batch-size", "256", "--device", "cpu"]

@@ -169,6 +169,7 @@ def test_unknown_option_lists_the_accepted_ones() -> None:
         ("auto:interval=0", "must be a number in \\(0, 1\\), got '0'"),
         ("auto:margin=0", "option margin of strategy 'auto' must be a number > 0, got '0'"),
         ("auto:margin=inf", "must be a number > 0, got 'inf'"),
+        ("auto:backoff=0.5", "option backoff of strategy 'auto' must be a number >= 1, got '0.5'"),
         ("auto:hf_m=64", "unknown option 'hf_m' for strategy 'auto'"),
         ("auto:damping=1", "unknown option 'damping' for strategy 'auto'"),
         ("auto:hf_damping=0", "option hf_damping of strategy 'auto' must be a number > 0"),
@@ -183,6 +184,7 @@ def test_auto_strategy_and_its_parts() -> None:
     strategy = parse_strategy("auto: HF-CG-Max-Iter=50, m=256, margin=2, interval=.2, lr=0.01")
     assert strategy.is_auto and not strategy.is_hf
     assert strategy.label == "auto:interval=0.2,margin=2.0,lr=0.01,m=256,hf_cg_max_iter=50"
+    assert parse_strategy("auto:backoff=2").options == {"backoff": 2.0}
     assert parse_strategy(strategy.label) == strategy
     sgd, hf = strategy.parts()
     # lr belongs to SGD; HF's options lose their prefix; the rule's go to neither part
@@ -195,8 +197,9 @@ def test_auto_strategy_and_its_parts() -> None:
 
 
 def test_auto_options_table() -> None:
-    assert list(AUTO_OPTIONS)[:6] == ["interval", "margin", "lr", "batch_size", "momentum", "m"]
-    hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[6:]]
+    rule = ["interval", "margin", "backoff"]
+    assert list(AUTO_OPTIONS)[:7] == [*rule, "lr", "batch_size", "momentum", "m"]
+    hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[7:]]
     assert hf_keys == [k for k in HF_OPTIONS if k != "m"]
     assert all(AUTO_OPTIONS["hf_" + k] == HF_OPTIONS[k] for k in hf_keys)
 
