@@ -162,8 +162,9 @@ def finetune(
     strategy: Annotated[
         str,
         typer.Option(
-            help="hf, sgd, sgd-div10, sgd-cosine or sgd-plateau; options after a colon, "
-            "e.g. hf:m=2048,damping=0.5 or sgd:lr=0.01."
+            help="hf, sgd, sgd-div10, sgd-cosine, sgd-plateau or auto (SGD, switching to "
+            "hf when HF pays more); options after a colon, e.g. hf:m=2048,damping=0.5, "
+            "sgd:lr=0.01 or auto:m=256,interval=0.1."
         ),
     ] = "hf",
     budget: BudgetOpt = "10%",
@@ -252,8 +253,8 @@ def compare(
             "--strategy",
             "-s",
             help="A strategy to compare (repeatable), e.g. -s sgd -s sgd-cosine -s hf:m=512. "
-            "Default: sgd, sgd-div10, sgd-cosine, sgd-plateau and hf at up to three batch "
-            "sizes that fit the data.",
+            "Default: sgd, sgd-div10, sgd-cosine, sgd-plateau, hf at up to three batch sizes "
+            "that fit the data, and auto with the smallest of them.",
         ),
     ] = None,
     seeds: Annotated[

@@ -64,13 +64,16 @@ class CompareResult:
 
 
 def default_strategies(n_train: int) -> list[str]:
-    """The four SGD strategies and HF at up to three batch sizes that fit the data.
+    """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data.
 
     HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``; the three largest of
-    256, 512, …, 4096 that satisfy it are used.
+    256, 512, …, 4096 that satisfy it are used. ``auto`` uses the smallest of
+    them, so that its probes are as cheap as HF steps get here and its HF phase
+    is one of the HF runs it is ranked against (without any, HF's default m).
     """
     sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
-    return [*SGD_DEFAULTS, *(f"hf:m={m}" for m in sizes)]
+    auto = f"auto:m={sizes[0]}" if sizes else "auto"
+    return [*SGD_DEFAULTS, auto, *(f"hf:m={m}" for m in sizes)]
 
 
 def _slug(text: str) -> str:

@@ -93,7 +93,8 @@ def finetune(
         config: The run.
         source: The loaded checkpoint (loaded from ``config`` when ``None``).
         on_progress: Called as ``on_progress(fraction, info)`` after every step
-            and evaluation (for progress bars).
+            (with its record) and every evaluation (with its entry), for progress
+            bars and for ``auto``'s switch line.
 
     Returns:
         The :class:`FinetuneResult`. On ``KeyboardInterrupt`` the outputs are
@@ -204,6 +205,7 @@ def finetune(
 
     def finish(status: str) -> FinetuneResult:
         log["status"] = status
+        log.update(runner.report())
         final = log["evaluations"][-1] if log["evaluations"] else {}
         log["final"] = final
         log["best"] = dict(best)
@@ -249,13 +251,13 @@ def finetune(
             if runner.diverged:
                 status = "diverged"
                 break
+            if on_progress is not None:
+                on_progress(clock.fraction, record)
             crossed = next_point
             while next_point < len(points) - 1 and clock.fraction >= points[next_point]:
                 next_point += 1
             if next_point > crossed:
                 evaluate()
-            elif on_progress is not None:
-                on_progress(clock.fraction, record)
         evaluate()
     except KeyboardInterrupt:
         if clock.running:

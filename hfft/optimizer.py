@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -291,6 +291,26 @@ class HessianFree(torch.optim.Optimizer):
                     )
         return torch.cat(parts)
 
+    @torch.no_grad()
+    def objective(self, model: nn.Module, loss_fn: Loss, batch: Batch) -> float:
+        """The objective on ``batch`` at the current parameters, as :meth:`step` measures B̄.
+
+        The loss (chunked like the step, in the step's model mode) plus the L2
+        term ``Σ (wd/2)‖θ‖²``: at the same parameters and batch it equals a
+        step's ``loss_before``, so callers can compare other updates with HF's
+        on the same scale.
+        """
+        hp = self.defaults
+        params = self._params()
+        theta = torch.cat([p.detach().reshape(-1) for p in params])
+        reduce, total = _data_parallel(batch[0].shape[0], theta.device)
+        reduction = loss_reduction(loss_fn)
+        chunks = split_batch(batch[0], batch[1], hp["chunk_size"], reduction, total)
+        wd = self._wd_vector(params)
+        with step_mode(model, hp["model_mode"]):
+            loss = _summed(batch_loss(model, loss_fn, chunks), reduce, theta.device)
+        return loss + 0.5 * float(torch.dot(wd * theta, theta))
+
     # -- the step ------------------------------------------------------------
 
     def step(  # type: ignore[override]
@@ -335,11 +355,8 @@ class HessianFree(torch.optim.Optimizer):
             return 0.5 * float(torch.dot(wd * flat, flat))
 
         # data-parallel: batch and eval_batch are this rank's shards of the global ones
-        reduce, n_b, n_bar = None, None, None
-        if distributed.is_distributed():
-            reduce = distributed.all_reduce_sum
-            sizes = torch.tensor([batch[0].shape[0], eval_batch[0].shape[0]], device=theta.device)
-            n_b, n_bar = (int(n) for n in reduce(sizes).tolist())
+        reduce, n_b = _data_parallel(batch[0].shape[0], theta.device)
+        n_bar = _data_parallel(eval_batch[0].shape[0], theta.device)[1]
 
         # 1. gradient and curvature on B
         op = linearize_curvature(
@@ -371,10 +388,7 @@ class HessianFree(torch.optim.Optimizer):
             evals += 1
             flat = theta if d is None else theta + d
             self._write(params, flat)
-            loss = batch_loss(model, loss_fn, eval_chunks)
-            if reduce is not None:
-                loss = float(reduce(torch.tensor([loss], dtype=torch.float64, device=flat.device)))
-            return loss + l2(flat)
+            return _summed(batch_loss(model, loss_fn, eval_chunks), reduce, flat.device) + l2(flat)
 
         f0 = f_at(None)
         t_eval = timer.lap()
@@ -532,6 +546,24 @@ class HessianFree(torch.optim.Optimizer):
             n = p.numel()
             p.copy_(flat[offset : offset + n].view_as(p))
             offset += n
+
+
+def _data_parallel(
+    size: int, device: torch.device
+) -> tuple[Callable[[Tensor], Tensor] | None, int | None]:
+    """Under ``torch.distributed``: the sum over ranks and the global batch size
+    of which this rank holds ``size`` samples; ``(None, None)`` in one process."""
+    if not distributed.is_distributed():
+        return None, None
+    total = distributed.all_reduce_sum(torch.tensor([size], device=device))
+    return distributed.all_reduce_sum, int(total.item())
+
+
+def _summed(value: float, reduce: Callable[[Tensor], Tensor] | None, device: torch.device) -> float:
+    """``value`` summed over ranks (itself in one process)."""
+    if reduce is None:
+        return value
+    return float(reduce(torch.tensor([value], dtype=torch.float64, device=device)))
 
 
 def _check(ok: bool, message: str) -> None:

@@ -13,8 +13,9 @@ registered globally (nothing to close, nothing leaks between calls), and
 ``rcParams`` are not touched. Every file
 is written atomically (rendered into memory, then temporary file + rename).
 HF strategies are drawn in oranges and reds (darker for larger m), SGD
-strategies in greys, greens and blues, as in the paper; :func:`strategy_colors`
-gives every plot of one comparison the same colours.
+strategies in greys, greens and blues, as in the paper, and ``auto`` (SGD
+switching to HF) in purple; :func:`strategy_colors` gives every plot of one
+comparison the same colours.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _SGD_COLORS = {
 }
 _OTHER_SGD = "#5b6f8a"
 _HF_SINGLE = "#d62728"
+_AUTO = "#9467bd"
 # 1600 × 600 px at 120 dpi: the fonts come out 1.2 × their default point size
 _DPI = 120
 _WIDE = (1600 / _DPI, 600 / _DPI)
@@ -69,6 +71,14 @@ def _base(label: str) -> str:
 
 def _is_hf(label: str) -> bool:
     return _base(label) == "hf"
+
+
+def _is_auto(label: str) -> bool:
+    return _base(label) == "auto"
+
+
+def _marker(label: str) -> str:
+    return "o" if _is_hf(label) else "D" if _is_auto(label) else "s"
 
 
 def _hf_batch(label: str) -> int:
@@ -88,32 +98,36 @@ def _shade(color: str, k: int) -> str:
 
 
 def strategy_colors(strategies: Iterable[str]) -> dict[str, str]:
-    """A colour per strategy label, in plotting order (SGD strategies, then HF by m).
+    """A colour per strategy label, in plotting order (SGD strategies, ``auto``, HF by m).
 
     The four SGD strategies of the paper have fixed colours (grey, green,
-    blue, teal); variants with options get shades of their base colour. HF
-    strategies get oranges to dark reds, ordered by their batch size m. Calls
-    with the same set of labels give the same colours, in any order.
+    blue, teal); variants with options get shades of their base colour.
+    ``auto`` is purple (shades for several variants). HF strategies get
+    oranges to dark reds, ordered by their batch size m. Calls with the same
+    set of labels give the same colours, in any order.
 
     Args:
         strategies: Strategy labels such as ``sgd-cosine`` or ``hf:m=2048``.
 
     Returns:
         ``{label: "#rrggbb"}``, SGD labels first (in the paper's order), then
-        HF labels by increasing m.
+        ``auto`` labels, then HF labels by increasing m.
     """
     labels = sorted(set(strategies))
     sgd_order = list(_SGD_COLORS)
     sgd = sorted(
-        (s for s in labels if not _is_hf(s)),
+        (s for s in labels if not _is_hf(s) and not _is_auto(s)),
         key=lambda s: (sgd_order.index(_base(s)) if _base(s) in sgd_order else 99, s),
     )
+    auto = sorted((s for s in labels if _is_auto(s)), key=lambda s: (_hf_batch(s), s))
     hf = sorted((s for s in labels if _is_hf(s)), key=lambda s: (_hf_batch(s), s))
     colors: dict[str, str] = {}
     seen: dict[str, int] = {}
     for s in sgd:
         k = seen[_base(s)] = seen.get(_base(s), -1) + 1
         colors[s] = _shade(_SGD_COLORS.get(_base(s), _OTHER_SGD), k)
+    for k, s in enumerate(auto):
+        colors[s] = _shade(_AUTO, k)
     cmap = mpl.colormaps["YlOrRd"]
     for i, s in enumerate(hf):
         colors[s] = _HF_SINGLE if len(hf) == 1 else to_hex(cmap(0.45 + 0.5 * i / (len(hf) - 1)))
@@ -325,7 +339,7 @@ def plot_relative_performance(
             xs,
             ys,
             color=color,
-            marker="o" if _is_hf(strategy) else "s",
+            marker=_marker(strategy),
             s=36,
             alpha=0.85,
             label=strategy,

@@ -87,12 +87,26 @@ def finetune_progress(
     state = {"info": ""}
 
     def on_progress(fraction: float, entry: dict[str, Any]) -> None:
+        line = switch_line(entry)
+        if line is not None:
+            progress.console.print(line)
         if "valid_accuracy" in entry:
             state["info"] = f"step {entry['step']}, valid acc {entry['valid_accuracy']:.2%}"
         progress.update(task, completed=min(fraction, 1.0), info=state["info"])
 
     with progress:
         yield on_progress
+
+
+def switch_line(record: dict[str, Any]) -> str | None:
+    """The line ``auto`` prints when a step record is its switch to HF, else ``None``."""
+    probe = record.get("probe")
+    if not isinstance(probe, dict) or probe.get("decision") != "switch":
+        return None
+    return (
+        f"auto: switched from SGD to HF at step {record['step']} "
+        f"({record['fraction']:.0%} of the budget): {probe['reason']}"
+    )
 
 
 def _fmt(key: str, value: Any) -> str:

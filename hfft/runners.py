@@ -21,8 +21,12 @@ from hfft.models import param_groups
 from hfft.sampling import BatchSampler, augment_batch
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from hfft.data import DataSplits
     from hfft.strategies import Strategy
+
+    Batch = tuple[Tensor, Tensor]
 
 __all__ = ["HFRunner", "Runner", "SGDRunner", "make_runner"]
 
@@ -31,7 +35,7 @@ DEFAULT_EVAL_BATCH = 1024
 
 
 class Runner:
-    """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` for logs."""
+    """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
 
     samples: int = 0
     diverged: bool = False
@@ -46,6 +50,10 @@ class Runner:
 
     def observe(self, metrics: dict[str, float]) -> None:
         """Called with each evaluation's metrics (the plateau schedule listens)."""
+
+    def report(self) -> dict[str, Any]:
+        """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
+        return {}
 
 
 class SGDRunner(Runner):
@@ -183,15 +191,26 @@ class HFRunner(Runner):
         # one-time tracing of the linearisation, like compilation: before the clock starts
         self.setup_seconds = self.opt.prepare(model, splits.train_x[: self.m])
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def draw(self) -> tuple[Batch, Batch]:
+        """The next disjoint batches B (size m) and B̄ of this runner's sampler."""
         idx, idx_bar = self.sampler.disjoint_pair(self.m, self.m_bar)
         if distributed.is_distributed():  # this rank's shards; the optimizer all-reduces
             idx, idx_bar = idx[distributed.shard(self.m)], idx_bar[distributed.shard(self.m_bar)]
         x, y = self.splits.train_x, self.splits.train_y
-        record = self.opt.step(
-            self.model, self.loss_fn, batch=(x[idx], y[idx]), eval_batch=(x[idx_bar], y[idx_bar])
-        )
+        return (x[idx], y[idx]), (x[idx_bar], y[idx_bar])
+
+    def take(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
+        """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
+        batch, eval_batch = batches
+        record = self.opt.step(self.model, self.loss_fn, batch=batch, eval_batch=eval_batch)
         return {"fraction": fraction, **record.to_dict()}
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        return self.take(self.draw(), fraction)
+
+    def objective(self, eval_batch: Batch) -> float:
+        """The B̄ objective at the current parameters, as an HF step measures it."""
+        return self.opt.objective(self.model, self.loss_fn, eval_batch)
 
     def hyper(self) -> dict[str, float]:
         return {"damping": self.opt.damping}
@@ -213,7 +232,8 @@ def make_runner(
     """The runner of a strategy, with hyperparameters resolved.
 
     Raises:
-        ValueError: When an SGD strategy has no learning rate or batch size.
+        ValueError: When an SGD strategy (or ``auto``) has no learning rate or
+            batch size, or HF's batches do not fit the data.
     """
     if strategy.is_hf:
         return HFRunner(
@@ -230,6 +250,21 @@ def make_runner(
         raise ValueError(
             f"{strategy.name} needs the training learning rate and batch size, which this "
             "checkpoint does not record; pass --lr and --batch-size"
+        )
+    if strategy.is_auto:
+        from hfft.auto import AutoRunner
+
+        return AutoRunner(
+            strategy,
+            model,
+            splits,
+            lr=float(lr),
+            batch_size=int(batch_size),
+            momentum=momentum,
+            weight_decay=weight_decay,
+            eval_batch_size=eval_batch_size,
+            evaluations=evaluations,
+            seed=seed,
         )
     return SGDRunner(
         strategy,

@@ -5,11 +5,16 @@ A strategy is a name with optional ``key=value`` options::
     sgd
     sgd-cosine:lr=0.01,batch_size=256
     hf:m=2048,damping=0.5,curvature=hessian,preconditioner=empirical-fisher
+    auto:m=256,interval=0.1,hf_cg_max_iter=50
 
 The options of ``hf`` are the batch size ``m`` of the curvature batch B and the
 keyword arguments of :class:`hfft.optimizer.HessianFree`, except
 ``weight_decay``, which comes from the problem. :data:`HF_OPTIONS` lists them
 with their types in one place; a test holds it to the constructor's signature.
+
+``auto`` (:mod:`hfft.auto`) runs constant-rate SGD and switches to HF; its
+options (:data:`AUTO_OPTIONS`) are the switching rule's, the SGD options, ``m``
+and every other HF option with the prefix ``hf_``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AUTO_OPTIONS",
     "HF_OPTIONS",
     "SGD_OPTIONS",
     "SGD_STRATEGIES",
@@ -29,7 +35,7 @@ __all__ = [
 ]
 
 SGD_STRATEGIES = ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
-STRATEGIES = (*SGD_STRATEGIES, "hf")
+STRATEGIES = (*SGD_STRATEGIES, "hf", "auto")
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -40,6 +46,7 @@ _RANGES = {
     "nonnegative": (lambda x: x >= 0, ">= 0"),
     "unit": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "open-unit": (lambda x: 0 < x < 1, "in (0, 1)"),
+    "at-least-one": (lambda x: x >= 1, ">= 1"),
     "momentum": (lambda x: 0 <= x < 1, "in [0, 1)"),
 }
 
@@ -53,7 +60,8 @@ class Option:
         choices: The accepted strings, for ``str`` options.
         nullable: Whether ``none`` (Python ``None``) is accepted.
         range: A key of the accepted numeric ranges (``positive``,
-            ``nonnegative``, ``unit``, ``open-unit``, ``momentum``), or ``None``.
+            ``nonnegative``, ``unit``, ``open-unit``, ``momentum``,
+            ``at-least-one``), or ``None``.
         help: One line for the command-line help.
     """
 
@@ -142,7 +150,33 @@ SGD_OPTIONS: dict[str, Option] = {
 """Options of the SGD strategies; the defaults come from the checkpoint."""
 
 
+AUTO_RULE_OPTIONS: dict[str, Option] = {
+    "interval": Option(
+        float, "budget fraction of SGD before each HF probe (the window)", range="open-unit"
+    ),
+    "margin": Option(
+        float, "switch when HF's loss decrease per second exceeds margin × SGD's", range="positive"
+    ),
+    "backoff": Option(
+        float, "factor by which the window grows after each rolled-back probe", range="at-least-one"
+    ),
+}
+"""Options of the switching rule of ``auto`` (see :mod:`hfft.auto` for the defaults)."""
+
+AUTO_HF_PREFIX = "hf_"
+
+AUTO_OPTIONS: dict[str, Option] = {
+    **AUTO_RULE_OPTIONS,
+    **SGD_OPTIONS,
+    "m": HF_OPTIONS["m"],
+    **{AUTO_HF_PREFIX + key: option for key, option in HF_OPTIONS.items() if key != "m"},
+}
+"""Options of ``auto``: the rule's, the SGD phase's, ``m`` and the other HF options as ``hf_*``."""
+
+
 def _options_of(name: str) -> dict[str, Option]:
+    if name == "auto":
+        return AUTO_OPTIONS
     return HF_OPTIONS if name == "hf" else SGD_OPTIONS
 
 
@@ -162,9 +196,9 @@ def _unknown_strategy(name: str) -> ValueError:
 
 
 def _unknown_option(name: str, key: str) -> ValueError:
-    if key == "weight_decay":
+    if key in ("weight_decay", AUTO_HF_PREFIX + "weight_decay"):
         return ValueError(
-            f"option weight_decay cannot be set for strategy {name!r}: it belongs to the "
+            f"option {key} cannot be set for strategy {name!r}: it belongs to the "
             "objective and comes from the problem of the checkpoint"
         )
     return ValueError(
@@ -186,9 +220,10 @@ class Strategy:
 
     Attributes:
         name: One of :data:`STRATEGIES`.
-        options: Typed option values, keys from :data:`HF_OPTIONS` for ``hf``
-            and :data:`SGD_OPTIONS` otherwise. Options not given take their
-            defaults (``HessianFree``'s, or the checkpoint's for SGD).
+        options: Typed option values, keys from :data:`HF_OPTIONS` for ``hf``,
+            :data:`AUTO_OPTIONS` for ``auto`` and :data:`SGD_OPTIONS`
+            otherwise. Options not given take their defaults
+            (``HessianFree``'s, the checkpoint's for SGD, :mod:`hfft.auto`'s).
 
     Raises:
         ValueError: If the name, an option or a value is not accepted.
@@ -223,6 +258,27 @@ class Strategy:
         return self.name == "hf"
 
     @property
+    def is_auto(self) -> bool:
+        """Whether this is ``auto`` (SGD, then HF)."""
+        return self.name == "auto"
+
+    def parts(self) -> tuple[Strategy, Strategy]:
+        """The constant-rate ``sgd`` and the ``hf`` strategy that ``auto`` is made of.
+
+        Raises:
+            ValueError: If this strategy is not ``auto``.
+        """
+        if not self.is_auto:
+            raise ValueError(f"strategy {self.name!r} has no SGD and HF parts; only auto has")
+        sgd = {k: v for k, v in self.options.items() if k in SGD_OPTIONS}
+        hf = {
+            k.removeprefix(AUTO_HF_PREFIX): v
+            for k, v in self.options.items()
+            if k == "m" or k.startswith(AUTO_HF_PREFIX)
+        }
+        return Strategy("sgd", sgd), Strategy("hf", hf)
+
+    @property
     def label(self) -> str:
         """The canonical text, options in table order: ``hf:m=2048,damping=0.5``."""
         if not self.options:
@@ -237,7 +293,7 @@ class Strategy:
 
     @property
     def batch_size(self) -> int | None:
-        """The batch size given (``m`` for ``hf``, ``batch_size`` for SGD), or ``None``."""
+        """The batch size given (``m`` for ``hf``, else ``batch_size``), or ``None``."""
         value = self.options.get("m" if self.is_hf else "batch_size")
         return None if value is None else int(value)
 

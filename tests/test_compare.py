@@ -23,9 +23,9 @@ def run_dir(trained_run: Path) -> Path:
 @pytest.mark.parametrize(
     ("n_train", "expected"),
     [
-        (1293, ["hf:m=256", "hf:m=512"]),
-        (40_000, ["hf:m=1024", "hf:m=2048", "hf:m=4096"]),
-        (300, []),
+        (1293, ["auto:m=256", "hf:m=256", "hf:m=512"]),
+        (40_000, ["auto:m=1024", "hf:m=1024", "hf:m=2048", "hf:m=4096"]),
+        (300, ["auto"]),
     ],
     ids=["digits", "cifar", "tiny"],
 )
@@ -81,6 +81,30 @@ def test_compare_runs_ranks_plots_and_resumes(run_dir: Path, tmp_path: Path) -> 
     victim.write_text(json.dumps(log))
     third = compare(cfg)
     assert (third.ran, third.reused) == (1, 11)
+
+
+def test_compare_ranks_auto_with_the_others(run_dir: Path, tmp_path: Path) -> None:
+    auto = "auto:interval=0.25,lr=0.005,momentum=0.0,m=128,hf_cg_max_iter=10"  # canonical
+    cfg = CompareConfig(
+        checkpoints=(str(run_dir / "ckpt-02.safetensors"),),
+        strategies=("sgd", auto),
+        seeds=2,
+        budget="8steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=2,
+        eval_batch_size=128,
+    )
+    result = compare(cfg)
+    assert result.ran == 4
+    (entry,) = result.summary["checkpoints"]
+    for metric in ("test_accuracy", "train_eval_loss"):
+        ranked = entry["rankings"][metric]
+        assert sorted(s["strategy"] for s in ranked) == sorted(("sgd", auto))
+    log = json.loads(
+        (run_directory(tmp_path / "cmp", "ckpt-02", auto, 1) / "metrics.json").read_text()
+    )
+    assert log["strategy"] == auto and [p["step"] for p in log["auto"]["probes"]][:1] == [3]
+    assert [p.name for p in result.plots] == ["curves-ckpt-02.png"]
 
 
 def test_seeds_are_paired_across_sgd_strategies(run_dir: Path, tmp_path: Path) -> None:

@@ -121,3 +121,17 @@ def test_a_failing_rank_ends_the_job_with_its_error(trained_run: Path, tmp_path:
     assert proc.returncode != 0
     assert "hfft: error: rank 1: Data factory" in proc.stderr
     assert "disk on rank 1 is unreadable" in proc.stderr
+
+
+@pytest.mark.slow
+def test_auto_decides_alike_on_every_rank(trained_run: Path, tmp_path: Path) -> None:
+    """Probe decisions use the slowest rank's times, so no rank waits for a step the
+    others skipped; the run completes and logs its probes once."""
+    ckpt = sorted(trained_run.glob("*.safetensors"))[-1]
+    out = tmp_path / "auto"
+    args = [str(ckpt), "--strategy", "auto:m=256,interval=0.25", "--budget", "24steps"]
+    proc = _finetune([*args, "--out", str(out)], 2, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = json.loads((out / "metrics.json").read_text())
+    assert log["status"] == "completed" and log["world_size"] == 2
+    assert log["auto"]["probes"]

@@ -413,3 +413,24 @@ def _host_reads_of_a_step(monkeypatch: pytest.MonkeyPatch, cg_iterations: int) -
 def test_one_host_device_synchronisation_per_cg_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
     few, many = _host_reads_of_a_step(monkeypatch, 3), _host_reads_of_a_step(monkeypatch, 9)
     assert (many - few) / 6 == 1.0
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2], ids=["one-chunk", "chunked"])
+def test_objective_is_what_a_step_measures_on_the_eval_batch(chunk_size: int | None) -> None:
+    model, x, y = make_problem("cnn", n=10, seed=3)
+    loss_fn = nn.CrossEntropyLoss()
+    wd = 0.1
+    opt = HessianFree(groups(model, wd), cg_max_iter=5, chunk_size=chunk_size)
+    batch, eval_batch = (x[:6], y[:6]), (x[6:], y[6:])
+    before = opt.objective(model, loss_fn, eval_batch)
+    theta = flat_params(model)
+    with torch.no_grad():
+        data_loss = float(loss_fn(model(x[6:]), y[6:]))
+    expected = data_loss + 0.5 * wd * float(
+        sum((p.detach() ** 2).sum() for n, p in model.named_parameters() if n.endswith("weight"))
+    )
+    assert before == pytest.approx(expected, rel=1e-12)
+    record = opt.step(model, loss_fn, batch=batch, eval_batch=eval_batch)
+    assert record.loss_before == before
+    assert torch.equal(theta, flat_params(model)) != record.accepted
+    assert opt.objective(model, loss_fn, eval_batch) == pytest.approx(record.loss_after, rel=1e-12)

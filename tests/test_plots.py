@@ -121,6 +121,14 @@ def test_strategy_colors() -> None:
     assert strategy_colors(["hf:m=512"]) == {"hf:m=512": "#d62728"}
 
 
+def test_auto_has_its_own_colours_between_sgd_and_hf() -> None:
+    labels = ["hf:m=256", "auto:m=512", "sgd", "auto:m=256"]
+    colors = strategy_colors(labels)
+    assert list(colors) == ["sgd", "auto:m=256", "auto:m=512", "hf:m=256"]
+    assert colors["auto:m=256"] == "#9467bd"
+    assert len(set(colors.values())) == len(labels)
+
+
 def test_plot_budget_curves_writes_png(tmp_path: Path) -> None:
     path = plot_budget_curves(RUNS, tmp_path / "plots" / "curves.png", checkpoint="ckpt-10")
     assert path == tmp_path / "plots" / "curves.png"

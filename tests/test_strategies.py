@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hfft.strategies import (
+    AUTO_OPTIONS,
     HF_OPTIONS,
     SGD_OPTIONS,
     SGD_STRATEGIES,
@@ -29,7 +30,7 @@ FULL_HF = (
 
 def test_names() -> None:
     assert SGD_STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
-    assert STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau", "hf")
+    assert STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau", "hf", "auto")
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_unknown_strategy() -> None:
     with pytest.raises(ValueError) as err:
         parse_strategy("adam:lr=0.1")
     assert str(err.value) == (
-        "unknown strategy 'adam'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, "
+        "unknown strategy 'adam'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, auto, "
         "optionally with key=value options as in hf:m=2048,damping=0.5 or sgd:lr=0.01"
     )
 
@@ -163,11 +164,44 @@ def test_unknown_option_lists_the_accepted_ones() -> None:
         ("hf:m=1,,damping=1", "option '' of strategy 'hf' is not key=value"),
         ("hf:m=1,m=2", "option m of strategy 'hf' is given twice"),
         ("hf:weight_decay=0.1", "weight_decay cannot be set .* comes from the problem"),
+        ("auto:hf_weight_decay=0.1", "hf_weight_decay cannot be set .* comes from the problem"),
+        ("auto:interval=1", "option interval of strategy 'auto' must be a number in \\(0, 1\\)"),
+        ("auto:interval=0", "must be a number in \\(0, 1\\), got '0'"),
+        ("auto:margin=0", "option margin of strategy 'auto' must be a number > 0, got '0'"),
+        ("auto:margin=inf", "must be a number > 0, got 'inf'"),
+        ("auto:backoff=0.5", "option backoff of strategy 'auto' must be a number >= 1, got '0.5'"),
+        ("auto:hf_m=64", "unknown option 'hf_m' for strategy 'auto'"),
+        ("auto:damping=1", "unknown option 'damping' for strategy 'auto'"),
+        ("auto:hf_damping=0", "option hf_damping of strategy 'auto' must be a number > 0"),
     ],
 )
 def test_bad_options(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_strategy(text)
+
+
+def test_auto_strategy_and_its_parts() -> None:
+    strategy = parse_strategy("auto: HF-CG-Max-Iter=50, m=256, margin=2, interval=.2, lr=0.01")
+    assert strategy.is_auto and not strategy.is_hf
+    assert strategy.label == "auto:interval=0.2,margin=2.0,lr=0.01,m=256,hf_cg_max_iter=50"
+    assert parse_strategy("auto:backoff=2").options == {"backoff": 2.0}
+    assert parse_strategy(strategy.label) == strategy
+    sgd, hf = strategy.parts()
+    # lr belongs to SGD; HF's options lose their prefix; the rule's go to neither part
+    assert sgd == Strategy("sgd", {"lr": 0.01})
+    assert hf == Strategy("hf", {"m": 256, "cg_max_iter": 50})
+    assert parse_strategy("auto").parts() == (Strategy("sgd"), Strategy("hf"))
+    assert parse_strategy("auto:batch_size=32,m=64").batch_size == 32
+    with pytest.raises(ValueError, match="only auto has"):
+        parse_strategy("hf").parts()
+
+
+def test_auto_options_table() -> None:
+    rule = ["interval", "margin", "backoff"]
+    assert list(AUTO_OPTIONS)[:7] == [*rule, "lr", "batch_size", "momentum", "m"]
+    hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[7:]]
+    assert hf_keys == [k for k in HF_OPTIONS if k != "m"]
+    assert all(AUTO_OPTIONS["hf_" + k] == HF_OPTIONS[k] for k in hf_keys)
 
 
 def test_strategy_validates_and_normalises() -> None:

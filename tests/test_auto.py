@@ -1,0 +1,235 @@
+"""auto: the switching rule on constructed measurements, probes, and runs that (do not) switch."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hfft.auto import AutoRunner, Decision, ProbeMeasurement, decide
+from hfft.cli import app
+from hfft.finetune import FinetuneConfig, finetune
+from hfft.runners import make_runner
+from hfft.source import SourceSpec
+from hfft.strategies import parse_strategy
+
+runner = CliRunner()
+# cheap HF on the digits MLP of the trained_run fixture, and SGD at a rate at which it
+# makes steady progress there (the fixture trained at 0.05 with momentum 0.9)
+HF_CHEAP = "m=128,hf_cg_max_iter=10"
+CHEAP = f"{HF_CHEAP},lr=0.005,momentum=0"
+
+
+def measured(sgd_gain: float, hf_gain: float, sgd_s: float = 2.0, hf_s: float = 1.0):
+    return ProbeMeasurement(
+        sgd_gain=sgd_gain, sgd_seconds=sgd_s, sgd_steps=10, hf_gain=hf_gain, hf_seconds=hf_s
+    )
+
+
+@pytest.mark.parametrize(
+    ("measurement", "margin", "action"),
+    [
+        (measured(0.4, 0.3), 1.0, "switch"),  # HF 0.3/s against SGD 0.2/s
+        (measured(0.4, 0.3), 1.5, "roll back"),  # needs more than 0.3/s
+        (measured(0.4, 0.2), 1.0, "roll back"),  # equal rates: stay on SGD
+        (measured(0.4, 0.1), 0.4, "switch"),
+        (measured(0.0, 0.01), 100.0, "switch"),  # SGD made no progress, HF did
+        (measured(-0.1, 0.01), 100.0, "switch"),
+        (measured(0.4, 0.0), 1.0, "roll back"),  # the probe did not pay off
+        (measured(-0.4, -1e-9), 1.0, "roll back"),
+        (measured(0.4, math.nan), 1.0, "roll back"),
+        (measured(math.nan, 0.3), 1.0, "roll back"),
+        (measured(0.4, 0.3, hf_s=0.0), 1.0, "roll back"),
+        (measured(0.4, 0.3, sgd_s=0.0), 1.0, "roll back"),
+    ],
+    ids=[
+        "hf-faster",
+        "hf-faster-but-not-by-margin",
+        "equal-rates",
+        "small-margin",
+        "sgd-flat",
+        "sgd-worse",
+        "probe-flat",
+        "probe-worse",
+        "probe-nan",
+        "sgd-nan",
+        "no-hf-time",
+        "no-sgd-time",
+    ],
+)
+def test_decide(measurement: ProbeMeasurement, margin: float, action: str) -> None:
+    decision = decide(measurement, margin)
+    assert decision.action == action
+    assert decision.rolls_back == (action == "roll back")
+    assert decision.reason
+
+
+def test_rates_and_reasons() -> None:
+    m = measured(0.4, 0.3)
+    assert (m.sgd_rate, m.hf_rate) == (0.2, 0.3)
+    assert decide(m) == Decision("switch", "HF lowered the B̄ loss 1.5× as fast as SGD per second")
+    assert decide(m, 2.0).reason == ("HF lowered the B̄ loss only 1.5× as fast as SGD (needs > 2×)")
+
+
+def test_decision_actions_are_checked() -> None:
+    with pytest.raises(ValueError, match="action must be one of switch, roll back"):
+        Decision("keep", "because")
+
+
+@pytest.mark.parametrize("margin", [0.0, -1.0, math.inf, math.nan])
+def test_decide_rejects_a_bad_margin(margin: float) -> None:
+    with pytest.raises(ValueError, match="margin must be positive and finite"):
+        decide(measured(0.4, 0.3), margin)
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run: Path) -> Path:
+    return trained_run / "ckpt-02.safetensors"
+
+
+def auto_runner(ckpt: Path, options: str) -> AutoRunner:
+    src = SourceSpec().load(ckpt, "cpu")
+    made = make_runner(
+        parse_strategy(f"auto:{options}"),
+        src.model,
+        src.splits,
+        lr=src.lr,
+        batch_size=src.batch_size,
+        momentum=src.momentum,
+        weight_decay=src.weight_decay,
+        eval_batch_size=256,
+        evaluations=4,
+        seed=0,
+    )
+    assert isinstance(made, AutoRunner)
+    return made
+
+
+def test_a_probe_that_does_not_pay_off_is_rolled_back_bit_exactly(ckpt: Path) -> None:
+    # without a line search, step size 20 overshoots: HF applies a step that raises the loss
+    auto = auto_runner(ckpt, f"{HF_CHEAP},interval=0.2,hf_use_linesearch=0,hf_lr=20")
+    for fraction in (0.0, 0.05, 0.1):
+        assert auto.step(fraction)["phase"] == "sgd"
+    params = copy.deepcopy(auto.model.state_dict())
+    sgd_state = copy.deepcopy(auto.sgd.opt.state_dict())
+    sampler, generator = auto.sgd.sampler.state_dict(), auto.sgd.gen.get_state()
+    assert any(s["momentum_buffer"] is not None for s in sgd_state["state"].values())
+
+    record = auto.step(0.25)
+    assert record["phase"] == "probe" and record["accepted"]
+    assert record["loss_after"] > record["loss_before"]
+    assert record["probe"]["decision"] == "roll back"
+    state = auto.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in params.items())
+    after = auto.sgd.opt.state_dict()
+    for key, s in sgd_state["state"].items():
+        assert torch.equal(after["state"][key]["momentum_buffer"], s["momentum_buffer"])
+    assert after["param_groups"] == sgd_state["param_groups"]
+    assert torch.equal(auto.sgd.sampler.state_dict()["perm"], sampler["perm"])
+    assert auto.sgd.sampler.state_dict()["pos"] == sampler["pos"]
+    assert torch.equal(auto.sgd.gen.get_state(), generator)
+    assert auto.phase == "sgd" and auto.switch is None
+    assert auto.step(0.3)["phase"] == "sgd"  # a new window opens
+
+
+def test_the_window_measures_sgd_on_the_probes_eval_batch(ckpt: Path) -> None:
+    auto = auto_runner(ckpt, f"{CHEAP},interval=0.5")
+    start = copy.deepcopy(auto.model.state_dict())
+    auto.step(0.0)  # opens the window at the checkpoint, then one SGD step
+    assert auto._window is not None
+    (_, eval_batch), f_start = auto._window
+    moved = copy.deepcopy(auto.model.state_dict())
+    auto.model.load_state_dict(start)
+    assert f_start == auto.hf.objective(eval_batch)
+    auto.model.load_state_dict(moved)
+    for fraction in (0.1, 0.2, 0.3):
+        auto.step(fraction)
+    f_now = auto.hf.objective(eval_batch)
+    record = auto.step(0.6)
+    probe = record["probe"]
+    assert record["loss_before"] == f_now
+    assert probe["sgd_gain"] == pytest.approx(f_start - f_now, abs=1e-12)
+    assert probe["sgd_steps"] == 4
+    assert probe["hf_gain"] == pytest.approx(record["loss_before"] - record["loss_after"])
+    assert 0 < probe["sgd_seconds"] and 0 < probe["hf_seconds"]
+
+
+def run(ckpt: Path, tmp_path: Path, strategy: str, budget: str = "30steps") -> dict:
+    cfg = FinetuneConfig(
+        checkpoint=str(ckpt),
+        out=str(tmp_path / "ft"),
+        strategy=strategy,
+        budget=budget,
+        eval_batch_size=256,
+        eval_points=3,
+    )
+    result = finetune(cfg)
+    assert result.status == "completed"
+    return json.loads(result.metrics_path.read_text())
+
+
+def test_a_run_that_switches(ckpt: Path, tmp_path: Path) -> None:
+    # a negligible margin: the first probe that lowers the loss switches
+    log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.25,margin=1e-9")
+    phases = [s["phase"] for s in log["steps"]]
+    # fraction = steps done / 30: the first step with fraction ≥ 0.25 is the 9th
+    assert phases == ["sgd"] * 8 + ["probe"] + ["hf"] * 21
+    assert [s["step"] for s in log["steps"]] == list(range(1, 31))
+    auto = log["auto"]
+    assert auto["switched"] and auto["switch"] == auto["probes"][0]
+    switch = auto["switch"]
+    assert (switch["step"], switch["decision"], switch["fraction"]) == (9, "switch", 8 / 30)
+    assert switch["hf_gain"] > 0 and switch["sgd_rate"] is not None
+    assert auto["m"] == 128 and auto["interval"] == 0.25
+    assert "lr" in log["evaluations"][0] and "damping" in log["evaluations"][-1]
+
+
+def test_a_run_that_stays_on_sgd_is_the_sgd_run_with_probes(ckpt: Path, tmp_path: Path) -> None:
+    # an enormous margin: every probe that SGD's progress does not beat is rolled back
+    log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.35,margin=1e9")
+    phases = [s["phase"] for s in log["steps"]]
+    assert "hf" not in phases and phases.count("probe") == 2
+    probes = log["auto"]["probes"]
+    assert [p["decision"] for p in probes] == ["roll back", "roll back"]
+    assert all(p["sgd_gain"] > 0 and p["hf_gain"] > 0 for p in probes)  # both lowered it
+    assert not log["auto"]["switched"] and log["auto"]["switch"] is None
+    assert all("lr" in e for e in log["evaluations"])
+    # rolled back bit for bit, with SGD's state untouched: exactly the sgd run's steps
+    sgd = run(ckpt, tmp_path / "sgd", "sgd:lr=0.005,momentum=0", budget="28steps")
+    auto_losses = [s["loss"] for s in log["steps"] if s["phase"] == "sgd"]
+    assert auto_losses == [s["loss"] for s in sgd["steps"]]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "probe_steps"), [(1.0, [8, 16, 24, 32, 40]), (2.0, [8, 23])], ids=["1", "2"]
+)
+def test_backoff_lengthens_the_window_after_each_roll_back(
+    ckpt: Path, tmp_path: Path, backoff: float, probe_steps: list[int]
+) -> None:
+    # probes that raise the loss (step size 20 without a line search) are always rolled back
+    strategy = f"auto:{HF_CHEAP},hf_use_linesearch=0,hf_lr=20,interval=0.17,backoff={backoff}"
+    log = run(ckpt, tmp_path, strategy, budget="40steps")
+    probes = log["auto"]["probes"]
+    assert [p["step"] for p in probes] == probe_steps
+    assert {p["decision"] for p in probes} == {"roll back"}
+    assert log["auto"]["backoff"] == backoff
+
+
+def test_cli_prints_the_switch_unless_quiet_or_json(ckpt: Path, tmp_path: Path) -> None:
+    base = ["finetune", str(ckpt), "--strategy", f"auto:{CHEAP},interval=0.25,margin=1e-9"]
+    base += ["--budget", "12steps", "--eval-batch-size", "256", "--device", "cpu"]
+    loud = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    # steps done / 12 reaches 0.25 before the 4th step
+    assert "auto: switched from SGD to HF at step 4 (25% of the budget):" in " ".join(
+        loud.output.split()
+    )
+    quiet = runner.invoke(app, [*base, "--quiet", "--out", str(tmp_path / "q")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    as_json = runner.invoke(app, [*base, "--json", "--out", str(tmp_path / "j")])
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["steps"] == 12

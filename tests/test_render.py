@@ -1,0 +1,50 @@
+"""Terminal rendering: the line auto prints when it switches."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from rich.console import Console
+
+from hfft.render import finetune_progress, switch_line
+
+SWITCH = {
+    "step": 17,
+    "fraction": 0.125,
+    "phase": "probe",
+    "probe": {"decision": "switch", "reason": "HF lowered the B̄ loss 3× as fast as SGD"},
+}
+
+
+def test_switch_line() -> None:
+    assert switch_line(SWITCH) == (
+        "auto: switched from SGD to HF at step 17 (12% of the budget): "
+        "HF lowered the B̄ loss 3× as fast as SGD"
+    )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {**SWITCH, "probe": {"decision": "keep", "reason": "slower"}},
+        {**SWITCH, "probe": {"decision": "roll back", "reason": "no gain"}},
+        {"step": 3, "fraction": 0.1, "lr": 0.05, "loss": 0.3},
+        {"fraction": 0.2, "step": 4, "valid_accuracy": 0.9},
+    ],
+    ids=["keep", "roll-back", "sgd-step", "evaluation"],
+)
+def test_no_switch_line_for_other_records(record: dict) -> None:
+    assert switch_line(record) is None
+
+
+def test_progress_prints_the_switch_once_and_nothing_when_quiet() -> None:
+    out = StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    with finetune_progress("auto", console=console) as on_progress:
+        assert on_progress is not None
+        on_progress(0.1, {"step": 3, "fraction": 0.1, "lr": 0.05, "loss": 0.3})
+        on_progress(0.125, SWITCH)
+    assert out.getvalue().count("auto: switched from SGD to HF at step 17") == 1
+    with finetune_progress("auto", quiet=True) as quiet:
+        assert quiet is None
