@@ -288,8 +288,11 @@ def bench_model(
     cuda = x.device.type == "cuda"
     fns, dim, caches = _operations(model, x, y, loss_fn, backends)
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
     for r in range(warmup + rounds):
-        for key, fn in fns.items():
+        # every other round backwards, so that no operation always follows the same
+        # one (a product then uses the operator its setup built the round before)
+        for key, fn in order if r < warmup or r % 2 == 0 else order[::-1]:
             t = timed(fn, cuda)
             if r >= warmup:
                 samples[key].append(t)
