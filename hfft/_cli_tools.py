@@ -119,18 +119,22 @@ def bench(
         for name in names:
             bs = batch_size or (128 if name == "3c3d" else 32)
             problems.append((name, *shaped_problem(name, bs, dev)))
-        results = [
-            bench_model(
-                net,
-                x,
-                y,
-                name=name,
-                rounds=rounds,
-                cg_iterations=cg_iterations,
-                measure_memory=memory,
-            )
-            for name, net, x, y in problems
-        ]
+        from hfft.render_bench import bench_status
+
+        with bench_status(quiet=as_json) as on_stage:
+            results = [
+                bench_model(
+                    net,
+                    x,
+                    y,
+                    name=name,
+                    rounds=rounds,
+                    cg_iterations=cg_iterations,
+                    measure_memory=memory,
+                    on_stage=on_stage,
+                )
+                for name, net, x, y in problems
+            ]
     if as_json:
         print_json([r.to_dict() for r in results])
         return

@@ -264,6 +264,7 @@ def bench_model(
     backends: tuple[str, ...] = ("func", "backpack"),
     cg_iterations: int = 50,
     measure_memory: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Time, count and weigh every operation of an HF step and of an SGD step.
 
@@ -278,6 +279,7 @@ def bench_model(
         backends: Curvature back-ends to time.
         cg_iterations: CG iterations of the whole-step benchmark (0: skip it).
         measure_memory: Also measure peak memory (a separate, slower run).
+        on_stage: Called with a short description as each stage starts.
 
     Returns:
         The :class:`BenchResult`.
@@ -286,6 +288,8 @@ def bench_model(
 
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     cuda = x.device.type == "cuda"
+    stage = on_stage if on_stage is not None else (lambda _: None)
+    stage(f"{name}: timing operations ({warmup + rounds} rounds)")
     fns, dim, caches = _operations(model, x, y, loss_fn, backends)
     samples: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns.items())
@@ -304,6 +308,7 @@ def bench_model(
     ratios = {k: s / unit for k, s in seconds.items()}
     # products after their setups (already built); setups are not counted, because
     # the counter's module hooks cannot follow autograd.grad on fresh leaves
+    stage(f"{name}: counting FLOPs")
     flops_raw = {
         k: count_flops(fn) for k, fn in fns.items() if not k.startswith(("sgd_step", "ggn_setup"))
     }
@@ -312,6 +317,7 @@ def bench_model(
         flops["cg_iteration[func]"] /= 5
     peak = {}
     if measure_memory:
+        stage(f"{name}: measuring peak memory")
         for key, fn in fns.items():
             if key.startswith("ggn_product"):  # a product with the setup it needs
                 setup = fns[key.replace("product", "setup")]
@@ -322,6 +328,7 @@ def bench_model(
     if cg_iterations > 0:
         from hfft.bench_step import bench_hf_step
 
+        stage(f"{name}: one HF step of {cg_iterations} CG iterations per back-end")
         step = bench_hf_step(model, x, y, loss_fn, cg_iterations=cg_iterations, backends=backends)
     notes = [
         f"{b}: traced linearisation unavailable ({c.fallback_reason})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -11,7 +13,19 @@ if TYPE_CHECKING:
     from hfft.bench import BenchResult
     from hfft.bench_loop import LoopBenchResult
 
-__all__ = ["bench_table", "print_bench", "print_loop_bench", "step_table"]
+__all__ = ["bench_status", "bench_table", "print_bench", "print_loop_bench", "step_table"]
+
+
+@contextlib.contextmanager
+def bench_status(
+    quiet: bool = False, console: Console | None = None
+) -> Iterator[Callable[[str], None] | None]:
+    """A transient spinner naming the stage the benchmark is in; ``None`` when quiet."""
+    if quiet:
+        yield None
+        return
+    with (console or Console(stderr=True)).status("starting") as status:
+        yield lambda text: status.update(text)
 
 
 def _mb(n: int | None) -> str:
@@ -85,7 +99,7 @@ def print_bench(console: Console, result: BenchResult) -> None:
         table.add_column("target", justify="right")
         table.add_column("met")
         for name, (value, bound, met) in result.targets.items():
-            table.add_row(name, f"{value:.2f}", bound, "yes" if met else "[red]no")
+            table.add_row(name, f"{value:.3f}", bound, "yes" if met else "[red]no")
         console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")

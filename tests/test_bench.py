@@ -90,3 +90,30 @@ def test_step_of_the_two_backends_differs_only_by_rounding_in_float64() -> None:
     rec = out["records"]
     assert rec["func"]["cg_chosen_iterate"] == rec["backpack"]["cg_chosen_iterate"]
     assert rec["func"]["alpha"] == rec["backpack"]["alpha"]
+
+
+def test_stages_are_reported_in_order() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from hfft.render_bench import bench_status
+
+    model, x, y = _problem(8)
+    stages: list[str] = []
+    bench_model(
+        model,
+        x,
+        y,
+        name="tiny",
+        rounds=1,
+        cg_iterations=2,
+        measure_memory=False,
+        on_stage=stages.append,
+    )
+    assert [s.split(": ")[1].split(" ")[0] for s in stages] == ["timing", "counting", "one"]
+    with bench_status(quiet=True) as hook:
+        assert hook is None
+    with bench_status(console=Console(file=StringIO())) as hook:
+        assert hook is not None
+        hook("tiny: timing operations")
