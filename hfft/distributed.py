@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,7 +34,9 @@ __all__ = [
     "is_main",
     "rank",
     "shard",
+    "shard_sizes",
     "shutdown",
+    "sum_float",
     "world_size",
 ]
 
@@ -145,3 +148,23 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shard_sizes(
+    size: int, device: torch.device
+) -> tuple[Callable[[Tensor], Tensor] | None, int | None]:
+    """For a batch of which this rank holds ``size`` samples: the in-place sum over
+    ranks and the global batch size; ``(None, None)`` in one process."""
+    if not is_distributed():
+        return None, None
+    total = all_reduce_sum(torch.tensor([size], device=device))
+    return all_reduce_sum, int(total.item())
+
+
+def sum_float(
+    value: float, reduce: Callable[[Tensor], Tensor] | None, device: torch.device
+) -> float:
+    """``value`` summed over ranks with ``reduce`` (``value`` itself when ``None``)."""
+    if reduce is None:
+        return value
+    return float(reduce(torch.tensor([value], dtype=torch.float64, device=device)))

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -47,61 +46,12 @@ from hfft.preconditioner import (
     empirical_fisher_diagonal,
     preconditioner_from_diagonal,
 )
+from hfft.record import StepRecord
 
 __all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
 
 MODEL_MODES = ("eval", "train", "keep")
 Batch = tuple[Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """Everything one HF step decided, for logs.
-
-    Losses include the L2 term of the objective. ``loss_before``/``loss_after``
-    are on the evaluation batch B̄; ``batch_loss`` is on B.
-
-    Times are wall-clock seconds: ``time_gradient`` (forward, gradient and
-    linearisation on B), ``time_preconditioner``, ``time_cg`` (all of CG, of
-    which ``time_products`` in curvature products), ``time_eval`` (every
-    evaluation on B̄, of which ``time_backtracking`` and ``time_linesearch``;
-    the rest is the losses at θ and at the last CG iterate, which ρ needs)
-    and ``time_total``.
-    """
-
-    step: int
-    accepted: bool
-    reject_reason: str | None
-    loss_before: float
-    loss_after: float
-    batch_loss: float
-    grad_norm: float
-    damping: float
-    next_damping: float
-    rho: float
-    cg_iterations: int
-    cg_stop_reason: str
-    cg_chosen_iterate: int
-    cg_q: float
-    alpha: float
-    linesearch_tries: int
-    products: int
-    eval_batch_evaluations: int
-    time_gradient: float
-    time_preconditioner: float
-    time_cg: float
-    time_products: float
-    time_eval: float
-    time_backtracking: float
-    time_linesearch: float
-    time_total: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (non-finite floats become ``None``)."""
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in asdict(self).items()
-        }
 
 
 class HessianFree(torch.optim.Optimizer):
@@ -303,12 +253,12 @@ class HessianFree(torch.optim.Optimizer):
         hp = self.defaults
         params = self._params()
         theta = torch.cat([p.detach().reshape(-1) for p in params])
-        reduce, total = _data_parallel(batch[0].shape[0], theta.device)
+        reduce, total = distributed.shard_sizes(batch[0].shape[0], theta.device)
         reduction = loss_reduction(loss_fn)
         chunks = split_batch(batch[0], batch[1], hp["chunk_size"], reduction, total)
         wd = self._wd_vector(params)
         with step_mode(model, hp["model_mode"]):
-            loss = _summed(batch_loss(model, loss_fn, chunks), reduce, theta.device)
+            loss = distributed.sum_float(batch_loss(model, loss_fn, chunks), reduce, theta.device)
         return loss + 0.5 * float(torch.dot(wd * theta, theta))
 
     # -- the step ------------------------------------------------------------
@@ -355,8 +305,8 @@ class HessianFree(torch.optim.Optimizer):
             return 0.5 * float(torch.dot(wd * flat, flat))
 
         # data-parallel: batch and eval_batch are this rank's shards of the global ones
-        reduce, n_b = _data_parallel(batch[0].shape[0], theta.device)
-        n_bar = _data_parallel(eval_batch[0].shape[0], theta.device)[1]
+        reduce, n_b = distributed.shard_sizes(batch[0].shape[0], theta.device)
+        n_bar = distributed.shard_sizes(eval_batch[0].shape[0], theta.device)[1]
 
         # 1. gradient and curvature on B
         op = linearize_curvature(
@@ -388,7 +338,9 @@ class HessianFree(torch.optim.Optimizer):
             evals += 1
             flat = theta if d is None else theta + d
             self._write(params, flat)
-            return _summed(batch_loss(model, loss_fn, eval_chunks), reduce, flat.device) + l2(flat)
+            return distributed.sum_float(
+                batch_loss(model, loss_fn, eval_chunks), reduce, flat.device
+            ) + l2(flat)
 
         f0 = f_at(None)
         t_eval = timer.lap()
@@ -546,24 +498,6 @@ class HessianFree(torch.optim.Optimizer):
             n = p.numel()
             p.copy_(flat[offset : offset + n].view_as(p))
             offset += n
-
-
-def _data_parallel(
-    size: int, device: torch.device
-) -> tuple[Callable[[Tensor], Tensor] | None, int | None]:
-    """Under ``torch.distributed``: the sum over ranks and the global batch size
-    of which this rank holds ``size`` samples; ``(None, None)`` in one process."""
-    if not distributed.is_distributed():
-        return None, None
-    total = distributed.all_reduce_sum(torch.tensor([size], device=device))
-    return distributed.all_reduce_sum, int(total.item())
-
-
-def _summed(value: float, reduce: Callable[[Tensor], Tensor] | None, device: torch.device) -> float:
-    """``value`` summed over ranks (itself in one process)."""
-    if reduce is None:
-        return value
-    return float(reduce(torch.tensor([value], dtype=torch.float64, device=device)))
 
 
 def _check(ok: bool, message: str) -> None:
