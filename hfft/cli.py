@@ -5,6 +5,7 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,8 +55,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+DATA_PARALLEL_COMMANDS = ("finetune", "compare")
+"""The commands that run data-parallel when launched by torchrun."""
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -64,6 +70,12 @@ def root(
     ] = False,
 ) -> None:
     """Hessian-free fine-tuning of SGD checkpoints, and the SGD baselines to compare it with."""
+    command = ctx.invoked_subcommand
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in DATA_PARALLEL_COMMANDS:
+        raise fail(
+            f"hfft {command} runs in one process; only "
+            f"{' and '.join(DATA_PARALLEL_COMMANDS)} run under torchrun"
+        )
 
 
 @app.command()

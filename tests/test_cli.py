@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -88,3 +89,11 @@ def test_bench_errors_are_one_sentence(argv: list[str], message: str) -> None:
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_only_finetune_and_compare_run_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["train", "mlp", "--epochs", "1", "--out", "never-written"])
+    assert result.exit_code == 2
+    assert "hfft train runs in one process" in result.output
+    assert not Path("never-written").exists()
