@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hfft.distributed import launched
+
 if TYPE_CHECKING:
     from hfft.source import SourceSpec
 
@@ -56,7 +58,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Terminated:
-        why = "terminated (by torchrun when another rank failed?)" if _launched() else "terminated"
+        why = "terminated (by torchrun when another rank failed?)" if launched() else "terminated"
         typer.echo(
             f"hfft: {_on_rank(why)}; what was finished is saved and marked interrupted", err=True
         )
@@ -69,31 +71,27 @@ def user_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except Exception as err:
-        if not _launched():
+        if not launched():
             raise
         # data-parallel: one line per failing rank, so the job ends without a wall of
         # tracebacks; a rank whose peer died fails in its next collective
         raise fail(_on_rank(f"{type(err).__name__}: {str(err).splitlines()[0]}"), code=1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if _launched():
+        if launched():
             from hfft.distributed import shutdown
 
             shutdown()
 
 
-def _launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
 def _on_rank(message: str) -> str:
-    return f"rank {os.environ.get('RANK', '0')}: {message}" if _launched() else message
+    return f"rank {os.environ.get('RANK', '0')}: {message}" if launched() else message
 
 
 def data_parallel(device: str) -> tuple[str, bool]:
     """Join ``torchrun``'s process group if launched by it: this rank's device, and
     whether this rank reports (rank 0; the others stay quiet)."""
-    if not _launched():
+    if not launched():
         return device, True
     from hfft import distributed
 

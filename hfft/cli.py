@@ -5,7 +5,6 @@ torch is imported only inside commands, so ``hfft --help`` stays instant.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +38,7 @@ from hfft._cli_common import (
     user_errors,
 )
 from hfft._version import __version__
+from hfft.distributed import launched
 
 app = typer.Typer(
     name="hfft",
@@ -71,7 +71,7 @@ def root(
 ) -> None:
     """Hessian-free fine-tuning of SGD checkpoints, and the SGD baselines to compare it with."""
     command = ctx.invoked_subcommand
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command not in DATA_PARALLEL_COMMANDS:
+    if launched() and command not in DATA_PARALLEL_COMMANDS:
         raise fail(
             f"hfft {command} runs in one process; only "
             f"{' and '.join(DATA_PARALLEL_COMMANDS)} run under torchrun"

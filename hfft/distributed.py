@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used: the command line checks
+    import torch  # launched() before anything imports torch
+    from torch import Tensor
 
 __all__ = [
     "TIMEOUT_SECONDS",
@@ -61,6 +62,7 @@ def initialize(device: str) -> str:
     """
     if not launched() or is_distributed():
         return device
+    import torch
     import torch.distributed as dist
 
     raw = os.environ.get("HFFT_DIST_TIMEOUT", str(TIMEOUT_SECONDS))
@@ -132,6 +134,7 @@ def all_reduce_max(value: float, device: torch.device | str = "cpu") -> float:
     """The largest ``value`` of all ranks."""
     if not is_distributed():
         return value
+    import torch
     import torch.distributed as dist
 
     t = torch.tensor([value], dtype=torch.float64, device=device)
@@ -151,14 +154,17 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def shard_sizes(
-    size: int, device: torch.device
-) -> tuple[Callable[[Tensor], Tensor] | None, int | None]:
-    """For a batch of which this rank holds ``size`` samples: the in-place sum over
-    ranks and the global batch size; ``(None, None)`` in one process."""
+    sizes: Sequence[int], device: torch.device
+) -> tuple[Callable[[Tensor], Tensor] | None, list[int] | None]:
+    """For batches of which this rank holds ``sizes`` samples: the in-place sum
+    over ranks and the global batch sizes (one all-reduce for all of them);
+    ``(None, None)`` in one process."""
     if not is_distributed():
         return None, None
-    total = all_reduce_sum(torch.tensor([size], device=device))
-    return all_reduce_sum, int(total.item())
+    import torch
+
+    totals = all_reduce_sum(torch.tensor(list(sizes), device=device))
+    return all_reduce_sum, [int(n) for n in totals.tolist()]
 
 
 def sum_float(
@@ -167,4 +173,6 @@ def sum_float(
     """``value`` summed over ranks with ``reduce`` (``value`` itself when ``None``)."""
     if reduce is None:
         return value
+    import torch
+
     return float(reduce(torch.tensor([value], dtype=torch.float64, device=device)))

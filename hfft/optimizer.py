@@ -253,7 +253,8 @@ class HessianFree(torch.optim.Optimizer):
         hp = self.defaults
         params = self._params()
         theta = torch.cat([p.detach().reshape(-1) for p in params])
-        reduce, total = distributed.shard_sizes(batch[0].shape[0], theta.device)
+        reduce, totals = distributed.shard_sizes([batch[0].shape[0]], theta.device)
+        total = totals[0] if totals is not None else None
         reduction = loss_reduction(loss_fn)
         chunks = split_batch(batch[0], batch[1], hp["chunk_size"], reduction, total)
         wd = self._wd_vector(params)
@@ -305,8 +306,10 @@ class HessianFree(torch.optim.Optimizer):
             return 0.5 * float(torch.dot(wd * flat, flat))
 
         # data-parallel: batch and eval_batch are this rank's shards of the global ones
-        reduce, n_b = distributed.shard_sizes(batch[0].shape[0], theta.device)
-        n_bar = distributed.shard_sizes(eval_batch[0].shape[0], theta.device)[1]
+        reduce, totals = distributed.shard_sizes(
+            [batch[0].shape[0], eval_batch[0].shape[0]], theta.device
+        )
+        n_b, n_bar = totals if totals is not None else (None, None)
 
         # 1. gradient and curvature on B
         op = linearize_curvature(

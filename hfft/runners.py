@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hfft import distributed
+from hfft._params import FlatSpace
 from hfft.models import param_groups
 from hfft.sampling import BatchSampler, augment_batch
 
@@ -133,16 +134,11 @@ class SGDRunner(Runner):
         loss = self.loss_fn(self.model(x[part]), y[part]) * share
         loss.backward()
         params = [p for g in self.opt.param_groups for p in g["params"]]
-        grads = [
-            p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-            for p in params
-        ]
-        flat = distributed.all_reduce_sum(torch.cat([*grads, loss.detach().reshape(1)]))
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+        space = FlatSpace(params)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = distributed.all_reduce_sum(space.flatten([*grads, loss.detach()]))
+        for p, g in zip(params, space.unflatten(flat[:-1]), strict=True):
+            p.grad = g.clone()
         return float(flat[-1])
 
     def hyper(self) -> dict[str, float]:
@@ -251,25 +247,7 @@ def make_runner(
             f"{strategy.name} needs the training learning rate and batch size, which this "
             "checkpoint does not record; pass --lr and --batch-size"
         )
-    if strategy.is_auto:
-        from hfft.auto import AutoRunner
-
-        return AutoRunner(
-            strategy,
-            model,
-            splits,
-            lr=float(lr),
-            batch_size=int(batch_size),
-            momentum=momentum,
-            weight_decay=weight_decay,
-            eval_batch_size=eval_batch_size,
-            evaluations=evaluations,
-            seed=seed,
-        )
-    return SGDRunner(
-        strategy,
-        model,
-        splits,
+    sgd: dict[str, Any] = dict(
         lr=float(lr),
         batch_size=int(batch_size),
         momentum=momentum,
@@ -277,3 +255,8 @@ def make_runner(
         evaluations=evaluations,
         seed=seed,
     )
+    if strategy.is_auto:
+        from hfft.auto import AutoRunner
+
+        return AutoRunner(strategy, model, splits, eval_batch_size=eval_batch_size, **sgd)
+    return SGDRunner(strategy, model, splits, **sgd)
