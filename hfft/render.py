@@ -7,7 +7,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -19,6 +26,23 @@ StepHook = Callable[[int, int, int], None]
 EpochHook = Callable[[dict[str, Any]], None]
 
 
+def _progress(title: str, console: Console | None, count: ProgressColumn | None = None) -> Progress:
+    """A bar with a title, a count (done/total unless given), elapsed time and an info field.
+
+    Transient: erased when done (or failed), so the summary follows and an
+    error stays one line.
+    """
+    return Progress(
+        TextColumn(title),
+        BarColumn(),
+        count if count is not None else MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=True,
+    )
+
+
 @contextlib.contextmanager
 def training_progress(
     epochs: int, quiet: bool = False, console: Console | None = None
@@ -27,15 +51,7 @@ def training_progress(
     if quiet:
         yield None, None
         return
-    progress = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}/{task.total}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        transient=True,
-    )
+    progress = _progress("[bold]epoch {task.fields[epoch]}/{task.total}", console)
     task = progress.add_task("train", total=epochs, epoch=1, info="")
 
     def on_step(epoch: int, step: int, steps: int) -> None:
@@ -73,15 +89,8 @@ def finetune_progress(
     if quiet:
         yield None
         return
-    progress = Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}% of budget"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        # erased when done (or failed): the summary follows, an error stays one line
-        transient=True,
+    progress = _progress(
+        f"[bold]{label}", console, TextColumn("{task.percentage:>5.1f}% of budget")
     )
     task = progress.add_task("finetune", total=1.0, info="")
     state = {"info": ""}
@@ -151,16 +160,7 @@ def compare_progress(
     if quiet:
         yield None
         return
-    progress = Progress(
-        TextColumn("[bold]compare"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        # erased when done (or failed): the summary follows, an error stays one line
-        transient=True,
-    )
+    progress = _progress("[bold]compare", console)
     task = progress.add_task("compare", total=None, info="")
 
     def on_run(index: int, total: int, description: str) -> None:
