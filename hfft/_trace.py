@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -138,6 +139,8 @@ class TracedLinearization:
             env[node] = primal_graph.node_copy(node, lambda n: env[n])
         primal_graph.output((env[z_node], *(env[n] for n in needed)))
         primal_graph.eliminate_dead_code()
+        if x.device.type == "cpu":
+            _channels_last_max_pool(primal_graph)
 
         lin = cls(fx.GraphModule(gm, primal_graph), fx.GraphModule(gm, tangent_graph), len(needed))
         with torch.no_grad():
@@ -233,6 +236,55 @@ def _drop_zero_terms(graph: fx.Graph) -> None:
                 node.replace_all_uses_with(keep)
                 break
     graph.eliminate_dead_code()
+
+
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """``max_pool2d_with_indices`` computed in channels-last layout.
+
+    Same values and indices as the contiguous kernel (the first maximum of
+    each window wins in both layouts), returned contiguous; on CPUs about
+    three times faster than the contiguous kernel even with both layout
+    conversions. The backward pass is the contiguous one, as without it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+        out, idx = torch.ops.aten.max_pool2d_with_indices.default(
+            x.contiguous(memory_format=torch.channels_last), *args
+        )
+        out, idx = out.contiguous(), idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.args = args
+        ctx.mark_non_differentiable(idx)
+        return out, idx
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
+        x, idx = ctx.saved_tensors
+        k, s, p, d, c = list(ctx.args) + [None, [], [0, 0], [1, 1], False][len(ctx.args) :]
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward.default(
+            grad, x, k, s or k, p, d, c, idx
+        )
+        return (grad_x, *([None] * len(ctx.args)))
+
+
+def _max_pool_2d_channels_last(x: Tensor, *args: Any) -> tuple[Tensor, Tensor]:
+    return _ChannelsLastMaxPool.apply(x, *args)
+
+
+def _channels_last_max_pool(graph: fx.Graph) -> None:
+    """Route the batched 2-d max-pools of ``graph`` through channels-last.
+
+    PyTorch's CPU max-pool kernel for contiguous (NCHW) tensors is not
+    vectorised; on 3c3d it takes a quarter of a gradient's time. The graph's
+    primal pass runs it on every HF setup and on every chunk's
+    re-linearisation, so this is where it pays.
+    """
+    for node in graph.nodes:
+        if node.target is torch.ops.aten.max_pool2d_with_indices.default:
+            shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+            if shape is not None and len(shape) == 4:
+                node.target = _max_pool_2d_channels_last
 
 
 def _shape(node: fx.Node) -> torch.Size | None:

@@ -178,6 +178,34 @@ def test_traced_linearization_is_reused_across_steps() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True), nn.MaxPool2d(3, 1)]
+)
+def test_max_pool_runs_channels_last_on_cpu_with_the_same_products(pool: nn.Module) -> None:
+    """The traced forward max-pools in channels-last layout: same GGN, same gradient."""
+    from hfft._trace import _max_pool_2d_channels_last
+
+    torch.manual_seed(0)
+    # ReLU before the pool makes ties (zeros) within windows common
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), pool, nn.Flatten())
+    x = torch.randn(5, 2, 6, 6)
+    model.append(nn.LazyLinear(3))
+    model(x)
+    model, x = model.double(), x.double()
+    y = torch.randint(0, 3, (5,))
+    loss_fn = nn.CrossEntropyLoss()
+    cache = LinearizationCache()
+    op = linearize_curvature(model, loss_fn, x, y, lin_cache=cache)
+    (lin,) = cache._cache.values()
+    assert any(n.target is _max_pool_2d_channels_last for n in lin.primal.graph.nodes)
+    dim = flat_params(model).numel()
+    torch.testing.assert_close(
+        dense(op.matvec, dim), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+    )
+    f = loss_of_flat(model, loss_fn, x, y)
+    torch.testing.assert_close(op.grad, torch.func.grad(f)(flat_params(model)))
+
+
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_linearised_forward_costs_one_forward_and_products_no_gradient(kind: str) -> None:
     """No arithmetic on the input's zero tangent, and no gradient inside products."""
