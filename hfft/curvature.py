@@ -190,15 +190,22 @@ class CurvatureOperator:
         self.synchronize = False
         self._cuda = self.params[0].device.type == "cuda"
         self._prepared: list[Any] = []
+        # re-linearised chunks: the last one of a product stays linearised for the
+        # next, which visits the chunks in the opposite order (one forward fewer)
+        self._held: tuple[int, Any] | None = None
+        self._reverse = False
         loss = 0.0
         grad = [torch.zeros_like(p) for p in self.params]
-        for c in chunks:
+        for i, c in enumerate(chunks):
             prep, loss_c, grad_c = self._prepare(c)
             loss += c.weight * float(loss_c)
             for acc, g in zip(grad, grad_c, strict=True):
                 acc.add_(g, alpha=c.weight)
             if self.keep:
                 self._prepared.append(prep)
+            elif i == len(chunks) - 1:
+                self._held, self._reverse = (i, prep), True
+            del prep, grad_c
         flat = self.space.flatten(grad)
         if reduce is not None:  # data-parallel: sum the shards' loss and gradient
             both = reduce(torch.cat([flat, flat.new_tensor([loss])]))
@@ -227,12 +234,9 @@ class CurvatureOperator:
             torch.cuda.synchronize()
         start = time.perf_counter()
         vs = self.space.unflatten(v)
-        out: Tensor | None = None
-        for i, c in enumerate(self.chunks):
-            prep = self._prepared[i] if self.keep else self._prepare(c, gradient=False)[0]
-            cv = self.space.flatten(self._product(prep, c, vs, retain=self.keep))
-            out = cv * c.weight if out is None else out.add_(cv, alpha=c.weight)
-        assert out is not None
+        out = self._sum(0, len(self.chunks), vs)
+        if not self.keep:
+            self._reverse = not self._reverse
         if self.reduce is not None:
             out = self.reduce(out)
         self.num_products += 1
@@ -242,6 +246,37 @@ class CurvatureOperator:
         return out
 
     __call__ = matvec
+
+    def _sum(self, lo: int, hi: int, vs: list[Tensor]) -> Tensor:
+        """Weighted sum of the products of chunks ``lo … hi-1``, as a binary tree.
+
+        The two halves are added as ``first + second`` in the order they are
+        visited; addition commutes exactly, so both visiting orders give the
+        same bits and every product is the same linear map.
+        """
+        if hi - lo == 1:
+            return self._chunk_product(lo, vs)
+        mid = (lo + hi) // 2
+        halves = [(lo, mid), (mid, hi)]
+        if self._reverse:
+            halves.reverse()
+        first = self._sum(*halves[0], vs)
+        return first.add_(self._sum(*halves[1], vs))
+
+    def _chunk_product(self, i: int, vs: list[Tensor]) -> Tensor:
+        chunk = self.chunks[i]
+        if self.keep:
+            prep = self._prepared[i]
+        elif self._held is not None and self._held[0] == i:
+            prep, self._held = self._held[1], None
+        else:
+            prep = self._prepare(chunk, gradient=False)[0]
+        last = not self.keep and i == (0 if self._reverse else len(self.chunks) - 1)
+        cv = self.space.flatten(self._product(prep, chunk, vs, retain=self.keep or last))
+        if last:
+            self._held = (i, prep)
+        del prep  # before the next chunk is linearised: one chunk's values at a time
+        return cv.mul_(chunk.weight)
 
 
 class _FuncGGN(CurvatureOperator):

@@ -47,9 +47,10 @@ def test_flops_reflect_the_arithmetic_of_each_product(result) -> None:
     assert 1.0 < f["ggn_product[func]"] < 2.0
     # BackPACK's R-op costs an extra backward pass on top
     assert f["ggn_product[backpack]"] > f["ggn_product[func]"]
-    # a chunked product re-linearises: one more forward than the plain product
+    # a chunked product re-linearises 3 of its 4 chunks (the last one of the previous
+    # product is still linearised): three quarters of a forward more than the plain one
     assert f["ggn_product[chunked]"] == pytest.approx(
-        f["ggn_product[func]"] + f["forward"], rel=0.05
+        f["ggn_product[func]"] + 0.75 * f["forward"], rel=0.05
     )
     # a quarter of the batch costs a quarter of the arithmetic
     assert f["ggn_product[one chunk]"] == pytest.approx(f["ggn_product[func]"] / 4, rel=0.05)
