@@ -32,9 +32,22 @@ often unstable (the B̄ loss of one run jumped from 0.01 to 0.5 in the next
 window), while the rolled-back run cannot do worse than its own SGD phase.
 Probes, and the one B̄ evaluation that opens each window, run inside
 :meth:`AutoRunner.step`, so they are charged to the budget like every step;
-neither is counted in the rates. Once switched, ``auto`` stays on HF, which
-never applies a step that raises its B̄ objective. HF keeps what rolled-back
-probes taught it (its damping and CG warm start). The defaults
+neither is counted in the rates. HF keeps what rolled-back probes taught it
+(its damping and CG warm start).
+
+Once switched, HF can stall: with a small B its steps stop lowering the loss
+that matters long before SGD's do. With ``switch_back`` (off by default), after
+every window of HF steps auto computes HF's rate over the window (the sum of
+its steps' B̄ decreases over their seconds) and, if it has fallen below
+SGD's last measured rate (or HF made no progress), starts an SGD **trial**
+from HF's parameters: SGD's momentum is reset, a fresh B̄ is drawn and
+evaluated, and SGD runs for one window. :func:`decide_back` then judges it
+like a probe, the other way round: if SGD lowered that B̄ objective faster
+than ``margin`` × HF's rate, auto stays on SGD (windows and probes as at the
+start); otherwise — also when SGD diverges — parameters and buffers are
+restored to HF's, HF goes on, and the next check waits twice as long. The
+trial, like a probe, is taken only when it pays, so the instability noted
+above cannot cost more than the trial's time. The defaults
 (:data:`DEFAULT_INTERVAL`, :data:`DEFAULT_MARGIN`) are the neutral choices;
 the README reports how they fare on the digits problem of ``hfft demo``.
 """
@@ -63,11 +76,14 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_INTERVAL",
     "DEFAULT_MARGIN",
+    "DEFAULT_STALL",
+    "DEFAULT_SWITCH_BACK",
     "HF_SEED_OFFSET",
     "AutoRunner",
     "Decision",
     "ProbeMeasurement",
     "decide",
+    "decide_back",
 ]
 
 DEFAULT_INTERVAL = 0.1
@@ -81,6 +97,16 @@ DEFAULT_BACKOFF = 1.0
 
 HF_SEED_OFFSET = 7919
 """HF's batches come from their own stream (seed + offset), SGD's from the run's seed."""
+
+DEFAULT_SWITCH_BACK = False
+"""Whether ``auto`` tries SGD again when HF slows down (see :data:`DEFAULT_STALL`).
+
+Off by default: on the digits problem every SGD trial after HF steps was
+rolled back (SGD at the training rate raised the loss from HF's parameters),
+so trials only cost time there (README)."""
+
+DEFAULT_STALL = 0.25
+"""HF has slowed down when its rate over a window is below this fraction of its best."""
 
 ACTIONS = ("switch", "roll back")
 """What :func:`decide` can choose."""
@@ -167,6 +193,38 @@ def decide(measurement: ProbeMeasurement, margin: float = DEFAULT_MARGIN) -> Dec
     )
 
 
+def decide_back(
+    sgd_gain: float, sgd_seconds: float, hf_rate: float, margin: float = DEFAULT_MARGIN
+) -> Decision:
+    """The rule that ends an SGD *trial* after a stretch of HF (module docstring).
+
+    Args:
+        sgd_gain: Decrease of the trial's B̄ objective over the trial's SGD steps.
+        sgd_seconds: Seconds of those steps.
+        hf_rate: HF's decrease of its B̄ objective per second over its last window.
+        margin: SGD's rate must exceed ``margin`` × HF's rate.
+
+    Returns:
+        ``switch`` (stay on SGD) if SGD lowered the B̄ objective and either HF
+        did not (over its window) or SGD's rate exceeds ``margin`` × HF's;
+        ``roll back`` (return to HF's parameters) otherwise.
+    """
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin must be positive and finite, got {margin}")
+    sgd = sgd_gain / sgd_seconds if sgd_seconds > 0 else math.nan
+    if not (math.isfinite(sgd) and sgd > 0):
+        return Decision("roll back", "SGD did not lower the B̄ loss over its trial")
+    if not (math.isfinite(hf_rate) and hf_rate > 0):
+        return Decision("switch", "HF did not lower its B̄ loss over its last window; SGD did")
+    ratio = sgd / hf_rate
+    if ratio > margin:
+        return Decision("switch", f"SGD lowered the B̄ loss {ratio:.3g}× as fast as HF per second")
+    return Decision(
+        "roll back",
+        f"SGD lowered the B̄ loss only {ratio:.3g}× as fast as HF (needs > {margin:g}×)",
+    )
+
+
 def _finite(value: Any) -> float:
     # StepRecord.to_dict writes non-finite losses as None
     return float(value) if isinstance(value, (int, float)) else math.nan
@@ -238,6 +296,15 @@ class AutoRunner(Runner):
         self._window_seconds = 0.0
         self._window_steps = 0
         self._next_probe = self.interval
+        self.switch_back = bool(strategy.options.get("switch_back", DEFAULT_SWITCH_BACK))
+        self.trials: list[dict[str, Any]] = []
+        self.stall = float(strategy.options.get("stall", DEFAULT_STALL))
+        self._sgd_rate = math.nan  # SGD's rate over its last measured window
+        self._hf_best = math.nan  # HF's best rate: a probe's or a window's
+        self._hf_window = [0.0, 0.0]  # HF's B̄ gain and seconds since the last check
+        self._check_interval = self.interval
+        self._next_check = math.inf
+        self._trial: dict[str, Any] | None = None
 
     def _now(self) -> float:
         if self.cuda:
@@ -254,24 +321,129 @@ class AutoRunner(Runner):
 
     def step(self, fraction: float) -> dict[str, Any]:
         self.count += 1
+        return self._dispatch(fraction)
+
+    def _dispatch(self, fraction: float) -> dict[str, Any]:
         if self.phase == "hf":
-            record = self.hf.step(fraction)
-            self.samples = self.hf.samples
-            return self._tag(record, "hf")
+            if self.switch_back and fraction >= self._next_check:
+                self._check_hf(fraction)
+            if self.phase == "hf":
+                return self._hf_step(fraction)
+        if self.phase == "trial":
+            assert self._trial is not None
+            if self.sgd.diverged or (fraction >= self._trial["end"] and self._trial["steps"] > 0):
+                extra = self._end_trial(fraction)
+                return {**self._dispatch(fraction), "trial": extra}
+            return self._sgd_step(fraction)
         if self._window is None:
             self._open_window(fraction)
         if fraction >= self._next_probe and self._window_steps > 0:
             return self._probe(fraction)
+        return self._sgd_step(fraction)
+
+    def _sgd_step(self, fraction: float) -> dict[str, Any]:
         start = self._now()
         record = self.sgd.step(fraction)
-        self._window_seconds += self._now() - start
-        self._window_steps += 1
+        seconds = self._now() - start
+        if self._trial is not None:
+            self._trial["seconds"] += seconds
+            self._trial["steps"] += 1
+        else:
+            self._window_seconds += seconds
+            self._window_steps += 1
         self.samples = self.sgd.samples
         self.diverged = self.sgd.diverged
-        return self._tag(record, "sgd")
+        return self._tag(record, "trial" if self._trial is not None else "sgd")
+
+    def _hf_step(self, fraction: float) -> dict[str, Any]:
+        start = self._now()
+        record = self.hf.step(fraction)
+        seconds = self._now() - start
+        gain = _finite(record["loss_before"]) - _finite(record["loss_after"])
+        self._hf_window[0] += gain if math.isfinite(gain) else 0.0
+        self._hf_window[1] += seconds
+        self.samples = self.hf.samples
+        return self._tag(record, "hf")
+
+    def _enter_hf(self, fraction: float) -> None:
+        self.phase = "hf"
+        self._hf_window = [0.0, 0.0]
+        self._next_check = fraction + self._check_interval
+
+    def _check_hf(self, fraction: float) -> None:
+        """After a window of HF: start an SGD trial if HF has become slower than SGD was."""
+        gain, seconds = self._hf_window
+        if distributed.is_distributed():
+            seconds = distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
+        hf_rate = gain / seconds if seconds > 0 else math.nan
+        self._hf_window = [0.0, 0.0]
+        self._next_check = fraction + self._check_interval
+        slowed = (
+            not (hf_rate > 0) or hf_rate < self._sgd_rate or hf_rate < self.stall * self._hf_best
+        )
+        self._hf_best = max(self._hf_best, hf_rate) if math.isfinite(self._hf_best) else hf_rate
+        if not slowed:
+            return
+        # SGD restarts from HF's parameters: fresh momentum, its window on a new B̄
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        eval_batch = self.hf.draw()[1]
+        self.sgd.opt.state.clear()
+        self.phase = "trial"
+        self._trial = {
+            "saved": saved,
+            "eval_batch": eval_batch,
+            "start_loss": self.hf.objective(eval_batch),
+            "hf_rate": hf_rate,
+            "end": fraction + self.interval,
+            "seconds": 0.0,
+            "steps": 0,
+            "start_step": self.count,
+            "start_fraction": fraction,
+        }
+
+    def _end_trial(self, fraction: float) -> dict[str, Any]:
+        """Judge an SGD trial by :func:`decide_back`: stay on SGD or restore HF's parameters."""
+        assert self._trial is not None
+        trial, self._trial = self._trial, None
+        sgd_gain = trial["start_loss"] - self.hf.objective(trial["eval_batch"])
+        sgd_seconds = trial["seconds"]
+        if distributed.is_distributed():
+            sgd_seconds = distributed.all_reduce_max(
+                sgd_seconds, next(self.model.parameters()).device
+            )
+        decision = decide_back(sgd_gain, sgd_seconds, trial["hf_rate"], self.margin)
+        sgd_rate = sgd_gain / sgd_seconds if sgd_seconds > 0 else math.nan
+        if decision.rolls_back:
+            self.model.load_state_dict(trial["saved"])
+            self.sgd.diverged = self.diverged = False  # a diverged trial is undone
+            self._check_interval *= 2  # a trial that did not pay: try less often
+            self._enter_hf(fraction)
+        else:  # back on SGD: windows and probes as at the start
+            self.phase = "sgd"
+            self._sgd_rate = sgd_rate
+            self._window = None
+            self._next_probe = fraction + self._interval
+        values = {
+            "sgd_gain": sgd_gain,
+            "sgd_seconds": sgd_seconds,
+            "sgd_steps": trial["steps"],
+            "sgd_rate": sgd_rate,
+            "hf_rate": trial["hf_rate"],
+        }
+        entry = {
+            "step": trial["start_step"],
+            "fraction": trial["start_fraction"],
+            "end_step": self.count,
+            "end_fraction": fraction,
+            **{k: v if math.isfinite(v) else None for k, v in values.items()},
+            "decision": "back to sgd" if decision.action == "switch" else "back to hf",
+            "reason": decision.reason,
+        }
+        self.trials.append(entry)
+        return {k: v for k, v in entry.items() if k not in ("step", "fraction")}
 
     def _tag(self, record: dict[str, Any], phase: str) -> dict[str, Any]:
-        if "step" in record and phase != "sgd":
+        if "step" in record and phase in ("hf", "probe"):
             record["hf_step"] = record["step"]
         return {**record, "step": self.count, "phase": phase}
 
@@ -313,9 +485,11 @@ class AutoRunner(Runner):
             "reason": decision.reason,
         }
         self.probes.append(probe)
+        self._sgd_rate = measurement.sgd_rate
         if decision.action == "switch":
-            self.phase = "hf"
-            self.switch = probe
+            self._hf_best = measurement.hf_rate
+            self._enter_hf(fraction)
+            self.switch = self.switch or probe
         else:
             self._interval *= self.backoff
         # the next window opens with the next SGD step, at the fraction after this probe
@@ -334,8 +508,11 @@ class AutoRunner(Runner):
                 "backoff": self.backoff,
                 "m": self.hf.m,
                 "eval_batch_size": self.hf.m_bar,
+                "switch_back": self.switch_back,
+                "stall": self.stall,
                 "switched": self.switch is not None,
                 "switch": self.switch,
                 "probes": self.probes,
+                "trials": self.trials,
             }
         }

@@ -108,13 +108,17 @@ def finetune_progress(
 
 
 def switch_line(record: dict[str, Any]) -> str | None:
-    """The line ``auto`` prints when a step record is its switch to HF, else ``None``."""
-    probe = record.get("probe")
-    if not isinstance(probe, dict) or probe.get("decision") != "switch":
+    """The line ``auto`` prints when a step record is a switch between SGD and HF."""
+    probe, trial = record.get("probe"), record.get("trial")
+    if isinstance(probe, dict) and probe.get("decision") == "switch":
+        what, reason = "from SGD to HF", probe["reason"]
+    elif isinstance(trial, dict) and trial.get("decision") == "back to sgd":
+        what, reason = "from HF back to SGD", trial["reason"]
+    else:
         return None
     return (
-        f"auto: switched from SGD to HF at step {record['step']} "
-        f"({record['fraction']:.0%} of the budget): {probe['reason']}"
+        f"auto: switched {what} at step {record['step']} "
+        f"({record['fraction']:.0%} of the budget): {reason}"
     )
 
 

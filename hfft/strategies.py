@@ -160,6 +160,15 @@ AUTO_RULE_OPTIONS: dict[str, Option] = {
     "backoff": Option(
         float, "factor by which the window grows after each rolled-back probe", range="at-least-one"
     ),
+    "switch_back": Option(
+        bool, "try SGD again when HF slows down (a trial, rolled back if it does not pay)"
+    ),
+    "stall": Option(
+        float,
+        "HF has slowed down when its rate over a window is below stall × its best rate "
+        "(or below SGD's last rate)",
+        range="open-unit",
+    ),
 }
 """Options of the switching rule of ``auto`` (see :mod:`hfft.auto` for the defaults)."""
 

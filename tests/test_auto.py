@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hfft.auto import AutoRunner, Decision, ProbeMeasurement, decide
+from hfft.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
 from hfft.cli import app
 from hfft.finetune import FinetuneConfig, finetune
 from hfft.runners import make_runner
@@ -85,6 +85,40 @@ def test_decision_actions_are_checked() -> None:
 def test_decide_rejects_a_bad_margin(margin: float) -> None:
     with pytest.raises(ValueError, match="margin must be positive and finite"):
         decide(measured(0.4, 0.3), margin)
+
+
+@pytest.mark.parametrize(
+    ("sgd_gain", "sgd_seconds", "hf_rate", "margin", "action"),
+    [
+        (0.6, 2.0, 0.2, 1.0, "switch"),  # SGD 0.3/s against HF 0.2/s: stay on SGD
+        (0.6, 2.0, 0.2, 2.0, "roll back"),  # needs more than 0.4/s
+        (0.4, 2.0, 0.2, 1.0, "roll back"),  # equal rates: back to HF
+        (0.1, 2.0, 0.0, 1.0, "switch"),  # HF had stalled, SGD made progress
+        (0.1, 2.0, math.nan, 1.0, "switch"),
+        (0.0, 2.0, 0.0, 1.0, "roll back"),  # SGD made none either
+        (-0.1, 2.0, 0.0, 1.0, "roll back"),
+        (math.nan, 2.0, 0.1, 1.0, "roll back"),  # a diverged trial
+        (0.1, 0.0, 0.1, 1.0, "roll back"),
+    ],
+    ids=[
+        "sgd-faster",
+        "not-by-margin",
+        "equal",
+        "hf-flat",
+        "hf-nan",
+        "both-flat",
+        "sgd-worse",
+        "sgd-nan",
+        "no-sgd-time",
+    ],
+)
+def test_decide_back(
+    sgd_gain: float, sgd_seconds: float, hf_rate: float, margin: float, action: str
+) -> None:
+    decision = decide_back(sgd_gain, sgd_seconds, hf_rate, margin)
+    assert decision.action == action and decision.reason
+    with pytest.raises(ValueError, match="margin must be positive and finite"):
+        decide_back(sgd_gain, sgd_seconds, hf_rate, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +208,8 @@ def run(ckpt: Path, tmp_path: Path, strategy: str, budget: str = "30steps") -> d
 
 
 def test_a_run_that_switches(ckpt: Path, tmp_path: Path) -> None:
-    # a negligible margin: the first probe that lowers the loss switches
+    # a negligible margin: the first probe that lowers the loss switches (and without
+    # switching back, off by default, every later step is HF)
     log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.25,margin=1e-9")
     phases = [s["phase"] for s in log["steps"]]
     # fraction = steps done / 30: the first step with fraction ≥ 0.25 is the 9th
@@ -185,7 +220,7 @@ def test_a_run_that_switches(ckpt: Path, tmp_path: Path) -> None:
     switch = auto["switch"]
     assert (switch["step"], switch["decision"], switch["fraction"]) == (9, "switch", 8 / 30)
     assert switch["hf_gain"] > 0 and switch["sgd_rate"] is not None
-    assert auto["m"] == 128 and auto["interval"] == 0.25
+    assert auto["m"] == 128 and auto["interval"] == 0.25 and auto["switch_back"] is False
     assert "lr" in log["evaluations"][0] and "damping" in log["evaluations"][-1]
 
 
@@ -218,6 +253,49 @@ def test_backoff_lengthens_the_window_after_each_roll_back(
     assert [p["step"] for p in probes] == probe_steps
     assert {p["decision"] for p in probes} == {"roll back"}
     assert log["auto"]["backoff"] == backoff
+
+
+def test_hf_that_slows_below_sgd_gets_an_sgd_trial_that_stays_when_it_pays(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    # tiny HF steps (step size 0.01, no line search) lower the loss, so the first probe
+    # switches (margin 1e-9), but far more slowly than SGD did: a window later auto tries
+    # SGD from HF's parameters, and SGD lowering the loss faster keeps it
+    strategy = f"auto:{CHEAP},interval=0.25,margin=1e-9,hf_use_linesearch=0,hf_lr=0.01"
+    strategy += ",switch_back=true"
+    log = run(ckpt, tmp_path, strategy, budget="40steps")
+    phases = [s["phase"] for s in log["steps"]]
+    # fraction = steps done / 40: probe at step 11 (0.25), HF until the check at 0.5
+    # starts the trial (step 21), the trial until 0.75 (step 31), then an SGD window
+    assert phases == ["sgd"] * 10 + ["probe"] + ["hf"] * 9 + ["trial"] * 10 + ["sgd"] * 10
+    (trial,) = [s["trial"] for s in log["steps"] if "trial" in s]
+    assert trial["decision"] == "back to sgd" and trial["sgd_steps"] == 10
+    assert trial["sgd_gain"] > 0 and trial["sgd_rate"] > trial["hf_rate"] > 0
+    auto = log["auto"]
+    assert auto["switch_back"] and auto["trials"][0]["step"] == 21
+    assert auto["trials"][0]["end_step"] == 31
+    # switching back is an option (off by default)
+    off = run(ckpt, tmp_path / "off", strategy.replace("true", "false"), budget="40steps")
+    assert [s["phase"] for s in off["steps"]] == ["sgd"] * 10 + ["probe"] + ["hf"] * 29
+    assert off["auto"]["trials"] == []
+
+
+def test_an_sgd_trial_that_does_not_pay_is_rolled_back_to_hf_bit_exactly(ckpt: Path) -> None:
+    # SGD at step size 50 diverges; HF is made to look stalled (no gain in its window)
+    auto = auto_runner(ckpt, f"{HF_CHEAP},lr=50,momentum=0,interval=0.2,switch_back=true")
+    auto._enter_hf(0.0)
+    auto._hf_window = [0.0, 1.0]
+    hf_state = copy.deepcopy(auto.model.state_dict())
+    record = auto.step(0.2)  # the check starts a trial: the first SGD step
+    assert record["phase"] == "trial" and auto.phase == "trial"
+    for fraction in (0.25, 0.3):
+        assert auto._sgd_step(fraction)["phase"] == "trial"
+    extra = auto._end_trial(0.4)
+    assert extra["decision"] == "back to hf" and extra["sgd_steps"] == 3
+    assert auto.phase == "hf" and not auto.diverged and not auto.sgd.diverged
+    state = auto.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in hf_state.items())
+    assert auto._check_interval == 0.4  # tried less often after a trial that did not pay
 
 
 def test_cli_prints_the_switch_unless_quiet_or_json(ckpt: Path, tmp_path: Path) -> None:

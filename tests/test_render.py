@@ -15,12 +15,18 @@ SWITCH = {
     "phase": "probe",
     "probe": {"decision": "switch", "reason": "HF lowered the B̄ loss 3× as fast as SGD"},
 }
+BACK = {"decision": "back to sgd", "reason": "SGD lowered the B̄ loss 2× as fast as HF per second"}
 
 
 def test_switch_line() -> None:
     assert switch_line(SWITCH) == (
         "auto: switched from SGD to HF at step 17 (12% of the budget): "
         "HF lowered the B̄ loss 3× as fast as SGD"
+    )
+    back = {"step": 40, "fraction": 0.5, "phase": "sgd", "trial": BACK}
+    assert switch_line(back) == (
+        "auto: switched from HF back to SGD at step 40 (50% of the budget): "
+        "SGD lowered the B̄ loss 2× as fast as HF per second"
     )
 
 
@@ -29,10 +35,11 @@ def test_switch_line() -> None:
     [
         {**SWITCH, "probe": {"decision": "keep", "reason": "slower"}},
         {**SWITCH, "probe": {"decision": "roll back", "reason": "no gain"}},
+        {"step": 40, "fraction": 0.5, "phase": "hf", "trial": {**BACK, "decision": "back to hf"}},
         {"step": 3, "fraction": 0.1, "lr": 0.05, "loss": 0.3},
         {"fraction": 0.2, "step": 4, "valid_accuracy": 0.9},
     ],
-    ids=["keep", "roll-back", "sgd-step", "evaluation"],
+    ids=["keep", "roll-back", "trial-back-to-hf", "sgd-step", "evaluation"],
 )
 def test_no_switch_line_for_other_records(record: dict) -> None:
     assert switch_line(record) is None

@@ -197,9 +197,10 @@ def test_auto_strategy_and_its_parts() -> None:
 
 
 def test_auto_options_table() -> None:
-    rule = ["interval", "margin", "backoff"]
-    assert list(AUTO_OPTIONS)[:7] == [*rule, "lr", "batch_size", "momentum", "m"]
-    hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[7:]]
+    rule = ["interval", "margin", "backoff", "switch_back", "stall"]
+    head = [*rule, "lr", "batch_size", "momentum", "m"]
+    assert list(AUTO_OPTIONS)[: len(head)] == head
+    hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[len(head) :]]
     assert hf_keys == [k for k in HF_OPTIONS if k != "m"]
     assert all(AUTO_OPTIONS["hf_" + k] == HF_OPTIONS[k] for k in hf_keys)
 
