@@ -160,6 +160,11 @@ AUTO_RULE_OPTIONS: dict[str, Option] = {
     "backoff": Option(
         float, "factor by which the window grows after each rolled-back probe", range="at-least-one"
     ),
+    "rho_min": Option(
+        float,
+        "roll a probe back whose reduction ratio ρ is below rho_min (0: no such test)",
+        range="nonnegative",
+    ),
     "switch_back": Option(
         bool, "try SGD again when HF slows down (a trial, rolled back if it does not pay)"
     ),

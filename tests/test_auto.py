@@ -23,11 +23,18 @@ runner = CliRunner()
 # makes steady progress there (the fixture trained at 0.05 with momentum 0.9)
 HF_CHEAP = "m=128,hf_cg_max_iter=10"
 CHEAP = f"{HF_CHEAP},lr=0.005,momentum=0"
+# the rule without the ρ floor and with fixed windows, so that rates alone decide
+RATES_ONLY = "rho_min=0,backoff=1"
 
 
 def measured(sgd_gain: float, hf_gain: float, sgd_s: float = 2.0, hf_s: float = 1.0):
     return ProbeMeasurement(
-        sgd_gain=sgd_gain, sgd_seconds=sgd_s, sgd_steps=10, hf_gain=hf_gain, hf_seconds=hf_s
+        sgd_gain=sgd_gain,
+        sgd_seconds=sgd_s,
+        sgd_steps=10,
+        hf_gain=hf_gain,
+        hf_seconds=hf_s,
+        rho=1.0,
     )
 
 
@@ -74,6 +81,31 @@ def test_rates_and_reasons() -> None:
     assert (m.sgd_rate, m.hf_rate) == (0.2, 0.3)
     assert decide(m) == Decision("switch", "HF lowered the B̄ loss 1.5× as fast as SGD per second")
     assert decide(m, 2.0).reason == ("HF lowered the B̄ loss only 1.5× as fast as SGD (needs > 2×)")
+
+
+@pytest.mark.parametrize(
+    ("rho", "rho_min", "action"),
+    [
+        (0.8, 0.75, "switch"),
+        (0.75, 0.75, "switch"),
+        (0.3, 0.75, "roll back"),  # HF's model does not carry over from B to B̄
+        (math.nan, 0.75, "roll back"),
+        (0.3, 0.0, "switch"),  # no test
+        (math.nan, 0.0, "switch"),
+    ],
+)
+def test_decide_with_a_reduction_ratio_floor(rho: float, rho_min: float, action: str) -> None:
+    m = ProbeMeasurement(
+        sgd_gain=0.4, sgd_seconds=2.0, sgd_steps=10, hf_gain=0.3, hf_seconds=1.0, rho=rho
+    )
+    decision = decide(m, 1.0, rho_min)
+    assert decision.action == action
+    if action == "roll back":
+        assert "reduction ratio" in decision.reason
+    # the floor comes after "did the probe lower the loss at all"
+    assert decide(ProbeMeasurement(0.4, 2.0, 10, 0.0, 1.0, 0.9), 1.0, rho_min).reason == (
+        "the probe did not lower the B̄ loss"
+    )
 
 
 def test_decision_actions_are_checked() -> None:
@@ -173,6 +205,7 @@ def test_a_probe_that_does_not_pay_off_is_rolled_back_bit_exactly(ckpt: Path) ->
 
 def test_the_window_measures_sgd_on_the_probes_eval_batch(ckpt: Path) -> None:
     auto = auto_runner(ckpt, f"{CHEAP},interval=0.5")
+    assert (auto.rho_min, auto.backoff, auto.switch_back) == (0.75, 2.0, False)  # defaults
     start = copy.deepcopy(auto.model.state_dict())
     auto.step(0.0)  # opens the window at the checkpoint, then one SGD step
     assert auto._window is not None
@@ -190,6 +223,7 @@ def test_the_window_measures_sgd_on_the_probes_eval_batch(ckpt: Path) -> None:
     assert probe["sgd_gain"] == pytest.approx(f_start - f_now, abs=1e-12)
     assert probe["sgd_steps"] == 4
     assert probe["hf_gain"] == pytest.approx(record["loss_before"] - record["loss_after"])
+    assert probe["rho"] == record["rho"]
     assert 0 < probe["sgd_seconds"] and 0 < probe["hf_seconds"]
 
 
@@ -210,7 +244,7 @@ def run(ckpt: Path, tmp_path: Path, strategy: str, budget: str = "30steps") -> d
 def test_a_run_that_switches(ckpt: Path, tmp_path: Path) -> None:
     # a negligible margin: the first probe that lowers the loss switches (and without
     # switching back, off by default, every later step is HF)
-    log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.25,margin=1e-9")
+    log = run(ckpt, tmp_path, f"auto:{CHEAP},{RATES_ONLY},interval=0.25,margin=1e-9")
     phases = [s["phase"] for s in log["steps"]]
     # fraction = steps done / 30: the first step with fraction ≥ 0.25 is the 9th
     assert phases == ["sgd"] * 8 + ["probe"] + ["hf"] * 21
@@ -226,7 +260,7 @@ def test_a_run_that_switches(ckpt: Path, tmp_path: Path) -> None:
 
 def test_a_run_that_stays_on_sgd_is_the_sgd_run_with_probes(ckpt: Path, tmp_path: Path) -> None:
     # an enormous margin: every probe that SGD's progress does not beat is rolled back
-    log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.35,margin=1e9")
+    log = run(ckpt, tmp_path, f"auto:{CHEAP},{RATES_ONLY},interval=0.35,margin=1e9")
     phases = [s["phase"] for s in log["steps"]]
     assert "hf" not in phases and phases.count("probe") == 2
     probes = log["auto"]["probes"]
@@ -238,6 +272,14 @@ def test_a_run_that_stays_on_sgd_is_the_sgd_run_with_probes(ckpt: Path, tmp_path
     sgd = run(ckpt, tmp_path / "sgd", "sgd:lr=0.005,momentum=0", budget="28steps")
     auto_losses = [s["loss"] for s in log["steps"] if s["phase"] == "sgd"]
     assert auto_losses == [s["loss"] for s in sgd["steps"]]
+
+
+def test_a_probe_below_the_rho_floor_is_rolled_back(ckpt: Path, tmp_path: Path) -> None:
+    log = run(ckpt, tmp_path, f"auto:{CHEAP},interval=0.25,margin=1e-9,rho_min=50")
+    probes = log["auto"]["probes"]
+    assert probes and all(p["decision"] == "roll back" for p in probes)
+    assert all(p["rho"] < 50 and "reduction ratio" in p["reason"] for p in probes)
+    assert log["auto"]["rho_min"] == 50 and not log["auto"]["switched"]
 
 
 @pytest.mark.parametrize(
@@ -261,7 +303,7 @@ def test_hf_that_slows_below_sgd_gets_an_sgd_trial_that_stays_when_it_pays(
     # tiny HF steps (step size 0.01, no line search) lower the loss, so the first probe
     # switches (margin 1e-9), but far more slowly than SGD did: a window later auto tries
     # SGD from HF's parameters, and SGD lowering the loss faster keeps it
-    strategy = f"auto:{CHEAP},interval=0.25,margin=1e-9,hf_use_linesearch=0,hf_lr=0.01"
+    strategy = f"auto:{CHEAP},{RATES_ONLY},interval=0.25,margin=1e-9,hf_use_linesearch=0,hf_lr=0.01"
     strategy += ",switch_back=true"
     log = run(ckpt, tmp_path, strategy, budget="40steps")
     phases = [s["phase"] for s in log["steps"]]
@@ -299,7 +341,8 @@ def test_an_sgd_trial_that_does_not_pay_is_rolled_back_to_hf_bit_exactly(ckpt: P
 
 
 def test_cli_prints_the_switch_unless_quiet_or_json(ckpt: Path, tmp_path: Path) -> None:
-    base = ["finetune", str(ckpt), "--strategy", f"auto:{CHEAP},interval=0.25,margin=1e-9"]
+    strategy = f"auto:{CHEAP},{RATES_ONLY},interval=0.25,margin=1e-9"
+    base = ["finetune", str(ckpt), "--strategy", strategy]
     base += ["--budget", "12steps", "--eval-batch-size", "256", "--device", "cpu"]
     loud = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
     assert loud.exit_code == 0, loud.output

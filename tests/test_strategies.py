@@ -197,7 +197,7 @@ def test_auto_strategy_and_its_parts() -> None:
 
 
 def test_auto_options_table() -> None:
-    rule = ["interval", "margin", "backoff", "switch_back", "stall"]
+    rule = ["interval", "margin", "backoff", "rho_min", "switch_back", "stall"]
     head = [*rule, "lr", "batch_size", "momentum", "m"]
     assert list(AUTO_OPTIONS)[: len(head)] == head
     hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[len(head) :]]
