@@ -155,7 +155,9 @@ AUTO_RULE_OPTIONS: dict[str, Option] = {
         float, "budget fraction of SGD before each HF probe (the window)", range="open-unit"
     ),
     "margin": Option(
-        float, "switch when HF's loss decrease per second exceeds margin × SGD's", range="positive"
+        float,
+        "switch only when HF's loss decrease per second exceeds margin × SGD's (0: no rate test)",
+        range="nonnegative",
     ),
     "backoff": Option(
         float, "factor by which the window grows after each rolled-back probe", range="at-least-one"

@@ -79,7 +79,9 @@ def test_decide(measurement: ProbeMeasurement, margin: float, action: str) -> No
 def test_rates_and_reasons() -> None:
     m = measured(0.4, 0.3)
     assert (m.sgd_rate, m.hf_rate) == (0.2, 0.3)
-    assert decide(m) == Decision("switch", "HF lowered the B̄ loss 1.5× as fast as SGD per second")
+    assert decide(m, 1.0) == Decision(
+        "switch", "HF lowered the B̄ loss 1.5× as fast as SGD per second"
+    )
     assert decide(m, 2.0).reason == ("HF lowered the B̄ loss only 1.5× as fast as SGD (needs > 2×)")
 
 
@@ -108,14 +110,24 @@ def test_decide_with_a_reduction_ratio_floor(rho: float, rho_min: float, action:
     )
 
 
+def test_margin_zero_drops_the_rate_test() -> None:
+    slower = ProbeMeasurement(0.4, 2.0, 10, 0.01, 1.0, rho=0.6)  # HF 0.01/s, SGD 0.2/s
+    assert decide(slower, 1.0, 0.5).rolls_back
+    assert decide(slower, 0.0, 0.5) == Decision(
+        "switch", "the probe lowered the B̄ loss with ρ = 0.60 ≥ 0.5"
+    )
+    assert decide(slower, 0.0, 0.75).rolls_back  # the ρ floor still applies
+    assert decide(ProbeMeasurement(0.4, 2.0, 10, -0.01, 1.0, rho=0.9), 0.0).rolls_back
+
+
 def test_decision_actions_are_checked() -> None:
     with pytest.raises(ValueError, match="action must be one of switch, roll back"):
         Decision("keep", "because")
 
 
-@pytest.mark.parametrize("margin", [0.0, -1.0, math.inf, math.nan])
+@pytest.mark.parametrize("margin", [-1.0, math.inf, math.nan])
 def test_decide_rejects_a_bad_margin(margin: float) -> None:
-    with pytest.raises(ValueError, match="margin must be positive and finite"):
+    with pytest.raises(ValueError, match="margin must be finite and >= 0"):
         decide(measured(0.4, 0.3), margin)
 
 
@@ -149,8 +161,8 @@ def test_decide_back(
 ) -> None:
     decision = decide_back(sgd_gain, sgd_seconds, hf_rate, margin)
     assert decision.action == action and decision.reason
-    with pytest.raises(ValueError, match="margin must be positive and finite"):
-        decide_back(sgd_gain, sgd_seconds, hf_rate, 0.0)
+    with pytest.raises(ValueError, match="margin must be finite and >= 0"):
+        decide_back(sgd_gain, sgd_seconds, hf_rate, -1.0)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +217,7 @@ def test_a_probe_that_does_not_pay_off_is_rolled_back_bit_exactly(ckpt: Path) ->
 
 def test_the_window_measures_sgd_on_the_probes_eval_batch(ckpt: Path) -> None:
     auto = auto_runner(ckpt, f"{CHEAP},interval=0.5")
-    assert (auto.rho_min, auto.backoff, auto.switch_back) == (0.75, 2.0, False)  # defaults
+    assert (auto.rho_min, auto.margin, auto.backoff, auto.switch_back) == (0.5, 0.0, 2.0, False)
     start = copy.deepcopy(auto.model.state_dict())
     auto.step(0.0)  # opens the window at the checkpoint, then one SGD step
     assert auto._window is not None
