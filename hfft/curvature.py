@@ -203,7 +203,7 @@ class CurvatureOperator:
                 acc.add_(g, alpha=c.weight)
             if self.keep:
                 self._prepared.append(prep)
-            elif i == len(chunks) - 1:
+            elif i == len(chunks) - 1:  # the first product starts with it, backwards
                 self._held, self._reverse = (i, prep), True
             del prep, grad_c
         flat = self.space.flatten(grad)
@@ -246,6 +246,13 @@ class CurvatureOperator:
         return out
 
     __call__ = matvec
+
+    def release(self) -> None:
+        """Drop the chunk kept linearised for the next product (e.g. when CG is done).
+
+        Products remain possible; the next one re-linearises every chunk.
+        """
+        self._held = None
 
     def _sum(self, lo: int, hi: int, vs: list[Tensor]) -> Tensor:
         """Weighted sum of the products of chunks ``lo … hi-1``, as a binary tree.

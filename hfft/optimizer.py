@@ -393,6 +393,7 @@ class HessianFree(torch.optim.Optimizer):
 
         precondition = None
         if hp["preconditioner"] == "empirical-fisher":
+            op.release()  # one chunk's values at a time during the Fisher pass too
             diag = empirical_fisher_diagonal(
                 model, loss_fn, op.chunks, params, reduction, total=n_b
             )
@@ -413,6 +414,7 @@ class HessianFree(torch.optim.Optimizer):
             martens_criterion=hp["martens_criterion"],
             precondition=precondition,
         )
+        op.release()  # the B̄ evaluations that follow need no chunk kept linearised
         t_cg = timer.lap()
         if torch.isfinite(res.x).all():
             for p, chunk in zip(

@@ -243,6 +243,9 @@ def test_linearised_forward_costs_one_forward_and_products_no_gradient(kind: str
     # last chunk of one product (or of the setup) stays linearised for the next: 3 of 4
     for _ in range(3):
         assert count_flops(lambda: chunked.matvec(v)) == product + forward * 3 // 4
+    chunked.release()  # nothing kept: all 4 once, then 3 of 4 again
+    assert count_flops(lambda: chunked.matvec(v)) == product + forward
+    assert count_flops(lambda: chunked.matvec(v)) == product + forward * 3 // 4
 
 
 @pytest.mark.parametrize(
