@@ -135,6 +135,11 @@ def _finite(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
+def _nullable(values: dict[str, float]) -> dict[str, float | None]:
+    # JSON has no NaN: a value that could not be measured is null
+    return {k: v if math.isfinite(v) else None for k, v in values.items()}
+
+
 class AutoRunner(Runner):
     """Constant-rate SGD with HF probes, switching to HF by :func:`decide`.
 
@@ -212,6 +217,14 @@ class AutoRunner(Runner):
         self._next_check = math.inf
         self._trial: dict[str, Any] | None = None
 
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers, copied, for rolling a probe or a trial back."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _slowest(self, seconds: float) -> float:
+        """Data-parallel: the slowest rank's seconds, so every rank decides alike."""
+        return distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
+
     def _now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
@@ -278,9 +291,7 @@ class AutoRunner(Runner):
 
     def _check_hf(self, fraction: float) -> None:
         """After a window of HF: start an SGD trial if HF has slowed down (module docstring)."""
-        gain, seconds = self._hf_window
-        if distributed.is_distributed():
-            seconds = distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
+        gain, seconds = self._hf_window[0], self._slowest(self._hf_window[1])
         hf_rate = gain / seconds if seconds > 0 else math.nan
         self._hf_window = [0.0, 0.0]
         self._next_check = fraction + self._check_interval
@@ -291,7 +302,7 @@ class AutoRunner(Runner):
         if not slowed:
             return
         # SGD restarts from HF's parameters: fresh momentum, its window on a new B̄
-        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        saved = self._snapshot()
         eval_batch = self.hf.draw()[1]
         self.sgd.opt.state.clear()
         self.phase = "trial"
@@ -312,11 +323,7 @@ class AutoRunner(Runner):
         assert self._trial is not None
         trial, self._trial = self._trial, None
         sgd_gain = trial["start_loss"] - self.hf.objective(trial["eval_batch"])
-        sgd_seconds = trial["seconds"]
-        if distributed.is_distributed():
-            sgd_seconds = distributed.all_reduce_max(
-                sgd_seconds, next(self.model.parameters()).device
-            )
+        sgd_seconds = self._slowest(trial["seconds"])
         decision = decide_back(sgd_gain, sgd_seconds, trial["hf_rate"], self.margin)
         sgd_rate = sgd_gain / sgd_seconds if sgd_seconds > 0 else math.nan
         if decision.rolls_back:
@@ -341,7 +348,7 @@ class AutoRunner(Runner):
             "fraction": trial["start_fraction"],
             "end_step": self.count,
             "end_fraction": fraction,
-            **{k: v if math.isfinite(v) else None for k, v in values.items()},
+            **_nullable(values),
             "decision": "back to sgd" if decision.action == "switch" else "back to hf",
             "reason": decision.reason,
         }
@@ -356,22 +363,17 @@ class AutoRunner(Runner):
     def _probe(self, fraction: float) -> dict[str, Any]:
         assert self._window is not None
         batches, f_start = self._window
-        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        saved = self._snapshot()
         start = self._now()
         record = self.hf.take(batches, fraction)
         hf_seconds = self._now() - start
         f_now, f_after = _finite(record["loss_before"]), _finite(record["loss_after"])
-        sgd_seconds = self._window_seconds
-        if distributed.is_distributed():  # every rank decides alike: the slowest rank's times
-            device = next(self.model.parameters()).device
-            sgd_seconds = distributed.all_reduce_max(sgd_seconds, device)
-            hf_seconds = distributed.all_reduce_max(hf_seconds, device)
         measurement = ProbeMeasurement(
             sgd_gain=f_start - f_now,
-            sgd_seconds=sgd_seconds,
+            sgd_seconds=self._slowest(self._window_seconds),
             sgd_steps=self._window_steps,
             hf_gain=f_now - f_after,
-            hf_seconds=hf_seconds,
+            hf_seconds=self._slowest(hf_seconds),
             rho=_finite(record.get("rho")),
         )
         decision = decide(measurement, self.margin, self.rho_min)
@@ -386,8 +388,7 @@ class AutoRunner(Runner):
         probe = {
             "step": self.count,
             "fraction": fraction,
-            # JSON has no NaN: a value that could not be measured is null
-            **{k: v if math.isfinite(v) else None for k, v in values.items()},
+            **_nullable(values),
             "decision": decision.action,
             "reason": decision.reason,
         }
