@@ -26,6 +26,7 @@ from hfft.curvature import LinearizationCache, linearize_curvature
 __all__ = [
     "BenchResult",
     "bench_model",
+    "interleaved_medians",
     "median_time",
     "shaped_problem",
     "timed",
@@ -128,6 +129,27 @@ def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
     """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
     fn()
     return statistics.median(timed(fn, cuda) for _ in range(repeats))
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], cuda: bool, rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each of ``fns``, all run once per round, round after round.
+
+    Every other round runs them backwards, so that no operation always follows
+    the same one (a product then uses the operator its setup built the round
+    before, and neither of two loops always runs on a warm cache); drifts in
+    machine load hit every operation alike. The ``warmup`` rounds are not
+    timed.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
+    for r in range(warmup + rounds):
+        for key, fn in order if r < warmup or r % 2 == 0 else order[::-1]:
+            t = timed(fn, cuda)
+            if r >= warmup:
+                samples[key].append(t)
+    return {k: statistics.median(s) for k, s in samples.items()}
 
 
 def _operations(
@@ -298,16 +320,7 @@ def bench_model(
     stage = on_stage if on_stage is not None else (lambda _: None)
     stage(f"{name}: timing operations ({warmup + rounds} rounds)")
     fns, dim, caches = _operations(model, x, y, loss_fn, backends)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
-    for r in range(warmup + rounds):
-        # every other round backwards, so that no operation always follows the same
-        # one (a product then uses the operator its setup built the round before)
-        for key, fn in order if r < warmup or r % 2 == 0 else order[::-1]:
-            t = timed(fn, cuda)
-            if r >= warmup:
-                samples[key].append(t)
-    seconds = {k: statistics.median(s) for k, s in samples.items()}
+    seconds = interleaved_medians(fns, cuda, rounds, warmup)
     if "cg_iteration[func]" in seconds:
         seconds["cg_iteration[func]"] /= CG_ITERATIONS
     unit = seconds["gradient"]

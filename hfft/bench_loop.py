@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from hfft.bench import timed
+from hfft.bench import interleaved_medians
 
 __all__ = ["LoopBenchResult", "bench_sgd_loop"]
 
@@ -48,8 +47,9 @@ def bench_sgd_loop(
 
     Both train the same model (two identical copies) with ``torch.optim.SGD`` on
     the same device-resident training split, without augmentation, one epoch
-    each, interleaved over ``rounds`` (alternating which goes first) after one
-    warm-up epoch; the medians are compared.
+    each, interleaved over ``rounds`` (:func:`hfft.bench.interleaved_medians`,
+    alternating which goes first) after one warm-up epoch; the medians are
+    compared.
     """
     import copy
 
@@ -91,21 +91,15 @@ def bench_sgd_loop(
             loss.backward()
             opt_p.step()
 
-    cuda = device.startswith("cuda")
-    times: dict[str, list[float]] = {"hfft": [], "plain": []}
-    order = [("hfft", hfft_epoch), ("plain", plain_epoch)]
-    for r in range(rounds + 1):
-        # alternate which loop goes first, so that neither always runs on a warm cache
-        for key, fn in order if r % 2 else order[::-1]:
-            t = timed(fn, cuda)
-            if r > 0:
-                times[key].append(t)
+    seconds = interleaved_medians(
+        {"hfft": hfft_epoch, "plain": plain_epoch}, device.startswith("cuda"), rounds
+    )
     return LoopBenchResult(
         model=model_name,
         data=data,
         batch_size=batch_size,
         device=device,
         rounds=rounds,
-        hfft_seconds=statistics.median(times["hfft"]),
-        plain_seconds=statistics.median(times["plain"]),
+        hfft_seconds=seconds["hfft"],
+        plain_seconds=seconds["plain"],
     )

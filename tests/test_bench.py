@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hfft import _measure
-from hfft.bench import LABELS, bench_model, check_targets
+from hfft.bench import LABELS, bench_model, check_targets, interleaved_medians
 from hfft.bench_step import BREAKDOWN, bench_hf_step
 
 
@@ -123,3 +123,12 @@ def test_stages_are_reported_in_order() -> None:
     with bench_status(console=Console(file=StringIO())) as hook:
         assert hook is not None
         hook("tiny: timing operations")
+
+
+def test_interleaved_rounds_alternate_the_order_after_the_warm_up() -> None:
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    seconds = interleaved_medians(fns, cuda=False, rounds=3, warmup=1)
+    # warm-up forwards, then rounds 1, 2, 3: backwards, forwards, backwards
+    assert "".join(calls) == "abc" + "cba" + "abc" + "cba"
+    assert set(seconds) == set("abc") and all(t >= 0 for t in seconds.values())
