@@ -3,7 +3,8 @@
 The paper's conclusion asks for "hybrid approaches, which autonomously switch
 to second-order methods at the end of training". :class:`AutoRunner` runs the
 checkpoint's constant-rate SGD (the ``sgd`` strategy) and, once per *window*
-of ``interval`` × the budget, takes one HF step as a *probe*. Both optimizers
+of ``interval`` × the budget, takes one HF step as a *probe* (the first after
+``first`` × the budget; ``first=0`` probes before any SGD step). Both optimizers
 are measured on the same batch B̄ and on the objective the HF step minimises
 (loss + L2, :meth:`hfft.optimizer.HessianFree.objective`):
 
@@ -192,6 +193,7 @@ class AutoRunner(Runner):
         )
         self.model = model
         self.interval = float(strategy.options.get("interval", DEFAULT_INTERVAL))
+        self.first = float(strategy.options.get("first", self.interval))
         self.margin = float(strategy.options.get("margin", DEFAULT_MARGIN))
         self.backoff = float(strategy.options.get("backoff", DEFAULT_BACKOFF))
         self.rho_min = float(strategy.options.get("rho_min", DEFAULT_RHO_MIN))
@@ -206,7 +208,7 @@ class AutoRunner(Runner):
         self._window: tuple[tuple[Batch, Batch], float] | None = None
         self._window_seconds = 0.0
         self._window_steps = 0
-        self._next_probe = self.interval
+        self._next_probe = self.first
         self.switch_back = bool(strategy.options.get("switch_back", DEFAULT_SWITCH_BACK))
         self.trials: list[dict[str, Any]] = []
         self.stall = float(strategy.options.get("stall", DEFAULT_STALL))
@@ -236,7 +238,7 @@ class AutoRunner(Runner):
         self._window = (batches, self.hf.objective(batches[1]))
         self._window_seconds = 0.0
         self._window_steps = 0
-        self._next_probe = fraction + self._interval
+        self._next_probe = fraction + (self._interval if self.probes else self.first)
 
     def step(self, fraction: float) -> dict[str, Any]:
         self.count += 1
@@ -256,7 +258,8 @@ class AutoRunner(Runner):
             return self._sgd_step(fraction)
         if self._window is None:
             self._open_window(fraction)
-        if fraction >= self._next_probe and self._window_steps > 0:
+        # a probe follows a window of SGD steps; only the first may come at once (first=0)
+        if fraction >= self._next_probe and (self._window_steps > 0 or not self.probes):
             return self._probe(fraction)
         return self._sgd_step(fraction)
 
@@ -398,7 +401,7 @@ class AutoRunner(Runner):
             self._hf_best = measurement.hf_rate
             self._enter_hf(fraction)
             self.switch = self.switch or probe
-        else:
+        elif measurement.sgd_steps > 0:  # the window grows; a probe at once (first=0) had none
             self._interval *= self.backoff
         # the next window opens with the next SGD step, at the fraction after this probe
         self._window = None
@@ -412,6 +415,7 @@ class AutoRunner(Runner):
         return {
             "auto": {
                 "interval": self.interval,
+                "first": self.first,
                 "margin": self.margin,
                 "backoff": self.backoff,
                 "rho_min": self.rho_min,

@@ -98,8 +98,10 @@ def decide(
     Returns:
         ``switch`` if the probe lowered the B̄ objective with ρ ≥ ``rho_min``
         and, when ``margin`` > 0, either SGD did not lower it (over its
-        window) or HF's rate exceeds ``margin`` × SGD's; ``roll back``
-        otherwise, also when a rate the rule needs could not be measured.
+        window) or HF's rate exceeds ``margin`` × SGD's — a probe before any
+        SGD step (``first=0``) has no SGD rate and is judged by ρ alone;
+        ``roll back`` otherwise, also when a rate the rule needs could not be
+        measured.
 
     Raises:
         ValueError: If ``margin`` is negative or not finite.
@@ -117,6 +119,12 @@ def decide(
     if margin == 0:
         return Decision(
             "switch", f"the probe lowered the B̄ loss with ρ = {measurement.rho:.2f} ≥ {rho_min:g}"
+        )
+    if measurement.sgd_steps == 0:
+        return Decision(
+            "switch",
+            f"the probe lowered the B̄ loss with ρ = {measurement.rho:.2f} ≥ {rho_min:g} "
+            "before any SGD step (no rate to compare with)",
         )
     if not math.isfinite(sgd):
         return Decision("roll back", "SGD's rate over the window could not be measured")

@@ -47,7 +47,7 @@ _RANGES = {
     "unit": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "open-unit": (lambda x: 0 < x < 1, "in (0, 1)"),
     "at-least-one": (lambda x: x >= 1, ">= 1"),
-    "momentum": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "half-open-unit": (lambda x: 0 <= x < 1, "in [0, 1)"),
 }
 
 
@@ -60,7 +60,7 @@ class Option:
         choices: The accepted strings, for ``str`` options.
         nullable: Whether ``none`` (Python ``None``) is accepted.
         range: A key of the accepted numeric ranges (``positive``,
-            ``nonnegative``, ``unit``, ``open-unit``, ``momentum``,
+            ``nonnegative``, ``unit``, ``open-unit``, ``half-open-unit``,
             ``at-least-one``), or ``None``.
         help: One line for the command-line help.
     """
@@ -145,7 +145,7 @@ HF_OPTIONS: dict[str, Option] = {
 SGD_OPTIONS: dict[str, Option] = {
     "lr": Option(float, "learning rate α (default: the checkpoint's)", range="positive"),
     "batch_size": Option(int, "batch size (default: the checkpoint's)", range="positive"),
-    "momentum": Option(float, "momentum (default: the checkpoint's)", range="momentum"),
+    "momentum": Option(float, "momentum (default: the checkpoint's)", range="half-open-unit"),
 }
 """Options of the SGD strategies; the defaults come from the checkpoint."""
 
@@ -153,6 +153,11 @@ SGD_OPTIONS: dict[str, Option] = {
 AUTO_RULE_OPTIONS: dict[str, Option] = {
     "interval": Option(
         float, "budget fraction of SGD before each HF probe (the window)", range="open-unit"
+    ),
+    "first": Option(
+        float,
+        "budget fraction of SGD before the first probe (default: interval; 0: probe at once)",
+        range="half-open-unit",
     ),
     "margin": Option(
         float,

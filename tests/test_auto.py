@@ -110,6 +110,14 @@ def test_decide_with_a_reduction_ratio_floor(rho: float, rho_min: float, action:
     )
 
 
+def test_a_probe_before_any_sgd_step_is_judged_by_rho_alone() -> None:
+    at_once = ProbeMeasurement(0.0, 0.0, 0, 0.2, 1.0, rho=0.9)
+    assert decide(at_once, 1.0, 0.5).action == "switch"
+    assert "before any SGD step" in decide(at_once, 1.0, 0.5).reason
+    assert decide(ProbeMeasurement(0.0, 0.0, 0, 0.2, 1.0, rho=0.3), 1.0, 0.5).rolls_back
+    assert decide(ProbeMeasurement(0.0, 0.0, 0, -0.2, 1.0, rho=0.9), 1.0, 0.5).rolls_back
+
+
 def test_margin_zero_drops_the_rate_test() -> None:
     slower = ProbeMeasurement(0.4, 2.0, 10, 0.01, 1.0, rho=0.6)  # HF 0.01/s, SGD 0.2/s
     assert decide(slower, 1.0, 0.5).rolls_back
@@ -307,6 +315,28 @@ def test_backoff_lengthens_the_window_after_each_roll_back(
     assert [p["step"] for p in probes] == probe_steps
     assert {p["decision"] for p in probes} == {"roll back"}
     assert log["auto"]["backoff"] == backoff
+
+
+def test_first_zero_probes_before_any_sgd_step(ckpt: Path, tmp_path: Path) -> None:
+    # a probe that raises the loss (step size 20, no line search) is rolled back; with
+    # first=0 it comes at once, and the windows then grow from interval as usual
+    strategy = f"auto:{HF_CHEAP},hf_use_linesearch=0,hf_lr=20,interval=0.17,first=0"
+    log = run(ckpt, tmp_path, strategy, budget="40steps")
+    probes = log["auto"]["probes"]
+    assert [p["step"] for p in probes] == [1, 9, 24]  # at 0, then 0 + 0.17, then + 0.34
+    assert probes[0]["sgd_steps"] == 0 and probes[0]["sgd_gain"] == 0.0
+    assert probes[0]["sgd_rate"] is None  # no SGD window to measure
+    assert {p["decision"] for p in probes} == {"roll back"}
+    assert log["auto"]["first"] == 0.0 and log["auto"]["interval"] == 0.17
+    # a probe at once that pays switches before SGD has taken a step, also with margin > 0
+    switched = run(ckpt, tmp_path / "s", f"auto:{CHEAP},first=0,margin=1", budget="6steps")
+    assert [s["phase"] for s in switched["steps"]] == ["probe"] + ["hf"] * 5
+    assert "before any SGD step" in switched["auto"]["switch"]["reason"]
+
+
+def test_first_defaults_to_interval(ckpt: Path) -> None:
+    assert auto_runner(ckpt, f"{CHEAP},interval=0.3").first == 0.3
+    assert auto_runner(ckpt, f"{CHEAP},interval=0.3,first=0.05").first == 0.05
 
 
 def test_hf_that_slows_below_sgd_gets_an_sgd_trial_that_stays_when_it_pays(

@@ -167,6 +167,7 @@ def test_unknown_option_lists_the_accepted_ones() -> None:
         ("auto:hf_weight_decay=0.1", "hf_weight_decay cannot be set .* comes from the problem"),
         ("auto:interval=1", "option interval of strategy 'auto' must be a number in \\(0, 1\\)"),
         ("auto:interval=0", "must be a number in \\(0, 1\\), got '0'"),
+        ("auto:first=1", "option first of strategy .auto. must be a number in \\[0, 1\\)"),
         ("auto:margin=-1", "option margin of strategy 'auto' must be a number >= 0, got '-1'"),
         ("auto:margin=inf", "must be a number >= 0, got 'inf'"),
         ("auto:backoff=0.5", "option backoff of strategy 'auto' must be a number >= 1, got '0.5'"),
@@ -197,7 +198,7 @@ def test_auto_strategy_and_its_parts() -> None:
 
 
 def test_auto_options_table() -> None:
-    rule = ["interval", "margin", "backoff", "rho_min", "switch_back", "stall"]
+    rule = ["interval", "first", "margin", "backoff", "rho_min", "switch_back", "stall"]
     head = [*rule, "lr", "batch_size", "momentum", "m"]
     assert list(AUTO_OPTIONS)[: len(head)] == head
     hf_keys = [k.removeprefix("hf_") for k in list(AUTO_OPTIONS)[len(head) :]]
