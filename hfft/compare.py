@@ -25,7 +25,14 @@ from hfft import distributed
 from hfft._io import atomic_write_json
 from hfft.source import SourceSpec
 
-__all__ = ["CompareConfig", "CompareResult", "compare", "default_strategies", "run_directory"]
+__all__ = [
+    "CompareConfig",
+    "CompareResult",
+    "compare",
+    "default_strategies",
+    "run_directory",
+    "run_order",
+]
 
 SGD_DEFAULTS = ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
 HF_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
@@ -92,6 +99,25 @@ def _checkpoint_keys(paths: list[Path]) -> list[str]:
     return [_slug(f"{p.parent.name}-{p.stem}") for p in paths]
 
 
+def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, int, int]]:
+    """The order of the runs, as (checkpoint, strategy, seed) indices.
+
+    Seed by seed, and within a seed checkpoint by checkpoint, with the
+    strategies rotated by one place for each (checkpoint, seed): under a time
+    budget a slow spell of the machine then falls on every strategy alike
+    instead of on the one whose block of seeds it hit. (On the 2-core
+    development VM one CG iteration of the same HF run took 18 to 31 ms from
+    minute to minute, which moved strategies' ranks when each ran its seeds
+    in a block.)
+    """
+    order = []
+    for seed in range(seeds):
+        for c in range(checkpoints):
+            shift = (seed + c) % strategies if strategies else 0
+            order += [(c, (shift + i) % strategies, seed) for i in range(strategies)]
+    return order
+
+
 def _reusable(metrics_path: Path, expected: dict[str, Any], sha256: str) -> dict[str, Any] | None:
     if not metrics_path.is_file():
         return None
@@ -140,42 +166,42 @@ def compare(
         sources.append((src, copy.deepcopy(src.model.state_dict())))
     strategies = given or default_strategies(sources[0][0].splits.train_x.shape[0])
     total = len(paths) * len(strategies) * config.seeds
-    runs: list[RunSummary] = []
     reused = ran = 0
     index = 0
-    for key, (src, state) in zip(keys, sources, strict=True):
-        for label in strategies:
-            for seed in range(config.seeds):
-                index += 1
-                run_dir = run_directory(out, key, label, seed)
-                ft = FinetuneConfig(
-                    checkpoint=str(src.path),
-                    strategy=label,
-                    budget=config.budget,
-                    out=str(run_dir),
-                    eval_batch_size=config.eval_batch_size,
-                    eval_points=config.eval_points,
-                    seed=seed,
-                    device=config.device,
-                    source=config.source,
-                )
-                expected = json.loads(json.dumps(dataclasses.asdict(ft)))
-                # data-parallel: rank 0 (which wrote the files) decides what to reuse
-                log = distributed.broadcast_object(
-                    _reusable(run_dir / "metrics.json", expected, src.sha256)
-                    if distributed.is_main()
-                    else None
-                )
-                if log is None:
-                    if on_run is not None:
-                        on_run(index, total, f"{key} {label} seed {seed}")
-                    src.model.load_state_dict(state)
-                    # as it was written (JSON types), also on ranks that wrote nothing
-                    log = json.loads(json.dumps(finetune(ft, source=src).log))
-                    ran += 1
-                else:
-                    reused += 1
-                runs.append(RunSummary.from_metrics(key, seed, log))
+    done: dict[tuple[int, int, int], RunSummary] = {}
+    for c, k, seed in run_order(len(keys), len(strategies), config.seeds):
+        (src, state), key, label = sources[c], keys[c], strategies[k]
+        index += 1
+        run_dir = run_directory(out, key, label, seed)
+        ft = FinetuneConfig(
+            checkpoint=str(src.path),
+            strategy=label,
+            budget=config.budget,
+            out=str(run_dir),
+            eval_batch_size=config.eval_batch_size,
+            eval_points=config.eval_points,
+            seed=seed,
+            device=config.device,
+            source=config.source,
+        )
+        expected = json.loads(json.dumps(dataclasses.asdict(ft)))
+        # data-parallel: rank 0 (which wrote the files) decides what to reuse
+        log = distributed.broadcast_object(
+            _reusable(run_dir / "metrics.json", expected, src.sha256)
+            if distributed.is_main()
+            else None
+        )
+        if log is None:
+            if on_run is not None:
+                on_run(index, total, f"{key} {label} seed {seed}")
+            src.model.load_state_dict(state)
+            # as it was written (JSON types), also on ranks that wrote nothing
+            log = json.loads(json.dumps(finetune(ft, source=src).log))
+            ran += 1
+        else:
+            reused += 1
+        done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
+    runs = [done[i] for i in sorted(done)]  # checkpoint, strategy, seed: as listed
 
     summary = compare_summary(runs)
     summary["config"] = json.loads(json.dumps(dataclasses.asdict(config)))

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.compare import CompareConfig, compare, default_strategies, run_directory
+from hfft.compare import CompareConfig, compare, default_strategies, run_directory, run_order
 
 runner = CliRunner()
 STRATEGIES = ("sgd", "sgd-cosine", "hf:m=128,cg_max_iter=10")
@@ -37,6 +37,42 @@ def test_default_strategies(n_train: int, expected: list[str]) -> None:
         "sgd-plateau",
         *expected,
     ]
+
+
+@pytest.mark.parametrize(("checkpoints", "strategies", "seeds"), [(1, 3, 4), (3, 4, 5), (2, 1, 2)])
+def test_run_order_interleaves_strategies(checkpoints: int, strategies: int, seeds: int) -> None:
+    order = run_order(checkpoints, strategies, seeds)
+    every = {(c, k, s) for c in range(checkpoints) for k in range(strategies) for s in range(seeds)}
+    assert len(order) == len(every) and set(order) == every
+    # seed by seed: no strategy runs its seeds in a block
+    assert [s for _, _, s in order] == sorted(s for _, _, s in order)
+    blocks = [order[i : i + strategies] for i in range(0, len(order), strategies)]
+    assert all(sorted(k for _, k, _ in b) == list(range(strategies)) for b in blocks)
+    assert all(len({c for c, _, _ in b}) == 1 for b in blocks)
+    # which strategy goes first rotates, so none always runs right after a checkpoint loads
+    firsts = [b[0][1] for b in blocks]
+    assert len(set(firsts)) == min(strategies, len(blocks))
+
+
+def test_compare_runs_interleaved_and_reports_in_order(run_dir: Path, tmp_path: Path) -> None:
+    cfg = CompareConfig(
+        checkpoints=(str(run_dir / "ckpt-02.safetensors"),),
+        strategies=("sgd", "sgd-div10"),
+        seeds=2,
+        budget="2steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=1,
+    )
+    seen: list[str] = []
+    result = compare(cfg, on_run=lambda i, n, what: seen.append(what))
+    assert seen == [
+        "ckpt-02 sgd seed 0",
+        "ckpt-02 sgd-div10 seed 0",
+        "ckpt-02 sgd-div10 seed 1",
+        "ckpt-02 sgd seed 1",
+    ]
+    listed = [(r["strategy"], r["seed"]) for r in result.summary["runs"]]
+    assert listed == [("sgd", 0), ("sgd", 1), ("sgd-div10", 0), ("sgd-div10", 1)]
 
 
 def test_compare_runs_ranks_plots_and_resumes(run_dir: Path, tmp_path: Path) -> None:
