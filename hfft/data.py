@@ -30,7 +30,7 @@ Besides the registered names (:data:`DATASETS`), ``name`` may be
 ``path/to/file.py:factory`` or ``package.module:factory``, naming a
 function that returns ``(train, test)``, each either a
 ``torch.utils.data.Dataset`` of ``(x, y)`` pairs or a tuple of tensors
-``(x, y)``.
+``(x, y)``. The sources themselves are in :mod:`hfft.datasources`.
 
 Importing this module does not import torch (command-line help lists the
 data sets cheaply).
@@ -38,12 +38,10 @@ data sets cheaply).
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -60,10 +58,6 @@ __all__ = [
     "load_data",
     "split_indices",
 ]
-
-#: Seed of the digits test hold-out: fixed, so the test set never depends on the run.
-_DIGITS_TEST_SEED = 20_100_101
-_SYNTHETIC_SEED = 1_234
 
 
 class DataError(ValueError):
@@ -315,13 +309,15 @@ def load_data(
     """
     import torch
 
+    from hfft.datasources import LOADERS, load_user_data
+
     root_path = Path(root).expanduser() if root is not None else default_root()
     if name in DATASETS:
         info = DATASETS[name]
-        raw = _LOADERS[name](root_path, download)
+        raw = LOADERS[name](root_path, download)
         spec, num_classes = info.augment, info.num_classes
     elif ":" in name:
-        raw = _load_user_data(name, root_path, download)
+        raw = load_user_data(name, root_path, download)
         spec = None  # whether crops or flips preserve a user's labels is unknown
         num_classes = max(int(raw[1].max()), int(raw[3].max())) + 1
     else:
@@ -378,163 +374,3 @@ def _normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     m = mean.to(x.device, torch.float32).view(shape)
     s = std.to(x.device, torch.float32).view(shape)
     return ((x.to(torch.float32) - m) / s).contiguous()
-
-
-# --- sources -------------------------------------------------------------------------------
-
-_Raw = tuple["Tensor", "Tensor", "Tensor", "Tensor"]  # train_x, train_y, test_x, test_y
-
-
-def _digits(root: Path, download: bool) -> _Raw:
-    import torch
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    n_test = len(y) - int(0.8 * len(y))  # 360 of 1,797
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_DIGITS_TEST_SEED))
-    test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
-    return x[train], y[train], x[test], y[test]
-
-
-def _synthetic(root: Path, download: bool) -> _Raw:
-    """Ten Gaussian blobs around random 8×8 prototypes; 3,000 training and 600 test images."""
-    import torch
-
-    gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
-    prototypes = torch.randn(10, 1, 8, 8, generator=gen)
-
-    def draw(n: int) -> tuple[Tensor, Tensor]:
-        y = torch.randint(0, 10, (n,), generator=gen)
-        return prototypes[y] + 2.5 * torch.randn(n, 1, 8, 8, generator=gen), y
-
-    return *draw(3000), *draw(600)
-
-
-def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
-    def load(root: Path, download: bool) -> _Raw:
-        import torch
-        from torchvision import datasets
-
-        def open_split(train: bool) -> Any:
-            if name == "svhn":
-                return datasets.SVHN(root, split="train" if train else "test", download=download)
-            cls = {
-                "cifar10": datasets.CIFAR10,
-                "cifar100": datasets.CIFAR100,
-                "mnist": datasets.MNIST,
-                "fashion-mnist": datasets.FashionMNIST,
-            }[name]
-            return cls(root, train=train, download=download)
-
-        if download:
-            root.mkdir(parents=True, exist_ok=True)
-        try:
-            splits = [open_split(True), open_split(False)]
-        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-            if download:
-                raise DataError(
-                    f"Data set {name!r} could not be downloaded into '{root}': {err}"
-                ) from None
-            raise DataError(
-                f"Data set {name!r} was not found or is incomplete in '{root}' (expected "
-                f"{DATASETS[name].folder} there); pass --data-root DIR pointing at an "
-                "existing copy or add --download."
-            ) from None
-        except Exception as err:  # a failed download, an unreadable file
-            raise DataError(
-                f"Data set {name!r} could not be loaded from '{root}': {type(err).__name__}: {err}"
-            ) from None
-        out: list[Tensor] = []
-        for ds in splits:
-            x = torch.as_tensor(ds.data)  # uint8, converted once for the whole set
-            if x.dim() == 3:  # MNIST-like (N, H, W)
-                x = x.unsqueeze(1)
-            elif name.startswith("cifar"):  # (N, H, W, C) → NCHW
-                x = x.permute(0, 3, 1, 2)
-            labels = ds.labels if name == "svhn" else ds.targets
-            out += [x.contiguous(), torch.as_tensor(labels, dtype=torch.int64)]
-        return out[0], out[1], out[2], out[3]
-
-    return load
-
-
-_LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
-    "digits": _digits,
-    "synthetic": _synthetic,
-    **{name: _torchvision(name) for name, info in DATASETS.items() if info.needs_files},
-}
-
-
-def _load_user_data(spec: str, root: Path, download: bool) -> _Raw:
-    from hfft.modelspec import ModelSpecError, load_factory
-
-    target = spec.rpartition(":")[0]
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    if is_file and not Path(target).expanduser().is_file():
-        raise DataError(f"Data file '{target}' does not exist.")
-    try:
-        factory = load_factory(spec)
-    except ModelSpecError as err:
-        raise DataError(f"Data {spec!r} cannot be loaded: {str(err).rstrip('.')}.") from None
-    try:
-        named = set(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        named = set()
-    kwargs = {k: v for k, v in (("root", root), ("download", download)) if k in named}
-    try:
-        result = factory(**kwargs)
-    except Exception as err:
-        raise DataError(f"Data factory {spec!r} failed: {type(err).__name__}: {err}") from err
-    if not isinstance(result, tuple | list) or len(result) != 2:
-        raise DataError(f"Data factory {spec!r} must return a pair (train, test).")
-    train_x, train_y = _as_tensors(spec, "train", result[0])
-    test_x, test_y = _as_tensors(spec, "test", result[1])
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataError(
-            f"Data factory {spec!r} returned train images of shape {tuple(train_x.shape[1:])} "
-            f"but test images of shape {tuple(test_x.shape[1:])}."
-        )
-    return train_x, train_y, test_x, test_y
-
-
-def _as_tensors(spec: str, split: str, data: Any) -> tuple[Tensor, Tensor]:
-    """A user's split as ``(x, y)``: images (N, C, H, W) float32, labels (N,) int64."""
-    import torch
-    from torch.utils.data import Dataset, TensorDataset
-
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        x, y = data.tensors
-    elif isinstance(data, tuple | list) and len(data) == 2:
-        x, y = (torch.as_tensor(part) for part in data)
-    elif isinstance(data, Dataset):
-        # a generic Dataset can only be read sample by sample: done once, here
-        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-        if not pairs:
-            raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
-        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-        y = torch.as_tensor([int(p[1]) for p in pairs])
-    else:
-        raise DataError(
-            f"Data factory {spec!r} returned a {type(data).__name__} as its {split} set, "
-            "not a Dataset or a pair of tensors (x, y)."
-        )
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[2] != x.shape[3]:
-        raise DataError(
-            f"Data factory {spec!r} returned {split} inputs of shape {tuple(x.shape)}; "
-            "expected square images (N, C, H, W) or (N, H, W)."
-        )
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.numel() == 0:
-        raise DataError(
-            f"Data factory {spec!r} returned {split} labels of shape {tuple(y.shape)} and "
-            f"dtype {y.dtype}; expected {x.shape[0]} integer class labels."
-        )
-    if int(y.min()) < 0:
-        raise DataError(f"Data factory {spec!r} returned negative {split} labels.")
-    return x.to(torch.float32), y.to(torch.int64)
-
-
-# --- batches -------------------------------------------------------------------------------
