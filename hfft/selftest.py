@@ -59,22 +59,24 @@ from hfft._checks import (
     PASS,
     WARN,
     Check,
+    measure,
+    preserved,
+    random_vectors,
+    split_size,
+)
+from hfft._step import step_mode
+from hfft._verdicts import (
     finite_check,
     forward_check,
     independence_check,
     linearisation_check,
-    measure,
     mode_flag,
     only_in_training,
-    preserved,
     product_check,
     psd_check,
-    random_vectors,
     reduction_check,
-    split_size,
     symmetry_check,
 )
-from hfft._step import step_mode
 from hfft.bench import median_time
 from hfft.curvature import LinearizationCache, linearize_curvature
 from hfft.losses import Loss, loss_reduction
