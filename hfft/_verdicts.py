@@ -76,32 +76,38 @@ def product_check(run: Run) -> Check:
     return Check(name, status, run.products, run.tol, detail)
 
 
-def symmetry_check(run: Run) -> Check:
-    ok = run.symmetry <= run.tol
-    detail = "vᵀGw = wᵀGv for random v, w"
+def _ggn_check(run: Run, name: str, measured: float, passed: str, cause: str) -> Check:
+    """A GGN property: failing follows from unrepeatable products, or else from ``cause``."""
+    ok = measured <= run.tol
+    detail = passed
     if not ok:
         detail = (
             "follows from products that do not repeat (see product determinism)"
             if run.products > run.tol
-            else "forward- and reverse-mode derivatives of the network disagree (a custom "
-            "autograd.Function with a wrong backward or jvp?): fix that derivative"
+            else cause
         )
-    name = f"GGN symmetry [{run.mode}]"
-    return Check(name, PASS if ok else FAIL, run.symmetry, run.tol, detail)
+    return Check(f"{name} [{run.mode}]", PASS if ok else FAIL, measured, run.tol, detail)
+
+
+# (detail when it passes, cause when it fails and the products do repeat)
+_SYMMETRY = (
+    "vᵀGw = wᵀGv for random v, w",
+    "forward- and reverse-mode derivatives of the network disagree (a custom "
+    "autograd.Function with a wrong backward or jvp?): fix that derivative",
+)
+_PSD = (
+    "vᵀGv ≥ 0 on 3 random directions",
+    "vᵀGv < 0: the loss is not convex in the network outputs; use "
+    "cross-entropy or MSE, whose GGN is positive semi-definite",
+)
+
+
+def symmetry_check(run: Run) -> Check:
+    return _ggn_check(run, "GGN symmetry", run.symmetry, *_SYMMETRY)
 
 
 def psd_check(run: Run) -> Check:
-    ok = run.negative_curvature <= run.tol
-    detail = "vᵀGv ≥ 0 on 3 random directions"
-    if not ok:
-        detail = (
-            "follows from products that do not repeat (see product determinism)"
-            if run.products > run.tol
-            else "vᵀGv < 0: the loss is not convex in the network outputs; use "
-            "cross-entropy or MSE, whose GGN is positive semi-definite"
-        )
-    name = f"GGN PSD [{run.mode}]"
-    return Check(name, PASS if ok else FAIL, run.negative_curvature, run.tol, detail)
+    return _ggn_check(run, "GGN PSD", run.negative_curvature, *_PSD)
 
 
 def independence_check(run: Run, chunk_size: int | None) -> Check:
