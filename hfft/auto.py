@@ -82,6 +82,7 @@ from hfft.auto_rule import (
     ProbeMeasurement,
     decide,
     decide_back,
+    rate,
 )
 from hfft.runners import HFRunner, Runner, SGDRunner
 
@@ -295,7 +296,7 @@ class AutoRunner(Runner):
     def _check_hf(self, fraction: float) -> None:
         """After a window of HF: start an SGD trial if HF has slowed down (module docstring)."""
         gain, seconds = self._hf_window[0], self._slowest(self._hf_window[1])
-        hf_rate = gain / seconds if seconds > 0 else math.nan
+        hf_rate = rate(gain, seconds)
         self._hf_window = [0.0, 0.0]
         self._next_check = fraction + self._check_interval
         slowed = (
@@ -328,17 +329,16 @@ class AutoRunner(Runner):
         sgd_gain = trial["start_loss"] - self.hf.objective(trial["eval_batch"])
         sgd_seconds = self._slowest(trial["seconds"])
         decision = decide_back(sgd_gain, sgd_seconds, trial["hf_rate"], self.margin)
-        sgd_rate = sgd_gain / sgd_seconds if sgd_seconds > 0 else math.nan
+        sgd_rate = rate(sgd_gain, sgd_seconds)
         if decision.rolls_back:
             self.model.load_state_dict(trial["saved"])
             self.sgd.diverged = self.diverged = False  # a diverged trial is undone
             self._check_interval *= 2  # a trial that did not pay: try less often
             self._enter_hf(fraction)
-        else:  # back on SGD: windows and probes as at the start
+        else:  # back on SGD: windows and probes as at the start (the next step opens one)
             self.phase = "sgd"
             self._sgd_rate = sgd_rate
             self._window = None
-            self._next_probe = fraction + self._interval
         values = {
             "sgd_gain": sgd_gain,
             "sgd_seconds": sgd_seconds,

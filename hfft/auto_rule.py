@@ -18,6 +18,7 @@ __all__ = [
     "ProbeMeasurement",
     "decide",
     "decide_back",
+    "rate",
 ]
 
 DEFAULT_MARGIN = 0.0
@@ -34,6 +35,11 @@ pace, and in 7 of 35 from a middle and a late one, where it stalls."""
 
 ACTIONS = ("switch", "roll back")
 """What :func:`decide` can choose."""
+
+
+def rate(gain: float, seconds: float) -> float:
+    """Decrease of the B̄ objective per second (NaN without time)."""
+    return gain / seconds if seconds > 0 else math.nan
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,12 @@ class ProbeMeasurement:
     @property
     def sgd_rate(self) -> float:
         """SGD's decrease per second (NaN without SGD time)."""
-        return self.sgd_gain / self.sgd_seconds if self.sgd_seconds > 0 else math.nan
+        return rate(self.sgd_gain, self.sgd_seconds)
 
     @property
     def hf_rate(self) -> float:
         """The probe's decrease per second (NaN without HF time)."""
-        return self.hf_gain / self.hf_seconds if self.hf_seconds > 0 else math.nan
+        return rate(self.hf_gain, self.hf_seconds)
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ def decide_back(
         ``roll back`` (return to HF's parameters) otherwise.
     """
     _check_margin(margin)
-    sgd = sgd_gain / sgd_seconds if sgd_seconds > 0 else math.nan
+    sgd = rate(sgd_gain, sgd_seconds)
     if not (math.isfinite(sgd) and sgd > 0):
         return Decision("roll back", "SGD did not lower the B̄ loss over its trial")
     if not (math.isfinite(hf_rate) and hf_rate > 0):
