@@ -165,13 +165,12 @@ def compare(
         src = config.source.load(path, config.device)
         sources.append((src, copy.deepcopy(src.model.state_dict())))
     strategies = given or default_strategies(sources[0][0].splits.train_x.shape[0])
-    total = len(paths) * len(strategies) * config.seeds
     reused = ran = 0
-    index = 0
     done: dict[tuple[int, int, int], RunSummary] = {}
-    for c, k, seed in run_order(len(keys), len(strategies), config.seeds):
+    order = run_order(len(keys), len(strategies), config.seeds)
+    total = len(order)
+    for index, (c, k, seed) in enumerate(order, start=1):
         (src, state), key, label = sources[c], keys[c], strategies[k]
-        index += 1
         run_dir = run_directory(out, key, label, seed)
         ft = FinetuneConfig(
             checkpoint=str(src.path),
