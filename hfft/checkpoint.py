@@ -92,8 +92,10 @@ def save_checkpoint(
     """
     from safetensors.torch import save
 
+    from hfft._io import json_ready
+
     try:
-        header = json.dumps(dict(metadata), sort_keys=True)
+        header = json.dumps(json_ready(dict(metadata)), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"Checkpoint metadata must be JSON-serialisable: {err}.") from None
     tensors: dict[str, Tensor] = {}
@@ -176,6 +178,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
 
 
 def _load_torch(path: Path) -> Checkpoint:
+    _check_expansion(path)
     try:
         with warnings.catch_warnings():
             # protocol ≥ 3 pickles: the load below fails with a clear error anyway
@@ -184,6 +187,34 @@ def _load_torch(path: Path) -> Checkpoint:
     except Exception as err:  # untrusted bytes: any failure is the file's fault
         raise CheckpointError(_torch_load_message(path, err)) from None
     return Checkpoint(path, _extract_state_dict(path, obj), None, "torch")
+
+
+#: How much larger than its file a ``torch.save`` archive may be once read into memory.
+#: ``torch.save`` stores its records uncompressed, so a legitimate file expands by its
+#: small pickle and zip overheads only; a compressed record could expand a few
+#: megabytes into gigabytes before any check could see its contents.
+EXPANSION_LIMIT = 1.5
+_EXPANSION_SLACK = 1 << 20
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse a zip archive whose records would expand far beyond the file's size."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy torch.save format: read as stored, no expansion
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # torch.load reports the damage below
+    size = path.stat().st_size
+    if expanded > EXPANSION_LIMIT * size + _EXPANSION_SLACK:
+        raise CheckpointError(
+            f"Checkpoint '{path}' is a {size / 2**20:.1f} MiB file whose compressed records "
+            f"would expand to {expanded / 2**20:,.0f} MiB in memory; hfft reads only "
+            "uncompressed torch.save files (save the state dict again with torch.save)."
+        )
 
 
 def _torch_load_message(path: Path, err: Exception) -> str:
@@ -230,20 +261,27 @@ def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
     return {name: value.detach() for name, value in obj.items()}
 
 
-def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
     """Load a state dict into a model strictly, with a readable error on mismatch.
 
     Keys that all carry a ``module.`` (``DataParallel``/DDP) or
     ``_orig_mod.`` (``torch.compile``) prefix that the model's keys lack are
-    matched without it.
+    matched without it. Floating-point tensors of another precision (float16,
+    float64, …) are cast to the model's, with a note; a tensor whose kind
+    differs from the model's (integer weights for a float parameter) and
+    non-finite values (NaN, ±inf) are refused.
 
     Args:
         model: The model to load into (in place).
         state_dict: Tensors by name.
 
+    Returns:
+        Notes of one sentence each on what was adapted (casts), for the user.
+
     Raises:
-        CheckpointError: If keys are missing or unexpected or shapes differ;
-            the message names them (the first few of each kind).
+        CheckpointError: If keys are missing or unexpected, shapes or kinds
+            differ, or values are not finite; the message names them (the
+            first few of each kind). The model is unchanged then.
     """
     expected = model.state_dict()
     state_dict = _strip_wrapper_prefix(state_dict, expected)
@@ -269,10 +307,44 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
             + "; ".join(problems)
             + "."
         )
+    notes = _check_values(state_dict, expected)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:  # e.g. a module's own load hook refusing a value
         raise CheckpointError(f"The checkpoint does not fit the model: {err}.") from None
+    return notes
+
+
+def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> list[str]:
+    """Refuse tensors of the wrong kind or with non-finite values; note precision casts."""
+    wrong_kind = [
+        f"{k} ({state_dict[k].dtype}, model {expected[k].dtype})"
+        for k in expected
+        if state_dict[k].is_floating_point() != expected[k].is_floating_point()
+        or state_dict[k].is_complex() != expected[k].is_complex()
+    ]
+    if wrong_kind:
+        raise CheckpointError(
+            "The checkpoint holds tensors of another kind than the model's: "
+            f"{_truncate(wrong_kind)}; hfft casts between floating-point precisions only."
+        )
+    not_finite = [
+        k
+        for k, v in state_dict.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
+    if not_finite:
+        raise CheckpointError(
+            f"The checkpoint holds NaN or infinite values in {_truncate(not_finite)}."
+        )
+    casts = sorted(
+        {
+            f"{state_dict[k].dtype} to {expected[k].dtype}".replace("torch.", "")
+            for k in expected
+            if state_dict[k].is_floating_point() and state_dict[k].dtype != expected[k].dtype
+        }
+    )
+    return [f"the checkpoint's {c} tensors were cast to the model's precision" for c in casts]
 
 
 def _strip_wrapper_prefix(

@@ -326,6 +326,9 @@ def load_data(
             "or path/to/file.py:factory or package.module:factory."
         )
     all_x, all_y, test_x, test_y = raw
+    for split, x in (("training", all_x), ("test", test_x)):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"The {split} inputs of {name!r} contain NaN or infinite values.")
     idx = split_indices(all_x.shape[0], test_x.shape[0], seed)
     dev = torch.device(device)
     # uint8 images travel to the device before conversion: 4× less to copy

@@ -12,11 +12,13 @@ returns. Every failure is a :class:`hfft.data.DataError` of one sentence.
 from __future__ import annotations
 
 import inspect
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfft.data import DATASETS, DataError
+from hfft.outdir import folders_to_create
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -62,35 +64,22 @@ def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
         import torch
         from torchvision import datasets
 
+        cls = _TORCHVISION_CLASSES[name]
+
         def open_split(train: bool) -> Any:
             if name == "svhn":
                 return datasets.SVHN(root, split="train" if train else "test", download=download)
-            cls = {
-                "cifar10": datasets.CIFAR10,
-                "cifar100": datasets.CIFAR100,
-                "mnist": datasets.MNIST,
-                "fashion-mnist": datasets.FashionMNIST,
-            }[name]
-            return cls(root, train=train, download=download)
+            return getattr(datasets, cls)(root, train=train, download=download)
 
+        created = folders_to_create(root) if download else []
         if download:
             root.mkdir(parents=True, exist_ok=True)
         try:
             splits = [open_split(True), open_split(False)]
-        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-            if download:
-                raise DataError(
-                    f"Data set {name!r} could not be downloaded into '{root}': {err}"
-                ) from None
-            raise DataError(
-                f"Data set {name!r} was not found or is incomplete in '{root}' (expected "
-                f"{DATASETS[name].folder} there); pass --data-root DIR pointing at an "
-                "existing copy or add --download."
-            ) from None
-        except Exception as err:  # a failed download, an unreadable file
-            raise DataError(
-                f"Data set {name!r} could not be loaded from '{root}': {type(err).__name__}: {err}"
-            ) from None
+        except Exception as err:  # "Dataset not found or corrupted", a failed download, ...
+            if created:  # a download that did not happen leaves no folder behind
+                shutil.rmtree(created[-1], ignore_errors=True)
+            raise DataError(_torchvision_message(name, root, download, err)) from None
         out: list[Tensor] = []
         for ds in splits:
             x = torch.as_tensor(ds.data)  # uint8, converted once for the whole set
@@ -103,6 +92,56 @@ def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
         return out[0], out[1], out[2], out[3]
 
     return load
+
+
+_TORCHVISION_CLASSES = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+}
+
+
+def _damaged_files(name: str, root: Path) -> list[str] | None:
+    """The files of a torchvision set that are there but fail its integrity check.
+
+    ``None`` when the set's folder (or files) are not there at all, or the set
+    has no checksums to test.
+    """
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    cls = getattr(datasets, _TORCHVISION_CLASSES[name])
+    if name.startswith("cifar"):
+        folder = root / cls.base_folder
+        if not folder.is_dir():
+            return None
+        files = [(folder / f, md5) for f, md5 in (*cls.train_list, *cls.test_list)]
+    elif name == "svhn":
+        files = [(root / cls.split_list[s][1], cls.split_list[s][2]) for s in ("train", "test")]
+        if not any(path.exists() for path, _ in files):
+            return None
+    else:
+        folder = root / DATASETS[name].folder
+        return [] if folder.is_dir() else None
+    return [str(path.relative_to(root)) for path, md5 in files if not check_integrity(path, md5)]
+
+
+def _torchvision_message(name: str, root: Path, download: bool, err: Exception) -> str:
+    if download:
+        return f"Data set {name!r} could not be downloaded into '{root}': {err}"
+    damaged = _damaged_files(name, root)
+    if damaged is None:
+        return (
+            f"Data set {name!r} was not found in '{root}' (expected {DATASETS[name].folder} "
+            "there); pass --data-root DIR pointing at an existing copy or add --download."
+        )
+    which = f" ({', '.join(damaged)} fail torchvision's checksum)" if damaged else ""
+    return (
+        f"Data set {name!r} is in '{root}' but its files are corrupt or incomplete{which}; "
+        "replace them, or --download it into an empty --data-root."
+    )
 
 
 LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {

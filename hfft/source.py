@@ -8,21 +8,38 @@ time when a budget is a percentage of it.
 
 Precedence for every hyperparameter: explicit override, then the checkpoint's
 metadata, then the registered problem's defaults.
+
+A checkpoint is data, never code: from its metadata only names of hfft's own
+model registry and data sets are taken, with plain argument values (int,
+float, bool, str) and hyperparameters in their ranges (:mod:`hfft.limits`). A
+header that names a file, a module or anything else is refused with one
+sentence; code runs only when the user names it (``--model file.py:fn``,
+``--data file.py:fn``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hfft.limits import check
 
 if TYPE_CHECKING:
     from torch import nn
 
     from hfft.data import DataSplits
 
-__all__ = ["Source", "SourceError", "SourceSpec", "load_source", "training_seconds"]
+__all__ = [
+    "Source",
+    "SourceError",
+    "SourceSpec",
+    "load_source",
+    "training_seconds",
+    "trusted_metadata",
+]
 
 
 class SourceError(ValueError):
@@ -47,6 +64,7 @@ class Source:
     momentum: float
     weight_decay: float
     train_seconds: float | None
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for logs."""
@@ -81,6 +99,10 @@ class SourceSpec:
     momentum: float | None = None
     weight_decay: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "momentum", "weight_decay", "train_time"):
+            check(name, getattr(self, name))
+
     def load(self, checkpoint: str | Path, device: str = "cpu") -> Source:
         """:func:`load_source` with these overrides."""
         return load_source(checkpoint, device=device, **asdict(self))
@@ -92,10 +114,70 @@ def training_seconds(checkpoint: Path) -> float | None:
     if not manifest.is_file():
         return None
     try:
-        value = json.loads(manifest.read_text()).get("train_seconds")
+        manifest_data = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return None
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+    value = manifest_data.get("train_seconds") if isinstance(manifest_data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+_PLAIN_VALUES = (bool, int, float, str)
+_META_HYPERPARAMETERS = ("lr", "batch_size", "momentum", "weight_decay", "data_seed")
+
+
+def trusted_metadata(
+    path: Path, metadata: dict[str, Any] | None, *, model_given: bool, data_given: bool
+) -> dict[str, Any]:
+    """What :func:`load_source` takes from a checkpoint's metadata, checked.
+
+    The model must be a name of hfft's registry and the data set one of its
+    built-in sets (unless the user named them); model arguments must be plain
+    values; hyperparameters must pass :mod:`hfft.limits`. Entries the user
+    overrides are not taken (nor checked).
+
+    Raises:
+        SourceError: For metadata that names code, or values of the wrong type or range.
+    """
+    from hfft.data import DATASETS
+    from hfft.models import PROBLEMS
+
+    meta = metadata or {}
+    trusted: dict[str, Any] = {}
+    if not model_given and meta.get("model") is not None:
+        name = meta["model"]
+        if not isinstance(name, str) or name not in PROBLEMS:
+            raise SourceError(
+                f"{path} names the model {name!r} in its metadata, which is not one of hfft's "
+                f"models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint names: pass "
+                "--model explicitly if you trust that code"
+            )
+        args = meta.get("model_args") or {}
+        plain = isinstance(args, dict) and all(
+            isinstance(k, str) and isinstance(v, _PLAIN_VALUES) for k, v in args.items()
+        )
+        if not plain:
+            raise SourceError(
+                f"{path} has model arguments in its metadata that are not plain values "
+                "(int, float, bool or str); pass --model and --model-arg explicitly"
+            )
+        trusted["model"], trusted["model_args"] = name, dict(args)
+    if not data_given and meta.get("data") is not None:
+        data = meta["data"]
+        if not isinstance(data, str) or data not in DATASETS:
+            raise SourceError(
+                f"{path} names the data {data!r} in its metadata, which is not one of hfft's "
+                f"data sets ({', '.join(DATASETS)}); hfft never runs code a checkpoint names: "
+                "pass --data explicitly if you trust that code"
+            )
+        trusted["data"] = data
+    for key in _META_HYPERPARAMETERS:
+        try:
+            trusted[key] = check(key, meta.get(key), where=f"{key} in the metadata of {path}")
+        except ValueError as err:
+            raise SourceError(str(err)) from None
+    return trusted
 
 
 def _first(*values: Any) -> Any:
@@ -148,7 +230,9 @@ def load_source(
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    meta = ckpt.metadata or {}
+    meta = trusted_metadata(
+        path, ckpt.metadata, model_given=model is not None, data_given=data is not None
+    )
     model_name = _first(model, meta.get("model"))
     if model_name is None:
         raise SourceError(
@@ -172,8 +256,9 @@ def load_source(
         in_channels=splits.in_channels,
         input_size=splits.input_size,
     )
-    apply_state_dict(net, ckpt.state_dict)
+    notes = apply_state_dict(net, ckpt.state_dict)
     net = net.to(device)
+    check_fit(net, splits)
     d = problem.defaults if problem is not None else None
     return Source(
         path=path,
@@ -192,4 +277,37 @@ def load_source(
             _first(weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
         ),
         train_seconds=_first(train_time, training_seconds(path)),
+        notes=tuple(notes),
     )
+
+
+def check_fit(model: nn.Module, splits: DataSplits) -> None:
+    """The model's outputs must have a class for every label of the data.
+
+    One forward pass of two training samples in eval mode (the model's modes
+    are restored), before any work is done.
+
+    Raises:
+        SourceError: If the outputs are not ``(N, C)`` or a label is ``>= C``.
+    """
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(splits.train_x[:2])
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if out.dim() != 2 or out.shape[0] != min(2, splits.num_train):
+        raise SourceError(
+            f"the model returns outputs of shape {tuple(out.shape)} for a batch of 2 inputs; "
+            "a classifier must return (N, number of classes)"
+        )
+    top = max(int(y.max()) for y in (splits.train_y, splits.valid_y, splits.test_y) if y.numel())
+    if top >= out.shape[1]:
+        raise SourceError(
+            f"the data has class labels up to {top} but the model outputs {out.shape[1]} "
+            f"classes; give the model at least {top + 1} outputs"
+        )

@@ -319,3 +319,61 @@ def test_unserialisable_metadata_keeps_old_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         atomic_write_json(tmp_path / "m.json", {"x": object()})
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool])
+def test_weights_of_another_kind_are_refused(dtype: torch.dtype) -> None:
+    model = nn.Linear(3, 2)
+    bad = {k: v.to(dtype) for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="another kind than the model's: weight"):
+        apply_state_dict(model, bad)
+    assert_same(model.state_dict(), before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_other_float_precisions_are_cast_with_a_note(dtype: torch.dtype) -> None:
+    model = nn.Linear(3, 2)
+    state = {k: v.to(dtype) for k, v in nn.Linear(3, 2).state_dict().items()}
+    notes = apply_state_dict(model, state)
+    name = str(dtype).removeprefix("torch.")
+    assert notes == [f"the checkpoint's {name} to float32 tensors were cast to the model's precision"]
+    assert model.weight.dtype == torch.float32
+    assert torch.equal(model.weight, state["weight"].float())
+    assert apply_state_dict(model, model.state_dict()) == []  # same precision: nothing to say
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused(value: float) -> None:
+    model = nn.Linear(3, 2)
+    state = model.state_dict()
+    state["bias"] = state["bias"].clone()
+    state["bias"][1] = value
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in bias"):
+        apply_state_dict(nn.Linear(3, 2), state)
+
+
+def test_a_compressed_torch_file_is_refused_before_it_expands(tmp_path: Path) -> None:
+    import zipfile
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(4_000_000)}, plain)  # 16 MB of zeros
+    squeezed = tmp_path / "squeezed.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(squeezed, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    assert squeezed.stat().st_size < plain.stat().st_size / 100
+    with pytest.raises(CheckpointError, match="compressed records would expand to 15 MiB"):
+        load_checkpoint(squeezed)
+    assert load_checkpoint(plain).state_dict["weight"].numel() == 4_000_000  # as saved: fine
+
+
+def test_metadata_is_strict_json(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"loss": float("nan"), "acc": [1.0, float("inf")]})
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        text = f.metadata()["hfft"]
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "acc": [1.0, None]}

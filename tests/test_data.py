@@ -252,3 +252,45 @@ def test_user_factory_errors(user_file: Path, factory: str, match: str) -> None:
 def test_user_file_missing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
         load_data(f"{tmp_path / 'nope.py'}:f")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_non_finite_inputs_are_refused(tmp_path: Path, value: float, split: str) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    x, y = torch.randn(60, 1, 4, 4), torch.arange(60) % 3\n"
+        f"    x[{0 if split == 'train' else 55}, 0, 1, 2] = float({str(value)!r})\n"
+        "    return (x[:50], y[:50]), (x[50:], y[50:])\n"
+    )
+    words = "training" if split == "train" else "test"
+    with pytest.raises(DataError, match=f"The {words} inputs of .* contain NaN or infinite"):
+        load_data(f"{path}:make")
+
+
+def test_corrupt_cifar_files_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "test_batch", "batches.meta"):
+        (folder / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError) as info:
+        load_data("cifar10", root=tmp_path)
+    msg = str(info.value)
+    assert "is in" in msg and "corrupt or incomplete" in msg and "not found" not in msg
+    assert "cifar-10-batches-py/data_batch_1" in msg and "cifar-10-batches-py/data_batch_5" in msg
+
+
+def test_a_failed_download_leaves_no_folder(monkeypatch, tmp_path: Path) -> None:
+    import torchvision.datasets
+
+    class Offline(_FakeVision):
+        def __init__(self, *args, **kwargs) -> None:
+            raise RuntimeError("Error downloading cifar-10-python.tar.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(DataError, match="could not be downloaded"):
+        load_data("cifar10", root=root, download=True)
+    assert not (tmp_path / "new").exists()
