@@ -7,7 +7,6 @@ reused by every command that takes them, so the help reads the same everywhere.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -17,15 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from hfft.distributed import launched
+from hfft.interrupts import Interrupted, Terminated, was_terminated
 
 if TYPE_CHECKING:
     from hfft.source import SourceSpec
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so that runs save what they have."""
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -57,17 +54,22 @@ def user_errors() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
-    except Terminated:
-        why = "terminated (by torchrun when another rank failed?)" if launched() else "terminated"
-        typer.echo(
-            f"hfft: {_on_rank(why)}; what was finished is saved and marked interrupted", err=True
+    except KeyboardInterrupt as err:
+        terminated = was_terminated(err)
+        why = "terminated" if terminated else "interrupted"
+        if terminated and launched():
+            why += " (by torchrun when another rank failed?)"
+        what = (
+            f"{err.saved} and marked interrupted"
+            if isinstance(err, Interrupted)
+            else "nothing was written"
         )
-        raise typer.Exit(143) from None
-    except KeyboardInterrupt:
-        typer.echo("hfft: interrupted; what was finished is saved and marked interrupted", err=True)
-        raise typer.Exit(130) from None
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        typer.echo(f"hfft: {_on_rank(why)}; {what}", err=True)
+        raise typer.Exit(143 if terminated else 130) from None
+    except ValueError as err:
         raise fail(_on_rank(str(err).rstrip(".") + ".")) from None
+    except OSError as err:  # disk full, permissions, a path that is not a folder, ...
+        raise fail(_on_rank(os_error_sentence(err))) from None
     except typer.Exit:
         raise
     except Exception as err:
@@ -82,6 +84,51 @@ def user_errors() -> Iterator[None]:
             from hfft.distributed import shutdown
 
             shutdown()
+
+
+def os_error_sentence(err: OSError) -> str:
+    """One sentence for a failed file operation: what failed, on which file."""
+    if err.strerror is None:
+        return str(err).rstrip(".") + "."
+    where = f": {err.filename}" if err.filename is not None else ""
+    return f"{err.strerror}{where}."
+
+
+def note(message: str) -> None:
+    """One line the user should know about, on stderr (not an error)."""
+    typer.echo(f"hfft: note: {message}", err=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: a usage error (a bad option value) is one line and exit 2.
+
+    Click would print the usage and a box around the error; hfft says it in
+    one sentence like every other mistake. ``hfft`` without a command still
+    prints the help.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+# Click's UsageError, found through typer's public BadParameter (typer may bundle click)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # plain `hfft`: the help, as asked
+            raise
+        typer.echo(f"hfft: error: {err.format_message()}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _on_rank(message: str) -> str:
@@ -103,14 +150,17 @@ def check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} exists and is not a directory")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise fail(f"--out {out} cannot be created: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK):
         raise fail(f"--out {out} is not writable")
 
 
 def print_json(obj: Any) -> None:
-    """Machine-readable output on stdout."""
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """Machine-readable output on stdout: strict JSON (a non-finite number is null)."""
+    from hfft._io import to_json
+
+    sys.stdout.write(to_json(obj) + "\n")
 
 
 def source_spec(
@@ -145,6 +195,14 @@ def source_spec(
 
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the files of another run in --out (without it such a folder is refused; "
+        "a rerun of the same configuration replaces its own files).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]

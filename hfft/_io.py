@@ -13,12 +13,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256_file"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "json_ready",
+    "sha256_file",
+    "to_json",
+]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -72,22 +80,45 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±inf) replaced by ``None``, tuples as lists.
+
+    JSON has no NaN: a number that could not be measured is ``null``.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """Strict, indented JSON of ``obj`` (non-finite floats become ``null``).
+
+    Raises:
+        TypeError: If ``obj`` is not JSON-serialisable.
+    """
+    return json.dumps(json_ready(obj), indent=2, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically.
+    """Write ``obj`` as strict, indented JSON to ``path`` atomically.
 
     The object is serialised completely before anything touches the disk, so
     an object that is not JSON-serialisable leaves an existing file intact.
 
     Args:
         path: Destination file.
-        obj: A JSON-serialisable object (non-finite floats are written as
-            ``NaN``/``Infinity``, as :mod:`json` does by default).
+        obj: A JSON-serialisable object; non-finite floats are written as
+            ``null`` (see :func:`to_json`).
 
     Raises:
         TypeError: If ``obj`` is not JSON-serialisable.
         OSError: If the file cannot be written.
     """
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, to_json(obj) + "\n")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

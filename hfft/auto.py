@@ -85,6 +85,7 @@ from hfft.auto_rule import (
     rate,
 )
 from hfft.runners import HFRunner, Runner, SGDRunner
+from hfft.snapshot import snapshot
 
 if TYPE_CHECKING:
     from torch import nn
@@ -220,10 +221,6 @@ class AutoRunner(Runner):
         self._next_check = math.inf
         self._trial: dict[str, Any] | None = None
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        """Parameters and buffers, copied, for rolling a probe or a trial back."""
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-
     def _slowest(self, seconds: float) -> float:
         """Data-parallel: the slowest rank's seconds, so every rank decides alike."""
         return distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
@@ -306,7 +303,7 @@ class AutoRunner(Runner):
         if not slowed:
             return
         # SGD restarts from HF's parameters: fresh momentum, its window on a new B̄
-        saved = self._snapshot()
+        saved = snapshot(self.model)
         eval_batch = self.hf.draw()[1]
         self.sgd.opt.state.clear()
         self.phase = "trial"
@@ -366,9 +363,13 @@ class AutoRunner(Runner):
     def _probe(self, fraction: float) -> dict[str, Any]:
         assert self._window is not None
         batches, f_start = self._window
-        saved = self._snapshot()
+        saved = snapshot(self.model)
         start = self._now()
-        record = self.hf.take(batches, fraction)
+        try:
+            record = self.hf.take(batches, fraction)
+        except BaseException:  # interrupted or failed inside the probe: it was never accepted
+            self.model.load_state_dict(saved)
+            raise
         hf_seconds = self._now() - start
         f_now, f_after = _finite(record["loss_before"]), _finite(record["loss_after"])
         measurement = ProbeMeasurement(
@@ -410,6 +411,14 @@ class AutoRunner(Runner):
 
     def hyper(self) -> dict[str, float]:
         return self.hf.hyper() if self.phase == "hf" else self.sgd.hyper()
+
+    def settle(self) -> None:
+        """A trial in progress was never accepted: put HF's parameters back."""
+        if self._trial is not None:
+            self.model.load_state_dict(self._trial["saved"])
+            self._trial = None
+            self.phase = "hf"
+            self.sgd.diverged = self.diverged = False
 
     def report(self) -> dict[str, Any]:
         return {

@@ -128,7 +128,8 @@ def parse_budget(text: str) -> Budget:
     """A :class:`Budget` from ``10%``, ``600s``/``10m``/``1h``, ``200steps`` or ``3epochs``.
 
     Units may be separated from the number by spaces and be singular
-    (``1 step``, ``1 epoch``); durations are as in :func:`parse_duration`.
+    (``1 step``, ``1 epoch``); durations are as in :func:`parse_duration`,
+    except that a bare number is refused: ``10`` could mean any unit.
 
     Args:
         text: The budget as typed on the command line.
@@ -140,6 +141,11 @@ def parse_budget(text: str) -> Budget:
         ValueError: If the text is not a budget, or the amount is not positive
             and finite (or not whole, for steps).
     """
+    if _PLAIN.fullmatch(text) is not None:
+        raise ValueError(
+            f"budget {text!r} has no unit; write {text.strip()}% (of the training time), "
+            f"{text.strip()}s, {text.strip()}steps or {text.strip()}epochs"
+        )
     kind, value = "seconds", _duration_seconds(text)
     for unit, pattern in (("percent", _PERCENT), ("steps", _STEPS), ("epochs", _EPOCHS)):
         match = pattern.fullmatch(text)

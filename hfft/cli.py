@@ -25,6 +25,8 @@ from hfft._cli_common import (
     ModelArgOpt,
     ModelOpt,
     MomentumOpt,
+    OneLineErrors,
+    OverwriteOpt,
     QuietOpt,
     SeedOpt,
     TrainTimeOpt,
@@ -32,6 +34,7 @@ from hfft._cli_common import (
     check_out_dir,
     data_parallel,
     fail,
+    note,
     print_json,
     resolve_device,
     source_spec,
@@ -45,6 +48,7 @@ app = typer.Typer(
     help="Hessian-free fine-tuning of SGD checkpoints, and the SGD baselines to compare it with.",
     no_args_is_help=True,
     add_completion=False,
+    cls=OneLineErrors,
     pretty_exceptions_enable=False,
 )
 
@@ -106,6 +110,7 @@ def train(
     augment: Annotated[bool, typer.Option(help="Random crops (and flips where valid).")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model with SGD, keeping evenly spaced checkpoints and a run manifest.
@@ -149,6 +154,7 @@ def train(
             seed=seed,
             device=dev,
             augment=augment,
+            overwrite=overwrite,
         )
         from hfft.render import training_progress
 
@@ -198,6 +204,7 @@ def finetune(
     eval_points: EvalPointsOpt = 20,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -239,11 +246,12 @@ def finetune(
             eval_points=eval_points,
             seed=seed,
             device=dev,
+            overwrite=overwrite,
         )
         from hfft.render import finetune_progress
 
         with finetune_progress(label, quiet or as_json) as on_progress:
-            result = run_finetune(config, on_progress=on_progress)
+            result = run_finetune(config, on_progress=on_progress, on_note=note)
     if as_json:
         print_json(result_dict(result))
     elif not quiet:
@@ -287,6 +295,7 @@ def compare(
     eval_batch_size: EvalBatchOpt = None,
     eval_points: EvalPointsOpt = 20,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -317,11 +326,12 @@ def compare(
             source=source_spec(
                 model, model_arg, data, data_root, download, train_time, lr, batch_size
             ),
+            overwrite=overwrite,
         )
         from hfft.render import compare_progress
 
         with compare_progress(quiet or as_json) as on_run:
-            result = run_compare(config, on_run=on_run)
+            result = run_compare(config, on_run=on_run, on_note=note)
     if as_json:
         print_json(result.summary)
     elif not quiet:
@@ -344,6 +354,8 @@ def result_dict(result: Any) -> dict[str, Any]:
         "final": result.final,
         "best": result.best,
         "metrics": str(result.metrics_path),
+        "files": list(result.files),
+        "missing": result.missing,
     }
 
 

@@ -12,6 +12,7 @@ an interrupted compare loses at most the run in progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hfft import distributed
-from hfft._io import atomic_write_json
+from hfft._io import atomic_write_json, sha256_file, to_json
+from hfft.interrupts import Interrupted
+from hfft.limits import check
 from hfft.source import SourceSpec
 
 __all__ = [
@@ -51,12 +54,14 @@ class CompareConfig:
     eval_batch_size: int | None = None
     device: str = "cpu"
     source: SourceSpec = field(default_factory=SourceSpec)
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("compare needs at least one checkpoint")
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be a positive integer, got {self.seeds}")
+        check("seeds", self.seeds)
+        check("eval_points", self.eval_points)
+        check("eval_batch_size", self.eval_batch_size)
 
 
 @dataclass(frozen=True)
@@ -118,57 +123,186 @@ def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, 
     return order
 
 
-def _reusable(metrics_path: Path, expected: dict[str, Any], sha256: str) -> dict[str, Any] | None:
-    if not metrics_path.is_file():
-        return None
+def _reuse_check(run_dir: Path, key: dict[str, Any], sha256: str) -> tuple[Any, str | None]:
+    """A finished run's ``metrics.json`` if it can be reused, else why it is redone.
+
+    Reused only if ``metrics.json`` is an object of this run's configuration
+    and checkpoint, the run completed (or diverged), it reads as a run
+    summary, and every weight file it lists is there with its recorded
+    SHA-256. ``(None, None)`` when the run never started.
+    """
+    from hfft.finetune import same_finetune_run
+    from hfft.run_summary import RunSummary
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None, None
     try:
-        log = json.loads(metrics_path.read_text())
+        log = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return None, "its metrics.json is not readable JSON"
+    if not isinstance(log, dict):
+        return None, "its metrics.json is not a JSON object"
     if log.get("status") not in ("completed", "diverged"):
-        return None
-    if log.get("config") != expected or log.get("source", {}).get("sha256") != sha256:
-        return None
-    return log
+        return None, f"it had not finished (status {log.get('status')!r})"
+    if not same_finetune_run(run_dir, key):
+        return None, "it was run with another configuration"
+    if not isinstance(log.get("source"), dict) or log["source"].get("sha256") != sha256:
+        return None, "it started from another version of the checkpoint"
+    try:
+        RunSummary.from_metrics("", 0, log)
+    except (ValueError, TypeError, AttributeError) as err:
+        return None, f"its metrics.json is incomplete ({err})"
+    return log, _weights_check(run_dir, log.get("files"))
+
+
+def _weights_check(run_dir: Path, files: Any) -> str | None:
+    """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
+    if not isinstance(files, dict) or "final.safetensors" not in files:
+        return "its metrics.json records no hash of final.safetensors"
+    for name, digest in files.items():
+        path = run_dir / str(name)
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded SHA-256 (changed or truncated)"
+    return None
+
+
+#: The settings that make the runs of two comparisons different runs.
+RUN_SETTINGS = ("budget", "eval_points", "eval_batch_size", "device", "source")
+
+
+def _same_comparison(out: Path, config: CompareConfig) -> bool:
+    """Whether ``out`` holds a comparison whose runs this one may reuse or extend."""
+    try:
+        stored = json.loads((out / "compare.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return False
+    mine = json.loads(json.dumps(dataclasses.asdict(config)))
+    return isinstance(stored, dict) and all(stored.get(k) == mine[k] for k in RUN_SETTINGS)
+
+
+def _claim(out: Path, config: CompareConfig) -> None:
+    """Check that ``out`` may hold this comparison (or is emptied, with ``--overwrite``).
+
+    Raises:
+        FolderTaken: If it holds another comparison's or another program's files.
+    """
+    from hfft.outdir import FolderTaken, check_owner, clean_stale, clear
+
+    try:
+        owner = check_owner(out, lambda d: _same_comparison(d, config), config.overwrite)
+    except FolderTaken:
+        raise FolderTaken(
+            f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
+            "or checkpoint options differ) or other files; choose another --out, or pass "
+            "--overwrite to replace them"
+        ) from None
+    clean_stale(out)
+    if owner == "overwrite":
+        clear(out)
+
+
+def _load_sources(config: CompareConfig, strategies: list[str] | None) -> tuple[list, list[str]]:
+    """Every checkpoint loaded, and the strategies checked against each one's data."""
+    from hfft.runners import check_strategy
+    from hfft.strategies import parse_strategy
+
+    sources = []
+    for path in config.checkpoints:
+        src = config.source.load(path, config.device)
+        sources.append((src, copy.deepcopy(src.model.state_dict())))
+    labels = strategies or default_strategies(sources[0][0].splits.num_train)
+    for src, _ in sources:
+        for label in labels:
+            check_strategy(
+                parse_strategy(label),
+                src.splits.num_train,
+                lr=src.lr,
+                batch_size=src.batch_size,
+                eval_batch_size=config.eval_batch_size,
+            )
+    return sources, labels
 
 
 def compare(
     config: CompareConfig,
     on_run: Callable[[int, int, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> CompareResult:
     """Run (or reuse) every checkpoint × strategy × seed and rank the strategies.
+
+    Every checkpoint is loaded and every strategy checked against its data
+    before the first run starts. The output folder is locked for the
+    comparison and must hold this comparison (same budget, evaluation points,
+    B̄ size, device and checkpoint options; checkpoints, strategies and seeds
+    may be added) or nothing, unless ``config.overwrite``. A finished run is
+    reused only after its files are verified; one that fails is run again,
+    with a note saying why.
 
     Args:
         config: The comparison.
         on_run: Called as ``on_run(index, total, description)`` before each run.
+        on_note: Called with one sentence for each run that is redone and why.
 
     Returns:
         The :class:`CompareResult`; ``compare.json`` and the plots are in
         ``config.out``.
 
     Raises:
-        ValueError: For malformed strategies or budgets (before anything runs).
+        ValueError: For malformed strategies or budgets, strategies that do
+            not fit a checkpoint's data, or an output folder that holds
+            another comparison (before anything runs).
+        Interrupted: On Ctrl-C or SIGTERM, once the run in progress has saved
+            what it had; finished runs are kept and a rerun resumes.
     """
     from hfft.budget import parse_budget
-    from hfft.finetune import FinetuneConfig, finetune
-    from hfft.plots import plot_budget_curves, plot_relative_performance
-    from hfft.ranking import RunSummary, compare_summary, relative_performance
+    from hfft.outdir import locked_folder
     from hfft.strategies import parse_strategy
 
     parse_budget(config.budget)
     given = [parse_strategy(s).label for s in config.strategies or ()]
-    paths = [Path(p) for p in config.checkpoints]
-    keys = _checkpoint_keys(paths)
+    sources, strategies = _load_sources(config, given)
     out = Path(config.out)
-    sources = []
-    for path in paths:
-        src = config.source.load(path, config.device)
-        sources.append((src, copy.deepcopy(src.model.state_dict())))
-    strategies = given or default_strategies(sources[0][0].splits.train_x.shape[0])
+    main = distributed.is_main()  # data-parallel: rank 0 alone writes
+    with locked_folder(out) if main else contextlib.nullcontext():
+        if main:
+            _claim(out, config)
+            header = {"status": "running", **_header(config, strategies)}
+            atomic_write_json(out / "compare.json", header)
+        try:
+            runs, ran, reused = _run_all(config, sources, strategies, on_run, on_note)
+            return _summarise(config, strategies, runs, ran, reused)
+        except KeyboardInterrupt as err:
+            raise Interrupted.after(
+                err, f"the finished runs are kept in {out} (rerun the same command to resume)"
+            ) from None
+
+
+def _header(config: CompareConfig, strategies: list[str]) -> dict[str, Any]:
+    return {
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "strategies": strategies,
+    }
+
+
+def _run_all(
+    config: CompareConfig,
+    sources: list,
+    strategies: list[str],
+    on_run: Callable[[int, int, str], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> tuple[list[Any], int, int]:
+    """Every run in :func:`run_order`, reused where verified; the summaries in listing order."""
+    from hfft.finetune import FinetuneConfig, finetune
+    from hfft.ranking import RunSummary
+
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    out = Path(config.out)
     reused = ran = 0
     done: dict[tuple[int, int, int], RunSummary] = {}
     order = run_order(len(keys), len(strategies), config.seeds)
-    total = len(order)
     for index, (c, k, seed) in enumerate(order, start=1):
         (src, state), key, label = sources[c], keys[c], strategies[k]
         run_dir = run_directory(out, key, label, seed)
@@ -182,35 +316,44 @@ def compare(
             seed=seed,
             device=config.device,
             source=config.source,
+            overwrite=True,  # compare owns its folder (checked in _claim)
         )
-        expected = json.loads(json.dumps(dataclasses.asdict(ft)))
         # data-parallel: rank 0 (which wrote the files) decides what to reuse
-        log = distributed.broadcast_object(
-            _reusable(run_dir / "metrics.json", expected, src.sha256)
-            if distributed.is_main()
-            else None
+        log, why = distributed.broadcast_object(
+            _reuse_check(run_dir, ft.key(), src.sha256) if distributed.is_main() else None
         )
-        if log is None:
+        if why is not None and on_note is not None:
+            on_note(f"running {key} {label} seed {seed} again: {why}")
+        if log is None or why is not None:
             if on_run is not None:
-                on_run(index, total, f"{key} {label} seed {seed}")
+                on_run(index, len(order), f"{key} {label} seed {seed}")
             src.model.load_state_dict(state)
             # as it was written (JSON types), also on ranks that wrote nothing
-            log = json.loads(json.dumps(finetune(ft, source=src).log))
+            log = json.loads(to_json(finetune(ft, source=src).log))
             ran += 1
         else:
             reused += 1
         done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
-    runs = [done[i] for i in sorted(done)]  # checkpoint, strategy, seed: as listed
+    return [done[i] for i in sorted(done)], ran, reused  # checkpoint, strategy, seed: as listed
 
+
+def _summarise(
+    config: CompareConfig, strategies: list[str], runs: list[Any], ran: int, reused: int
+) -> CompareResult:
+    """Rank, plot and write ``compare.json``."""
+    from hfft.plots import plot_budget_curves, plot_relative_performance
+    from hfft.ranking import compare_summary, relative_performance
+
+    out = Path(config.out)
     summary = compare_summary(runs)
-    summary["config"] = json.loads(json.dumps(dataclasses.asdict(config)))
-    summary["strategies"] = strategies
+    summary.update(_header(config, strategies))
     summary["runs"] = [
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}
         for r in runs
     ]
     if not distributed.is_main():
         return CompareResult(summary, out / "compare.json", [], reused, ran)
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
     plots = [
         plot_budget_curves(
             [r for r in runs if r.checkpoint == key], out / f"curves-{key}.png", checkpoint=key
@@ -225,6 +368,7 @@ def compare(
                 plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)
             )
     summary["plots"] = [str(p) for p in plots]
+    summary["status"] = "completed"
     compare_json = out / "compare.json"
     atomic_write_json(compare_json, summary)
     return CompareResult(summary, compare_json, plots, reused, ran)

@@ -1,8 +1,9 @@
-"""Fine-tune a checkpoint with one strategy under one budget (SPEC §2, §4, §5).
+"""Fine-tune a checkpoint with one strategy under one budget.
 
 The loop reads top to bottom:
 
-1. load the checkpoint into its model with its data split and hyperparameters;
+1. load the checkpoint into its model with its data split and hyperparameters,
+   and check the strategy against the data — before anything is written;
 2. evaluate at budget fraction 0;
 3. take steps while the budget lasts — the clock runs only inside a step —
    and evaluate (clock paused) whenever the spent fraction passes the next of
@@ -10,35 +11,52 @@ The loop reads top to bottom:
 4. evaluate at the end; write ``final.safetensors``, ``best.safetensors``
    (best validation accuracy, never test) and ``metrics.json``.
 
-Everything is written atomically. Ctrl-C ends the run cleanly: what exists is
-written and the status is ``"interrupted"``. An SGD step with a non-finite loss
-is not applied and ends the run as ``"diverged"``; HF rejects such steps itself.
+The files are written into a staging folder and swapped into ``--out`` at the
+end (:class:`hfft.outdir.RunFolder`), so the folder holds exactly one run's
+files. What is written describes what is saved:
+
+* Ctrl-C or SIGTERM inside a step puts back the weights from before that step
+  (a trial point of HF's line search is never saved); the run evaluates the
+  saved weights (off the clock), writes its files with status
+  ``"interrupted"`` while further signals wait, and raises
+  :class:`hfft.interrupts.Interrupted`.
+* A strategy that diverges (a non-finite loss) ends with status
+  ``"diverged"``, and its final weights are the last ones whose loss was
+  finite; ``best`` is never an evaluation with a non-finite loss.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hfft import distributed
-from hfft._io import atomic_write_json
+from hfft._io import atomic_write_json, sha256_file
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
+from hfft.interrupts import Interrupted, signals_held
+from hfft.limits import check
+from hfft.outdir import RunFolder
+from hfft.snapshot import StepHistory
 from hfft.source import SourceSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from hfft.budget import BudgetClock
+    from hfft.runners import Runner
     from hfft.source import Source
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "same_finetune_run"]
 
 SCHEMA_VERSION = 1
+WEIGHT_FILES = ("final.safetensors", "best.safetensors")
 
 
 @dataclass(frozen=True)
@@ -54,11 +72,32 @@ class FinetuneConfig:
     eval_points: int = 20
     seed: int = 0
     device: str = "cpu"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check("eval_batch_size", self.eval_batch_size)
+        check("eval_points", self.eval_points)
+        check("seed", self.seed)
+
+    def key(self) -> dict[str, Any]:
+        """What makes two runs the same run: the config without where it goes.
+
+        As JSON types, as ``metrics.json`` stores it under ``config``.
+        """
+        data = json.loads(json.dumps(asdict(self)))
+        for name in ("out", "overwrite"):
+            data.pop(name)
+        return data
 
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """How the run ended and where its files are."""
+    """How the run ended and where its files are.
+
+    Attributes:
+        files: The files written into ``out`` (names).
+        missing: Weight files not written, with the reason.
+    """
 
     out: Path
     status: str
@@ -70,6 +109,20 @@ class FinetuneResult:
     best: dict[str, Any]
     metrics_path: Path
     log: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a run of the configuration ``key`` (its ``metrics.json``)."""
+    try:
+        log = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(log, dict) or not isinstance(log.get("config"), dict):
+        return False
+    stored = {k: v for k, v in log["config"].items() if k not in ("out", "overwrite")}
+    return bool(stored == key)
 
 
 def _finite_state(model: torch.nn.Module) -> bool:
@@ -78,14 +131,222 @@ def _finite_state(model: torch.nn.Module) -> bool:
     )
 
 
+def _finite_losses(entry: dict[str, Any]) -> bool:
+    return all(
+        isinstance(v, (int, float)) and math.isfinite(v)
+        for k, v in entry.items()
+        if k.endswith("_loss")
+    )
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("fraction", "seconds", "step", "valid_accuracy", "test_accuracy", "train_eval_loss")
+    return {k: entry[k] for k in keys if k in entry}
+
+
+class _Run:
+    """One run's state between the steps: the log, the best point, the files."""
+
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        src: Source,
+        runner: Runner,
+        clock: BudgetClock,
+        out: Path,
+        on_progress: Callable[[float, dict[str, Any]], None] | None,
+    ) -> None:
+        from hfft.strategies import parse_strategy
+        from hfft.train import versions
+
+        self.model, self.splits, self.runner, self.clock = src.model, src.splits, runner, clock
+        self.device = next(self.model.parameters()).device
+        self.out, self.on_progress = out, on_progress
+        self.main = distributed.is_main()  # data-parallel: rank 0 alone writes
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.best: dict[str, Any] = {}
+        self.files: dict[str, str] = {}
+        self.stepping = False  # inside a step: its trial weights are not yet accepted
+        label = parse_strategy(config.strategy).label
+        self.log: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "hfft-finetune",
+            "status": "running",
+            "config": asdict(config),
+            "strategy": label,
+            "budget": {
+                "kind": clock.budget.kind,
+                "limit": clock.budget.value,
+                "requested": config.budget,
+            },
+            "source": src.describe(),
+            "versions": versions(),
+            "device": str(self.device),
+            "world_size": distributed.world_size(),
+            "seed": config.seed,
+            # one-time setup outside the clock (HF: tracing the linearisation)
+            "setup_seconds": runner.setup_seconds,
+            "evaluations": [],
+            "steps": [],
+            "initial": {},
+            "final": {},
+            "best": {},
+        }
+        self.meta = {
+            "model": src.model_name,
+            "model_args": src.model_args,
+            "data": src.data_name,
+            "data_seed": src.data_seed,
+            "num_classes": self.splits.num_classes,
+            "in_channels": self.splits.in_channels,
+            "input_size": self.splits.input_size,
+            "lr": src.lr,
+            "batch_size": src.batch_size,
+            "momentum": src.momentum,
+            "weight_decay": src.weight_decay,
+            "source_checkpoint": str(src.path),
+            "source_sha256": src.sha256,
+            "strategy": label,
+            "hfft_version": __version__,
+        }
+
+    def measure(self) -> dict[str, Any]:
+        """The metrics of the current weights, as an evaluation entry (clock paused)."""
+        metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
+        return {
+            "fraction": self.clock.fraction,
+            "seconds": self.clock.seconds,
+            "step": self.clock.steps,
+            "epochs": self.clock.epochs,
+            **self.runner.hyper(),
+            **metrics,
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate at an evaluation point; keep the weights if they are the best so far."""
+        entry = self.measure()
+        self.log["evaluations"].append(entry)
+        self.runner.observe(entry)
+        acc = entry.get("valid_accuracy", -math.inf)
+        healthy = _finite_losses(entry) and _finite_state(self.model)
+        if healthy and acc > self.best.get("valid_accuracy", -math.inf):
+            self.best = dict(entry)
+            self._save("best.safetensors", entry)
+        if self.on_progress is not None:
+            self.on_progress(self.clock.fraction, entry)
+        return entry
+
+    def _save(self, name: str, entry: dict[str, Any]) -> None:
+        if self.main:
+            save_checkpoint(self.out / name, _cpu_state(self.model), {**self.meta, **_brief(entry)})
+            self.files[name] = sha256_file(self.out / name)
+
+    def loop(self, points: list[float], history: StepHistory) -> str:
+        """Steps until the budget is spent; the status they end with."""
+        clock, runner = self.clock, self.runner
+        next_point = 1
+        while not clock.exhausted:
+            history.save()
+            self.stepping = True
+            clock.resume()
+            record = runner.step(clock.fraction)
+            with signals_held():  # the step counts once it is logged, and not before
+                clock.pause()
+                clock.step_done(runner.samples)
+                self.log["steps"].append(record)
+                self.stepping = False
+            if distributed.is_distributed():  # the slowest rank's clock, so all stop together
+                clock.synchronize(distributed.all_reduce_max(clock.seconds, self.device))
+            record["seconds"] = clock.seconds
+            if runner.diverged:
+                return "diverged"
+            if self.on_progress is not None:
+                self.on_progress(clock.fraction, record)
+            crossed = next_point
+            while next_point < len(points) - 1 and clock.fraction >= points[next_point]:
+                next_point += 1
+            if next_point > crossed:
+                self.evaluate()
+        return "completed"
+
+    def finish(self, status: str, final: dict[str, Any]) -> None:
+        """Write ``final.safetensors`` and ``metrics.json``; signals wait until both exist."""
+        with signals_held():
+            self.log["status"] = status
+            self.log.update(self.runner.report())
+            self.log["final"], self.log["best"] = final, dict(self.best)
+            self.log["spent"] = {
+                "seconds": self.clock.seconds,
+                "steps": self.clock.steps,
+                "epochs": self.clock.epochs,
+                "fraction": self.clock.fraction,
+            }
+            if _finite_state(self.model):
+                self._save("final.safetensors", final)
+            self.log["files"] = dict(self.files)
+            if self.main:
+                atomic_write_json(self.out / "metrics.json", self.log)
+
+    def result(self, out: Path) -> FinetuneResult:
+        missing = {
+            name: "the weights were not finite"
+            if name == "final.safetensors"
+            else "no evaluation had finite losses"
+            for name in WEIGHT_FILES
+            if name not in self.files
+        }
+        return FinetuneResult(
+            out,
+            self.log["status"],
+            self.clock.steps,
+            self.clock.seconds,
+            self.clock.fraction,
+            self.log["initial"],
+            self.log["final"],
+            dict(self.best),
+            out / "metrics.json",
+            self.log,
+            tuple([*self.files, "metrics.json"]),
+            missing,
+        )
+
+
+def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
+    """Put the last accepted weights back and measure them (clock paused).
+
+    A second interrupt while measuring leaves ``final`` empty: the files are
+    still written, and nothing in them claims numbers it does not have.
+    """
+    if run.clock.running:
+        run.clock.pause()
+    if run.stepping:
+        history.restore_current()
+    run.runner.settle()
+    last = run.log["evaluations"][-1] if run.log["evaluations"] else None
+    if last is not None and last["step"] == run.clock.steps:
+        return dict(last)
+    try:
+        return run.measure()
+    except KeyboardInterrupt:
+        return {}
+
+
+def _final_after_divergence(run: _Run, history: StepHistory) -> dict[str, Any]:
+    """Go back to the last weights whose loss was finite, and measure them."""
+    if not history.restore_previous():
+        history.restore_current()
+    return run.measure()
 
 
 def finetune(
     config: FinetuneConfig,
     source: Source | None = None,
     on_progress: Callable[[float, dict[str, Any]], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
     """Run one strategy from a checkpoint under a budget and write its outputs.
 
@@ -95,34 +356,36 @@ def finetune(
         on_progress: Called as ``on_progress(fraction, info)`` after every step
             (with its record) and every evaluation (with its entry), for progress
             bars and for ``auto``'s switch line.
+        on_note: Called with one sentence for what the user should know
+            (a checkpoint cast to another precision, an earlier run replaced).
 
     Returns:
-        The :class:`FinetuneResult`. On ``KeyboardInterrupt`` the outputs are
-        written with status ``"interrupted"`` and the interrupt is re-raised.
+        The :class:`FinetuneResult`.
 
     Raises:
+        Interrupted: On Ctrl-C or SIGTERM, after the outputs were written with
+            status ``"interrupted"``.
         ValueError: For a malformed strategy or budget, an unknown training
-            time with a percentage budget, or batches that do not fit the data.
+            time with a percentage budget, batches that do not fit the data,
+            or an output folder that holds another run's files — all before
+            anything is written.
     """
     from hfft.budget import BudgetClock, evaluation_fractions, parse_budget, resolve_budget
     from hfft.runners import make_runner
     from hfft.strategies import parse_strategy
-    from hfft.train import versions
 
     strategy = parse_strategy(config.strategy)
     budget = parse_budget(config.budget)
-    if config.eval_points < 1:
-        raise ValueError(f"eval points must be a positive integer, got {config.eval_points}")
     src = source or config.source.load(config.checkpoint, config.device)
+    for note in src.notes if source is None and on_note is not None else ():
+        on_note(note)
     budget = resolve_budget(budget, src.train_seconds)
-    model, splits = src.model, src.splits
-    device = next(model.parameters()).device
     torch.manual_seed(config.seed)
     points = evaluation_fractions(config.eval_points)
     runner = make_runner(
         strategy,
-        model,
-        splits,
+        src.model,
+        src.splits,
         lr=src.lr,
         batch_size=src.batch_size,
         momentum=src.momentum,
@@ -131,142 +394,44 @@ def finetune(
         evaluations=len(points),
         seed=config.seed,
     )
+    device = next(src.model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    clock = BudgetClock(budget, train_size=splits.train_x.shape[0], sync=sync)
+    clock = BudgetClock(budget, train_size=src.splits.num_train, sync=sync)
     out = Path(config.out)
-    main = distributed.is_main()  # data-parallel: rank 0 alone writes
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    if not distributed.is_main():  # data-parallel: rank 0 alone writes
+        return _run(config, src, runner, clock, out, points, on_progress)
+    key = config.key()
+    with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
+        if folder.note is not None and on_note is not None:
+            on_note(folder.note)
+        try:
+            result = _run(config, src, runner, clock, folder.staging, points, on_progress)
+        except Interrupted as err:
+            folder.commit()
+            raise Interrupted.after(err, f"what was finished is saved in {out}") from None
+        folder.commit()
+    # the paths in the committed folder instead of the staging one
+    return replace(result, out=out, metrics_path=out / "metrics.json")
 
-    log: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "hfft-finetune",
-        "status": "running",
-        "config": asdict(config),
-        "strategy": strategy.label,
-        "budget": {"kind": budget.kind, "limit": budget.value, "requested": config.budget},
-        "source": src.describe(),
-        "versions": versions(),
-        "device": str(device),
-        "world_size": distributed.world_size(),
-        "seed": config.seed,
-        # one-time setup outside the clock (HF: tracing the linearisation)
-        "setup_seconds": runner.setup_seconds,
-        "evaluations": [],
-        "steps": [],
-        "initial": {},
-        "final": {},
-        "best": {},
-    }
-    meta = {
-        "model": src.model_name,
-        "model_args": src.model_args,
-        "data": src.data_name,
-        "data_seed": src.data_seed,
-        "num_classes": splits.num_classes,
-        "in_channels": splits.in_channels,
-        "input_size": splits.input_size,
-        "lr": src.lr,
-        "batch_size": src.batch_size,
-        "momentum": src.momentum,
-        "weight_decay": src.weight_decay,
-        "source_checkpoint": str(src.path),
-        "source_sha256": src.sha256,
-        "strategy": strategy.label,
-        "hfft_version": __version__,
-    }
-    best: dict[str, Any] = {}
-    next_point = 0
 
-    def evaluate() -> dict[str, float]:
-        metrics = evaluate_splits(model, splits, loss_fn)
-        entry = {
-            "fraction": clock.fraction,
-            "seconds": clock.seconds,
-            "step": clock.steps,
-            "epochs": clock.epochs,
-            **runner.hyper(),
-            **metrics,
-        }
-        log["evaluations"].append(entry)
-        runner.observe(metrics)
-        acc = metrics.get("valid_accuracy", -math.inf)
-        if acc > best.get("valid_accuracy", -math.inf) and _finite_state(model):
-            best.clear()
-            best.update(entry)
-            if main:
-                save_checkpoint(
-                    out / "best.safetensors", _cpu_state(model), {**meta, **_brief(entry)}
-                )
-        if on_progress is not None:
-            on_progress(clock.fraction, entry)
-        return metrics
-
-    def finish(status: str) -> FinetuneResult:
-        log["status"] = status
-        log.update(runner.report())
-        final = log["evaluations"][-1] if log["evaluations"] else {}
-        log["final"] = final
-        log["best"] = dict(best)
-        log["spent"] = {
-            "seconds": clock.seconds,
-            "steps": clock.steps,
-            "epochs": clock.epochs,
-            "fraction": clock.fraction,
-        }
-        metrics_path = out / "metrics.json"
-        if main:
-            if _finite_state(model):
-                save_checkpoint(
-                    out / "final.safetensors", _cpu_state(model), {**meta, **_brief(final)}
-                )
-            atomic_write_json(metrics_path, log)
-        return FinetuneResult(
-            out,
-            status,
-            clock.steps,
-            clock.seconds,
-            clock.fraction,
-            log["initial"],
-            final,
-            dict(best),
-            metrics_path,
-            log,
-        )
-
-    status = "completed"
+def _run(
+    config: FinetuneConfig,
+    src: Source,
+    runner: Runner,
+    clock: BudgetClock,
+    out: Path,
+    points: list[float],
+    on_progress: Callable[[float, dict[str, Any]], None] | None,
+) -> FinetuneResult:
+    """The run itself, writing into ``out``."""
+    run = _Run(config, src, runner, clock, out, on_progress)
+    history = StepHistory(run.model)
     try:
-        log["initial"] = evaluate()
-        next_point = 1
-        while not clock.exhausted:
-            clock.resume()
-            record = runner.step(clock.fraction)
-            clock.pause()
-            clock.step_done(runner.samples)
-            if distributed.is_distributed():  # the slowest rank's clock, so all stop together
-                clock.synchronize(distributed.all_reduce_max(clock.seconds, device))
-            record["seconds"] = clock.seconds
-            log["steps"].append(record)
-            if runner.diverged:
-                status = "diverged"
-                break
-            if on_progress is not None:
-                on_progress(clock.fraction, record)
-            crossed = next_point
-            while next_point < len(points) - 1 and clock.fraction >= points[next_point]:
-                next_point += 1
-            if next_point > crossed:
-                evaluate()
-        evaluate()
-    except KeyboardInterrupt:
-        if clock.running:
-            clock.pause()
-        finish("interrupted")
-        raise
-    return finish(status)
-
-
-def _brief(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("fraction", "seconds", "step", "valid_accuracy", "test_accuracy", "train_eval_loss")
-    return {k: entry[k] for k in keys if k in entry}
+        run.log["initial"] = run.evaluate()
+        status = run.loop(points, history)
+        final = _final_after_divergence(run, history) if status == "diverged" else run.evaluate()
+    except KeyboardInterrupt as err:
+        run.finish("interrupted", _final_after_interrupt(run, history))
+        raise Interrupted.after(err, f"what was finished is saved in {out}") from None
+    run.finish(status, final)
+    return run.result(out)

@@ -282,24 +282,48 @@ class HessianFree(torch.optim.Optimizer):
 
         Returns:
             The :class:`StepRecord` of this step.
-        """
-        with step_mode(model, self.defaults["model_mode"]), fp32_precision(self.defaults["tf32"]):
-            return self._step(
-                model, loss_fn, batch, eval_batch if eval_batch is not None else batch
-            )
 
-    def _step(self, model: nn.Module, loss_fn: Loss, batch: Batch, eval_batch: Batch) -> StepRecord:
-        hp = self.defaults
+        The parameters are only ever left at θ or at the accepted θ + αp: on
+        any exception inside the step (also ``KeyboardInterrupt``), the
+        trial points written for the B̄ evaluations are undone and θ is put
+        back before the exception propagates.
+        """
         params = self._params()
+        with torch.no_grad():
+            theta = torch.cat([p.detach().reshape(-1) for p in params])
+        try:
+            with (
+                step_mode(model, self.defaults["model_mode"]),
+                fp32_precision(self.defaults["tf32"]),
+            ):
+                return self._step(
+                    model,
+                    loss_fn,
+                    batch,
+                    eval_batch if eval_batch is not None else batch,
+                    params,
+                    theta,
+                )
+        except BaseException:
+            self._write(params, theta)
+            raise
+
+    def _step(
+        self,
+        model: nn.Module,
+        loss_fn: Loss,
+        batch: Batch,
+        eval_batch: Batch,
+        params: list[Tensor],
+        theta: Tensor,
+    ) -> StepRecord:
+        hp = self.defaults
         g_state = self._global()
         step_no = int(g_state.get("step", 0)) + 1
         g_state["step"] = step_no
         lam = float(g_state.get("damping", hp["damping"]))
         reduction = loss_reduction(loss_fn)
         timer = Timer(params[0].device)
-
-        with torch.no_grad():
-            theta = torch.cat([p.detach().reshape(-1) for p in params])
         wd = self._wd_vector(params)
 
         def l2(flat: Tensor) -> float:

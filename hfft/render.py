@@ -153,7 +153,9 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
             _fmt(key, result.best.get(key)),
         )
     console.print(table)
-    console.print(f"outputs in {result.out}: final.safetensors, best.safetensors, metrics.json")
+    console.print(f"outputs in {result.out}: {', '.join(result.files)}")
+    for name, why in result.missing.items():
+        console.print(f"no {name}: {why}")
 
 
 @contextlib.contextmanager

@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
     Batch = tuple[Tensor, Tensor]
 
-__all__ = ["HFRunner", "Runner", "SGDRunner", "make_runner"]
+__all__ = [
+    "HFRunner",
+    "Runner",
+    "SGDRunner",
+    "check_strategy",
+    "hf_batch_sizes",
+    "make_runner",
+]
 
 DEFAULT_M = 2048
 DEFAULT_EVAL_BATCH = 1024
@@ -56,6 +63,14 @@ class Runner:
         """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
         return {}
 
+    def settle(self) -> None:
+        """Undo what is still on trial across steps, when a run ends early.
+
+        A runner's :meth:`step` leaves the model at accepted weights when it
+        raises; a strategy whose trials span several steps (``auto``) puts
+        its last accepted weights back here.
+        """
+
 
 class SGDRunner(Runner):
     """SGD with one of the four learning-rate strategies of the paper (§3.2)."""
@@ -79,9 +94,7 @@ class SGDRunner(Runner):
         self.base_lr = float(opts.get("lr", lr))
         self.batch_size = int(opts.get("batch_size", batch_size))
         momentum = float(opts.get("momentum", momentum))
-        n = splits.train_x.shape[0]
-        if self.batch_size > n:
-            raise ValueError(f"batch size {self.batch_size} exceeds the {n} training samples")
+        check_sgd_batch(self.batch_size, splits.train_x.shape[0])
         self.model, self.splits = model, splits
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(
@@ -166,19 +179,7 @@ class HFRunner(Runner):
 
         opts = dict(strategy.options)
         n = splits.train_x.shape[0]
-        explicit_m = "m" in opts
-        self.m = int(opts.pop("m", min(DEFAULT_M, n // 2)))
-        if eval_batch_size is None:
-            self.m_bar = min(DEFAULT_EVAL_BATCH, n - self.m)
-        else:
-            self.m_bar = eval_batch_size
-        if self.m < 1 or self.m_bar < 1 or self.m + self.m_bar > n:
-            where = "m" if explicit_m else "the default m"
-            raise ValueError(
-                f"HF needs two disjoint batches, B of {where}={self.m} and B̄ of {self.m_bar}, "
-                f"but there are only {n} training samples; choose a smaller hf:m= or "
-                "--eval-batch-size"
-            )
+        self.m, self.m_bar = hf_batch_sizes(opts.pop("m", None), n, eval_batch_size)
         self.model, self.splits = model, splits
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
@@ -212,6 +213,82 @@ class HFRunner(Runner):
         return {"damping": self.opt.damping}
 
 
+def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[int, int]:
+    """HF's batch sizes, B (``m``, default min(2048, n/2)) and B̄, checked against ``n`` samples.
+
+    B̄ defaults to min(1024, n − m).
+
+    Raises:
+        ValueError: If B and B̄ cannot be two disjoint batches of the training set.
+    """
+    what = f"hf:m={m}" if m is not None else "the default m"
+    m = min(DEFAULT_M, n // 2) if m is None else int(m)
+    if m < 1 or m >= n:
+        raise ValueError(
+            f"HF's batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
+            f"leaving samples for its second batch B̄; choose hf:m={max(1, n // 2)} or less"
+        )
+    m_bar = min(DEFAULT_EVAL_BATCH, n - m) if eval_batch_size is None else eval_batch_size
+    if m_bar < 1 or m + m_bar > n:
+        raise ValueError(
+            f"HF needs two disjoint batches of the {n} training samples, B of {m} ({what}) "
+            f"and B̄ of {m_bar} (--eval-batch-size), but {m + m_bar} do not fit; choose a "
+            "smaller hf:m= or --eval-batch-size"
+        )
+    return m, m_bar
+
+
+def check_sgd_batch(batch_size: int, n: int) -> None:
+    """An SGD batch must fit in the ``n`` training samples.
+
+    Raises:
+        ValueError: If it does not.
+    """
+    if not 1 <= batch_size <= n:
+        raise ValueError(
+            f"the SGD batch size {batch_size} must be between 1 and the {n} training samples"
+        )
+
+
+def sgd_settings(strategy: Strategy, lr: float | None, batch_size: int | None) -> tuple[float, int]:
+    """An SGD strategy's (or ``auto``'s) learning rate and batch size: its options, else given.
+
+    Raises:
+        ValueError: When neither the strategy nor the checkpoint gives them.
+    """
+    lr = strategy.options.get("lr", lr)
+    batch_size = strategy.options.get("batch_size", batch_size)
+    if lr is None or batch_size is None:
+        raise ValueError(
+            f"{strategy.name} needs the training learning rate and batch size, which this "
+            "checkpoint does not record; pass --lr and --batch-size"
+        )
+    return float(lr), int(batch_size)
+
+
+def check_strategy(
+    strategy: Strategy,
+    n: int,
+    *,
+    lr: float | None,
+    batch_size: int | None,
+    eval_batch_size: int | None,
+) -> None:
+    """Whether a strategy can run on ``n`` training samples, without building anything.
+
+    ``compare`` checks every strategy with this before the first run starts.
+
+    Raises:
+        ValueError: For batches that do not fit the data or a missing learning
+            rate or batch size, in one sentence.
+    """
+    if strategy.is_hf or strategy.is_auto:
+        m = strategy.options.get("m")
+        hf_batch_sizes(None if m is None else int(m), n, eval_batch_size)
+    if not strategy.is_hf:
+        check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
+
+
 def make_runner(
     strategy: Strategy,
     model: nn.Module,
@@ -231,6 +308,13 @@ def make_runner(
         ValueError: When an SGD strategy (or ``auto``) has no learning rate or
             batch size, or HF's batches do not fit the data.
     """
+    check_strategy(
+        strategy,
+        splits.num_train,
+        lr=lr,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+    )
     if strategy.is_hf:
         return HFRunner(
             strategy,
@@ -240,16 +324,10 @@ def make_runner(
             eval_batch_size=eval_batch_size,
             seed=seed,
         )
-    lr = strategy.options.get("lr", lr)
-    batch_size = strategy.options.get("batch_size", batch_size)
-    if lr is None or batch_size is None:
-        raise ValueError(
-            f"{strategy.name} needs the training learning rate and batch size, which this "
-            "checkpoint does not record; pass --lr and --batch-size"
-        )
+    lr, batch_size = sgd_settings(strategy, lr, batch_size)
     sgd: dict[str, Any] = dict(
-        lr=float(lr),
-        batch_size=int(batch_size),
+        lr=lr,
+        batch_size=batch_size,
         momentum=momentum,
         weight_decay=weight_decay,
         evaluations=evaluations,

@@ -11,6 +11,7 @@ valid manifest (status ``"interrupted"``) and valid checkpoints.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -25,12 +26,22 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
+from hfft.interrupts import Interrupted, signals_held
+from hfft.limits import check
 
 if TYPE_CHECKING:
     from hfft.data import DataSplits
     from hfft.sampling import BatchSampler
 
-__all__ = ["TrainConfig", "TrainResult", "checkpoint_epochs", "sgd_epoch", "train", "versions"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "checkpoint_epochs",
+    "same_train_run",
+    "sgd_epoch",
+    "train",
+    "versions",
+]
 
 MANIFEST = "run.json"
 SCHEMA_VERSION = 1
@@ -55,15 +66,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     augment: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError("weight decay and momentum must be non-negative")
+        for name in ("epochs", "batch_size", "checkpoints", "lr", "momentum", "weight_decay"):
+            check(name, getattr(self, name))
+        check("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -151,12 +159,163 @@ def _step_hook(
     return hook
 
 
+def same_train_run(folder: Path, config: TrainConfig) -> bool:
+    """Whether ``folder`` holds a training run of ``config`` (its ``run.json``)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("kind") != "hfft-train":
+        return False
+    stored = manifest.get("config")
+    return isinstance(stored, dict) and _key(stored) == _key(asdict(config))
+
+
+def _key(config: dict[str, Any]) -> dict[str, Any]:
+    data = json.loads(json.dumps(config))
+    for name in ("out", "overwrite"):
+        data.pop(name, None)
+    return data
+
+
+class _Training:
+    """A training run's model, data, optimizer and manifest, written as it goes."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from hfft.data import load_data
+        from hfft.models import param_groups
+        from hfft.modelspec import build_model
+        from hfft.sampling import BatchSampler
+        from hfft.source import check_fit
+
+        self.config, self.out = config, Path(config.out)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.splits = load_data(
+            config.data,
+            root=config.data_root,
+            download=config.download,
+            device=self.device,
+            seed=config.seed,
+            augment=config.augment,
+        )
+        self.model = build_model(
+            config.model,
+            config.model_args,
+            num_classes=self.splits.num_classes,
+            in_channels=self.splits.in_channels,
+            input_size=self.splits.input_size,
+        ).to(self.device)
+        check_fit(self.model, self.splits)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.opt = torch.optim.SGD(
+            param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum
+        )
+        self.sampler = BatchSampler(self.splits.num_train, seed=config.seed, device=self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.steps_per_epoch = max(1, self.splits.num_train // config.batch_size)
+        self.elapsed = 0.0
+        self.written: list[Path] = []
+        self.metrics: dict[str, float] = {}
+        self.manifest = self._manifest()
+
+    def _manifest(self) -> dict[str, Any]:
+        splits = self.splits
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "hfft-train",
+            "status": "running",
+            "config": asdict(self.config),
+            "data": {
+                "name": splits.name,
+                "num_classes": splits.num_classes,
+                "in_channels": splits.in_channels,
+                "input_size": splits.input_size,
+                "train_size": splits.num_train,
+            },
+            "device": str(self.device),
+            "versions": versions(),
+            "train_seconds": 0.0,
+            "checkpoints": [],
+            "epochs": [],
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        c, splits = self.config, self.splits
+        return {
+            "model": c.model,
+            "model_args": c.model_args,
+            "data": c.data,
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+            "input_size": splits.input_size,
+            "lr": c.lr,
+            "batch_size": c.batch_size,
+            "momentum": c.momentum,
+            "weight_decay": c.weight_decay,
+            "epochs_total": c.epochs,
+            "seed": c.seed,
+            # the data split follows this seed: runs from this checkpoint must reuse it
+            "data_seed": c.seed,
+            "augment": c.augment,
+            "hfft_version": __version__,
+        }
+
+    def write_manifest(self, status: str | None = None) -> None:
+        with signals_held():
+            if status is not None:
+                self.manifest["status"] = status
+            self.manifest["train_seconds"] = self.elapsed
+            atomic_write_json(self.out / MANIFEST, self.manifest)
+
+    def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> dict[str, Any]:
+        """One timed epoch of SGD, then its evaluation outside the clock."""
+        _sync(self.device)
+        start = time.perf_counter()
+        loss_sum = sgd_epoch(
+            self.model,
+            self.opt,
+            self.loss_fn,
+            self.splits,
+            self.sampler,
+            self.config.batch_size,
+            self.gen,
+            on_step,
+        )
+        _sync(self.device)
+        self.elapsed += time.perf_counter() - start
+        self.metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
+        record = {
+            "epoch": epoch,
+            "elapsed_seconds": self.elapsed,
+            "train_batch_loss": float(loss_sum) / self.steps_per_epoch,
+            **self.metrics,
+        }
+        self.manifest["epochs"].append(record)
+        return record
+
+    def checkpoint(self, epoch: int) -> None:
+        path = self.out / f"ckpt-{len(self.written) + 1:02d}.safetensors"
+        meta = {**self.metadata(), "epoch": epoch, "elapsed_seconds": self.elapsed}
+        save_checkpoint(path, self.model.state_dict(), {**meta, "metrics": self.metrics})
+        self.written.append(path)
+        self.manifest["checkpoints"].append(
+            {"path": path.name, "epoch": epoch, "elapsed_seconds": self.elapsed}
+        )
+
+
 def train(
     config: TrainConfig,
     on_step: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a model with SGD and write checkpoints and the run manifest.
+
+    The data, the model and the output folder are checked before anything is
+    written; the folder is locked for the run (one run at a time), and a
+    folder that holds another run's files is refused unless
+    ``config.overwrite`` (then, as for a rerun of the same configuration, the
+    old files are removed first).
 
     Args:
         config: The run's configuration.
@@ -165,129 +324,33 @@ def train(
         on_epoch: Called with each epoch's record after its evaluation.
 
     Returns:
-        The :class:`TrainResult`; on ``KeyboardInterrupt`` the manifest is
-        marked ``"interrupted"`` and the interrupt is re-raised.
+        The :class:`TrainResult`.
+
+    Raises:
+        Interrupted: On Ctrl-C or SIGTERM, after the manifest was marked
+            ``"interrupted"`` (the checkpoints written so far stay valid).
     """
-    from hfft.data import load_data
-    from hfft.models import param_groups
-    from hfft.modelspec import build_model
-    from hfft.sampling import BatchSampler
+    from hfft.outdir import check_owner, clean_stale, clear, locked_folder
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    splits = load_data(
-        config.data,
-        root=config.data_root,
-        download=config.download,
-        device=device,
-        seed=config.seed,
-        augment=config.augment,
-    )
-    model = build_model(
-        config.model,
-        config.model_args,
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        input_size=splits.input_size,
-    ).to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(
-        param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum
-    )
-    sampler = BatchSampler(splits.train_x.shape[0], seed=config.seed, device=device)
-    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    n_train = splits.train_x.shape[0]
-    steps_per_epoch = max(1, n_train // config.batch_size)
+    run = _Training(config)
     save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
-
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "hfft-train",
-        "status": "running",
-        "config": asdict(config),
-        "data": {
-            "name": splits.name,
-            "num_classes": splits.num_classes,
-            "in_channels": splits.in_channels,
-            "input_size": splits.input_size,
-            "train_size": n_train,
-        },
-        "device": str(device),
-        "versions": versions(),
-        "train_seconds": 0.0,
-        "checkpoints": [],
-        "epochs": [],
-    }
-    meta_base = {
-        "model": config.model,
-        "model_args": config.model_args,
-        "data": config.data,
-        "num_classes": splits.num_classes,
-        "in_channels": splits.in_channels,
-        "input_size": splits.input_size,
-        "lr": config.lr,
-        "batch_size": config.batch_size,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
-        "epochs_total": config.epochs,
-        "seed": config.seed,
-        # the data split follows this seed: runs from this checkpoint must reuse it
-        "data_seed": config.seed,
-        "augment": config.augment,
-        "hfft_version": __version__,
-    }
-    elapsed = 0.0
-    written: list[Path] = []
-    metrics: dict[str, float] = {}
-    manifest_path = out / MANIFEST
-    atomic_write_json(manifest_path, manifest)
-    try:
-        for epoch in range(1, config.epochs + 1):
-            _sync(device)
-            start = time.perf_counter()
-            loss_sum = sgd_epoch(
-                model,
-                opt,
-                loss_fn,
-                splits,
-                sampler,
-                config.batch_size,
-                gen,
-                _step_hook(on_step, epoch, steps_per_epoch),
-            )
-            _sync(device)
-            elapsed += time.perf_counter() - start
-            # evaluation is outside the training clock
-            metrics = evaluate_splits(model, splits, loss_fn)
-            record = {
-                "epoch": epoch,
-                "elapsed_seconds": elapsed,
-                "train_batch_loss": float(loss_sum) / steps_per_epoch,
-                **metrics,
-            }
-            manifest["epochs"].append(record)
-            manifest["train_seconds"] = elapsed
-            if epoch in save_at:
-                path = out / f"ckpt-{len(written) + 1:02d}.safetensors"
-                save_checkpoint(
-                    path,
-                    model.state_dict(),
-                    {**meta_base, "epoch": epoch, "elapsed_seconds": elapsed, "metrics": metrics},
-                )
-                written.append(path)
-                manifest["checkpoints"].append(
-                    {"path": path.name, "epoch": epoch, "elapsed_seconds": elapsed}
-                )
-            atomic_write_json(manifest_path, manifest)
-            if on_epoch is not None:
-                on_epoch(record)
-    except KeyboardInterrupt:
-        manifest["status"] = "interrupted"
-        manifest["train_seconds"] = elapsed
-        atomic_write_json(manifest_path, manifest)
-        raise
-    manifest["status"] = "completed"
-    atomic_write_json(manifest_path, manifest)
-    return TrainResult(manifest_path, written, elapsed, metrics, "completed")
+    with locked_folder(run.out):
+        check_owner(run.out, lambda d: same_train_run(d, config), config.overwrite)
+        clean_stale(run.out)
+        clear(run.out)
+        run.write_manifest()
+        try:
+            for epoch in range(1, config.epochs + 1):
+                record = run.epoch(epoch, _step_hook(on_step, epoch, run.steps_per_epoch))
+                if epoch in save_at:
+                    run.checkpoint(epoch)
+                run.write_manifest()
+                if on_epoch is not None:
+                    on_epoch(record)
+        except KeyboardInterrupt as err:
+            run.write_manifest("interrupted")
+            raise Interrupted.after(
+                err, f"{len(run.written)} checkpoints and run.json are saved in {run.out}"
+            ) from None
+        run.write_manifest("completed")
+    return TrainResult(run.out / MANIFEST, run.written, run.elapsed, run.metrics, "completed")

@@ -74,7 +74,6 @@ def test_parse_duration_rejects_zero(text: str) -> None:
         ("12.5 %", Budget("percent", 12.5), "12.5%"),
         ("150%", Budget("percent", 150.0), "150%"),
         ("600s", Budget("seconds", 600.0), "600 s"),
-        ("600", Budget("seconds", 600.0), "600 s"),
         ("10m", Budget("seconds", 600.0), "600 s"),
         ("1h", Budget("seconds", 3600.0), "3600 s"),
         ("2h30m", Budget("seconds", 9000.0), "9000 s"),
@@ -91,6 +90,13 @@ def test_parse_duration_rejects_zero(text: str) -> None:
 def test_parse_budget(text: str, budget: Budget, shown: str) -> None:
     assert parse_budget(text) == budget
     assert str(budget) == shown
+
+
+@pytest.mark.parametrize("text", ["10", " 2.5 ", "600"])
+def test_a_bare_number_is_no_budget(text: str) -> None:
+    # "10" could be seconds, a percentage, steps or epochs: the user must say which
+    with pytest.raises(ValueError, match=r"has no unit; write .*%.*s, .*steps or .*epochs"):
+        parse_budget(text)
 
 
 def test_parse_budget_message_lists_the_forms() -> None:

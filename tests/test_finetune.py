@@ -35,7 +35,8 @@ def ckpt(run_dir: Path) -> Path:
 
 
 def run(ckpt: Path, tmp_path: Path, **kw) -> tuple:
-    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(tmp_path / "ft"), eval_batch_size=256, **kw)
+    out = tmp_path / f"ft-{len(list(tmp_path.glob('ft-*')))}"  # one folder per run
+    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(out), eval_batch_size=256, **kw)
     result = finetune(cfg)
     return result, json.loads(result.metrics_path.read_text())
 
@@ -146,7 +147,7 @@ def test_interrupt_writes_what_exists(ckpt: Path, tmp_path: Path) -> None:
 def test_divergence_stops_without_nan_weights(ckpt: Path, tmp_path: Path) -> None:
     result, log = run(ckpt, tmp_path, strategy="sgd:lr=1e8", budget="50steps", eval_points=2)
     assert result.status == log["status"] == "diverged"
-    assert not math.isfinite(log["steps"][-1]["loss"])
+    assert log["steps"][-1]["loss"] is None  # strict JSON: a non-finite loss is null
     tensors = safetensors.torch.load_file(result.out / "best.safetensors")
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
 
