@@ -59,11 +59,7 @@ def user_errors() -> Iterator[None]:
         why = "terminated" if terminated else "interrupted"
         if terminated and launched():
             why += " (by torchrun when another rank failed?)"
-        what = (
-            f"{err.saved} and marked interrupted"
-            if isinstance(err, Interrupted)
-            else "nothing was written"
-        )
+        what = err.saved if isinstance(err, Interrupted) else "nothing was written"
         typer.echo(f"hfft: {_on_rank(why)}; {what}", err=True)
         raise typer.Exit(143 if terminated else 130) from None
     except ValueError as err:
@@ -117,7 +113,9 @@ class OneLineErrors(TyperGroup):
 
 
 # Click's UsageError, found through typer's public BadParameter (typer may bundle click)
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
 
 @contextlib.contextmanager
@@ -127,7 +125,7 @@ def _one_line_usage_errors() -> Iterator[None]:
     except _UsageError as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # plain `hfft`: the help, as asked
             raise
-        typer.echo(f"hfft: error: {err.format_message()}", err=True)
+        typer.echo(f"hfft: error: {err.format_message()}", err=True)  # type: ignore[attr-defined]
         raise typer.Exit(2) from None
 
 

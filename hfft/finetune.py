@@ -40,7 +40,7 @@ from hfft._io import atomic_write_json, sha256_file
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
-from hfft.interrupts import Interrupted, signals_held
+from hfft.interrupts import Interrupted, as_interrupt, signals_held
 from hfft.limits import check
 from hfft.outdir import RunFolder
 from hfft.snapshot import StepHistory
@@ -273,9 +273,13 @@ class _Run:
                 self.evaluate()
         return "completed"
 
-    def finish(self, status: str, final: dict[str, Any]) -> None:
-        """Write ``final.safetensors`` and ``metrics.json``; signals wait until both exist."""
-        with signals_held():
+    def finish(self, status: str, final: dict[str, Any]) -> list[int]:
+        """Write ``final.safetensors`` and ``metrics.json``; signals wait until both exist.
+
+        Returns:
+            The signals that arrived while the files were written.
+        """
+        with signals_held(deliver=False) as caught:
             self.log["status"] = status
             self.log.update(self.runner.report())
             self.log["final"], self.log["best"] = final, dict(self.best)
@@ -290,6 +294,7 @@ class _Run:
             self.log["files"] = dict(self.files)
             if self.main:
                 atomic_write_json(self.out / "metrics.json", self.log)
+        return caught
 
     def result(self, out: Path) -> FinetuneResult:
         missing = {
@@ -377,8 +382,9 @@ def finetune(
     strategy = parse_strategy(config.strategy)
     budget = parse_budget(config.budget)
     src = source or config.source.load(config.checkpoint, config.device)
-    for note in src.notes if source is None and on_note is not None else ():
-        on_note(note)
+    if source is None and on_note is not None:
+        for note in src.notes:
+            on_note(note)
     budget = resolve_budget(budget, src.train_seconds)
     torch.manual_seed(config.seed)
     points = evaluation_fractions(config.eval_points)
@@ -399,19 +405,26 @@ def finetune(
     clock = BudgetClock(budget, train_size=src.splits.num_train, sync=sync)
     out = Path(config.out)
     if not distributed.is_main():  # data-parallel: rank 0 alone writes
-        return _run(config, src, runner, clock, out, points, on_progress)
-    key = config.key()
-    with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
-        if folder.note is not None and on_note is not None:
-            on_note(folder.note)
-        try:
-            result = _run(config, src, runner, clock, folder.staging, points, on_progress)
-        except Interrupted as err:
-            folder.commit()
-            raise Interrupted.after(err, f"what was finished is saved in {out}") from None
-        folder.commit()
-    # the paths in the committed folder instead of the staging one
-    return replace(result, out=out, metrics_path=out / "metrics.json")
+        result, stop = _run(config, src, runner, clock, out, points, on_progress)
+    else:
+        key = config.key()
+        with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
+            if folder.note is not None and on_note is not None:
+                on_note(folder.note)
+            result, stop = _run(config, src, runner, clock, folder.staging, points, on_progress)
+            late = as_interrupt(folder.commit())  # signals that came during the swap waited
+        stop = stop or late
+        # the paths in the committed folder instead of the staging one
+        result = replace(result, out=out, metrics_path=out / "metrics.json")
+    if stop is not None:
+        raise Interrupted.after(stop, _saved_sentence(result.status, out)) from None
+    return result
+
+
+def _saved_sentence(status: str, out: Path) -> str:
+    if status == "interrupted":
+        return f"what was finished is saved in {out} and marked interrupted"
+    return f"the run had {status} when it was stopped: its files are saved in {out}"
 
 
 def _run(
@@ -422,16 +435,20 @@ def _run(
     out: Path,
     points: list[float],
     on_progress: Callable[[float, dict[str, Any]], None] | None,
-) -> FinetuneResult:
-    """The run itself, writing into ``out``."""
+) -> tuple[FinetuneResult, KeyboardInterrupt | None]:
+    """The run itself, writing into ``out``; the interrupt that stopped it, if one did.
+
+    An interrupt stops the steps or the evaluations; the files are written
+    in any case, and signals that arrive while they are written wait for them.
+    """
     run = _Run(config, src, runner, clock, out, on_progress)
     history = StepHistory(run.model)
+    stop: KeyboardInterrupt | None = None
     try:
         run.log["initial"] = run.evaluate()
         status = run.loop(points, history)
         final = _final_after_divergence(run, history) if status == "diverged" else run.evaluate()
     except KeyboardInterrupt as err:
-        run.finish("interrupted", _final_after_interrupt(run, history))
-        raise Interrupted.after(err, f"what was finished is saved in {out}") from None
-    run.finish(status, final)
-    return run.result(out)
+        stop, status, final = err, "interrupted", _final_after_interrupt(run, history)
+    late = run.finish(status, final)
+    return run.result(out), stop or as_interrupt(late)

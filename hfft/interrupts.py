@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "Terminated", "signals_held", "was_terminated"]
+__all__ = ["Interrupted", "Terminated", "as_interrupt", "signals_held", "was_terminated"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -52,30 +52,39 @@ _HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver the first one.
+def signals_held(deliver: bool = True) -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM until the block ends.
 
     For writes that must complete (a run's final files): a signal that
-    arrives inside the block is delivered to the handler that was in place
-    before it, right after the block. Outside the main thread (where Python
-    cannot set handlers) the block runs unprotected.
+    arrives inside the block waits. With ``deliver``, the first one goes to
+    the handler that was in place before, right after the block; without,
+    the caller gets the signals that arrived (the yielded list) and decides.
+    Outside the main thread (where Python cannot set handlers) the block runs
+    unprotected.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
 
     def hold(signum: int, frame: Any) -> None:
         caught.append(signum)
 
-    previous = {s: signal.signal(s, hold) for s in _HELD}
+    previous: dict[int, Any] = {s: signal.signal(s, hold) for s in _HELD}
     try:
-        yield
+        yield caught
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if caught:
+        if caught and deliver:
             _deliver(caught[0], previous[caught[0]])
+
+
+def as_interrupt(signals: list[int]) -> KeyboardInterrupt | None:
+    """The interrupt the first of ``signals`` (held by :func:`signals_held`) stands for."""
+    if not signals:
+        return None
+    return Terminated() if signals[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _deliver(signum: int, handler: Any) -> None:

@@ -216,14 +216,17 @@ class RunFolder:
         finally:
             self._stack.close()
 
-    def commit(self) -> None:
+    def commit(self) -> list[int]:
         """Make the staged files the target's, in one step where the system allows it.
 
-        Signals wait until the swap is done.
+        Returns:
+            The signals (SIGINT, SIGTERM) that arrived during the swap: they
+            waited for it, and the caller decides what they mean.
         """
-        with signals_held():
+        with signals_held(deliver=False) as caught:
             self._swap()
         self.committed = True
+        return caught
 
     def _swap(self) -> None:
         if any(self.target.iterdir()):

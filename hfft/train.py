@@ -26,7 +26,7 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
-from hfft.interrupts import Interrupted, signals_held
+from hfft.interrupts import Interrupted, as_interrupt, signals_held
 from hfft.limits import check
 
 if TYPE_CHECKING:
@@ -261,12 +261,14 @@ class _Training:
             "hfft_version": __version__,
         }
 
-    def write_manifest(self, status: str | None = None) -> None:
-        with signals_held():
+    def write_manifest(self, status: str | None = None) -> list[int]:
+        """Write ``run.json``; the signals that arrived meanwhile waited for it."""
+        with signals_held(deliver=False) as caught:
             if status is not None:
                 self.manifest["status"] = status
             self.manifest["train_seconds"] = self.elapsed
             atomic_write_json(self.out / MANIFEST, self.manifest)
+        return caught
 
     def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         """One timed epoch of SGD, then its evaluation outside the clock."""
@@ -344,13 +346,19 @@ def train(
                 record = run.epoch(epoch, _step_hook(on_step, epoch, run.steps_per_epoch))
                 if epoch in save_at:
                     run.checkpoint(epoch)
-                run.write_manifest()
+                stop = as_interrupt(run.write_manifest())
+                if stop is not None:
+                    raise stop
                 if on_epoch is not None:
                     on_epoch(record)
         except KeyboardInterrupt as err:
             run.write_manifest("interrupted")
             raise Interrupted.after(
-                err, f"{len(run.written)} checkpoints and run.json are saved in {run.out}"
+                err,
+                f"{len(run.written)} checkpoint{'' if len(run.written) == 1 else 's'} and "
+                f"run.json are saved in {run.out}, marked interrupted",
             ) from None
-        run.write_manifest("completed")
+        stop = as_interrupt(run.write_manifest("completed"))
+    if stop is not None:
+        raise Interrupted.after(stop, f"training had completed: its files are in {run.out}")
     return TrainResult(run.out / MANIFEST, run.written, run.elapsed, run.metrics, "completed")

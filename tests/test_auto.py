@@ -396,3 +396,35 @@ def test_cli_prints_the_switch_unless_quiet_or_json(ckpt: Path, tmp_path: Path) 
     assert quiet.exit_code == 0 and quiet.output == ""
     as_json = runner.invoke(app, [*base, "--json", "--out", str(tmp_path / "j")])
     assert as_json.exit_code == 0 and json.loads(as_json.output)["steps"] == 12
+
+
+def test_an_interrupted_probe_is_rolled_back(ckpt: Path) -> None:
+    # first=0: the first step is a probe; the interrupt lands in its HF step after the
+    # step was accepted (in the record), before auto decided anything
+    auto = auto_runner(ckpt, f"{HF_CHEAP},first=0")
+    start = copy.deepcopy(auto.model.state_dict())
+    real_take = auto.hf.take
+
+    def take_then_interrupt(batches, fraction):
+        real_take(batches, fraction)
+        raise KeyboardInterrupt
+
+    auto.hf.take = take_then_interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        auto.step(0.0)
+    state = auto.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in start.items())
+
+
+def test_settle_undoes_a_trial_in_progress(ckpt: Path) -> None:
+    auto = auto_runner(ckpt, f"{HF_CHEAP},lr=50,momentum=0,interval=0.2,switch_back=true")
+    auto._enter_hf(0.0)
+    auto._hf_window = [0.0, 1.0]
+    hf_state = copy.deepcopy(auto.model.state_dict())
+    assert auto.step(0.2)["phase"] == "trial"
+    auto.step(0.25)
+    assert not all(torch.equal(auto.model.state_dict()[k], v) for k, v in hf_state.items())
+    auto.settle()  # the run ends inside the trial: HF's accepted parameters come back
+    state = auto.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in hf_state.items())
+    assert auto.phase == "hf" and not auto.diverged

@@ -337,7 +337,9 @@ def test_other_float_precisions_are_cast_with_a_note(dtype: torch.dtype) -> None
     state = {k: v.to(dtype) for k, v in nn.Linear(3, 2).state_dict().items()}
     notes = apply_state_dict(model, state)
     name = str(dtype).removeprefix("torch.")
-    assert notes == [f"the checkpoint's {name} to float32 tensors were cast to the model's precision"]
+    assert notes == [
+        f"the checkpoint's {name} to float32 tensors were cast to the model's precision"
+    ]
     assert model.weight.dtype == torch.float32
     assert torch.equal(model.weight, state["weight"].float())
     assert apply_state_dict(model, model.state_dict()) == []  # same precision: nothing to say

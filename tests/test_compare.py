@@ -194,3 +194,85 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
     assert len(summary["checkpoints"]) == 2
     assert (tmp_path / "demo" / "compare" / "relative-test_accuracy.png").exists()
+
+
+def _small(run_dir: Path, tmp_path: Path, **kw) -> CompareConfig:
+    base = dict(
+        checkpoints=(str(run_dir / "ckpt-02.safetensors"),),
+        strategies=("sgd", "sgd-div10"),
+        seeds=1,
+        budget="2steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=1,
+    )
+    return CompareConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("truncate", "final.safetensors does not match its recorded SHA-256"),
+        ("nan-weights", "final.safetensors does not match its recorded SHA-256"),
+        ("delete-best", "best.safetensors is missing"),
+        ("null", "its metrics.json is not a JSON object"),
+        ("list", "its metrics.json is not a JSON object"),
+        ("no-hashes", "its metrics.json records no hash of final.safetensors"),
+        ("no-evaluations", "its metrics.json is incomplete"),
+    ],
+)
+def test_reused_runs_are_verified_and_redone_when_damaged(
+    run_dir: Path, tmp_path: Path, damage: str, why: str
+) -> None:
+    cfg = _small(run_dir, tmp_path)
+    assert compare(cfg).ran == 2
+    victim = run_directory(tmp_path / "cmp", "ckpt-02", "sgd-div10", 0)
+    final, metrics = victim / "final.safetensors", victim / "metrics.json"
+    log = json.loads(metrics.read_text())
+    if damage == "truncate":
+        final.write_bytes(final.read_bytes()[:100])
+    elif damage == "nan-weights":
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        tensors = {k: torch.full_like(v, float("nan")) for k, v in load_file(final).items()}
+        save_file(tensors, final)
+    elif damage == "delete-best":
+        (victim / "best.safetensors").unlink()
+    elif damage in ("null", "list"):
+        metrics.write_text("null" if damage == "null" else "[]")
+    elif damage == "no-hashes":
+        del log["files"]
+        metrics.write_text(json.dumps(log))
+    else:
+        del log["evaluations"]
+        metrics.write_text(json.dumps(log))
+    notes: list[str] = []
+    again = compare(cfg, on_note=notes.append)
+    assert (again.ran, again.reused) == (1, 1)
+    assert len(notes) == 1 and notes[0].startswith(f"running ckpt-02 sgd-div10 seed 0 again: {why}")
+    redone = json.loads(metrics.read_text())
+    assert redone["status"] == "completed" and set(redone["files"]) >= {"final.safetensors"}
+
+
+def test_a_comparison_with_another_budget_is_kept_apart(run_dir: Path, tmp_path: Path) -> None:
+    assert compare(_small(run_dir, tmp_path)).ran == 2
+    before = (tmp_path / "cmp" / "compare.json").read_text()
+    with pytest.raises(ValueError, match=r"holds another comparison .* --overwrite"):
+        compare(_small(run_dir, tmp_path, budget="3steps"))
+    assert (tmp_path / "cmp" / "compare.json").read_text() == before
+    # more seeds and strategies extend the same comparison
+    more = compare(_small(run_dir, tmp_path, seeds=2, strategies=("sgd", "sgd-cosine")))
+    assert (more.ran, more.reused) == (3, 1)
+    # --overwrite starts afresh
+    fresh = compare(_small(run_dir, tmp_path, budget="3steps", overwrite=True))
+    assert (fresh.ran, fresh.reused) == (2, 0)
+    assert not (tmp_path / "cmp" / "ckpt-02" / "sgd-cosine").exists()
+
+
+def test_every_strategy_is_checked_before_the_first_run(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", str(run_dir / "ckpt-02.safetensors"), "-s", "sgd", "-s", "hf:m=99999999"]
+    result = runner.invoke(app, [*argv, "--budget", "2steps", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "HF's batch B (hf:m=99999999) must hold 1 to 1292 of the 1293 training" in result.output
+    assert not out.exists()  # sgd did not run first

@@ -434,3 +434,32 @@ def test_objective_is_what_a_step_measures_on_the_eval_batch(chunk_size: int | N
     assert record.loss_before == before
     assert torch.equal(theta, flat_params(model)) != record.accepted
     assert opt.objective(model, loss_fn, eval_batch) == pytest.approx(record.loss_after, rel=1e-12)
+
+
+class _Interrupt:
+    """A forward hook that raises KeyboardInterrupt at the k-th forward pass on B̄."""
+
+    def __init__(self, eval_size: int, at: int) -> None:
+        self.eval_size, self.at, self.calls = eval_size, at, 0
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if inputs[0].shape[0] == self.eval_size:
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("at", [1, 2, 3, 6], ids=["f0", "rho", "backtracking", "linesearch"])
+def test_an_interrupt_inside_a_step_puts_theta_back(at: int) -> None:
+    # the step's B̄ evaluations write trial points into the parameters; an interrupt
+    # in any of them must not leave one there (lr 1000 makes the line search try many)
+    model, x, y = make_problem("mlp", n=8)
+    x_bar, y_bar = torch.randn(5, 4).double(), torch.randint(0, 3, (5,))
+    opt = HessianFree(model.parameters(), lr=1000.0, linesearch_beta=0.99, linesearch_max_tries=50)
+    opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(x_bar, y_bar))
+    before = flat_params(model).clone()
+    hook = model.register_forward_hook(_Interrupt(eval_size=5, at=at))
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(x_bar, y_bar))
+    hook.remove()
+    assert torch.equal(flat_params(model), before)

@@ -142,10 +142,12 @@ def test_cli_train_quiet(tmp_path: Path) -> None:
     ids=["model", "data", "device", "malformed-arg", "unknown-arg", "own-model"],
 )
 def test_cli_train_errors(tmp_path: Path, argv: list[str], message: str) -> None:
-    result = runner.invoke(app, [*argv, "--out", str(tmp_path / "o"), "--quiet", "--epochs", "1"])
+    out = tmp_path / "new" / "o"
+    result = runner.invoke(app, [*argv, "--out", str(out), "--quiet", "--epochs", "1"])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "new").exists()  # a run that did not start leaves nothing behind
 
 
 def test_cli_train_out_is_a_file(tmp_path: Path) -> None:
@@ -165,4 +167,28 @@ def test_cli_train_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(hfft.train, "train", interrupted)
     result = runner.invoke(app, ["train", "mlp", "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 130
-    assert "interrupted" in result.output
+    assert "interrupted; nothing was written" in result.output
+
+
+def test_another_runs_folder_needs_overwrite(tmp_path: Path) -> None:
+    first = train(config(tmp_path, epochs=2, checkpoints=2))
+    assert len(first.checkpoints) == 2
+    # a rerun of the same configuration replaces its own files
+    train(config(tmp_path, epochs=2, checkpoints=2))
+    with pytest.raises(ValueError, match="holds another run's files"):
+        train(config(tmp_path, epochs=1, checkpoints=1))
+    run = tmp_path / "run"
+    assert len(json.loads((run / "run.json").read_text())["checkpoints"]) == 2
+    # --overwrite clears the old run first: no ckpt-02 of the old run stays beside the new
+    train(config(tmp_path, epochs=1, checkpoints=1, overwrite=True))
+    assert sorted(p.name for p in run.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+
+
+def test_an_interrupt_names_what_was_saved(tmp_path: Path) -> None:
+    from hfft.interrupts import Interrupted
+
+    def stop_after_one(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"1 checkpoint and run.json are saved in .*interrupted"):
+        train(config(tmp_path, epochs=2, checkpoints=2), on_epoch=stop_after_one)

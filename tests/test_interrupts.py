@@ -1,0 +1,63 @@
+"""Signals: held while files are written, delivered afterwards, with the right meaning."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from hfft.interrupts import Interrupted, Terminated, as_interrupt, signals_held, was_terminated
+
+
+def test_a_held_sigint_is_delivered_after_the_block() -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("the write finished")  # not cut short
+    assert done == ["the write finished"]
+
+
+def test_a_held_sigterm_goes_to_the_handler_in_place() -> None:
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises(Terminated), signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is on_term  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_undelivered_signals_are_reported() -> None:
+    with signals_held(deliver=False) as caught:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert caught == [signal.SIGTERM, signal.SIGINT]
+    assert isinstance(as_interrupt(caught), Terminated)
+    assert type(as_interrupt([signal.SIGINT])) is KeyboardInterrupt
+    assert as_interrupt([]) is None
+
+
+def test_outside_the_main_thread_the_block_just_runs() -> None:
+    seen: list[list[int]] = []
+
+    def work() -> None:
+        with signals_held() as caught:
+            seen.append(caught)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == [[]]
+
+
+def test_interrupted_remembers_the_signal() -> None:
+    assert was_terminated(Interrupted.after(Terminated(), "saved")) is True
+    assert was_terminated(Interrupted.after(KeyboardInterrupt(), "saved")) is False
+    inner = Interrupted.after(Terminated(), "saved in a")
+    assert Interrupted.after(inner, "saved in b").terminated
+    assert str(Interrupted("the files are in x")) == "the files are in x"
