@@ -23,6 +23,7 @@ from hfft._cli_common import (
     QuietOpt,
     TrainTimeOpt,
     fail,
+    note,
     print_json,
     resolve_device,
     source_spec,
@@ -112,6 +113,8 @@ def bench(
             src = source_spec(None, None, None, None, False, None, None, None).load(
                 checkpoint, device=dev
             )
+            for line in src.notes:
+                note(line)
             bs = min(batch_size or 32, src.splits.num_train)
             net = src.model.eval()
             x, y = src.splits.train_x[:bs], src.splits.train_y[:bs]
@@ -322,6 +325,8 @@ def selftest(
             spec = source_spec(model, model_arg, data, data_root, download, train_time, None, None)
             with selftest_status(quiet or as_json):
                 source = spec.load(checkpoint, dev)
+                for line in source.notes:
+                    note(line)
                 report = selftest_checkpoint(
                     source,
                     batch_size=batch_size,

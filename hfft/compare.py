@@ -204,7 +204,9 @@ def _claim(out: Path, config: CompareConfig) -> None:
         clear(out)
 
 
-def _load_sources(config: CompareConfig, strategies: list[str] | None) -> tuple[list, list[str]]:
+def _load_sources(
+    config: CompareConfig, strategies: list[str] | None, on_note: Callable[[str], None] | None
+) -> tuple[list, list[str]]:
     """Every checkpoint loaded, and the strategies checked against each one's data."""
     from hfft.runners import check_strategy
     from hfft.strategies import parse_strategy
@@ -212,6 +214,8 @@ def _load_sources(config: CompareConfig, strategies: list[str] | None) -> tuple[
     sources = []
     for path in config.checkpoints:
         src = config.source.load(path, config.device)
+        for note in src.notes if on_note is not None else ():
+            on_note(f"{path}: {note}")
         sources.append((src, copy.deepcopy(src.model.state_dict())))
     labels = strategies or default_strategies(sources[0][0].splits.num_train)
     for src, _ in sources:
@@ -263,7 +267,7 @@ def compare(
 
     parse_budget(config.budget)
     given = [parse_strategy(s).label for s in config.strategies or ()]
-    sources, strategies = _load_sources(config, given)
+    sources, strategies = _load_sources(config, given, on_note)
     out = Path(config.out)
     main = distributed.is_main()  # data-parallel: rank 0 alone writes
     with locked_folder(out) if main else contextlib.nullcontext():

@@ -276,3 +276,11 @@ def test_every_strategy_is_checked_before_the_first_run(run_dir: Path, tmp_path:
     assert result.exit_code == 2
     assert "HF's batch B (hf:m=99999999) must hold 1 to 1292 of the 1293 training" in result.output
     assert not out.exists()  # sgd did not run first
+
+
+def test_a_second_comparison_on_the_same_folder_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    from hfft.outdir import FolderBusy, locked_folder
+
+    with locked_folder(tmp_path / "cmp"), pytest.raises(FolderBusy, match="another hfft run"):
+        compare(_small(run_dir, tmp_path))
+    assert not (tmp_path / "cmp").exists()  # nothing written, the empty folder removed
