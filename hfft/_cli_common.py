@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from hfft.distributed import launched
-from hfft.interrupts import Interrupted, Terminated, was_terminated
+from hfft.interrupts import Interrupted, first_signal_stops, was_terminated
 
 if TYPE_CHECKING:
     from hfft.source import SourceSpec
@@ -48,18 +47,16 @@ def resolve_device(name: str) -> str:
 def user_errors() -> Iterator[None]:
     """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        yield
+        with first_signal_stops():
+            yield
     except KeyboardInterrupt as err:
-        terminated = was_terminated(err)
+        saved = _interrupted_in(err)
+        terminated = was_terminated(saved or err)
         why = "terminated" if terminated else "interrupted"
         if terminated and launched():
             why += " (by torchrun when another rank failed?)"
-        what = err.saved if isinstance(err, Interrupted) else "nothing was written"
+        what = saved.saved if saved is not None else "nothing was written"
         typer.echo(f"hfft: {_on_rank(why)}; {what}", err=True)
         raise typer.Exit(143 if terminated else 130) from None
     except ValueError as err:
@@ -75,11 +72,20 @@ def user_errors() -> Iterator[None]:
         # tracebacks; a rank whose peer died fails in its next collective
         raise fail(_on_rank(f"{type(err).__name__}: {str(err).splitlines()[0]}"), code=1) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if launched():
             from hfft.distributed import shutdown
 
             shutdown()
+
+
+def _interrupted_in(err: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` that ``err`` is, or interrupted while it propagated."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def os_error_sentence(err: OSError) -> str:

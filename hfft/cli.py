@@ -366,5 +366,13 @@ __all__ = ["_cli_tools", "app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    The process's first Ctrl-C or SIGTERM stops a run; any later one waits for
+    the run to save and, once it has, is ignored, so it cannot cut the last
+    line short while the process exits.
+    """
+    from hfft.interrupts import first_signal_stops
+
+    with first_signal_stops(ignore_after_stop=True):
+        app()

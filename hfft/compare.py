@@ -24,7 +24,7 @@ from typing import Any
 
 from hfft import distributed
 from hfft._io import atomic_write_json, sha256_file, to_json
-from hfft.interrupts import Interrupted
+from hfft.interrupts import Interrupted, first_signal_stops
 from hfft.limits import check
 from hfft.source import SourceSpec
 
@@ -214,8 +214,9 @@ def _load_sources(
     sources = []
     for path in config.checkpoints:
         src = config.source.load(path, config.device)
-        for note in src.notes if on_note is not None else ():
-            on_note(f"{path}: {note}")
+        if on_note is not None:
+            for note in src.notes:
+                on_note(f"{path}: {note}")
         sources.append((src, copy.deepcopy(src.model.state_dict())))
     labels = strategies or default_strategies(sources[0][0].splits.num_train)
     for src, _ in sources:
@@ -270,7 +271,7 @@ def compare(
     sources, strategies = _load_sources(config, given, on_note)
     out = Path(config.out)
     main = distributed.is_main()  # data-parallel: rank 0 alone writes
-    with locked_folder(out) if main else contextlib.nullcontext():
+    with first_signal_stops(), locked_folder(out) if main else contextlib.nullcontext():
         if main:
             _claim(out, config)
             header = {"status": "running", **_header(config, strategies)}

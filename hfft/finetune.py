@@ -40,7 +40,13 @@ from hfft._io import atomic_write_json, sha256_file
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
-from hfft.interrupts import Interrupted, as_interrupt, signals_held
+from hfft.interrupts import (
+    Interrupted,
+    as_interrupt,
+    first_signal_stops,
+    interruptible,
+    signals_held,
+)
 from hfft.limits import check
 from hfft.outdir import RunFolder
 from hfft.snapshot import StepHistory
@@ -273,28 +279,22 @@ class _Run:
                 self.evaluate()
         return "completed"
 
-    def finish(self, status: str, final: dict[str, Any]) -> list[int]:
-        """Write ``final.safetensors`` and ``metrics.json``; signals wait until both exist.
-
-        Returns:
-            The signals that arrived while the files were written.
-        """
-        with signals_held(deliver=False) as caught:
-            self.log["status"] = status
-            self.log.update(self.runner.report())
-            self.log["final"], self.log["best"] = final, dict(self.best)
-            self.log["spent"] = {
-                "seconds": self.clock.seconds,
-                "steps": self.clock.steps,
-                "epochs": self.clock.epochs,
-                "fraction": self.clock.fraction,
-            }
-            if _finite_state(self.model):
-                self._save("final.safetensors", final)
-            self.log["files"] = dict(self.files)
-            if self.main:
-                atomic_write_json(self.out / "metrics.json", self.log)
-        return caught
+    def finish(self, status: str, final: dict[str, Any]) -> None:
+        """Write ``final.safetensors`` and ``metrics.json`` (the caller holds signals)."""
+        self.log["status"] = status
+        self.log.update(self.runner.report())
+        self.log["final"], self.log["best"] = final, dict(self.best)
+        self.log["spent"] = {
+            "seconds": self.clock.seconds,
+            "steps": self.clock.steps,
+            "epochs": self.clock.epochs,
+            "fraction": self.clock.fraction,
+        }
+        if _finite_state(self.model):
+            self._save("final.safetensors", final)
+        self.log["files"] = dict(self.files)
+        if self.main:
+            atomic_write_json(self.out / "metrics.json", self.log)
 
     def result(self, out: Path) -> FinetuneResult:
         missing = {
@@ -323,8 +323,10 @@ class _Run:
 def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
     """Put the last accepted weights back and measure them (clock paused).
 
-    A second interrupt while measuring leaves ``final`` empty: the files are
-    still written, and nothing in them claims numbers it does not have.
+    Runs after the first signal, so further signals wait
+    (:func:`hfft.interrupts.first_signal_stops`) — except during the
+    measurement, which a second Ctrl-C skips: ``final`` is then empty, and
+    nothing claims numbers it does not have.
     """
     if run.clock.running:
         run.clock.pause()
@@ -335,7 +337,8 @@ def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
     if last is not None and last["step"] == run.clock.steps:
         return dict(last)
     try:
-        return run.measure()
+        with interruptible():
+            return run.measure()
     except KeyboardInterrupt:
         return {}
 
@@ -375,6 +378,38 @@ def finetune(
             or an output folder that holds another run's files — all before
             anything is written.
     """
+    with first_signal_stops():
+        src, runner, clock, points = _prepare(config, source, on_note)
+        out = Path(config.out)
+        if not distributed.is_main():  # data-parallel: rank 0 alone writes
+            run, status, final, stop = _run(config, src, runner, clock, out, points, on_progress)
+            with signals_held(deliver=False) as late:
+                run.finish(status, final)
+            result = run.result(out)
+        else:
+            key = config.key()
+            with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
+                if folder.note is not None and on_note is not None:
+                    on_note(folder.note)
+                staging = folder.staging
+                run, status, final, stop = _run(
+                    config, src, runner, clock, staging, points, on_progress
+                )
+                # the files are written and swapped into place while signals wait
+                with signals_held(deliver=False) as late:
+                    run.finish(status, final)
+                    folder.commit()
+            result = replace(run.result(staging), out=out, metrics_path=out / "metrics.json")
+        stop = stop or as_interrupt(late)
+        if stop is not None:
+            raise Interrupted.after(stop, _saved_sentence(result.status, out)) from None
+        return result
+
+
+def _prepare(
+    config: FinetuneConfig, source: Source | None, on_note: Callable[[str], None] | None
+) -> tuple[Source, Runner, BudgetClock, list[float]]:
+    """The checkpoint loaded, the strategy's runner and the clock: all checked, nothing written."""
     from hfft.budget import BudgetClock, evaluation_fractions, parse_budget, resolve_budget
     from hfft.runners import make_runner
     from hfft.strategies import parse_strategy
@@ -402,23 +437,7 @@ def finetune(
     )
     device = next(src.model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    clock = BudgetClock(budget, train_size=src.splits.num_train, sync=sync)
-    out = Path(config.out)
-    if not distributed.is_main():  # data-parallel: rank 0 alone writes
-        result, stop = _run(config, src, runner, clock, out, points, on_progress)
-    else:
-        key = config.key()
-        with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
-            if folder.note is not None and on_note is not None:
-                on_note(folder.note)
-            result, stop = _run(config, src, runner, clock, folder.staging, points, on_progress)
-            late = as_interrupt(folder.commit())  # signals that came during the swap waited
-        stop = stop or late
-        # the paths in the committed folder instead of the staging one
-        result = replace(result, out=out, metrics_path=out / "metrics.json")
-    if stop is not None:
-        raise Interrupted.after(stop, _saved_sentence(result.status, out)) from None
-    return result
+    return src, runner, BudgetClock(budget, train_size=src.splits.num_train, sync=sync), points
 
 
 def _saved_sentence(status: str, out: Path) -> str:
@@ -435,20 +454,19 @@ def _run(
     out: Path,
     points: list[float],
     on_progress: Callable[[float, dict[str, Any]], None] | None,
-) -> tuple[FinetuneResult, KeyboardInterrupt | None]:
-    """The run itself, writing into ``out``; the interrupt that stopped it, if one did.
+) -> tuple[_Run, str, dict[str, Any], KeyboardInterrupt | None]:
+    """The steps and evaluations, writing ``best.safetensors`` into ``out`` as they go.
 
-    An interrupt stops the steps or the evaluations; the files are written
-    in any case, and signals that arrive while they are written wait for them.
+    Returns:
+        The run, its status, its final evaluation and the interrupt that
+        stopped it (if one did); :meth:`_Run.finish` writes the rest.
     """
     run = _Run(config, src, runner, clock, out, on_progress)
     history = StepHistory(run.model)
-    stop: KeyboardInterrupt | None = None
     try:
         run.log["initial"] = run.evaluate()
         status = run.loop(points, history)
         final = _final_after_divergence(run, history) if status == "diverged" else run.evaluate()
     except KeyboardInterrupt as err:
-        stop, status, final = err, "interrupted", _final_after_interrupt(run, history)
-    late = run.finish(status, final)
-    return run.result(out), stop or as_interrupt(late)
+        return run, "interrupted", _final_after_interrupt(run, history), err
+    return run, status, final, None

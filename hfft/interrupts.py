@@ -1,23 +1,37 @@
-"""Ctrl-C and SIGTERM: what a run says when it stops, and writes no signal may cut short.
+"""Ctrl-C and SIGTERM: the first one stops a run, the rest wait until it has saved.
 
-A run that is interrupted restores the last accepted weights, saves what it
-has and raises :class:`Interrupted`, whose message says truthfully what was
-saved where; a plain ``KeyboardInterrupt`` reaching the command line means
-nothing was written. :func:`signals_held` keeps SIGINT and SIGTERM waiting
-while a run writes its final files, so a second Ctrl-C cannot leave them half
-written. Plain Python; importing this module does not import torch.
+Inside :func:`first_signal_stops` (every run and command enters it) the first
+SIGINT raises ``KeyboardInterrupt`` and the first SIGTERM
+:class:`Terminated`, wherever the run is; every later signal is only
+recorded, so the run's clean-up — putting back the last accepted weights,
+writing its files — cannot be cut short by a second Ctrl-C. Only inside
+:func:`interruptible` (the evaluation of the saved weights) does a later
+signal raise again, to skip that work. :func:`signals_held` keeps even a first
+signal waiting while a run that was *not* interrupted writes its final files.
+
+A run that stopped raises :class:`Interrupted`, whose message says truthfully
+what was saved where; a plain ``KeyboardInterrupt`` reaching the command line
+means nothing was written. Plain Python; importing this module does not
+import torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "Terminated", "as_interrupt", "signals_held", "was_terminated"]
+__all__ = [
+    "Interrupted",
+    "Terminated",
+    "as_interrupt",
+    "first_signal_stops",
+    "interruptible",
+    "signals_held",
+    "was_terminated",
+]
 
 
 class Terminated(KeyboardInterrupt):
@@ -48,22 +62,92 @@ def was_terminated(err: BaseException) -> bool:
     return isinstance(err, Terminated) or (isinstance(err, Interrupted) and err.terminated)
 
 
+def as_interrupt(signals: list[int]) -> KeyboardInterrupt | None:
+    """The interrupt the first of ``signals`` (held by :func:`signals_held`) stands for."""
+    if not signals:
+        return None
+    return Terminated() if signals[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
 _HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop:
+    """The process's run-signal state, shared by nested :func:`first_signal_stops`."""
+
+    depth = 0
+    stopping = False
+    interruptible = 0
+    later: list[int] = []  # noqa: RUF012 (one process-wide list, reset by the outermost)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if not _Stop.stopping:
+        _Stop.stopping = True
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    _Stop.later.append(signum)
+    if _Stop.interruptible:
+        raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def first_signal_stops(ignore_after_stop: bool = False) -> Iterator[None]:
+    """The first SIGINT/SIGTERM raises; later ones wait (see the module docstring).
+
+    Nested uses share one state; the outermost installs the handlers and puts
+    the previous ones back at the end.
+
+    Args:
+        ignore_after_stop: After a stop, leave SIGINT and SIGTERM ignored
+            instead of putting the previous handlers back (the command line,
+            which exits right after, so a late signal cannot cut its last line
+            short).
+    """
+    if not _main_thread():
+        yield
+        return
+    outermost = _Stop.depth == 0
+    previous: dict[int, Any] = {}
+    if outermost:
+        _Stop.stopping, _Stop.later, _Stop.interruptible = False, [], 0
+        previous = {s: signal.signal(s, _on_signal) for s in _HELD}
+    _Stop.depth += 1
+    try:
+        yield
+    finally:
+        _Stop.depth -= 1
+        if outermost:
+            for s, handler in previous.items():
+                stopped = ignore_after_stop and _Stop.stopping
+                signal.signal(s, signal.SIG_IGN if stopped else handler)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """A block that a signal after the first may cut short (``KeyboardInterrupt``)."""
+    _Stop.interruptible += 1
+    try:
+        yield
+    finally:
+        _Stop.interruptible -= 1
 
 
 @contextlib.contextmanager
 def signals_held(deliver: bool = True) -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM until the block ends.
+    """Hold SIGINT and SIGTERM, even a first one, until the block ends.
 
-    For writes that must complete (a run's final files): a signal that
-    arrives inside the block waits. With ``deliver``, the first one goes to
-    the handler that was in place before, right after the block; without,
-    the caller gets the signals that arrived (the yielded list) and decides.
-    Outside the main thread (where Python cannot set handlers) the block runs
-    unprotected.
+    For writes that must complete (a run's final files). With ``deliver``, the
+    first signal that arrived goes to the handler that was in place before,
+    right after the block; without, the caller gets the signals that arrived
+    (the yielded list) and decides. Outside the main thread (where Python
+    cannot set handlers) the block runs unprotected.
     """
     caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield caught
         return
 
@@ -80,14 +164,9 @@ def signals_held(deliver: bool = True) -> Iterator[list[int]]:
             _deliver(caught[0], previous[caught[0]])
 
 
-def as_interrupt(signals: list[int]) -> KeyboardInterrupt | None:
-    """The interrupt the first of ``signals`` (held by :func:`signals_held`) stands for."""
-    if not signals:
-        return None
-    return Terminated() if signals[0] == signal.SIGTERM else KeyboardInterrupt()
-
-
 def _deliver(signum: int, handler: Any) -> None:
+    import os
+
     if callable(handler):
         handler(signum, None)
     elif handler == signal.SIG_DFL:

@@ -30,8 +30,6 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hfft.interrupts import signals_held
-
 __all__ = [
     "FolderBusy",
     "FolderTaken",
@@ -216,17 +214,15 @@ class RunFolder:
         finally:
             self._stack.close()
 
-    def commit(self) -> list[int]:
+    def commit(self) -> None:
         """Make the staged files the target's, in one step where the system allows it.
 
-        Returns:
-            The signals (SIGINT, SIGTERM) that arrived during the swap: they
-            waited for it, and the caller decides what they mean.
+        Call it while signals are held (:func:`hfft.interrupts.signals_held`),
+        so that an interrupt cannot fall between the two renames of a system
+        without an atomic exchange.
         """
-        with signals_held(deliver=False) as caught:
-            self._swap()
+        self._swap()
         self.committed = True
-        return caught
 
     def _swap(self) -> None:
         if any(self.target.iterdir()):

@@ -26,7 +26,7 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.checkpoint import save_checkpoint
 from hfft.evaluation import evaluate_splits
-from hfft.interrupts import Interrupted, as_interrupt, signals_held
+from hfft.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.limits import check
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ def train(
 
     run = _Training(config)
     save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
-    with locked_folder(run.out):
+    with first_signal_stops(), locked_folder(run.out):
         check_owner(run.out, lambda d: same_train_run(d, config), config.overwrite)
         clean_stale(run.out)
         clear(run.out)

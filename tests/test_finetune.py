@@ -625,3 +625,31 @@ def test_a_full_disk_is_one_sentence(
     assert result.exit_code == 2
     assert "No space left on device" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap", [0.0, 0.01, 0.04])
+def test_a_second_ctrl_c_never_costs_the_files(ckpt: Path, tmp_path: Path, gap: float) -> None:
+    # the second signal lands in the clean-up (restoring, evaluating, writing, swapping)
+    out = tmp_path / "ft"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hfft", "finetune", str(ckpt), "--strategy", "sgd"),
+            *("--budget", "1h", "--quiet", "--device", "cpu", "--out", str(out)),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".ft.staging-*/best.safetensors")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"saved in {out} and marked interrupted" in err
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    assert (out / "final.safetensors").exists()

@@ -8,7 +8,15 @@ import threading
 
 import pytest
 
-from hfft.interrupts import Interrupted, Terminated, as_interrupt, signals_held, was_terminated
+from hfft.interrupts import (
+    Interrupted,
+    Terminated,
+    as_interrupt,
+    first_signal_stops,
+    interruptible,
+    signals_held,
+    was_terminated,
+)
 
 
 def test_a_held_sigint_is_delivered_after_the_block() -> None:
@@ -61,3 +69,46 @@ def test_interrupted_remembers_the_signal() -> None:
     inner = Interrupted.after(Terminated(), "saved in a")
     assert Interrupted.after(inner, "saved in b").terminated
     assert str(Interrupted("the files are in x")) == "the files are in x"
+
+
+def test_the_first_signal_stops_and_later_ones_wait() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    cleaned_up = []
+    with first_signal_stops():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("the first signal did not stop the run")
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C during the clean-up
+        os.kill(os.getpid(), signal.SIGTERM)
+        cleaned_up.append("files written")
+        with pytest.raises(KeyboardInterrupt), interruptible():
+            os.kill(os.getpid(), signal.SIGINT)  # the final evaluation may be skipped
+            raise AssertionError("an interruptible block was not interrupted")
+    assert cleaned_up == ["files written"]
+    assert signal.getsignal(signal.SIGINT) is before  # put back by the outermost
+
+
+def test_the_first_sigterm_stops_as_terminated() -> None:
+    with first_signal_stops(), pytest.raises(Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+
+def test_nested_stops_share_one_state() -> None:
+    with first_signal_stops():
+        with first_signal_stops(), pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the outer run is stopping too: it waits
+
+
+def test_after_a_stop_the_command_line_ignores_signals() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt), first_signal_stops(ignore_after_stop=True):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with first_signal_stops(ignore_after_stop=True):
+        pass
+    assert signal.getsignal(signal.SIGINT) is before  # no stop: the handler comes back

@@ -107,7 +107,7 @@ def test_commit_swaps_the_new_run_in_whole(tmp_path: Path) -> None:
         (folder.staging / "config").write_text("mine")
         (folder.staging / "final.safetensors").write_text("new")
         assert (target / "old-only.txt").exists()  # nothing changes until the swap
-        assert folder.commit() == []
+        folder.commit()
     assert sorted(p.name for p in target.iterdir()) == ["config", "final.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
 
@@ -139,6 +139,8 @@ def test_what_killed_runs_left_is_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
+    from hfft.interrupts import signals_held
+
     target = tmp_path / "out"
     with RunFolder(target, _same, overwrite=False) as folder:
         (folder.staging / "config").write_text("mine")
@@ -149,5 +151,7 @@ def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
             real_swap()
 
         folder._swap = interrupted_swap  # type: ignore[method-assign]
-        assert folder.commit() == [signal.SIGINT]
+        with signals_held(deliver=False) as caught:
+            folder.commit()
+        assert caught == [signal.SIGINT]
     assert (target / "config").read_text() == "mine"
