@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from hfft._version import __version__
 
 if TYPE_CHECKING:
-    from hfft.cg import CGResult, conjugate_gradient
-    from hfft.curvature import CurvatureOperator, linearize_curvature
-    from hfft.optimizer import HessianFree, StepRecord
+    from hfft.optim.cg import CGResult, conjugate_gradient
+    from hfft.optim.curvature import CurvatureOperator, linearize_curvature
+    from hfft.optim.optimizer import HessianFree, StepRecord
 
 __all__ = [
     "CGResult",
@@ -26,12 +26,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "HessianFree": "hfft.optimizer",
-    "StepRecord": "hfft.optimizer",
-    "CGResult": "hfft.cg",
-    "conjugate_gradient": "hfft.cg",
-    "CurvatureOperator": "hfft.curvature",
-    "linearize_curvature": "hfft.curvature",
+    "HessianFree": "hfft.optim.optimizer",
+    "StepRecord": "hfft.optim.optimizer",
+    "CGResult": "hfft.optim.cg",
+    "conjugate_gradient": "hfft.optim.cg",
+    "CurvatureOperator": "hfft.optim.curvature",
+    "linearize_curvature": "hfft.optim.curvature",
 }
 
 

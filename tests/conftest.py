@@ -86,7 +86,7 @@ def dense_ggn(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory):
     """A short hfft training run on digits: run.json and two checkpoints."""
-    from hfft.train import TrainConfig, train
+    from hfft.experiment.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     train(

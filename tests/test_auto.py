@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hfft.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
+from hfft.experiment.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
 from hfft.cli import app
-from hfft.finetune import FinetuneConfig, finetune
-from hfft.runners import make_runner
-from hfft.source import SourceSpec
-from hfft.strategies import parse_strategy
+from hfft.experiment.finetune import FinetuneConfig, finetune
+from hfft.experiment.runners import make_runner
+from hfft.experiment.starting_point import StartingPointOptions
+from hfft.experiment.strategies import parse_strategy
 
 runner = CliRunner()
 # cheap HF on the digits MLP of the trained_run fixture, and SGD at a rate at which it
@@ -179,7 +179,7 @@ def ckpt(trained_run: Path) -> Path:
 
 
 def auto_runner(ckpt: Path, options: str) -> AutoRunner:
-    src = SourceSpec().load(ckpt, "cpu")
+    src = StartingPointOptions().load(ckpt, "cpu")
     made = make_runner(
         parse_strategy(f"auto:{options}"),
         src.model,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from hfft import _measure
-from hfft.bench import LABELS, bench_model, check_targets, interleaved_medians
-from hfft.bench_step import BREAKDOWN, bench_hf_step
+from hfft.diagnostics import instruments
+from hfft.diagnostics.bench import LABELS, bench_model, check_targets, interleaved_medians
+from hfft.diagnostics.step_bench import BREAKDOWN, bench_hf_step
 
 
 def _problem(n: int = 16) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -24,7 +24,7 @@ def result():
     # a tiny model allocates less than the resident-memory counters resolve:
     # count tensors through the profiler instead (tests/test_measure.py covers both)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_measure, "_resident_peak", lambda fn: None)
+        mp.setattr(instruments, "_resident_peak", lambda fn: None)
         model, x, y = _problem()
         return bench_model(model, x, y, name="tiny", rounds=1, cg_iterations=4)
 
@@ -103,7 +103,7 @@ def test_stages_are_reported_in_order() -> None:
 
     from rich.console import Console
 
-    from hfft.render_bench import bench_status
+    from hfft.cli.render.bench import bench_status
 
     model, x, y = _problem(8)
     stages: list[str] = []

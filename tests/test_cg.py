@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hfft.cg import conjugate_gradient, iterate_grid
+from hfft.optim.cg import conjugate_gradient, iterate_grid
 
 
 def spd(n: int, cond: float = 10.0, seed: int = 0) -> torch.Tensor:

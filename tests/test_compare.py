@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.compare import CompareConfig, compare, default_strategies, run_directory, run_order
+from hfft.analysis.compare import CompareConfig, compare, default_strategies, run_directory, run_order
 
 runner = CliRunner()
 STRATEGIES = ("sgd", "sgd-cosine", "hf:m=128,cg_max_iter=10")
@@ -279,7 +279,7 @@ def test_every_strategy_is_checked_before_the_first_run(run_dir: Path, tmp_path:
 
 
 def test_a_second_comparison_on_the_same_folder_is_refused(run_dir: Path, tmp_path: Path) -> None:
-    from hfft.outdir import FolderBusy, locked_folder
+    from hfft.experiment.run_folder import FolderBusy, locked_folder
 
     with locked_folder(tmp_path / "cmp"), pytest.raises(FolderBusy, match="another hfft run"):
         compare(_small(run_dir, tmp_path))

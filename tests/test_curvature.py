@@ -7,7 +7,7 @@ import torch
 from conftest import dense, dense_ggn, flat_params, loss_of_flat, make_problem
 from torch import nn
 
-from hfft.curvature import LinearizationCache, linearize_curvature, split_batch
+from hfft.optim.curvature import LinearizationCache, linearize_curvature, split_batch
 
 LOSSES = {
     "ce-mean": lambda: nn.CrossEntropyLoss(),
@@ -198,7 +198,7 @@ def test_traced_linearization_is_reused_across_steps() -> None:
 )
 def test_max_pool_runs_channels_last_on_cpu_with_the_same_products(pool: nn.Module) -> None:
     """The traced forward max-pools in channels-last layout: same GGN, same gradient."""
-    from hfft._trace import _max_pool_2d_channels_last
+    from hfft.optim.trace import _max_pool_2d_channels_last
 
     torch.manual_seed(0)
     # ReLU before the pool makes ties (zeros) within windows common
@@ -224,7 +224,7 @@ def test_max_pool_runs_channels_last_on_cpu_with_the_same_products(pool: nn.Modu
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_linearised_forward_costs_one_forward_and_products_no_gradient(kind: str) -> None:
     """No arithmetic on the input's zero tangent, and no gradient inside products."""
-    from hfft._measure import count_flops
+    from hfft.diagnostics.instruments import count_flops
 
     model, x, y = make_problem(kind, n=8)
     loss_fn = nn.CrossEntropyLoss()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hfft.damping import adapt_damping, reduction_ratio
+from hfft.optim.damping import adapt_damping, reduction_ratio
 
 
 @pytest.mark.parametrize(

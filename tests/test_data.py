@@ -10,14 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from hfft.data import (
-    DATASETS,
-    AugmentSpec,
-    DataError,
-    DataSplits,
-    load_data,
-    split_indices,
-)
+from hfft.experiment.datasets import DATASETS, AugmentSpec, DataError
+from hfft.experiment.splits import DataSplits, load_data, split_indices
 
 
 @pytest.fixture(scope="module")

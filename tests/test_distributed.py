@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfft import distributed
-from hfft.budget import Budget, BudgetClock
-from hfft.curvature import split_batch
+from hfft.optim import distributed
+from hfft.experiment.budget import Budget, BudgetClock
+from hfft.optim.curvature import split_batch
 
 
 def test_single_process_is_rank_zero_of_one() -> None:

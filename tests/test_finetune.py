@@ -16,10 +16,10 @@ import safetensors.torch
 import torch
 from typer.testing import CliRunner
 
-from hfft.checkpoint import load_checkpoint
+from hfft.experiment.checkpoint import load_checkpoint
 from hfft.cli import app
-from hfft.finetune import FinetuneConfig, finetune
-from hfft.interrupts import Interrupted
+from hfft.experiment.finetune import FinetuneConfig, finetune
+from hfft.experiment.interrupts import Interrupted
 
 runner = CliRunner()
 HF_SMALL = "hf:m=256,cg_max_iter=20"
@@ -354,9 +354,9 @@ def test_sigterm_saves_and_exits_143(ckpt: Path, tmp_path: Path) -> None:
 def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: int) -> list:
     """Make the runner raise KeyboardInterrupt in its ``forward``-th forward pass of step
     ``step``; returns the list that will hold the model's state at the start of each step."""
-    import hfft.runners
+    import hfft.experiment.runners
 
-    real = hfft.runners.make_runner
+    real = hfft.experiment.runners.make_runner
     starts: list = []
 
     def make(strategy, model, *args, **kwargs):
@@ -386,15 +386,15 @@ def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: 
         made.step = step_
         return made
 
-    monkeypatch.setattr(hfft.runners, "make_runner", make)
+    monkeypatch.setattr(hfft.experiment.runners, "make_runner", make)
     return starts
 
 
 def _reevaluate(path: Path) -> dict:
-    from hfft.evaluation import evaluate_splits
-    from hfft.source import load_source
+    from hfft.experiment.evaluation import evaluate_splits
+    from hfft.experiment.starting_point import load_starting_point
 
-    src = load_source(path)
+    src = load_starting_point(path)
     return evaluate_splits(src.model, src.splits, torch.nn.CrossEntropyLoss())
 
 
@@ -464,7 +464,7 @@ def test_an_sgd_update_cut_short_is_undone(
 def test_a_second_interrupt_while_saving_waits_for_the_files(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hfft.finetune as ft
+    import hfft.experiment.finetune as ft
 
     real = ft.atomic_write_json
 
@@ -492,12 +492,12 @@ def test_a_second_interrupt_while_saving_waits_for_the_files(
 def test_an_interrupt_at_start_up_writes_nothing_and_says_so(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hfft.source
+    import hfft.experiment.starting_point
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfft.source, "load_source", interrupted)
+    monkeypatch.setattr(hfft.experiment.starting_point, "load_starting_point", interrupted)
     out = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", str(ckpt), "--budget", "3steps", "--out", str(out)])
     assert result.exit_code == 130
@@ -555,7 +555,7 @@ def test_the_summary_lists_only_files_that_exist(ckpt: Path, tmp_path: Path) -> 
 
 
 def test_a_second_run_on_the_same_folder_is_refused(ckpt: Path, tmp_path: Path) -> None:
-    from hfft.outdir import locked_folder
+    from hfft.experiment.run_folder import locked_folder
 
     out = tmp_path / "ft"
     with locked_folder(out):  # another run holds the folder

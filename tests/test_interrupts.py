@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from hfft.interrupts import (
+from hfft.experiment.interrupts import (
     Interrupted,
     Terminated,
     as_interrupt,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hfft.linesearch import armijo, backtrack
+from hfft.optim.linesearch import armijo, backtrack
 
 
 def candidates(values: list[float]) -> tuple[list[tuple[int, torch.Tensor]], dict[float, float]]:

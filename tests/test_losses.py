@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hfft.losses import loss_reduction, output_hessian
+from hfft.optim.output_hessians import loss_reduction, output_hessian
 
 N, C = 5, 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hfft._measure import _profiled_peak, _resident_peak, count_flops, peak_memory
+from hfft.diagnostics.instruments import _profiled_peak, _resident_peak, count_flops, peak_memory
 
 MB = 2**20
 

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from hfft.models.small import cnn, mlp
-from hfft.modelspec import ModelSpecError, build_model, load_factory, parse_model_args
+from hfft.experiment.factories import ModelSpecError, build_model, load_factory, parse_model_args
 
 DATA = {"num_classes": 10, "in_channels": 1, "input_size": 8}
 
@@ -234,7 +234,7 @@ def test_build_model_errors(spec, args, message, user_file):
 
 
 def test_modelspec_imports_without_torch():
-    code = "import sys, hfft.modelspec; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, hfft.experiment.factories; assert 'torch' not in sys.modules, 'torch imported'"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

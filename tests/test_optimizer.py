@@ -10,10 +10,10 @@ import torch
 from conftest import dense_ggn, flat_params, loss_of_flat, make_problem
 from torch import nn
 
-import hfft.optimizer as hf_optimizer
+import hfft.optim.optimizer as hf_optimizer
 from hfft import HessianFree
-from hfft.curvature import split_batch
-from hfft.preconditioner import empirical_fisher_diagonal
+from hfft.optim.curvature import split_batch
+from hfft.optim.preconditioner import empirical_fisher_diagonal
 
 EXACT = dict(
     adapt_damping=False,

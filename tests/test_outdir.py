@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hfft.outdir import (
+from hfft.experiment.run_folder import (
     FolderBusy,
     FolderTaken,
     RunFolder,
@@ -23,7 +23,7 @@ from hfft.outdir import (
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from hfft.outdir import locked_folder
+from hfft.experiment.run_folder import locked_folder
 with locked_folder(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)
@@ -139,7 +139,7 @@ def test_what_killed_runs_left_is_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
-    from hfft.interrupts import signals_held
+    from hfft.experiment.interrupts import signals_held
 
     target = tmp_path / "out"
     with RunFolder(target, _same, overwrite=False) as folder:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from hfft.plots import (
+from hfft.analysis.plots import (
     GRID,
     budget_band,
     interpolate_run,
@@ -19,7 +19,7 @@ from hfft.plots import (
     plot_relative_performance,
     strategy_colors,
 )
-from hfft.ranking import RunSummary, relative_performance
+from hfft.analysis.ranking import RunSummary, relative_performance
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from hfft.ranking import (
+from hfft.analysis.ranking import (
     RunSummary,
     StrategyStats,
     best_baseline_target,

@@ -7,7 +7,8 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from hfft.render import finetune_progress, switch_line
+from hfft.cli.render.progress import finetune_progress
+from hfft.cli.render.summaries import switch_line
 
 SWITCH = {
     "step": 17,

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hfft.data import AugmentSpec, DataSplits, load_data
-from hfft.sampling import BatchSampler, augment_batch, gather_batch
+from hfft.experiment.datasets import AugmentSpec
+from hfft.experiment.splits import DataSplits, load_data
+from hfft.experiment.sampling import BatchSampler, augment_batch, gather_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hfft.schedules import Plateau, Schedule, constant, cosine, div10, make_schedule
-from hfft.strategies import SGD_STRATEGIES
+from hfft.experiment.schedules import Plateau, Schedule, constant, cosine, div10, make_schedule
+from hfft.experiment.strategies import SGD_STRATEGIES
 
 
 @pytest.mark.parametrize(

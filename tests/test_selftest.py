@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.render import print_selftest
-from hfft.selftest import Check, Report, measure_cost, model_checks, selftest_model
+from hfft.cli.render.selftest import print_selftest
+from hfft.diagnostics.selftest import Check, Report, measure_cost, model_checks, selftest_model
 
 runner = CliRunner()
 
@@ -138,12 +138,12 @@ def test_batchnorm_in_training_mode_with_chunks_fails() -> None:
 
 
 def test_report_leaves_out_the_cost_when_products_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hfft._checks
+    import hfft.diagnostics.measure
 
     def broken(*args, **kwargs):
         raise RuntimeError("products cannot be computed for this model")
 
-    monkeypatch.setattr(hfft._checks, "linearize_curvature", broken)
+    monkeypatch.setattr(hfft.diagnostics.measure, "linearize_curvature", broken)
     x, y = batch()
     report = selftest_model(cnn(), nn.CrossEntropyLoss(), x, y)
     assert not report.passed
@@ -213,8 +213,8 @@ def test_report_json_and_table() -> None:
 
 
 def test_builtin_checks_catch_wrong_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hfft.curvature import CurvatureOperator
-    from hfft.selftest import builtin_checks
+    from hfft.optim.curvature import CurvatureOperator
+    from hfft.diagnostics.selftest import builtin_checks
 
     matvec = CurvatureOperator.matvec
 
@@ -332,7 +332,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @cuda
 def test_builtin_checks_pass_on_cuda_and_agree_with_cpu() -> None:
-    from hfft.selftest import builtin_checks
+    from hfft.diagnostics.selftest import builtin_checks
 
     checks = {c.name: c for c in builtin_checks("cuda")}
     assert checks["CPU vs cuda"].status == "pass"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from hfft.strategies import (
+from hfft.experiment.strategies import (
     AUTO_OPTIONS,
     HF_OPTIONS,
     SGD_OPTIONS,
@@ -225,9 +225,9 @@ def test_strategy_validates_and_normalises() -> None:
 
 
 def test_hf_options_match_hessian_free_signature() -> None:
-    from hfft.curvature import BACKENDS, CURVATURES
-    from hfft.optimizer import MODEL_MODES, HessianFree
-    from hfft.preconditioner import PRECONDITIONERS
+    from hfft.optim.curvature import BACKENDS, CURVATURES
+    from hfft.optim.optimizer import MODEL_MODES, HessianFree
+    from hfft.optim.preconditioner import PRECONDITIONERS
 
     parameters = dict(inspect.signature(HessianFree.__init__).parameters)
     for name in ("self", "params", "weight_decay"):
@@ -250,7 +250,7 @@ def test_sgd_options_table() -> None:
 
 def test_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, hfft.budget, hfft.schedules, hfft.strategies; "
+        "import sys, hfft.experiment.budget, hfft.experiment.schedules, hfft.experiment.strategies; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

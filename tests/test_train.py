@@ -9,10 +9,10 @@ import pytest
 import safetensors.torch
 from typer.testing import CliRunner
 
-from hfft.checkpoint import apply_state_dict, load_checkpoint
+from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
 from hfft.cli import app
-from hfft.modelspec import build_model
-from hfft.train import TrainConfig, checkpoint_epochs, train
+from hfft.experiment.factories import build_model
+from hfft.experiment.train import TrainConfig, checkpoint_epochs, train
 
 runner = CliRunner()
 
@@ -159,12 +159,12 @@ def test_cli_train_out_is_a_file(tmp_path: Path) -> None:
 
 
 def test_cli_train_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hfft.train
+    import hfft.experiment.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfft.train, "train", interrupted)
+    monkeypatch.setattr(hfft.experiment.train, "train", interrupted)
     result = runner.invoke(app, ["train", "mlp", "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 130
     assert "interrupted; nothing was written" in result.output
@@ -185,7 +185,7 @@ def test_another_runs_folder_needs_overwrite(tmp_path: Path) -> None:
 
 
 def test_an_interrupt_names_what_was_saved(tmp_path: Path) -> None:
-    from hfft.interrupts import Interrupted
+    from hfft.experiment.interrupts import Interrupted
 
     def stop_after_one(record: dict) -> None:
         raise KeyboardInterrupt

@@ -1,0 +1,375 @@
+"""Rank strategies from shared checkpoints: strategies × seeds under one budget (paper §3).
+
+Every run is an ordinary ``hfft finetune`` run written to
+``OUT/<checkpoint>/<strategy>/seed-<k>/``. Runs go one after another on the
+device (timings stay fair). Seeds are paired: seed k gives every strategy the
+same sampler seed, hence the same data order where the strategy allows it.
+
+A rerun of the same command reuses every finished run whose stored
+configuration and checkpoint hash match, and runs only the missing ones, so
+an interrupted compare loses at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfft._io import atomic_write_json, sha256_file, to_json
+from hfft.experiment.interrupts import Interrupted, first_signal_stops
+from hfft.experiment.limits import check
+from hfft.experiment.run_folder import slug
+from hfft.experiment.starting_point import StartingPointOptions
+from hfft.experiment.strategies import SGD_STRATEGIES
+from hfft.optim import distributed
+
+__all__ = [
+    "CompareConfig",
+    "CompareResult",
+    "compare",
+    "default_strategies",
+    "run_directory",
+    "run_order",
+]
+
+HF_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A comparison: checkpoints × strategies × seeds under one budget."""
+
+    checkpoints: tuple[str, ...]
+    strategies: tuple[str, ...] | None = None
+    seeds: int = 5
+    budget: str = "10%"
+    out: str = "compare"
+    eval_points: int = 20
+    eval_batch_size: int | None = None
+    device: str = "cpu"
+    source: StartingPointOptions = field(default_factory=StartingPointOptions)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.checkpoints:
+            raise ValueError("compare needs at least one checkpoint")
+        check("seeds", self.seeds)
+        check("eval_points", self.eval_points)
+        check("eval_batch_size", self.eval_batch_size)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """The summary (as in ``compare.json``) and the files written."""
+
+    summary: dict[str, Any]
+    compare_json: Path
+    plots: list[Path]
+    reused: int
+    ran: int
+
+
+def default_strategies(n_train: int) -> list[str]:
+    """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data.
+
+    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``; the three largest of
+    256, 512, …, 4096 that satisfy it are used. ``auto`` uses the smallest of
+    them, so that its probes are as cheap as HF steps get here and its HF phase
+    is one of the HF runs it is ranked against (without any, HF's default m).
+    """
+    sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
+    auto = f"auto:m={sizes[0]}" if sizes else "auto"
+    return [*SGD_STRATEGIES, auto, *(f"hf:m={m}" for m in sizes)]
+
+
+def run_directory(out: Path, checkpoint: str, strategy: str, seed: int) -> Path:
+    """Where one run of a comparison writes its outputs."""
+    return out / checkpoint / slug(strategy) / f"seed-{seed}"
+
+
+def _checkpoint_keys(paths: list[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [slug(f"{p.parent.name}-{p.stem}") for p in paths]
+
+
+def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, int, int]]:
+    """The order of the runs, as (checkpoint, strategy, seed) indices.
+
+    Seed by seed, and within a seed checkpoint by checkpoint, with the
+    strategies rotated by one place for each (checkpoint, seed): under a time
+    budget a slow spell of the machine then falls on every strategy alike
+    instead of on the one whose block of seeds it hit. (On the 2-core
+    development VM one CG iteration of the same HF run took 18 to 31 ms from
+    minute to minute, which moved strategies' ranks when each ran its seeds
+    in a block.)
+    """
+    order = []
+    for seed in range(seeds):
+        for c in range(checkpoints):
+            shift = (seed + c) % strategies if strategies else 0
+            order += [(c, (shift + i) % strategies, seed) for i in range(strategies)]
+    return order
+
+
+def _reuse_check(run_dir: Path, key: dict[str, Any], sha256: str) -> tuple[Any, str | None]:
+    """A finished run's ``metrics.json`` if it can be reused, else why it is redone.
+
+    Reused only if ``metrics.json`` is an object of this run's configuration
+    and checkpoint, the run completed (or diverged), it reads as a run
+    summary, and every weight file it lists is there with its recorded
+    SHA-256. ``(None, None)`` when the run never started.
+    """
+    from hfft.analysis.run_summary import RunSummary
+    from hfft.experiment.finetune import same_finetune_run
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None, None
+    try:
+        log = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, "its metrics.json is not readable JSON"
+    if not isinstance(log, dict):
+        return None, "its metrics.json is not a JSON object"
+    if log.get("status") not in ("completed", "diverged"):
+        return None, f"it had not finished (status {log.get('status')!r})"
+    if not same_finetune_run(run_dir, key):
+        return None, "it was run with another configuration"
+    if not isinstance(log.get("source"), dict) or log["source"].get("sha256") != sha256:
+        return None, "it started from another version of the checkpoint"
+    try:
+        RunSummary.from_metrics("", 0, log)
+    except (ValueError, TypeError, AttributeError) as err:
+        return None, f"its metrics.json is incomplete ({err})"
+    return log, _weights_check(run_dir, log.get("files"))
+
+
+def _weights_check(run_dir: Path, files: Any) -> str | None:
+    """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
+    if not isinstance(files, dict) or "final.safetensors" not in files:
+        return "its metrics.json records no hash of final.safetensors"
+    for name, digest in files.items():
+        path = run_dir / str(name)
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded SHA-256 (changed or truncated)"
+    return None
+
+
+#: The settings that make the runs of two comparisons different runs.
+RUN_SETTINGS = ("budget", "eval_points", "eval_batch_size", "device", "source")
+
+
+def _same_comparison(out: Path, config: CompareConfig) -> bool:
+    """Whether ``out`` holds a comparison whose runs this one may reuse or extend."""
+    try:
+        stored = json.loads((out / "compare.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return False
+    mine = json.loads(json.dumps(dataclasses.asdict(config)))
+    return isinstance(stored, dict) and all(stored.get(k) == mine[k] for k in RUN_SETTINGS)
+
+
+def _claim(out: Path, config: CompareConfig) -> None:
+    """Check that ``out`` may hold this comparison (or is emptied, with ``--overwrite``).
+
+    Raises:
+        FolderTaken: If it holds another comparison's or another program's files.
+    """
+    from hfft.experiment.run_folder import FolderTaken, check_owner, clean_stale, clear
+
+    try:
+        owner = check_owner(out, lambda d: _same_comparison(d, config), config.overwrite)
+    except FolderTaken:
+        raise FolderTaken(
+            f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
+            "or checkpoint options differ) or other files; choose another --out, or pass "
+            "--overwrite to replace them"
+        ) from None
+    clean_stale(out)
+    if owner == "overwrite":
+        clear(out)
+
+
+def _load_sources(
+    config: CompareConfig, strategies: list[str] | None, on_note: Callable[[str], None] | None
+) -> tuple[list, list[str]]:
+    """Every checkpoint loaded, and the strategies checked against each one's data."""
+    from hfft.experiment.runners import check_strategy
+    from hfft.experiment.strategies import parse_strategy
+
+    sources = []
+    for path in config.checkpoints:
+        src = config.source.load(path, config.device)
+        if on_note is not None:
+            for note in src.notes:
+                on_note(f"{path}: {note}")
+        sources.append((src, copy.deepcopy(src.model.state_dict())))
+    labels = strategies or default_strategies(sources[0][0].splits.num_train)
+    for src, _ in sources:
+        for label in labels:
+            check_strategy(
+                parse_strategy(label),
+                src.splits.num_train,
+                lr=src.lr,
+                batch_size=src.batch_size,
+                eval_batch_size=config.eval_batch_size,
+            )
+    return sources, labels
+
+
+def compare(
+    config: CompareConfig,
+    on_run: Callable[[int, int, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> CompareResult:
+    """Run (or reuse) every checkpoint × strategy × seed and rank the strategies.
+
+    Every checkpoint is loaded and every strategy checked against its data
+    before the first run starts. The output folder is locked for the
+    comparison and must hold this comparison (same budget, evaluation points,
+    B̄ size, device and checkpoint options; checkpoints, strategies and seeds
+    may be added) or nothing, unless ``config.overwrite``. A finished run is
+    reused only after its files are verified; one that fails is run again,
+    with a note saying why.
+
+    Args:
+        config: The comparison.
+        on_run: Called as ``on_run(index, total, description)`` before each run.
+        on_note: Called with one sentence for each run that is redone and why.
+
+    Returns:
+        The :class:`CompareResult`; ``compare.json`` and the plots are in
+        ``config.out``.
+
+    Raises:
+        ValueError: For malformed strategies or budgets, strategies that do
+            not fit a checkpoint's data, or an output folder that holds
+            another comparison (before anything runs).
+        Interrupted: On Ctrl-C or SIGTERM, once the run in progress has saved
+            what it had; finished runs are kept and a rerun resumes.
+    """
+    from hfft.experiment.budget import parse_budget
+    from hfft.experiment.run_folder import locked_folder
+    from hfft.experiment.strategies import parse_strategy
+
+    parse_budget(config.budget)
+    given = [parse_strategy(s).label for s in config.strategies or ()]
+    sources, strategies = _load_sources(config, given, on_note)
+    out = Path(config.out)
+    main = distributed.is_main()  # data-parallel: rank 0 alone writes
+    with first_signal_stops(), locked_folder(out) if main else contextlib.nullcontext():
+        if main:
+            _claim(out, config)
+            header = {"status": "running", **_header(config, strategies)}
+            atomic_write_json(out / "compare.json", header)
+        try:
+            runs, ran, reused = _run_all(config, sources, strategies, on_run, on_note)
+            return _summarise(config, strategies, runs, ran, reused)
+        except KeyboardInterrupt as err:
+            raise Interrupted.after(
+                err, f"the finished runs are kept in {out} (rerun the same command to resume)"
+            ) from None
+
+
+def _header(config: CompareConfig, strategies: list[str]) -> dict[str, Any]:
+    return {
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "strategies": strategies,
+    }
+
+
+def _run_all(
+    config: CompareConfig,
+    sources: list,
+    strategies: list[str],
+    on_run: Callable[[int, int, str], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> tuple[list[Any], int, int]:
+    """Every run in :func:`run_order`, reused where verified; the summaries in listing order."""
+    from hfft.analysis.ranking import RunSummary
+    from hfft.experiment.finetune import FinetuneConfig, finetune
+
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    out = Path(config.out)
+    reused = ran = 0
+    done: dict[tuple[int, int, int], RunSummary] = {}
+    order = run_order(len(keys), len(strategies), config.seeds)
+    for index, (c, k, seed) in enumerate(order, start=1):
+        (src, state), key, label = sources[c], keys[c], strategies[k]
+        run_dir = run_directory(out, key, label, seed)
+        ft = FinetuneConfig(
+            checkpoint=str(src.path),
+            strategy=label,
+            budget=config.budget,
+            out=str(run_dir),
+            eval_batch_size=config.eval_batch_size,
+            eval_points=config.eval_points,
+            seed=seed,
+            device=config.device,
+            source=config.source,
+            overwrite=True,  # compare owns its folder (checked in _claim)
+        )
+        # data-parallel: rank 0 (which wrote the files) decides what to reuse
+        log, why = distributed.broadcast_object(
+            _reuse_check(run_dir, ft.key(), src.sha256) if distributed.is_main() else None
+        )
+        if why is not None and on_note is not None:
+            on_note(f"running {key} {label} seed {seed} again: {why}")
+        if log is None or why is not None:
+            if on_run is not None:
+                on_run(index, len(order), f"{key} {label} seed {seed}")
+            src.model.load_state_dict(state)
+            # as it was written (JSON types), also on ranks that wrote nothing
+            log = json.loads(to_json(finetune(ft, source=src).log))
+            ran += 1
+        else:
+            reused += 1
+        done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
+    return [done[i] for i in sorted(done)], ran, reused  # checkpoint, strategy, seed: as listed
+
+
+def _summarise(
+    config: CompareConfig, strategies: list[str], runs: list[Any], ran: int, reused: int
+) -> CompareResult:
+    """Rank, plot and write ``compare.json``."""
+    from hfft.analysis.plots import plot_budget_curves, plot_relative_performance
+    from hfft.analysis.ranking import compare_summary, relative_performance
+
+    out = Path(config.out)
+    summary = compare_summary(runs)
+    summary.update(_header(config, strategies))
+    summary["runs"] = [
+        {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}
+        for r in runs
+    ]
+    if not distributed.is_main():
+        return CompareResult(summary, out / "compare.json", [], reused, ran)
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    plots = [
+        plot_budget_curves(
+            [r for r in runs if r.checkpoint == key], out / f"curves-{key}.png", checkpoint=key
+        )
+        for key in keys
+    ]
+    if len(keys) > 1:
+        pairs = (("test_accuracy", "test accuracy"), ("train_eval_loss", "train loss"))
+        for metric, label in pairs:
+            rel = relative_performance(runs, metric)
+            plots.append(
+                plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)
+            )
+    summary["plots"] = [str(p) for p in plots]
+    summary["status"] = "completed"
+    compare_json = out / "compare.json"
+    atomic_write_json(compare_json, summary)
+    return CompareResult(summary, compare_json, plots, reused, ran)

@@ -1,0 +1,391 @@
+"""The statistics of ``hfft compare``: rank strategies over seeds (paper §3.1, §3.2, App. B.2).
+
+A run is scored, as in the paper, by the **best** value of a metric it reached
+within the budget (best test accuracy, best train loss), not by its last
+value. Per strategy the scores of the seeds are summarised by their mean and
+quartiles; strategies are ordered by the mean, and pairs that the data cannot
+tell apart are marked (:func:`rank_strategies` states the rule).
+
+Everything here is plain Python and NumPy/SciPy on the content of the runs'
+``metrics.json`` files (read into :class:`hfft.analysis.run_summary.RunSummary`, which
+this module re-exports), so it is cheap and testable without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from hfft.analysis.run_summary import (
+    RunSummary,
+    _by_strategy,
+    _finite,
+    higher_is_better,
+    select_runs,
+)
+from hfft.analysis.wilcoxon import signed_rank_pvalue
+
+__all__ = [
+    "ALPHA",
+    "MIN_PAIRS",
+    "RANKED_METRICS",
+    "TIE_RULE",
+    "RunSummary",
+    "StrategyStats",
+    "best_baseline_target",
+    "compare_summary",
+    "higher_is_better",
+    "rank_strategies",
+    "relative_performance",
+    "run_notes",
+    "select_runs",
+    "signed_rank_pvalue",
+    "time_to_target",
+]
+
+ALPHA = 0.05
+"""Significance level of the paired test in :func:`rank_strategies`."""
+
+MIN_PAIRS = 5
+"""Fewest common seeds for which the paired test is used."""
+
+RANKED_METRICS = ("test_accuracy", "train_eval_loss")
+"""The metrics ``hfft compare`` ranks by, as in the paper (Figures 1, 2, 5)."""
+
+TIE_RULE = (
+    "two strategies are marked as not distinguishable when the interquartile ranges of "
+    "their best values over seeds overlap, or when at least 5 common seeds with not all "
+    "differences zero give a one-sided exact Wilcoxon signed-rank p-value >= 0.05 for the "
+    "better-ranked strategy being better"
+)
+"""The rule of :func:`rank_strategies` in words (written into ``compare.json``)."""
+
+
+@dataclass(frozen=True)
+class StrategyStats:
+    """One strategy's place in a ranking by one metric.
+
+    Attributes:
+        strategy: The strategy label.
+        metric: The metric ranked by.
+        values: The best value of each seed's run, ordered by seed.
+        mean: Mean of ``values``.
+        q25: Lower quartile of ``values`` (NumPy's linear percentile).
+        median: Median of ``values``.
+        q75: Upper quartile of ``values``.
+        rank: Position in the ranking, 1 = best mean.
+        tied_with: Strategies this one cannot be distinguished from, best first.
+        seeds: The seeds of ``values``.
+        dropped: Seeds whose run had no finite value of the metric.
+    """
+
+    strategy: str
+    metric: str
+    values: tuple[float, ...]
+    mean: float
+    q25: float
+    median: float
+    q75: float
+    rank: int
+    tied_with: tuple[str, ...]
+    seeds: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stats as a JSON-ready dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _iqr_overlap(a: StrategyStats, b: StrategyStats) -> bool:
+    return a.q25 <= b.q75 and b.q25 <= a.q75
+
+
+def _paired_pvalue(better: StrategyStats, worse: StrategyStats, higher: bool) -> float | None:
+    """The one-sided p-value that ``better`` is better, or ``None`` when the test does not apply."""
+    a = dict(zip(better.seeds, better.values, strict=True))
+    b = dict(zip(worse.seeds, worse.values, strict=True))
+    common = sorted(a.keys() & b.keys())
+    diffs = [(a[s] - b[s]) if higher else (b[s] - a[s]) for s in common]
+    if len(diffs) < MIN_PAIRS or all(x == 0.0 for x in diffs):
+        return None
+    return signed_rank_pvalue(diffs)
+
+
+def rank_strategies(
+    runs: Iterable[RunSummary], metric: str, checkpoint: str | None = None
+) -> list[StrategyStats]:
+    """Rank strategies by the best value of ``metric`` their runs reached within the budget.
+
+    Each run is scored by :meth:`RunSummary.best` (the paper's "best test
+    accuracy" and "best train loss"; a diverged run by its best value before
+    divergence). A run with no finite value is dropped (its seed is listed in
+    ``dropped``); a strategy with no run left is not ranked. Per strategy the
+    mean and the linear-interpolation quartiles (``numpy.percentile``) over
+    seeds are reported, and strategies are ordered by the mean — higher first
+    for accuracies, lower first for losses — then by the median, then by name.
+
+    **Ties.** Strategies A (better ranked) and B are *not distinguishable* when
+
+    1. their interquartile ranges ``[q25, q75]`` overlap (closed intervals), or
+    2. they have at least :data:`MIN_PAIRS` (5) seeds in common, not all paired
+       differences are zero, and the one-sided exact Wilcoxon signed-rank test
+       (:func:`signed_rank_pvalue`) that A is better than B on the common
+       seeds gives ``p ≥ 0.05``.
+
+    With fewer than 5 common seeds, or all differences zero, only rule 1
+    applies. The test is one-sided in the direction of the ranking because
+    with 5 seeds the smallest two-sided p-value is 2/32 = 0.0625: a two-sided
+    test could never separate anything at the paper's 5 seeds. One-sided, 5
+    seeds separate A from B only if A is better on every seed (p = 1/32).
+    The relation is symmetric but not transitive; ``tied_with`` lists, best
+    first, every strategy a strategy is not distinguishable from.
+
+    Args:
+        runs: The runs (one per strategy and seed).
+        metric: An evaluation key, e.g. ``test_accuracy`` or ``train_eval_loss``.
+        checkpoint: Use only runs from this checkpoint; required when the runs
+            come from several checkpoints.
+
+    Returns:
+        The ranked strategies, best first.
+
+    Raises:
+        ValueError: If the metric's direction is unknown, runs come from several
+            checkpoints and none is named, or a strategy has two runs with one seed.
+    """
+    higher = higher_is_better(metric)
+    stats: list[StrategyStats] = []
+    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+        scored = [(r.seed, r.best(metric)) for r in group]
+        kept = [(s, v) for s, v in scored if v is not None]
+        if not kept:
+            continue
+        values = np.array([v for _, v in kept])
+        q25, median, q75 = np.percentile(values, [25, 50, 75])
+        stats.append(
+            StrategyStats(
+                strategy=strategy,
+                metric=metric,
+                values=tuple(float(v) for v in values),
+                mean=float(values.mean()),
+                q25=float(q25),
+                median=float(median),
+                q75=float(q75),
+                rank=0,
+                tied_with=(),
+                seeds=tuple(s for s, _ in kept),
+                dropped=tuple(s for s, v in scored if v is None),
+            )
+        )
+    sign = -1.0 if higher else 1.0
+    stats.sort(key=lambda st: (sign * st.mean, sign * st.median, st.strategy))
+    ties: dict[str, list[str]] = {st.strategy: [] for st in stats}
+    for i, a in enumerate(stats):
+        for b in stats[i + 1 :]:
+            p = _paired_pvalue(a, b, higher)
+            if _iqr_overlap(a, b) or (p is not None and p >= ALPHA):
+                ties[a.strategy].append(b.strategy)
+                ties[b.strategy].append(a.strategy)
+    order = {st.strategy: i for i, st in enumerate(stats)}
+    return [
+        replace(st, rank=i + 1, tied_with=tuple(sorted(ties[st.strategy], key=order.__getitem__)))
+        for i, st in enumerate(stats)
+    ]
+
+
+def _reached(value: float, target: float, higher: bool) -> bool:
+    return value >= target if higher else value <= target
+
+
+def time_to_target(
+    runs: Iterable[RunSummary],
+    target: float,
+    metric: str = "test_accuracy",
+    checkpoint: str | None = None,
+) -> dict[str, float | None]:
+    """Per strategy, the budget fraction by which half of its seeds reached ``target``.
+
+    A run reaches the target at the first evaluation (in budget order) where
+    ``metric ≥ target`` (``≤`` for losses); a run that never does counts as
+    reaching it at +∞. The result is the median of these fractions over
+    seeds, taken as the ⌈n/2⌉-th smallest (the ordinary median for odd n, the
+    lower median for even n), so it is ``None`` exactly when fewer than half
+    of the seeds reach the target.
+
+    Args:
+        runs: The runs.
+        target: The value to reach, e.g. from :func:`best_baseline_target`.
+        metric: An evaluation key.
+        checkpoint: Use only runs from this checkpoint; required when the runs
+            come from several checkpoints.
+
+    Returns:
+        ``{strategy: fraction or None}`` in the order the strategies first appear.
+    """
+    higher = higher_is_better(metric)
+    out: dict[str, float | None] = {}
+    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+        times = []
+        for r in group:
+            fractions, values = r.series(metric)
+            hits = [
+                f for f, v in zip(fractions, values, strict=True) if _reached(v, target, higher)
+            ]
+            times.append(float(hits[0]) if hits else math.inf)
+        t = sorted(times)[math.ceil(len(times) / 2) - 1]
+        out[strategy] = None if math.isinf(t) else t
+    return out
+
+
+def best_baseline_target(
+    runs: Iterable[RunSummary], checkpoint: str | None = None
+) -> tuple[str, float]:
+    """The SGD strategy with the highest mean final test accuracy, and that mean.
+
+    SGD strategies are those whose label starts with ``sgd``; runs without a
+    finite final test accuracy are left out of the mean.
+
+    Raises:
+        ValueError: If no SGD run has a finite final test accuracy.
+    """
+    best: tuple[str, float] | None = None
+    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+        if not strategy.startswith("sgd"):
+            continue
+        finals = [v for v in (r.final("test_accuracy") for r in group) if v is not None]
+        if finals and (best is None or float(np.mean(finals)) > best[1]):
+            best = (strategy, float(np.mean(finals)))
+    if best is None:
+        raise ValueError("no SGD run with a final test accuracy to take as the target")
+    return best
+
+
+def relative_performance(
+    runs: Iterable[RunSummary], metric: str
+) -> dict[str, dict[str, list[float]]]:
+    """Each run's best value, scaled per checkpoint from 0 (worst run) to 1 (best run).
+
+    As in the paper's Figures 1 and 5 (App. B.2.1): at each checkpoint the
+    best values of all runs are mapped linearly so that the worst is 0 and the
+    best 1 (for losses the smallest is best); when all are equal every run
+    gets 1.0. Runs with no finite value are left out.
+
+    Returns:
+        ``{checkpoint: {strategy: [relative value per seed, by seed]}}``, in
+        the order checkpoints and strategies first appear.
+    """
+    higher = higher_is_better(metric)
+    groups: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        groups.setdefault(r.checkpoint, []).append(r)
+    out: dict[str, dict[str, list[float]]] = {}
+    for checkpoint, group in groups.items():
+        scored = [(r, v) for r in select_runs(group, None) if (v := r.best(metric)) is not None]
+        per: dict[str, list[float]] = {}
+        if scored:
+            lo = min(v for _, v in scored)
+            hi = max(v for _, v in scored)
+            for r, v in sorted(scored, key=lambda rv: rv[0].seed):
+                if hi == lo:
+                    scaled = 1.0
+                else:
+                    scaled = (v - lo) / (hi - lo) if higher else (hi - v) / (hi - lo)
+                per.setdefault(r.strategy, []).append(scaled)
+        out[checkpoint] = {s: per[s] for s in dict.fromkeys(r.strategy for r in group) if s in per}
+    return out
+
+
+def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] = RANKED_METRICS) -> list[str]:
+    """Sentences on runs that did not simply complete, and on runs left out of a ranking."""
+    runs = list(runs)
+    notes = []
+    for r in runs:
+        where = f"{r.strategy} seed {r.seed}"
+        spent = _finite(r.evaluations[-1].get("fraction")) if r.evaluations else None
+        at = f" at {100 * spent:.0f} % of the budget" if spent is not None else ""
+        if r.status == "diverged":
+            notes.append(f"{where} diverged{at}; it counts with its best values before that")
+        elif r.status != "completed":
+            notes.append(f"{where} is {r.status}{at}; it counts with what it reached")
+    for metric in metrics:
+        for r in runs:
+            if r.best(metric) is None:
+                notes.append(f"{r.strategy} seed {r.seed} has no finite {metric}; left out")
+    return notes
+
+
+def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
+    """The JSON-ready summary of a comparison (``compare.json``, ``hfft compare --json``).
+
+    Layout::
+
+        {
+          "metrics": ["test_accuracy", "train_eval_loss"],
+          "tie_rule": "...",
+          "checkpoints": [
+            {
+              "checkpoint": "ckpt-10",
+              "runs": 35,
+              "status": {"completed": 34, "diverged": 1},
+              "rankings": {"test_accuracy": [StrategyStats.as_dict(), ...],
+                           "train_eval_loss": [...]},
+              "time_to_target": {"metric": "test_accuracy", "baseline": "sgd-cosine",
+                                 "target": 0.93, "fractions": {"hf:m=2048": 0.35, ...}}
+                                or null (no SGD baseline with a final test accuracy),
+              "notes": ["hf:m=256 seed 3 diverged at 40 % of the budget; ...", ...]
+            }, ...
+          ],
+          "relative_performance": {"test_accuracy": {checkpoint: {strategy: [...]}},
+                                   "train_eval_loss": {...}}   # only with > 1 checkpoint
+        }
+
+    Args:
+        runs: Runs from one or more checkpoints.
+
+    Returns:
+        The summary; every number in it is finite.
+    """
+    runs = list(runs)
+    by_checkpoint: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        by_checkpoint.setdefault(r.checkpoint, []).append(r)
+    checkpoints = []
+    for checkpoint, group in by_checkpoint.items():
+        status: dict[str, int] = {}
+        for r in group:
+            status[r.status] = status.get(r.status, 0) + 1
+        try:
+            baseline, target = best_baseline_target(group)
+        except ValueError:
+            ttt = None
+        else:
+            ttt = {
+                "metric": "test_accuracy",
+                "baseline": baseline,
+                "target": target,
+                "fractions": time_to_target(group, target, "test_accuracy"),
+            }
+        checkpoints.append(
+            {
+                "checkpoint": checkpoint,
+                "runs": len(group),
+                "status": status,
+                "rankings": {
+                    m: [st.as_dict() for st in rank_strategies(group, m)] for m in RANKED_METRICS
+                },
+                "time_to_target": ttt,
+                "notes": run_notes(group),
+            }
+        )
+    summary: dict[str, Any] = {
+        "metrics": list(RANKED_METRICS),
+        "tie_rule": TIE_RULE,
+        "checkpoints": checkpoints,
+    }
+    if len(by_checkpoint) > 1:
+        summary["relative_performance"] = {m: relative_performance(runs, m) for m in RANKED_METRICS}
+    return summary

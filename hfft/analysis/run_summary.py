@@ -1,0 +1,161 @@
+"""One fine-tuning run as the statistics of ``hfft compare`` see it.
+
+:class:`RunSummary` is read from a run's ``metrics.json``: its checkpoint,
+strategy, seed, status and evaluation series, with the best and the final
+value of a metric (a diverged run counts with what it reached before it
+diverged). :func:`select_runs` checks that a set of runs comes from one
+checkpoint with each strategy and seed at most once. Plain Python and NumPy,
+no model needed; :mod:`hfft.analysis.ranking` ranks strategies from these summaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RunSummary", "higher_is_better", "select_runs"]
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether larger values of ``metric`` are better: accuracies yes, losses no.
+
+    Raises:
+        ValueError: If the name contains neither ``accuracy`` nor ``loss``.
+    """
+    if "accuracy" in metric:
+        return True
+    if "loss" in metric:
+        return False
+    raise ValueError(f"cannot tell whether {metric!r} is to be maximised or minimised")
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _healthy(evaluation: Mapping[str, Any]) -> bool:
+    # A non-finite loss means the model had diverged at this evaluation: its
+    # accuracies (argmax of NaN logits) are no score either.
+    return all(
+        _finite(v) is not None
+        for k, v in evaluation.items()
+        if k.endswith("_loss") and v is not None
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One fine-tuning run as read from its ``metrics.json``.
+
+    Attributes:
+        checkpoint: The checkpoint the run started from (a name or path).
+        strategy: The strategy label, e.g. ``sgd-cosine`` or ``hf:m=2048``.
+        seed: The run's seed; equal seeds of different strategies are paired.
+        status: ``completed``, ``diverged``, ``interrupted`` (or ``unknown``).
+        evaluations: The evaluation series in the order written, each a dict
+            with ``fraction``, ``seconds``, ``step``, the split metrics
+            (``train_eval_loss``, ``valid_accuracy``, …) and ``lr`` or
+            ``damping``.
+    """
+
+    checkpoint: str
+    strategy: str
+    seed: int
+    status: str
+    evaluations: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def from_metrics(cls, checkpoint: str, seed: int, metrics: Mapping[str, Any]) -> RunSummary:
+        """The summary of a run from the content of its ``metrics.json``.
+
+        Args:
+            checkpoint: The name the comparison uses for the starting checkpoint.
+            seed: The run's seed.
+            metrics: The parsed ``metrics.json``.
+
+        Raises:
+            ValueError: If ``metrics`` has no strategy or no evaluation list.
+        """
+        strategy = metrics.get("strategy")
+        evaluations = metrics.get("evaluations")
+        if not isinstance(strategy, str) or not strategy:
+            raise ValueError("metrics.json has no strategy")
+        if not isinstance(evaluations, list):
+            raise ValueError(f"metrics.json of {strategy} seed {seed} has no evaluation list")
+        return cls(
+            checkpoint=str(checkpoint),
+            strategy=strategy,
+            seed=int(seed),
+            status=str(metrics.get("status", "unknown")),
+            evaluations=tuple(dict(e) for e in evaluations),
+        )
+
+    def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (budget fraction, value) pairs of ``metric``, sorted by fraction.
+
+        Only evaluations with a finite value and finite losses (the model had
+        not diverged) are kept; at equal fractions the later one wins.
+        """
+        points: dict[float, float] = {}
+        for e in self.evaluations:
+            fraction, value = _finite(e.get("fraction")), _finite(e.get(metric))
+            if fraction is not None and value is not None and _healthy(e):
+                points[fraction] = value
+        xs = np.array(sorted(points), dtype=float)
+        return xs, np.array([points[x] for x in xs], dtype=float)
+
+    def best(self, metric: str) -> float | None:
+        """The best value of ``metric`` over the run (max for accuracies, min for losses).
+
+        ``None``/NaN values are ignored, and so are evaluations at which a loss
+        is non-finite: a diverged run counts with its best value before it
+        diverged. ``None`` when no value is left.
+        """
+        _, values = self.series(metric)
+        if values.size == 0:
+            return None
+        return float(values.max() if higher_is_better(metric) else values.min())
+
+    def final(self, metric: str) -> float | None:
+        """The value of ``metric`` at the last evaluation (``None`` if missing or non-finite)."""
+        if not self.evaluations:
+            return None
+        last = self.evaluations[-1]
+        return _finite(last.get(metric)) if _healthy(last) else None
+
+
+def select_runs(runs: Iterable[RunSummary], checkpoint: str | None = None) -> list[RunSummary]:
+    """The runs from one checkpoint, each strategy with each seed at most once.
+
+    Args:
+        runs: Runs, possibly from several checkpoints.
+        checkpoint: The checkpoint to keep; ``None`` when all runs share one.
+
+    Raises:
+        ValueError: If ``checkpoint`` is ``None`` but the runs come from several
+            checkpoints, or a strategy has two runs with one seed.
+    """
+    runs = list(runs)
+    if checkpoint is not None:
+        runs = [r for r in runs if r.checkpoint == checkpoint]
+    elif len({r.checkpoint for r in runs}) > 1:
+        raise ValueError("runs from several checkpoints: say which checkpoint to use")
+    seen: set[tuple[str, int]] = set()
+    for r in runs:
+        if (r.strategy, r.seed) in seen:
+            raise ValueError(f"two runs of {r.strategy} with seed {r.seed} from one checkpoint")
+        seen.add((r.strategy, r.seed))
+    return runs
+
+
+def _by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
+    groups: dict[str, list[RunSummary]] = {}
+    for r in runs:
+        groups.setdefault(r.strategy, []).append(r)
+    return {s: sorted(g, key=lambda r: r.seed) for s, g in groups.items()}

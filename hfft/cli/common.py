@@ -1,0 +1,256 @@
+"""Shared pieces of the command line: errors, devices, output folders, option types.
+
+Option types are declared once here (``Annotated[..., typer.Option(...)]``) and
+reused by every command that takes them, so the help reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from hfft.experiment.interrupts import Interrupted, first_signal_stops, was_terminated
+from hfft.optim.distributed import launched
+
+if TYPE_CHECKING:
+    from hfft.experiment.starting_point import StartingPointOptions
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one sentence to stderr and return the exit to raise."""
+    typer.echo(f"hfft: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without CUDA is an error."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise fail(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise fail(f"--device {name} was asked for but CUDA is not available on this machine")
+    return name
+
+
+@contextlib.contextmanager
+def command_guard() -> Iterator[None]:
+    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
+
+    try:
+        with first_signal_stops():
+            yield
+    except KeyboardInterrupt as err:
+        saved = _interrupted_in(err)
+        terminated = was_terminated(saved or err)
+        why = "terminated" if terminated else "interrupted"
+        if terminated and launched():
+            why += " (by torchrun when another rank failed?)"
+        what = saved.saved if saved is not None else "nothing was written"
+        typer.echo(f"hfft: {_on_rank(why)}; {what}", err=True)
+        raise typer.Exit(143 if terminated else 130) from None
+    except ValueError as err:
+        raise fail(_on_rank(str(err).rstrip(".") + ".")) from None
+    except OSError as err:  # disk full, permissions, a path that is not a folder, ...
+        raise fail(_on_rank(os_error_sentence(err))) from None
+    except typer.Exit:
+        raise
+    except Exception as err:
+        if not launched():
+            raise
+        # data-parallel: one line per failing rank, so the job ends without a wall of
+        # tracebacks; a rank whose peer died fails in its next collective
+        raise fail(_on_rank(f"{type(err).__name__}: {str(err).splitlines()[0]}"), code=1) from None
+    finally:
+        if launched():
+            from hfft.optim.distributed import shutdown
+
+            shutdown()
+
+
+def _interrupted_in(err: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` that ``err`` is, or interrupted while it propagated."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+def os_error_sentence(err: OSError) -> str:
+    """One sentence for a failed file operation: what failed, on which file."""
+    if err.strerror is None:
+        return str(err).rstrip(".") + "."
+    where = f": {err.filename}" if err.filename is not None else ""
+    return f"{err.strerror}{where}."
+
+
+def note(message: str) -> None:
+    """One line the user should know about, on stderr (not an error)."""
+    typer.echo(f"hfft: note: {message}", err=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: a usage error (a bad option value) is one line and exit 2.
+
+    Click would print the usage and a box around the error; hfft says it in
+    one sentence like every other mistake. ``hfft`` without a command still
+    prints the help.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+# Click's UsageError, found through typer's public BadParameter (typer may bundle click)
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # plain `hfft`: the help, as asked
+            raise
+        typer.echo(f"hfft: error: {err.format_message()}", err=True)  # type: ignore[attr-defined]
+        raise typer.Exit(2) from None
+
+
+def _on_rank(message: str) -> str:
+    return f"rank {os.environ.get('RANK', '0')}: {message}" if launched() else message
+
+
+def join_torchrun(device: str) -> tuple[str, bool]:
+    """Join ``torchrun``'s process group if launched by it: this rank's device, and
+    whether this rank reports (rank 0; the others stay quiet)."""
+    if not launched():
+        return device, True
+    from hfft.optim import distributed
+
+    return distributed.initialize(device), distributed.is_main()
+
+
+def check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory we can create and write to."""
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out} exists and is not a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise fail(f"--out {out} cannot be created: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK):
+        raise fail(f"--out {out} is not writable")
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output on stdout: strict JSON (a non-finite number is null)."""
+    from hfft._io import to_json
+
+    sys.stdout.write(to_json(obj) + "\n")
+
+
+def starting_point_options(
+    model: str | None,
+    model_arg: list[str] | None,
+    data: str | None,
+    data_root: Path | None,
+    download: bool,
+    train_time: str | None,
+    lr: float | None,
+    batch_size: int | None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+) -> StartingPointOptions:
+    """The checkpoint overrides given on the command line."""
+    from hfft.experiment.budget import parse_duration
+    from hfft.experiment.factories import parse_model_args
+    from hfft.experiment.starting_point import StartingPointOptions
+
+    return StartingPointOptions(
+        model=model,
+        model_args=parse_model_args(model_arg or []),
+        data=data,
+        data_root=str(data_root) if data_root else None,
+        download=download,
+        train_time=parse_duration(train_time) if train_time is not None else None,
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+
+
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the files of another run in --out (without it such a folder is refused; "
+        "a rerun of the same configuration replaces its own files).",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ModelArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Model name or path/to/file.py:factory for a plain state-dict checkpoint "
+        "(loading your file executes it)."
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Data set: digits, cifar10, cifar100, svhn, mnist, fashion-mnist, synthetic, or "
+        "path/to/file.py:function returning (train, test). Default: the checkpoint's or model's."
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="Where torchvision data sets are (or go with --download).")
+]
+DownloadOpt = Annotated[bool, typer.Option(help="Download a missing data set.")]
+TrainTimeOpt = Annotated[
+    str | None,
+    typer.Option(help="Original training time (e.g. 2h) when no run.json beside the checkpoint."),
+]
+LrOpt = Annotated[float | None, typer.Option(help="SGD learning rate α (default: training's).")]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option(help="SGD batch size (default: training's).", min=1)
+]
+MomentumOpt = Annotated[float | None, typer.Option(help="SGD momentum (default: training's).")]
+WeightDecayOpt = Annotated[
+    float | None, typer.Option(help="L2 on weights, not biases or norms (default: training's).")
+]
+BudgetOpt = Annotated[
+    str,
+    typer.Option(help="10% (of the original training time), 600s / 10m / 1h, 200steps or 3epochs."),
+]
+EvalBatchOpt = Annotated[
+    int | None, typer.Option(help="Size of HF's second batch B̄ (default 1024).", min=1)
+]
+EvalPointsOpt = Annotated[
+    int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
+]

@@ -1,0 +1,136 @@
+"""``hfft compare``: every strategy × seed from each checkpoint under one budget, ranked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hfft.cli.common import (
+    BatchSizeOpt,
+    BudgetOpt,
+    DataOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EvalBatchOpt,
+    EvalPointsOpt,
+    JsonOpt,
+    LrOpt,
+    ModelArgOpt,
+    ModelOpt,
+    MomentumOpt,
+    OverwriteOpt,
+    QuietOpt,
+    TrainTimeOpt,
+    WeightDecayOpt,
+    check_out_dir,
+    command_guard,
+    join_torchrun,
+    note,
+    print_json,
+    resolve_device,
+    starting_point_options,
+)
+
+if TYPE_CHECKING:
+    from hfft.analysis.compare import CompareConfig, CompareResult
+
+CheckpointsArgument = Annotated[
+    list[Path], typer.Argument(help="One or more checkpoints (e.g. the phases of a run).")
+]
+StrategiesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--strategy",
+        "-s",
+        help="A strategy to compare (repeatable), e.g. -s sgd -s sgd-cosine -s hf:m=512. "
+        "Default: sgd, sgd-div10, sgd-cosine, sgd-plateau, hf at up to three batch sizes "
+        "that fit the data, and auto with the smallest of them.",
+    ),
+]
+SeedsOpt = Annotated[
+    int, typer.Option(help="Seeds per strategy (paired across strategies).", min=1)
+]
+OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume).")]
+
+
+def compare(
+    checkpoints: CheckpointsArgument,
+    strategy: StrategiesOpt = None,
+    seeds: SeedsOpt = 5,
+    budget: BudgetOpt = "10%",
+    out: OutOpt = Path("compare"),
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    train_time: TrainTimeOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    eval_batch_size: EvalBatchOpt = None,
+    eval_points: EvalPointsOpt = 20,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run every strategy × seed from each checkpoint under one budget and rank them.
+
+    Ranks by the best test accuracy and by the best train loss reached within the
+    budget (mean and quartiles over seeds, with strategies that cannot be told
+    apart marked), and writes every run's outputs, compare.json and PNG plots
+    into --out. Runs go one after another on the device; rerunning reuses
+    finished runs.
+    """
+    with command_guard():
+        from hfft.analysis.compare import CompareConfig
+
+        check_out_dir(out)
+        dev, main = join_torchrun(resolve_device(device))
+        config = CompareConfig(
+            checkpoints=tuple(str(c) for c in checkpoints),
+            strategies=tuple(strategy or []) or None,
+            seeds=seeds,
+            budget=budget,
+            out=str(out),
+            eval_points=eval_points,
+            eval_batch_size=eval_batch_size,
+            device=dev,
+            source=starting_point_options(
+                model,
+                model_arg,
+                data,
+                data_root,
+                download,
+                train_time,
+                lr,
+                batch_size,
+                momentum,
+                weight_decay,
+            ),
+            overwrite=overwrite,
+        )
+        run_and_report(config, quiet or not main, as_json and main)
+
+
+def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> CompareResult:
+    """Compare with a progress bar and print the rankings (also used by ``hfft demo``)."""
+    from hfft.analysis.compare import compare as run_compare
+    from hfft.cli.render.progress import compare_progress
+
+    with compare_progress(quiet or as_json) as on_run:
+        result = run_compare(config, on_run=on_run, on_note=note)
+    if as_json:
+        print_json(result.summary)
+    elif not quiet:
+        from rich.console import Console
+
+        from hfft.cli.render.summaries import print_compare
+
+        print_compare(Console(), result)
+    return result

@@ -1,0 +1,150 @@
+"""``hfft finetune``: one strategy from a checkpoint under a budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hfft.cli.common import (
+    BatchSizeOpt,
+    BudgetOpt,
+    DataOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EvalBatchOpt,
+    EvalPointsOpt,
+    JsonOpt,
+    LrOpt,
+    ModelArgOpt,
+    ModelOpt,
+    MomentumOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    TrainTimeOpt,
+    WeightDecayOpt,
+    check_out_dir,
+    command_guard,
+    join_torchrun,
+    note,
+    print_json,
+    resolve_device,
+    starting_point_options,
+)
+
+CheckpointArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Checkpoint: hfft safetensors, or a PyTorch state_dict .pt/.pth "
+        "(then --model and --data are needed)."
+    ),
+]
+StrategyOpt = Annotated[
+    str,
+    typer.Option(
+        help="hf, sgd, sgd-div10, sgd-cosine, sgd-plateau or auto (SGD, switching to "
+        "hf when HF pays more); options after a colon, e.g. hf:m=2048,damping=0.5, "
+        "sgd:lr=0.01 or auto:m=256,interval=0.1."
+    ),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(help="Output directory (default: finetune-STRATEGY beside the checkpoint)."),
+]
+
+
+def finetune(
+    checkpoint: CheckpointArgument,
+    strategy: StrategyOpt = "hf",
+    budget: BudgetOpt = "10%",
+    out: OutOpt = None,
+    model: ModelOpt = None,
+    model_arg: ModelArgOpt = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    train_time: TrainTimeOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    eval_batch_size: EvalBatchOpt = None,
+    eval_points: EvalPointsOpt = 20,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a checkpoint with one strategy under a budget.
+
+    Writes final.safetensors, best.safetensors (best validation accuracy) and
+    metrics.json (configuration, evaluations over the budget, every optimizer
+    step, final and best results) into --out. The clock runs only while the
+    optimizer works; evaluations are paused out of it.
+    """
+    with command_guard():
+        from hfft.cli.render.progress import finetune_progress
+        from hfft.experiment.finetune import FinetuneConfig, default_out
+        from hfft.experiment.finetune import finetune as run_finetune
+        from hfft.experiment.strategies import parse_strategy
+
+        target = out or default_out(checkpoint, strategy)
+        check_out_dir(target)
+        dev, main = join_torchrun(resolve_device(device))
+        quiet, as_json = quiet or not main, as_json and main
+        options = starting_point_options(
+            model,
+            model_arg,
+            data,
+            data_root,
+            download,
+            train_time,
+            lr,
+            batch_size,
+            momentum,
+            weight_decay,
+        )
+        config = FinetuneConfig(
+            checkpoint=str(checkpoint),
+            strategy=strategy,
+            budget=budget,
+            out=str(target),
+            source=options,
+            eval_batch_size=eval_batch_size,
+            eval_points=eval_points,
+            seed=seed,
+            device=dev,
+            overwrite=overwrite,
+        )
+        label = parse_strategy(strategy).label
+        with finetune_progress(label, quiet or as_json) as on_progress:
+            result = run_finetune(config, on_progress=on_progress, on_note=note)
+    if as_json:
+        print_json(result_dict(result))
+    elif not quiet:
+        from rich.console import Console
+
+        from hfft.cli.render.summaries import print_finetune_summary
+
+        print_finetune_summary(Console(), result)
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    """A finetune result as JSON-ready dict."""
+    return {
+        "status": result.status,
+        "out": str(result.out),
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "fraction": result.fraction,
+        "initial": result.initial,
+        "final": result.final,
+        "best": result.best,
+        "metrics": str(result.metrics_path),
+        "files": list(result.files),
+        "missing": result.missing,
+    }

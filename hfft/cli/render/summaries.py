@@ -1,0 +1,142 @@
+"""The summaries that ``train``, ``finetune`` and ``compare`` print when they finish."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hfft._text import short_list
+
+if TYPE_CHECKING:
+    from hfft.analysis.compare import CompareResult
+    from hfft.experiment.finetune import FinetuneResult
+    from hfft.experiment.train import TrainResult
+
+__all__ = [
+    "print_compare",
+    "print_finetune_summary",
+    "print_train_summary",
+    "ranking_table",
+    "switch_line",
+]
+
+
+def print_train_summary(console: Console, result: TrainResult) -> None:
+    """Where the checkpoints are, how long training took, the final metrics."""
+    table = Table(title="training finished", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    table.add_row("training time", f"{result.train_seconds:.1f} s (evaluation not counted)")
+    for key, value in result.final_metrics.items():
+        shown = f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}"
+        table.add_row(key.replace("_", " "), shown)
+    table.add_row("checkpoints", f"{len(result.checkpoints)} in {result.manifest.parent}")
+    table.add_row("manifest", str(result.manifest))
+    console.print(table)
+
+
+def switch_line(record: dict[str, Any]) -> str | None:
+    """The line ``auto`` prints when a step record is a switch between SGD and HF."""
+    probe, trial = record.get("probe"), record.get("trial")
+    if isinstance(probe, dict) and probe.get("decision") == "switch":
+        what, reason = "from SGD to HF", probe["reason"]
+    elif isinstance(trial, dict) and trial.get("decision") == "back to sgd":
+        what, reason = "from HF back to SGD", trial["reason"]
+    else:
+        return None
+    return (
+        f"auto: switched {what} at step {record['step']} "
+        f"({record['fraction']:.0%} of the budget): {reason}"
+    )
+
+
+def _fmt(key: str, value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    return f"{value:.2%}" if key.endswith("accuracy") else f"{value:.4f}"
+
+
+def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
+    """Initial, final and best metrics side by side, and where the files are."""
+    table = Table(
+        title=f"finetune {result.status}: {result.steps} steps, {result.seconds:.1f} s "
+        f"({min(result.fraction, 9.99):.0%} of budget)",
+        title_justify="left",
+    )
+    table.add_column("")
+    for name in ("start", "final", "best (valid acc)"):
+        table.add_column(name, justify="right")
+    for key in (
+        "train_eval_loss",
+        "train_eval_accuracy",
+        "valid_loss",
+        "valid_accuracy",
+        "test_loss",
+        "test_accuracy",
+    ):
+        table.add_row(
+            key.replace("_", " ").replace("train eval", "train"),
+            _fmt(key, result.initial.get(key)),
+            _fmt(key, result.final.get(key)),
+            _fmt(key, result.best.get(key)),
+        )
+    console.print(table)
+    console.print(f"outputs in {result.out}: {', '.join(result.files)}")
+    for name, why in result.missing.items():
+        console.print(f"no {name}: {why}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def ranking_table(entry: dict[str, Any], metric: str) -> Table:
+    """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
+    accuracy = metric.endswith("accuracy")
+    what = "best test accuracy (%)" if accuracy else "best train loss"
+    table = Table(
+        title=f"{entry['checkpoint']}: ranked by {what} within the budget",
+        title_justify="left",
+    )
+    for col in ("#", "strategy", "mean", "q25–q75", "seeds", "tied with"):
+        table.add_column(col, justify="right" if col in ("#", "mean", "seeds") else "left")
+    ttt = entry.get("time_to_target") or {}
+    fractions = ttt.get("fractions", {}) if accuracy else {}
+    if fractions:
+        table.add_column("to target", justify="right")
+        table.caption = (
+            f"tied with: not distinguishable given the seed spread; to target: budget needed "
+            f"to reach {ttt['baseline']}'s final {100 * ttt['target']:.2f}% (median over seeds)"
+        )
+    fmt = _pct if accuracy else (lambda v: f"{v:.4f}")
+    for s in entry["rankings"][metric]:
+        row = [
+            str(s["rank"]),
+            s["strategy"],
+            fmt(s["mean"]),
+            f"{fmt(s['q25'])}–{fmt(s['q75'])}",
+            str(len(s["values"])),
+            short_list(s["tied_with"], 2),
+        ]
+        if fractions:
+            f = fractions.get(s["strategy"])
+            row.append("not reached" if f is None else f"{100 * f:.0f}%")
+        table.add_row(*row)
+    return table
+
+
+def print_compare(console: Console, result: CompareResult) -> None:
+    """The rankings of every checkpoint, notes, and where the files are."""
+    summary = result.summary
+    for entry in summary["checkpoints"]:
+        for metric in ("test_accuracy", "train_eval_loss"):
+            console.print(ranking_table(entry, metric))
+        for note in entry.get("notes", []):
+            console.print(f"note: {note}")
+    console.print(
+        f"{result.ran} runs done, {result.reused} reused. compare.json: {result.compare_json}"
+    )
+    for path in result.plots:
+        console.print(f"plot: {path}")

@@ -1,0 +1,109 @@
+"""``hfft train``: SGD from scratch with evenly spaced checkpoints and a run manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hfft.cli.common import (
+    BatchSizeOpt,
+    DataOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    LrOpt,
+    ModelArgOpt,
+    MomentumOpt,
+    OverwriteOpt,
+    QuietOpt,
+    SeedOpt,
+    WeightDecayOpt,
+    check_out_dir,
+    command_guard,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    from hfft.experiment.train import TrainConfig, TrainResult
+
+ModelArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Registered model (3c3d, allcnnc, wrn164, mlp, cnn) or your own factory as "
+        "path/to/file.py:function or package.module:function. Loading your own file "
+        "executes it."
+    ),
+]
+
+
+def train(
+    model: ModelArgument,
+    out: Annotated[Path, typer.Option(help="Directory for checkpoints and run.json.")],
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the model's).", min=1)
+    ] = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    model_arg: ModelArgOpt = None,
+    checkpoints: Annotated[
+        int, typer.Option(help="Evenly spaced checkpoints to keep.", min=1)
+    ] = 10,
+    augment: Annotated[bool, typer.Option(help="Random crops (and flips where valid).")] = True,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model with SGD, keeping evenly spaced checkpoints and a run manifest.
+
+    Evaluation (train-eval, validation, test) runs after every epoch outside the
+    training clock; run.json records the total training time that budgets like
+    `--budget 10%` refer to.
+    """
+    with command_guard():
+        from hfft.experiment.factories import parse_model_args
+        from hfft.experiment.train import TrainConfig
+
+        check_out_dir(out)
+        config = TrainConfig.for_model(
+            model,
+            model_args=parse_model_args(model_arg or []),
+            data=data,
+            data_root=str(data_root) if data_root else None,
+            download=download,
+            out=str(out),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            checkpoints=checkpoints,
+            seed=seed,
+            device=resolve_device(device),
+            augment=augment,
+            overwrite=overwrite,
+        )
+        run_and_report(config, quiet)
+
+
+def run_and_report(config: TrainConfig, quiet: bool) -> TrainResult:
+    """Train with a progress bar and print the summary (also used by ``hfft demo``)."""
+    from hfft.cli.render.progress import training_progress
+    from hfft.experiment.train import train as run_training
+
+    with training_progress(config.epochs, quiet) as (on_step, on_epoch):
+        result = run_training(config, on_step=on_step, on_epoch=on_epoch)
+    if not quiet:
+        from rich.console import Console
+
+        from hfft.cli.render.summaries import print_train_summary
+
+        print_train_summary(Console(), result)
+    return result

@@ -1,0 +1,440 @@
+"""``auto``: SGD from the checkpoint, switching to Hessian-free when HF pays more.
+
+The paper's conclusion asks for "hybrid approaches, which autonomously switch
+to second-order methods at the end of training". :class:`AutoRunner` runs the
+checkpoint's constant-rate SGD (the ``sgd`` strategy) and, once per *window*
+of ``interval`` × the budget, takes one HF step as a *probe* (the first after
+``first`` × the budget; ``first=0`` probes before any SGD step). Both optimizers
+are measured on the same batch B̄ and on the objective the HF step minimises
+(loss + L2, :meth:`hfft.optim.optimizer.HessianFree.objective`):
+
+- SGD's rate: the decrease of the B̄ objective from the start of the window
+  to the probe, divided by the seconds of the window's SGD steps. B̄ (and
+  the probe's B) are drawn when the window opens, so the decrease is paired —
+  the same samples before and after — and its noise is SGD's movement, not
+  the difference between two batches.
+- HF's rate: the decrease of the same B̄ objective by the probe step, divided
+  by the probe step's seconds.
+
+:func:`decide` then applies the rule:
+
+1. the probe lowered the B̄ objective, its reduction ratio ρ (that decrease
+   over the decrease HF's quadratic model on B predicted) is at least
+   ``rho_min``, and — only if ``margin`` > 0 — HF's rate exceeds ``margin`` ×
+   SGD's or SGD did not lower the objective over its window → **switch**:
+   the probe step is kept and the following steps are HF;
+2. otherwise the probe is **rolled back**: parameters and buffers are
+   restored bit for bit, and since SGD's optimizer state and sampler were
+   never touched, SGD goes on exactly as the ``sgd`` strategy with the same
+   seed would have (only later, by the probe's time). A probe that does not
+   pay off is not taken. The next window is ``backoff`` times longer.
+
+The defaults (``rho_min`` 0.5, ``margin`` 0, ``backoff`` 2) decide by ρ alone.
+ρ says whether HF will keep its pace: where HF's model of the loss on B does
+not carry over to B̄, its damping grows at every step and it stalls within a
+few steps, which the rate of one probe step cannot see; on the digits problem
+the first HF step's ρ was 1.0–1.4 from an early checkpoint, where HF then
+kept its pace for the whole budget, and 0.1–0.4 from later ones, where it
+stalled. Comparing one HF step's rate with SGD's over a window (``margin`` >
+0) was measured too and is the worse rule there (README).
+
+Rolling back even a probe that lowered the objective is deliberate: on the
+digits problem, SGD at the training rate resumed after a kept HF step was
+often unstable (the B̄ loss of one run jumped from 0.01 to 0.5 in the next
+window), while the rolled-back run cannot do worse than its own SGD phase.
+Probes, and the one B̄ evaluation that opens each window, run inside
+:meth:`AutoRunner.step`, so they are charged to the budget like every step;
+neither is counted in the rates. HF keeps what rolled-back probes taught it
+(its damping and CG warm start).
+
+Once switched, HF can stall: with a small B its steps stop lowering the loss
+that matters long before SGD's do. With ``switch_back`` (off by default), after
+every window of HF steps auto computes HF's rate over the window (the sum of
+its steps' B̄ decreases over their seconds) and, if it has fallen below
+SGD's last measured rate or below ``stall`` × HF's best rate so far (or HF
+made no progress), starts an SGD **trial**
+from HF's parameters: SGD's momentum is reset, a fresh B̄ is drawn and
+evaluated, and SGD runs for one window. :func:`decide_back` then judges it
+like a probe, the other way round: if SGD lowered that B̄ objective faster
+than ``margin`` × HF's rate, auto stays on SGD (windows and probes as at the
+start); otherwise — also when SGD diverges — parameters and buffers are
+restored to HF's, HF goes on, and the next check waits twice as long. The
+trial, like a probe, is taken only when it pays, so the instability noted
+above cannot cost more than the trial's time. The README reports how the
+rule and its variants fare on the digits problem of ``hfft demo``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hfft.experiment.runners import HFRunner, Runner, SGDRunner
+from hfft.experiment.snapshot import snapshot
+from hfft.experiment.switch_rule import (
+    ACTIONS,
+    DEFAULT_MARGIN,
+    DEFAULT_RHO_MIN,
+    Decision,
+    ProbeMeasurement,
+    decide,
+    decide_back,
+    rate,
+)
+from hfft.optim import distributed
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hfft.experiment.runners import Batch
+    from hfft.experiment.splits import DataSplits
+    from hfft.experiment.strategies import Strategy
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_BACKOFF",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_MARGIN",
+    "DEFAULT_RHO_MIN",
+    "DEFAULT_STALL",
+    "DEFAULT_SWITCH_BACK",
+    "HF_SEED_OFFSET",
+    "AutoRunner",
+    "Decision",
+    "ProbeMeasurement",
+    "decide",
+    "decide_back",
+]
+
+DEFAULT_INTERVAL = 0.1
+"""Budget fraction of SGD before each probe."""
+
+DEFAULT_BACKOFF = 2.0
+"""Factor by which the window grows after each rolled-back probe (1: fixed windows).
+
+Doubling bounds the probes' cost where HF never pays (about log2 of 1/interval
+probes): on digits one probe cost about a tenth of a 30 % budget."""
+
+HF_SEED_OFFSET = 7919
+"""HF's batches come from their own stream (seed + offset), SGD's from the run's seed."""
+
+DEFAULT_SWITCH_BACK = False
+"""Whether ``auto`` tries SGD again when HF slows down (see :data:`DEFAULT_STALL`).
+
+Off by default: on the digits problem 22 of 23 SGD trials after HF steps were
+rolled back (SGD at the training rate raised the loss from HF's parameters),
+so trials only cost time there (README)."""
+
+DEFAULT_STALL = 0.25
+"""HF has slowed down when its rate over a window is below this fraction of its best."""
+
+
+def _finite(value: Any) -> float:
+    # StepRecord.to_dict writes non-finite losses as None
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _nullable(values: dict[str, float]) -> dict[str, float | None]:
+    # JSON has no NaN: a value that could not be measured is null
+    return {k: v if math.isfinite(v) else None for k, v in values.items()}
+
+
+class AutoRunner(Runner):
+    """Constant-rate SGD with HF probes, switching to HF by :func:`decide`.
+
+    Args:
+        strategy: An ``auto`` strategy; see :data:`hfft.experiment.strategies.AUTO_OPTIONS`.
+        model: The network (shared by both optimizers).
+        splits: The data.
+        lr: SGD learning rate (the checkpoint's unless the strategy sets it).
+        batch_size: SGD batch size (likewise).
+        momentum: SGD momentum (likewise).
+        weight_decay: L2 of the objective, for both optimizers.
+        eval_batch_size: Size of B̄ (default as for ``hf``).
+        evaluations: Number of evaluations (for the schedule interface).
+        seed: The run's seed; SGD draws the same batches as ``sgd`` does.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        lr: float,
+        batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        eval_batch_size: int | None,
+        evaluations: int,
+        seed: int,
+    ) -> None:
+        sgd, hf = strategy.parts()
+        self.sgd = SGDRunner(
+            sgd,
+            model,
+            splits,
+            lr=lr,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            evaluations=evaluations,
+            seed=seed,
+        )
+        self.hf = HFRunner(
+            hf,
+            model,
+            splits,
+            weight_decay=weight_decay,
+            eval_batch_size=eval_batch_size,
+            seed=seed + HF_SEED_OFFSET,
+        )
+        self.model = model
+        self.interval = float(strategy.options.get("interval", DEFAULT_INTERVAL))
+        self.first = float(strategy.options.get("first", self.interval))
+        self.margin = float(strategy.options.get("margin", DEFAULT_MARGIN))
+        self.backoff = float(strategy.options.get("backoff", DEFAULT_BACKOFF))
+        self.rho_min = float(strategy.options.get("rho_min", DEFAULT_RHO_MIN))
+        self._interval = self.interval
+        self.setup_seconds = self.hf.setup_seconds
+        self.samples = self.sgd.samples
+        self.cuda = splits.train_x.device.type == "cuda"
+        self.phase = "sgd"
+        self.count = 0
+        self.switch: dict[str, Any] | None = None
+        self.probes: list[dict[str, Any]] = []
+        self._window: tuple[tuple[Batch, Batch], float] | None = None
+        self._window_seconds = 0.0
+        self._window_steps = 0
+        self._next_probe = self.first
+        self.switch_back = bool(strategy.options.get("switch_back", DEFAULT_SWITCH_BACK))
+        self.trials: list[dict[str, Any]] = []
+        self.stall = float(strategy.options.get("stall", DEFAULT_STALL))
+        self._sgd_rate = math.nan  # SGD's rate over its last measured window
+        self._hf_best = math.nan  # HF's best rate: a probe's or a window's
+        self._hf_window = [0.0, 0.0]  # HF's B̄ gain and seconds since the last check
+        self._check_interval = self.interval
+        self._next_check = math.inf
+        self._trial: dict[str, Any] | None = None
+
+    def _slowest(self, seconds: float) -> float:
+        """Data-parallel: the slowest rank's seconds, so every rank decides alike."""
+        return distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _open_window(self, fraction: float) -> None:
+        """Draw the next probe's batches and measure the B̄ objective where SGD starts."""
+        batches = self.hf.draw()
+        self._window = (batches, self.hf.objective(batches[1]))
+        self._window_seconds = 0.0
+        self._window_steps = 0
+        self._next_probe = fraction + (self._interval if self.probes else self.first)
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        self.count += 1
+        return self._dispatch(fraction)
+
+    def _dispatch(self, fraction: float) -> dict[str, Any]:
+        if self.phase == "hf":
+            if self.switch_back and fraction >= self._next_check:
+                self._check_hf(fraction)
+            if self.phase == "hf":
+                return self._hf_step(fraction)
+        if self.phase == "trial":
+            assert self._trial is not None
+            if self.sgd.diverged or (fraction >= self._trial["end"] and self._trial["steps"] > 0):
+                extra = self._end_trial(fraction)
+                return {**self._dispatch(fraction), "trial": extra}
+            return self._sgd_step(fraction)
+        if self._window is None:
+            self._open_window(fraction)
+        # a probe follows a window of SGD steps; only the first may come at once (first=0)
+        if fraction >= self._next_probe and (self._window_steps > 0 or not self.probes):
+            return self._probe(fraction)
+        return self._sgd_step(fraction)
+
+    def _sgd_step(self, fraction: float) -> dict[str, Any]:
+        start = self._now()
+        record = self.sgd.step(fraction)
+        seconds = self._now() - start
+        if self._trial is not None:
+            self._trial["seconds"] += seconds
+            self._trial["steps"] += 1
+        else:
+            self._window_seconds += seconds
+            self._window_steps += 1
+        self.samples = self.sgd.samples
+        self.diverged = self.sgd.diverged
+        return self._tag(record, "trial" if self._trial is not None else "sgd")
+
+    def _hf_step(self, fraction: float) -> dict[str, Any]:
+        start = self._now()
+        record = self.hf.step(fraction)
+        seconds = self._now() - start
+        gain = _finite(record["loss_before"]) - _finite(record["loss_after"])
+        self._hf_window[0] += gain if math.isfinite(gain) else 0.0
+        self._hf_window[1] += seconds
+        self.samples = self.hf.samples
+        return self._tag(record, "hf")
+
+    def _enter_hf(self, fraction: float) -> None:
+        self.phase = "hf"
+        self._hf_window = [0.0, 0.0]
+        self._next_check = fraction + self._check_interval
+
+    def _check_hf(self, fraction: float) -> None:
+        """After a window of HF: start an SGD trial if HF has slowed down (module docstring)."""
+        gain, seconds = self._hf_window[0], self._slowest(self._hf_window[1])
+        hf_rate = rate(gain, seconds)
+        self._hf_window = [0.0, 0.0]
+        self._next_check = fraction + self._check_interval
+        slowed = (
+            not (hf_rate > 0) or hf_rate < self._sgd_rate or hf_rate < self.stall * self._hf_best
+        )
+        self._hf_best = max(self._hf_best, hf_rate) if math.isfinite(self._hf_best) else hf_rate
+        if not slowed:
+            return
+        # SGD restarts from HF's parameters: fresh momentum, its window on a new B̄
+        saved = snapshot(self.model)
+        eval_batch = self.hf.draw()[1]
+        self.sgd.opt.state.clear()
+        self.phase = "trial"
+        self._trial = {
+            "saved": saved,
+            "eval_batch": eval_batch,
+            "start_loss": self.hf.objective(eval_batch),
+            "hf_rate": hf_rate,
+            "end": fraction + self.interval,
+            "seconds": 0.0,
+            "steps": 0,
+            "start_step": self.count,
+            "start_fraction": fraction,
+        }
+
+    def _end_trial(self, fraction: float) -> dict[str, Any]:
+        """Judge an SGD trial by :func:`decide_back`: stay on SGD or restore HF's parameters."""
+        assert self._trial is not None
+        trial, self._trial = self._trial, None
+        sgd_gain = trial["start_loss"] - self.hf.objective(trial["eval_batch"])
+        sgd_seconds = self._slowest(trial["seconds"])
+        decision = decide_back(sgd_gain, sgd_seconds, trial["hf_rate"], self.margin)
+        sgd_rate = rate(sgd_gain, sgd_seconds)
+        if decision.rolls_back:
+            self.model.load_state_dict(trial["saved"])
+            self.sgd.diverged = self.diverged = False  # a diverged trial is undone
+            self._check_interval *= 2  # a trial that did not pay: try less often
+            self._enter_hf(fraction)
+        else:  # back on SGD: windows and probes as at the start (the next step opens one)
+            self.phase = "sgd"
+            self._sgd_rate = sgd_rate
+            self._window = None
+        values = {
+            "sgd_gain": sgd_gain,
+            "sgd_seconds": sgd_seconds,
+            "sgd_steps": trial["steps"],
+            "sgd_rate": sgd_rate,
+            "hf_rate": trial["hf_rate"],
+        }
+        entry = {
+            "step": trial["start_step"],
+            "fraction": trial["start_fraction"],
+            "end_step": self.count,
+            "end_fraction": fraction,
+            **_nullable(values),
+            "decision": "back to sgd" if decision.action == "switch" else "back to hf",
+            "reason": decision.reason,
+        }
+        self.trials.append(entry)
+        return {k: v for k, v in entry.items() if k not in ("step", "fraction")}
+
+    def _tag(self, record: dict[str, Any], phase: str) -> dict[str, Any]:
+        if "step" in record and phase in ("hf", "probe"):
+            record["hf_step"] = record["step"]
+        return {**record, "step": self.count, "phase": phase}
+
+    def _probe(self, fraction: float) -> dict[str, Any]:
+        assert self._window is not None
+        batches, f_start = self._window
+        saved = snapshot(self.model)
+        start = self._now()
+        try:
+            record = self.hf.take(batches, fraction)
+        except BaseException:  # interrupted or failed inside the probe: it was never accepted
+            self.model.load_state_dict(saved)
+            raise
+        hf_seconds = self._now() - start
+        f_now, f_after = _finite(record["loss_before"]), _finite(record["loss_after"])
+        measurement = ProbeMeasurement(
+            sgd_gain=f_start - f_now,
+            sgd_seconds=self._slowest(self._window_seconds),
+            sgd_steps=self._window_steps,
+            hf_gain=f_now - f_after,
+            hf_seconds=self._slowest(hf_seconds),
+            rho=_finite(record.get("rho")),
+        )
+        decision = decide(measurement, self.margin, self.rho_min)
+        if decision.rolls_back:
+            self.model.load_state_dict(saved)
+        self.samples = self.hf.samples
+        values = {
+            **asdict(measurement),
+            "sgd_rate": measurement.sgd_rate,
+            "hf_rate": measurement.hf_rate,
+        }
+        probe = {
+            "step": self.count,
+            "fraction": fraction,
+            **_nullable(values),
+            "decision": decision.action,
+            "reason": decision.reason,
+        }
+        self.probes.append(probe)
+        self._sgd_rate = measurement.sgd_rate
+        if decision.action == "switch":
+            self._hf_best = measurement.hf_rate
+            self._enter_hf(fraction)
+            self.switch = self.switch or probe
+        elif measurement.sgd_steps > 0:  # the window grows; a probe at once (first=0) had none
+            self._interval *= self.backoff
+        # the next window opens with the next SGD step, at the fraction after this probe
+        self._window = None
+        extra = {k: v for k, v in probe.items() if k not in ("step", "fraction")}
+        return {**self._tag(record, "probe"), "probe": extra}
+
+    def hyper(self) -> dict[str, float]:
+        return self.hf.hyper() if self.phase == "hf" else self.sgd.hyper()
+
+    def settle(self) -> None:
+        """A trial in progress was never accepted: put HF's parameters back."""
+        if self._trial is not None:
+            self.model.load_state_dict(self._trial["saved"])
+            self._trial = None
+            self.phase = "hf"
+            self.sgd.diverged = self.diverged = False
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "auto": {
+                "interval": self.interval,
+                "first": self.first,
+                "margin": self.margin,
+                "backoff": self.backoff,
+                "rho_min": self.rho_min,
+                "m": self.hf.m,
+                "eval_batch_size": self.hf.m_bar,
+                "switch_back": self.switch_back,
+                "stall": self.stall,
+                "switched": self.switch is not None,
+                "switch": self.switch,
+                "probes": self.probes,
+                "trials": self.trials,
+            }
+        }

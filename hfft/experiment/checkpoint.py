@@ -1,0 +1,363 @@
+"""Checkpoint files: safetensors with JSON metadata, and plain PyTorch state dicts.
+
+``hfft`` writes checkpoints as safetensors files whose header carries the
+whole metadata dict as JSON under the key ``"hfft"`` (model name and
+arguments, data set, epoch, elapsed training seconds, hfft version,
+hyperparameters), written atomically.
+
+It reads those, any other safetensors file, and PyTorch files made with
+``torch.save``: a plain ``state_dict`` or a dict holding one under
+``"model"`` or ``"state_dict"``. A checkpoint is untrusted input, so PyTorch
+files are **always** read with ``torch.load(weights_only=True)``, which
+refuses pickles that would import or call arbitrary Python code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hfft._io import atomic_write_bytes
+from hfft._text import short_list
+
+__all__ = [
+    "METADATA_KEY",
+    "Checkpoint",
+    "CheckpointError",
+    "apply_state_dict",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+#: Header key of the JSON metadata in safetensors files written by hfft.
+METADATA_KEY = "hfft"
+
+#: Entries of a ``torch.save``'d dict that may hold the state dict, in order of preference.
+_NESTED_KEYS = ("model", "state_dict")
+
+#: Prefixes added by ``DataParallel``/``DistributedDataParallel`` and ``torch.compile``.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        path: The file it was read from.
+        state_dict: Parameter and buffer tensors by name, on the CPU.
+        metadata: The hfft metadata of a safetensors file written by hfft;
+            ``None`` for other files.
+        format: ``"safetensors"`` or ``"torch"``.
+    """
+
+    path: Path
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any] | None
+    format: str
+
+
+def save_checkpoint(
+    path: str | Path, state_dict: Mapping[str, Tensor], metadata: Mapping[str, Any]
+) -> None:
+    """Write a safetensors checkpoint with JSON metadata, atomically.
+
+    Tensors are copied to contiguous CPU tensors first, so tied or otherwise
+    shared tensors and non-contiguous views are fine; integer buffers such as
+    BatchNorm's ``num_batches_tracked`` keep their dtype.
+
+    Args:
+        path: Destination file (conventionally ``*.safetensors``); its
+            directory must exist.
+        state_dict: Tensors by name, e.g. ``model.state_dict()``.
+        metadata: JSON-serialisable metadata, stored under the header key
+            ``"hfft"``.
+
+    Raises:
+        CheckpointError: If an entry is not a tensor or the metadata is not
+            JSON-serialisable; nothing is written then.
+    """
+    from safetensors.torch import save
+
+    from hfft._io import json_ready
+
+    try:
+        header = json.dumps(json_ready(dict(metadata)), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"Checkpoint metadata must be JSON-serialisable: {err}.") from None
+    tensors: dict[str, Tensor] = {}
+    for name, value in state_dict.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"State dict entry {name!r} is a {type(value).__name__}, not a tensor."
+            )
+        # clone: safetensors refuses tensors that share storage (tied weights, views)
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: header}))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint: safetensors, or a PyTorch file read with ``weights_only=True``.
+
+    A file is read as safetensors if its name ends in ``.safetensors`` or its
+    contents start like a safetensors file; anything else goes to
+    ``torch.load(path, map_location="cpu", weights_only=True)``, which accepts
+    a plain state dict or a dict holding one under ``"model"`` or
+    ``"state_dict"`` (other entries, such as an optimizer state, are ignored).
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The :class:`Checkpoint`, tensors on the CPU.
+
+    Raises:
+        CheckpointError: If the file is missing, unreadable or corrupt,
+            contains Python objects that loading would have to execute, or
+            holds no state dict of tensors.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint file '{path}' does not exist.")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint path '{path}' is not a file.")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        return _load_safetensors(path)
+    return _load_torch(path)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # layout: 8-byte little-endian header length, then the JSON header
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n <= path.stat().st_size - 8
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        state_dict = load_file(path, device="cpu")
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for bad files
+        raise CheckpointError(
+            f"Checkpoint '{path}' is not a valid safetensors file (corrupt or truncated?): {err}."
+        ) from None
+    metadata = None
+    if METADATA_KEY in header:
+        try:
+            metadata = json.loads(header[METADATA_KEY])
+        except json.JSONDecodeError:
+            raise CheckpointError(
+                f"Checkpoint '{path}' has unreadable hfft metadata in its header."
+            ) from None
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"Checkpoint '{path}' has hfft metadata that is not a dict.")
+    return Checkpoint(path, state_dict, metadata, "safetensors")
+
+
+def _load_torch(path: Path) -> Checkpoint:
+    _check_expansion(path)
+    try:
+        with warnings.catch_warnings():
+            # protocol ≥ 3 pickles: the load below fails with a clear error anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # untrusted bytes: any failure is the file's fault
+        raise CheckpointError(_torch_load_message(path, err)) from None
+    return Checkpoint(path, _extract_state_dict(path, obj), None, "torch")
+
+
+#: How much larger than its file a ``torch.save`` archive may be once read into memory.
+#: ``torch.save`` stores its records uncompressed, so a legitimate file expands by its
+#: small pickle and zip overheads only; a compressed record could expand a few
+#: megabytes into gigabytes before any check could see its contents.
+EXPANSION_LIMIT = 1.5
+_EXPANSION_SLACK = 1 << 20
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse a zip archive whose records would expand far beyond the file's size."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # legacy torch.save format: read as stored, no expansion
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # torch.load reports the damage below
+    size = path.stat().st_size
+    if expanded > EXPANSION_LIMIT * size + _EXPANSION_SLACK:
+        raise CheckpointError(
+            f"Checkpoint '{path}' is a {size / 2**20:.1f} MiB file whose compressed records "
+            f"would expand to {expanded / 2**20:,.0f} MiB in memory; hfft reads only "
+            "uncompressed torch.save files (save the state dict again with torch.save)."
+        )
+
+
+def _torch_load_message(path: Path, err: Exception) -> str:
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)  # "unsupported GLOBAL posix.system …"
+    if found is not None:
+        return (
+            f"Checkpoint '{path}' contains Python objects ({found.group(1)}) that would "
+            "execute code when loaded; hfft only loads plain tensors."
+        )
+    if "Weights only load failed" in text:
+        return (
+            f"Checkpoint '{path}' is neither a safetensors file nor a PyTorch file of plain "
+            "tensors (it is corrupt, or holds Python objects hfft refuses to unpickle)."
+        )
+    return (
+        f"Checkpoint '{path}' is neither a safetensors file nor a readable PyTorch file "
+        "(corrupt, truncated or another format)."
+    )
+
+
+def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"Checkpoint '{path}' holds a {type(obj).__name__}, not a state dict of tensors."
+        )
+    for key in _NESTED_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            obj, where = obj[key], f" under {key!r}"
+            break
+    else:
+        where = ""
+    if not obj or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"Checkpoint '{path}' holds no tensors{where}; expected a state dict or a dict "
+            "with one under 'model' or 'state_dict'."
+        )
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"Checkpoint '{path}' entry {name!r}{where} is a {type(value).__name__}, "
+                "not a tensor."
+            )
+    return {name: value.detach() for name, value in obj.items()}
+
+
+def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load a state dict into a model strictly, with a readable error on mismatch.
+
+    Keys that all carry a ``module.`` (``DataParallel``/DDP) or
+    ``_orig_mod.`` (``torch.compile``) prefix that the model's keys lack are
+    matched without it. Floating-point tensors of another precision (float16,
+    float64, …) are cast to the model's, with a note; a tensor whose kind
+    differs from the model's (integer weights for a float parameter) and
+    non-finite values (NaN, ±inf) are refused.
+
+    Args:
+        model: The model to load into (in place).
+        state_dict: Tensors by name.
+
+    Returns:
+        Notes of one sentence each on what was adapted (casts), for the user.
+
+    Raises:
+        CheckpointError: If keys are missing or unexpected, shapes or kinds
+            differ, or values are not finite; the message names them (the
+            first few of each kind). The model is unchanged then.
+    """
+    expected = model.state_dict()
+    state_dict = _strip_wrapper_prefix(state_dict, expected)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} (checkpoint {_shape(state_dict[k])}, model {_shape(expected[k])})"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{label} {short_list(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", misshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            "The checkpoint does not fit the model (wrong model or model arguments?): "
+            + "; ".join(problems)
+            + "."
+        )
+    notes = _check_values(state_dict, expected)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # e.g. a module's own load hook refusing a value
+        raise CheckpointError(f"The checkpoint does not fit the model: {err}.") from None
+    return notes
+
+
+def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> list[str]:
+    """Refuse tensors of the wrong kind or with non-finite values; note precision casts."""
+    wrong_kind = [
+        f"{k} ({state_dict[k].dtype}, model {expected[k].dtype})"
+        for k in expected
+        if state_dict[k].is_floating_point() != expected[k].is_floating_point()
+        or state_dict[k].is_complex() != expected[k].is_complex()
+    ]
+    if wrong_kind:
+        raise CheckpointError(
+            "The checkpoint holds tensors of another kind than the model's: "
+            f"{short_list(wrong_kind)}; hfft casts between floating-point precisions only."
+        )
+    not_finite = [
+        k
+        for k, v in state_dict.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
+    if not_finite:
+        raise CheckpointError(
+            f"The checkpoint holds NaN or infinite values in {short_list(not_finite)}."
+        )
+    casts = sorted(
+        {
+            f"{state_dict[k].dtype} to {expected[k].dtype}".replace("torch.", "")
+            for k in expected
+            if state_dict[k].is_floating_point() and state_dict[k].dtype != expected[k].dtype
+        }
+    )
+    return [f"the checkpoint's {c} tensors were cast to the model's precision" for c in casts]
+
+
+def _strip_wrapper_prefix(
+    state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> Mapping[str, Tensor]:
+    for prefix in _WRAPPER_PREFIXES:
+        if (
+            state_dict
+            and all(k.startswith(prefix) for k in state_dict)
+            and not any(k.startswith(prefix) for k in expected)
+        ):
+            return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _shape(t: Tensor) -> str:
+    return "×".join(str(s) for s in t.shape) if t.dim() else "scalar"

@@ -1,0 +1,366 @@
+"""The data sets hfft knows and where their raw data comes from.
+
+:data:`DATASETS` is the registry of named data sets (digits, synthetic and
+the torchvision sets) with their classes, image shape and augmentation.
+Each source returns ``(train_x, train_y, test_x, test_y)`` on the CPU: images
+(N, C, H, W) as stored (uint8 or float32) and int64 labels. :data:`LOADERS`
+maps the registered names to their source: scikit-learn's bundled digits
+(test set: a fixed 20 % hold-out), a seeded synthetic set, and the
+torchvision sets from a local folder. :func:`load_user_data` calls a user's
+``file.py:factory`` and checks what it returns. Every failure is a
+:class:`DataError` of one sentence. :mod:`hfft.experiment.splits` turns the
+raw data into device-resident splits.
+
+Importing this module does not import torch (command-line help lists the
+data sets cheaply).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hfft.experiment.run_folder import folders_to_create
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = [
+    "DATASETS",
+    "LOADERS",
+    "AugmentSpec",
+    "DataError",
+    "DatasetInfo",
+    "default_root",
+    "load_user_data",
+]
+
+
+class DataError(ValueError):
+    """A data set that cannot be found or loaded, or user data of the wrong form."""
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """How training batches may be augmented.
+
+    Attributes:
+        crop_padding: Zero padding on each side before a random crop back to
+            the original size (0: no crop).
+        flip: Random horizontal flips with probability 1/2.
+    """
+
+    crop_padding: int
+    flip: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """A registered data set.
+
+    Attributes:
+        name: Registry name.
+        description: One line for command-line help.
+        num_classes: Number of classes.
+        in_channels: Image channels.
+        input_size: Side of the square images.
+        augment: Default augmentation of training batches.
+        folder: Where torchvision expects it below ``root``; empty for the
+            built-in sets.
+    """
+
+    name: str
+    description: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    augment: AugmentSpec | None
+    folder: str = ""
+
+    @property
+    def needs_files(self) -> bool:
+        """Whether it is read from a data root (torchvision) rather than built in."""
+        return bool(self.folder)
+
+
+_CROP_FLIP = AugmentSpec(crop_padding=4, flip=True)
+_CROP_32 = AugmentSpec(crop_padding=4, flip=False)
+_CROP_28 = AugmentSpec(crop_padding=2, flip=False)
+_CROP_8 = AugmentSpec(crop_padding=1, flip=False)
+
+#: The registered data sets by name.
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="digits",
+            description="scikit-learn's 8×8 handwritten digits (1,797 images, built in)",
+            num_classes=10,
+            in_channels=1,
+            input_size=8,
+            augment=_CROP_8,
+        ),
+        DatasetInfo(
+            name="synthetic",
+            description="seeded Gaussian blobs as 1×8×8 images (for tests)",
+            num_classes=10,
+            in_channels=1,
+            input_size=8,
+            augment=_CROP_8,
+        ),
+        DatasetInfo(
+            name="cifar10",
+            description="CIFAR-10 (torchvision)",
+            num_classes=10,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_FLIP,
+            folder="cifar-10-batches-py",
+        ),
+        DatasetInfo(
+            name="cifar100",
+            description="CIFAR-100 (torchvision)",
+            num_classes=100,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_FLIP,
+            folder="cifar-100-python",
+        ),
+        DatasetInfo(
+            name="svhn",
+            description="SVHN digits, train and test splits (torchvision)",
+            num_classes=10,
+            in_channels=3,
+            input_size=32,
+            augment=_CROP_32,
+            folder="train_32x32.mat and test_32x32.mat",
+        ),
+        DatasetInfo(
+            name="mnist",
+            description="MNIST (torchvision)",
+            num_classes=10,
+            in_channels=1,
+            input_size=28,
+            augment=_CROP_28,
+            folder="MNIST/raw",
+        ),
+        DatasetInfo(
+            name="fashion-mnist",
+            description="Fashion-MNIST (torchvision)",
+            num_classes=10,
+            in_channels=1,
+            input_size=28,
+            augment=_CROP_28,
+            folder="FashionMNIST/raw",
+        ),
+    )
+}
+
+
+def default_root() -> Path:
+    """Where torchvision data sets are looked for without ``root``.
+
+    ``$HFFT_DATA_ROOT`` if set, else ``~/.cache/hfft/data``.
+    """
+    return Path(os.environ.get("HFFT_DATA_ROOT", "~/.cache/hfft/data")).expanduser()
+
+
+#: Seed of the digits test hold-out: fixed, so the test set never depends on the run.
+_DIGITS_TEST_SEED = 20_100_101
+_SYNTHETIC_SEED = 1_234
+
+_Raw = tuple["Tensor", "Tensor", "Tensor", "Tensor"]  # train_x, train_y, test_x, test_y
+
+
+def _digits(root: Path, download: bool) -> _Raw:
+    import torch
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    n_test = len(y) - int(0.8 * len(y))  # 360 of 1,797
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(_DIGITS_TEST_SEED))
+    test, train = perm[:n_test].sort().values, perm[n_test:].sort().values
+    return x[train], y[train], x[test], y[test]
+
+
+def _synthetic(root: Path, download: bool) -> _Raw:
+    """Ten Gaussian blobs around random 8×8 prototypes; 3,000 training and 600 test images."""
+    import torch
+
+    gen = torch.Generator().manual_seed(_SYNTHETIC_SEED)
+    prototypes = torch.randn(10, 1, 8, 8, generator=gen)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, 10, (n,), generator=gen)
+        return prototypes[y] + 2.5 * torch.randn(n, 1, 8, 8, generator=gen), y
+
+    return *draw(3000), *draw(600)
+
+
+def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
+    def load(root: Path, download: bool) -> _Raw:
+        import torch
+        from torchvision import datasets
+
+        cls = _TORCHVISION_CLASSES[name]
+
+        def open_split(train: bool) -> Any:
+            if name == "svhn":
+                return datasets.SVHN(root, split="train" if train else "test", download=download)
+            return getattr(datasets, cls)(root, train=train, download=download)
+
+        created = folders_to_create(root) if download else []
+        if download:
+            root.mkdir(parents=True, exist_ok=True)
+        try:
+            splits = [open_split(True), open_split(False)]
+        except Exception as err:  # "Dataset not found or corrupted", a failed download, ...
+            if created:  # a download that did not happen leaves no folder behind
+                shutil.rmtree(created[-1], ignore_errors=True)
+            raise DataError(_torchvision_message(name, root, download, err)) from None
+        out: list[Tensor] = []
+        for ds in splits:
+            x = torch.as_tensor(ds.data)  # uint8, converted once for the whole set
+            if x.dim() == 3:  # MNIST-like (N, H, W)
+                x = x.unsqueeze(1)
+            elif name.startswith("cifar"):  # (N, H, W, C) → NCHW
+                x = x.permute(0, 3, 1, 2)
+            labels = ds.labels if name == "svhn" else ds.targets
+            out += [x.contiguous(), torch.as_tensor(labels, dtype=torch.int64)]
+        return out[0], out[1], out[2], out[3]
+
+    return load
+
+
+_TORCHVISION_CLASSES = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+}
+
+
+def _damaged_files(name: str, root: Path) -> list[str] | None:
+    """The files of a torchvision set that are there but fail its integrity check.
+
+    ``None`` when the set's folder (or files) are not there at all, or the set
+    has no checksums to test.
+    """
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    cls = getattr(datasets, _TORCHVISION_CLASSES[name])
+    if name.startswith("cifar"):
+        folder = root / cls.base_folder
+        if not folder.is_dir():
+            return None
+        files = [(folder / f, md5) for f, md5 in (*cls.train_list, *cls.test_list)]
+    elif name == "svhn":
+        files = [(root / cls.split_list[s][1], cls.split_list[s][2]) for s in ("train", "test")]
+        if not any(path.exists() for path, _ in files):
+            return None
+    else:
+        folder = root / DATASETS[name].folder
+        return [] if folder.is_dir() else None
+    return [str(path.relative_to(root)) for path, md5 in files if not check_integrity(path, md5)]
+
+
+def _torchvision_message(name: str, root: Path, download: bool, err: Exception) -> str:
+    if download:
+        return f"Data set {name!r} could not be downloaded into '{root}': {err}"
+    damaged = _damaged_files(name, root)
+    if damaged is None:
+        return (
+            f"Data set {name!r} was not found in '{root}' (expected {DATASETS[name].folder} "
+            "there); pass --data-root DIR pointing at an existing copy or add --download."
+        )
+    which = f" ({', '.join(damaged)} fail torchvision's checksum)" if damaged else ""
+    return (
+        f"Data set {name!r} is in '{root}' but its files are corrupt or incomplete{which}; "
+        "replace them, or --download it into an empty --data-root."
+    )
+
+
+LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    **{name: _torchvision(name) for name, info in DATASETS.items() if info.needs_files},
+}
+
+
+def load_user_data(spec: str, root: Path, download: bool) -> _Raw:
+    from hfft.experiment.factories import ModelSpecError, load_factory
+
+    target = spec.rpartition(":")[0]
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    if is_file and not Path(target).expanduser().is_file():
+        raise DataError(f"Data file '{target}' does not exist.")
+    try:
+        factory = load_factory(spec)
+    except ModelSpecError as err:
+        raise DataError(f"Data {spec!r} cannot be loaded: {str(err).rstrip('.')}.") from None
+    try:
+        named = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        named = set()
+    kwargs = {k: v for k, v in (("root", root), ("download", download)) if k in named}
+    try:
+        result = factory(**kwargs)
+    except Exception as err:
+        raise DataError(f"Data factory {spec!r} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise DataError(f"Data factory {spec!r} must return a pair (train, test).")
+    train_x, train_y = _as_tensors(spec, "train", result[0])
+    test_x, test_y = _as_tensors(spec, "test", result[1])
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(
+            f"Data factory {spec!r} returned train images of shape {tuple(train_x.shape[1:])} "
+            f"but test images of shape {tuple(test_x.shape[1:])}."
+        )
+    return train_x, train_y, test_x, test_y
+
+
+def _as_tensors(spec: str, split: str, data: Any) -> tuple[Tensor, Tensor]:
+    """A user's split as ``(x, y)``: images (N, C, H, W) float32, labels (N,) int64."""
+    import torch
+    from torch.utils.data import Dataset, TensorDataset
+
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        x, y = data.tensors
+    elif isinstance(data, tuple | list) and len(data) == 2:
+        x, y = (torch.as_tensor(part) for part in data)
+    elif isinstance(data, Dataset):
+        # a generic Dataset can only be read sample by sample: done once, here
+        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+        if not pairs:
+            raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
+        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+        y = torch.as_tensor([int(p[1]) for p in pairs])
+    else:
+        raise DataError(
+            f"Data factory {spec!r} returned a {type(data).__name__} as its {split} set, "
+            "not a Dataset or a pair of tensors (x, y)."
+        )
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[2] != x.shape[3]:
+        raise DataError(
+            f"Data factory {spec!r} returned {split} inputs of shape {tuple(x.shape)}; "
+            "expected square images (N, C, H, W) or (N, H, W)."
+        )
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.numel() == 0:
+        raise DataError(
+            f"Data factory {spec!r} returned {split} labels of shape {tuple(y.shape)} and "
+            f"dtype {y.dtype}; expected {x.shape[0]} integer class labels."
+        )
+    if int(y.min()) < 0:
+        raise DataError(f"Data factory {spec!r} returned negative {split} labels.")
+    return x.to(torch.float32), y.to(torch.int64)

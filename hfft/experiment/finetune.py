@@ -1,0 +1,490 @@
+"""Fine-tune a checkpoint with one strategy under one budget.
+
+The loop reads top to bottom:
+
+1. load the checkpoint into its model with its data split and hyperparameters,
+   and check the strategy against the data — before anything is written;
+2. evaluate at budget fraction 0;
+3. take steps while the budget lasts — the clock runs only inside a step —
+   and evaluate (clock paused) whenever the spent fraction passes the next of
+   the evaluation points, the same points for every strategy;
+4. evaluate at the end; write ``final.safetensors``, ``best.safetensors``
+   (best validation accuracy, never test) and ``metrics.json``.
+
+The files are written into a staging folder and swapped into ``--out`` at the
+end (:class:`hfft.experiment.run_folder.RunFolder`), so the folder holds exactly one run's
+files. What is written describes what is saved:
+
+* Ctrl-C or SIGTERM inside a step puts back the weights from before that step
+  (a trial point of HF's line search is never saved); the run evaluates the
+  saved weights (off the clock), writes its files with status
+  ``"interrupted"`` while further signals wait, and raises
+  :class:`hfft.experiment.interrupts.Interrupted`.
+* A strategy that diverges (a non-finite loss) ends with status
+  ``"diverged"``, and its final weights are the last ones whose loss was
+  finite; ``best`` is never an evaluation with a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hfft._io import atomic_write_json, sha256_file
+from hfft._version import __version__
+from hfft.experiment.checkpoint import save_checkpoint
+from hfft.experiment.evaluation import evaluate_splits
+from hfft.experiment.interrupts import (
+    Interrupted,
+    as_interrupt,
+    first_signal_stops,
+    interruptible,
+    signals_held,
+)
+from hfft.experiment.limits import check
+from hfft.experiment.run_folder import RunFolder, slug
+from hfft.experiment.snapshot import StepHistory
+from hfft.experiment.starting_point import StartingPointOptions
+from hfft.optim import distributed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hfft.experiment.budget import BudgetClock
+    from hfft.experiment.runners import Runner
+    from hfft.experiment.starting_point import StartingPoint
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "default_out",
+    "finetune",
+    "same_finetune_run",
+]
+
+SCHEMA_VERSION = 1
+WEIGHT_FILES = ("final.safetensors", "best.safetensors")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One fine-tuning run (the command line's options, validated)."""
+
+    checkpoint: str
+    strategy: str = "hf"
+    budget: str = "10%"
+    out: str = "finetune"
+    source: StartingPointOptions = field(default_factory=StartingPointOptions)
+    eval_batch_size: int | None = None
+    eval_points: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check("eval_batch_size", self.eval_batch_size)
+        check("eval_points", self.eval_points)
+        check("seed", self.seed)
+
+    def key(self) -> dict[str, Any]:
+        """What makes two runs the same run: the config without where it goes.
+
+        As JSON types, as ``metrics.json`` stores it under ``config``.
+        """
+        data = json.loads(json.dumps(asdict(self)))
+        for name in ("out", "overwrite"):
+            data.pop(name)
+        return data
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """How the run ended and where its files are.
+
+    Attributes:
+        files: The files written into ``out`` (names).
+        missing: Weight files not written, with the reason.
+    """
+
+    out: Path
+    status: str
+    steps: int
+    seconds: float
+    fraction: float
+    initial: dict[str, float]
+    final: dict[str, float]
+    best: dict[str, Any]
+    metrics_path: Path
+    log: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def default_out(checkpoint: Path, strategy: str) -> Path:
+    """Where a run writes without ``--out``: ``finetune-STRATEGY`` beside the checkpoint."""
+    from hfft.experiment.strategies import parse_strategy
+
+    return checkpoint.parent / ("finetune-" + slug(parse_strategy(strategy).label))
+
+
+def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a run of the configuration ``key`` (its ``metrics.json``)."""
+    try:
+        log = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(log, dict) or not isinstance(log.get("config"), dict):
+        return False
+    stored = {k: v for k, v in log["config"].items() if k not in ("out", "overwrite")}
+    return bool(stored == key)
+
+
+def _finite_state(model: torch.nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
+
+
+def _finite_losses(entry: dict[str, Any]) -> bool:
+    return all(
+        isinstance(v, (int, float)) and math.isfinite(v)
+        for k, v in entry.items()
+        if k.endswith("_loss")
+    )
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("fraction", "seconds", "step", "valid_accuracy", "test_accuracy", "train_eval_loss")
+    return {k: entry[k] for k in keys if k in entry}
+
+
+class _Run:
+    """One run's state between the steps: the log, the best point, the files."""
+
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        src: StartingPoint,
+        runner: Runner,
+        clock: BudgetClock,
+        out: Path,
+        on_progress: Callable[[float, dict[str, Any]], None] | None,
+    ) -> None:
+        from hfft.experiment.strategies import parse_strategy
+        from hfft.experiment.train import versions
+
+        self.model, self.splits, self.runner, self.clock = src.model, src.splits, runner, clock
+        self.device = next(self.model.parameters()).device
+        self.out, self.on_progress = out, on_progress
+        self.main = distributed.is_main()  # data-parallel: rank 0 alone writes
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.best: dict[str, Any] = {}
+        self.files: dict[str, str] = {}
+        self.stepping = False  # inside a step: its trial weights are not yet accepted
+        label = parse_strategy(config.strategy).label
+        self.log: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "hfft-finetune",
+            "status": "running",
+            "config": asdict(config),
+            "strategy": label,
+            "budget": {
+                "kind": clock.budget.kind,
+                "limit": clock.budget.value,
+                "requested": config.budget,
+            },
+            "source": src.describe(),
+            "versions": versions(),
+            "device": str(self.device),
+            "world_size": distributed.world_size(),
+            "seed": config.seed,
+            # one-time setup outside the clock (HF: tracing the linearisation)
+            "setup_seconds": runner.setup_seconds,
+            "evaluations": [],
+            "steps": [],
+            "initial": {},
+            "final": {},
+            "best": {},
+        }
+        self.meta = {
+            "model": src.model_name,
+            "model_args": src.model_args,
+            "data": src.data_name,
+            "data_seed": src.data_seed,
+            "num_classes": self.splits.num_classes,
+            "in_channels": self.splits.in_channels,
+            "input_size": self.splits.input_size,
+            "lr": src.lr,
+            "batch_size": src.batch_size,
+            "momentum": src.momentum,
+            "weight_decay": src.weight_decay,
+            "source_checkpoint": str(src.path),
+            "source_sha256": src.sha256,
+            "strategy": label,
+            "hfft_version": __version__,
+        }
+
+    def measure(self) -> dict[str, Any]:
+        """The metrics of the current weights, as an evaluation entry (clock paused)."""
+        metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
+        return {
+            "fraction": self.clock.fraction,
+            "seconds": self.clock.seconds,
+            "step": self.clock.steps,
+            "epochs": self.clock.epochs,
+            **self.runner.hyper(),
+            **metrics,
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate at an evaluation point; keep the weights if they are the best so far."""
+        entry = self.measure()
+        self.log["evaluations"].append(entry)
+        self.runner.observe(entry)
+        acc = entry.get("valid_accuracy", -math.inf)
+        healthy = _finite_losses(entry) and _finite_state(self.model)
+        if healthy and acc > self.best.get("valid_accuracy", -math.inf):
+            self.best = dict(entry)
+            self._save("best.safetensors", entry)
+        if self.on_progress is not None:
+            self.on_progress(self.clock.fraction, entry)
+        return entry
+
+    def _save(self, name: str, entry: dict[str, Any]) -> None:
+        if self.main:
+            save_checkpoint(self.out / name, _cpu_state(self.model), {**self.meta, **_brief(entry)})
+            self.files[name] = sha256_file(self.out / name)
+
+    def loop(self, points: list[float], history: StepHistory) -> str:
+        """Steps until the budget is spent; the status they end with."""
+        clock, runner = self.clock, self.runner
+        next_point = 1
+        while not clock.exhausted:
+            history.save()
+            self.stepping = True
+            clock.resume()
+            record = runner.step(clock.fraction)
+            with signals_held():  # the step counts once it is logged, and not before
+                clock.pause()
+                clock.step_done(runner.samples)
+                self.log["steps"].append(record)
+                self.stepping = False
+            if distributed.is_distributed():  # the slowest rank's clock, so all stop together
+                clock.synchronize(distributed.all_reduce_max(clock.seconds, self.device))
+            record["seconds"] = clock.seconds
+            if runner.diverged:
+                return "diverged"
+            if self.on_progress is not None:
+                self.on_progress(clock.fraction, record)
+            crossed = next_point
+            while next_point < len(points) - 1 and clock.fraction >= points[next_point]:
+                next_point += 1
+            if next_point > crossed:
+                self.evaluate()
+        return "completed"
+
+    def finish(self, status: str, final: dict[str, Any]) -> None:
+        """Write ``final.safetensors`` and ``metrics.json`` (the caller holds signals)."""
+        self.log["status"] = status
+        self.log.update(self.runner.report())
+        self.log["final"], self.log["best"] = final, dict(self.best)
+        self.log["spent"] = {
+            "seconds": self.clock.seconds,
+            "steps": self.clock.steps,
+            "epochs": self.clock.epochs,
+            "fraction": self.clock.fraction,
+        }
+        if _finite_state(self.model):
+            self._save("final.safetensors", final)
+        self.log["files"] = dict(self.files)
+        if self.main:
+            atomic_write_json(self.out / "metrics.json", self.log)
+
+    def result(self, out: Path) -> FinetuneResult:
+        missing = {
+            name: "the weights were not finite"
+            if name == "final.safetensors"
+            else "no evaluation had finite losses"
+            for name in WEIGHT_FILES
+            if name not in self.files
+        }
+        return FinetuneResult(
+            out,
+            self.log["status"],
+            self.clock.steps,
+            self.clock.seconds,
+            self.clock.fraction,
+            self.log["initial"],
+            self.log["final"],
+            dict(self.best),
+            out / "metrics.json",
+            self.log,
+            tuple([*self.files, "metrics.json"]),
+            missing,
+        )
+
+
+def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
+    """Put the last accepted weights back and measure them (clock paused).
+
+    Runs after the first signal, so further signals wait
+    (:func:`hfft.experiment.interrupts.first_signal_stops`) — except during the
+    measurement, which a second Ctrl-C skips: ``final`` is then empty, and
+    nothing claims numbers it does not have.
+    """
+    if run.clock.running:
+        run.clock.pause()
+    if run.stepping:
+        history.restore_current()
+    run.runner.settle()
+    last = run.log["evaluations"][-1] if run.log["evaluations"] else None
+    if last is not None and last["step"] == run.clock.steps:
+        return dict(last)
+    try:
+        with interruptible():
+            return run.measure()
+    except KeyboardInterrupt:
+        return {}
+
+
+def _final_after_divergence(run: _Run, history: StepHistory) -> dict[str, Any]:
+    """Go back to the last weights whose loss was finite, and measure them."""
+    if not history.restore_previous():
+        history.restore_current()
+    return run.measure()
+
+
+def finetune(
+    config: FinetuneConfig,
+    source: StartingPoint | None = None,
+    on_progress: Callable[[float, dict[str, Any]], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> FinetuneResult:
+    """Run one strategy from a checkpoint under a budget and write its outputs.
+
+    Args:
+        config: The run.
+        source: The loaded checkpoint (loaded from ``config`` when ``None``).
+        on_progress: Called as ``on_progress(fraction, info)`` after every step
+            (with its record) and every evaluation (with its entry), for progress
+            bars and for ``auto``'s switch line.
+        on_note: Called with one sentence for what the user should know
+            (a checkpoint cast to another precision, an earlier run replaced).
+
+    Returns:
+        The :class:`FinetuneResult`.
+
+    Raises:
+        Interrupted: On Ctrl-C or SIGTERM, after the outputs were written with
+            status ``"interrupted"``.
+        ValueError: For a malformed strategy or budget, an unknown training
+            time with a percentage budget, batches that do not fit the data,
+            or an output folder that holds another run's files — all before
+            anything is written.
+    """
+    with first_signal_stops():
+        src, runner, clock, points = _prepare(config, source, on_note)
+        out = Path(config.out)
+        if not distributed.is_main():  # data-parallel: rank 0 alone writes
+            run, status, final, stop = _run(config, src, runner, clock, out, points, on_progress)
+            with signals_held(deliver=False) as late:
+                run.finish(status, final)
+            result = run.result(out)
+        else:
+            key = config.key()
+            with RunFolder(out, lambda d: same_finetune_run(d, key), config.overwrite) as folder:
+                if folder.note is not None and on_note is not None:
+                    on_note(folder.note)
+                staging = folder.staging
+                run, status, final, stop = _run(
+                    config, src, runner, clock, staging, points, on_progress
+                )
+                # the files are written and swapped into place while signals wait
+                with signals_held(deliver=False) as late:
+                    run.finish(status, final)
+                    folder.commit()
+            result = replace(run.result(staging), out=out, metrics_path=out / "metrics.json")
+        stop = stop or as_interrupt(late)
+        if stop is not None:
+            raise Interrupted.after(stop, _saved_sentence(result.status, out)) from None
+        return result
+
+
+def _prepare(
+    config: FinetuneConfig, source: StartingPoint | None, on_note: Callable[[str], None] | None
+) -> tuple[StartingPoint, Runner, BudgetClock, list[float]]:
+    """The checkpoint loaded, the strategy's runner and the clock: all checked, nothing written."""
+    from hfft.experiment.budget import (
+        BudgetClock,
+        evaluation_fractions,
+        parse_budget,
+        resolve_budget,
+    )
+    from hfft.experiment.runners import make_runner
+    from hfft.experiment.strategies import parse_strategy
+
+    strategy = parse_strategy(config.strategy)
+    budget = parse_budget(config.budget)
+    src = source or config.source.load(config.checkpoint, config.device)
+    if source is None and on_note is not None:
+        for note in src.notes:
+            on_note(note)
+    budget = resolve_budget(budget, src.train_seconds)
+    torch.manual_seed(config.seed)
+    points = evaluation_fractions(config.eval_points)
+    runner = make_runner(
+        strategy,
+        src.model,
+        src.splits,
+        lr=src.lr,
+        batch_size=src.batch_size,
+        momentum=src.momentum,
+        weight_decay=src.weight_decay,
+        eval_batch_size=config.eval_batch_size,
+        evaluations=len(points),
+        seed=config.seed,
+    )
+    device = next(src.model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return src, runner, BudgetClock(budget, train_size=src.splits.num_train, sync=sync), points
+
+
+def _saved_sentence(status: str, out: Path) -> str:
+    if status == "interrupted":
+        return f"what was finished is saved in {out} and marked interrupted"
+    return f"the run had {status} when it was stopped: its files are saved in {out}"
+
+
+def _run(
+    config: FinetuneConfig,
+    src: StartingPoint,
+    runner: Runner,
+    clock: BudgetClock,
+    out: Path,
+    points: list[float],
+    on_progress: Callable[[float, dict[str, Any]], None] | None,
+) -> tuple[_Run, str, dict[str, Any], KeyboardInterrupt | None]:
+    """The steps and evaluations, writing ``best.safetensors`` into ``out`` as they go.
+
+    Returns:
+        The run, its status, its final evaluation and the interrupt that
+        stopped it (if one did); :meth:`_Run.finish` writes the rest.
+    """
+    run = _Run(config, src, runner, clock, out, on_progress)
+    history = StepHistory(run.model)
+    try:
+        run.log["initial"] = run.evaluate()
+        status = run.loop(points, history)
+        final = _final_after_divergence(run, history) if status == "diverged" else run.evaluate()
+    except KeyboardInterrupt as err:
+        return run, "interrupted", _final_after_interrupt(run, history), err
+    return run, status, final, None

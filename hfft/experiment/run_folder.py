@@ -1,0 +1,247 @@
+"""One run per output folder: an exclusive lock, the folder's owner checked, and a swap at the end.
+
+Rules every command holds (README, "Safety"):
+
+* **One run at a time.** A run holds an exclusive lock (``flock``) on its
+  output folder while it works; a second run on the same folder fails at once
+  with one sentence. The kernel drops the lock when its process dies, so a
+  killed run never leaves a stale lock behind.
+* **Never a mix.** A folder that holds another run's files is refused unless
+  the user passes ``--overwrite``; a rerun of the same configuration replaces
+  its earlier files. :class:`RunFolder` writes a run into a fresh staging
+  folder beside the target and swaps it in when the run ends (completed,
+  diverged or interrupted), so the target holds either the old run's files or
+  the new run's, never both; a run that dies before the swap leaves the
+  target as it was.
+* **Nothing left behind** by a run that did not start: folders created for it
+  are removed again, and the next run on a folder removes the staging folders
+  and temporary files of killed runs.
+
+Plain Python; importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = [
+    "FolderBusy",
+    "FolderTaken",
+    "RunFolder",
+    "check_owner",
+    "clean_stale",
+    "clear",
+    "folders_to_create",
+    "locked_folder",
+    "slug",
+]
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locking
+    fcntl = None  # type: ignore[assignment]
+
+
+class FolderBusy(ValueError):
+    """Another run holds the output folder's lock."""
+
+
+class FolderTaken(ValueError):
+    """The output folder holds another run's files."""
+
+
+def slug(text: str) -> str:
+    """``text`` as one safe folder name: runs of other characters become ``_``.
+
+    Letters, digits and ``.``, ``=``, ``-`` are kept, so a strategy label such as
+    ``hf:m=2048,damping=0.5`` becomes ``hf_m=2048_damping=0.5``.
+    """
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
+
+
+def folders_to_create(target: Path) -> list[Path]:
+    """The folders ``target.mkdir(parents=True)`` would create, innermost first."""
+    chain = []
+    for folder in (target, *target.parents):
+        if folder.exists():
+            break
+        chain.append(folder)
+    return chain
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def locked_folder(target: Path) -> Iterator[list[Path]]:
+    """Create ``target`` if needed and hold an exclusive lock on it for the block.
+
+    Yields the folders that were created for it (innermost first); they are
+    removed again if still empty when the block ends, so a run that fails
+    before writing anything leaves nothing behind.
+
+    Raises:
+        FolderBusy: If another process holds the lock.
+        OSError: If the folder cannot be created or opened.
+    """
+    created = folders_to_create(target)
+    target.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FolderBusy(
+                    f"another hfft run is writing to {target}; wait for it to end or choose "
+                    "another --out"
+                ) from None
+        yield created
+    finally:
+        os.close(fd)  # releases the lock
+        _remove_if_empty(created)
+
+
+def clean_stale(target: Path) -> None:
+    """Remove what killed runs on ``target`` left: staging folders and temporary files.
+
+    Only to be called while holding ``target``'s lock: then no other run is
+    writing them.
+    """
+    for stale in target.parent.glob(f".{target.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for tmp in target.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool) -> str:
+    """Whether a run may write ``target``: ``"empty"``, ``"same"`` (an earlier run of
+    the same configuration is there) or ``"overwrite"`` (another run's files, which
+    the user asked to replace).
+
+    Args:
+        target: The output folder (may not exist yet).
+        same_run: Whether the files in ``target`` are an earlier run of the
+            same configuration.
+        overwrite: The user's ``--overwrite``.
+
+    Raises:
+        FolderTaken: If ``target`` holds files of another run and ``overwrite``
+            is off.
+    """
+    if not target.is_dir() or not any(p for p in target.iterdir() if not _ignorable(p)):
+        return "empty"
+    if same_run(target):
+        return "same"
+    if overwrite:
+        return "overwrite"
+    raise FolderTaken(
+        f"{target} holds another run's files (a different configuration, or not hfft's); "
+        "pass --overwrite to replace them, or choose another --out"
+    )
+
+
+def _ignorable(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def clear(target: Path) -> None:
+    """Remove everything inside ``target`` (the folder itself stays)."""
+    for entry in target.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2``); False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+class RunFolder:
+    """A run's output folder, written through a staging folder and swapped in at the end.
+
+    Use as a context manager around the whole run; write into
+    :attr:`staging`, then call :meth:`commit`. Leaving the block without
+    committing (an error) discards the staging folder and leaves the target
+    as it was.
+
+    Args:
+        target: The output folder.
+        same_run: Whether files found in ``target`` are an earlier run of the
+            same configuration (they may be replaced).
+        overwrite: Replace another run's files.
+
+    Attributes:
+        note: One sentence when an earlier run is being replaced, else ``None``.
+    """
+
+    def __init__(self, target: Path, same_run: Callable[[Path], bool], overwrite: bool) -> None:
+        self.target = target
+        self.staging = target.parent / f".{target.name}.staging-{os.getpid()}"
+        self._same_run = same_run
+        self._overwrite = overwrite
+        self._stack = contextlib.ExitStack()
+        self.committed = False
+        self.note: str | None = None
+
+    def __enter__(self) -> RunFolder:
+        with self._stack as stack:
+            stack.enter_context(locked_folder(self.target))
+            owner = check_owner(self.target, self._same_run, self._overwrite)
+            self.note = {
+                "empty": None,
+                "same": f"replacing the earlier run of the same configuration in {self.target}",
+                "overwrite": f"--overwrite: replacing the files in {self.target}",
+            }[owner]
+            clean_stale(self.target)
+            self.staging.mkdir()
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if not self.committed:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            self._stack.close()
+
+    def commit(self) -> None:
+        """Make the staged files the target's, in one step where the system allows it.
+
+        Call it while signals are held (:func:`hfft.experiment.interrupts.signals_held`),
+        so that an interrupt cannot fall between the two renames of a system
+        without an atomic exchange.
+        """
+        self._swap()
+        self.committed = True
+
+    def _swap(self) -> None:
+        if any(self.target.iterdir()):
+            if not _exchange(self.staging, self.target):
+                old = self.target.parent / f".{self.target.name}.staging-old-{os.getpid()}"
+                os.rename(self.target, old)
+                os.rename(self.staging, self.target)
+                self.staging = old
+            shutil.rmtree(self.staging, ignore_errors=True)
+        else:
+            os.rename(self.staging, self.target)  # replaces the empty folder

@@ -1,0 +1,340 @@
+"""One optimizer step of each strategy, behind one small interface.
+
+A runner owns its optimizer and draws its own batches from the shared data
+pipeline (:class:`hfft.experiment.sampling.BatchSampler` over device-resident tensors),
+so no strategy is favoured by its loader. ``step(fraction)`` takes one step
+at the given budget fraction and returns a JSON-ready record;
+``samples`` is how many training samples that step consumed (B only, for
+epoch budgets).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hfft.experiment.sampling import BatchSampler, augment_batch
+from hfft.models import param_groups
+from hfft.optim import distributed
+from hfft.optim.flat import FlatSpace
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from hfft.experiment.splits import DataSplits
+    from hfft.experiment.strategies import Strategy
+
+    Batch = tuple[Tensor, Tensor]
+
+__all__ = [
+    "HFRunner",
+    "Runner",
+    "SGDRunner",
+    "check_strategy",
+    "hf_batch_sizes",
+    "make_runner",
+]
+
+DEFAULT_M = 2048
+DEFAULT_EVAL_BATCH = 1024
+
+
+class Runner:
+    """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
+
+    samples: int = 0
+    diverged: bool = False
+    setup_seconds: float = 0.0
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def hyper(self) -> dict[str, float]:
+        """The current learning rate (SGD) or damping (HF)."""
+        raise NotImplementedError
+
+    def observe(self, metrics: dict[str, float]) -> None:
+        """Called with each evaluation's metrics (the plateau schedule listens)."""
+
+    def report(self) -> dict[str, Any]:
+        """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
+        return {}
+
+    def settle(self) -> None:
+        """Undo what is still on trial across steps, when a run ends early.
+
+        A runner's :meth:`step` leaves the model at accepted weights when it
+        raises; a strategy whose trials span several steps (``auto``) puts
+        its last accepted weights back here.
+        """
+
+
+class SGDRunner(Runner):
+    """SGD with one of the four learning-rate strategies of the paper (§3.2)."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        lr: float,
+        batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        evaluations: int,
+        seed: int,
+    ) -> None:
+        from hfft.experiment.schedules import Plateau, make_schedule
+
+        opts = strategy.options
+        self.base_lr = float(opts.get("lr", lr))
+        self.batch_size = int(opts.get("batch_size", batch_size))
+        momentum = float(opts.get("momentum", momentum))
+        check_sgd_batch(self.batch_size, splits.train_x.shape[0])
+        self.model, self.splits = model, splits
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.opt = torch.optim.SGD(
+            param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
+        )
+        self.schedule = make_schedule(strategy.name, self.base_lr, evaluations)
+        self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
+        self.sampler = BatchSampler(
+            splits.train_x.shape[0], seed=seed, device=splits.train_x.device
+        )
+        self.gen = torch.Generator(device=splits.train_x.device).manual_seed(seed + 1)
+        self.lr = self.base_lr
+        self.samples = self.batch_size
+        self.count = 0
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        self.lr = self.plateau.lr if self.plateau is not None else float(self.schedule(fraction))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        self.model.train()
+        idx = self.sampler.next_batch(self.batch_size)
+        x, y = self.splits.train_x[idx], self.splits.train_y[idx]
+        if self.splits.augment is not None:
+            x = augment_batch(x, self.splits.augment, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        if distributed.is_distributed():
+            value = self._sharded_backward(x, y)
+        else:
+            loss = self.loss_fn(self.model(x), y)
+            value = float(loss.detach())  # also the per-step device sync fair timing needs
+            if math.isfinite(value):
+                loss.backward()
+        self.count += 1
+        if not math.isfinite(value):
+            self.diverged = True  # the update is skipped: parameters stay finite
+        else:
+            self.opt.step()
+        return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
+
+    def _sharded_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """This rank's share of the batch loss and gradient, summed over ranks.
+
+        Every rank drew the same global batch; it takes its contiguous shard,
+        weights the shard's mean loss by its share of the batch and sums the
+        gradients and the loss over ranks in one all-reduce, so every rank
+        applies the gradient of the whole batch.
+        """
+        part = distributed.shard(x.shape[0])
+        share = (part.stop - part.start) / x.shape[0]
+        loss = self.loss_fn(self.model(x[part]), y[part]) * share
+        loss.backward()
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        space = FlatSpace(params)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = distributed.all_reduce_sum(space.flatten([*grads, loss.detach()]))
+        for p, g in zip(params, space.unflatten(flat[:-1]), strict=True):
+            p.grad = g.clone()
+        return float(flat[-1])
+
+    def hyper(self) -> dict[str, float]:
+        return {"lr": self.lr}
+
+    def observe(self, metrics: dict[str, float]) -> None:
+        if self.plateau is not None and "train_eval_loss" in metrics:
+            self.plateau.observe(metrics["train_eval_loss"])
+
+
+class HFRunner(Runner):
+    """Hessian-free steps on disjoint batches B (size m) and B̄ (``eval_batch_size``)."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        weight_decay: float,
+        eval_batch_size: int | None,
+        seed: int,
+    ) -> None:
+        from hfft.optim.optimizer import HessianFree
+
+        opts = dict(strategy.options)
+        n = splits.train_x.shape[0]
+        self.m, self.m_bar = hf_batch_sizes(opts.pop("m", None), n, eval_batch_size)
+        self.model, self.splits = model, splits
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.opt = HessianFree(param_groups(model, weight_decay), **opts)
+        self.sampler = BatchSampler(n, seed=seed, device=splits.train_x.device)
+        self.samples = self.m
+        # one-time tracing of the linearisation, like compilation: before the clock starts
+        self.setup_seconds = self.opt.prepare(model, splits.train_x[: self.m])
+
+    def draw(self) -> tuple[Batch, Batch]:
+        """The next disjoint batches B (size m) and B̄ of this runner's sampler."""
+        idx, idx_bar = self.sampler.disjoint_pair(self.m, self.m_bar)
+        if distributed.is_distributed():  # this rank's shards; the optimizer all-reduces
+            idx, idx_bar = idx[distributed.shard(self.m)], idx_bar[distributed.shard(self.m_bar)]
+        x, y = self.splits.train_x, self.splits.train_y
+        return (x[idx], y[idx]), (x[idx_bar], y[idx_bar])
+
+    def take(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
+        """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
+        batch, eval_batch = batches
+        record = self.opt.step(self.model, self.loss_fn, batch=batch, eval_batch=eval_batch)
+        return {"fraction": fraction, **record.to_dict()}
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        return self.take(self.draw(), fraction)
+
+    def objective(self, eval_batch: Batch) -> float:
+        """The B̄ objective at the current parameters, as an HF step measures it."""
+        return self.opt.objective(self.model, self.loss_fn, eval_batch)
+
+    def hyper(self) -> dict[str, float]:
+        return {"damping": self.opt.damping}
+
+
+def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[int, int]:
+    """HF's batch sizes, B (``m``, default min(2048, n/2)) and B̄, checked against ``n`` samples.
+
+    B̄ defaults to min(1024, n − m).
+
+    Raises:
+        ValueError: If B and B̄ cannot be two disjoint batches of the training set.
+    """
+    what = f"hf:m={m}" if m is not None else "the default m"
+    m = min(DEFAULT_M, n // 2) if m is None else int(m)
+    if m < 1 or m >= n:
+        raise ValueError(
+            f"HF's batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
+            f"leaving samples for its second batch B̄; choose hf:m={max(1, n // 2)} or less"
+        )
+    m_bar = min(DEFAULT_EVAL_BATCH, n - m) if eval_batch_size is None else eval_batch_size
+    if m_bar < 1 or m + m_bar > n:
+        raise ValueError(
+            f"HF needs two disjoint batches of the {n} training samples, B of {m} ({what}) "
+            f"and B̄ of {m_bar} (--eval-batch-size), but {m + m_bar} do not fit; choose a "
+            "smaller hf:m= or --eval-batch-size"
+        )
+    return m, m_bar
+
+
+def check_sgd_batch(batch_size: int, n: int) -> None:
+    """An SGD batch must fit in the ``n`` training samples.
+
+    Raises:
+        ValueError: If it does not.
+    """
+    if not 1 <= batch_size <= n:
+        raise ValueError(
+            f"the SGD batch size {batch_size} must be between 1 and the {n} training samples"
+        )
+
+
+def sgd_settings(strategy: Strategy, lr: float | None, batch_size: int | None) -> tuple[float, int]:
+    """An SGD strategy's (or ``auto``'s) learning rate and batch size: its options, else given.
+
+    Raises:
+        ValueError: When neither the strategy nor the checkpoint gives them.
+    """
+    lr = strategy.options.get("lr", lr)
+    batch_size = strategy.options.get("batch_size", batch_size)
+    if lr is None or batch_size is None:
+        raise ValueError(
+            f"{strategy.name} needs the training learning rate and batch size, which this "
+            "checkpoint does not record; pass --lr and --batch-size"
+        )
+    return float(lr), int(batch_size)
+
+
+def check_strategy(
+    strategy: Strategy,
+    n: int,
+    *,
+    lr: float | None,
+    batch_size: int | None,
+    eval_batch_size: int | None,
+) -> None:
+    """Whether a strategy can run on ``n`` training samples, without building anything.
+
+    ``compare`` checks every strategy with this before the first run starts.
+
+    Raises:
+        ValueError: For batches that do not fit the data or a missing learning
+            rate or batch size, in one sentence.
+    """
+    if strategy.is_hf or strategy.is_auto:
+        m = strategy.options.get("m")
+        hf_batch_sizes(None if m is None else int(m), n, eval_batch_size)
+    if not strategy.is_hf:
+        check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
+
+
+def make_runner(
+    strategy: Strategy,
+    model: nn.Module,
+    splits: DataSplits,
+    *,
+    lr: float | None,
+    batch_size: int | None,
+    momentum: float,
+    weight_decay: float,
+    eval_batch_size: int | None,
+    evaluations: int,
+    seed: int,
+) -> Runner:
+    """The runner of a strategy, with hyperparameters resolved.
+
+    Raises:
+        ValueError: When an SGD strategy (or ``auto``) has no learning rate or
+            batch size, or HF's batches do not fit the data.
+    """
+    check_strategy(
+        strategy,
+        splits.num_train,
+        lr=lr,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+    )
+    if strategy.is_hf:
+        return HFRunner(
+            strategy,
+            model,
+            splits,
+            weight_decay=weight_decay,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+        )
+    lr, batch_size = sgd_settings(strategy, lr, batch_size)
+    sgd: dict[str, Any] = dict(
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        evaluations=evaluations,
+        seed=seed,
+    )
+    if strategy.is_auto:
+        from hfft.experiment.auto import AutoRunner
+
+        return AutoRunner(strategy, model, splits, eval_batch_size=eval_batch_size, **sgd)
+    return SGDRunner(strategy, model, splits, **sgd)

@@ -1,0 +1,176 @@
+"""Batches from device-resident splits: sampling, gathering, augmentation.
+
+A batch is an index gather on the device; augmentation is one padded gather
+for the whole batch, with no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from hfft.experiment.datasets import AugmentSpec
+
+__all__ = ["BatchSampler", "augment_batch", "gather_batch"]
+
+
+def augment_batch(x: Tensor, spec: AugmentSpec, generator: torch.Generator) -> Tensor:
+    """Random crops with zero padding and optional horizontal flips, per sample.
+
+    Each image is padded by ``p = spec.crop_padding`` zeros on every side and
+    cropped back to its size at a random offset in ``[0, 2p]²``; with
+    ``spec.flip`` it is also mirrored with probability 1/2. Vectorised: one
+    pad and one gather for the batch. Random numbers are drawn on the
+    generator's device (offsets, then flips) and moved to ``x``'s device.
+
+    Args:
+        x: Images ``(N, C, H, W)``.
+        spec: The augmentation.
+        generator: Source of randomness.
+
+    Returns:
+        The augmented images, same shape and device as ``x``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    p = spec.crop_padding
+    gdev = generator.device
+    offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=gdev).to(x.device)
+    flips = torch.rand(n, generator=generator, device=gdev).to(x.device) < 0.5
+    padded = F.pad(x, (p, p, p, p)) if p > 0 else x
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if spec.flip:
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    cols = offsets[1, :, None] + cols  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def gather_batch(
+    x: Tensor,
+    y: Tensor,
+    idx: Tensor,
+    augment: AugmentSpec | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The samples ``idx`` of ``(x, y)``, augmented if ``augment`` is given.
+
+    Args:
+        x: Images on some device.
+        y: Labels on the same device.
+        idx: Indices (moved to ``x``'s device).
+        augment: Augmentation, or ``None``.
+        generator: Randomness of the augmentation (required with ``augment``).
+
+    Raises:
+        ValueError: If ``augment`` is given without a generator.
+    """
+    idx = idx.to(x.device)
+    xb, yb = x[idx], y[idx]
+    if augment is not None:
+        if generator is None:
+            raise ValueError("gather_batch needs a generator to augment a batch")
+        xb = augment_batch(xb, augment, generator)
+    return xb, yb
+
+
+class BatchSampler:
+    """Seeded, epoch-wise random mini-batch indices of a training set.
+
+    Each epoch is a fresh random permutation; :meth:`next_batch` takes the
+    next ``m`` indices of it. A batch never straddles two epochs: when fewer
+    than ``m`` indices are left, they are skipped and a new permutation
+    starts (like ``drop_last``), so every batch holds distinct samples.
+    :attr:`epochs_seen` counts the samples handed out by :meth:`next_batch`.
+
+    Args:
+        n: Size of the training set.
+        seed: Seed of the sampler's own generator.
+        device: Device of the returned indices (drawn on the CPU).
+    """
+
+    def __init__(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        import torch
+
+        if n < 1:
+            raise ValueError(f"BatchSampler needs a non-empty training set, got n={n}")
+        self.n = n
+        self.device = torch.device(device)
+        self._gen = torch.Generator().manual_seed(seed)
+        self._perm = torch.randperm(n, generator=self._gen)
+        self._pos = 0
+        self._seen = 0
+
+    @property
+    def epochs_seen(self) -> float:
+        """Samples handed out by :meth:`next_batch`, in epochs (training-set sizes)."""
+        return self._seen / self.n
+
+    def _check(self, m: int) -> None:
+        if not 1 <= m <= self.n:
+            raise ValueError(f"batch size must be between 1 and {self.n}, got {m}")
+
+    def next_batch(self, m: int) -> Tensor:
+        """The next ``m`` indices of the running permutation."""
+        import torch
+
+        self._check(m)
+        if self._pos + m > self.n:
+            self._perm = torch.randperm(self.n, generator=self._gen)
+            self._pos = 0
+        idx = self._perm[self._pos : self._pos + m]
+        self._pos += m
+        self._seen += m
+        return idx.to(self.device)
+
+    def disjoint_pair(self, m: int, m_bar: int) -> tuple[Tensor, Tensor]:
+        """Two disjoint batches: ``B`` (``m``) and ``B̄`` (``m_bar``).
+
+        ``B`` is :meth:`next_batch`'s; ``B̄`` is a fresh uniform draw from the
+        samples not in ``B``, and does not count in :attr:`epochs_seen`.
+
+        Raises:
+            ValueError: If ``m + m_bar`` exceeds the training set.
+        """
+        import torch
+
+        self._check(m)
+        if m_bar < 1:
+            raise ValueError(f"the size of B̄ must be positive, got {m_bar}")
+        if m + m_bar > self.n:
+            raise ValueError(
+                f"disjoint batches of {m} and {m_bar} samples need {m + m_bar} samples, "
+                f"but the training set has {self.n}"
+            )
+        b = self.next_batch(m)
+        rest = torch.ones(self.n, dtype=torch.bool)
+        rest[b.cpu()] = False
+        candidates = rest.nonzero().squeeze(1)
+        b_bar = candidates[torch.randperm(candidates.numel(), generator=self._gen)[:m_bar]]
+        return b, b_bar.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's position and random state."""
+        return {
+            "n": self.n,
+            "generator": self._gen.get_state(),
+            "perm": self._perm.clone(),
+            "pos": self._pos,
+            "seen": self._seen,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (of a sampler of the same size)."""
+        if state["n"] != self.n:
+            raise ValueError(f"sampler state is for n={state['n']}, not n={self.n}")
+        self._gen.set_state(state["generator"])
+        self._perm = state["perm"].clone()
+        self._pos = int(state["pos"])
+        self._seen = int(state["seen"])

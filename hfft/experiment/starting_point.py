@@ -1,0 +1,313 @@
+"""What a fine-tuning run starts from: checkpoint → model, data and training hyperparameters.
+
+A checkpoint written by ``hfft train`` carries its model, data set, data seed
+and SGD hyperparameters in its metadata, and the run manifest beside it
+(``run.json``) knows the total training time. A foreign checkpoint (a plain
+``state_dict``) needs the model and data named explicitly, and the training
+time when a budget is a percentage of it.
+
+Precedence for every hyperparameter: explicit override, then the checkpoint's
+metadata, then the registered problem's defaults.
+
+A checkpoint is data, never code: from its metadata only names of hfft's own
+model registry and data sets are taken, with plain argument values (int,
+float, bool, str) and hyperparameters in their ranges (:mod:`hfft.experiment.limits`). A
+header that names a file, a module or anything else is refused with one
+sentence; code runs only when the user names it (``--model file.py:fn``,
+``--data file.py:fn``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hfft.experiment.limits import check
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hfft.experiment.splits import DataSplits
+
+__all__ = [
+    "StartingPoint",
+    "StartingPointError",
+    "StartingPointOptions",
+    "load_starting_point",
+    "training_seconds",
+    "trusted_metadata",
+]
+
+
+class StartingPointError(ValueError):
+    """A checkpoint that cannot be turned into a model with data (one sentence)."""
+
+
+@dataclass
+class StartingPoint:
+    """A model loaded from a checkpoint, with its data and training hyperparameters."""
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any] | None
+    model: nn.Module
+    model_name: str
+    model_args: dict[str, Any]
+    data_name: str
+    data_seed: int
+    splits: DataSplits
+    lr: float | None
+    batch_size: int | None
+    momentum: float
+    weight_decay: float
+    train_seconds: float | None
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready description for logs."""
+        return {
+            "checkpoint": str(self.path),
+            "sha256": self.sha256,
+            "model": self.model_name,
+            "model_args": self.model_args,
+            "data": self.data_name,
+            "data_seed": self.data_seed,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "train_seconds": self.train_seconds,
+            "epoch": (self.metadata or {}).get("epoch"),
+        }
+
+
+@dataclass(frozen=True)
+class StartingPointOptions:
+    """Overrides for what a checkpoint's metadata says (all optional)."""
+
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    train_time: float | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "batch_size", "momentum", "weight_decay", "train_time"):
+            check(name, getattr(self, name))
+
+    def load(self, checkpoint: str | Path, device: str = "cpu") -> StartingPoint:
+        """:func:`load_starting_point` with these overrides."""
+        return load_starting_point(checkpoint, device=device, **asdict(self))
+
+
+def training_seconds(checkpoint: Path) -> float | None:
+    """Total training seconds from the ``run.json`` beside a checkpoint, if there is one."""
+    manifest = checkpoint.parent / "run.json"
+    if not manifest.is_file():
+        return None
+    try:
+        manifest_data = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    value = manifest_data.get("train_seconds") if isinstance(manifest_data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
+_PLAIN_VALUES = (bool, int, float, str)
+_META_HYPERPARAMETERS = ("lr", "batch_size", "momentum", "weight_decay", "data_seed")
+
+
+def trusted_metadata(
+    path: Path, metadata: dict[str, Any] | None, *, model_given: bool, data_given: bool
+) -> dict[str, Any]:
+    """What :func:`load_starting_point` takes from a checkpoint's metadata, checked.
+
+    The model must be a name of hfft's registry and the data set one of its
+    built-in sets (unless the user named them); model arguments must be plain
+    values; hyperparameters must pass :mod:`hfft.experiment.limits`. Entries the user
+    overrides are not taken (nor checked).
+
+    Raises:
+        StartingPointError: For metadata that names code, or values of the wrong type or range.
+    """
+    from hfft.experiment.datasets import DATASETS
+    from hfft.models import PROBLEMS
+
+    meta = metadata or {}
+    trusted: dict[str, Any] = {}
+    if not model_given and meta.get("model") is not None:
+        name = meta["model"]
+        if not isinstance(name, str) or name not in PROBLEMS:
+            raise StartingPointError(
+                f"{path} names the model {name!r} in its metadata, which is not one of hfft's "
+                f"models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint names: pass "
+                "--model explicitly if you trust that code"
+            )
+        args = meta.get("model_args") or {}
+        plain = isinstance(args, dict) and all(
+            isinstance(k, str) and isinstance(v, _PLAIN_VALUES) for k, v in args.items()
+        )
+        if not plain:
+            raise StartingPointError(
+                f"{path} has model arguments in its metadata that are not plain values "
+                "(int, float, bool or str); pass --model and --model-arg explicitly"
+            )
+        trusted["model"], trusted["model_args"] = name, dict(args)
+    if not data_given and meta.get("data") is not None:
+        data = meta["data"]
+        if not isinstance(data, str) or data not in DATASETS:
+            raise StartingPointError(
+                f"{path} names the data {data!r} in its metadata, which is not one of hfft's "
+                f"data sets ({', '.join(DATASETS)}); hfft never runs code a checkpoint names: "
+                "pass --data explicitly if you trust that code"
+            )
+        trusted["data"] = data
+    for key in _META_HYPERPARAMETERS:
+        try:
+            trusted[key] = check(key, meta.get(key), where=f"{key} in the metadata of {path}")
+        except ValueError as err:
+            raise StartingPointError(str(err)) from None
+    return trusted
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def load_starting_point(
+    checkpoint: str | Path,
+    *,
+    model: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str = "cpu",
+    train_time: float | None = None,
+    data_seed: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+) -> StartingPoint:
+    """Load a checkpoint into its model, with its data split and hyperparameters.
+
+    Args:
+        checkpoint: hfft safetensors or a PyTorch state-dict file.
+        model: Model name or factory spec (overrides the metadata).
+        model_args: Model keyword arguments (override the metadata).
+        data: Data set name or factory spec (overrides the metadata).
+        data_root: Where torchvision data sets are.
+        download: Download a missing data set.
+        device: Where the model and data go.
+        train_time: Original training seconds (overrides ``run.json``).
+        data_seed: Seed of the data split (default: the checkpoint's, else 0).
+        lr: SGD learning rate override.
+        batch_size: SGD batch size override.
+        momentum: SGD momentum override.
+        weight_decay: L2 override.
+
+    Raises:
+        StartingPointError: When the model or data cannot be determined.
+        CheckpointError: For unreadable or mismatching checkpoints.
+        DataError: For missing data sets.
+    """
+    from hfft._io import sha256_file
+    from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
+    from hfft.experiment.factories import build_model
+    from hfft.experiment.splits import load_data
+    from hfft.models import PROBLEMS
+
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    meta = trusted_metadata(
+        path, ckpt.metadata, model_given=model is not None, data_given=data is not None
+    )
+    model_name = _first(model, meta.get("model"))
+    if model_name is None:
+        raise StartingPointError(
+            f"{path} carries no hfft metadata, so the model is unknown; "
+            "pass --model NAME or --model path/to/file.py:factory"
+        )
+    data_name = _first(data, meta.get("data"))
+    problem = PROBLEMS.get(model_name)
+    if data_name is None and problem is not None:
+        data_name = problem.defaults.dataset
+    if data_name is None:
+        raise StartingPointError(f"the data set of {path} is unknown; pass --data NAME")
+    seed = int(_first(data_seed, meta.get("data_seed"), 0))
+    splits = load_data(data_name, root=data_root, download=download, device=device, seed=seed)
+    args = dict(meta.get("model_args") or {}) if model is None else {}
+    args.update(model_args or {})
+    net = build_model(
+        model_name,
+        args,
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        input_size=splits.input_size,
+    )
+    notes = apply_state_dict(net, ckpt.state_dict)
+    net = net.to(device)
+    check_fit(net, splits)
+    d = problem.defaults if problem is not None else None
+    return StartingPoint(
+        path=path,
+        sha256=sha256_file(path),
+        metadata=ckpt.metadata,
+        model=net,
+        model_name=model_name,
+        model_args=args,
+        data_name=data_name,
+        data_seed=seed,
+        splits=splits,
+        lr=_first(lr, meta.get("lr"), d.lr if d else None),
+        batch_size=_first(batch_size, meta.get("batch_size"), d.batch_size if d else None),
+        momentum=float(_first(momentum, meta.get("momentum"), d.momentum if d else 0.0)),
+        weight_decay=float(
+            _first(weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
+        ),
+        train_seconds=_first(train_time, training_seconds(path)),
+        notes=tuple(notes),
+    )
+
+
+def check_fit(model: nn.Module, splits: DataSplits) -> None:
+    """The model's outputs must have a class for every label of the data.
+
+    One forward pass of two training samples in eval mode (the model's modes
+    are restored), before any work is done.
+
+    Raises:
+        StartingPointError: If the outputs are not ``(N, C)`` or a label is ``>= C``.
+    """
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(splits.train_x[:2])
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if out.dim() != 2 or out.shape[0] != min(2, splits.num_train):
+        raise StartingPointError(
+            f"the model returns outputs of shape {tuple(out.shape)} for a batch of 2 inputs; "
+            "a classifier must return (N, number of classes)"
+        )
+    top = max(int(y.max()) for y in (splits.train_y, splits.valid_y, splits.test_y) if y.numel())
+    if top >= out.shape[1]:
+        raise StartingPointError(
+            f"the data has class labels up to {top} but the model outputs {out.shape[1]} "
+            f"classes; give the model at least {top + 1} outputs"
+        )

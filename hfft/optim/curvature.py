@@ -1,0 +1,432 @@
+"""Curvature of a mini-batch loss as a linear operator on flat parameter vectors.
+
+:func:`linearize_curvature` evaluates, at the current parameters θ and on a
+batch B, the loss ``L_B(θ)``, its gradient ``g`` and an operator ``v ↦ C v``
+where ``C`` is either
+
+* the generalised Gauss-Newton matrix ``G = Jᵀ H J`` (``J`` the Jacobian of the
+  network outputs w.r.t. θ, ``H`` the Hessian of the loss w.r.t. the outputs),
+  or
+* the Hessian ``∇²L_B(θ)``.
+
+Two back-ends compute the products:
+
+* ``"func"`` (default): the forward pass and its linearisation are computed
+  once per step and reused by every product. A GGN product is then one
+  tangent pass ``v → J v``, the closed-form ``J v → H J v`` and one backward pass
+  ``H J v → Jᵀ H J v``; a Hessian product is one backward pass through the
+  retained double-backward graph of the gradient.
+* ``"backpack"``: BackPACK's R-op products (``backpack.hessianfree``), which
+  redo the double-backward R-op for every product, as the paper's reference
+  implementation does; kept for comparison.
+
+With ``chunk_size`` the batch is processed in chunks and everything is summed
+exactly: a chunk's loss is weighted by ``n_c / N`` for mean-reduced losses and
+by 1 for sum-reduced ones, so loss, gradient and products equal the full-batch
+quantities. By default a chunked product recomputes each chunk's forward pass
+(memory of one chunk); ``cache_chunks=True`` keeps every chunk's linearisation
+(memory of the whole batch, no recomputation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hfft.optim.flat import FlatSpace, ModelState
+from hfft.optim.output_hessians import Loss, hessian_kind, loss_reduction, output_hessian
+
+__all__ = [
+    "BACKENDS",
+    "CURVATURES",
+    "CurvatureOperator",
+    "LinearizationCache",
+    "batch_loss",
+    "linearize_curvature",
+    "split_batch",
+]
+
+CURVATURES = ("ggn", "hessian")
+BACKENDS = ("func", "backpack")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a batch and its weight in the batch loss."""
+
+    inputs: Tensor
+    targets: Tensor
+    weight: float
+
+
+def split_batch(
+    inputs: Tensor,
+    targets: Tensor,
+    chunk_size: int | None,
+    reduction: str,
+    total: int | None = None,
+) -> list[Chunk]:
+    """Split a batch into chunks whose weighted losses sum to the batch loss.
+
+    Args:
+        inputs: Batch inputs, samples along the first dimension.
+        targets: Batch targets, samples along the first dimension.
+        chunk_size: Samples per chunk; ``None`` for one chunk.
+        reduction: ``"mean"`` (weights ``n_c / N``) or ``"sum"`` (weights 1).
+        total: ``N``, when this batch is one rank's shard of a batch of
+            ``N`` samples (data-parallel); the local size by default.
+
+    Raises:
+        ValueError: For a non-positive chunk size or mismatched batch sizes.
+    """
+    n = inputs.shape[0]
+    if targets.shape[0] != n:
+        raise ValueError(f"inputs hold {n} samples but targets hold {targets.shape[0]}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    whole = total if total is not None else n
+    if chunk_size is None or chunk_size >= n:
+        return [Chunk(inputs, targets, n / whole if reduction == "mean" else 1.0)]
+    chunks = []
+    for start in range(0, n, chunk_size):
+        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
+        weight = x.shape[0] / whole if reduction == "mean" else 1.0
+        chunks.append(Chunk(x, y, weight))
+    return chunks
+
+
+@torch.no_grad()
+def batch_loss(model: nn.Module, loss_fn: Loss, chunks: Sequence[Chunk]) -> float:
+    """The batch loss at the model's current parameters, summed over chunks."""
+    total = 0.0
+    for c in chunks:
+        total += c.weight * float(loss_fn(model(c.inputs), c.targets))
+    return total
+
+
+class LinearizationCache:
+    """Traced linearisations of one model, keyed by input shape and mode.
+
+    Tracing costs about one gradient and is done once per input shape; a
+    model that cannot be traced (or whose trace does not reproduce its forward
+    pass) falls back to ``torch.func.jvp`` for every product, recorded in
+    :attr:`fallback_reason`.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self.fallback_reason: str | None = None
+
+    def get(self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Tensor) -> Any:
+        from hfft.optim.trace import TracedLinearization
+
+        key = (
+            id(model),
+            model.training,
+            tuple(x.shape),
+            x.dtype,
+            str(x.device),
+            tuple(state.param_names),
+            tuple(tuple(p.shape) for p in params),
+        )
+        if key not in self._cache:
+            try:
+                self._cache[key] = TracedLinearization.build(
+                    model, state.param_names, state.other_names, params, state.others, x
+                )
+            except Exception as err:  # any tracing failure: use the untraced path
+                self.fallback_reason = f"{type(err).__name__}: {err}"
+                self._cache[key] = None
+        return self._cache[key]
+
+
+class CurvatureOperator:
+    """Loss, gradient and curvature products of a batch at fixed parameters.
+
+    Create with :func:`linearize_curvature`. ``matvec`` maps a flat vector to
+    the flat curvature-vector product; it is deterministic for a
+    deterministic model.
+
+    Attributes:
+        loss: Batch loss ``L_B(θ)`` (without any L2 term).
+        grad: Flat gradient ``∇L_B(θ)``.
+        num_products: Products computed so far.
+        product_seconds: Wall-clock seconds spent in :meth:`matvec`. On a GPU
+            this counts only queued work unless :attr:`synchronize` is set.
+        synchronize: Synchronise the device around each product so that
+            :attr:`product_seconds` is exact on a GPU (for profiling; it adds
+            one synchronisation per product).
+    """
+
+    loss: float
+    grad: Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Loss,
+        chunks: list[Chunk],
+        params: Sequence[Tensor],
+        cache_chunks: bool,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.reduce = reduce
+        self.loss_fn = loss_fn
+        self.chunks = chunks
+        # a private copy: the optimizer writes trial parameters into the model while
+        # this operator's graphs still need the values they were built at
+        self.params = [p.detach().clone() for p in params]
+        self.space = FlatSpace(params)
+        self.state = ModelState(model, params)
+        self.keep = cache_chunks or len(chunks) == 1
+        self.num_products = 0
+        self.product_seconds = 0.0
+        self.synchronize = False
+        self._cuda = self.params[0].device.type == "cuda"
+        self._prepared: list[Any] = []
+        # re-linearised chunks: the last one of a product stays linearised for the
+        # next, which visits the chunks in the opposite order (one forward fewer)
+        self._held: tuple[int, Any] | None = None
+        self._reverse = False
+        loss = 0.0
+        grad = [torch.zeros_like(p) for p in self.params]
+        for i, c in enumerate(chunks):
+            prep, loss_c, grad_c = self._prepare(c)
+            loss += c.weight * float(loss_c)
+            for acc, g in zip(grad, grad_c, strict=True):
+                acc.add_(g, alpha=c.weight)
+            if self.keep:
+                self._prepared.append(prep)
+            elif i == len(chunks) - 1:  # the first product starts with it, backwards
+                self._held, self._reverse = (i, prep), True
+            del prep, grad_c
+        flat = self.space.flatten(grad)
+        if reduce is not None:  # data-parallel: sum the shards' loss and gradient
+            both = reduce(torch.cat([flat, flat.new_tensor([loss])]))
+            flat, loss = both[:-1], float(both[-1])
+        self.loss = loss
+        self.grad = flat
+
+    def _leaves(self) -> list[Tensor]:
+        return [p.detach().requires_grad_(True) for p in self.params]
+
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
+        """Linearise ``chunk``; returns (what products need, loss, gradient).
+
+        With ``gradient=False`` (re-linearising a chunk for a product) the
+        gradient may be skipped and an empty list returned.
+        """
+        raise NotImplementedError
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        raise NotImplementedError
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``v ↦ C v`` for a flat vector ``v``."""
+        sync = self.synchronize and self._cuda
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        vs = self.space.unflatten(v)
+        out = self._sum(0, len(self.chunks), vs)
+        if not self.keep:
+            self._reverse = not self._reverse
+        if self.reduce is not None:
+            out = self.reduce(out)
+        self.num_products += 1
+        if sync:
+            torch.cuda.synchronize()
+        self.product_seconds += time.perf_counter() - start
+        return out
+
+    __call__ = matvec
+
+    def release(self) -> None:
+        """Drop the chunk kept linearised for the next product (e.g. when CG is done).
+
+        Products remain possible; the next one re-linearises every chunk.
+        """
+        self._held = None
+
+    def _sum(self, lo: int, hi: int, vs: list[Tensor]) -> Tensor:
+        """Weighted sum of the products of chunks ``lo … hi-1``, as a binary tree.
+
+        The two halves are added as ``first + second`` in the order they are
+        visited; addition commutes exactly, so both visiting orders give the
+        same bits and every product is the same linear map.
+        """
+        if hi - lo == 1:
+            return self._chunk_product(lo, vs)
+        mid = (lo + hi) // 2
+        halves = [(lo, mid), (mid, hi)]
+        if self._reverse:
+            halves.reverse()
+        first = self._sum(*halves[0], vs)
+        return first.add_(self._sum(*halves[1], vs))
+
+    def _chunk_product(self, i: int, vs: list[Tensor]) -> Tensor:
+        chunk = self.chunks[i]
+        if self.keep:
+            prep = self._prepared[i]
+        elif self._held is not None and self._held[0] == i:
+            prep, self._held = self._held[1], None
+        else:
+            prep = self._prepare(chunk, gradient=False)[0]
+        last = not self.keep and i == (0 if self._reverse else len(self.chunks) - 1)
+        cv = self.space.flatten(self._product(prep, chunk, vs, retain=self.keep or last))
+        if last:
+            self._held = (i, prep)
+        del prep  # before the next chunk is linearised: one chunk's values at a time
+        return cv.mul_(chunk.weight)
+
+
+class _FuncGGN(CurvatureOperator):
+    def __init__(self, *args: Any, lin_cache: LinearizationCache, **kwargs: Any) -> None:
+        self.lin_cache = lin_cache
+        # output-Hessian formula per chunk, decided once (it may read the targets)
+        self._kinds: dict[int, str] = {}
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
+        lin = self.lin_cache.get(self.model, self.state, self.params, chunk.inputs)
+        leaves = self._leaves()
+        with torch.enable_grad():
+            if lin is not None:
+                z, saved = lin.forward(leaves, self.state.others, chunk.inputs)
+            else:
+                z = torch.func.functional_call(
+                    self.model, self.state.state(leaves), (chunk.inputs,)
+                )
+                saved = []
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, retain_graph=True) if gradient else ()
+        key = id(chunk)
+        if key not in self._kinds:
+            self._kinds[key] = hessian_kind(self.loss_fn, z, chunk.targets)
+        hvp = output_hessian(self.loss_fn, z, chunk.targets, self._kinds[key])
+        return (lin, leaves, z, saved, hvp), loss.detach(), list(grads)
+
+    def _jvp(self, lin: Any, saved: list[Tensor], x: Tensor, vs: list[Tensor]) -> Tensor:
+        if lin is not None:
+            return lin.jvp(saved, vs)
+
+        def f(*p: Tensor) -> Tensor:
+            return torch.func.functional_call(self.model, self.state.state(p), (x,))
+
+        with torch.no_grad():
+            return torch.func.jvp(f, tuple(self.params), tuple(vs))[1]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        lin, leaves, z, saved, hvp = prep
+        jv = self._jvp(lin, saved, chunk.inputs, vs)  # v → J v
+        hjv = hvp(jv)  # J v → H J v
+        return torch.autograd.grad(z, leaves, hjv, retain_graph=retain)  # → Jᵀ H J v
+
+
+class _FuncHessian(CurvatureOperator):
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
+        leaves = self._leaves()
+        with torch.enable_grad():
+            z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        return (leaves, grads), loss.detach(), [g.detach() for g in grads]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        leaves, grads = prep
+        # v → ∇(gᵀv): reverse-over-reverse through the retained gradient graph
+        return torch.autograd.grad(grads, leaves, vs, retain_graph=retain)
+
+
+class _BackpackCurvature(CurvatureOperator):
+    def __init__(self, *args: Any, curvature: str, **kwargs: Any) -> None:
+        self.curvature = curvature
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, chunk: Chunk, gradient: bool = True) -> tuple[Any, Tensor, list[Tensor]]:
+        leaves = self._leaves()
+        with torch.enable_grad():
+            z = torch.func.functional_call(self.model, self.state.state(leaves), (chunk.inputs,))
+            loss = self.loss_fn(z, chunk.targets)
+            grads = torch.autograd.grad(loss, leaves, create_graph=True) if gradient else ()
+        return (leaves, z, loss), loss.detach(), [g.detach() for g in grads]
+
+    def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
+        from backpack.hessianfree.ggnvp import ggn_vector_product_from_plist
+        from backpack.hessianfree.hvp import hessian_vector_product
+
+        leaves, z, loss = prep
+        with torch.enable_grad():
+            if self.curvature == "ggn":
+                out = ggn_vector_product_from_plist(loss, z, leaves, vs)
+            else:
+                out = hessian_vector_product(loss, leaves, vs)
+        return [o.detach() for o in out]
+
+
+def linearize_curvature(
+    model: nn.Module,
+    loss_fn: Loss,
+    inputs: Tensor,
+    targets: Tensor,
+    params: Sequence[Tensor] | None = None,
+    *,
+    curvature: str = "ggn",
+    backend: str = "func",
+    chunk_size: int | None = None,
+    cache_chunks: bool = False,
+    lin_cache: LinearizationCache | None = None,
+    total: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> CurvatureOperator:
+    """Loss, gradient and curvature operator of ``loss_fn(model(inputs), targets)``.
+
+    The model is used in the mode it is in (``train()``/``eval()``); for
+    products that define one quadratic model it must be a deterministic
+    function of its parameters and inputs.
+
+    Args:
+        model: The network; its parameters are read, never changed.
+        loss_fn: ``loss_fn(outputs, targets)``, mean- or sum-reduced.
+        inputs: Batch inputs.
+        targets: Batch targets.
+        params: The parameters to differentiate (default: all of the model's
+            parameters that require gradients).
+        curvature: ``"ggn"`` or ``"hessian"``.
+        backend: ``"func"`` or ``"backpack"``.
+        chunk_size: Process the batch in chunks of this many samples.
+        cache_chunks: Keep every chunk's linearisation instead of recomputing
+            it per product.
+        lin_cache: Traced linearisations to reuse across calls (``"func"`` GGN).
+        total: Data-parallel: samples in the whole batch, of which ``inputs``
+            is this rank's shard.
+        reduce: Data-parallel: sums a tensor over ranks (in place); applied
+            to the loss and gradient and to every product.
+
+    Returns:
+        The :class:`CurvatureOperator`.
+
+    Raises:
+        ValueError: For an unknown curvature or back-end.
+    """
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    chunks = split_batch(inputs, targets, chunk_size, loss_reduction(loss_fn), total)
+    args = (model, loss_fn, chunks, params)
+    common: dict[str, Any] = {"cache_chunks": cache_chunks, "reduce": reduce}
+    if backend == "backpack":
+        return _BackpackCurvature(*args, **common, curvature=curvature)
+    if curvature == "hessian":
+        return _FuncHessian(*args, **common)
+    cache = lin_cache if lin_cache is not None else LinearizationCache()
+    return _FuncGGN(*args, **common, lin_cache=cache)

@@ -1,0 +1,197 @@
+"""Loading a checkpoint's source: metadata is data, never code; values are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from hfft.experiment.checkpoint import load_checkpoint
+from hfft.cli import app
+from hfft.experiment.starting_point import StartingPointError, StartingPointOptions, load_starting_point, trusted_metadata
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_run: Path) -> Path:
+    return trained_run / "ckpt-02.safetensors"
+
+
+def forged(tmp_path: Path, ckpt: Path, **meta: object) -> Path:
+    """A copy of a real checkpoint whose hfft header says ``meta`` instead."""
+    real = load_checkpoint(ckpt)
+    path = tmp_path / "forged.safetensors"
+    header = {**(real.metadata or {}), **meta}
+    save_file(dict(real.state_dict), path, metadata={"hfft": json.dumps(header)})
+    return path
+
+
+def evil_file(tmp_path: Path, marker: Path) -> Path:
+    """A Python file that leaves ``marker`` behind when it is executed."""
+    evil = tmp_path / "evil.py"
+    evil.write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\ndef build(**kw):\n    raise SystemExit\n"
+    )
+    return evil
+
+
+COMMANDS = {
+    "finetune": ["finetune", "{ckpt}", "--budget", "2steps", "--out", "{tmp}/o", "--quiet"],
+    "compare": ["compare", "{ckpt}", "-s", "sgd", "--budget", "2steps", "--out", "{tmp}/c"],
+    "selftest": ["selftest", "{ckpt}", "--quiet"],
+    "bench": ["bench", "{ckpt}", "--rounds", "1", "--cg-iterations", "0", "--no-memory"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("how", ["module", "file", "data-file"])
+def test_metadata_naming_code_runs_nothing(
+    ckpt: Path, tmp_path: Path, command: str, how: str
+) -> None:
+    marker = tmp_path / "PWNED"
+    if how == "module":
+        meta = {"model": "os:system", "model_args": {"command": f"touch {marker}"}}
+    elif how == "file":
+        meta = {"model": f"{evil_file(tmp_path, marker)}:build", "model_args": {}}
+    else:
+        meta = {"data": f"{evil_file(tmp_path, marker)}:build"}
+    path = forged(tmp_path, ckpt, **meta)
+    argv = [a.format(ckpt=path, tmp=tmp_path) for a in COMMANDS[command]]
+    result = runner.invoke(app, [*argv, "--device", "cpu"])
+    assert not marker.exists(), "code named by a checkpoint ran"
+    assert result.exit_code == 2, result.output
+    flag = "--data" if how == "data-file" else "--model"
+    assert f"pass {flag} explicitly" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"model": "mlp", "model_args": {"width": [1, 2]}}, "not plain values"),
+        ({"model": "mlp", "model_args": {"width": {"__class__": "x"}}}, "not plain values"),
+        ({"model": "mlp", "model_args": "width=3"}, "not plain values"),
+        ({"model": "mlp", "model_args": {"command": "x"}}, None),  # refused by the signature
+        ({"model": 3}, "is not one of hfft's models"),
+        ({"data": "torchvision.datasets:CIFAR10"}, "is not one of hfft's data sets"),
+        ({"batch_size": -5}, "batch_size in the metadata"),
+        ({"lr": "0.1"}, "lr in the metadata"),
+        ({"momentum": 5}, "momentum in the metadata"),
+        ({"weight_decay": -1.0}, "weight_decay in the metadata"),
+        ({"data_seed": 2**64}, "data_seed in the metadata"),
+    ],
+    ids=[
+        "list-arg",
+        "dict-arg",
+        "str-args",
+        "unknown-arg",
+        "model-type",
+        "data-module",
+        "batch-size",
+        "lr-type",
+        "momentum",
+        "weight-decay",
+        "seed",
+    ],
+)
+def test_untrusted_metadata_values_are_refused(
+    ckpt: Path, tmp_path: Path, meta: dict, message: str | None
+) -> None:
+    path = forged(tmp_path, ckpt, **meta)
+    with pytest.raises(ValueError, match=message or "does not take the argument 'command'"):
+        load_starting_point(path)
+
+
+def test_bad_metadata_is_refused_before_files_are_written(ckpt: Path, tmp_path: Path) -> None:
+    path = forged(tmp_path, ckpt, batch_size=-5)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["finetune", str(path), "--strategy", "sgd", "--budget", "2steps", "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert "batch_size in the metadata" in result.output and "-5" in result.output
+    assert not out.exists()
+
+
+def test_named_code_is_the_users_choice(ckpt: Path, tmp_path: Path) -> None:
+    # the same checkpoint loads once the user names the model and data on the command line
+    path = forged(tmp_path, ckpt, model="os:system", data="evil.py:make")
+    src = load_starting_point(path, model="mlp", model_args={"width": 32}, data="digits")
+    assert src.model_name == "mlp" and src.data_name == "digits"
+
+
+def test_trusted_metadata_takes_only_what_the_user_did_not_give(ckpt: Path) -> None:
+    meta = {"model": "os:system", "data": "x.py:f", "lr": 0.1, "batch_size": 8}
+    got = trusted_metadata(ckpt, meta, model_given=True, data_given=True)
+    assert got["lr"] == 0.1 and got["batch_size"] == 8 and "model" not in got
+    with pytest.raises(StartingPointError, match="pass --model explicitly"):
+        trusted_metadata(ckpt, meta, model_given=False, data_given=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lr", 1e39, "--lr must be a positive number no larger than 3.4e38"),
+        ("lr", 0.0, "--lr must be"),
+        ("momentum", 5.0, r"--momentum must be a number in \[0, 1\)"),
+        ("weight_decay", -1.0, "--weight-decay must be a finite number >= 0"),
+        ("weight_decay", float("nan"), "--weight-decay must be a finite number >= 0"),
+        ("batch_size", 0, "--batch-size must be a positive integer"),
+        ("train_time", float("inf"), "--train-time must be"),
+    ],
+)
+def test_overrides_are_checked_when_given(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StartingPointOptions(**{field: value})  # type: ignore[arg-type]
+
+
+def test_labels_beyond_the_models_outputs_are_refused(ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "wide.py"
+    data.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(200, 1, 8, 8, generator=g)\n"
+        "    y = torch.arange(200) % 13\n"
+        "    return (x[:150], y[:150]), (x[150:], y[150:])\n"
+    )
+    fixed = tmp_path / "fixed.py"
+    fixed.write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+    )
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    pt = tmp_path / "net.pt"
+    torch.save(net.state_dict(), pt)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(pt),
+            "--model",
+            f"{fixed}:build",
+            "--data",
+            f"{data}:make",
+            "--lr",
+            "0.1",
+            "--batch-size",
+            "16",
+            "--strategy",
+            "sgd",
+            "--budget",
+            "2steps",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "class labels up to 12 but the model outputs 10 classes" in result.output
+    assert not out.exists()
