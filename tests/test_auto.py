@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hfft.experiment.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
 from hfft.cli import app
+from hfft.experiment.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
 from hfft.experiment.finetune import FinetuneConfig, finetune
-from hfft.experiment.runners import make_runner
+from hfft.experiment.registry import make_runner
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import parse_strategy
 

@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hfft.analysis.compare import (
+    CompareConfig,
+    compare,
+    default_strategies,
+    run_directory,
+    run_order,
+)
 from hfft.cli import app
-from hfft.analysis.compare import CompareConfig, compare, default_strategies, run_directory, run_order
 
 runner = CliRunner()
 STRATEGIES = ("sgd", "sgd-cosine", "hf:m=128,cg_max_iter=10")

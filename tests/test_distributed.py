@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfft.optim import distributed
 from hfft.experiment.budget import Budget, BudgetClock
+from hfft.optim import distributed
 from hfft.optim.curvature import split_batch
 
 

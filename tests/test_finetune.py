@@ -16,8 +16,8 @@ import safetensors.torch
 import torch
 from typer.testing import CliRunner
 
-from hfft.experiment.checkpoint import load_checkpoint
 from hfft.cli import app
+from hfft.experiment.checkpoint import load_checkpoint
 from hfft.experiment.finetune import FinetuneConfig, finetune
 from hfft.experiment.interrupts import Interrupted
 
@@ -354,9 +354,9 @@ def test_sigterm_saves_and_exits_143(ckpt: Path, tmp_path: Path) -> None:
 def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: int) -> list:
     """Make the runner raise KeyboardInterrupt in its ``forward``-th forward pass of step
     ``step``; returns the list that will hold the model's state at the start of each step."""
-    import hfft.experiment.runners
+    import hfft.experiment.registry
 
-    real = hfft.experiment.runners.make_runner
+    real = hfft.experiment.registry.make_runner
     starts: list = []
 
     def make(strategy, model, *args, **kwargs):
@@ -386,7 +386,7 @@ def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: 
         made.step = step_
         return made
 
-    monkeypatch.setattr(hfft.experiment.runners, "make_runner", make)
+    monkeypatch.setattr(hfft.experiment.registry, "make_runner", make)
     return starts
 
 

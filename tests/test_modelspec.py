@@ -10,8 +10,8 @@ import textwrap
 import pytest
 from torch import nn
 
-from hfft.models.small import cnn, mlp
 from hfft.experiment.factories import ModelSpecError, build_model, load_factory, parse_model_args
+from hfft.models.small import cnn, mlp
 
 DATA = {"num_classes": 10, "in_channels": 1, "input_size": 8}
 
@@ -234,7 +234,9 @@ def test_build_model_errors(spec, args, message, user_file):
 
 
 def test_modelspec_imports_without_torch():
-    code = "import sys, hfft.experiment.factories; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, hfft.experiment.factories; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -213,8 +213,8 @@ def test_report_json_and_table() -> None:
 
 
 def test_builtin_checks_catch_wrong_products(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hfft.optim.curvature import CurvatureOperator
     from hfft.diagnostics.selftest import builtin_checks
+    from hfft.optim.curvature import CurvatureOperator
 
     matvec = CurvatureOperator.matvec
 

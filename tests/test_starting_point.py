@@ -10,9 +10,14 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from hfft.experiment.checkpoint import load_checkpoint
 from hfft.cli import app
-from hfft.experiment.starting_point import StartingPointError, StartingPointOptions, load_starting_point, trusted_metadata
+from hfft.experiment.checkpoint import load_checkpoint
+from hfft.experiment.starting_point import (
+    StartingPointError,
+    StartingPointOptions,
+    load_starting_point,
+    trusted_metadata,
+)
 
 runner = CliRunner()
 

@@ -250,7 +250,8 @@ def test_sgd_options_table() -> None:
 
 def test_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, hfft.experiment.budget, hfft.experiment.schedules, hfft.experiment.strategies; "
+        "import sys, hfft.experiment.budget, hfft.experiment.schedules, "
+        "hfft.experiment.strategies; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -9,8 +9,8 @@ import pytest
 import safetensors.torch
 from typer.testing import CliRunner
 
-from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
 from hfft.cli import app
+from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
 from hfft.experiment.factories import build_model
 from hfft.experiment.train import TrainConfig, checkpoint_epochs, train
 

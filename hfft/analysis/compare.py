@@ -204,7 +204,7 @@ def _load_sources(
     config: CompareConfig, strategies: list[str] | None, on_note: Callable[[str], None] | None
 ) -> tuple[list, list[str]]:
     """Every checkpoint loaded, and the strategies checked against each one's data."""
-    from hfft.experiment.runners import check_strategy
+    from hfft.experiment.registry import check_strategy
     from hfft.experiment.strategies import parse_strategy
 
     sources = []

@@ -129,9 +129,7 @@ def independence_check(run: Run, chunk_size: int | None) -> Check:
     if run.forward > run.tol:
         detail = "inconclusive: the forward pass is random"
         if run.batchnorm:
-            detail += (
-                f"; BatchNorm {_quoted(run.batchnorm)} uses batch statistics too"
-            )
+            detail += f"; BatchNorm {_quoted(run.batchnorm)} uses batch statistics too"
         return Check(name, WARN, run.independence, run.tol, detail)
     if run.batchnorm:
         detail = (

@@ -429,7 +429,7 @@ def _prepare(
         parse_budget,
         resolve_budget,
     )
-    from hfft.experiment.runners import make_runner
+    from hfft.experiment.registry import make_runner
     from hfft.experiment.strategies import parse_strategy
 
     strategy = parse_strategy(config.strategy)

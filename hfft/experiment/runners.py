@@ -33,9 +33,9 @@ __all__ = [
     "HFRunner",
     "Runner",
     "SGDRunner",
-    "check_strategy",
+    "check_sgd_batch",
     "hf_batch_sizes",
-    "make_runner",
+    "sgd_settings",
 ]
 
 DEFAULT_M = 2048
@@ -264,77 +264,3 @@ def sgd_settings(strategy: Strategy, lr: float | None, batch_size: int | None) -
             "checkpoint does not record; pass --lr and --batch-size"
         )
     return float(lr), int(batch_size)
-
-
-def check_strategy(
-    strategy: Strategy,
-    n: int,
-    *,
-    lr: float | None,
-    batch_size: int | None,
-    eval_batch_size: int | None,
-) -> None:
-    """Whether a strategy can run on ``n`` training samples, without building anything.
-
-    ``compare`` checks every strategy with this before the first run starts.
-
-    Raises:
-        ValueError: For batches that do not fit the data or a missing learning
-            rate or batch size, in one sentence.
-    """
-    if strategy.is_hf or strategy.is_auto:
-        m = strategy.options.get("m")
-        hf_batch_sizes(None if m is None else int(m), n, eval_batch_size)
-    if not strategy.is_hf:
-        check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
-
-
-def make_runner(
-    strategy: Strategy,
-    model: nn.Module,
-    splits: DataSplits,
-    *,
-    lr: float | None,
-    batch_size: int | None,
-    momentum: float,
-    weight_decay: float,
-    eval_batch_size: int | None,
-    evaluations: int,
-    seed: int,
-) -> Runner:
-    """The runner of a strategy, with hyperparameters resolved.
-
-    Raises:
-        ValueError: When an SGD strategy (or ``auto``) has no learning rate or
-            batch size, or HF's batches do not fit the data.
-    """
-    check_strategy(
-        strategy,
-        splits.num_train,
-        lr=lr,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-    )
-    if strategy.is_hf:
-        return HFRunner(
-            strategy,
-            model,
-            splits,
-            weight_decay=weight_decay,
-            eval_batch_size=eval_batch_size,
-            seed=seed,
-        )
-    lr, batch_size = sgd_settings(strategy, lr, batch_size)
-    sgd: dict[str, Any] = dict(
-        lr=lr,
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        evaluations=evaluations,
-        seed=seed,
-    )
-    if strategy.is_auto:
-        from hfft.experiment.auto import AutoRunner
-
-        return AutoRunner(strategy, model, splits, eval_batch_size=eval_batch_size, **sgd)
-    return SGDRunner(strategy, model, splits, **sgd)

@@ -1,0 +1,101 @@
+"""Which runner runs which strategy, and whether a strategy fits the data.
+
+:func:`make_runner` builds the runner of a parsed strategy with its
+hyperparameters resolved (the strategy's options, else the checkpoint's);
+:func:`check_strategy` checks the same without building anything, so that
+``compare`` can refuse a strategy before the first run starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hfft.experiment.auto import AutoRunner
+from hfft.experiment.runners import (
+    HFRunner,
+    Runner,
+    SGDRunner,
+    check_sgd_batch,
+    hf_batch_sizes,
+    sgd_settings,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hfft.experiment.splits import DataSplits
+    from hfft.experiment.strategies import Strategy
+
+__all__ = ["check_strategy", "make_runner"]
+
+
+def check_strategy(
+    strategy: Strategy,
+    n: int,
+    *,
+    lr: float | None,
+    batch_size: int | None,
+    eval_batch_size: int | None,
+) -> None:
+    """Whether a strategy can run on ``n`` training samples, without building anything.
+
+    ``compare`` checks every strategy with this before the first run starts.
+
+    Raises:
+        ValueError: For batches that do not fit the data or a missing learning
+            rate or batch size, in one sentence.
+    """
+    if strategy.is_hf or strategy.is_auto:
+        m = strategy.options.get("m")
+        hf_batch_sizes(None if m is None else int(m), n, eval_batch_size)
+    if not strategy.is_hf:
+        check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
+
+
+def make_runner(
+    strategy: Strategy,
+    model: nn.Module,
+    splits: DataSplits,
+    *,
+    lr: float | None,
+    batch_size: int | None,
+    momentum: float,
+    weight_decay: float,
+    eval_batch_size: int | None,
+    evaluations: int,
+    seed: int,
+) -> Runner:
+    """The runner of a strategy, with hyperparameters resolved.
+
+    Raises:
+        ValueError: When an SGD strategy (or ``auto``) has no learning rate or
+            batch size, or HF's batches do not fit the data.
+    """
+    check_strategy(
+        strategy,
+        splits.num_train,
+        lr=lr,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+    )
+    if strategy.is_hf:
+        return HFRunner(
+            strategy,
+            model,
+            splits,
+            weight_decay=weight_decay,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+        )
+    lr, batch_size = sgd_settings(strategy, lr, batch_size)
+    sgd: dict[str, Any] = dict(
+        lr=lr,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        evaluations=evaluations,
+        seed=seed,
+    )
+    if strategy.is_auto:
+        return AutoRunner(strategy, model, splits, eval_batch_size=eval_batch_size, **sgd)
+    return SGDRunner(strategy, model, splits, **sgd)
