@@ -403,13 +403,13 @@ def test_an_interrupted_probe_is_rolled_back(ckpt: Path) -> None:
     # step was accepted (in the record), before auto decided anything
     auto = auto_runner(ckpt, f"{HF_CHEAP},first=0")
     start = copy.deepcopy(auto.model.state_dict())
-    real_take = auto.hf.take
+    real_step_on = auto.hf.step_on
 
     def take_then_interrupt(batches, fraction):
-        real_take(batches, fraction)
+        real_step_on(batches, fraction)
         raise KeyboardInterrupt
 
-    auto.hf.take = take_then_interrupt  # type: ignore[method-assign]
+    auto.hf.step_on = take_then_interrupt  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         auto.step(0.0)
     state = auto.model.state_dict()

@@ -201,7 +201,7 @@ class AutoRunner(Runner):
         self.rho_min = float(strategy.options.get("rho_min", DEFAULT_RHO_MIN))
         self._interval = self.interval
         self.setup_seconds = self.hf.setup_seconds
-        self.samples = self.sgd.samples
+        self.step_samples = self.sgd.step_samples
         self.cuda = splits.train_x.device.type == "cuda"
         self.phase = "sgd"
         self.count = 0
@@ -271,7 +271,7 @@ class AutoRunner(Runner):
         else:
             self._window_seconds += seconds
             self._window_steps += 1
-        self.samples = self.sgd.samples
+        self.step_samples = self.sgd.step_samples
         self.diverged = self.sgd.diverged
         return self._tag(record, "trial" if self._trial is not None else "sgd")
 
@@ -282,7 +282,7 @@ class AutoRunner(Runner):
         gain = _finite(record["loss_before"]) - _finite(record["loss_after"])
         self._hf_window[0] += gain if math.isfinite(gain) else 0.0
         self._hf_window[1] += seconds
-        self.samples = self.hf.samples
+        self.step_samples = self.hf.step_samples
         return self._tag(record, "hf")
 
     def _enter_hf(self, fraction: float) -> None:
@@ -366,7 +366,7 @@ class AutoRunner(Runner):
         saved = snapshot(self.model)
         start = self._now()
         try:
-            record = self.hf.take(batches, fraction)
+            record = self.hf.step_on(batches, fraction)
         except BaseException:  # interrupted or failed inside the probe: it was never accepted
             self.model.load_state_dict(saved)
             raise
@@ -383,7 +383,7 @@ class AutoRunner(Runner):
         decision = decide(measurement, self.margin, self.rho_min)
         if decision.rolls_back:
             self.model.load_state_dict(saved)
-        self.samples = self.hf.samples
+        self.step_samples = self.hf.step_samples
         values = {
             **asdict(measurement),
             "sgd_rate": measurement.sgd_rate,
@@ -409,8 +409,8 @@ class AutoRunner(Runner):
         extra = {k: v for k, v in probe.items() if k not in ("step", "fraction")}
         return {**self._tag(record, "probe"), "probe": extra}
 
-    def hyper(self) -> dict[str, float]:
-        return self.hf.hyper() if self.phase == "hf" else self.sgd.hyper()
+    def settings(self) -> dict[str, float]:
+        return self.hf.settings() if self.phase == "hf" else self.sgd.settings()
 
     def settle(self) -> None:
         """A trial in progress was never accepted: put HF's parameters back."""

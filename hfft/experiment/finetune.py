@@ -241,7 +241,7 @@ class _Run:
             "seconds": self.clock.seconds,
             "step": self.clock.steps,
             "epochs": self.clock.epochs,
-            **self.runner.hyper(),
+            **self.runner.settings(),
             **metrics,
         }
 
@@ -275,7 +275,7 @@ class _Run:
             record = runner.step(clock.fraction)
             with signals_held():  # the step counts once it is logged, and not before
                 clock.pause()
-                clock.step_done(runner.samples)
+                clock.step_done(runner.step_samples)
                 self.log["steps"].append(record)
                 self.stepping = False
             if distributed.is_distributed():  # the slowest rank's clock, so all stop together

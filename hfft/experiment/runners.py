@@ -4,7 +4,7 @@ A runner owns its optimizer and draws its own batches from the shared data
 pipeline (:class:`hfft.experiment.sampling.BatchSampler` over device-resident tensors),
 so no strategy is favoured by its loader. ``step(fraction)`` takes one step
 at the given budget fraction and returns a JSON-ready record;
-``samples`` is how many training samples that step consumed (B only, for
+``step_samples`` is how many training samples that step consumed (B only, for
 epoch budgets).
 """
 
@@ -45,14 +45,14 @@ DEFAULT_EVAL_BATCH = 1024
 class Runner:
     """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
 
-    samples: int = 0
+    step_samples: int = 0
     diverged: bool = False
     setup_seconds: float = 0.0
 
     def step(self, fraction: float) -> dict[str, Any]:
         raise NotImplementedError
 
-    def hyper(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float]:
         """The current learning rate (SGD) or damping (HF)."""
         raise NotImplementedError
 
@@ -107,7 +107,7 @@ class SGDRunner(Runner):
         )
         self.gen = torch.Generator(device=splits.train_x.device).manual_seed(seed + 1)
         self.lr = self.base_lr
-        self.samples = self.batch_size
+        self.step_samples = self.batch_size
         self.count = 0
 
     def step(self, fraction: float) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class SGDRunner(Runner):
             p.grad = g.clone()
         return float(flat[-1])
 
-    def hyper(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float]:
         return {"lr": self.lr}
 
     def observe(self, metrics: dict[str, float]) -> None:
@@ -184,7 +184,7 @@ class HFRunner(Runner):
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
         self.sampler = BatchSampler(n, seed=seed, device=splits.train_x.device)
-        self.samples = self.m
+        self.step_samples = self.m
         # one-time tracing of the linearisation, like compilation: before the clock starts
         self.setup_seconds = self.opt.prepare(model, splits.train_x[: self.m])
 
@@ -196,20 +196,20 @@ class HFRunner(Runner):
         x, y = self.splits.train_x, self.splits.train_y
         return (x[idx], y[idx]), (x[idx_bar], y[idx_bar])
 
-    def take(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
+    def step_on(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
         """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
         batch, eval_batch = batches
         record = self.opt.step(self.model, self.loss_fn, batch=batch, eval_batch=eval_batch)
         return {"fraction": fraction, **record.to_dict()}
 
     def step(self, fraction: float) -> dict[str, Any]:
-        return self.take(self.draw(), fraction)
+        return self.step_on(self.draw(), fraction)
 
     def objective(self, eval_batch: Batch) -> float:
         """The B̄ objective at the current parameters, as an HF step measures it."""
         return self.opt.objective(self.model, self.loss_fn, eval_batch)
 
-    def hyper(self) -> dict[str, float]:
+    def settings(self) -> dict[str, float]:
         return {"damping": self.opt.damping}
 
 

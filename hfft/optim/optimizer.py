@@ -45,8 +45,8 @@ from hfft.optim.preconditioner import (
     empirical_fisher_diagonal,
     preconditioner_from_diagonal,
 )
-from hfft.optim.record import StepRecord
 from hfft.optim.step_context import Timer, fp32_precision, step_mode
+from hfft.optim.step_record import StepRecord
 
 __all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
 
