@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "json_ready",
+    "number",
     "sha256_file",
     "to_json",
 ]
@@ -80,6 +81,17 @@ def _fsync_directory(directory: Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number (not a bool), else ``None``.
+
+    How hfft reads a number back from its JSON, where a non-finite or
+    unmeasured value is ``null``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def json_ready(obj: Any) -> Any:

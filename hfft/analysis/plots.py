@@ -35,7 +35,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from hfft._io import atomic_write_bytes
-from hfft.analysis.ranking import RunSummary, select_runs
+from hfft.analysis.run_summary import RunSummary, by_strategy, select_runs
 
 __all__ = [
     "GRID",
@@ -189,13 +189,6 @@ def budget_band(
     return stack.mean(axis=0), q25, q75
 
 
-def _by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
-    groups: dict[str, list[RunSummary]] = {}
-    for r in runs:
-        groups.setdefault(r.strategy, []).append(r)
-    return groups
-
-
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +238,7 @@ def plot_budget_curves(
     selected = select_runs(runs, checkpoint)
     if not selected:
         raise ValueError("no runs to plot")
-    groups = _by_strategy(selected)
+    groups = by_strategy(selected)
     colors = strategy_colors(groups)
     seeds = sorted({len(g) for g in groups.values()})
     if title is None:
@@ -385,7 +378,7 @@ def plot_learning_rates(
     selected = select_runs(runs, checkpoint)
     if not selected:
         raise ValueError("no runs to plot")
-    groups = _by_strategy(selected)
+    groups = by_strategy(selected)
     colors = strategy_colors(groups)
     fig = Figure(figsize=_WIDE, dpi=_DPI, layout="constrained")
     ax_lr, ax_damp = fig.subplots(1, 2)

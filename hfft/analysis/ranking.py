@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from hfft._io import number
 from hfft.analysis.run_summary import (
     RunSummary,
-    _by_strategy,
-    _finite,
+    by_strategy,
     higher_is_better,
     select_runs,
 )
@@ -159,7 +159,7 @@ def rank_strategies(
     """
     higher = higher_is_better(metric)
     stats: list[StrategyStats] = []
-    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
         scored = [(r.seed, r.best(metric)) for r in group]
         kept = [(s, v) for s, v in scored if v is not None]
         if not kept:
@@ -228,7 +228,7 @@ def time_to_target(
     """
     higher = higher_is_better(metric)
     out: dict[str, float | None] = {}
-    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
         times = []
         for r in group:
             fractions, values = r.series(metric)
@@ -253,7 +253,7 @@ def best_baseline_target(
         ValueError: If no SGD run has a finite final test accuracy.
     """
     best: tuple[str, float] | None = None
-    for strategy, group in _by_strategy(select_runs(runs, checkpoint)).items():
+    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
         if not strategy.startswith("sgd"):
             continue
         finals = [v for v in (r.final("test_accuracy") for r in group) if v is not None]
@@ -305,7 +305,7 @@ def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] = RANKED_METRIC
     notes = []
     for r in runs:
         where = f"{r.strategy} seed {r.seed}"
-        spent = _finite(r.evaluations[-1].get("fraction")) if r.evaluations else None
+        spent = number(r.evaluations[-1].get("fraction")) if r.evaluations else None
         at = f" at {100 * spent:.0f} % of the budget" if spent is not None else ""
         if r.status == "diverged":
             notes.append(f"{where} diverged{at}; it counts with its best values before that")

@@ -10,14 +10,15 @@ no model needed; :mod:`hfft.analysis.ranking` ranks strategies from these summar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RunSummary", "higher_is_better", "select_runs"]
+from hfft._io import number
+
+__all__ = ["RunSummary", "by_strategy", "higher_is_better", "select_runs"]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -33,17 +34,11 @@ def higher_is_better(metric: str) -> bool:
     raise ValueError(f"cannot tell whether {metric!r} is to be maximised or minimised")
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _healthy(evaluation: Mapping[str, Any]) -> bool:
     # A non-finite loss means the model had diverged at this evaluation: its
     # accuracies (argmax of NaN logits) are no score either.
     return all(
-        _finite(v) is not None
+        number(v) is not None
         for k, v in evaluation.items()
         if k.endswith("_loss") and v is not None
     )
@@ -104,7 +99,7 @@ class RunSummary:
         """
         points: dict[float, float] = {}
         for e in self.evaluations:
-            fraction, value = _finite(e.get("fraction")), _finite(e.get(metric))
+            fraction, value = number(e.get("fraction")), number(e.get(metric))
             if fraction is not None and value is not None and _healthy(e):
                 points[fraction] = value
         xs = np.array(sorted(points), dtype=float)
@@ -127,7 +122,7 @@ class RunSummary:
         if not self.evaluations:
             return None
         last = self.evaluations[-1]
-        return _finite(last.get(metric)) if _healthy(last) else None
+        return number(last.get(metric)) if _healthy(last) else None
 
 
 def select_runs(runs: Iterable[RunSummary], checkpoint: str | None = None) -> list[RunSummary]:
@@ -154,7 +149,8 @@ def select_runs(runs: Iterable[RunSummary], checkpoint: str | None = None) -> li
     return runs
 
 
-def _by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
+def by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
+    """The runs grouped by strategy (in order of first appearance), each group by seed."""
     groups: dict[str, list[RunSummary]] = {}
     for r in runs:
         groups.setdefault(r.strategy, []).append(r)

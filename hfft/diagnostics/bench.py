@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.experiment.task import loss_function
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
+from hfft.optim.step_context import synced_time
 
 __all__ = [
     "BenchResult",
@@ -116,13 +117,9 @@ def shaped_problem(
 
 def timed(fn: Callable[[], Any], cuda: bool) -> float:
     """Seconds of one call (the device synchronised before and after)."""
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = synced_time(cuda)
     fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return synced_time(cuda) - start
 
 
 def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
@@ -315,7 +312,7 @@ def bench_model(
     """
     from hfft.diagnostics.instruments import count_flops, peak_memory
 
-    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    loss_fn = loss_fn if loss_fn is not None else loss_function()
     cuda = x.device.type == "cuda"
     stage = on_stage if on_stage is not None else (lambda _: None)
     stage(f"{name}: timing operations ({warmup + rounds} rounds)")

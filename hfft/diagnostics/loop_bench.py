@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from hfft.diagnostics.bench import interleaved_medians
+from hfft.experiment.task import loss_function
 
 __all__ = ["LoopBenchResult", "bench_sgd_loop"]
 
@@ -70,7 +70,7 @@ def bench_sgd_loop(
     ).to(device)
     d = get_problem(model_name).defaults
     twin = copy.deepcopy(model)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = loss_function()
     opt_h = torch.optim.SGD(param_groups(model, d.weight_decay), lr=d.lr, momentum=d.momentum)
     opt_p = torch.optim.SGD(param_groups(twin, d.weight_decay), lr=d.lr, momentum=d.momentum)
     sampler = BatchSampler(splits.train_x.shape[0], seed=seed, device=device)

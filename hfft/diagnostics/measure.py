@@ -19,12 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
+from hfft.optim.flat import flatten
+from hfft.optim.optimizer import MODEL_MODES
 from hfft.optim.output_hessians import Loss
 from hfft.optim.step_context import step_mode
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 STATUSES = (PASS, WARN, FAIL)
-MODES = ("eval", "train", "keep")
+MODES = MODEL_MODES
+"""The model modes of an HF step (:data:`hfft.optim.optimizer.MODEL_MODES`)."""
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ def measure_products(
     norms = [float(torch.linalg.vector_norm(t)) for t in (v, gw, w, gv)]
     gap = abs(float(torch.dot(v, gw)) - float(torch.dot(w, gv)))
     scale = max(norms[0] * norms[1], norms[2] * norms[3])
-    theta = torch.cat([p.detach().reshape(-1) for p in params])
+    theta = flatten(params)
     return {
         "products": products,
         "symmetry": gap / scale if scale > 0 else gap,
@@ -337,7 +340,7 @@ def _measure(
         if found is not None:
             culprit = f"'{found[0] or '(model)'}' ({type(found[1]).__name__})"
     curvature = measure_products(model, loss_fn, x, y, chunk_size, weight_decay)
-    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    weights = flatten(model.parameters())
     counts = {
         "inputs": nonfinite(x) if x.is_floating_point() else 0,
         "weights": nonfinite(weights),

@@ -24,6 +24,7 @@ from hfft.diagnostics.measure import (
 )
 from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import CurvatureOperator, LinearizationCache, linearize_curvature
+from hfft.optim.flat import flatten
 from hfft.optim.output_hessians import Loss
 
 __all__ = ["builtin_checks", "dense", "dense_ggn", "dense_hessian"]
@@ -44,7 +45,7 @@ def _flat(
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    theta = flatten(model.parameters())
 
     def of_flat(flat: Tensor) -> Tensor:
         parts = torch.split(flat, [s.numel() for s in shapes])

@@ -77,6 +77,7 @@ from hfft.diagnostics.verdicts import (
     reduction_check,
     symmetry_check,
 )
+from hfft.experiment.task import loss_function
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss, loss_reduction
 from hfft.optim.step_context import step_mode
@@ -443,7 +444,7 @@ def selftest_checkpoint(
     }
     return selftest_model(
         model,
-        nn.CrossEntropyLoss(),
+        loss_function(),
         x,
         y,
         mode=mode,

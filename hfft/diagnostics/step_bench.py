@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.optim.flat import flatten
+
 __all__ = ["BREAKDOWN", "bench_hf_step"]
 
 BREAKDOWN = {
@@ -74,7 +76,7 @@ def _stepper(
     def run() -> tuple[Any, Tensor]:
         record = opt.step(net, loss_fn, batch=(x, y), eval_batch=(x, y))
         with torch.no_grad():
-            theta = torch.cat([p.reshape(-1) for p in net.parameters()])
+            theta = flatten(net.parameters())
         return record, theta
 
     return run
@@ -105,7 +107,7 @@ def bench_hf_step(
     from hfft.diagnostics.instruments import peak_memory
 
     with torch.no_grad():
-        theta0 = torch.cat([p.reshape(-1) for p in model.parameters()])
+        theta0 = flatten(model.parameters())
     out: dict[str, Any] = {
         "cg_iterations": cg_iterations,
         "seconds": {},

@@ -67,12 +67,10 @@ rule and its variants fare on the digits problem of ``hfft demo``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from hfft._io import number
 from hfft.experiment.runners import HFRunner, Runner, SGDRunner
 from hfft.experiment.snapshot import snapshot
 from hfft.experiment.switch_rule import (
@@ -86,6 +84,7 @@ from hfft.experiment.switch_rule import (
     rate,
 )
 from hfft.optim import distributed
+from hfft.optim.step_context import synced_time
 
 if TYPE_CHECKING:
     from torch import nn
@@ -133,14 +132,10 @@ DEFAULT_STALL = 0.25
 """HF has slowed down when its rate over a window is below this fraction of its best."""
 
 
-def _finite(value: Any) -> float:
-    # StepRecord.to_dict writes non-finite losses as None
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
-def _nullable(values: dict[str, float]) -> dict[str, float | None]:
-    # JSON has no NaN: a value that could not be measured is null
-    return {k: v if math.isfinite(v) else None for k, v in values.items()}
+def _value(value: Any) -> float:
+    """A number of a step record (``None`` there when not finite) as a float, NaN if none."""
+    read = number(value)
+    return math.nan if read is None else read
 
 
 class AutoRunner(Runner):
@@ -226,9 +221,7 @@ class AutoRunner(Runner):
         return distributed.all_reduce_max(seconds, next(self.model.parameters()).device)
 
     def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
+        return synced_time(self.cuda)
 
     def _open_window(self, fraction: float) -> None:
         """Draw the next probe's batches and measure the B̄ objective where SGD starts."""
@@ -279,7 +272,7 @@ class AutoRunner(Runner):
         start = self._now()
         record = self.hf.step(fraction)
         seconds = self._now() - start
-        gain = _finite(record["loss_before"]) - _finite(record["loss_after"])
+        gain = _value(record["loss_before"]) - _value(record["loss_after"])
         self._hf_window[0] += gain if math.isfinite(gain) else 0.0
         self._hf_window[1] += seconds
         self.step_samples = self.hf.step_samples
@@ -348,7 +341,7 @@ class AutoRunner(Runner):
             "fraction": trial["start_fraction"],
             "end_step": self.count,
             "end_fraction": fraction,
-            **_nullable(values),
+            **values,
             "decision": "back to sgd" if decision.action == "switch" else "back to hf",
             "reason": decision.reason,
         }
@@ -371,14 +364,14 @@ class AutoRunner(Runner):
             self.model.load_state_dict(saved)
             raise
         hf_seconds = self._now() - start
-        f_now, f_after = _finite(record["loss_before"]), _finite(record["loss_after"])
+        f_now, f_after = _value(record["loss_before"]), _value(record["loss_after"])
         measurement = ProbeMeasurement(
             sgd_gain=f_start - f_now,
             sgd_seconds=self._slowest(self._window_seconds),
             sgd_steps=self._window_steps,
             hf_gain=f_now - f_after,
             hf_seconds=self._slowest(hf_seconds),
-            rho=_finite(record.get("rho")),
+            rho=_value(record.get("rho")),
         )
         decision = decide(measurement, self.margin, self.rho_min)
         if decision.rolls_back:
@@ -392,7 +385,7 @@ class AutoRunner(Runner):
         probe = {
             "step": self.count,
             "fraction": fraction,
-            **_nullable(values),
+            **values,
             "decision": decision.action,
             "reason": decision.reason,
         }

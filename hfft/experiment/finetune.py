@@ -50,6 +50,7 @@ from hfft.experiment.limits import check
 from hfft.experiment.run_folder import RunFolder, slug
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
+from hfft.experiment.task import loss_function
 from hfft.optim import distributed
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class _Run:
         self.device = next(self.model.parameters()).device
         self.out, self.on_progress = out, on_progress
         self.main = distributed.is_main()  # data-parallel: rank 0 alone writes
-        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.loss_fn = loss_function()
         self.best: dict[str, Any] = {}
         self.files: dict[str, str] = {}
         self.stepping = False  # inside a step: its trial weights are not yet accepted

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hfft.experiment.sampling import BatchSampler, augment_batch
+from hfft.experiment.sampling import BatchSampler, gather_batch
+from hfft.experiment.task import loss_function
 from hfft.models import param_groups
 from hfft.optim import distributed
 from hfft.optim.flat import FlatSpace
@@ -36,10 +37,34 @@ __all__ = [
     "check_sgd_batch",
     "hf_batch_sizes",
     "sgd_settings",
+    "sgd_update",
 ]
 
 DEFAULT_M = 2048
 DEFAULT_EVAL_BATCH = 1024
+
+
+def sgd_update(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    check: bool = False,
+) -> Tensor:
+    """One SGD update on the batch ``(x, y)``; returns the batch loss (detached).
+
+    With ``check``, the loss is read from the device first (one
+    synchronisation) and a non-finite loss skips the update, so the
+    parameters stay finite; without, nothing waits for the device.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    if check and not math.isfinite(float(loss.detach())):
+        return loss.detach()
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 class Runner:
@@ -96,7 +121,7 @@ class SGDRunner(Runner):
         momentum = float(opts.get("momentum", momentum))
         check_sgd_batch(self.batch_size, splits.train_x.shape[0])
         self.model, self.splits = model, splits
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = loss_function()
         self.opt = torch.optim.SGD(
             param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
         )
@@ -116,22 +141,19 @@ class SGDRunner(Runner):
             group["lr"] = self.lr
         self.model.train()
         idx = self.sampler.next_batch(self.batch_size)
-        x, y = self.splits.train_x[idx], self.splits.train_y[idx]
-        if self.splits.augment is not None:
-            x = augment_batch(x, self.splits.augment, self.gen)
-        self.opt.zero_grad(set_to_none=True)
+        x, y = gather_batch(
+            self.splits.train_x, self.splits.train_y, idx, self.splits.augment, self.gen
+        )
         if distributed.is_distributed():
+            self.opt.zero_grad(set_to_none=True)
             value = self._sharded_backward(x, y)
-        else:
-            loss = self.loss_fn(self.model(x), y)
-            value = float(loss.detach())  # also the per-step device sync fair timing needs
             if math.isfinite(value):
-                loss.backward()
-        self.count += 1
-        if not math.isfinite(value):
-            self.diverged = True  # the update is skipped: parameters stay finite
+                self.opt.step()
         else:
-            self.opt.step()
+            # float(): also the per-step device synchronisation that fair timing needs
+            value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
+        self.count += 1
+        self.diverged = not math.isfinite(value)  # then the update was skipped
         return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
 
     def _sharded_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -181,7 +203,7 @@ class HFRunner(Runner):
         n = splits.train_x.shape[0]
         self.m, self.m_bar = hf_batch_sizes(opts.pop("m", None), n, eval_batch_size)
         self.model, self.splits = model, splits
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = loss_function()
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
         self.sampler = BatchSampler(n, seed=seed, device=splits.train_x.device)
         self.step_samples = self.m

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
+from hfft.experiment.task import loss_function
+from hfft.optim.step_context import synced_time
 
 if TYPE_CHECKING:
     from hfft.experiment.sampling import BatchSampler
@@ -148,11 +149,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def sgd_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -169,21 +165,16 @@ def sgd_epoch(
     when the splits allow it. The loss sum stays on the device: no host
     synchronisation inside the epoch.
     """
-    from hfft.experiment.sampling import augment_batch
+    from hfft.experiment.runners import sgd_update
+    from hfft.experiment.sampling import gather_batch
 
     model.train()
     n = splits.train_x.shape[0]
     loss_sum = torch.zeros((), device=splits.train_x.device)
     for step in range(max(1, n // batch_size)):  # full batches only, like drop_last
         idx = sampler.next_batch(batch_size)
-        x, y = splits.train_x[idx], splits.train_y[idx]
-        if splits.augment is not None:
-            x = augment_batch(x, splits.augment, generator)
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach()
+        x, y = gather_batch(splits.train_x, splits.train_y, idx, splits.augment, generator)
+        loss_sum += sgd_update(model, opt, loss_fn, x, y)
         if on_step is not None:
             on_step(step + 1)
     return loss_sum
@@ -249,7 +240,7 @@ class _Training:
             input_size=self.splits.input_size,
         ).to(self.device)
         check_fit(self.model, self.splits)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = loss_function()
         self.opt = torch.optim.SGD(
             param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum
         )
@@ -314,8 +305,8 @@ class _Training:
 
     def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> dict[str, Any]:
         """One timed epoch of SGD, then its evaluation outside the clock."""
-        _sync(self.device)
-        start = time.perf_counter()
+        cuda = self.device.type == "cuda"
+        start = synced_time(cuda)
         loss_sum = sgd_epoch(
             self.model,
             self.opt,
@@ -326,8 +317,7 @@ class _Training:
             self.gen,
             on_step,
         )
-        _sync(self.device)
-        self.elapsed += time.perf_counter() - start
+        self.elapsed += synced_time(cuda) - start
         self.metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
         record = {
             "epoch": epoch,

@@ -30,7 +30,6 @@ quantities. By default a chunked product recomputes each chunk's forward pass
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from hfft.optim.flat import FlatSpace, ModelState
 from hfft.optim.output_hessians import Loss, hessian_kind, loss_reduction, output_hessian
+from hfft.optim.step_context import synced_time
 
 __all__ = [
     "BACKENDS",
@@ -230,9 +230,7 @@ class CurvatureOperator:
     def matvec(self, v: Tensor) -> Tensor:
         """``v ↦ C v`` for a flat vector ``v``."""
         sync = self.synchronize and self._cuda
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = synced_time(sync)
         vs = self.space.unflatten(v)
         out = self._sum(0, len(self.chunks), vs)
         if not self.keep:
@@ -240,9 +238,7 @@ class CurvatureOperator:
         if self.reduce is not None:
             out = self.reduce(out)
         self.num_products += 1
-        if sync:
-            torch.cuda.synchronize()
-        self.product_seconds += time.perf_counter() - start
+        self.product_seconds += synced_time(sync) - start
         return out
 
     __call__ = matvec

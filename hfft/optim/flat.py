@@ -7,7 +7,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlatSpace", "ModelState"]
+__all__ = ["FlatSpace", "ModelState", "flatten"]
+
+
+def flatten(tensors: Iterable[Tensor]) -> Tensor:
+    """The tensors' values concatenated into one 1-D tensor (a detached copy)."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
 
 
 class FlatSpace:
@@ -23,8 +28,8 @@ class FlatSpace:
         self.dim = sum(self.numels)
 
     def flatten(self, tensors: Iterable[Tensor]) -> Tensor:
-        """Concatenate tensors into one 1-D tensor (a copy)."""
-        return torch.cat([t.reshape(-1) for t in tensors])
+        """Concatenate tensors into one 1-D tensor (a copy); see :func:`flatten`."""
+        return flatten(tensors)
 
     def unflatten(self, flat: Tensor) -> list[Tensor]:
         """Split a 1-D tensor into views shaped like the parameters."""

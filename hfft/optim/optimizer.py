@@ -37,7 +37,7 @@ from hfft.optim.curvature import (
     split_batch,
 )
 from hfft.optim.damping import INCREASE, adapt_damping, reduction_ratio
-from hfft.optim.flat import ModelState
+from hfft.optim.flat import ModelState, flatten
 from hfft.optim.linesearch import armijo, backtrack
 from hfft.optim.output_hessians import Loss, loss_reduction
 from hfft.optim.preconditioner import (
@@ -252,7 +252,7 @@ class HessianFree(torch.optim.Optimizer):
         """
         hp = self.defaults
         params = self._params()
-        theta = torch.cat([p.detach().reshape(-1) for p in params])
+        theta = flatten(params)
         reduce, totals = distributed.shard_sizes([batch[0].shape[0]], theta.device)
         total = totals[0] if totals is not None else None
         reduction = loss_reduction(loss_fn)
@@ -290,7 +290,7 @@ class HessianFree(torch.optim.Optimizer):
         """
         params = self._params()
         with torch.no_grad():
-            theta = torch.cat([p.detach().reshape(-1) for p in params])
+            theta = flatten(params)
         try:
             with (
                 step_mode(model, self.defaults["model_mode"]),
@@ -428,7 +428,7 @@ class HessianFree(torch.optim.Optimizer):
         x0 = None
         prev = [self.state[p].get("cg_x") for p in params]
         if hp["cg_decay_x0"] > 0 and all(t is not None for t in prev):
-            x0 = hp["cg_decay_x0"] * torch.cat([t.reshape(-1) for t in prev if t is not None])
+            x0 = hp["cg_decay_x0"] * flatten(t for t in prev if t is not None)
         res = conjugate_gradient(
             damped,
             -grad,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["Timer", "fp32_precision", "step_mode"]
+__all__ = ["Timer", "fp32_precision", "step_mode", "synced_time"]
 
 
 @contextlib.contextmanager
@@ -62,6 +62,17 @@ def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
             module.training = training
 
 
+def synced_time(cuda: bool) -> float:
+    """``time.perf_counter()``, after the GPU has finished its queued work when ``cuda``.
+
+    Every wall-clock measurement of hfft reads this, so that queued GPU work
+    is charged to the interval that queued it.
+    """
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class Timer:
     """Wall-clock laps; synchronises CUDA only at lap boundaries."""
 
@@ -70,9 +81,7 @@ class Timer:
         self.start = self.last = self._now()
 
     def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
+        return synced_time(self.cuda)
 
     def lap(self) -> float:
         now = self._now()
