@@ -102,42 +102,41 @@ class Problem:
         build: Factory ``(num_classes, in_channels, input_size, **model_args)``
             returning the ``nn.Module``.
         defaults: Training hyperparameters.
-        description: One line for listings.
     """
 
     name: str
     build: Callable[..., nn.Module]
     defaults: TrainDefaults
-    description: str
 
 
 PROBLEMS: dict[str, Problem] = {
     problem.name: problem
     for problem in [
+        # DeepOBS 3c3d: three conv and three dense layers on CIFAR-10.
         Problem(
             name="3c3d",
             build=LazyFactory("deepobs", "three_c_three_d"),
             defaults=TrainDefaults(
                 dataset="cifar10", lr=0.067966, batch_size=128, epochs=100, weight_decay=0.002
             ),
-            description="DeepOBS 3c3d: three conv and three dense layers on CIFAR-10.",
         ),
+        # DeepOBS All-CNN-C on CIFAR-100 (with dropout).
         Problem(
             name="allcnnc",
             build=LazyFactory("deepobs", "allcnnc"),
             defaults=TrainDefaults(
                 dataset="cifar100", lr=0.171234, batch_size=256, epochs=350, weight_decay=5e-4
             ),
-            description="DeepOBS All-CNN-C on CIFAR-100 (with dropout).",
         ),
+        # DeepOBS Wide ResNet 16-4 on SVHN (with BatchNorm).
         Problem(
             name="wrn164",
             build=LazyFactory("deepobs", "wrn164"),
             defaults=TrainDefaults(
                 dataset="svhn", lr=0.025378, batch_size=128, epochs=160, weight_decay=5e-4
             ),
-            description="DeepOBS Wide ResNet 16-4 on SVHN (with BatchNorm).",
         ),
+        # Small MLP for the 8×8 digits; trains in seconds on a CPU.
         Problem(
             name="mlp",
             build=LazyFactory("small", "mlp"),
@@ -149,8 +148,8 @@ PROBLEMS: dict[str, Problem] = {
                 weight_decay=1e-4,
                 momentum=0.9,
             ),
-            description="Small MLP for the 8×8 digits; trains in seconds on a CPU.",
         ),
+        # Small CNN for the 8×8 digits; trains in seconds on a CPU.
         Problem(
             name="cnn",
             build=LazyFactory("small", "cnn"),
@@ -162,7 +161,6 @@ PROBLEMS: dict[str, Problem] = {
                 weight_decay=1e-4,
                 momentum=0.9,
             ),
-            description="Small CNN for the 8×8 digits; trains in seconds on a CPU.",
         ),
     ]
 }

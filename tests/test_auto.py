@@ -203,7 +203,9 @@ def test_a_probe_that_does_not_pay_off_is_rolled_back_bit_exactly(ckpt: Path) ->
         assert auto.step(fraction)["phase"] == "sgd"
     params = copy.deepcopy(auto.model.state_dict())
     sgd_state = copy.deepcopy(auto.sgd.opt.state_dict())
-    sampler, generator = auto.sgd.sampler.state_dict(), auto.sgd.gen.get_state()
+    sampler = auto.sgd.sampler
+    perm, pos, rng = sampler._perm.clone(), sampler._pos, sampler._gen.get_state()
+    generator = auto.sgd.gen.get_state()
     assert any(s["momentum_buffer"] is not None for s in sgd_state["state"].values())
 
     record = auto.step(0.25)
@@ -216,8 +218,8 @@ def test_a_probe_that_does_not_pay_off_is_rolled_back_bit_exactly(ckpt: Path) ->
     for key, s in sgd_state["state"].items():
         assert torch.equal(after["state"][key]["momentum_buffer"], s["momentum_buffer"])
     assert after["param_groups"] == sgd_state["param_groups"]
-    assert torch.equal(auto.sgd.sampler.state_dict()["perm"], sampler["perm"])
-    assert auto.sgd.sampler.state_dict()["pos"] == sampler["pos"]
+    assert torch.equal(sampler._perm, perm) and sampler._pos == pos
+    assert torch.equal(sampler._gen.get_state(), rng)
     assert torch.equal(auto.sgd.gen.get_state(), generator)
     assert auto.phase == "sgd" and auto.switch is None
     assert auto.step(0.3)["phase"] == "sgd"  # a new window opens

@@ -197,24 +197,6 @@ def test_clock_counts_only_running_time() -> None:
     assert clock.fraction == 1.5  # may overrun
 
 
-def test_clock_paused_block() -> None:
-    now = FakeTime()
-    clock = BudgetClock(Budget("seconds", 10.0), time_fn=now)
-    clock.resume()
-    now.now = 2.0
-    with clock.paused():
-        assert not clock.running
-        now.now = 50.0
-    assert clock.running
-    now.now = 51.0
-    assert clock.seconds == 3.0
-    clock.pause()
-    with clock.paused():  # already paused: stays paused
-        now.now = 60.0
-    assert not clock.running
-    assert clock.seconds == 3.0
-
-
 def test_clock_syncs_before_reading_time() -> None:
     now = FakeTime()
     calls: list[int] = []

@@ -15,7 +15,6 @@ from hfft.analysis.plots import (
     budget_band,
     interpolate_run,
     plot_budget_curves,
-    plot_learning_rates,
     plot_relative_performance,
     strategy_colors,
 )
@@ -177,7 +176,3 @@ def test_plot_relative_performance_writes_png(tmp_path: Path) -> None:
 def test_plot_relative_performance_needs_a_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no checkpoints"):
         plot_relative_performance({}, tmp_path / "rel.png", metric_label="test accuracy")
-
-
-def test_plot_learning_rates_writes_png(tmp_path: Path) -> None:
-    assert_png(plot_learning_rates(RUNS, tmp_path / "lr.png"), height=600, min_width=1600)

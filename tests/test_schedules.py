@@ -89,7 +89,7 @@ def test_plateau_flat_loss_drops_at_7_13_19() -> None:
     plateau = Plateau(0.1, evaluations=20)
     lrs = [plateau.observe(1.0) for _ in range(21)]
     assert lrs == pytest.approx([0.1] * 6 + [0.01] * 6 + [0.001] * 6 + [1e-4] * 3)
-    assert plateau.drops == 3
+    assert plateau.to_dict()["drops"] == 3
     assert plateau.lr == pytest.approx(1e-4)
 
 

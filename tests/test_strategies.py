@@ -95,7 +95,7 @@ def test_booleans(word: str, value: bool) -> None:
 def test_full_hf_strategy() -> None:
     strategy = parse_strategy(FULL_HF)
     assert strategy.batch_size == 1024
-    assert strategy.optimizer_options == {
+    assert {k: v for k, v in strategy.options.items() if k != "m"} == {
         "curvature": "hessian",
         "damping": 0.5,
         "adapt_damping": False,
@@ -122,7 +122,7 @@ def test_full_hf_strategy() -> None:
 def test_sgd_options() -> None:
     strategy = parse_strategy("sgd-div10:batch_size=32,lr=0.2")
     assert strategy.batch_size == 32
-    assert strategy.optimizer_options == {"lr": 0.2}
+    assert strategy.options == {"lr": 0.2, "batch_size": 32}
     assert parse_strategy("sgd").batch_size is None
 
 

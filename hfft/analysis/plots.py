@@ -42,7 +42,6 @@ __all__ = [
     "budget_band",
     "interpolate_run",
     "plot_budget_curves",
-    "plot_learning_rates",
     "plot_relative_performance",
     "strategy_colors",
 ]
@@ -351,69 +350,6 @@ def plot_relative_performance(
     ax.grid(True, axis="y", alpha=0.3)
     if colors:
         fig.legend(loc="outside right upper")
-    return _save(fig, path)
-
-
-def plot_learning_rates(
-    runs: Iterable[RunSummary], path: str | Path, checkpoint: str | None = None
-) -> Path:
-    """SGD learning rates and HF damping λ over the budget, one line per run (paper Figure 7).
-
-    The values are those recorded at the evaluations (``lr`` or ``damping``),
-    drawn as steps held until the next evaluation, on logarithmic axes.
-
-    Args:
-        runs: The runs to plot.
-        path: The PNG file to write (its directory is created).
-        checkpoint: Plot only runs from this checkpoint; required when the
-            runs come from several checkpoints.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: If there is no run to plot, or the runs come from several
-            checkpoints and none is named.
-    """
-    selected = select_runs(runs, checkpoint)
-    if not selected:
-        raise ValueError("no runs to plot")
-    groups = by_strategy(selected)
-    colors = strategy_colors(groups)
-    fig = Figure(figsize=_WIDE, dpi=_DPI, layout="constrained")
-    ax_lr, ax_damp = fig.subplots(1, 2)
-    handles: dict[str, Any] = {}
-    for ax, key in ((ax_lr, "lr"), (ax_damp, "damping")):
-        positive = False
-        for strategy, color in colors.items():
-            for r in groups[strategy]:
-                points = [
-                    (float(e["fraction"]), float(e[key]))
-                    for e in r.evaluations
-                    if _positive(e.get(key)) and _positive(e.get("fraction"), zero=True)
-                ]
-                if not points:
-                    continue
-                x, y = zip(*sorted(points), strict=True)
-                (line,) = ax.step(
-                    100 * np.array(x), y, where="post", color=color, alpha=0.7, linewidth=1.5
-                )
-                handles.setdefault(strategy, line)
-                positive = True
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("budget spent [%]")
-        ax.grid(True, alpha=0.3)
-        if positive:
-            ax.set_yscale("log")
-        else:
-            _no_data(ax)
-    ax_lr.set_ylabel("learning rate α")
-    ax_lr.set_title("SGD learning rate")
-    ax_damp.set_ylabel("damping λ")
-    ax_damp.set_title("HF damping")
-    fig.suptitle(f"Learning rates and damping from {_checkpoint_of(selected, checkpoint)}")
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper")
     return _save(fig, path)
 
 

@@ -422,6 +422,7 @@ class AutoRunner(Runner):
                 "backoff": self.backoff,
                 "rho_min": self.rho_min,
                 "m": self.hf.m,
+                "curvature_products": self.hf.opt.product_path,
                 "eval_batch_size": self.hf.m_bar,
                 "switch_back": self.switch_back,
                 "stall": self.stall,

@@ -13,11 +13,10 @@ gives, the same for every strategy (SPEC §5).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,18 +289,6 @@ class BudgetClock:
             raise RuntimeError("the budget clock is not running")
         self._elapsed += self._now() - self._started
         self._started = None
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Pause the clock for the ``with`` block if it runs (e.g. around an evaluation)."""
-        was_running = self.running
-        if was_running:
-            self.pause()
-        try:
-            yield
-        finally:
-            if was_running:
-                self.resume()
 
     def synchronize(self, seconds: float) -> None:
         """Set the paused clock to ``seconds`` (data-parallel: the slowest rank's).

@@ -65,7 +65,6 @@ class DatasetInfo:
 
     Attributes:
         name: Registry name.
-        description: One line for command-line help.
         num_classes: Number of classes.
         in_channels: Image channels.
         input_size: Side of the square images.
@@ -75,7 +74,6 @@ class DatasetInfo:
     """
 
     name: str
-    description: str
     num_classes: int
     in_channels: int
     input_size: int
@@ -97,61 +95,61 @@ _CROP_8 = AugmentSpec(crop_padding=1, flip=False)
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
+        # scikit-learn's 8×8 handwritten digits (1,797 images, built in)
         DatasetInfo(
             name="digits",
-            description="scikit-learn's 8×8 handwritten digits (1,797 images, built in)",
             num_classes=10,
             in_channels=1,
             input_size=8,
             augment=_CROP_8,
         ),
+        # seeded Gaussian blobs as 1×8×8 images (for tests)
         DatasetInfo(
             name="synthetic",
-            description="seeded Gaussian blobs as 1×8×8 images (for tests)",
             num_classes=10,
             in_channels=1,
             input_size=8,
             augment=_CROP_8,
         ),
+        # CIFAR-10 (torchvision)
         DatasetInfo(
             name="cifar10",
-            description="CIFAR-10 (torchvision)",
             num_classes=10,
             in_channels=3,
             input_size=32,
             augment=_CROP_FLIP,
             folder="cifar-10-batches-py",
         ),
+        # CIFAR-100 (torchvision)
         DatasetInfo(
             name="cifar100",
-            description="CIFAR-100 (torchvision)",
             num_classes=100,
             in_channels=3,
             input_size=32,
             augment=_CROP_FLIP,
             folder="cifar-100-python",
         ),
+        # SVHN digits, train and test splits (torchvision)
         DatasetInfo(
             name="svhn",
-            description="SVHN digits, train and test splits (torchvision)",
             num_classes=10,
             in_channels=3,
             input_size=32,
             augment=_CROP_32,
             folder="train_32x32.mat and test_32x32.mat",
         ),
+        # MNIST (torchvision)
         DatasetInfo(
             name="mnist",
-            description="MNIST (torchvision)",
             num_classes=10,
             in_channels=1,
             input_size=28,
             augment=_CROP_28,
             folder="MNIST/raw",
         ),
+        # Fashion-MNIST (torchvision)
         DatasetInfo(
             name="fashion-mnist",
-            description="Fashion-MNIST (torchvision)",
             num_classes=10,
             in_channels=1,
             input_size=28,

@@ -298,12 +298,7 @@ class _Run:
         self.log["status"] = status
         self.log.update(self.runner.report())
         self.log["final"], self.log["best"] = final, dict(self.best)
-        self.log["spent"] = {
-            "seconds": self.clock.seconds,
-            "steps": self.clock.steps,
-            "epochs": self.clock.epochs,
-            "fraction": self.clock.fraction,
-        }
+        self.log["spent"] = self.clock.to_dict()
         if _finite_state(self.model):
             self._save("final.safetensors", final)
         self.log["files"] = dict(self.files)

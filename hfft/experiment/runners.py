@@ -136,7 +136,7 @@ class SGDRunner(Runner):
         self.count = 0
 
     def step(self, fraction: float) -> dict[str, Any]:
-        self.lr = self.plateau.lr if self.plateau is not None else float(self.schedule(fraction))
+        self.lr = float(self.schedule(fraction))  # the plateau's rate: its last observation's
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         self.model.train()
@@ -182,6 +182,9 @@ class SGDRunner(Runner):
     def observe(self, metrics: dict[str, float]) -> None:
         if self.plateau is not None and "train_eval_loss" in metrics:
             self.plateau.observe(metrics["train_eval_loss"])
+
+    def report(self) -> dict[str, Any]:
+        return {"plateau": self.plateau.to_dict()} if self.plateau is not None else {}
 
 
 class HFRunner(Runner):
@@ -233,6 +236,9 @@ class HFRunner(Runner):
 
     def settings(self) -> dict[str, float]:
         return {"damping": self.opt.damping}
+
+    def report(self) -> dict[str, Any]:
+        return {"curvature_products": self.opt.product_path}
 
 
 def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[int, int]:

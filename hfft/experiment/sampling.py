@@ -6,7 +6,7 @@ for the whole batch, with no per-sample Python work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,6 @@ class BatchSampler:
     next ``m`` indices of it. A batch never straddles two epochs: when fewer
     than ``m`` indices are left, they are skipped and a new permutation
     starts (like ``drop_last``), so every batch holds distinct samples.
-    :attr:`epochs_seen` counts the samples handed out by :meth:`next_batch`.
 
     Args:
         n: Size of the training set.
@@ -106,12 +105,6 @@ class BatchSampler:
         self._gen = torch.Generator().manual_seed(seed)
         self._perm = torch.randperm(n, generator=self._gen)
         self._pos = 0
-        self._seen = 0
-
-    @property
-    def epochs_seen(self) -> float:
-        """Samples handed out by :meth:`next_batch`, in epochs (training-set sizes)."""
-        return self._seen / self.n
 
     def _check(self, m: int) -> None:
         if not 1 <= m <= self.n:
@@ -127,14 +120,13 @@ class BatchSampler:
             self._pos = 0
         idx = self._perm[self._pos : self._pos + m]
         self._pos += m
-        self._seen += m
         return idx.to(self.device)
 
     def disjoint_pair(self, m: int, m_bar: int) -> tuple[Tensor, Tensor]:
         """Two disjoint batches: ``B`` (``m``) and ``B̄`` (``m_bar``).
 
-        ``B`` is :meth:`next_batch`'s; ``B̄`` is a fresh uniform draw from the
-        samples not in ``B``, and does not count in :attr:`epochs_seen`.
+        ``B`` is :meth:`next_batch`'s (it advances the epoch); ``B̄`` is a fresh
+        uniform draw from the samples not in ``B`` (it does not).
 
         Raises:
             ValueError: If ``m + m_bar`` exceeds the training set.
@@ -155,22 +147,3 @@ class BatchSampler:
         candidates = rest.nonzero().squeeze(1)
         b_bar = candidates[torch.randperm(candidates.numel(), generator=self._gen)[:m_bar]]
         return b, b_bar.to(self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The sampler's position and random state."""
-        return {
-            "n": self.n,
-            "generator": self._gen.get_state(),
-            "perm": self._perm.clone(),
-            "pos": self._pos,
-            "seen": self._seen,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state from :meth:`state_dict` (of a sampler of the same size)."""
-        if state["n"] != self.n:
-            raise ValueError(f"sampler state is for n={state['n']}, not n={self.n}")
-        self._gen.set_state(state["generator"])
-        self._perm = state["perm"].clone()
-        self._pos = int(state["pos"])
-        self._seen = int(state["seen"])

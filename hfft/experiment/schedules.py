@@ -149,11 +149,6 @@ class Plateau:
         """The current learning rate."""
         return self._lr
 
-    @property
-    def drops(self) -> int:
-        """How many times the rate has been divided."""
-        return self._drops
-
     def __call__(self, fraction: float) -> float:
         """The current learning rate, whatever the budget fraction (a :data:`Schedule`)."""
         return self._lr

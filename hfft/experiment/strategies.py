@@ -308,11 +308,6 @@ class Strategy:
         return f"{self.name}:{items}"
 
     @property
-    def optimizer_options(self) -> dict[str, Any]:
-        """Keyword arguments of the optimizer: the options without the batch size."""
-        return {k: v for k, v in self.options.items() if k not in ("m", "batch_size")}
-
-    @property
     def batch_size(self) -> int | None:
         """The batch size given (``m`` for ``hf``, else ``batch_size``), or ``None``."""
         value = self.options.get("m" if self.is_hf else "batch_size")

@@ -219,9 +219,22 @@ class HessianFree(torch.optim.Optimizer):
         return time.perf_counter() - start
 
     @property
-    def linearization_fallback(self) -> str | None:
-        """Why the traced linearisation could not be used, if it could not."""
-        return self._lin_cache.fallback_reason
+    def product_path(self) -> str:
+        """How curvature products are computed, in words (for logs and ``selftest``).
+
+        The traced linearisation of the default back-end, ``torch.func.jvp``
+        per product where the model could not be traced (with the reason),
+        BackPACK's R-op, or reverse-over-reverse for the Hessian.
+        """
+        hp = self.defaults
+        if hp["backend"] == "backpack":
+            return f"BackPACK R-op ({hp['curvature']})"
+        if hp["curvature"] == "hessian":
+            return "reverse-over-reverse Hessian products"
+        reason = self._lin_cache.fallback_reason
+        if reason is not None:
+            return f"torch.func.jvp per product (the model could not be traced: {reason})"
+        return "traced linearisation (one forward pass per step, a tangent pass per product)"
 
     def _global(self) -> dict[str, Any]:
         return self.state["hf"]  # type: ignore[index]
