@@ -10,7 +10,7 @@ import torch
 from conftest import dense_ggn, flat_params, loss_of_flat, make_problem
 from torch import nn
 
-import hfft.optim.optimizer as hf_optimizer
+import hfft.optim.hf_step as hf_step
 from hfft import HessianFree
 from hfft.optim.curvature import split_batch
 from hfft.optim.preconditioner import empirical_fisher_diagonal
@@ -166,14 +166,14 @@ def test_non_finite_batch_is_rejected_and_parameters_stay_finite() -> None:
 
 def test_warm_start_uses_decayed_previous_final_iterate(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
-    real = hf_optimizer.conjugate_gradient
+    real = hf_step.conjugate_gradient
 
     def spy(*args, **kwargs):
         res = real(*args, **kwargs)
         seen.append((args[2], res.x))
         return res
 
-    monkeypatch.setattr(hf_optimizer, "conjugate_gradient", spy)
+    monkeypatch.setattr(hf_step, "conjugate_gradient", spy)
     model, x, y = make_problem("mlp", n=30)
     opt = HessianFree(model.parameters())
     for _ in range(2):

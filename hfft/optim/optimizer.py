@@ -27,25 +27,21 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
-from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import (
     BACKENDS,
     CURVATURES,
     LinearizationCache,
     batch_loss,
-    linearize_curvature,
     split_batch,
 )
-from hfft.optim.damping import INCREASE, adapt_damping, reduction_ratio
+from hfft.optim.damping import INCREASE
 from hfft.optim.flat import ModelState, flatten
-from hfft.optim.linesearch import armijo, backtrack
+from hfft.optim.hf_step import HFStep, write_flat
 from hfft.optim.output_hessians import Loss, loss_reduction
 from hfft.optim.preconditioner import (
     PRECONDITIONERS,
-    empirical_fisher_diagonal,
-    preconditioner_from_diagonal,
 )
-from hfft.optim.step_context import Timer, fp32_precision, step_mode
+from hfft.optim.step_context import fp32_precision, step_mode
 from hfft.optim.step_record import StepRecord
 
 __all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
@@ -318,7 +314,7 @@ class HessianFree(torch.optim.Optimizer):
                     theta,
                 )
         except BaseException:
-            self._write(params, theta)
+            write_flat(params, theta)
             raise
 
     def _step(
@@ -330,216 +326,71 @@ class HessianFree(torch.optim.Optimizer):
         params: list[Tensor],
         theta: Tensor,
     ) -> StepRecord:
-        hp = self.defaults
-        g_state = self._global()
-        step_no = int(g_state.get("step", 0)) + 1
-        g_state["step"] = step_no
-        lam = float(g_state.get("damping", hp["damping"]))
-        reduction = loss_reduction(loss_fn)
-        timer = Timer(params[0].device)
-        wd = self._wd_vector(params)
-
-        def l2(flat: Tensor) -> float:
-            return 0.5 * float(torch.dot(wd * flat, flat))
-
-        # data-parallel: batch and eval_batch are this rank's shards of the global ones
-        reduce, totals = distributed.shard_sizes(
-            [batch[0].shape[0], eval_batch[0].shape[0]], theta.device
-        )
-        n_b, n_bar = totals if totals is not None else (None, None)
-
-        # 1. gradient and curvature on B
-        op = linearize_curvature(
-            model,
-            loss_fn,
-            batch[0],
-            batch[1],
-            params,
-            curvature=hp["curvature"],
-            backend=hp["backend"],
-            chunk_size=hp["chunk_size"],
-            cache_chunks=hp["cache_chunks"],
-            lin_cache=self._lin_cache,
-            total=n_b,
-            reduce=reduce,
-        )
-        op.synchronize = self.profile
-        grad = op.grad + wd * theta
-        batch_f = op.loss + l2(theta)
+        """The phases of :mod:`hfft.optim.hf_step`, with this optimizer's state."""
+        hp, g_state = self.defaults, self._global()
+        step_no = g_state["step"] = int(g_state.get("step", 0)) + 1
+        sizes = (batch[0].shape[0], eval_batch[0].shape[0])
+        damping = float(g_state.get("damping", hp["damping"]))
+        hf = HFStep(model, loss_fn, params, theta, self._wd_vector(params), hp, damping, sizes)
+        # 1. gradient and curvature on B, the objective on B̄ at θ
+        op, grad, batch_f = hf.linearize(batch, eval_batch, self._lin_cache, self.profile)
         grad_norm = float(torch.linalg.vector_norm(grad))
-        t_grad = timer.lap()
-
-        # objective on B̄ at θ + d
-        eval_chunks = split_batch(eval_batch[0], eval_batch[1], hp["chunk_size"], reduction, n_bar)
-        evals = 0
-
-        def f_at(d: Tensor | None) -> float:
-            nonlocal evals
-            evals += 1
-            flat = theta if d is None else theta + d
-            self._write(params, flat)
-            return distributed.sum_float(
-                batch_loss(model, loss_fn, eval_chunks), reduce, flat.device
-            ) + l2(flat)
-
-        f0 = f_at(None)
-        t_eval = timer.lap()
-
-        def finish(**kw: Any) -> StepRecord:
-            base: dict[str, Any] = dict(
-                step=step_no,
-                accepted=False,
-                reject_reason=None,
-                loss_before=f0,
-                loss_after=f0,
-                batch_loss=batch_f,
-                grad_norm=grad_norm,
-                damping=lam,
-                next_damping=lam,
-                rho=math.nan,
-                cg_iterations=0,
-                cg_stop_reason="not run",
-                cg_chosen_iterate=0,
-                cg_q=math.nan,
-                alpha=0.0,
-                linesearch_tries=0,
-                products=op.num_products,
-                eval_batch_evaluations=evals,
-                time_gradient=t_grad,
-                time_preconditioner=0.0,
-                time_cg=0.0,
-                time_products=op.product_seconds,
-                time_eval=t_eval,
-                time_backtracking=0.0,
-                time_linesearch=0.0,
-                time_total=timer.total(),
+        measured = dict(batch_loss=batch_f, grad_norm=grad_norm)
+        if not (math.isfinite(grad_norm) and math.isfinite(hf.f0) and math.isfinite(batch_f)):
+            write_flat(params, theta)
+            record = hf.record(
+                op,
+                step_no,
+                reject_reason="non-finite loss or gradient",
+                next_damping=damping * INCREASE,
+                **measured,
             )
-            base.update(kw)
-            g_state["damping"] = base["next_damping"]
-            return StepRecord(**base)
-
-        if not (math.isfinite(grad_norm) and math.isfinite(f0) and math.isfinite(batch_f)):
-            self._write(params, theta)
-            return finish(reject_reason="non-finite loss or gradient", next_damping=lam * INCREASE)
-
-        # 2. CG on (C + (wd + λ) I) p = −g
-        shift = wd + lam
-
-        def damped(v: Tensor) -> Tensor:
-            return op.matvec(v) + shift * v
-
-        precondition = None
-        if hp["preconditioner"] == "empirical-fisher":
-            op.release()  # one chunk's values at a time during the Fisher pass too
-            diag = empirical_fisher_diagonal(
-                model, loss_fn, op.chunks, params, reduction, total=n_b
-            )
-            if reduce is not None:
-                diag = reduce(diag)
-            precondition = preconditioner_from_diagonal(diag, shift, hp["preconditioner_exponent"])
-        t_pre = timer.lap()
-        x0 = None
-        prev = [self.state[p].get("cg_x") for p in params]
-        if hp["cg_decay_x0"] > 0 and all(t is not None for t in prev):
-            x0 = hp["cg_decay_x0"] * flatten(t for t in prev if t is not None)
-        res = conjugate_gradient(
-            damped,
-            -grad,
-            x0,
-            max_iter=hp["cg_max_iter"],
-            tol=hp["cg_tol"],
-            martens_criterion=hp["martens_criterion"],
-            precondition=precondition,
+            return self._done(record)
+        # 2. CG from the decayed previous solution
+        result = hf.solve(op, grad, self._warm_start(params))
+        self._keep_warm_start(params, result.x)
+        cg = dict(
+            cg_iterations=result.iterations,
+            cg_stop_reason=result.stop_reason,
+            cg_q=result.q_values[-1],
         )
-        op.release()  # the B̄ evaluations that follow need no chunk kept linearised
-        t_cg = timer.lap()
-        if torch.isfinite(res.x).all():
-            for p, chunk in zip(
-                params, torch.split(res.x, [p.numel() for p in params]), strict=True
-            ):
-                self.state[p]["cg_x"] = chunk.view_as(p).clone()
-        q_last = res.q_values[-1]
-        cg_info = dict(cg_iterations=res.iterations, cg_stop_reason=res.stop_reason, cg_q=q_last)
-
-        # 3. damping from ρ of the last iterate (its B̄ loss is backtracking's start)
-        p_last = res.iterates[-1][1]
-        f_last = f_at(p_last)
-        t_eval += timer.lap()
-        rho = reduction_ratio(f_last, f0, q_last)
-        next_lam = adapt_damping(lam, rho) if hp["adapt_damping"] else lam
-
-        # 4. CG backtracking
-        if hp["use_cg_backtracking"]:
-            chosen_i, p, f_p, _ = backtrack(res.iterates, f_at, last_loss=f_last)
-        else:
-            chosen_i, p, f_p = res.iterates[-1][0], p_last, f_last
-        t_bt = timer.lap()
-
-        # 5. line search
-        slope = float(torch.dot(grad, p))
-        if hp["use_linesearch"]:
-            ls = armijo(
-                lambda a: f_at(a * p),
-                f0,
-                slope,
-                alpha0=hp["lr"],
-                beta=hp["linesearch_beta"],
-                c=hp["linesearch_c"],
-                max_tries=hp["linesearch_max_tries"],
-                known={1.0: f_p},
-            )
-            alpha, f_new, tries = ls.alpha, ls.loss, ls.tries
-        else:
-            alpha = hp["lr"]
-            f_new = f_p if alpha == 1.0 else f_at(alpha * p)
-            tries = 1
-            if not math.isfinite(f_new):
-                alpha = None
-        t_ls = timer.lap()
-        t_eval += t_bt + t_ls
-        times = dict(
-            time_preconditioner=t_pre,
-            time_cg=t_cg,
-            time_eval=t_eval,
-            time_backtracking=t_bt,
-            time_linesearch=t_ls,
+        # 3. ρ and damping, backtracking, line search
+        choice = hf.choose(result, grad)
+        decided = dict(
+            rho=choice.rho,
+            next_damping=choice.next_damping,
+            cg_chosen_iterate=choice.chosen_iterate,
+            linesearch_tries=choice.tries,
+            **measured,
+            **cg,
         )
-
-        if alpha is None:
-            self._write(params, theta)
+        if choice.alpha is None:
+            write_flat(params, theta)
             reason = (
-                "no step size passed the line search" if hp["use_linesearch"] else "non-finite loss"
+                "no step size passed the line search"
+                if hp["use_linesearch"]
+                else ("non-finite loss")
             )
-            return finish(
-                reject_reason=reason,
-                next_damping=max(next_lam, lam * INCREASE),
-                rho=rho,
-                cg_chosen_iterate=chosen_i,
-                linesearch_tries=tries,
-                **times,
-                **cg_info,
-            )
-        self._write(params, theta + alpha * p)
-        return finish(
-            accepted=True,
-            loss_after=f_new,
-            next_damping=next_lam,
-            rho=rho,
-            cg_chosen_iterate=chosen_i,
-            alpha=alpha,
-            linesearch_tries=tries,
-            **times,
-            **cg_info,
-        )
+            return self._done(hf.record(op, step_no, reject_reason=reason, **decided))
+        write_flat(params, theta + choice.alpha * choice.p)
+        accepted = dict(accepted=True, loss_after=choice.loss_after, alpha=choice.alpha)
+        return self._done(hf.record(op, step_no, **accepted, **decided))
 
-    @staticmethod
-    @torch.no_grad()
-    def _write(params: Sequence[Tensor], flat: Tensor) -> None:
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
+    def _done(self, record: StepRecord) -> StepRecord:
+        self._global()["damping"] = record.next_damping
+        return record
+
+    def _warm_start(self, params: Sequence[Tensor]) -> Tensor | None:
+        """``cg_decay_x0`` × the previous step's final CG iterate (``None``: start at 0)."""
+        prev = [self.state[p].get("cg_x") for p in params]
+        if self.defaults["cg_decay_x0"] <= 0 or any(t is None for t in prev):
+            return None
+        return self.defaults["cg_decay_x0"] * flatten(t for t in prev if t is not None)
+
+    def _keep_warm_start(self, params: Sequence[Tensor], x: Tensor) -> None:
+        if torch.isfinite(x).all():
+            for p, chunk in zip(params, torch.split(x, [p.numel() for p in params]), strict=True):
+                self.state[p]["cg_x"] = chunk.view_as(p).clone()
 
 
 def _check(ok: bool, message: str) -> None:

@@ -1,0 +1,268 @@
+"""One Hessian-free step, phase by phase (Martens 2010; Tatzel et al., Algorithm 1).
+
+:class:`HFStep` holds what one step works with — the model at θ, the L2 term
+of the objective, the evaluation batch B̄, the clock — and runs the phases
+that :meth:`hfft.optim.optimizer.HessianFree.step` strings together:
+
+1. :meth:`HFStep.linearize`: gradient and curvature on B (the objective's L2
+   term added to both);
+2. :meth:`HFStep.solve`: CG on ``(C + (wd + λ) I) p = −g`` from a warm start,
+   optionally preconditioned by the damped empirical-Fisher diagonal;
+3. :meth:`HFStep.choose`: ρ of the last iterate and the next damping, CG
+   backtracking and the Armijo line search on B̄;
+4. :meth:`HFStep.record`: the :class:`~hfft.optim.step_record.StepRecord`.
+
+The B̄ evaluations write trial points into the parameters; the caller puts θ
+back if a step is rejected or interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hfft.optim import distributed
+from hfft.optim.cg import CGResult, conjugate_gradient
+from hfft.optim.curvature import (
+    CurvatureOperator,
+    LinearizationCache,
+    batch_loss,
+    linearize_curvature,
+    split_batch,
+)
+from hfft.optim.damping import INCREASE, adapt_damping, reduction_ratio
+from hfft.optim.linesearch import armijo, backtrack
+from hfft.optim.output_hessians import Loss, loss_reduction
+from hfft.optim.preconditioner import empirical_fisher_diagonal, preconditioner_from_diagonal
+from hfft.optim.step_context import Timer
+from hfft.optim.step_record import StepRecord
+
+__all__ = ["Choice", "HFStep", "write_flat"]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@torch.no_grad()
+def write_flat(params: Sequence[Tensor], flat: Tensor) -> None:
+    """Copy a flat vector into the parameters, in order."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.copy_(flat[offset : offset + n].view_as(p))
+        offset += n
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What phase 3 decided: the step ``alpha · p`` (``alpha`` ``None``: rejected)."""
+
+    p: Tensor
+    alpha: float | None
+    loss_after: float
+    rho: float
+    next_damping: float
+    chosen_iterate: int
+    tries: int
+
+
+class HFStep:
+    """The state of one HF step between its phases.
+
+    Args:
+        model: The network, in the step's mode.
+        loss_fn: The batch loss.
+        params: The optimised parameters (their values are θ).
+        theta: θ, flat.
+        wd: The L2 coefficient of every entry of θ, flat.
+        hp: The optimizer's hyperparameters (``HessianFree.defaults``).
+        damping: This step's λ.
+        sizes: This rank's sizes of B and B̄ (data-parallel: shards).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Loss,
+        params: list[Tensor],
+        theta: Tensor,
+        wd: Tensor,
+        hp: dict[str, Any],
+        damping: float,
+        sizes: tuple[int, int],
+    ) -> None:
+        self.model, self.loss_fn, self.params, self.theta, self.wd = (
+            model,
+            loss_fn,
+            params,
+            theta,
+            wd,
+        )
+        self.hp, self.damping = hp, damping
+        self.timer = Timer(theta.device)
+        self.times: dict[str, float] = dict.fromkeys(
+            ("gradient", "preconditioner", "cg", "eval", "backtracking", "linesearch"), 0.0
+        )
+        # data-parallel: the sums over ranks and the global batch sizes
+        self.reduce, totals = distributed.shard_sizes(list(sizes), theta.device)
+        self.n_b: int | None = totals[0] if totals is not None else None
+        self.n_bar: int | None = totals[1] if totals is not None else None
+        self.reduction = loss_reduction(loss_fn)
+        self.evals = 0
+        self.eval_chunks: list[Any] = []
+        self.f0 = math.nan
+
+    def l2(self, flat: Tensor) -> float:
+        """The objective's L2 term ``Σ (wd/2) θ²`` at ``flat``."""
+        return 0.5 * float(torch.dot(self.wd * flat, flat))
+
+    def objective_at(self, d: Tensor | None) -> float:
+        """The objective on B̄ at ``θ + d`` (θ for ``None``); writes that point."""
+        self.evals += 1
+        flat = self.theta if d is None else self.theta + d
+        write_flat(self.params, flat)
+        loss = batch_loss(self.model, self.loss_fn, self.eval_chunks)
+        return distributed.sum_float(loss, self.reduce, flat.device) + self.l2(flat)
+
+    # 1. gradient and curvature on B ------------------------------------------------------
+
+    def linearize(
+        self, batch: Batch, eval_batch: Batch, lin_cache: LinearizationCache, profile: bool
+    ) -> tuple[CurvatureOperator, Tensor, float]:
+        """The curvature operator on B, the objective's gradient and its value on B.
+
+        Also measures the objective on B̄ at θ (``f0``), which every later
+        decision compares with.
+        """
+        hp = self.hp
+        op = linearize_curvature(
+            self.model,
+            self.loss_fn,
+            batch[0],
+            batch[1],
+            self.params,
+            curvature=hp["curvature"],
+            backend=hp["backend"],
+            chunk_size=hp["chunk_size"],
+            cache_chunks=hp["cache_chunks"],
+            lin_cache=lin_cache,
+            total=self.n_b,
+            reduce=self.reduce,
+        )
+        op.synchronize = profile
+        grad = op.grad + self.wd * self.theta
+        batch_f = op.loss + self.l2(self.theta)
+        self.times["gradient"] = self.timer.lap()
+        self.eval_chunks = split_batch(
+            eval_batch[0], eval_batch[1], hp["chunk_size"], self.reduction, self.n_bar
+        )
+        self.f0 = self.objective_at(None)
+        self.times["eval"] = self.timer.lap()
+        return op, grad, batch_f
+
+    # 2. the solve: preconditioner, warm start, CG -------------------------------------------
+
+    def solve(self, op: CurvatureOperator, grad: Tensor, x0: Tensor | None) -> CGResult:
+        """CG on ``(C + (wd + λ) I) p = −g`` from ``x0``."""
+        hp = self.hp
+        shift = self.wd + self.damping
+
+        def damped(v: Tensor) -> Tensor:
+            return op.matvec(v) + shift * v
+
+        precondition = None
+        if hp["preconditioner"] == "empirical-fisher":
+            op.release()  # one chunk's values at a time during the Fisher pass too
+            diag = empirical_fisher_diagonal(
+                self.model, self.loss_fn, op.chunks, self.params, self.reduction, total=self.n_b
+            )
+            if self.reduce is not None:
+                diag = self.reduce(diag)
+            precondition = preconditioner_from_diagonal(diag, shift, hp["preconditioner_exponent"])
+        self.times["preconditioner"] = self.timer.lap()
+        result = conjugate_gradient(
+            damped,
+            -grad,
+            x0,
+            max_iter=hp["cg_max_iter"],
+            tol=hp["cg_tol"],
+            martens_criterion=hp["martens_criterion"],
+            precondition=precondition,
+        )
+        op.release()  # the B̄ evaluations that follow need no chunk kept linearised
+        self.times["cg"] = self.timer.lap()
+        return result
+
+    # 3. choosing the step: ρ and damping, backtracking, line search --------------------------
+
+    def choose(self, result: CGResult, grad: Tensor) -> Choice:
+        """ρ of the last iterate (the LM rule's next λ), backtracking and the line search."""
+        hp = self.hp
+        p_last = result.iterates[-1][1]
+        f_last = self.objective_at(p_last)  # ρ's numerator, and backtracking's start
+        self.times["eval"] += self.timer.lap()
+        rho = reduction_ratio(f_last, self.f0, result.q_values[-1])
+        next_damping = adapt_damping(self.damping, rho) if hp["adapt_damping"] else self.damping
+        if hp["use_cg_backtracking"]:
+            chosen, p, f_p, _ = backtrack(result.iterates, self.objective_at, last_loss=f_last)
+        else:
+            chosen, p, f_p = result.iterates[-1][0], p_last, f_last
+        self.times["backtracking"] = self.timer.lap()
+        alpha, f_new, tries = self._line_search(p, f_p, float(torch.dot(grad, p)))
+        self.times["linesearch"] = self.timer.lap()
+        self.times["eval"] += self.times["backtracking"] + self.times["linesearch"]
+        if alpha is None:  # rejected: at least the LM rule's increase
+            next_damping = max(next_damping, self.damping * INCREASE)
+        return Choice(p, alpha, f_new, rho, next_damping, chosen, tries)
+
+    def _line_search(self, p: Tensor, f_p: float, slope: float) -> tuple[float | None, float, int]:
+        hp = self.hp
+        if hp["use_linesearch"]:
+            ls = armijo(
+                lambda a: self.objective_at(a * p),
+                self.f0,
+                slope,
+                alpha0=hp["lr"],
+                beta=hp["linesearch_beta"],
+                c=hp["linesearch_c"],
+                max_tries=hp["linesearch_max_tries"],
+                known={1.0: f_p},
+            )
+            return ls.alpha, ls.loss, ls.tries
+        alpha = hp["lr"]
+        f_new = f_p if alpha == 1.0 else self.objective_at(alpha * p)
+        return (alpha if math.isfinite(f_new) else None), f_new, 1
+
+    # 4. the record ---------------------------------------------------------------------------
+
+    def record(self, op: CurvatureOperator | None, step: int, **decided: Any) -> StepRecord:
+        """The :class:`StepRecord`: what was measured, and ``decided`` (the rest as if rejected)."""
+        fields: dict[str, Any] = dict(
+            step=step,
+            accepted=False,
+            reject_reason=None,
+            loss_before=self.f0,
+            loss_after=self.f0,
+            batch_loss=math.nan,
+            grad_norm=math.nan,
+            damping=self.damping,
+            next_damping=self.damping,
+            rho=math.nan,
+            cg_iterations=0,
+            cg_stop_reason="not run",
+            cg_chosen_iterate=0,
+            cg_q=math.nan,
+            alpha=0.0,
+            linesearch_tries=0,
+            products=op.num_products if op is not None else 0,
+            eval_batch_evaluations=self.evals,
+            time_products=op.product_seconds if op is not None else 0.0,
+            time_total=self.timer.total(),
+            **{f"time_{k}": v for k, v in self.times.items()},
+        )
+        fields.update(decided)
+        return StepRecord(**fields)
