@@ -127,7 +127,8 @@ def test_bad_metadata_is_refused_before_files_are_written(ckpt: Path, tmp_path: 
 def test_named_code_is_the_users_choice(ckpt: Path, tmp_path: Path) -> None:
     # the same checkpoint loads once the user names the model and data on the command line
     path = forged(tmp_path, ckpt, model="os:system", data="evil.py:make")
-    src = load_starting_point(path, model="mlp", model_args={"width": 32}, data="digits")
+    given = StartingPointOptions(model="mlp", model_args={"width": 32}, data="digits")
+    src = load_starting_point(path, given)
     assert src.model_name == "mlp" and src.data_name == "digits"
 
 

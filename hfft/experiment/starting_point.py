@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +105,7 @@ class StartingPointOptions:
 
     def load(self, checkpoint: str | Path, device: str = "cpu") -> StartingPoint:
         """:func:`load_starting_point` with these overrides."""
-        return load_starting_point(checkpoint, device=device, **asdict(self))
+        return load_starting_point(checkpoint, self, device=device)
 
 
 def training_seconds(checkpoint: Path) -> float | None:
@@ -186,39 +186,24 @@ def _first(*values: Any) -> Any:
 
 def load_starting_point(
     checkpoint: str | Path,
+    options: StartingPointOptions | None = None,
     *,
-    model: str | None = None,
-    model_args: dict[str, Any] | None = None,
-    data: str | None = None,
-    data_root: str | None = None,
-    download: bool = False,
     device: str = "cpu",
-    train_time: float | None = None,
     data_seed: int | None = None,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    momentum: float | None = None,
-    weight_decay: float | None = None,
 ) -> StartingPoint:
     """Load a checkpoint into its model, with its data split and hyperparameters.
 
     Args:
         checkpoint: hfft safetensors or a PyTorch state-dict file.
-        model: Model name or factory spec (overrides the metadata).
-        model_args: Model keyword arguments (override the metadata).
-        data: Data set name or factory spec (overrides the metadata).
-        data_root: Where torchvision data sets are.
-        download: Download a missing data set.
+        options: What the user gave on the command line (each overrides the
+            checkpoint's metadata, which overrides the registered problem's
+            defaults).
         device: Where the model and data go.
-        train_time: Original training seconds (overrides ``run.json``).
         data_seed: Seed of the data split (default: the checkpoint's, else 0).
-        lr: SGD learning rate override.
-        batch_size: SGD batch size override.
-        momentum: SGD momentum override.
-        weight_decay: L2 override.
 
     Raises:
-        StartingPointError: When the model or data cannot be determined.
+        StartingPointError: When the model or data cannot be determined, or
+            the metadata names code or holds values out of range.
         CheckpointError: For unreadable or mismatching checkpoints.
         DataError: For missing data sets.
     """
@@ -226,29 +211,22 @@ def load_starting_point(
     from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
     from hfft.experiment.factories import build_model
     from hfft.experiment.splits import load_data
-    from hfft.models import PROBLEMS
 
+    options = options or StartingPointOptions()
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     meta = trusted_metadata(
-        path, ckpt.metadata, model_given=model is not None, data_given=data is not None
+        path,
+        ckpt.metadata,
+        model_given=options.model is not None,
+        data_given=options.data is not None,
     )
-    model_name = _first(model, meta.get("model"))
-    if model_name is None:
-        raise StartingPointError(
-            f"{path} carries no hfft metadata, so the model is unknown; "
-            "pass --model NAME or --model path/to/file.py:factory"
-        )
-    data_name = _first(data, meta.get("data"))
-    problem = PROBLEMS.get(model_name)
-    if data_name is None and problem is not None:
-        data_name = problem.defaults.dataset
-    if data_name is None:
-        raise StartingPointError(f"the data set of {path} is unknown; pass --data NAME")
+    model_name, data_name = _model_and_data(path, meta, options)
     seed = int(_first(data_seed, meta.get("data_seed"), 0))
-    splits = load_data(data_name, root=data_root, download=download, device=device, seed=seed)
-    args = dict(meta.get("model_args") or {}) if model is None else {}
-    args.update(model_args or {})
+    splits = load_data(
+        data_name, root=options.data_root, download=options.download, device=device, seed=seed
+    )
+    args = {**(meta.get("model_args") or {}), **options.model_args}
     net = build_model(
         model_name,
         args,
@@ -259,7 +237,6 @@ def load_starting_point(
     notes = apply_state_dict(net, ckpt.state_dict)
     net = net.to(device)
     check_fit(net, splits)
-    d = problem.defaults if problem is not None else None
     return StartingPoint(
         path=path,
         sha256=sha256_file(path),
@@ -270,15 +247,49 @@ def load_starting_point(
         data_name=data_name,
         data_seed=seed,
         splits=splits,
-        lr=_first(lr, meta.get("lr"), d.lr if d else None),
-        batch_size=_first(batch_size, meta.get("batch_size"), d.batch_size if d else None),
-        momentum=float(_first(momentum, meta.get("momentum"), d.momentum if d else 0.0)),
-        weight_decay=float(
-            _first(weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
-        ),
-        train_seconds=_first(train_time, training_seconds(path)),
+        train_seconds=_first(options.train_time, training_seconds(path)),
         notes=tuple(notes),
+        **_hyperparameters(options, meta, model_name),
     )
+
+
+def _model_and_data(
+    path: Path, meta: dict[str, Any], options: StartingPointOptions
+) -> tuple[str, str]:
+    """The model and data names: the user's, else the metadata's, else the problem's data."""
+    from hfft.models import PROBLEMS
+
+    model_name = _first(options.model, meta.get("model"))
+    if model_name is None:
+        raise StartingPointError(
+            f"{path} carries no hfft metadata, so the model is unknown; "
+            "pass --model NAME or --model path/to/file.py:factory"
+        )
+    data_name = _first(options.data, meta.get("data"))
+    if data_name is None and model_name in PROBLEMS:
+        data_name = PROBLEMS[model_name].defaults.dataset
+    if data_name is None:
+        raise StartingPointError(f"the data set of {path} is unknown; pass --data NAME")
+    return model_name, data_name
+
+
+def _hyperparameters(
+    options: StartingPointOptions, meta: dict[str, Any], model_name: str
+) -> dict[str, Any]:
+    """The SGD hyperparameters: the user's, else the metadata's, else the problem's."""
+    from hfft.models import PROBLEMS
+
+    d = PROBLEMS[model_name].defaults if model_name in PROBLEMS else None
+    return {
+        "lr": _first(options.lr, meta.get("lr"), d.lr if d else None),
+        "batch_size": _first(
+            options.batch_size, meta.get("batch_size"), d.batch_size if d else None
+        ),
+        "momentum": float(_first(options.momentum, meta.get("momentum"), d.momentum if d else 0.0)),
+        "weight_decay": float(
+            _first(options.weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
+        ),
+    }
 
 
 def check_fit(model: nn.Module, splits: DataSplits) -> None:

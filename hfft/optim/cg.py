@@ -136,6 +136,29 @@ def conjugate_gradient(
         ValueError: If ``b`` is not 1-D, ``x0`` does not match it, or
             ``max_iter < 0``.
     """
+    _check_inputs(b, x0, max_iter)
+    apply_m_inv = precondition if precondition is not None else (lambda r: r)
+    if x0 is None or not bool(torch.any(x0 != 0)):
+        x, r = torch.zeros_like(b), b.clone()
+    else:
+        x = x0.clone()
+        r = b - matvec(x)
+    b_norm, q0, r_norm0 = torch.stack(
+        [torch.linalg.vector_norm(b), -0.5 * torch.dot(x, r + b), torch.linalg.vector_norm(r)]
+    ).tolist()
+    if not math.isfinite(q0) or not math.isfinite(r_norm0):
+        return CGResult(x, 0, "non-finite", [(0, x)], [q0], r_norm0)
+    if r_norm0 <= tol * b_norm or max_iter == 0:
+        reason = "residual" if r_norm0 <= tol * b_norm else "max_iter"
+        return CGResult(x, 0, reason, [(0, x)], [q0], r_norm0)
+    run = _Run(matvec, apply_m_inv, b, x, r, q0, r_norm0)
+    stop = run.iterate(max_iter, tol * b_norm, martens_criterion, martens_eps, grid_base)
+    if not run.iterates or run.iterates[-1][0] != run.i:
+        run.iterates.append((run.i, run.x))
+    return CGResult(run.x, run.i, stop, run.iterates, run.q_values, run.residual_norm)
+
+
+def _check_inputs(b: Tensor, x0: Tensor | None, max_iter: int) -> None:
     if b.ndim != 1:
         raise ValueError(f"b must be a 1-D tensor, got shape {tuple(b.shape)}")
     if max_iter < 0:
@@ -143,67 +166,70 @@ def conjugate_gradient(
     if x0 is not None and x0.shape != b.shape:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, b has {tuple(b.shape)}")
 
-    apply_m_inv = precondition if precondition is not None else (lambda r: r)
-    grid = set(iterate_grid(max_iter, grid_base))
 
-    if x0 is None or not bool(torch.any(x0 != 0)):
-        x = torch.zeros_like(b)
-        r = b.clone()
-    else:
-        x = x0.clone()
-        r = b - matvec(x)
-    y = apply_m_inv(r)
-    p = y.clone()
-    ry = torch.dot(r, y)
-    b_norm, q0, r_norm0 = torch.stack(
-        [torch.linalg.vector_norm(b), -0.5 * torch.dot(x, r + b), torch.linalg.vector_norm(r)]
-    ).tolist()
-    q_values = [q0]
-    iterates: list[tuple[int, Tensor]] = []
-    residual_norm = r_norm0
-    threshold = tol * b_norm
+class _Run:
+    """The iterates of one CG solve (Martens & Sutskever 2012, Algorithm 2)."""
 
-    if not math.isfinite(q0) or not math.isfinite(r_norm0):
-        return CGResult(x, 0, "non-finite", [(0, x)], q_values, residual_norm)
-    if residual_norm <= threshold or max_iter == 0:
-        reason = "residual" if residual_norm <= threshold else "max_iter"
-        return CGResult(x, 0, reason, [(0, x)], q_values, residual_norm)
+    def __init__(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        apply_m_inv: Callable[[Tensor], Tensor],
+        b: Tensor,
+        x: Tensor,
+        r: Tensor,
+        q0: float,
+        r_norm0: float,
+    ) -> None:
+        self.matvec, self.apply_m_inv, self.b = matvec, apply_m_inv, b
+        self.x, self.r = x, r
+        self.y = apply_m_inv(r)
+        self.p = self.y.clone()
+        self.ry = torch.dot(r, self.y)
+        self.q_values = [q0]
+        self.iterates: list[tuple[int, Tensor]] = []
+        self.residual_norm = r_norm0
+        self.i = 0
 
-    stop_reason = "max_iter"
-    i = 0
-    while i < max_iter:
-        ap = matvec(p)
-        p_ap = torch.dot(p, ap)
-        alpha = ry / p_ap
-        x_new = x + alpha * p
-        r_new = r - alpha * ap
-        y_new = apply_m_inv(r_new)
+    def iterate(
+        self, max_iter: int, threshold: float, martens: bool, eps: float, grid_base: float
+    ) -> str:
+        """Iterate until a stopping rule fires; returns its name."""
+        grid = set(iterate_grid(max_iter, grid_base))
+        while self.i < max_iter:
+            stop = self._advance()
+            if stop is not None:
+                return stop
+            if self.i in grid:
+                self.iterates.append((self.i, self.x))
+            if self.residual_norm <= threshold:
+                return "residual"
+            if martens and _martens_stop(self.q_values, self.i, eps):
+                return "martens"
+        return "max_iter"
+
+    def _advance(self) -> str | None:
+        """One CG iteration; the reason to stop before taking it, if there is one.
+
+        One host–device synchronisation: the step length's denominator, the
+        new value of the quadratic and the residual norm are read together.
+        """
+        ap = self.matvec(self.p)
+        p_ap = torch.dot(self.p, ap)
+        alpha = self.ry / p_ap
+        x_new = self.x + alpha * self.p
+        r_new = self.r - alpha * ap
+        y_new = self.apply_m_inv(r_new)
         ry_new = torch.dot(r_new, y_new)
-        q_new = -0.5 * torch.dot(x_new, r_new + b)
+        q_new = -0.5 * torch.dot(x_new, r_new + self.b)
         stats = torch.stack([p_ap, q_new, torch.linalg.vector_norm(r_new), ry_new]).tolist()
         p_ap_val, q_val, r_norm, _ = stats
         if math.isfinite(p_ap_val) and p_ap_val <= 0.0:
-            stop_reason = "negative curvature"
-            break
-        if not all(math.isfinite(s) for s in stats):
-            stop_reason = "non-finite"
-            break
-        i += 1
-        x, r, y = x_new, r_new, y_new
-        q_values.append(q_val)
-        residual_norm = r_norm
-        if i in grid:
-            iterates.append((i, x))
-        if residual_norm <= threshold:
-            stop_reason = "residual"
-            break
-        if martens_criterion and _martens_stop(q_values, i, martens_eps):
-            stop_reason = "martens"
-            break
-        beta = ry_new / ry
-        p = y + beta * p
-        ry = ry_new
-
-    if not iterates or iterates[-1][0] != i:
-        iterates.append((i, x))
-    return CGResult(x, i, stop_reason, iterates, q_values, residual_norm)
+            return "negative curvature"
+        if not all(math.isfinite(v) for v in stats):
+            return "non-finite"
+        self.i += 1
+        self.p = y_new + (ry_new / self.ry) * self.p
+        self.x, self.r, self.y, self.ry = x_new, r_new, y_new, ry_new
+        self.q_values.append(q_val)
+        self.residual_norm = r_norm
+        return None

@@ -76,83 +76,26 @@ class TracedLinearization:
             RuntimeError: If the traced forward pass disagrees with the
                 model's (data-dependent control flow) or tracing fails.
         """
+        state = _State(model, param_names, other_names)
+        gm = _trace_jvp(state, params, others, x)
         n_p, n_o = len(params), len(others)
-
-        def jvp_of_model(p: list[Tensor], o: list[Tensor], inp: Tensor, v: list[Tensor]):
-            def f(p_: tuple[Tensor, ...]) -> Tensor:
-                state = dict(zip(param_names, p_, strict=True))
-                state.update(zip(other_names, o, strict=True))
-                return functional_call(model, state, (inp,))
-
-            return jvp(f, (tuple(p),), (tuple(v),))
-
-        tangents = [torch.zeros_like(p) for p in params]
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            gm = make_fx(functionalize(jvp_of_model, remove="mutations"))(
-                list(params), list(others), x, tangents
-            )
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != 2 * n_p + n_o + 1:
             raise RuntimeError("unexpected number of inputs in the traced graph")
-        tangent_in = placeholders[n_p + n_o + 1 :]
         out_node = next(n for n in gm.graph.nodes if n.op == "output")
         z_node, jv_node = out_node.args[0]
         _drop_zero_terms(gm.graph)
-
-        # which nodes depend on the tangent
-        tdep: set[fx.Node] = set(tangent_in)
-        for node in gm.graph.nodes:
-            if node.op == "call_function" and any(a in tdep for a in node.all_input_nodes):
-                tdep.add(node)
+        tdep = _tangent_dependent(gm.graph, placeholders[n_p + n_o + 1 :])
         if jv_node not in tdep:
             raise RuntimeError("the outputs do not depend on the parameters")
-        needed: list[fx.Node] = []
-        for node in gm.graph.nodes:
-            if node in tdep:
-                for a in node.all_input_nodes:
-                    if a not in tdep and a not in needed:
-                        needed.append(a)
-
-        tangent_graph = fx.Graph()
-        tenv: dict[fx.Node, fx.Node] = {}
-        for i, n in enumerate(needed):
-            tenv[n] = tangent_graph.placeholder(f"saved_{i}")
-        for node in gm.graph.nodes:
-            if node in tdep:
-                tenv[node] = tangent_graph.node_copy(node, lambda n: tenv[n])
-        tangent_graph.output(tenv[jv_node])
-        tangent_graph.eliminate_dead_code()
-        # saved values whose only uses were dead are neither saved nor passed
-        unused = {i for i, n in enumerate(needed) if not tenv[n].users}
-        for i in sorted(unused, reverse=True):
-            tangent_graph.erase_node(tenv[needed[i]])
-        needed = [n for i, n in enumerate(needed) if i not in unused]
-        for i, n in enumerate(needed):
-            tenv[n].target = tenv[n].name = f"saved_{i}"
-
-        primal_graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        for node in gm.graph.nodes:
-            if node in tdep or node.op == "output":
-                continue
-            env[node] = primal_graph.node_copy(node, lambda n: env[n])
-        primal_graph.output((env[z_node], *(env[n] for n in needed)))
-        primal_graph.eliminate_dead_code()
+        tangent_graph, needed = _tangent_graph(gm.graph, tdep, jv_node)
+        primal_graph = _primal_graph(gm.graph, tdep, z_node, needed)
         if x.device.type == "cpu":
             _channels_last_max_pool(primal_graph)
-
         lin = cls(fx.GraphModule(gm, primal_graph), fx.GraphModule(gm, tangent_graph), len(needed))
         with torch.no_grad():
             z_traced = lin.primal(*params, *others, x)[0]
-            z_model = functional_call(
-                model,
-                {
-                    **dict(zip(param_names, params, strict=True)),
-                    **dict(zip(other_names, others, strict=True)),
-                },
-                (x,),
-            )
+            z_model = state.forward(params, others, x)
         if z_traced.shape != z_model.shape or not torch.allclose(
             z_traced, z_model, atol=atol, rtol=1e-4
         ):
@@ -191,6 +134,87 @@ _ZERO_PRESERVING = {
 _ZERO_IF_FIRST = {torch.ops.aten.mul.Tensor, torch.ops.aten.mm.default, torch.ops.aten.bmm.default}
 
 
+class _State:
+    """The model as a function of its parameters and other tensors, by name."""
+
+    def __init__(
+        self, model: nn.Module, param_names: Sequence[str], other_names: Sequence[str]
+    ) -> None:
+        self.model, self.param_names, self.other_names = model, param_names, other_names
+
+    def forward(self, params: Sequence[Tensor], others: Sequence[Tensor], x: Tensor) -> Tensor:
+        state = dict(zip(self.param_names, params, strict=True))
+        state.update(zip(self.other_names, others, strict=True))
+        return functional_call(self.model, state, (x,))
+
+
+def _trace_jvp(
+    state: _State, params: Sequence[Tensor], others: Sequence[Tensor], x: Tensor
+) -> fx.GraphModule:
+    """``(params, others, x, v) ↦ (z, J v)`` as one functionalised graph of aten operations."""
+
+    def jvp_of_model(p: list[Tensor], o: list[Tensor], inp: Tensor, v: list[Tensor]):
+        return jvp(lambda p_: state.forward(p_, o, inp), (tuple(p),), (tuple(v),))
+
+    tangents = [torch.zeros_like(p) for p in params]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return make_fx(functionalize(jvp_of_model, remove="mutations"))(
+            list(params), list(others), x, tangents
+        )
+
+
+def _tangent_dependent(graph: fx.Graph, tangent_inputs: Sequence[fx.Node]) -> set[fx.Node]:
+    """The nodes that depend on the tangent (in graph order, so one pass suffices)."""
+    dependent: set[fx.Node] = set(tangent_inputs)
+    for node in graph.nodes:
+        if node.op == "call_function" and any(a in dependent for a in node.all_input_nodes):
+            dependent.add(node)
+    return dependent
+
+
+def _tangent_graph(
+    graph: fx.Graph, tdep: set[fx.Node], jv_node: fx.Node
+) -> tuple[fx.Graph, list[fx.Node]]:
+    """``(saved…, v) ↦ J v``, and the primal nodes it reads (the values to save)."""
+    needed: list[fx.Node] = []
+    for node in graph.nodes:
+        if node in tdep:
+            needed += [a for a in node.all_input_nodes if a not in tdep and a not in needed]
+    tangent = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {
+        n: tangent.placeholder(f"saved_{i}") for i, n in enumerate(needed)
+    }
+    for node in graph.nodes:
+        if node in tdep:
+            env[node] = tangent.node_copy(node, lambda n: env[n])
+    tangent.output(env[jv_node])
+    tangent.eliminate_dead_code()
+    # saved values whose only uses were dead are neither saved nor passed
+    unused = {i for i, n in enumerate(needed) if not env[n].users}
+    for i in sorted(unused, reverse=True):
+        tangent.erase_node(env[needed[i]])
+    needed = [n for i, n in enumerate(needed) if i not in unused]
+    for i, n in enumerate(needed):
+        env[n].target = env[n].name = f"saved_{i}"
+    return tangent, needed
+
+
+def _primal_graph(
+    graph: fx.Graph, tdep: set[fx.Node], z_node: fx.Node, needed: list[fx.Node]
+) -> fx.Graph:
+    """``(params, others, x) ↦ (z, saved…)``: the forward pass without the tangent."""
+    primal = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        if node in tdep or node.op == "output":
+            continue
+        env[node] = primal.node_copy(node, lambda n: env[n])
+    primal.output((env[z_node], *(env[n] for n in needed)))
+    primal.eliminate_dead_code()
+    return primal
+
+
 def _drop_zero_terms(graph: fx.Graph) -> None:
     """Remove the terms that the zero tangent of the input contributes.
 
@@ -198,44 +222,52 @@ def _drop_zero_terms(graph: fx.Graph) -> None:
     the derivative of the first layer then adds, e.g., ``conv(0, W)`` to its
     result: a whole wasted convolution per forward pass. Nodes that are
     provably all zeros are tracked, and ``a + zero`` becomes ``a`` (expanded
-    to the sum's shape where ``a`` broadcasts); dead code elimination then removes the zero terms.
+    to the sum's shape where ``a`` broadcasts); dead code elimination then
+    removes the zero terms.
     """
     zero: set[fx.Node] = set()
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        target = node.target
-        if target in (torch.ops.aten.zeros.default, torch.ops.aten.zeros_like.default):
+        if _is_zero(node, zero):
             zero.add(node)
-        elif target in _ZERO_PRESERVING and args and args[0] in zero:
-            if target is not torch.ops.aten.constant_pad_nd.default or not node.args[2:]:
-                zero.add(node)
-        elif target in _ZERO_IF_FIRST and any(a in zero for a in args):
-            zero.add(node)
-        elif (
-            target is torch.ops.aten.convolution.default
-            and node.args[0] in zero
-            and node.args[2] is None
-        ):
-            zero.add(node)
-        elif target is torch.ops.aten.add.Tensor and len(node.args) == 2 and not node.kwargs:
-            a, b = node.args
-            for keep, drop in ((a, b), (b, a)):
-                if drop not in zero or not isinstance(keep, fx.Node):
-                    continue
-                shape = _shape(node)
-                if shape is None or _shape(keep) is None:
-                    break
-                if _shape(keep) != shape:  # a broadcast operand: expand it (a view)
-                    with graph.inserting_before(node):
-                        keep = graph.call_function(
-                            torch.ops.aten.expand.default, (keep, list(shape))
-                        )
-                        keep.meta["val"] = node.meta["val"]
-                node.replace_all_uses_with(keep)
-                break
+        elif node.target is torch.ops.aten.add.Tensor and len(node.args) == 2 and not node.kwargs:
+            _drop_zero_operand(graph, node, zero)
     graph.eliminate_dead_code()
+
+
+def _is_zero(node: fx.Node, zero: set[fx.Node]) -> bool:
+    """Whether ``node`` is all zeros, given the nodes already known to be."""
+    args = [a for a in node.args if isinstance(a, fx.Node)]
+    target = node.target
+    if target in (torch.ops.aten.zeros.default, torch.ops.aten.zeros_like.default):
+        return True
+    if target in _ZERO_PRESERVING and args and args[0] in zero:
+        return target is not torch.ops.aten.constant_pad_nd.default or not node.args[2:]
+    if target in _ZERO_IF_FIRST and any(a in zero for a in args):
+        return True
+    return bool(
+        target is torch.ops.aten.convolution.default
+        and node.args[0] in zero
+        and node.args[2] is None
+    )
+
+
+def _drop_zero_operand(graph: fx.Graph, node: fx.Node, zero: set[fx.Node]) -> None:
+    """``a + zero`` (or ``zero + a``) becomes ``a``, expanded where ``a`` broadcasts."""
+    a, b = node.args
+    for keep, drop in ((a, b), (b, a)):
+        if drop not in zero or not isinstance(keep, fx.Node):
+            continue
+        shape = _shape(node)
+        if shape is None or _shape(keep) is None:
+            return
+        if _shape(keep) != shape:  # a broadcast operand: expand it (a view)
+            with graph.inserting_before(node):
+                keep = graph.call_function(torch.ops.aten.expand.default, (keep, list(shape)))
+                keep.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(keep)
+        return
 
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
