@@ -132,3 +132,12 @@ def test_interleaved_rounds_alternate_the_order_after_the_warm_up() -> None:
     # warm-up forwards, then rounds 1, 2, 3: backwards, forwards, backwards
     assert "".join(calls) == "abc" + "cba" + "abc" + "cba"
     assert set(seconds) == set("abc") and all(t >= 0 for t in seconds.values())
+
+
+def test_no_memory_measures_no_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `hfft bench --no-memory` measured the HF step's peak memory anyway
+    calls: list[object] = []
+    monkeypatch.setattr(instruments, "peak_memory", lambda fn, device: calls.append(fn) or 1)
+    model, x, y = _problem()
+    out = bench_model(model, x, y, rounds=1, cg_iterations=2, measure_memory=False)
+    assert calls == [] and out.peak_bytes == {} and out.step["peak_bytes"] == {}

@@ -463,3 +463,14 @@ def test_an_interrupt_inside_a_step_puts_theta_back(at: int) -> None:
         opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(x_bar, y_bar))
     hook.remove()
     assert torch.equal(flat_params(model), before)
+
+
+def test_per_group_options_other_than_weight_decay_are_refused() -> None:
+    # a group's damping was silently ignored (the step runs with one λ)
+    model = nn.Linear(3, 2)
+    with pytest.raises(
+        ValueError, match="only weight_decay per parameter group; 'damping' applies"
+    ):
+        HessianFree([{"params": [model.weight], "damping": 99.0}, {"params": [model.bias]}])
+    opt = HessianFree([{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias]}])
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]

@@ -254,33 +254,45 @@ def plot_budget_curves(
     )
     handles: dict[str, Any] = {}
     for ax, metric, scale, ylabel in panels:
-        drawn = []
-        for strategy, color in colors.items():
-            band = budget_band(groups[strategy], metric, scale)
-            if band is None:
-                continue
-            mean, q25, q75 = band
-            x = 100 * GRID
-            ax.fill_between(x, q25, q75, color=color, alpha=0.2, linewidth=0)
-            (line,) = ax.plot(x, mean, color=color, linewidth=2)
-            handles.setdefault(strategy, line)
-            drawn.append(np.concatenate([mean, q25, q75]))
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("budget spent [%]")
+        _budget_panel(ax, groups, colors, metric, scale, handles)
         ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if not drawn:
-            _no_data(ax)
-        elif metric.endswith("_loss"):
-            lo, hi = float(np.min(drawn)), float(np.max(drawn))
-            if lo > 0 and hi / lo > 10:
-                ax.set_yscale("log")
     ax_loss.set_title("train loss")
     ax_acc.set_title("test accuracy")
     fig.suptitle(title)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right upper")
     return _save(fig, path)
+
+
+def _budget_panel(
+    ax: Axes,
+    groups: dict[str, list[RunSummary]],
+    colors: dict[str, str],
+    metric: str,
+    scale: float,
+    handles: dict[str, Any],
+) -> None:
+    """One metric over the budget: each strategy's mean line and quartile band."""
+    drawn = []
+    for strategy, color in colors.items():
+        band = budget_band(groups[strategy], metric, scale)
+        if band is None:
+            continue
+        mean, q25, q75 = band
+        x = 100 * GRID
+        ax.fill_between(x, q25, q75, color=color, alpha=0.2, linewidth=0)
+        (line,) = ax.plot(x, mean, color=color, linewidth=2)
+        handles.setdefault(strategy, line)
+        drawn.append(np.concatenate([mean, q25, q75]))
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("budget spent [%]")
+    ax.grid(True, alpha=0.3)
+    if not drawn:
+        _no_data(ax)
+    elif metric.endswith("_loss"):
+        lo, hi = float(np.min(drawn)), float(np.max(drawn))
+        if lo > 0 and hi / lo > 10:
+            ax.set_yscale("log")
 
 
 def plot_relative_performance(

@@ -158,31 +158,43 @@ def rank_strategies(
             checkpoints and none is named, or a strategy has two runs with one seed.
     """
     higher = higher_is_better(metric)
-    stats: list[StrategyStats] = []
-    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
-        scored = [(r.seed, r.best(metric)) for r in group]
-        kept = [(s, v) for s, v in scored if v is not None]
-        if not kept:
-            continue
-        values = np.array([v for _, v in kept])
-        q25, median, q75 = np.percentile(values, [25, 50, 75])
-        stats.append(
-            StrategyStats(
-                strategy=strategy,
-                metric=metric,
-                values=tuple(float(v) for v in values),
-                mean=float(values.mean()),
-                q25=float(q25),
-                median=float(median),
-                q75=float(q75),
-                rank=0,
-                tied_with=(),
-                seeds=tuple(s for s, _ in kept),
-                dropped=tuple(s for s, v in scored if v is None),
-            )
-        )
+    groups = by_strategy(select_runs(runs, checkpoint))
+    stats = [st for s, g in groups.items() if (st := _stats(s, g, metric)) is not None]
     sign = -1.0 if higher else 1.0
     stats.sort(key=lambda st: (sign * st.mean, sign * st.median, st.strategy))
+    ties = _ties(stats, higher)
+    order = {st.strategy: i for i, st in enumerate(stats)}
+    return [
+        replace(st, rank=i + 1, tied_with=tuple(sorted(ties[st.strategy], key=order.__getitem__)))
+        for i, st in enumerate(stats)
+    ]
+
+
+def _stats(strategy: str, group: list[RunSummary], metric: str) -> StrategyStats | None:
+    """One strategy's scores over its seeds (unranked); ``None`` if no run has one."""
+    scored = [(r.seed, r.best(metric)) for r in group]
+    kept = [(s, v) for s, v in scored if v is not None]
+    if not kept:
+        return None
+    values = np.array([v for _, v in kept])
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    return StrategyStats(
+        strategy=strategy,
+        metric=metric,
+        values=tuple(float(v) for v in values),
+        mean=float(values.mean()),
+        q25=float(q25),
+        median=float(median),
+        q75=float(q75),
+        rank=0,
+        tied_with=(),
+        seeds=tuple(s for s, _ in kept),
+        dropped=tuple(s for s, v in scored if v is None),
+    )
+
+
+def _ties(stats: list[StrategyStats], higher: bool) -> dict[str, list[str]]:
+    """Which strategies each one cannot be told apart from (the rule of :func:`rank_strategies`)."""
     ties: dict[str, list[str]] = {st.strategy: [] for st in stats}
     for i, a in enumerate(stats):
         for b in stats[i + 1 :]:
@@ -190,11 +202,7 @@ def rank_strategies(
             if _iqr_overlap(a, b) or (p is not None and p >= ALPHA):
                 ties[a.strategy].append(b.strategy)
                 ties[b.strategy].append(a.strategy)
-    order = {st.strategy: i for i, st in enumerate(stats)}
-    return [
-        replace(st, rank=i + 1, tied_with=tuple(sorted(ties[st.strategy], key=order.__getitem__)))
-        for i, st in enumerate(stats)
-    ]
+    return ties
 
 
 def _reached(value: float, target: float, higher: bool) -> bool:

@@ -310,8 +310,6 @@ def bench_model(
     Returns:
         The :class:`BenchResult`.
     """
-    from hfft.diagnostics.instruments import count_flops, peak_memory
-
     loss_fn = loss_fn if loss_fn is not None else loss_function()
     cuda = x.device.type == "cuda"
     stage = on_stage if on_stage is not None else (lambda _: None)
@@ -322,30 +320,26 @@ def bench_model(
         seconds["cg_iteration[func]"] /= CG_ITERATIONS
     unit = seconds["gradient"]
     ratios = {k: s / unit for k, s in seconds.items()}
-    # products after their setups (already built); setups and SGD steps are not
-    # counted: each is one gradient's arithmetic (tests/test_curvature.py checks setups)
     stage(f"{name}: counting FLOPs")
-    flops_raw = {
-        k: count_flops(fn) for k, fn in fns.items() if not k.startswith(("sgd_step", "ggn_setup"))
-    }
-    flops = {k: f / flops_raw["gradient"] for k, f in flops_raw.items() if flops_raw["gradient"]}
-    if "cg_iteration[func]" in flops:
-        flops["cg_iteration[func]"] /= CG_ITERATIONS
+    flops = _flop_ratios(fns)
     peak = {}
     if measure_memory:
         stage(f"{name}: measuring peak memory")
-        for key, fn in fns.items():
-            if key.startswith("ggn_product"):  # a product with the setup it needs
-                setup = fns[key.replace("product", "setup")]
-                peak[key] = peak_memory(_then(setup, fn), x.device)
-            elif not key.startswith("ggn_setup"):
-                peak[key] = peak_memory(fn, x.device)
+        peak = _peaks(fns, x.device)
     step: dict[str, Any] = {}
     if cg_iterations > 0:
         from hfft.diagnostics.step_bench import bench_hf_step
 
         stage(f"{name}: one HF step of {cg_iterations} CG iterations per back-end")
-        step = bench_hf_step(model, x, y, loss_fn, cg_iterations=cg_iterations, backends=backends)
+        step = bench_hf_step(
+            model,
+            x,
+            y,
+            loss_fn,
+            cg_iterations=cg_iterations,
+            backends=backends,
+            measure_memory=measure_memory,
+        )
     notes = [
         f"{b}: traced linearisation unavailable ({c.fallback_reason})"
         for b, c in caches.items()
@@ -367,6 +361,36 @@ def bench_model(
     )
     result.targets.update(check_targets(result))
     return result
+
+
+def _flop_ratios(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
+    """FLOPs of every operation per gradient's FLOPs.
+
+    Products are counted after their setups (already built); setups and SGD
+    steps are not counted: each is one gradient's arithmetic
+    (tests/test_curvature.py checks setups).
+    """
+    from hfft.diagnostics.instruments import count_flops
+
+    raw = {k: count_flops(f) for k, f in fns.items() if not k.startswith(("sgd_step", "ggn_setup"))}
+    flops = {k: f / raw["gradient"] for k, f in raw.items() if raw["gradient"]}
+    if "cg_iteration[func]" in flops:
+        flops["cg_iteration[func]"] /= CG_ITERATIONS
+    return flops
+
+
+def _peaks(fns: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, int]:
+    """Peak memory of every operation; a product's with the setup it needs."""
+    from hfft.diagnostics.instruments import peak_memory
+
+    peak = {}
+    for key, fn in fns.items():
+        if key.startswith("ggn_product"):
+            setup = fns[key.replace("product", "setup")]
+            peak[key] = peak_memory(_then(setup, fn), device)
+        elif not key.startswith("ggn_setup"):
+            peak[key] = peak_memory(fn, device)
+    return peak
 
 
 def _then(first: Callable[[], Any], second: Callable[[], Any]) -> Callable[[], Any]:

@@ -288,52 +288,66 @@ def measure_cost(
     mode_flag(mode)  # validates the mode
     if budget_seconds is not None and not (budget_seconds > 0 and math.isfinite(budget_seconds)):
         raise ValueError(f"the budget must be positive and finite, got {budget_seconds} s")
-    cuda = x.device.type == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
-    with preserved(model), step_mode(model, mode):
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(x)
-
-        def gradient() -> None:
-            torch.autograd.grad(loss_fn(model(x), y), params)
-
-        cache = LinearizationCache()
-
-        def setup() -> Any:
-            return linearize_curvature(
-                model, loss_fn, x, y, params, chunk_size=chunk_size, lin_cache=cache
-            )
-
-        forward_s = median_time(forward, cuda, repeats)
-        gradient_s = median_time(gradient, cuda, repeats)
-        setup_s = median_time(setup, cuda, repeats)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(x.device)
-        op = setup()
-        (v,) = random_vectors(1, op.grad.numel(), op.grad)
-        product_s = median_time(lambda: op.matvec(v), cuda, repeats)
-        peak = int(torch.cuda.max_memory_allocated(x.device)) if cuda else None
-    hf_step_s = setup_s + cg_iterations * product_s + EVAL_FORWARDS * forward_s
+    times, peak = _time_operations(model, loss_fn, x, y, mode, chunk_size, repeats)
+    hf_step_s = times["setup"] + cg_iterations * times["product"] + EVAL_FORWARDS * times["forward"]
 
     def fits(step_s: float) -> int | None:
         return None if budget_seconds is None else int(budget_seconds // max(step_s, 1e-12))
 
     return Cost(
         batch_size=int(x.shape[0]),
-        forward_s=forward_s,
-        gradient_s=gradient_s,
-        setup_s=setup_s,
-        product_s=product_s,
+        forward_s=times["forward"],
+        gradient_s=times["gradient"],
+        setup_s=times["setup"],
+        product_s=times["product"],
         peak_memory_bytes=peak,
         cg_iterations=cg_iterations,
         hf_step_s=hf_step_s,
-        sgd_step_s=gradient_s,
+        sgd_step_s=times["gradient"],
         budget_s=budget_seconds,
         hf_steps_in_budget=fits(hf_step_s),
-        sgd_steps_in_budget=fits(gradient_s),
+        sgd_steps_in_budget=fits(times["gradient"]),
     )
+
+
+def _time_operations(
+    model: nn.Module,
+    loss_fn: Loss,
+    x: Tensor,
+    y: Tensor,
+    mode: str,
+    chunk_size: int | None,
+    repeats: int,
+) -> tuple[dict[str, float], int | None]:
+    """Median seconds of a forward pass, a gradient, an HF setup and a product; peak memory."""
+    cuda = x.device.type == "cuda"
+    params = [p for p in model.parameters() if p.requires_grad]
+    cache = LinearizationCache()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def gradient() -> None:
+        torch.autograd.grad(loss_fn(model(x), y), params)
+
+    def setup() -> Any:
+        return linearize_curvature(
+            model, loss_fn, x, y, params, chunk_size=chunk_size, lin_cache=cache
+        )
+
+    with preserved(model), step_mode(model, mode):
+        times = {
+            name: median_time(fn, cuda, repeats)
+            for name, fn in (("forward", forward), ("gradient", gradient), ("setup", setup))
+        }
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(x.device)
+        op = setup()
+        (v,) = random_vectors(1, op.grad.numel(), op.grad)
+        times["product"] = median_time(lambda: op.matvec(v), cuda, repeats)
+        peak = int(torch.cuda.max_memory_allocated(x.device)) if cuda else None
+    return times, peak
 
 
 def selftest_model(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hfft.experiment.datasets import DATASETS, AugmentSpec, DataError, default_root
 
@@ -168,26 +168,8 @@ def load_data(
     """
     import torch
 
-    from hfft.experiment.datasets import LOADERS, load_user_data
-
     root_path = Path(root).expanduser() if root is not None else default_root()
-    if name in DATASETS:
-        info = DATASETS[name]
-        raw = LOADERS[name](root_path, download)
-        spec, num_classes = info.augment, info.num_classes
-    elif ":" in name:
-        raw = load_user_data(name, root_path, download)
-        spec = None  # whether crops or flips preserve a user's labels is unknown
-        num_classes = max(int(raw[1].max()), int(raw[3].max())) + 1
-    else:
-        raise DataError(
-            f"Unknown data set {name!r}; use one of {', '.join(DATASETS)} "
-            "or path/to/file.py:factory or package.module:factory."
-        )
-    all_x, all_y, test_x, test_y = raw
-    for split, x in (("training", all_x), ("test", test_x)):
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise DataError(f"The {split} inputs of {name!r} contain NaN or infinite values.")
+    (all_x, all_y, test_x, test_y), spec, num_classes = _raw(name, root_path, download)
     idx = split_indices(all_x.shape[0], test_x.shape[0], seed)
     dev = torch.device(device)
     # uint8 images travel to the device before conversion: 4× less to copy
@@ -215,6 +197,30 @@ def load_data(
         std=tuple(float(s) for s in std),
         seed=seed,
     )
+
+
+def _raw(name: str, root: Path, download: bool) -> tuple[Any, AugmentSpec | None, int]:
+    """The raw tensors of a data set, its augmentation and its number of classes, checked."""
+    import torch
+
+    from hfft.experiment.datasets import LOADERS, load_user_data
+
+    if name in DATASETS:
+        info = DATASETS[name]
+        raw, spec, num_classes = LOADERS[name](root, download), info.augment, info.num_classes
+    elif ":" in name:
+        raw = load_user_data(name, root, download)
+        spec = None  # whether crops or flips preserve a user's labels is unknown
+        num_classes = max(int(raw[1].max()), int(raw[3].max())) + 1
+    else:
+        raise DataError(
+            f"Unknown data set {name!r}; use one of {', '.join(DATASETS)} "
+            "or path/to/file.py:factory or package.module:factory."
+        )
+    for split, x in (("training", raw[0]), ("test", raw[2])):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"The {split} inputs of {name!r} contain NaN or infinite values.")
+    return raw, spec, num_classes
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:

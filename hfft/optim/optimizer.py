@@ -175,6 +175,16 @@ class HessianFree(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check(group["weight_decay"] >= 0, "weight_decay must be >= 0 in every group")
+            per_group = [
+                k
+                for k, v in group.items()
+                if k not in ("params", "weight_decay") and v != defaults[k]
+            ]
+            if per_group:
+                raise ValueError(
+                    f"HessianFree takes only weight_decay per parameter group; {per_group[0]!r} "
+                    "applies to the whole step: pass it to HessianFree(...) itself"
+                )
         self._lin_cache = LinearizationCache()
         self.profile = False
 
