@@ -132,23 +132,6 @@ class HessianFree(torch.optim.Optimizer):
         linesearch_max_tries: int = 20,
         tf32: bool = False,
     ) -> None:
-        _check(curvature in CURVATURES, f"curvature must be one of {CURVATURES}, got {curvature!r}")
-        _check(backend in BACKENDS, f"backend must be one of {BACKENDS}, got {backend!r}")
-        _check(model_mode in MODEL_MODES, f"model_mode must be one of {MODEL_MODES}")
-        _check(
-            preconditioner is None or preconditioner in PRECONDITIONERS,
-            f"preconditioner must be None or one of {PRECONDITIONERS}, got {preconditioner!r}",
-        )
-        _check(damping > 0, f"damping must be positive, got {damping}")
-        _check(cg_max_iter >= 1, f"cg_max_iter must be >= 1, got {cg_max_iter}")
-        _check(cg_tol >= 0, f"cg_tol must be >= 0, got {cg_tol}")
-        _check(0 <= cg_decay_x0 <= 1, f"cg_decay_x0 must be in [0, 1], got {cg_decay_x0}")
-        _check(lr > 0, f"lr must be positive, got {lr}")
-        _check(weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}")
-        _check(
-            chunk_size is None or chunk_size >= 1,
-            f"chunk_size must be a positive integer, got {chunk_size}",
-        )
         defaults = dict(
             curvature=curvature,
             damping=damping,
@@ -172,19 +155,10 @@ class HessianFree(torch.optim.Optimizer):
             linesearch_max_tries=linesearch_max_tries,
             tf32=tf32,
         )
+        _check_defaults(defaults)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            _check(group["weight_decay"] >= 0, "weight_decay must be >= 0 in every group")
-            per_group = [
-                k
-                for k, v in group.items()
-                if k not in ("params", "weight_decay") and v != defaults[k]
-            ]
-            if per_group:
-                raise ValueError(
-                    f"HessianFree takes only weight_decay per parameter group; {per_group[0]!r} "
-                    "applies to the whole step: pass it to HessianFree(...) itself"
-                )
+            _check_group(group, defaults)
         self._lin_cache = LinearizationCache()
         self.profile = False
 
@@ -401,6 +375,41 @@ class HessianFree(torch.optim.Optimizer):
         if torch.isfinite(x).all():
             for p, chunk in zip(params, torch.split(x, [p.numel() for p in params]), strict=True):
                 self.state[p]["cg_x"] = chunk.view_as(p).clone()
+
+
+def _check_defaults(hp: dict[str, Any]) -> None:
+    _check(
+        hp["curvature"] in CURVATURES,
+        f"curvature must be one of {CURVATURES}, got {hp['curvature']!r}",
+    )
+    _check(hp["backend"] in BACKENDS, f"backend must be one of {BACKENDS}, got {hp['backend']!r}")
+    _check(hp["model_mode"] in MODEL_MODES, f"model_mode must be one of {MODEL_MODES}")
+    pre = hp["preconditioner"]
+    _check(
+        pre is None or pre in PRECONDITIONERS,
+        f"preconditioner must be None or one of {PRECONDITIONERS}, got {pre!r}",
+    )
+    _check(hp["damping"] > 0, f"damping must be positive, got {hp['damping']}")
+    _check(hp["cg_max_iter"] >= 1, f"cg_max_iter must be >= 1, got {hp['cg_max_iter']}")
+    _check(hp["cg_tol"] >= 0, f"cg_tol must be >= 0, got {hp['cg_tol']}")
+    _check(0 <= hp["cg_decay_x0"] <= 1, f"cg_decay_x0 must be in [0, 1], got {hp['cg_decay_x0']}")
+    _check(hp["lr"] > 0, f"lr must be positive, got {hp['lr']}")
+    _check(hp["weight_decay"] >= 0, f"weight_decay must be >= 0, got {hp['weight_decay']}")
+    chunk = hp["chunk_size"]
+    _check(chunk is None or chunk >= 1, f"chunk_size must be a positive integer, got {chunk}")
+
+
+def _check_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Only weight_decay may differ between groups (every other option is the step's)."""
+    _check(group["weight_decay"] >= 0, "weight_decay must be >= 0 in every group")
+    per_group = [
+        k for k, v in group.items() if k not in ("params", "weight_decay") and v != defaults[k]
+    ]
+    if per_group:
+        raise ValueError(
+            f"HessianFree takes only weight_decay per parameter group; {per_group[0]!r} "
+            "applies to the whole step: pass it to HessianFree(...) itself"
+        )
 
 
 def _check(ok: bool, message: str) -> None:
