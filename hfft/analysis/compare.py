@@ -19,11 +19,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
+from hfft.experiment.records import CompareSummary
 from hfft.experiment.run_folder import slug
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import SGD_STRATEGIES
@@ -68,7 +69,7 @@ class CompareConfig:
 class CompareResult:
     """The summary (as in ``compare.json``) and the files written."""
 
-    summary: dict[str, Any]
+    summary: CompareSummary
     compare_json: Path
     plots: list[Path]
     reused: int
@@ -175,7 +176,7 @@ def _same_comparison(out: Path, config: CompareConfig) -> bool:
         stored = json.loads((out / "compare.json").read_text()).get("config")
     except (OSError, ValueError, AttributeError):
         return False
-    mine = json.loads(json.dumps(dataclasses.asdict(config)))
+    mine = _config_json(config)
     return isinstance(stored, dict) and all(stored.get(k) == mine[k] for k in RUN_SETTINGS)
 
 
@@ -270,7 +271,11 @@ def compare(
     with first_signal_stops(), locked_folder(out) if main else contextlib.nullcontext():
         if main:
             _claim(out, config)
-            header = {"status": "running", **_header(config, strategies)}
+            header: CompareSummary = {
+                "status": "running",
+                "config": _config_json(config),
+                "strategies": strategies,
+            }
             atomic_write_json(out / "compare.json", header)
         try:
             runs, ran, reused = _run_all(config, sources, strategies, on_run, on_note)
@@ -281,11 +286,8 @@ def compare(
             ) from None
 
 
-def _header(config: CompareConfig, strategies: list[str]) -> dict[str, Any]:
-    return {
-        "config": json.loads(json.dumps(dataclasses.asdict(config))),
-        "strategies": strategies,
-    }
+def _config_json(config: CompareConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def _run_all(
@@ -346,8 +348,8 @@ def _summarise(
     from hfft.analysis.ranking import compare_summary, relative_performance
 
     out = Path(config.out)
-    summary = compare_summary(runs)
-    summary.update(_header(config, strategies))
+    summary = cast(CompareSummary, compare_summary(runs))
+    summary["config"], summary["strategies"] = _config_json(config), strategies
     summary["runs"] = [
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}
         for r in runs

@@ -68,9 +68,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hfft._io import number
+from hfft.experiment.records import ProbeEntry, TrialEntry
 from hfft.experiment.runners import HFRunner, Runner, SGDRunner
 from hfft.experiment.snapshot import snapshot
 from hfft.experiment.switch_rule import (
@@ -200,14 +201,14 @@ class AutoRunner(Runner):
         self.cuda = splits.train_x.device.type == "cuda"
         self.phase = "sgd"
         self.count = 0
-        self.switch: dict[str, Any] | None = None
-        self.probes: list[dict[str, Any]] = []
+        self.switch: ProbeEntry | None = None
+        self.probes: list[ProbeEntry] = []
         self._window: tuple[tuple[Batch, Batch], float] | None = None
         self._window_seconds = 0.0
         self._window_steps = 0
         self._next_probe = self.first
         self.switch_back = bool(strategy.options.get("switch_back", DEFAULT_SWITCH_BACK))
-        self.trials: list[dict[str, Any]] = []
+        self.trials: list[TrialEntry] = []
         self.stall = float(strategy.options.get("stall", DEFAULT_STALL))
         self._sgd_rate = math.nan  # SGD's rate over its last measured window
         self._hf_best = math.nan  # HF's best rate: a probe's or a window's
@@ -345,7 +346,7 @@ class AutoRunner(Runner):
             "decision": "back to sgd" if decision.action == "switch" else "back to hf",
             "reason": decision.reason,
         }
-        self.trials.append(entry)
+        self.trials.append(cast(TrialEntry, entry))
         return {k: v for k, v in entry.items() if k not in ("step", "fraction")}
 
     def _tag(self, record: dict[str, Any], phase: str) -> dict[str, Any]:
@@ -389,12 +390,12 @@ class AutoRunner(Runner):
             "decision": decision.action,
             "reason": decision.reason,
         }
-        self.probes.append(probe)
+        self.probes.append(cast(ProbeEntry, probe))
         self._sgd_rate = measurement.sgd_rate
         if decision.action == "switch":
             self._hf_best = measurement.hf_rate
             self._enter_hf(fraction)
-            self.switch = self.switch or probe
+            self.switch = self.switch or cast(ProbeEntry, probe)
         elif measurement.sgd_steps > 0:  # the window grows; a probe at once (first=0) had none
             self._interval *= self.backoff
         # the next window opens with the next SGD step, at the fraction after this probe

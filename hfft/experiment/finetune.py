@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -47,6 +48,14 @@ from hfft.experiment.interrupts import (
     signals_held,
 )
 from hfft.experiment.limits import check
+from hfft.experiment.records import (
+    FINETUNE_KIND,
+    SCHEMA_VERSION,
+    EvaluationEntry,
+    FinetuneLog,
+    SourceEntry,
+    SpentEntry,
+)
 from hfft.experiment.run_folder import RunFolder, slug
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
@@ -68,7 +77,6 @@ __all__ = [
     "same_finetune_run",
 ]
 
-SCHEMA_VERSION = 1
 WEIGHT_FILES = ("final.safetensors", "best.safetensors")
 
 
@@ -117,11 +125,11 @@ class FinetuneResult:
     steps: int
     seconds: float
     fraction: float
-    initial: dict[str, float]
-    final: dict[str, float]
-    best: dict[str, Any]
+    initial: Mapping[str, Any]
+    final: Mapping[str, Any]
+    best: Mapping[str, Any]
     metrics_path: Path
-    log: dict[str, Any] = field(default_factory=dict)
+    log: Mapping[str, Any] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -151,7 +159,7 @@ def _finite_state(model: torch.nn.Module) -> bool:
     )
 
 
-def _finite_losses(entry: dict[str, Any]) -> bool:
+def _finite_losses(entry: Mapping[str, Any]) -> bool:
     return all(
         isinstance(v, (int, float)) and math.isfinite(v)
         for k, v in entry.items()
@@ -163,7 +171,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _brief(entry: dict[str, Any]) -> dict[str, Any]:
+def _brief(entry: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("fraction", "seconds", "step", "valid_accuracy", "test_accuracy", "train_eval_loss")
     return {k: entry[k] for k in keys if k in entry}
 
@@ -178,7 +186,7 @@ class _Run:
         runner: Runner,
         clock: BudgetClock,
         out: Path,
-        on_progress: Callable[[float, dict[str, Any]], None] | None,
+        on_progress: Callable[[float, Mapping[str, Any]], None] | None,
     ) -> None:
         from hfft.experiment.strategies import parse_strategy
         from hfft.experiment.train import versions
@@ -188,13 +196,13 @@ class _Run:
         self.out, self.on_progress = out, on_progress
         self.main = distributed.is_main()  # data-parallel: rank 0 alone writes
         self.loss_fn = loss_function()
-        self.best: dict[str, Any] = {}
+        self.best: EvaluationEntry = {}
         self.files: dict[str, str] = {}
         self.stepping = False  # inside a step: its trial weights are not yet accepted
         label = parse_strategy(config.strategy).label
-        self.log: dict[str, Any] = {
+        self.log: FinetuneLog = {
             "schema_version": SCHEMA_VERSION,
-            "kind": "hfft-finetune",
+            "kind": FINETUNE_KIND,
             "status": "running",
             "config": asdict(config),
             "strategy": label,
@@ -203,7 +211,7 @@ class _Run:
                 "limit": clock.budget.value,
                 "requested": config.budget,
             },
-            "source": src.describe(),
+            "source": cast(SourceEntry, src.describe()),
             "versions": versions(),
             "device": str(self.device),
             "world_size": distributed.world_size(),
@@ -234,10 +242,10 @@ class _Run:
             "hfft_version": __version__,
         }
 
-    def measure(self) -> dict[str, Any]:
+    def measure(self) -> EvaluationEntry:
         """The metrics of the current weights, as an evaluation entry (clock paused)."""
         metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
-        return {
+        entry = {
             "fraction": self.clock.fraction,
             "seconds": self.clock.seconds,
             "step": self.clock.steps,
@@ -245,22 +253,23 @@ class _Run:
             **self.runner.settings(),
             **metrics,
         }
+        return cast(EvaluationEntry, entry)
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> EvaluationEntry:
         """Evaluate at an evaluation point; keep the weights if they are the best so far."""
         entry = self.measure()
         self.log["evaluations"].append(entry)
         self.runner.observe(entry)
-        acc = entry.get("valid_accuracy", -math.inf)
+        acc = entry.get("valid_accuracy") or -math.inf
         healthy = _finite_losses(entry) and _finite_state(self.model)
-        if healthy and acc > self.best.get("valid_accuracy", -math.inf):
-            self.best = dict(entry)
+        if healthy and acc > (self.best.get("valid_accuracy") or -math.inf):
+            self.best = entry.copy()
             self._save("best.safetensors", entry)
         if self.on_progress is not None:
             self.on_progress(self.clock.fraction, entry)
         return entry
 
-    def _save(self, name: str, entry: dict[str, Any]) -> None:
+    def _save(self, name: str, entry: Mapping[str, Any]) -> None:
         if self.main:
             save_checkpoint(self.out / name, _cpu_state(self.model), {**self.meta, **_brief(entry)})
             self.files[name] = sha256_file(self.out / name)
@@ -293,12 +302,12 @@ class _Run:
                 self.evaluate()
         return "completed"
 
-    def finish(self, status: str, final: dict[str, Any]) -> None:
+    def finish(self, status: str, final: EvaluationEntry) -> None:
         """Write ``final.safetensors`` and ``metrics.json`` (the caller holds signals)."""
         self.log["status"] = status
-        self.log.update(self.runner.report())
-        self.log["final"], self.log["best"] = final, dict(self.best)
-        self.log["spent"] = self.clock.to_dict()
+        self.log.update(self.runner.report())  # type: ignore[typeddict-item]
+        self.log["final"], self.log["best"] = final, self.best.copy()
+        self.log["spent"] = cast(SpentEntry, self.clock.to_dict())
         if _finite_state(self.model):
             self._save("final.safetensors", final)
         self.log["files"] = dict(self.files)
@@ -321,7 +330,7 @@ class _Run:
             self.clock.fraction,
             self.log["initial"],
             self.log["final"],
-            dict(self.best),
+            self.best.copy(),
             out / "metrics.json",
             self.log,
             tuple([*self.files, "metrics.json"]),
@@ -329,7 +338,7 @@ class _Run:
         )
 
 
-def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
+def _final_after_interrupt(run: _Run, history: StepHistory) -> EvaluationEntry:
     """Put the last accepted weights back and measure them (clock paused).
 
     Runs after the first signal, so further signals wait
@@ -344,7 +353,7 @@ def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
     run.runner.settle()
     last = run.log["evaluations"][-1] if run.log["evaluations"] else None
     if last is not None and last["step"] == run.clock.steps:
-        return dict(last)
+        return last.copy()
     try:
         with interruptible():
             return run.measure()
@@ -352,7 +361,7 @@ def _final_after_interrupt(run: _Run, history: StepHistory) -> dict[str, Any]:
         return {}
 
 
-def _final_after_divergence(run: _Run, history: StepHistory) -> dict[str, Any]:
+def _final_after_divergence(run: _Run, history: StepHistory) -> EvaluationEntry:
     """Go back to the last weights whose loss was finite, and measure them."""
     if not history.restore_previous():
         history.restore_current()
@@ -362,7 +371,7 @@ def _final_after_divergence(run: _Run, history: StepHistory) -> dict[str, Any]:
 def finetune(
     config: FinetuneConfig,
     source: StartingPoint | None = None,
-    on_progress: Callable[[float, dict[str, Any]], None] | None = None,
+    on_progress: Callable[[float, Mapping[str, Any]], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> FinetuneResult:
     """Run one strategy from a checkpoint under a budget and write its outputs.
@@ -467,8 +476,8 @@ def _run(
     clock: BudgetClock,
     out: Path,
     points: list[float],
-    on_progress: Callable[[float, dict[str, Any]], None] | None,
-) -> tuple[_Run, str, dict[str, Any], KeyboardInterrupt | None]:
+    on_progress: Callable[[float, Mapping[str, Any]], None] | None,
+) -> tuple[_Run, str, EvaluationEntry, KeyboardInterrupt | None]:
     """The steps and evaluations, writing ``best.safetensors`` into ``out`` as they go.
 
     Returns:

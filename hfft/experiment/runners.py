@@ -11,6 +11,7 @@ epoch budgets).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,7 +82,7 @@ class Runner:
         """The current learning rate (SGD) or damping (HF)."""
         raise NotImplementedError
 
-    def observe(self, metrics: dict[str, float]) -> None:
+    def observe(self, metrics: Mapping[str, Any]) -> None:
         """Called with each evaluation's metrics (the plateau schedule listens)."""
 
     def report(self) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class SGDRunner(Runner):
     def settings(self) -> dict[str, float]:
         return {"lr": self.lr}
 
-    def observe(self, metrics: dict[str, float]) -> None:
+    def observe(self, metrics: Mapping[str, Any]) -> None:
         if self.plateau is not None and "train_eval_loss" in metrics:
             self.plateau.observe(metrics["train_eval_loss"])
 

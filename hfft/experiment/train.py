@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
+from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
 from hfft.experiment.task import loss_function
 from hfft.optim.step_context import synced_time
 
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 MANIFEST = "run.json"
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def same_train_run(folder: Path, config: TrainConfig) -> bool:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(manifest, dict) or manifest.get("kind") != "hfft-train":
+    if not isinstance(manifest, dict) or manifest.get("kind") != TRAIN_KIND:
         return False
     stored = manifest.get("config")
     return isinstance(stored, dict) and _key(stored) == _key(asdict(config))
@@ -252,11 +252,11 @@ class _Training:
         self.metrics: dict[str, float] = {}
         self.manifest = self._manifest()
 
-    def _manifest(self) -> dict[str, Any]:
+    def _manifest(self) -> RunManifest:
         splits = self.splits
         return {
             "schema_version": SCHEMA_VERSION,
-            "kind": "hfft-train",
+            "kind": TRAIN_KIND,
             "status": "running",
             "config": asdict(self.config),
             "data": {
@@ -303,7 +303,7 @@ class _Training:
             atomic_write_json(self.out / MANIFEST, self.manifest)
         return caught
 
-    def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> dict[str, Any]:
+    def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> EpochEntry:
         """One timed epoch of SGD, then its evaluation outside the clock."""
         cuda = self.device.type == "cuda"
         start = synced_time(cuda)
@@ -325,8 +325,8 @@ class _Training:
             "train_batch_loss": float(loss_sum) / self.steps_per_epoch,
             **self.metrics,
         }
-        self.manifest["epochs"].append(record)
-        return record
+        self.manifest["epochs"].append(cast(EpochEntry, record))
+        return cast(EpochEntry, record)
 
     def checkpoint(self, epoch: int) -> None:
         path = self.out / f"ckpt-{len(self.written) + 1:02d}.safetensors"
@@ -341,7 +341,7 @@ class _Training:
 def train(
     config: TrainConfig,
     on_step: Callable[[int, int, int], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train a model with SGD and write checkpoints and the run manifest.
 

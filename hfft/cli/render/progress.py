@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -21,7 +21,7 @@ from hfft.cli.render.summaries import switch_line
 __all__ = ["compare_progress", "finetune_progress", "selftest_status", "training_progress"]
 
 StepHook = Callable[[int, int, int], None]
-EpochHook = Callable[[dict[str, Any]], None]
+EpochHook = Callable[[Mapping[str, Any]], None]
 
 
 def _progress(title: str, console: Console | None, count: ProgressColumn | None = None) -> Progress:
@@ -58,7 +58,7 @@ def training_progress(
     def on_step(epoch: int, step: int, steps: int) -> None:
         progress.update(task, completed=epoch - 1 + step / steps, epoch=epoch)
 
-    def on_epoch(record: dict[str, Any]) -> None:
+    def on_epoch(record: Mapping[str, Any]) -> None:
         info = f"train loss {record['train_batch_loss']:.4f}"
         if "valid_accuracy" in record:
             info += f", valid acc {record['valid_accuracy']:.2%}"
@@ -71,7 +71,7 @@ def training_progress(
 @contextlib.contextmanager
 def finetune_progress(
     label: str, quiet: bool = False, console: Console | None = None
-) -> Iterator[Callable[[float, dict[str, Any]], None] | None]:
+) -> Iterator[Callable[[float, Mapping[str, Any]], None] | None]:
     """A progress bar over the budget fraction with steps and the latest validation accuracy."""
     if quiet:
         yield None
@@ -82,7 +82,7 @@ def finetune_progress(
     task = progress.add_task("finetune", total=1.0, info="")
     state = {"info": ""}
 
-    def on_progress(fraction: float, entry: dict[str, Any]) -> None:
+    def on_progress(fraction: float, entry: Mapping[str, Any]) -> None:
         line = switch_line(entry)
         if line is not None:
             progress.console.print(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -37,7 +38,7 @@ def print_train_summary(console: Console, result: TrainResult) -> None:
     console.print(table)
 
 
-def switch_line(record: dict[str, Any]) -> str | None:
+def switch_line(record: Mapping[str, Any]) -> str | None:
     """The line ``auto`` prints when a step record is a switch between SGD and HF."""
     probe, trial = record.get("probe"), record.get("trial")
     if isinstance(probe, dict) and probe.get("decision") == "switch":
@@ -92,7 +93,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def ranking_table(entry: dict[str, Any], metric: str) -> Table:
+def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
     accuracy = metric.endswith("accuracy")
     what = "best test accuracy (%)" if accuracy else "best train loss"

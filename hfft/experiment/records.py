@@ -1,0 +1,356 @@
+"""The files hfft writes, field by field: ``metrics.json``, ``run.json``, ``compare.json``.
+
+Every record is a ``TypedDict`` here, so writers and readers agree on the
+keys (mypy checks them) and ``docs/records.md`` documents every field (a test
+holds the page to these definitions). All files are strict JSON: a number
+that could not be measured is ``null``. Records are versioned by
+:data:`SCHEMA_VERSION`; a new field is added without a version bump, a
+changed or removed field bumps it.
+
+Plain Python; importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+__all__ = [
+    "FINETUNE_KIND",
+    "SCHEMA_VERSION",
+    "TRAIN_KIND",
+    "AutoLog",
+    "AutoStepEntry",
+    "BudgetEntry",
+    "CheckpointEntry",
+    "CompareCheckpoint",
+    "CompareRun",
+    "CompareSummary",
+    "EpochEntry",
+    "EvaluationEntry",
+    "FinetuneLog",
+    "HFStepEntry",
+    "PlateauState",
+    "ProbeEntry",
+    "RunManifest",
+    "SGDStepEntry",
+    "SourceEntry",
+    "SpentEntry",
+    "StrategyRanking",
+    "TimeToTarget",
+    "TrainData",
+    "TrialEntry",
+]
+
+SCHEMA_VERSION = 1
+"""Version of every record here (``schema_version`` of ``metrics.json`` and ``run.json``)."""
+
+FINETUNE_KIND = "hfft-finetune"
+"""``kind`` of a ``metrics.json``."""
+
+TRAIN_KIND = "hfft-train"
+"""``kind`` of a ``run.json``."""
+
+
+class EvaluationEntry(TypedDict, total=False):
+    """One evaluation of a fine-tuning run (clock paused), in ``evaluations``."""
+
+    fraction: float
+    seconds: float
+    step: int
+    epochs: float | None
+    lr: float
+    damping: float
+    train_eval_loss: float | None
+    train_eval_accuracy: float | None
+    valid_loss: float | None
+    valid_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+
+
+class SGDStepEntry(TypedDict):
+    """One step of an SGD strategy, in ``steps``."""
+
+    step: int
+    fraction: float
+    lr: float
+    loss: float | None
+    seconds: float
+
+
+class HFStepEntry(TypedDict):
+    """One HF step, in ``steps``: the :class:`~hfft.optim.step_record.StepRecord` and when."""
+
+    fraction: float
+    seconds: float
+    step: int
+    accepted: bool
+    reject_reason: str | None
+    loss_before: float | None
+    loss_after: float | None
+    batch_loss: float | None
+    grad_norm: float | None
+    damping: float
+    next_damping: float
+    rho: float | None
+    cg_iterations: int
+    cg_stop_reason: str
+    cg_chosen_iterate: int
+    cg_q: float | None
+    alpha: float
+    linesearch_tries: int
+    products: int
+    eval_batch_evaluations: int
+    time_gradient: float
+    time_preconditioner: float
+    time_cg: float
+    time_products: float
+    time_eval: float
+    time_backtracking: float
+    time_linesearch: float
+    time_total: float
+
+
+class ProbeEntry(TypedDict):
+    """One HF probe of ``auto``, in ``auto.probes`` (and, without step and fraction, its step)."""
+
+    step: int
+    fraction: float
+    sgd_gain: float | None
+    sgd_seconds: float | None
+    sgd_steps: int
+    hf_gain: float | None
+    hf_seconds: float | None
+    rho: float | None
+    sgd_rate: float | None
+    hf_rate: float | None
+    decision: str
+    reason: str
+
+
+class TrialEntry(TypedDict):
+    """One SGD trial of ``auto`` after HF slowed down, in ``auto.trials``."""
+
+    step: int
+    fraction: float
+    end_step: int
+    end_fraction: float
+    sgd_gain: float | None
+    sgd_seconds: float | None
+    sgd_steps: int
+    sgd_rate: float | None
+    hf_rate: float | None
+    decision: str
+    reason: str
+
+
+class AutoStepEntry(TypedDict, total=False):
+    """One step of ``auto``, in ``steps``: an SGD or HF step's fields, and these."""
+
+    phase: str
+    hf_step: int
+    probe: dict[str, Any]
+    trial: dict[str, Any]
+
+
+class AutoLog(TypedDict):
+    """``auto``'s settings and decisions, under ``auto`` in ``metrics.json``."""
+
+    interval: float
+    first: float
+    margin: float
+    backoff: float
+    rho_min: float
+    m: int
+    curvature_products: str
+    eval_batch_size: int
+    switch_back: bool
+    stall: float
+    switched: bool
+    switch: ProbeEntry | None
+    probes: list[ProbeEntry]
+    trials: list[TrialEntry]
+
+
+class PlateauState(TypedDict):
+    """The plateau schedule's settings and state, under ``plateau``."""
+
+    lr: float
+    initial_lr: float
+    factor: float
+    patience: int
+    max_drops: int
+    threshold: float
+    evaluations: int
+    best: float | None
+    bad_evaluations: int
+    drops: int
+
+
+class BudgetEntry(TypedDict):
+    """The budget: ``kind`` (seconds, steps, epochs), ``limit`` and what was typed."""
+
+    kind: str
+    limit: float
+    requested: str
+
+
+class SpentEntry(TypedDict):
+    """What a run spent of its budget."""
+
+    budget: str
+    seconds: float
+    steps: int
+    samples: int
+    epochs: float | None
+    fraction: float
+
+
+class SourceEntry(TypedDict):
+    """The checkpoint a run started from and the hyperparameters taken from it."""
+
+    checkpoint: str
+    sha256: str
+    model: str
+    model_args: dict[str, Any]
+    data: str
+    data_seed: int
+    lr: float | None
+    batch_size: int | None
+    momentum: float
+    weight_decay: float
+    train_seconds: float | None
+    epoch: int | None
+
+
+class FinetuneLog(TypedDict, total=False):
+    """``metrics.json`` of one fine-tuning run."""
+
+    schema_version: int
+    kind: str
+    status: str
+    config: dict[str, Any]
+    strategy: str
+    budget: BudgetEntry
+    source: SourceEntry
+    versions: dict[str, str]
+    device: str
+    world_size: int
+    seed: int
+    setup_seconds: float
+    evaluations: list[EvaluationEntry]
+    steps: list[dict[str, Any]]
+    initial: EvaluationEntry
+    final: EvaluationEntry
+    best: EvaluationEntry
+    spent: SpentEntry
+    files: dict[str, str]
+    curvature_products: str
+    plateau: PlateauState
+    auto: AutoLog
+
+
+class TrainData(TypedDict):
+    """The data set of a training run, under ``data`` in ``run.json``."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    train_size: int
+
+
+class CheckpointEntry(TypedDict):
+    """One checkpoint of a training run, in ``checkpoints``."""
+
+    path: str
+    epoch: int
+    elapsed_seconds: float
+
+
+class EpochEntry(TypedDict, total=False):
+    """One epoch of a training run (evaluated outside the clock), in ``epochs``."""
+
+    epoch: int
+    elapsed_seconds: float
+    train_batch_loss: float | None
+    train_eval_loss: float | None
+    train_eval_accuracy: float | None
+    valid_loss: float | None
+    valid_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+
+
+class RunManifest(TypedDict):
+    """``run.json`` of a training run."""
+
+    schema_version: int
+    kind: str
+    status: str
+    config: dict[str, Any]
+    data: TrainData
+    device: str
+    versions: dict[str, str]
+    train_seconds: float
+    checkpoints: list[CheckpointEntry]
+    epochs: list[EpochEntry]
+
+
+class StrategyRanking(TypedDict):
+    """One strategy's place in a ranking by one metric."""
+
+    strategy: str
+    metric: str
+    values: list[float]
+    mean: float
+    q25: float
+    median: float
+    q75: float
+    rank: int
+    tied_with: list[str]
+    seeds: list[int]
+    dropped: list[int]
+
+
+class TimeToTarget(TypedDict):
+    """The budget each strategy needed to reach the best SGD baseline's final accuracy."""
+
+    metric: str
+    baseline: str
+    target: float
+    fractions: dict[str, float | None]
+
+
+class CompareCheckpoint(TypedDict):
+    """The rankings of the runs from one checkpoint, in ``checkpoints``."""
+
+    checkpoint: str
+    runs: int
+    status: dict[str, int]
+    rankings: dict[str, list[StrategyRanking]]
+    time_to_target: TimeToTarget | None
+    notes: list[str]
+
+
+class CompareRun(TypedDict):
+    """One run of a comparison, in ``runs``."""
+
+    checkpoint: str
+    strategy: str
+    seed: int
+    status: str
+
+
+class CompareSummary(TypedDict, total=False):
+    """``compare.json`` (and ``hfft compare --json``)."""
+
+    status: str
+    config: dict[str, Any]
+    strategies: list[str]
+    metrics: list[str]
+    tie_rule: str
+    checkpoints: list[CompareCheckpoint]
+    relative_performance: dict[str, dict[str, dict[str, list[float]]]]
+    runs: list[CompareRun]
+    plots: list[str]
