@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import dense, dense_ggn, flat_params, loss_of_flat, make_problem
+from cases import CASES as CASE_TABLE
+from cases import LOSSES, MODELS, make_problem, targets_for
+from helpers import flat_params
 from torch import nn
 
+from hfft.diagnostics.dense import dense, dense_ggn, loss_of_flat
 from hfft.optim.curvature import LinearizationCache, linearize_curvature, split_batch
 
-LOSSES = {
-    "ce-mean": lambda: nn.CrossEntropyLoss(),
-    "ce-sum": lambda: nn.CrossEntropyLoss(reduction="sum"),
-    "mse-mean": lambda: nn.MSELoss(),
-    "mse-sum": lambda: nn.MSELoss(reduction="sum"),
-}
-
-
-def targets_for(loss_name: str, y: torch.Tensor) -> torch.Tensor:
-    if loss_name.startswith("mse"):
-        return nn.functional.one_hot(y, 3).double()
-    return y
-
-
-CASES = [
-    (model, loss, backend)
-    for model in ("mlp", "cnn")
-    for loss in LOSSES
-    for backend in ("func", "backpack")
-]
+CASES = [(model, loss, backend) for model, loss in CASE_TABLE for backend in ("func", "backpack")]
 
 
 @pytest.mark.parametrize(("kind", "loss_name", "backend"), CASES, ids=lambda c: str(c))
@@ -37,9 +21,8 @@ def test_ggn_products_equal_dense_ggn(kind: str, loss_name: str, backend: str) -
     y = targets_for(loss_name, y)
     loss_fn = LOSSES[loss_name]()
     op = linearize_curvature(model, loss_fn, x, y, backend=backend)
-    dim = flat_params(model).numel()
     g_dense = dense_ggn(model, loss_fn, x, y)
-    g_op = dense(op.matvec, dim)
+    g_op = dense(op.matvec, flat_params(model))
     torch.testing.assert_close(g_op, g_dense, rtol=1e-9, atol=1e-11)
     # symmetric and positive semi-definite
     torch.testing.assert_close(g_op, g_op.T, rtol=1e-9, atol=1e-11)
@@ -53,7 +36,7 @@ def test_ggn_products_equal_dense_ggn(kind: str, loss_name: str, backend: str) -
 
 @pytest.mark.parametrize(
     ("kind", "backend"),
-    [(k, b) for k in ("mlp", "cnn") for b in ("func", "backpack")],
+    [(k, b) for k in MODELS for b in ("func", "backpack")],
     ids=lambda c: str(c),
 )
 def test_hessian_products_equal_dense_hessian(kind: str, backend: str) -> None:
@@ -62,7 +45,7 @@ def test_hessian_products_equal_dense_hessian(kind: str, backend: str) -> None:
     op = linearize_curvature(model, loss_fn, x, y, curvature="hessian", backend=backend)
     theta = flat_params(model)
     h_dense = torch.func.hessian(loss_of_flat(model, loss_fn, x, y))(theta)
-    torch.testing.assert_close(dense(op.matvec, theta.numel()), h_dense, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(dense(op.matvec, theta), h_dense, rtol=1e-9, atol=1e-11)
 
 
 def test_backends_agree_on_random_vectors() -> None:
@@ -104,9 +87,11 @@ def test_generic_loss_uses_autograd_output_hessian() -> None:
         return nn.functional.smooth_l1_loss(z, nn.functional.one_hot(t, 3).double(), beta=5.0)
 
     op = linearize_curvature(model, smooth_l1, x, y)
-    dim = flat_params(model).numel()
     torch.testing.assert_close(
-        dense(op.matvec, dim), dense_ggn(model, smooth_l1, x, y), rtol=1e-9, atol=1e-11
+        dense(op.matvec, flat_params(model)),
+        dense_ggn(model, smooth_l1, x, y),
+        rtol=1e-9,
+        atol=1e-11,
     )
 
 
@@ -169,9 +154,8 @@ def test_untraceable_model_falls_back_to_exact_products() -> None:
     cache = LinearizationCache()
     op = linearize_curvature(model, loss_fn, x, y, lin_cache=cache)
     assert cache.fallback_reason is not None
-    dim = flat_params(model).numel()
     torch.testing.assert_close(
-        dense(op.matvec, dim), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+        dense(op.matvec, flat_params(model)), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
     )
 
 
@@ -184,9 +168,8 @@ def test_traced_linearization_is_reused_across_steps() -> None:
             p.mul_(1.5)
     op = linearize_curvature(model, nn.CrossEntropyLoss(), x, y, lin_cache=cache)
     assert len(cache._cache) == 1
-    dim = flat_params(model).numel()
     torch.testing.assert_close(
-        dense(op.matvec, dim),
+        dense(op.matvec, flat_params(model)),
         dense_ggn(model, nn.CrossEntropyLoss(), x, y),
         rtol=1e-9,
         atol=1e-11,
@@ -213,15 +196,14 @@ def test_max_pool_runs_channels_last_on_cpu_with_the_same_products(pool: nn.Modu
     op = linearize_curvature(model, loss_fn, x, y, lin_cache=cache)
     (lin,) = cache._cache.values()
     assert any(n.target is _max_pool_2d_channels_last for n in lin.primal.graph.nodes)
-    dim = flat_params(model).numel()
     torch.testing.assert_close(
-        dense(op.matvec, dim), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
+        dense(op.matvec, flat_params(model)), dense_ggn(model, loss_fn, x, y), rtol=1e-9, atol=1e-11
     )
     f = loss_of_flat(model, loss_fn, x, y)
     torch.testing.assert_close(op.grad, torch.func.grad(f)(flat_params(model)))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", MODELS)
 def test_linearised_forward_costs_one_forward_and_products_no_gradient(kind: str) -> None:
     """No arithmetic on the input's zero tangent, and no gradient inside products."""
     from hfft.diagnostics.instruments import count_flops

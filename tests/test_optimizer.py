@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
-from conftest import dense_ggn, flat_params, loss_of_flat, make_problem
+from cases import make_problem
+from helpers import flat_params
 from torch import nn
 
 import hfft.optim.hf_step as hf_step
 from hfft import HessianFree
+from hfft.diagnostics.dense import dense_ggn, loss_of_flat
 from hfft.optim.curvature import split_batch
 from hfft.optim.preconditioner import empirical_fisher_diagonal
 

@@ -7,12 +7,12 @@ computes the right numbers on this device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hfft.diagnostics.dense import dense, dense_ggn, dense_hessian
 from hfft.diagnostics.measure import (
     FAIL,
     PASS,
@@ -24,7 +24,6 @@ from hfft.diagnostics.measure import (
 )
 from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import CurvatureOperator, LinearizationCache, linearize_curvature
-from hfft.optim.flat import flatten
 from hfft.optim.output_hessians import Loss
 
 __all__ = ["builtin_checks", "dense", "dense_ggn", "dense_hessian"]
@@ -35,45 +34,6 @@ DENSE_TOL = 1e-10
 DEVICE_TOL = 1e-9
 #: Relative distance of CG's solution from ``torch.linalg.solve``'s.
 CG_TOL = 1e-8
-
-
-# -- dense references (torch.func, independent of hfft.optim.curvature) -------------------------
-
-
-def _flat(
-    model: nn.Module, fn: Callable[[dict[str, Tensor]], Tensor]
-) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    theta = flatten(model.parameters())
-
-    def of_flat(flat: Tensor) -> Tensor:
-        parts = torch.split(flat, [s.numel() for s in shapes])
-        state = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
-        return fn(state)
-
-    return theta, of_flat
-
-
-def dense_ggn(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> Tensor:
-    """``G = Jᵀ H J`` as a dense matrix (``jacrev`` of the outputs, ``hessian`` of the loss)."""
-    theta, outputs = _flat(model, lambda s: torch.func.functional_call(model, s, (x,)))
-    z = outputs(theta)
-    jac = torch.func.jacrev(outputs)(theta).reshape(z.numel(), -1)
-    hess = torch.func.hessian(lambda flat: loss_fn(flat.view_as(z), y))(z.detach().reshape(-1))
-    return jac.T @ hess @ jac
-
-
-def dense_hessian(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> Tensor:
-    """``∇²L`` as a dense matrix (``torch.func.hessian``)."""
-    theta, loss = _flat(model, lambda s: loss_fn(torch.func.functional_call(model, s, (x,)), y))
-    return torch.func.hessian(loss)(theta)
-
-
-def dense(matvec: Callable[[Tensor], Tensor], like: Tensor) -> Tensor:
-    """The matrix of a linear operator on vectors shaped like ``like``, column by column."""
-    eye = torch.eye(like.numel(), dtype=like.dtype, device=like.device)
-    return torch.stack([matvec(eye[i]) for i in range(like.numel())], dim=1)
 
 
 # -- built-in problems ----------------------------------------------------------------------
