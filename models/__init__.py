@@ -1,5 +1,12 @@
 """The model zoo: a registry of named problems and their training defaults.
 
+This folder is ``models/`` at the top of the repository (the project's fixed
+layout) but is installed and imported as ``hfft.models``: ``pyproject.toml``
+maps it into the ``hfft`` namespace (``package-dir``), so that no top-level
+package called ``models`` is installed to collide with other projects'. Code
+imports it as ``from hfft.models import PROBLEMS``; there is no
+``hfft/models/`` folder.
+
 Importing this package does not import torch: each registered factory is
 resolved on first use, so command-line help can list the problems cheaply.
 

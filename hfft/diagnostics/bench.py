@@ -74,7 +74,7 @@ class BenchResult:
         flops: FLOPs per operation over one gradient's.
         peak_bytes: Peak memory each operation allocates.
         step: The whole-step benchmark (:func:`hfft.diagnostics.step_bench.bench_hf_step`).
-        targets: Performance targets of issue #7, name → (value, bound, met).
+        targets: The performance targets (docs/benchmarks.md), name → (value, bound, met).
     """
 
     model: str
@@ -398,7 +398,7 @@ def _then(first: Callable[[], Any], second: Callable[[], Any]) -> Callable[[], A
 
 
 def check_targets(r: BenchResult) -> dict[str, tuple[float, str, bool]]:
-    """The issue-#7 targets this result can be held to: value, bound, met."""
+    """The performance targets this result can be held to: value, bound, met."""
     s, out = r.seconds, {}
 
     def add(key: str, value: float, bound: str, met: bool) -> None:

@@ -36,7 +36,7 @@ few steps, which the rate of one probe step cannot see; on the digits problem
 the first HF step's ρ was 1.0–1.4 from an early checkpoint, where HF then
 kept its pace for the whole budget, and 0.1–0.4 from later ones, where it
 stalled. Comparing one HF step's rate with SGD's over a window (``margin`` >
-0) was measured too and is the worse rule there (README).
+0) was measured too and is the worse rule there (docs/auto.md).
 
 Rolling back even a probe that lowered the objective is deliberate: on the
 digits problem, SGD at the training rate resumed after a kept HF step was
@@ -60,7 +60,7 @@ than ``margin`` × HF's rate, auto stays on SGD (windows and probes as at the
 start); otherwise — also when SGD diverges — parameters and buffers are
 restored to HF's, HF goes on, and the next check waits twice as long. The
 trial, like a probe, is taken only when it pays, so the instability noted
-above cannot cost more than the trial's time. The README reports how the
+above cannot cost more than the trial's time. docs/auto.md reports how the
 rule and its variants fare on the digits problem of ``hfft demo``.
 """
 
@@ -127,7 +127,7 @@ DEFAULT_SWITCH_BACK = False
 
 Off by default: on the digits problem 22 of 23 SGD trials after HF steps were
 rolled back (SGD at the training rate raised the loss from HF's parameters),
-so trials only cost time there (README)."""
+so trials only cost time there (docs/auto.md)."""
 
 DEFAULT_STALL = 0.25
 """HF has slowed down when its rate over a window is below this fraction of its best."""

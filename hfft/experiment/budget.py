@@ -8,7 +8,7 @@ seconds with :func:`resolve_budget` once the training time is known.
 :class:`BudgetClock` measures what a strategy has spent. It runs only while the
 optimizer works: evaluation happens between :meth:`BudgetClock.pause` and
 :meth:`BudgetClock.resume`, at the fractions :func:`evaluation_fractions`
-gives, the same for every strategy (SPEC §5).
+gives, the same for every strategy.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One run per output folder: an exclusive lock, the folder's owner checked, and a swap at the end.
 
-Rules every command holds (README, "Safety"):
+Rules every command holds (docs/safety.md):
 
 * **One run at a time.** A run holds an exclusive lock (``flock``) on its
   output folder while it works; a second run on the same folder fails at once

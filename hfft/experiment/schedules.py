@@ -1,4 +1,4 @@
-"""Learning-rate schedules of the SGD baselines (SPEC §4).
+"""Learning-rate schedules of the SGD baselines.
 
 A schedule maps the fraction ``f ∈ [0, 1]`` of the budget spent to a learning
 rate, so the same schedule serves a wall-clock budget and a step budget:

@@ -1,4 +1,4 @@
-"""Fine-tuning strategies as typed on the command line (SPEC §4).
+"""Fine-tuning strategies as typed on the command line.
 
 A strategy is a name with optional ``key=value`` options::
 

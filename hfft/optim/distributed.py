@@ -1,4 +1,4 @@
-"""Data parallelism over ``torch.distributed``, as launched by ``torchrun`` (SPEC §8).
+"""Data parallelism over ``torch.distributed``, as launched by ``torchrun``.
 
 Every rank runs the same program on the same data with the same seeds, so
 every rank draws the same global batches; each rank works on its contiguous

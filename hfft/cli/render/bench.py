@@ -93,7 +93,7 @@ def print_bench(console: Console, result: BenchResult) -> None:
                 f"(max |Δθ| {result.step['max_abs_difference'][b]:.1e})"
             )
     if result.targets:
-        table = Table(title="targets (issue #7)", title_justify="left")
+        table = Table(title="performance targets (docs/benchmarks.md)", title_justify="left")
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_column("target", justify="right")
