@@ -135,7 +135,7 @@ def test_interrupt_writes_what_exists(ckpt: Path, tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     cfg = FinetuneConfig(
-        checkpoint=str(ckpt), out=str(tmp_path / "ft"), strategy="sgd", budget="1h"
+        checkpoint=str(ckpt), out=str(tmp_path / "ft"), strategy="sgd", budget="500steps"
     )
     with pytest.raises(KeyboardInterrupt):
         finetune(cfg, on_progress=stop)
@@ -354,9 +354,9 @@ def test_sigterm_saves_and_exits_143(ckpt: Path, tmp_path: Path) -> None:
 def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: int) -> list:
     """Make the runner raise KeyboardInterrupt in its ``forward``-th forward pass of step
     ``step``; returns the list that will hold the model's state at the start of each step."""
-    import hfft.experiment.registry
+    import hfft.experiment.finetune
 
-    real = hfft.experiment.registry.make_runner
+    real = hfft.experiment.finetune.make_runner
     starts: list = []
 
     def make(strategy, model, *args, **kwargs):
@@ -386,7 +386,7 @@ def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: 
         made.step = step_
         return made
 
-    monkeypatch.setattr(hfft.experiment.registry, "make_runner", make)
+    monkeypatch.setattr(hfft.experiment.finetune, "make_runner", make)
     return starts
 
 
@@ -419,7 +419,7 @@ def test_an_interrupt_inside_a_step_saves_the_last_accepted_weights(
     starts = _interrupt_inside_step(monkeypatch, step=step, forward=forward)
     out = tmp_path / "ft"
     cfg = FinetuneConfig(
-        checkpoint=str(ckpt), out=str(out), strategy=strategy, budget="1h", eval_batch_size=256
+        checkpoint=str(ckpt), out=str(out), strategy=strategy, budget="40steps", eval_batch_size=256
     )
     with pytest.raises(Interrupted, match=r"saved in .* and marked interrupted"):
         finetune(cfg)
@@ -452,7 +452,7 @@ def test_an_sgd_update_cut_short_is_undone(
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
     out = tmp_path / "ft"
-    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(out), strategy="sgd", budget="1h")
+    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(out), strategy="sgd", budget="500steps")
     with pytest.raises(Interrupted):
         finetune(cfg)
     log = json.loads((out / "metrics.json").read_text())
@@ -481,7 +481,7 @@ def test_a_second_interrupt_while_saving_waits_for_the_files(
             raise KeyboardInterrupt
 
     out = tmp_path / "ft"
-    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(out), strategy="sgd", budget="1h")
+    cfg = FinetuneConfig(checkpoint=str(ckpt), out=str(out), strategy="sgd", budget="500steps")
     with pytest.raises(Interrupted):
         finetune(cfg, on_progress=stop)
     log = json.loads((out / "metrics.json").read_text())

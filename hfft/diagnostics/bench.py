@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.diagnostics.instruments import count_flops, peak_memory
+from hfft.experiment.runners import SGDRunner
+from hfft.experiment.splits import DataSplits
+from hfft.experiment.strategies import parse_strategy
 from hfft.experiment.task import loss_function
+from hfft.models import get_problem
+from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.step_context import synced_time
 
@@ -103,7 +109,6 @@ def shaped_problem(
     name: str, batch_size: int, device: str = "cpu", seed: int = 0
 ) -> tuple[nn.Module, Tensor, Tensor]:
     """A registered model in eval mode with a random batch shaped like its data."""
-    from hfft.models import get_problem
 
     problem = get_problem(name)
     channels, size, classes = DATA_SHAPES[problem.defaults.dataset]
@@ -153,7 +158,6 @@ def _operations(
     model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, backends: tuple[str, ...]
 ) -> tuple[dict[str, Callable[[], Any]], int, dict[str, LinearizationCache]]:
     """The measured operations as closures, the number of parameters, the traces."""
-    from hfft.optim.cg import conjugate_gradient
 
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
@@ -223,8 +227,6 @@ def _sgd_steps(
     model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module
 ) -> dict[str, Callable[[], Any]]:
     """One SGD step of hfft's runner and of a plain loop, each on its own copy."""
-    from hfft.experiment.runners import SGDRunner
-    from hfft.experiment.strategies import parse_strategy
 
     n = x.shape[0]
     splits = _bench_splits(x, y)
@@ -256,7 +258,6 @@ def _sgd_steps(
 
 
 def _bench_splits(x: Tensor, y: Tensor) -> Any:
-    from hfft.experiment.splits import DataSplits
 
     return DataSplits(
         name="bench",
@@ -370,7 +371,6 @@ def _flop_ratios(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
     steps are not counted: each is one gradient's arithmetic
     (tests/test_curvature.py checks setups).
     """
-    from hfft.diagnostics.instruments import count_flops
 
     raw = {k: count_flops(f) for k, f in fns.items() if not k.startswith(("sgd_step", "ggn_setup"))}
     flops = {k: f / raw["gradient"] for k, f in raw.items() if raw["gradient"]}
@@ -381,7 +381,6 @@ def _flop_ratios(fns: dict[str, Callable[[], Any]]) -> dict[str, float]:
 
 def _peaks(fns: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, int]:
     """Peak memory of every operation; a product's with the setup it needs."""
-    from hfft.diagnostics.instruments import peak_memory
 
     peak = {}
     for key, fn in fns.items():

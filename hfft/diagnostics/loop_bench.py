@@ -8,7 +8,12 @@ from typing import Any
 import torch
 
 from hfft.diagnostics.bench import interleaved_medians
+from hfft.experiment.factories import build_model
+from hfft.experiment.sampling import BatchSampler
+from hfft.experiment.splits import load_data
 from hfft.experiment.task import loss_function
+from hfft.experiment.train import sgd_epoch
+from hfft.models import get_problem, param_groups
 
 __all__ = ["LoopBenchResult", "bench_sgd_loop"]
 
@@ -52,12 +57,6 @@ def bench_sgd_loop(
     compared.
     """
     import copy
-
-    from hfft.experiment.factories import build_model
-    from hfft.experiment.sampling import BatchSampler
-    from hfft.experiment.splits import load_data
-    from hfft.experiment.train import sgd_epoch
-    from hfft.models import get_problem, param_groups
 
     torch.manual_seed(seed)
     splits = load_data(data, device=device, seed=seed, augment=False)

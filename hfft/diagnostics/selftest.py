@@ -77,6 +77,7 @@ from hfft.diagnostics.verdicts import (
     reduction_check,
     symmetry_check,
 )
+from hfft.experiment.budget import parse_budget, resolve_budget
 from hfft.experiment.task import loss_function
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss, loss_reduction
@@ -391,7 +392,6 @@ def _time_budget(budget: str | None, train_seconds: float | None) -> float | Non
         ValueError: For a step or epoch budget, an unparsable one, or a
             percentage without a known training time.
     """
-    from hfft.experiment.budget import parse_budget, resolve_budget
 
     if budget is None:
         if train_seconds is None:

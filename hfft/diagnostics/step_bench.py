@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.diagnostics.instruments import peak_memory
 from hfft.optim.flat import flatten
+from hfft.optim.optimizer import HessianFree
 
 __all__ = ["BREAKDOWN", "bench_hf_step"]
 
@@ -58,7 +60,6 @@ def _stepper(
 ) -> Callable[[], tuple[Any, Tensor]]:
     """One step on a copy of ``model``, ready to run: returns the record and the
     new flat parameters. Copying and tracing happen here, outside the step."""
-    from hfft.optim.optimizer import HessianFree
 
     net = copy.deepcopy(model)
     opt = HessianFree(
@@ -104,7 +105,6 @@ def bench_hf_step(
         on a 3-iteration step to save time: the peak comes from one product
         and the kept iterates, not from the number of iterations).
     """
-    from hfft.diagnostics.instruments import peak_memory
 
     with torch.no_grad():
         theta0 = flatten(model.parameters())

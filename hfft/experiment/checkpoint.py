@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hfft._io import atomic_write_bytes
+from hfft._io import atomic_write_bytes, json_ready
 from hfft._text import short_list
 
 __all__ = [
@@ -90,8 +90,6 @@ def save_checkpoint(
             JSON-serialisable; nothing is written then.
     """
     from safetensors.torch import save
-
-    from hfft._io import json_ready
 
     try:
         header = json.dumps(json_ready(dict(metadata)), sort_keys=True, allow_nan=False)

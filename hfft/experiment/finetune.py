@@ -38,6 +38,12 @@ import torch
 
 from hfft._io import atomic_write_json, sha256_file
 from hfft._version import __version__
+from hfft.experiment.budget import (
+    BudgetClock,
+    evaluation_fractions,
+    parse_budget,
+    resolve_budget,
+)
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
 from hfft.experiment.interrupts import (
@@ -56,10 +62,13 @@ from hfft.experiment.records import (
     SourceEntry,
     SpentEntry,
 )
+from hfft.experiment.registry import make_runner
 from hfft.experiment.run_folder import RunFolder, slug
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
+from hfft.experiment.strategies import parse_strategy
 from hfft.experiment.task import loss_function
+from hfft.experiment.train import versions
 from hfft.optim import distributed
 
 if TYPE_CHECKING:
@@ -136,7 +145,6 @@ class FinetuneResult:
 
 def default_out(checkpoint: Path, strategy: str) -> Path:
     """Where a run writes without ``--out``: ``finetune-STRATEGY`` beside the checkpoint."""
-    from hfft.experiment.strategies import parse_strategy
 
     return checkpoint.parent / ("finetune-" + slug(parse_strategy(strategy).label))
 
@@ -188,8 +196,6 @@ class _Run:
         out: Path,
         on_progress: Callable[[float, Mapping[str, Any]], None] | None,
     ) -> None:
-        from hfft.experiment.strategies import parse_strategy
-        from hfft.experiment.train import versions
 
         self.model, self.splits, self.runner, self.clock = src.model, src.splits, runner, clock
         self.device = next(self.model.parameters()).device
@@ -428,14 +434,6 @@ def _prepare(
     config: FinetuneConfig, source: StartingPoint | None, on_note: Callable[[str], None] | None
 ) -> tuple[StartingPoint, Runner, BudgetClock, list[float]]:
     """The checkpoint loaded, the strategy's runner and the clock: all checked, nothing written."""
-    from hfft.experiment.budget import (
-        BudgetClock,
-        evaluation_fractions,
-        parse_budget,
-        resolve_budget,
-    )
-    from hfft.experiment.registry import make_runner
-    from hfft.experiment.strategies import parse_strategy
 
     strategy = parse_strategy(config.strategy)
     budget = parse_budget(config.budget)

@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from hfft.experiment.sampling import BatchSampler, gather_batch
+from hfft.experiment.schedules import Plateau, make_schedule
 from hfft.experiment.task import loss_function
 from hfft.models import param_groups
 from hfft.optim import distributed
 from hfft.optim.flat import FlatSpace
+from hfft.optim.optimizer import HessianFree
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -114,7 +116,6 @@ class SGDRunner(Runner):
         evaluations: int,
         seed: int,
     ) -> None:
-        from hfft.experiment.schedules import Plateau, make_schedule
 
         opts = strategy.options
         self.base_lr = float(opts.get("lr", lr))
@@ -201,7 +202,6 @@ class HFRunner(Runner):
         eval_batch_size: int | None,
         seed: int,
     ) -> None:
-        from hfft.optim.optimizer import HessianFree
 
         opts = dict(strategy.options)
         n = splits.train_x.shape[0]

@@ -25,10 +25,17 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
+from hfft.experiment.factories import build_model
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
 from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
+from hfft.experiment.run_folder import check_owner, clean_stale, clear, locked_folder
+from hfft.experiment.runners import sgd_update
+from hfft.experiment.sampling import BatchSampler, gather_batch
+from hfft.experiment.splits import load_data
+from hfft.experiment.starting_point import check_fit
 from hfft.experiment.task import loss_function
+from hfft.models import PROBLEMS, param_groups
 from hfft.optim.step_context import synced_time
 
 if TYPE_CHECKING:
@@ -87,7 +94,6 @@ class TrainConfig:
             ValueError: For an unknown name, or a user's model without the
                 settings it needs.
         """
-        from hfft.models import PROBLEMS
 
         problem = PROBLEMS.get(model)
         if problem is None and ":" not in model:
@@ -165,8 +171,6 @@ def sgd_epoch(
     when the splits allow it. The loss sum stays on the device: no host
     synchronisation inside the epoch.
     """
-    from hfft.experiment.runners import sgd_update
-    from hfft.experiment.sampling import gather_batch
 
     model.train()
     n = splits.train_x.shape[0]
@@ -215,11 +219,6 @@ class _Training:
     """A training run's model, data, optimizer and manifest, written as it goes."""
 
     def __init__(self, config: TrainConfig) -> None:
-        from hfft.experiment.factories import build_model
-        from hfft.experiment.sampling import BatchSampler
-        from hfft.experiment.splits import load_data
-        from hfft.experiment.starting_point import check_fit
-        from hfft.models import param_groups
 
         self.config, self.out = config, Path(config.out)
         self.device = torch.device(config.device)
@@ -364,7 +363,6 @@ def train(
         Interrupted: On Ctrl-C or SIGTERM, after the manifest was marked
             ``"interrupted"`` (the checkpoints written so far stay valid).
     """
-    from hfft.experiment.run_folder import check_owner, clean_stale, clear, locked_folder
 
     run = _Training(config)
     save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))

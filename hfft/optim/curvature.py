@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from hfft.optim.flat import FlatSpace, ModelState
 from hfft.optim.output_hessians import Loss, hessian_kind, loss_reduction, output_hessian
 from hfft.optim.step_context import synced_time
+from hfft.optim.trace import TracedLinearization
 
 __all__ = [
     "BACKENDS",
@@ -123,7 +124,6 @@ class LinearizationCache:
         self.fallback_reason: str | None = None
 
     def get(self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Tensor) -> Any:
-        from hfft.optim.trace import TracedLinearization
 
         key = (
             id(model),
