@@ -11,6 +11,7 @@ from torch import nn
 
 from hfft.diagnostics.dense import dense, dense_ggn, loss_of_flat
 from hfft.optim.curvature import LinearizationCache, linearize_curvature, split_batch
+from hfft.optim.output_hessians import ClassLastCrossEntropy
 
 CASES = [(model, loss, backend) for model, loss in CASE_TABLE for backend in ("func", "backpack")]
 
@@ -124,14 +125,18 @@ def test_chunked_equals_full_batch(
 
 
 def test_split_batch_weights() -> None:
-    x, y = torch.zeros(10, 2), torch.zeros(10)
-    assert [c.weight for c in split_batch(x, y, 4, "mean")] == [0.4, 0.4, 0.2]
-    assert [c.weight for c in split_batch(x, y, 4, "sum")] == [1.0, 1.0, 1.0]
-    assert len(split_batch(x, y, None, "mean")) == 1
+    x, y = torch.zeros(10, 2), torch.zeros(10, dtype=torch.long)
+    assert [c.weight for c in split_batch(x, y, 4, nn.CrossEntropyLoss())] == [0.4, 0.4, 0.2]
+    assert [c.weight for c in split_batch(x, y, 4, nn.CrossEntropyLoss(reduction="sum"))] == [
+        1.0,
+        1.0,
+        1.0,
+    ]
+    assert len(split_batch(x, y, None, nn.CrossEntropyLoss())) == 1
     with pytest.raises(ValueError, match="chunk_size"):
-        split_batch(x, y, 0, "mean")
+        split_batch(x, y, 0, nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="samples"):
-        split_batch(x, y[:3], 4, "mean")
+        split_batch(x, y[:3], 4, nn.CrossEntropyLoss())
 
 
 class DataDependent(nn.Module):
@@ -239,3 +244,50 @@ def test_invalid_options(kwargs: dict, match: str) -> None:
     model, x, y = make_problem("mlp")
     with pytest.raises(ValueError, match=match):
         linearize_curvature(model, nn.CrossEntropyLoss(), x, y, **kwargs)
+
+
+def _positionwise_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Per-position outputs (N, T, C) with padded (ignored) target positions."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = torch.randn(8, 6, 4).double(), torch.randint(0, 3, (8, 6))
+    y[:3, 4:] = -100  # three sequences are shorter
+    y[5, 0] = -100
+    return model, x, y
+
+
+LOSS_CASES = {
+    "ce-ignore-index-weights": lambda: (
+        *make_problem("mlp", n=8)[:2],
+        torch.tensor([0, 1, 2, 1, 0, 2, 1, 1]),
+        nn.CrossEntropyLoss(weight=torch.tensor([1.0, 3.0, 0.5]).double(), ignore_index=1),
+    ),
+    "positionwise-ce": lambda: (*_positionwise_problem(), ClassLastCrossEntropy()),
+    "bce-multilabel": lambda: (
+        *make_problem("mlp", n=8)[:2],
+        torch.randint(0, 2, (8, 3)).double(),
+        nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0, 1.0, 0.5]).double()),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOSS_CASES))
+@pytest.mark.parametrize("backend", ["func", "backpack"])
+def test_every_loss_gives_the_dense_ggn_in_any_chunking(name: str, backend: str) -> None:
+    # chunks are weighted by their share of the loss's own normaliser: with 3 of 8 targets
+    # ignored or class weights, n_c / N made the loss, gradient and products wrong
+    model, x, y, loss_fn = LOSS_CASES[name]()
+    full = linearize_curvature(model, loss_fn, x, y, backend=backend)
+    torch.testing.assert_close(
+        dense(full.matvec, flat_params(model)),
+        dense_ggn(model, loss_fn, x, y),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+    chunked = linearize_curvature(model, loss_fn, x, y, chunk_size=3, backend=backend)
+    assert chunked.loss == pytest.approx(full.loss, rel=1e-12)
+    with torch.no_grad():
+        assert full.loss == pytest.approx(float(loss_fn(model(x), y)), rel=1e-12)
+    torch.testing.assert_close(chunked.grad, full.grad, rtol=1e-10, atol=1e-12)
+    v = torch.randn(full.grad.numel(), dtype=torch.float64)
+    torch.testing.assert_close(chunked.matvec(v), full.matvec(v), rtol=1e-10, atol=1e-12)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from hfft.experiment.budget import Budget, BudgetClock
 from hfft.optim import distributed
@@ -42,9 +43,10 @@ def test_shards_of_every_rank_partition_the_batch(monkeypatch: pytest.MonkeyPatc
 
 def test_shard_weights_of_a_mean_loss_sum_to_one_over_ranks() -> None:
     x, y = torch.randn(10, 2), torch.zeros(10, dtype=torch.long)
-    shards = [split_batch(x[s], y[s], 2, "mean", total=10) for s in (slice(0, 3), slice(3, 10))]
+    ce, ce_sum = nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="sum")
+    shards = [split_batch(x[s], y[s], 2, ce, total=10) for s in (slice(0, 3), slice(3, 10))]
     assert sum(c.weight for chunks in shards for c in chunks) == pytest.approx(1.0)
-    assert all(c.weight == 1.0 for c in split_batch(x[:3], y[:3], 2, "sum", total=10))
+    assert all(c.weight == 1.0 for c in split_batch(x[:3], y[:3], 2, ce_sum, total=10))
 
 
 def test_budget_clock_takes_the_slowest_ranks_time() -> None:

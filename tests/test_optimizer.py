@@ -222,7 +222,7 @@ def test_empirical_fisher_diagonal_matches_per_sample_gradients() -> None:
     loss_fn = nn.CrossEntropyLoss()
     params = list(model.parameters())
     diag = empirical_fisher_diagonal(
-        model, loss_fn, split_batch(x, y, 4, "mean"), params, "mean", vmap_chunk=3
+        model, loss_fn, split_batch(x, y, 4, nn.CrossEntropyLoss()), params, "mean", vmap_chunk=3
     )
     per_sample = torch.stack(
         [

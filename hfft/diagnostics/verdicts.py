@@ -19,6 +19,7 @@ from hfft.diagnostics.measure import (
     determinism_status,
     roundoff_tol,
 )
+from hfft.optim.batches import batch_size
 from hfft.optim.curvature import split_batch
 from hfft.optim.output_hessians import Loss, loss_reduction
 
@@ -174,17 +175,17 @@ def reduction_check(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor, chunk
     """Chunk losses of one forward pass, weighted as accumulation weighs them, vs the batch loss."""
     reduction = loss_reduction(loss_fn)
     name = "reduction consistency"
-    n = x.shape[0]
+    n = batch_size(x)
     if n < 2:
         return Check(name, WARN, None, None, "a batch of one sample cannot be split: use ≥ 2")
-    chunks = split_batch(x, y, chunk, reduction)
+    chunks = split_batch(x, y, chunk, loss_fn)
     weighted = as_mean = as_sum = 0.0
     with torch.no_grad():
         z = model(x)  # one pass, sliced: this checks the loss, not the model
         full = float(loss_fn(z, y))
         start = 0
         for c in chunks:
-            size = c.inputs.shape[0]
+            size = batch_size(c.inputs)
             loss = float(loss_fn(z[start : start + size], c.targets))
             weighted += c.weight * loss
             as_mean += size / n * loss

@@ -21,11 +21,14 @@ Two back-ends compute the products:
   implementation does; kept for comparison.
 
 With ``chunk_size`` the batch is processed in chunks and everything is summed
-exactly: a chunk's loss is weighted by ``n_c / N`` for mean-reduced losses and
-by 1 for sum-reduced ones, so loss, gradient and products equal the full-batch
-quantities. By default a chunked product recomputes each chunk's forward pass
-(memory of one chunk); ``cache_chunks=True`` keeps every chunk's linearisation
-(memory of the whole batch, no recomputation).
+exactly: a chunk's loss is weighted by its share of the loss's own normaliser
+(``n_c / N`` for a loss averaged over samples; the share of the non-ignored or
+weighted targets for cross-entropy with ``ignore_index`` or class weights) and
+by 1 for sum-reduced ones, so loss, gradient and products equal the
+full-batch quantities. Inputs may be a tensor or a dict or tuple of batched
+tensors (:mod:`hfft.optim.batches`). By default a chunked product recomputes
+each chunk's forward pass (memory of one chunk); ``cache_chunks=True`` keeps
+every chunk's linearisation (memory of the whole batch, no recomputation).
 """
 
 from __future__ import annotations
@@ -37,8 +40,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.optim.batches import Batchable, batch_size, take
 from hfft.optim.flat import FlatSpace, ModelState
-from hfft.optim.output_hessians import Loss, hessian_kind, loss_reduction, output_hessian
+from hfft.optim.output_hessians import (
+    Loss,
+    hessian_kind,
+    loss_normaliser,
+    loss_reduction,
+    output_hessian,
+)
 from hfft.optim.step_context import synced_time
 from hfft.optim.trace import TracedLinearization
 
@@ -60,45 +70,51 @@ BACKENDS = ("func", "backpack")
 class Chunk:
     """A piece of a batch and its weight in the batch loss."""
 
-    inputs: Tensor
+    inputs: Batchable
     targets: Tensor
     weight: float
 
 
 def split_batch(
-    inputs: Tensor,
+    inputs: Batchable,
     targets: Tensor,
     chunk_size: int | None,
-    reduction: str,
-    total: int | None = None,
+    loss_fn: Loss,
+    total: float | None = None,
 ) -> list[Chunk]:
     """Split a batch into chunks whose weighted losses sum to the batch loss.
 
+    A chunk's weight is its share of the loss's own normaliser
+    (:func:`hfft.optim.output_hessians.loss_normaliser`): ``n_c / N`` for a
+    loss averaged over samples, the share of the non-ignored (or weighted)
+    targets for cross-entropy with ``ignore_index`` or class weights, 1 for a
+    sum-reduced loss. So loss, gradient and curvature are exact in any chunking;
+    a chunk whose targets are all ignored is left out (it adds nothing).
+
     Args:
-        inputs: Batch inputs, samples along the first dimension.
+        inputs: Batch inputs (a tensor or a nest of them), samples along dimension 0.
         targets: Batch targets, samples along the first dimension.
         chunk_size: Samples per chunk; ``None`` for one chunk.
-        reduction: ``"mean"`` (weights ``n_c / N``) or ``"sum"`` (weights 1).
-        total: ``N``, when this batch is one rank's shard of a batch of
-            ``N`` samples (data-parallel); the local size by default.
+        loss_fn: The loss.
+        total: The normaliser of the whole batch when this batch is one
+            rank's shard of it (data-parallel); this batch's by default.
 
     Raises:
         ValueError: For a non-positive chunk size or mismatched batch sizes.
     """
-    n = inputs.shape[0]
+    n = batch_size(inputs)
     if targets.shape[0] != n:
         raise ValueError(f"inputs hold {n} samples but targets hold {targets.shape[0]}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    whole = total if total is not None else n
-    if chunk_size is None or chunk_size >= n:
-        return [Chunk(inputs, targets, n / whole if reduction == "mean" else 1.0)]
-    chunks = []
-    for start in range(0, n, chunk_size):
-        x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
-        weight = x.shape[0] / whole if reduction == "mean" else 1.0
-        chunks.append(Chunk(x, y, weight))
-    return chunks
+    size = n if chunk_size is None or chunk_size >= n else chunk_size
+    pieces = [(take(inputs, slice(a, a + size)), targets[a : a + size]) for a in range(0, n, size)]
+    if loss_reduction(loss_fn) == "sum":
+        return [Chunk(x, y, 1.0) for x, y in pieces]
+    whole = total if total is not None else loss_normaliser(loss_fn, targets)
+    chunks = [Chunk(x, y, loss_normaliser(loss_fn, y) / whole) for x, y in pieces]
+    # a chunk whose every target is ignored adds nothing (and its own mean is 0/0)
+    return [c for c in chunks if c.weight > 0] or chunks[:1]
 
 
 @torch.no_grad()
@@ -378,7 +394,7 @@ def linearize_curvature(
     chunk_size: int | None = None,
     cache_chunks: bool = False,
     lin_cache: LinearizationCache | None = None,
-    total: int | None = None,
+    total: float | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> CurvatureOperator:
     """Loss, gradient and curvature operator of ``loss_fn(model(inputs), targets)``.
@@ -400,8 +416,8 @@ def linearize_curvature(
         cache_chunks: Keep every chunk's linearisation instead of recomputing
             it per product.
         lin_cache: Traced linearisations to reuse across calls (``"func"`` GGN).
-        total: Data-parallel: samples in the whole batch, of which ``inputs``
-            is this rank's shard.
+        total: Data-parallel: the loss normaliser of the whole batch, of
+            which ``inputs`` is this rank's shard.
         reduce: Data-parallel: sums a tensor over ranks (in place); applied
             to the loss and gradient and to every product.
 
@@ -417,7 +433,7 @@ def linearize_curvature(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
-    chunks = split_batch(inputs, targets, chunk_size, loss_reduction(loss_fn), total)
+    chunks = split_batch(inputs, targets, chunk_size, loss_fn, total)
     args = (model, loss_fn, chunks, params)
     common: dict[str, Any] = {"cache_chunks": cache_chunks, "reduce": reduce}
     if backend == "backpack":

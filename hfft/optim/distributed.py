@@ -154,17 +154,17 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def shard_sizes(
-    sizes: Sequence[int], device: torch.device
-) -> tuple[Callable[[Tensor], Tensor] | None, list[int] | None]:
-    """For batches of which this rank holds ``sizes`` samples: the in-place sum
-    over ranks and the global batch sizes (one all-reduce for all of them);
-    ``(None, None)`` in one process."""
+    sizes: Sequence[float], device: torch.device
+) -> tuple[Callable[[Tensor], Tensor] | None, list[float] | None]:
+    """For batches of which this rank holds ``sizes`` (sample counts or loss
+    normalisers): the in-place sum over ranks and the global totals (one
+    all-reduce for all of them); ``(None, None)`` in one process."""
     if not is_distributed():
         return None, None
     import torch
 
-    totals = all_reduce_sum(torch.tensor(list(sizes), device=device))
-    return all_reduce_sum, [int(n) for n in totals.tolist()]
+    totals = all_reduce_sum(torch.tensor(list(sizes), dtype=torch.float64, device=device))
+    return all_reduce_sum, [float(n) for n in totals.tolist()]
 
 
 def sum_float(

@@ -37,7 +37,7 @@ from hfft.optim.curvature import (
 )
 from hfft.optim.damping import INCREASE, adapt_damping, reduction_ratio
 from hfft.optim.linesearch import armijo, backtrack
-from hfft.optim.output_hessians import Loss, loss_reduction
+from hfft.optim.output_hessians import Loss, loss_normaliser, loss_reduction
 from hfft.optim.preconditioner import empirical_fisher_diagonal, preconditioner_from_diagonal
 from hfft.optim.step_context import Timer
 from hfft.optim.step_record import StepRecord
@@ -81,7 +81,7 @@ class HFStep:
         wd: The L2 coefficient of every entry of θ, flat.
         hp: The optimizer's hyperparameters (``HessianFree.defaults``).
         damping: This step's λ.
-        sizes: This rank's sizes of B and B̄ (data-parallel: shards).
+        targets: This rank's targets of B and B̄ (data-parallel: shards).
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class HFStep:
         wd: Tensor,
         hp: dict[str, Any],
         damping: float,
-        sizes: tuple[int, int],
+        targets: tuple[Tensor, Tensor],
     ) -> None:
         self.model, self.loss_fn, self.params, self.theta, self.wd = (
             model,
@@ -107,11 +107,13 @@ class HFStep:
         self.times: dict[str, float] = dict.fromkeys(
             ("gradient", "preconditioner", "cg", "eval", "backtracking", "linesearch"), 0.0
         )
-        # data-parallel: the sums over ranks and the global batch sizes
-        self.reduce, totals = distributed.shard_sizes(list(sizes), theta.device)
-        self.n_b: int | None = totals[0] if totals is not None else None
-        self.n_bar: int | None = totals[1] if totals is not None else None
+        # data-parallel: the sums over ranks and the global loss normalisers and sizes
         self.reduction = loss_reduction(loss_fn)
+        local = [loss_normaliser(loss_fn, t) for t in targets] + [float(targets[0].shape[0])]
+        self.reduce, totals = distributed.shard_sizes(local, theta.device)
+        self.norm_b: float | None = totals[0] if totals is not None else None
+        self.norm_bar: float | None = totals[1] if totals is not None else None
+        self.n_b: int | None = int(totals[2]) if totals is not None else None
         self.evals = 0
         self.eval_chunks: list[Any] = []
         self.f0 = math.nan
@@ -150,7 +152,7 @@ class HFStep:
             chunk_size=hp["chunk_size"],
             cache_chunks=hp["cache_chunks"],
             lin_cache=lin_cache,
-            total=self.n_b,
+            total=self.norm_b,
             reduce=self.reduce,
         )
         op.synchronize = profile
@@ -158,7 +160,7 @@ class HFStep:
         batch_f = op.loss + self.l2(self.theta)
         self.times["gradient"] = self.timer.lap()
         self.eval_chunks = split_batch(
-            eval_batch[0], eval_batch[1], hp["chunk_size"], self.reduction, self.n_bar
+            eval_batch[0], eval_batch[1], hp["chunk_size"], self.loss_fn, self.norm_bar
         )
         self.f0 = self.objective_at(None)
         self.times["eval"] = self.timer.lap()

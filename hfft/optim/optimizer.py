@@ -37,7 +37,7 @@ from hfft.optim.curvature import (
 from hfft.optim.damping import INCREASE
 from hfft.optim.flat import ModelState, flatten
 from hfft.optim.hf_step import HFStep, write_flat
-from hfft.optim.output_hessians import Loss, loss_reduction
+from hfft.optim.output_hessians import Loss, loss_normaliser
 from hfft.optim.preconditioner import (
     PRECONDITIONERS,
 )
@@ -246,10 +246,9 @@ class HessianFree(torch.optim.Optimizer):
         hp = self.defaults
         params = self._params()
         theta = flatten(params)
-        reduce, totals = distributed.shard_sizes([batch[0].shape[0]], theta.device)
+        reduce, totals = distributed.shard_sizes([loss_normaliser(loss_fn, batch[1])], theta.device)
         total = totals[0] if totals is not None else None
-        reduction = loss_reduction(loss_fn)
-        chunks = split_batch(batch[0], batch[1], hp["chunk_size"], reduction, total)
+        chunks = split_batch(batch[0], batch[1], hp["chunk_size"], loss_fn, total)
         wd = self._wd_vector(params)
         with step_mode(model, hp["model_mode"]):
             loss = distributed.sum_float(batch_loss(model, loss_fn, chunks), reduce, theta.device)
@@ -313,9 +312,9 @@ class HessianFree(torch.optim.Optimizer):
         """The phases of :mod:`hfft.optim.hf_step`, with this optimizer's state."""
         hp, g_state = self.defaults, self._global()
         step_no = g_state["step"] = int(g_state.get("step", 0)) + 1
-        sizes = (batch[0].shape[0], eval_batch[0].shape[0])
+        targets = (batch[1], eval_batch[1])
         damping = float(g_state.get("damping", hp["damping"]))
-        hf = HFStep(model, loss_fn, params, theta, self._wd_vector(params), hp, damping, sizes)
+        hf = HFStep(model, loss_fn, params, theta, self._wd_vector(params), hp, damping, targets)
         # 1. gradient and curvature on B, the objective on B̄ at θ
         op, grad, batch_f = hf.linearize(batch, eval_batch, self._lin_cache, self.profile)
         grad_norm = float(torch.linalg.vector_norm(grad))

@@ -1,17 +1,27 @@
-"""Loss functions as the curvature code sees them: reduction and output Hessian.
+"""Loss functions as the curvature code sees them: normaliser and output Hessian.
 
 The generalised Gauss-Newton matrix ``G = Jᵀ H J`` needs products with the
-Hessian ``H`` of the loss with respect to the network outputs. For the two
-losses used in practice it has a closed form:
+Hessian ``H`` of the loss with respect to the network outputs ``z``. For the
+common losses it has a closed form, applied position by position:
 
-* softmax cross-entropy, per sample: ``H = diag(p) − p pᵀ`` with
-  ``p = softmax(z)`` (unchanged by label smoothing, whose target distribution
-  sums to one);
-* mean squared error ``‖z − y‖²``: ``H = 2 I``.
+* softmax cross-entropy (``nn.CrossEntropyLoss``, classes along dimension 1,
+  or along the last dimension with :class:`ClassLastCrossEntropy`; class
+  weights, ``ignore_index``, label smoothing and soft targets):
+  ``H = s · (diag(p) − p pᵀ)`` with ``p = softmax(z)`` over the classes and
+  ``s`` the target's weight (0 for an ignored position; ``Σ_c w_c q_c`` for
+  soft targets ``q``; label smoothing ``ε`` gives ``(1 − ε) w_y + ε/C Σ_c w_c``);
+* binary cross-entropy on logits (``nn.BCEWithLogitsLoss``, with ``weight``
+  and ``pos_weight``): ``H = diag(w σ(z)(1 − σ(z))(p_w y + 1 − y))``;
+* mean squared error (``nn.MSELoss``): ``H = 2 I``.
 
-Both are scaled by ``1/N`` (samples) or ``1/(N·C)`` (elements) for mean
-reduction. Any other loss callable gets ``H u`` from autograd
-(forward-over-reverse on the outputs), which is exact but costs more.
+Each is divided by the loss's own *normaliser* under mean reduction
+(:func:`loss_normaliser`: the weight sum of the non-ignored targets for
+cross-entropy with hard targets, the number of positions for soft targets,
+the number of elements for BCE and MSE; 1 for sum reduction). The same
+normaliser makes chunked accumulation exact: a chunk's loss enters the batch
+loss with weight ``normaliser(chunk) / normaliser(batch)``. Any other loss
+callable gets ``H u`` from autograd (forward-over-reverse on the outputs),
+exact but dearer, and is assumed to average over the samples of dimension 0.
 """
 
 from __future__ import annotations
@@ -21,9 +31,28 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["hessian_kind", "loss_reduction", "output_hessian"]
+__all__ = [
+    "ClassLastCrossEntropy",
+    "Loss",
+    "hessian_kind",
+    "loss_normaliser",
+    "loss_reduction",
+    "output_hessian",
+]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
+
+
+class ClassLastCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy of outputs whose classes are along the *last* dimension.
+
+    Language models and per-token classifiers return ``(N, T, C)``; PyTorch's
+    cross-entropy wants the classes along dimension 1. This moves them there
+    and is otherwise ``nn.CrossEntropyLoss`` (same arguments, same value).
+    """
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return super().forward(input.movedim(-1, 1), target)
 
 
 def loss_reduction(loss_fn: Loss) -> str:
@@ -44,24 +73,66 @@ def loss_reduction(loss_fn: Loss) -> str:
     return str(reduction)
 
 
-def hessian_kind(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> str:
-    """Which output-Hessian formula applies: ``"ce"``, ``"mse"`` or ``"autograd"``.
+def _class_dim(loss_fn: Loss) -> int:
+    return -1 if isinstance(loss_fn, ClassLastCrossEntropy) else 1
 
-    Closed forms cover ``nn.CrossEntropyLoss`` without class weights on 2-D
-    outputs (and without targets equal to ``ignore_index``) and ``nn.MSELoss``.
-    The ``ignore_index`` check reads the targets (a host-device sync on GPUs),
-    so callers that evaluate the same batch repeatedly should compute the kind
-    once and pass it to :func:`output_hessian`.
+
+def _target_weights(loss_fn: nn.CrossEntropyLoss, targets: Tensor) -> Tensor:
+    """Per position: the weight a hard target carries in the loss (0 where ignored)."""
+    keep = targets != loss_fn.ignore_index
+    if loss_fn.weight is None:
+        return keep.to(torch.float64)
+    safe = torch.where(keep, targets, torch.zeros_like(targets))
+    return torch.where(keep, loss_fn.weight.to(torch.float64)[safe], 0.0)
+
+
+def loss_normaliser(loss_fn: Loss, targets: Tensor) -> float:
+    """What ``loss_fn`` divides its sum by under mean reduction (1 for sum reduction).
+
+    Cross-entropy with class indices: the summed weight of the targets that
+    are not ``ignore_index`` (their number without class weights); with soft
+    targets: the number of positions. BCE, MSE and other element-wise
+    ``nn`` losses: the number of target elements. A plain callable: the
+    number of samples (dimension 0).
     """
+    if loss_reduction(loss_fn) == "sum":
+        return 1.0
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if targets.is_floating_point():  # probabilities: one per class
+            return float(targets.numel() // targets.shape[_class_dim(loss_fn)])
+        return float(_target_weights(loss_fn, targets).sum())
+    if isinstance(loss_fn, nn.modules.loss._Loss):
+        return float(targets.numel())
+    return float(targets.shape[0])
+
+
+def hessian_kind(loss_fn: Loss, outputs: Tensor, targets: Tensor) -> str:
+    """Which output-Hessian formula applies: ``"ce"``, ``"bce"``, ``"mse"`` or ``"autograd"``."""
     if isinstance(loss_fn, nn.MSELoss):
         return "mse"
-    if not isinstance(loss_fn, nn.CrossEntropyLoss) or loss_fn.weight is not None:
-        return "autograd"
-    if outputs.ndim != 2:
-        return "autograd"
-    if not targets.is_floating_point() and bool(torch.any(targets == loss_fn.ignore_index)):
-        return "autograd"
-    return "ce"
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss):
+        return "bce"
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and outputs.ndim >= 2:
+        return "ce"
+    return "autograd"
+
+
+def _ce_scale(loss_fn: nn.CrossEntropyLoss, z: Tensor, targets: Tensor) -> Tensor:
+    """Per position (the targets' shape), the factor of ``diag(p) − p pᵀ``."""
+    dim = _class_dim(loss_fn)
+    weight = loss_fn.weight.to(torch.float64) if loss_fn.weight is not None else None
+    if targets.is_floating_point():  # soft targets q: Σ_c w_c q_c
+        q = targets.to(torch.float64)
+        if weight is not None:
+            q = q * weight.view([-1 if d == dim % z.ndim else 1 for d in range(z.ndim)])
+        return q.sum(dim=dim)
+    scale = _target_weights(loss_fn, targets)
+    eps = loss_fn.label_smoothing
+    if eps > 0:
+        mean_w = float(weight.mean()) if weight is not None else 1.0
+        keep = (targets != loss_fn.ignore_index).to(torch.float64)
+        scale = (1 - eps) * scale + eps * mean_w * keep
+    return scale
 
 
 def output_hessian(
@@ -80,23 +151,9 @@ def output_hessian(
     """
     z = outputs.detach()
     kind = kind if kind is not None else hessian_kind(loss_fn, z, targets)
-    if kind == "ce":
-        scale = 1.0 / z.shape[0] if loss_reduction(loss_fn) == "mean" else 1.0
-        p = torch.softmax(z, dim=1)
-
-        def ce_hvp(u: Tensor) -> Tensor:
-            # u → (diag(p) − p pᵀ) u, row by row
-            pu = p * u
-            return scale * (pu - p * pu.sum(dim=1, keepdim=True))
-
-        return ce_hvp
-    if kind == "mse":
-        scale = 2.0 / z.numel() if loss_reduction(loss_fn) == "mean" else 2.0
-
-        def mse_hvp(u: Tensor) -> Tensor:
-            return scale * u
-
-        return mse_hvp
+    if kind in ("ce", "bce", "mse"):
+        norm = loss_normaliser(loss_fn, targets)
+        return {"ce": _ce_hvp, "bce": _bce_hvp, "mse": _mse_hvp}[kind](loss_fn, z, targets, norm)
 
     def loss_of_outputs(out: Tensor) -> Tensor:
         return loss_fn(out, targets)
@@ -108,3 +165,42 @@ def output_hessian(
         return torch.func.jvp(grad_fn, (z,), (u,))[1]
 
     return autograd_hvp
+
+
+def _ce_hvp(loss_fn: Loss, z: Tensor, targets: Tensor, norm: float) -> Callable[[Tensor], Tensor]:
+    assert isinstance(loss_fn, nn.CrossEntropyLoss)
+    dim = _class_dim(loss_fn)
+    p = torch.softmax(z, dim=dim)
+    scale = (_ce_scale(loss_fn, z, targets) / norm).to(z.dtype).unsqueeze(dim)
+
+    def ce_hvp(u: Tensor) -> Tensor:
+        # u → s (diag(p) − p pᵀ) u, position by position along the class dimension
+        pu = p * u
+        return scale * (pu - p * pu.sum(dim=dim, keepdim=True))
+
+    return ce_hvp
+
+
+def _bce_hvp(loss_fn: Loss, z: Tensor, targets: Tensor, norm: float) -> Callable[[Tensor], Tensor]:
+    assert isinstance(loss_fn, nn.BCEWithLogitsLoss)
+    s = torch.sigmoid(z)
+    diag = s * (1 - s)
+    if loss_fn.pos_weight is not None:  # the positive term is scaled by pos_weight
+        diag = diag * (loss_fn.pos_weight * targets + 1 - targets)
+    if loss_fn.weight is not None:
+        diag = diag * loss_fn.weight
+    diag = diag / norm
+
+    def bce_hvp(u: Tensor) -> Tensor:
+        return diag * u
+
+    return bce_hvp
+
+
+def _mse_hvp(loss_fn: Loss, z: Tensor, targets: Tensor, norm: float) -> Callable[[Tensor], Tensor]:
+    scale = 2.0 / norm
+
+    def mse_hvp(u: Tensor) -> Tensor:
+        return scale * u
+
+    return mse_hvp

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hfft.optim.batches import Batchable, batch_size, map_tensors, take
 from hfft.optim.curvature import Chunk
 from hfft.optim.flat import FlatSpace, ModelState
 from hfft.optim.output_hessians import Loss
@@ -55,21 +56,19 @@ def empirical_fisher_diagonal(
     state = ModelState(model, params)
     space = FlatSpace(params)
     detached = tuple(p.detach() for p in params)
-    n_total = total if total is not None else sum(c.inputs.shape[0] for c in chunks)
+    n_total = total if total is not None else sum(batch_size(c.inputs) for c in chunks)
 
-    def sample_loss(p: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
-        z = torch.func.functional_call(model, state.state(p), (x.unsqueeze(0),))
+    def sample_loss(p: tuple[Tensor, ...], x: Batchable, y: Tensor) -> Tensor:
+        one = map_tensors(lambda t: t.unsqueeze(0), x)
+        z = torch.func.functional_call(model, state.state(p), (one,))
         return loss_fn(z, y.unsqueeze(0))
 
     per_sample_grad = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
     acc = [torch.zeros_like(p) for p in detached]
     for c in chunks:
-        for start in range(0, c.inputs.shape[0], vmap_chunk):
-            grads = per_sample_grad(
-                detached,
-                c.inputs[start : start + vmap_chunk],
-                c.targets[start : start + vmap_chunk],
-            )
+        for start in range(0, batch_size(c.inputs), vmap_chunk):
+            part = slice(start, start + vmap_chunk)
+            grads = per_sample_grad(detached, take(c.inputs, part), c.targets[part])
             for a, g in zip(acc, grads, strict=True):
                 a.add_(g.pow(2).sum(dim=0))
     diag = space.flatten(acc)
