@@ -291,3 +291,78 @@ def test_every_loss_gives_the_dense_ggn_in_any_chunking(name: str, backend: str)
     torch.testing.assert_close(chunked.grad, full.grad, rtol=1e-10, atol=1e-12)
     v = torch.randn(full.grad.numel(), dtype=torch.float64)
     torch.testing.assert_close(chunked.matvec(v), full.matvec(v), rtol=1e-10, atol=1e-12)
+
+
+class _TinyLSTM(nn.Module):
+    def __init__(self, recurrent: type[nn.Module] = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn = recurrent(3, 4, batch_first=True)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x)[0][:, -1])
+
+
+class _TinyTransformer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.encoder(x).mean(dim=1))
+
+
+class _NoForwardMode(torch.autograd.Function):
+    """tanh with a backward but no forward-mode derivative (like some fused kernels)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+
+class _NoForwardNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(_NoForwardMode.apply(self.a(x)))
+
+
+SEQUENCE_MODELS = {
+    "lstm": (lambda: _TinyLSTM(), (6, 5, 3)),
+    "gru": (lambda: _TinyLSTM(nn.GRU), (6, 5, 3)),
+    "transformer": (_TinyTransformer, (6, 5, 8)),
+    "no-forward-mode": (_NoForwardNet, (6, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(SEQUENCE_MODELS))
+def test_recurrent_and_attention_models_give_the_dense_ggn(name: str) -> None:
+    # LSTMs (oneDNN), Transformer encoders (fused fast path) and kernels without a
+    # forward-mode derivative used to fail inside torch.func.jvp
+    build, shape = SEQUENCE_MODELS[name]
+    torch.manual_seed(0)
+    model = build().double().eval()
+    x, y = torch.randn(*shape).double(), torch.randint(0, 3, (shape[0],))
+    cache = LinearizationCache()
+    op = linearize_curvature(model, nn.CrossEntropyLoss(), x, y, lin_cache=cache)
+    torch.testing.assert_close(
+        dense(op.matvec, flat_params(model)),
+        dense_ggn(model, nn.CrossEntropyLoss(), x, y),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+    if name == "no-forward-mode":
+        assert cache.no_forward_ad is not None  # reverse-over-reverse products

@@ -476,3 +476,20 @@ def test_per_group_options_other_than_weight_decay_are_refused() -> None:
         HessianFree([{"params": [model.weight], "damping": 99.0}, {"params": [model.bias]}])
     opt = HessianFree([{"params": [model.weight], "weight_decay": 0.1}, {"params": [model.bias]}])
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer", "no-forward-mode"])
+def test_hf_steps_on_recurrent_and_attention_models(name: str) -> None:
+    from test_curvature import SEQUENCE_MODELS
+
+    build, shape = SEQUENCE_MODELS[name]
+    torch.manual_seed(0)
+    model = build()
+    x, y = torch.randn(16, *shape[1:]), torch.randint(0, 3, (16,))
+    opt = HessianFree(model.parameters(), cg_max_iter=20)
+    opt.prepare(model, x)
+    record = opt.step(model, nn.CrossEntropyLoss(), batch=(x, y), eval_batch=(x, y))
+    assert record.accepted and record.loss_after < record.loss_before
+    expected = "reverse-over-reverse" if name == "no-forward-mode" else "traced linearisation"
+    assert opt.product_path.startswith(expected)
+    assert torch.backends.mkldnn.enabled and torch.backends.mha.get_fastpath_enabled()  # restored

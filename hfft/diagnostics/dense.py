@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from hfft.optim.flat import flatten
 from hfft.optim.output_hessians import Loss
+from hfft.optim.step_context import forward_ad_kernels
 
 __all__ = ["dense", "dense_ggn", "dense_hessian", "flat_function", "loss_of_flat"]
 
@@ -46,8 +47,9 @@ def loss_of_flat(
 def dense_ggn(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> Tensor:
     """``G = Jᵀ H J`` as a dense matrix (``jacrev`` of the outputs, ``hessian`` of the loss)."""
     theta, outputs = flat_function(model, lambda s: torch.func.functional_call(model, s, (x,)))
-    z = outputs(theta)
-    jac = torch.func.jacrev(outputs)(theta).reshape(z.numel(), -1)
+    with forward_ad_kernels(model):  # kernels torch.func can batch (math attention)
+        z = outputs(theta)
+        jac = torch.func.jacrev(outputs)(theta).reshape(z.numel(), -1)
     hess = torch.func.hessian(lambda flat: loss_fn(flat.view_as(z), y))(z.detach().reshape(-1))
     return jac.T @ hess @ jac
 
@@ -55,7 +57,8 @@ def dense_ggn(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> Tensor:
 def dense_hessian(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> Tensor:
     """``∇²L`` as a dense matrix (``torch.func.hessian``)."""
     theta = flatten(model.parameters())
-    return torch.func.hessian(loss_of_flat(model, loss_fn, x, y))(theta)
+    with forward_ad_kernels(model):
+        return torch.func.hessian(loss_of_flat(model, loss_fn, x, y))(theta)
 
 
 def dense(matvec: Callable[[Tensor], Tensor], like: Tensor) -> Tensor:

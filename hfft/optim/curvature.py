@@ -49,7 +49,7 @@ from hfft.optim.output_hessians import (
     loss_reduction,
     output_hessian,
 )
-from hfft.optim.step_context import synced_time
+from hfft.optim.step_context import step_mode, synced_time
 from hfft.optim.trace import TracedLinearization
 
 __all__ = [
@@ -138,6 +138,8 @@ class LinearizationCache:
     def __init__(self) -> None:
         self._cache: dict[tuple[Any, ...], Any] = {}
         self.fallback_reason: str | None = None
+        # set when a kernel lacks a forward-mode derivative: products go reverse-over-reverse
+        self.no_forward_ad: str | None = None
 
     def get(self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Tensor) -> Any:
 
@@ -212,16 +214,17 @@ class CurvatureOperator:
         self._reverse = False
         loss = 0.0
         grad = [torch.zeros_like(p) for p in self.params]
-        for i, c in enumerate(chunks):
-            prep, loss_c, grad_c = self._prepare(c)
-            loss += c.weight * float(loss_c)
-            for acc, g in zip(grad, grad_c, strict=True):
-                acc.add_(g, alpha=c.weight)
-            if self.keep:
-                self._prepared.append(prep)
-            elif i == len(chunks) - 1:  # the first product starts with it, backwards
-                self._held, self._reverse = (i, prep), True
-            del prep, grad_c
+        with step_mode(model, "keep"):  # running statistics stay, forward-mode kernels
+            for i, c in enumerate(chunks):
+                prep, loss_c, grad_c = self._prepare(c)
+                loss += c.weight * float(loss_c)
+                for acc, g in zip(grad, grad_c, strict=True):
+                    acc.add_(g, alpha=c.weight)
+                if self.keep:
+                    self._prepared.append(prep)
+                elif i == len(chunks) - 1:  # the first product starts with it, backwards
+                    self._held, self._reverse = (i, prep), True
+                del prep, grad_c
         flat = self.space.flatten(grad)
         if reduce is not None:  # data-parallel: sum the shards' loss and gradient
             both = reduce(torch.cat([flat, flat.new_tensor([loss])]))
@@ -248,7 +251,8 @@ class CurvatureOperator:
         sync = self.synchronize and self._cuda
         start = synced_time(sync)
         vs = self.space.unflatten(v)
-        out = self._sum(0, len(self.chunks), vs)
+        with step_mode(self.model, "keep"):
+            out = self._sum(0, len(self.chunks), vs)
         if not self.keep:
             self._reverse = not self._reverse
         if self.reduce is not None:
@@ -324,21 +328,40 @@ class _FuncGGN(CurvatureOperator):
         hvp = output_hessian(self.loss_fn, z, chunk.targets, self._kinds[key])
         return (lin, leaves, z, saved, hvp), loss.detach(), list(grads)
 
-    def _jvp(self, lin: Any, saved: list[Tensor], x: Tensor, vs: list[Tensor]) -> Tensor:
+    def _jvp(self, prep: Any, x: Batchable, vs: list[Tensor]) -> Tensor:
+        """``J v``: the traced tangent pass, ``torch.func.jvp``, or reverse-over-reverse."""
+        lin, leaves, z, saved, _ = prep
         if lin is not None:
             return lin.jvp(saved, vs)
+        if not self.lin_cache.no_forward_ad:
 
-        def f(*p: Tensor) -> Tensor:
-            return torch.func.functional_call(self.model, self.state.state(p), (x,))
+            def f(*p: Tensor) -> Tensor:
+                return torch.func.functional_call(self.model, self.state.state(p), (x,))
 
-        with torch.no_grad():
-            return torch.func.jvp(f, tuple(self.params), tuple(vs))[1]
+            try:
+                with torch.no_grad():
+                    return torch.func.jvp(f, tuple(self.params), tuple(vs))[1]
+            except NotImplementedError as err:  # a kernel without a forward-mode derivative
+                self.lin_cache.no_forward_ad = str(err).splitlines()[0]
+        return _jvp_by_double_vjp(z, leaves, vs)
 
     def _product(self, prep: Any, chunk: Chunk, vs: list[Tensor], retain: bool) -> Sequence[Tensor]:
-        lin, leaves, z, saved, hvp = prep
-        jv = self._jvp(lin, saved, chunk.inputs, vs)  # v → J v
+        _, leaves, z, _, hvp = prep
+        jv = self._jvp(prep, chunk.inputs, vs)  # v → J v
         hjv = hvp(jv)  # J v → H J v
         return torch.autograd.grad(z, leaves, hjv, retain_graph=retain)  # → Jᵀ H J v
+
+
+def _jvp_by_double_vjp(z: Tensor, leaves: list[Tensor], vs: list[Tensor]) -> Tensor:
+    """``J v`` by reverse-over-reverse, for a network whose kernels lack forward mode.
+
+    ``g(u) = Jᵀ u`` is linear in ``u``, so ``∂(gᵀ v)/∂u = J v``: one backward
+    pass that builds a graph and one through it, on the retained forward graph.
+    """
+    u = torch.zeros_like(z, requires_grad=True)
+    with torch.enable_grad():
+        jt_u = torch.autograd.grad(z, leaves, u, create_graph=True, retain_graph=True)
+        return torch.autograd.grad(jt_u, u, vs, retain_graph=True)[0]
 
 
 class _FuncHessian(CurvatureOperator):

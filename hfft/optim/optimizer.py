@@ -212,6 +212,11 @@ class HessianFree(torch.optim.Optimizer):
         if hp["curvature"] == "hessian":
             return "reverse-over-reverse Hessian products"
         reason = self._lin_cache.fallback_reason
+        if self._lin_cache.no_forward_ad is not None:
+            return (
+                "reverse-over-reverse products (no forward-mode derivative: "
+                f"{self._lin_cache.no_forward_ad})"
+            )
         if reason is not None:
             return f"torch.func.jvp per product (the model could not be traced: {reason})"
         return "traced linearisation (one forward pass per step, a tangent pass per product)"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["Timer", "fp32_precision", "step_mode", "synced_time"]
+__all__ = ["Timer", "forward_ad_kernels", "fp32_precision", "step_mode", "synced_time"]
 
 
 @contextlib.contextmanager
@@ -34,6 +34,43 @@ def fp32_precision(tf32: bool) -> Iterator[None]:
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
+_ATTENTION = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+@contextlib.contextmanager
+def forward_ad_kernels(model: nn.Module) -> Iterator[None]:
+    """Kernels that have forward-mode derivatives, for the models that need them.
+
+    Some fused kernels have no forward-mode derivative, which the traced
+    linearisation and ``torch.func.jvp`` need: oneDNN's LSTM on CPUs
+    (``mkldnn_rnn_layer``), the fast path of ``nn.TransformerEncoderLayer``
+    and ``nn.MultiheadAttention`` (``_transformer_encoder_layer_fwd``) and
+    the flash and memory-efficient attention kernels. Inside this block, for
+    a model with recurrent layers oneDNN is off (only then: it also makes CPU
+    convolutions about twice slower), for a model with attention layers the
+    fast path is off, and scaled-dot-product attention uses its math kernel;
+    the settings are restored after. A kernel still without a forward-mode
+    derivative makes the products fall back (see
+    :class:`hfft.optim.curvature.CurvatureOperator`).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    modules = list(model.modules())
+    recurrent = any(isinstance(m, nn.RNNBase) for m in modules)
+    attention = any(isinstance(m, _ATTENTION) for m in modules)
+    mkldnn, fast = torch.backends.mkldnn.enabled, torch.backends.mha.get_fastpath_enabled()
+    if recurrent:
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    if attention:
+        torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
 @contextlib.contextmanager
 def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """The model's mode during an HF step; every module's own mode is restored after.
@@ -41,7 +78,8 @@ def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
     ``"eval"``/``"train"`` switch the whole model, ``"keep"`` leaves it. A step
     must not change the model's state, so BatchNorm layers in training mode use
     the batch statistics without updating their running averages (their
-    ``track_running_stats`` is off for the step).
+    ``track_running_stats`` is off for the step). The model runs with kernels
+    that have forward-mode derivatives (:func:`forward_ad_kernels`).
     """
     modes = {m: m.training for m in model.modules()}
     if mode != "keep":
@@ -54,7 +92,8 @@ def step_mode(model: nn.Module, mode: str) -> Iterator[None]:
     for bn in paused:
         bn.track_running_stats = False
     try:
-        yield
+        with forward_ad_kernels(model):
+            yield
     finally:
         for bn in paused:
             bn.track_running_stats = True
