@@ -6,6 +6,8 @@ dropout — so curvature tests can use them as they are.
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 __all__ = ["ACTIVATIONS", "cnn", "mlp"]
@@ -34,8 +36,9 @@ def mlp(
     width: int = 128,
     depth: int = 2,
     activation: str = "relu",
+    input_shape: tuple[int, ...] | None = None,
 ) -> nn.Module:
-    """Multi-layer perceptron on flattened images.
+    """Multi-layer perceptron on flattened inputs (images, signals, tabular features).
 
     flatten → ``depth`` × (dense ``width`` → activation) → dense ``num_classes``.
     PyTorch's default initialisation.
@@ -48,16 +51,23 @@ def mlp(
         width: Units per hidden layer.
         depth: Number of hidden layers.
         activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
+        input_shape: The shape of one input sample, e.g. ``(30,)`` for
+            tabular data or ``(1, 40)`` for a signal (overrides
+            ``in_channels`` and ``input_size``; the data passes it).
 
     Returns:
-        The network, mapping (N, C, H, W) images to (N, num_classes) logits.
+        The network, mapping (N, …) inputs to (N, num_classes) logits.
 
     Raises:
         ValueError: For a non-positive size or an unknown activation.
     """
-    _check_positive(width=width, depth=depth, input_size=input_size)
+    if input_shape:
+        features = math.prod(input_shape)
+    else:
+        _check_positive(input_size=input_size)
+        features = in_channels * input_size * input_size
+    _check_positive(width=width, depth=depth, features=features)
     layers: list[nn.Module] = [nn.Flatten()]
-    features = in_channels * input_size * input_size
     for _ in range(depth):
         layers += [nn.Linear(features, width), _activation(activation)]
         features = width
@@ -87,9 +97,12 @@ def cnn(
         width: Channels of the first convolution (the second has twice as many).
         hidden: Units of the hidden dense layer.
         activation: ``"relu"``, ``"tanh"`` or ``"gelu"``.
+        input_shape: The shape of one input sample, e.g. ``(30,)`` for
+            tabular data or ``(1, 40)`` for a signal (overrides
+            ``in_channels`` and ``input_size``; the data passes it).
 
     Returns:
-        The network, mapping (N, C, H, W) images to (N, num_classes) logits.
+        The network, mapping (N, …) inputs to (N, num_classes) logits.
 
     Raises:
         ValueError: For a non-positive size, images smaller than 4×4 or an

@@ -184,6 +184,7 @@ def auto_runner(ckpt: Path, options: str) -> AutoRunner:
         parse_strategy(f"auto:{options}"),
         src.model,
         src.splits,
+        loss_fn=src.task.loss(),
         lr=src.lr,
         batch_size=src.batch_size,
         momentum=src.momentum,

@@ -62,7 +62,7 @@ def test_torchvision_layouts(monkeypatch, tmp_path: Path, name, attr, layout, ch
         8,
         8,
     )
-    assert splits.mean == pytest.approx([50 * c + 3.5 for c in range(channels)])
+    assert splits.normalization["mean"] == pytest.approx([50 * c + 3.5 for c in range(channels)])
     assert torch.equal(splits.train_x[..., 0], splits.train_x[..., 7])  # W is the last axis
     assert splits.train_y.dtype == torch.int64
 
@@ -114,22 +114,33 @@ def user_file(tmp_path: Path) -> Path:
 def test_user_dataset_factory(user_file: Path) -> None:
     splits = load_data(f"{user_file}:as_datasets")
     assert (splits.num_classes, splits.in_channels, splits.input_size) == (4, 2, 6)
-    assert splits.train_x.shape == (80, 2, 6, 6) and splits.valid_x.shape == (20, 2, 6, 6)
+    # (train, test): the training set is the checkpoint's, so nothing is held out unasked
+    assert splits.train_x.shape == (100, 2, 6, 6) and splits.valid_y.shape[0] == 0
+    assert splits.valid_source == "none"
     assert splits.test_x.shape == (20, 2, 6, 6) and splits.train_eval_x.shape[0] == 20
-    assert splits.augment is None
+    assert splits.augment is None and splits.normalization is None
 
 
-def test_user_tensor_factory(user_file: Path, tmp_path: Path) -> None:
+def test_a_hold_out_only_when_asked_and_said_if_seen(user_file: Path) -> None:
+    fresh = load_data(f"{user_file}:as_datasets", valid_fraction=0.2)
+    assert fresh.train_x.shape[0] == 80 and fresh.valid_x.shape[0] == 20
+    assert fresh.valid_source == "held out"
+    seen = load_data(f"{user_file}:as_datasets", valid_fraction=0.2, valid_seen=True)
+    assert seen.valid_source == "held out of the checkpoint's training data"
+    assert torch.equal(seen.valid_x, fresh.valid_x)  # the same seeded hold-out
+
+
+def test_user_tensor_factory_data_is_used_as_returned(user_file: Path, tmp_path: Path) -> None:
     splits = load_data(f"{user_file}:as_tensors", root=tmp_path)
-    assert (splits.num_classes, splits.in_channels, splits.input_size) == (3, 1, 5)
-    assert splits.train_x.dtype == torch.float32
-    assert splits.test_x.shape == (10, 1, 5, 5)
+    assert splits.num_classes == 3 and splits.input_shape == (5, 5)
+    assert splits.train_x.dtype == torch.uint8  # never converted, never normalised
+    assert splits.test_x.shape == (10, 5, 5)
 
 
 @pytest.mark.parametrize(
     ("factory", "match"),
     [
-        pytest.param("not_a_pair", "must return a pair", id="not-a-pair"),
+        pytest.param("not_a_pair", r"must return \(train, test\) or \(train, valid", id="not-a-pair"),
         pytest.param("missing", "has no attribute", id="missing-attribute"),
     ],
 )
@@ -154,8 +165,7 @@ def test_non_finite_inputs_are_refused(tmp_path: Path, value: float, split: str)
         f"    x[{0 if split == 'train' else 55}, 0, 1, 2] = float({str(value)!r})\n"
         "    return (x[:50], y[:50]), (x[50:], y[50:])\n"
     )
-    words = "training" if split == "train" else "test"
-    with pytest.raises(DataError, match=f"The {words} inputs of .* contain NaN or infinite"):
+    with pytest.raises(DataError, match=f"The {split} data of .* contain NaN or infinite"):
         load_data(f"{path}:make")
 
 

@@ -395,7 +395,7 @@ def _reevaluate(path: Path) -> dict:
     from hfft.experiment.starting_point import load_starting_point
 
     src = load_starting_point(path)
-    return evaluate_splits(src.model, src.splits, torch.nn.CrossEntropyLoss())
+    return evaluate_splits(src.model, src.splits, src.task, src.task.loss())
 
 
 @pytest.mark.parametrize(

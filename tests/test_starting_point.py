@@ -71,7 +71,7 @@ def test_metadata_naming_code_runs_nothing(
     assert not marker.exists(), "code named by a checkpoint ran"
     assert result.exit_code == 2, result.output
     flag = "--data" if how == "data-file" else "--model"
-    assert f"pass {flag} explicitly" in result.output
+    assert f"pass {flag} " in result.output and "if you trust that code" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
 
@@ -136,7 +136,7 @@ def test_trusted_metadata_takes_only_what_the_user_did_not_give(ckpt: Path) -> N
     meta = {"model": "os:system", "data": "x.py:f", "lr": 0.1, "batch_size": 8}
     got = trusted_metadata(ckpt, meta, model_given=True, data_given=True)
     assert got["lr"] == 0.1 and got["batch_size"] == 8 and "model" not in got
-    with pytest.raises(StartingPointError, match="pass --model explicitly"):
+    with pytest.raises(StartingPointError, match="pass --model os:system if you trust"):
         trusted_metadata(ckpt, meta, model_given=False, data_given=True)
 
 

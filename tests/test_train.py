@@ -70,7 +70,7 @@ def test_training_writes_checkpoints_and_manifest(tmp_path: Path) -> None:
     )
     assert meta["elapsed_seconds"] == manifest["train_seconds"]
     assert meta["lr"] == 0.05 and meta["batch_size"] == 64
-    model = build_model("mlp", {}, num_classes=10, in_channels=1, input_size=8)
+    model = build_model("mlp", {}, {"num_classes": 10, "in_channels": 1, "input_size": 8})
     apply_state_dict(model, ckpt.state_dict)
     assert set(safetensors.torch.load_file(result.checkpoints[0])) == set(model.state_dict())
 

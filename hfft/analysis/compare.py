@@ -364,8 +364,8 @@ def _summarise(
         for key in keys
     ]
     if len(keys) > 1:
-        pairs = (("test_accuracy", "test accuracy"), ("train_eval_loss", "train loss"))
-        for metric, label in pairs:
+        for metric in summary["metrics"]:
+            label = metric.replace("train_eval", "train").replace("_", " ")
             rel = relative_performance(runs, metric)
             plots.append(
                 plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)

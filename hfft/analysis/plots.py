@@ -35,6 +35,7 @@ from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from hfft._io import atomic_write_bytes
+from hfft.analysis.ranking import ranked_metrics
 from hfft.analysis.run_summary import RunSummary, by_strategy, select_runs
 
 __all__ = [
@@ -247,17 +248,25 @@ def plot_budget_curves(
             "(line) and lower to upper quartile (band)"
         )
     fig = Figure(figsize=_WIDE, dpi=_DPI, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_test = fig.subplots(1, 2)
+    test = ranked_metrics(selected)[0]
+    name = test.removeprefix("test_").replace("r2", "R²").replace("rmse", "RMSE")
+    percent = test.endswith("accuracy")
     panels = (
-        (ax_loss, "train_eval_loss", 1.0, "train loss (cross-entropy, train-eval set)"),
-        (ax_acc, "test_accuracy", 100.0, "test accuracy [%]"),
+        (ax_loss, "train_eval_loss", 1.0, "train loss (train-eval set)", "train loss"),
+        (
+            ax_test,
+            test,
+            100.0 if percent else 1.0,
+            f"test {name}" + (" [%]" if percent else ""),
+            f"test {name}",
+        ),
     )
     handles: dict[str, Any] = {}
-    for ax, metric, scale, ylabel in panels:
+    for ax, metric, scale, ylabel, title_ in panels:
         _budget_panel(ax, groups, colors, metric, scale, handles)
         ax.set_ylabel(ylabel)
-    ax_loss.set_title("train loss")
-    ax_acc.set_title("test accuracy")
+        ax.set_title(title_)
     fig.suptitle(title)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right upper")

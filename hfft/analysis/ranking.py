@@ -40,6 +40,7 @@ __all__ = [
     "compare_summary",
     "higher_is_better",
     "rank_strategies",
+    "ranked_metrics",
     "relative_performance",
     "run_notes",
     "select_runs",
@@ -54,7 +55,21 @@ MIN_PAIRS = 5
 """Fewest common seeds for which the paired test is used."""
 
 RANKED_METRICS = ("test_accuracy", "train_eval_loss")
-"""The metrics ``hfft compare`` ranks by, as in the paper (Figures 1, 2, 5)."""
+"""The metrics ``hfft compare`` ranks a classifier by, as in the paper (Figures 1, 2, 5)."""
+
+
+def ranked_metrics(runs: Iterable[RunSummary]) -> tuple[str, ...]:
+    """What a comparison ranks by: the task's metric on test, then the train loss.
+
+    ``("test_accuracy", "train_eval_loss")`` for classification,
+    ``("test_loss", "train_eval_loss")`` for regression (or ``test_rmse``,
+    ``test_r2`` when ``--metric`` chose them): never an accuracy the task has not.
+    """
+    metrics = {r.metric for r in runs} or {"accuracy"}
+    if len(metrics) > 1:
+        raise ValueError(f"runs of different tasks cannot be ranked together: {sorted(metrics)}")
+    return tuple(dict.fromkeys((f"test_{metrics.pop()}", "train_eval_loss")))
+
 
 TIE_RULE = (
     "two strategies are marked as not distinguishable when the interquartile ranges of "
@@ -250,25 +265,26 @@ def time_to_target(
 
 
 def best_baseline_target(
-    runs: Iterable[RunSummary], checkpoint: str | None = None
+    runs: Iterable[RunSummary], checkpoint: str | None = None, metric: str = "test_accuracy"
 ) -> tuple[str, float]:
-    """The SGD strategy with the highest mean final test accuracy, and that mean.
+    """The SGD strategy with the best mean final ``metric``, and that mean.
 
     SGD strategies are those whose label starts with ``sgd``; runs without a
-    finite final test accuracy are left out of the mean.
+    finite final value are left out of the mean.
 
     Raises:
-        ValueError: If no SGD run has a finite final test accuracy.
+        ValueError: If no SGD run has a finite final value.
     """
+    sign = 1.0 if higher_is_better(metric) else -1.0
     best: tuple[str, float] | None = None
     for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
         if not strategy.startswith("sgd"):
             continue
-        finals = [v for v in (r.final("test_accuracy") for r in group) if v is not None]
-        if finals and (best is None or float(np.mean(finals)) > best[1]):
+        finals = [v for v in (r.final(metric) for r in group) if v is not None]
+        if finals and (best is None or sign * float(np.mean(finals)) > sign * best[1]):
             best = (strategy, float(np.mean(finals)))
     if best is None:
-        raise ValueError("no SGD run with a final test accuracy to take as the target")
+        raise ValueError(f"no SGD run with a final {metric} to take as the target")
     return best
 
 
@@ -307,9 +323,10 @@ def relative_performance(
     return out
 
 
-def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] = RANKED_METRICS) -> list[str]:
+def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] | None = None) -> list[str]:
     """Sentences on runs that did not simply complete, and on runs left out of a ranking."""
     runs = list(runs)
+    metrics = ranked_metrics(runs) if metrics is None else metrics
     notes = []
     for r in runs:
         where = f"{r.strategy} seed {r.seed}"
@@ -332,7 +349,7 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
     Layout::
 
         {
-          "metrics": ["test_accuracy", "train_eval_loss"],
+          "metrics": ["test_accuracy", "train_eval_loss"],  # ranked_metrics(runs)
           "tie_rule": "...",
           "checkpoints": [
             {
@@ -358,6 +375,7 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
         The summary; every number in it is finite.
     """
     runs = list(runs)
+    metrics = ranked_metrics(runs)
     by_checkpoint: dict[str, list[RunSummary]] = {}
     for r in runs:
         by_checkpoint.setdefault(r.checkpoint, []).append(r)
@@ -367,15 +385,15 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
         for r in group:
             status[r.status] = status.get(r.status, 0) + 1
         try:
-            baseline, target = best_baseline_target(group)
+            baseline, target = best_baseline_target(group, metric=metrics[0])
         except ValueError:
             ttt = None
         else:
             ttt = {
-                "metric": "test_accuracy",
+                "metric": metrics[0],
                 "baseline": baseline,
                 "target": target,
-                "fractions": time_to_target(group, target, "test_accuracy"),
+                "fractions": time_to_target(group, target, metrics[0]),
             }
         checkpoints.append(
             {
@@ -383,17 +401,17 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
                 "runs": len(group),
                 "status": status,
                 "rankings": {
-                    m: [st.as_dict() for st in rank_strategies(group, m)] for m in RANKED_METRICS
+                    m: [st.as_dict() for st in rank_strategies(group, m)] for m in metrics
                 },
                 "time_to_target": ttt,
-                "notes": run_notes(group),
+                "notes": run_notes(group, metrics),
             }
         )
     summary: dict[str, Any] = {
-        "metrics": list(RANKED_METRICS),
+        "metrics": list(metrics),
         "tie_rule": TIE_RULE,
         "checkpoints": checkpoints,
     }
     if len(by_checkpoint) > 1:
-        summary["relative_performance"] = {m: relative_performance(runs, m) for m in RANKED_METRICS}
+        summary["relative_performance"] = {m: relative_performance(runs, m) for m in metrics}
     return summary

@@ -17,21 +17,9 @@ from typing import Any
 import numpy as np
 
 from hfft._io import number
+from hfft.experiment.records import higher_is_better
 
 __all__ = ["RunSummary", "by_strategy", "higher_is_better", "select_runs"]
-
-
-def higher_is_better(metric: str) -> bool:
-    """Whether larger values of ``metric`` are better: accuracies yes, losses no.
-
-    Raises:
-        ValueError: If the name contains neither ``accuracy`` nor ``loss``.
-    """
-    if "accuracy" in metric:
-        return True
-    if "loss" in metric:
-        return False
-    raise ValueError(f"cannot tell whether {metric!r} is to be maximised or minimised")
 
 
 def _healthy(evaluation: Mapping[str, Any]) -> bool:
@@ -57,6 +45,8 @@ class RunSummary:
             with ``fraction``, ``seconds``, ``step``, the split metrics
             (``train_eval_loss``, ``valid_accuracy``, …) and ``lr`` or
             ``damping``.
+        metric: The task's metric (``accuracy``, ``loss``, ``rmse``, ``r2``):
+            what the comparison ranks on the test split.
     """
 
     checkpoint: str
@@ -64,6 +54,7 @@ class RunSummary:
     seed: int
     status: str
     evaluations: tuple[dict[str, Any], ...]
+    metric: str = "accuracy"
 
     @classmethod
     def from_metrics(cls, checkpoint: str, seed: int, metrics: Mapping[str, Any]) -> RunSummary:
@@ -83,12 +74,15 @@ class RunSummary:
             raise ValueError("metrics.json has no strategy")
         if not isinstance(evaluations, list):
             raise ValueError(f"metrics.json of {strategy} seed {seed} has no evaluation list")
+        task = (metrics.get("source") or {}).get("task") or {}
+        metric = task.get("metric") if isinstance(task, dict) else None
         return cls(
             checkpoint=str(checkpoint),
             strategy=strategy,
             seed=int(seed),
             status=str(metrics.get("status", "unknown")),
             evaluations=tuple(dict(e) for e in evaluations),
+            metric=metric if metric in ("accuracy", "loss", "rmse", "r2") else "accuracy",
         )
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +100,7 @@ class RunSummary:
         return xs, np.array([points[x] for x in xs], dtype=float)
 
     def best(self, metric: str) -> float | None:
-        """The best value of ``metric`` over the run (max for accuracies, min for losses).
+        """The best value of ``metric`` over the run (max for accuracy and R², min for losses).
 
         ``None``/NaN values are ignored, and so are evaluations at which a loss
         is non-finite: a diverged run counts with its best value before it

@@ -178,6 +178,11 @@ def starting_point_options(
     batch_size: int | None,
     momentum: float | None = None,
     weight_decay: float | None = None,
+    *,
+    task: str | None = None,
+    loss: str | None = None,
+    metric: str | None = None,
+    valid_fraction: float | None = None,
 ) -> StartingPointOptions:
     """The checkpoint overrides given on the command line."""
     from hfft.experiment.budget import parse_duration
@@ -195,6 +200,10 @@ def starting_point_options(
         batch_size=batch_size,
         momentum=momentum,
         weight_decay=weight_decay,
+        task=task,
+        loss=loss,
+        metric=metric,
+        valid_fraction=valid_fraction,
     )
 
 
@@ -224,8 +233,9 @@ ModelOpt = Annotated[
 DataOpt = Annotated[
     str | None,
     typer.Option(
-        help="Data set: digits, cifar10, cifar100, svhn, mnist, fashion-mnist, synthetic, or "
-        "path/to/file.py:function returning (train, test). Default: the checkpoint's or model's."
+        help="Data set: digits, mnist1d, cifar10, cifar100, svhn, mnist, fashion-mnist, "
+        "synthetic, or path/to/file.py:function returning (train, test) or (train, valid, "
+        "test), used as returned. Default: the checkpoint's or model's."
     ),
 ]
 DataRootOpt = Annotated[
@@ -253,4 +263,33 @@ EvalBatchOpt = Annotated[
 ]
 EvalPointsOpt = Annotated[
     int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="classification, regression or multilabel (default: inferred from the targets "
+        "and said in one line; with --loss, classification also reports accuracy)."
+    ),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Your loss instead of the task's: path/to/file.py:fn or package.module:fn, a "
+        "loss(outputs, targets) or a factory of one (loading your file executes it)."
+    ),
+]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What 'best' and the rankings use: accuracy, loss, rmse or r2 (default: "
+        "accuracy for classification, the loss otherwise)."
+    ),
+]
+ValidFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Hold out this fraction of a (train, test) data factory's train for validation "
+        "(train's default: 0.1, recorded; on a foreign checkpoint the hold-out was seen in "
+        "training, and hfft says so)."
+    ),
 ]

@@ -13,10 +13,14 @@ from hfft.cli.common import (
     DataRootOpt,
     DownloadOpt,
     JsonOpt,
+    LossOpt,
+    MetricOpt,
     ModelArgOpt,
     ModelOpt,
     QuietOpt,
+    TaskOpt,
     TrainTimeOpt,
+    ValidFractionOpt,
     command_guard,
     fail,
     note,
@@ -69,6 +73,10 @@ def selftest(
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     train_time: TrainTimeOpt = None,
+    task: TaskOpt = None,
+    loss: LossOpt = None,
+    metric: MetricOpt = None,
+    valid_fraction: ValidFractionOpt = None,
     batch_size: BatchOpt = 128,
     budget: BudgetOpt = None,
     mode: ModeOpt = SelftestMode.eval,
@@ -107,7 +115,18 @@ def selftest(
 
             dev = resolve_device(device)
             options = starting_point_options(
-                model, model_arg, data, data_root, download, train_time, None, None
+                model,
+                model_arg,
+                data,
+                data_root,
+                download,
+                train_time,
+                None,
+                None,
+                task=task,
+                loss=loss,
+                metric=metric,
+                valid_fraction=valid_fraction,
             )
             with selftest_status(quiet or as_json):
                 start = options.load(checkpoint, dev)

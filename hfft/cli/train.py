@@ -13,15 +13,20 @@ from hfft.cli.common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
+    LossOpt,
     LrOpt,
+    MetricOpt,
     ModelArgOpt,
     MomentumOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
+    TaskOpt,
+    ValidFractionOpt,
     WeightDecayOpt,
     check_out_dir,
     command_guard,
+    note,
     resolve_device,
 )
 
@@ -52,6 +57,10 @@ def train(
     momentum: MomentumOpt = None,
     weight_decay: WeightDecayOpt = None,
     model_arg: ModelArgOpt = None,
+    task: TaskOpt = None,
+    loss: LossOpt = None,
+    metric: MetricOpt = None,
+    valid_fraction: ValidFractionOpt = None,
     checkpoints: Annotated[
         int, typer.Option(help="Evenly spaced checkpoints to keep.", min=1)
     ] = 10,
@@ -89,6 +98,10 @@ def train(
             device=resolve_device(device),
             augment=augment,
             overwrite=overwrite,
+            task=task,
+            loss=loss,
+            metric=metric,
+            valid_fraction=valid_fraction,
         )
         run_and_report(config, quiet)
 
@@ -99,7 +112,7 @@ def run_and_report(config: TrainConfig, quiet: bool) -> TrainResult:
     from hfft.experiment.train import train as run_training
 
     with training_progress(config.epochs, quiet) as (on_step, on_epoch):
-        result = run_training(config, on_step=on_step, on_epoch=on_epoch)
+        result = run_training(config, on_step=on_step, on_epoch=on_epoch, on_note=note)
     if not quiet:
         from rich.console import Console
 

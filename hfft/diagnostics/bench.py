@@ -24,10 +24,12 @@ from hfft.diagnostics.instruments import count_flops, peak_memory
 from hfft.experiment.runners import SGDRunner
 from hfft.experiment.splits import DataSplits
 from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.task import loss_function
+from hfft.experiment.task import Task
 from hfft.models import get_problem
+from hfft.optim.batches import take
 from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
+from hfft.optim.output_hessians import Loss
 from hfft.optim.step_context import synced_time
 
 __all__ = [
@@ -155,17 +157,18 @@ def interleaved_medians(
 
 
 def _operations(
-    model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, backends: tuple[str, ...]
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss, backends: tuple[str, ...]
 ) -> tuple[dict[str, Callable[[], Any]], int, dict[str, LinearizationCache]]:
     """The measured operations as closures, the number of parameters, the traces."""
 
     params = [p for p in model.parameters() if p.requires_grad]
     dim = sum(p.numel() for p in params)
-    v = torch.randn(dim, device=x.device, dtype=x.dtype)
+    v = torch.randn(dim, device=y.device, dtype=params[0].dtype)
     caches = {b: LinearizationCache() for b in (*backends, "chunked", "one chunk")}
     ops: dict[str, Any] = {}
-    quarter = max(1, x.shape[0] // 4)
-    batches = {"chunked": (x, y, quarter), "one chunk": (x[:quarter], y[:quarter], None)}
+    quarter = max(1, y.shape[0] // 4)
+    head = take(x, slice(0, quarter))
+    batches = {"chunked": (x, y, quarter), "one chunk": (head, y[:quarter], None)}
 
     def setup(backend: str, inputs: Tensor, targets: Tensor, chunk: int | None = None) -> Any:
         def run() -> None:
@@ -206,7 +209,7 @@ def _operations(
         fns[f"ggn_product[{b}]"] = product(b)
         if b == "func":
             fns["cg_iteration[func]"] = cg_iteration
-    if "func" in backends and x.shape[0] >= 4:
+    if "func" in backends and y.shape[0] >= 4:
         for key, (xb, yb, chunk) in batches.items():
             fns[f"ggn_setup[{key}]"] = setup(key, xb, yb, chunk)
             fns[f"ggn_product[{key}]"] = product(key)
@@ -218,23 +221,24 @@ def _forward(model: nn.Module, x: Tensor) -> None:
         model(x)
 
 
-def _gradient(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> None:
+def _gradient(model: nn.Module, loss_fn: Loss, x: Tensor, y: Tensor) -> None:
     model.zero_grad(set_to_none=True)
     loss_fn(model(x), y).backward()
 
 
 def _sgd_steps(
-    model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module
+    model: nn.Module, x: Tensor, y: Tensor, loss_fn: Loss
 ) -> dict[str, Callable[[], Any]]:
     """One SGD step of hfft's runner and of a plain loop, each on its own copy."""
 
-    n = x.shape[0]
+    n = y.shape[0]
     splits = _bench_splits(x, y)
     ours = copy.deepcopy(model)
     runner = SGDRunner(
         parse_strategy("sgd"),
         ours,
         splits,
+        loss_fn=loss_fn,
         lr=1e-6,
         batch_size=n,
         momentum=0.9,
@@ -247,9 +251,9 @@ def _sgd_steps(
 
     def plain() -> None:
         twin.train()
-        idx = torch.randperm(n, device=x.device)
+        idx = torch.randperm(n, device=y.device)
         opt.zero_grad()
-        loss = loss_fn(twin(x[idx]), y[idx])
+        loss = loss_fn(twin(take(x, idx)), y[idx])
         loss.backward()
         opt.step()
         float(loss.detach())  # the loss a plain loop logs, as hfft's runner does
@@ -269,12 +273,10 @@ def _bench_splits(x: Tensor, y: Tensor) -> Any:
         train_eval_y=y,
         test_x=x,
         test_y=y,
-        num_classes=int(y.max()) + 1,
-        in_channels=x.shape[1],
-        input_size=x.shape[-1],
+        num_classes=1,
+        input_shape=(),
         augment=None,
-        mean=(0.0,),
-        std=(1.0,),
+        normalization=None,
         seed=0,
     )
 
@@ -283,7 +285,7 @@ def bench_model(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    loss_fn: nn.Module | None = None,
+    loss_fn: Loss | None = None,
     *,
     name: str = "model",
     rounds: int = 5,
@@ -299,7 +301,7 @@ def bench_model(
         model: The network (used in its current mode; SGD steps train copies).
         x: A batch of inputs.
         y: Its targets.
-        loss_fn: The loss (cross-entropy by default).
+        loss_fn: The loss (a classification task's cross-entropy by default).
         name: Label for the report.
         rounds: Timed rounds (the median is reported).
         warmup: Untimed rounds first.
@@ -311,8 +313,8 @@ def bench_model(
     Returns:
         The :class:`BenchResult`.
     """
-    loss_fn = loss_fn if loss_fn is not None else loss_function()
-    cuda = x.device.type == "cuda"
+    loss_fn = loss_fn if loss_fn is not None else Task().loss()
+    cuda = y.device.type == "cuda"
     stage = on_stage if on_stage is not None else (lambda _: None)
     stage(f"{name}: timing operations ({warmup + rounds} rounds)")
     fns, dim, caches = _operations(model, x, y, loss_fn, backends)
@@ -326,7 +328,7 @@ def bench_model(
     peak = {}
     if measure_memory:
         stage(f"{name}: measuring peak memory")
-        peak = _peaks(fns, x.device)
+        peak = _peaks(fns, y.device)
     step: dict[str, Any] = {}
     if cg_iterations > 0:
         from hfft.diagnostics.step_bench import bench_hf_step
@@ -349,8 +351,8 @@ def bench_model(
     model.zero_grad(set_to_none=True)
     result = BenchResult(
         model=name,
-        batch_size=x.shape[0],
-        device=str(x.device),
+        batch_size=y.shape[0],
+        device=str(y.device),
         num_params=dim,
         rounds=rounds,
         seconds=seconds,

@@ -11,7 +11,7 @@ from hfft.diagnostics.bench import interleaved_medians
 from hfft.experiment.factories import build_model
 from hfft.experiment.sampling import BatchSampler
 from hfft.experiment.splits import load_data
-from hfft.experiment.task import loss_function
+from hfft.experiment.task import Task
 from hfft.experiment.train import sgd_epoch
 from hfft.models import get_problem, param_groups
 
@@ -60,19 +60,13 @@ def bench_sgd_loop(
 
     torch.manual_seed(seed)
     splits = load_data(data, device=device, seed=seed, augment=False)
-    model = build_model(
-        model_name,
-        {},
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        input_size=splits.input_size,
-    ).to(device)
+    model = build_model(model_name, {}, splits.data_args()).to(device)
     d = get_problem(model_name).defaults
     twin = copy.deepcopy(model)
-    loss_fn = loss_function()
+    loss_fn = Task().loss()
     opt_h = torch.optim.SGD(param_groups(model, d.weight_decay), lr=d.lr, momentum=d.momentum)
     opt_p = torch.optim.SGD(param_groups(twin, d.weight_decay), lr=d.lr, momentum=d.momentum)
-    sampler = BatchSampler(splits.train_x.shape[0], seed=seed, device=device)
+    sampler = BatchSampler(splits.num_train, seed=seed, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     x_all, y_all = splits.train_x, splits.train_y
     n = x_all.shape[0]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft.optim.batches import take
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.flat import flatten
 from hfft.optim.optimizer import MODEL_MODES
@@ -331,8 +332,9 @@ def _measure(
             raise ValueError(f"the model's forward pass fails on the batch: {err}") from None
         z2 = model(x)
         loss, loss2 = loss_fn(z, y), loss_fn(z2, y)
-        part = split_size(x.shape[0], chunk_size)
-        independence = rel_diff(model(x[:part]), z[:part]) if x.shape[0] > 1 else None
+        n = y.shape[0]
+        part = split_size(n, chunk_size)
+        independence = rel_diff(model(take(x, slice(0, part))), z[:part]) if n > 1 else None
     forward = max(rel_diff(z, z2), rel_diff(loss, loss2))
     culprit = None
     if forward > 0:
@@ -358,6 +360,6 @@ def _measure(
         nonfinite=counts,
         dropout=active_dropout(model),
         batchnorm=training_batchnorm(model),
-        cuda=x.device.type == "cuda",
+        cuda=y.device.type == "cuda",
         **curvature,
     )

@@ -78,7 +78,7 @@ from hfft.diagnostics.verdicts import (
     symmetry_check,
 )
 from hfft.experiment.budget import parse_budget, resolve_budget
-from hfft.experiment.task import loss_function
+from hfft.optim.batches import map_tensors, take
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss, loss_reduction
 from hfft.optim.step_context import step_mode
@@ -234,7 +234,7 @@ def model_checks(
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     with preserved(model):
         hf = measure(model, loss_fn, x, y, training, chunk_size, weight_decay)
-        reduction = reduction_check(model, loss_fn, x, y, split_size(x.shape[0], chunk_size))
+        reduction = reduction_check(model, loss_fn, x, y, split_size(y.shape[0], chunk_size))
         determinism = [forward_check(hf), product_check(hf), independence_check(hf, chunk_size)]
         checks = determinism[:2]
         if hf.error is None:  # products that fail cannot be judged further
@@ -296,7 +296,7 @@ def measure_cost(
         return None if budget_seconds is None else int(budget_seconds // max(step_s, 1e-12))
 
     return Cost(
-        batch_size=int(x.shape[0]),
+        batch_size=int(y.shape[0]),
         forward_s=times["forward"],
         gradient_s=times["gradient"],
         setup_s=times["setup"],
@@ -321,7 +321,7 @@ def _time_operations(
     repeats: int,
 ) -> tuple[dict[str, float], int | None]:
     """Median seconds of a forward pass, a gradient, an HF setup and a product; peak memory."""
-    cuda = x.device.type == "cuda"
+    cuda = y.device.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     cache = LinearizationCache()
 
@@ -343,11 +343,11 @@ def _time_operations(
             for name, fn in (("forward", forward), ("gradient", gradient), ("setup", setup))
         }
         if cuda:
-            torch.cuda.reset_peak_memory_stats(x.device)
+            torch.cuda.reset_peak_memory_stats(y.device)
         op = setup()
         (v,) = random_vectors(1, op.grad.numel(), op.grad)
         times["product"] = median_time(lambda: op.matvec(v), cuda, repeats)
-        peak = int(torch.cuda.max_memory_allocated(x.device)) if cuda else None
+        peak = int(torch.cuda.max_memory_allocated(y.device)) if cuda else None
     return times, peak
 
 
@@ -438,18 +438,20 @@ def selftest_checkpoint(
         raise ValueError(f"batch size must be a positive integer, got {batch_size}")
     seconds = _time_budget(budget, source.train_seconds)
     splits = source.splits
-    n = splits.train_x.shape[0]
+    n = splits.num_train
     gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(n, generator=gen)[: min(batch_size, n)].to(splits.train_x.device)
-    dev = torch.device(device) if device is not None else splits.train_x.device
+    idx = torch.randperm(n, generator=gen)[: min(batch_size, n)].to(splits.train_y.device)
+    dev = torch.device(device) if device is not None else splits.train_y.device
     model = source.model.to(dev)
-    x, y = splits.train_x[idx].to(dev), splits.train_y[idx].to(dev)
+    x = map_tensors(lambda t: t.to(dev), take(splits.train_x, idx))
+    y = splits.train_y[idx].to(dev)
     subject = {
         "kind": "checkpoint",
         "checkpoint": str(source.path),
         "model": source.model_name,
         "data": source.data_name,
-        "batch_size": int(x.shape[0]),
+        "batch_size": int(y.shape[0]),
+        "task": source.task.describe(),
         "device": str(dev),
         "mode": mode,
         "chunk_size": chunk_size,
@@ -458,7 +460,7 @@ def selftest_checkpoint(
     }
     return selftest_model(
         model,
-        loss_function(),
+        source.task.loss(),
         x,
         y,
         mode=mode,

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hfft.diagnostics.instruments import peak_memory
 from hfft.optim.flat import flatten
 from hfft.optim.optimizer import HessianFree
+from hfft.optim.output_hessians import Loss
 
 __all__ = ["BREAKDOWN", "bench_hf_step"]
 
@@ -54,7 +55,7 @@ def _stepper(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    loss_fn: nn.Module,
+    loss_fn: Loss,
     backend: str,
     cg_iterations: int,
 ) -> Callable[[], tuple[Any, Tensor]]:
@@ -87,7 +88,7 @@ def bench_hf_step(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    loss_fn: nn.Module,
+    loss_fn: Loss,
     *,
     cg_iterations: int = 50,
     backends: tuple[str, ...] = ("func", "backpack"),

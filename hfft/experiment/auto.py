@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from hfft.experiment.runners import Batch
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.strategies import Strategy
+    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "ACTIONS",
@@ -146,6 +147,7 @@ class AutoRunner(Runner):
         strategy: An ``auto`` strategy; see :data:`hfft.experiment.strategies.AUTO_OPTIONS`.
         model: The network (shared by both optimizers).
         splits: The data.
+        loss_fn: The task's loss (:meth:`hfft.experiment.task.Task.loss`).
         lr: SGD learning rate (the checkpoint's unless the strategy sets it).
         batch_size: SGD batch size (likewise).
         momentum: SGD momentum (likewise).
@@ -161,6 +163,7 @@ class AutoRunner(Runner):
         model: nn.Module,
         splits: DataSplits,
         *,
+        loss_fn: Loss,
         lr: float,
         batch_size: int,
         momentum: float,
@@ -174,6 +177,7 @@ class AutoRunner(Runner):
             sgd,
             model,
             splits,
+            loss_fn=loss_fn,
             lr=lr,
             batch_size=batch_size,
             momentum=momentum,
@@ -185,6 +189,7 @@ class AutoRunner(Runner):
             hf,
             model,
             splits,
+            loss_fn=loss_fn,
             weight_decay=weight_decay,
             eval_batch_size=eval_batch_size,
             seed=seed + HF_SEED_OFFSET,
@@ -198,7 +203,7 @@ class AutoRunner(Runner):
         self._interval = self.interval
         self.setup_seconds = self.hf.setup_seconds
         self.step_samples = self.sgd.step_samples
-        self.cuda = splits.train_x.device.type == "cuda"
+        self.cuda = splits.train_y.device.type == "cuda"
         self.phase = "sgd"
         self.count = 0
         self.switch: ProbeEntry | None = None

@@ -7,7 +7,8 @@ hyperparameters), written atomically.
 
 It reads those, any other safetensors file, and PyTorch files made with
 ``torch.save``: a plain ``state_dict`` or a dict holding one under
-``"model"`` or ``"state_dict"``. A checkpoint is untrusted input, so PyTorch
+``"model"``, ``"state_dict"`` or ``"model_state_dict"`` (PyTorch Lightning's
+``.ckpt`` files are such dicts). A checkpoint is untrusted input, so PyTorch
 files are **always** read with ``torch.load(weights_only=True)``, which
 refuses pickles that would import or call arbitrary Python code.
 """
@@ -41,10 +42,7 @@ __all__ = [
 METADATA_KEY = "hfft"
 
 #: Entries of a ``torch.save``'d dict that may hold the state dict, in order of preference.
-_NESTED_KEYS = ("model", "state_dict")
-
-#: Prefixes added by ``DataParallel``/``DistributedDataParallel`` and ``torch.compile``.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_NESTED_KEYS = ("model", "state_dict", "model_state_dict")
 
 
 class CheckpointError(ValueError):
@@ -112,8 +110,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     A file is read as safetensors if its name ends in ``.safetensors`` or its
     contents start like a safetensors file; anything else goes to
     ``torch.load(path, map_location="cpu", weights_only=True)``, which accepts
-    a plain state dict or a dict holding one under ``"model"`` or
-    ``"state_dict"`` (other entries, such as an optimizer state, are ignored).
+    a plain state dict or a dict holding one under ``"model"``,
+    ``"state_dict"`` or ``"model_state_dict"`` (other entries, such as an
+    optimizer state or Lightning's loop state, are ignored).
 
     Args:
         path: The checkpoint file.
@@ -247,7 +246,7 @@ def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
     if not obj or not any(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(
             f"Checkpoint '{path}' holds no tensors{where}; expected a state dict or a dict "
-            "with one under 'model' or 'state_dict'."
+            "with one under 'model', 'state_dict' or 'model_state_dict'."
         )
     for name, value in obj.items():
         if not isinstance(name, str) or not isinstance(value, Tensor):
@@ -261,27 +260,32 @@ def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
 def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
     """Load a state dict into a model strictly, with a readable error on mismatch.
 
-    Keys that all carry a ``module.`` (``DataParallel``/DDP) or
-    ``_orig_mod.`` (``torch.compile``) prefix that the model's keys lack are
-    matched without it. Floating-point tensors of another precision (float16,
-    float64, …) are cast to the model's, with a note; a tensor whose kind
-    differs from the model's (integer weights for a float parameter) and
-    non-finite values (NaN, ±inf) are refused.
+    When the keys do not match the model's as they are, a prefix of one or
+    two dotted components is looked for whose keys, stripped of it, are
+    exactly the model's: ``module.`` (``DataParallel``/DDP), ``_orig_mod.``
+    (``torch.compile``), or the attribute of a PyTorch Lightning module
+    (``model.``); entries outside it (a loss's buffers, an EMA copy) are left
+    out. A note says which prefix was stripped; when several would fit, the
+    checkpoint is refused rather than guessed. Floating-point tensors of
+    another precision (float16, float64, …) are cast to the model's, with a
+    note; a tensor whose kind differs from the model's (integer weights for a
+    float parameter) and non-finite values (NaN, ±inf) are refused.
 
     Args:
         model: The model to load into (in place).
         state_dict: Tensors by name.
 
     Returns:
-        Notes of one sentence each on what was adapted (casts), for the user.
+        Notes of one sentence each on what was adapted (prefix, casts), for the user.
 
     Raises:
         CheckpointError: If keys are missing or unexpected, shapes or kinds
-            differ, or values are not finite; the message names them (the
-            first few of each kind). The model is unchanged then.
+            differ, values are not finite, or the prefix is ambiguous; the
+            message names them (the first few of each kind). The model is
+            unchanged then.
     """
     expected = model.state_dict()
-    state_dict = _strip_wrapper_prefix(state_dict, expected)
+    state_dict, notes = _strip_prefix(state_dict, expected)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     misshaped = [
@@ -304,7 +308,7 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list
             + "; ".join(problems)
             + "."
         )
-    notes = _check_values(state_dict, expected)
+    notes += _check_values(state_dict, expected)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:  # e.g. a module's own load hook refusing a value
@@ -344,17 +348,33 @@ def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tenso
     return [f"the checkpoint's {c} tensors were cast to the model's precision" for c in casts]
 
 
-def _strip_wrapper_prefix(
+def _strip_prefix(
     state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]
-) -> Mapping[str, Tensor]:
-    for prefix in _WRAPPER_PREFIXES:
-        if (
-            state_dict
-            and all(k.startswith(prefix) for k in state_dict)
-            and not any(k.startswith(prefix) for k in expected)
-        ):
-            return {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return state_dict
+) -> tuple[Mapping[str, Tensor], list[str]]:
+    """The entries under the one prefix whose stripped keys are the model's, and a note."""
+    if set(state_dict) == set(expected):
+        return state_dict, []
+    prefixes: set[str] = set()
+    for key in state_dict:
+        parts = key.split(".")
+        prefixes.update(".".join(parts[:k]) + "." for k in (1, 2) if len(parts) > k)
+    fits = sorted(
+        p for p in prefixes if {k[len(p) :] for k in state_dict if k.startswith(p)} == set(expected)
+    )
+    if not fits:
+        return state_dict, []  # the mismatch is reported by the caller
+    if len(fits) > 1:
+        raise CheckpointError(
+            f"The checkpoint holds the model's weights under several prefixes "
+            f"({', '.join(repr(p) for p in fits)}); save the one you mean as a plain state dict."
+        )
+    prefix = fits[0]
+    left = sum(not k.startswith(prefix) for k in state_dict)
+    note = f"stripped prefix {prefix!r} from the checkpoint's keys"
+    if left:
+        note += f" and left out {left} entries outside it"
+    stripped = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return stripped, [note + "."]
 
 
 def _shape(t: Tensor) -> str:

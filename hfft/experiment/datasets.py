@@ -36,6 +36,7 @@ __all__ = [
     "AugmentSpec",
     "DataError",
     "DatasetInfo",
+    "UserData",
     "default_root",
     "load_user_data",
 ]
@@ -294,7 +295,34 @@ LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
 }
 
 
-def load_user_data(spec: str, root: Path, download: bool) -> _Raw:
+@dataclass(frozen=True)
+class UserData:
+    """A user's data as returned by their factory, materialised as tensors on the CPU.
+
+    Attributes:
+        train: ``(inputs, targets)``; inputs a tensor or a dict or tuple of them.
+        valid: The validation split when the factory returned three, else ``None``.
+        test: ``(inputs, targets)``.
+    """
+
+    train: tuple[Any, Tensor]
+    valid: tuple[Any, Tensor] | None
+    test: tuple[Any, Tensor]
+
+
+def load_user_data(spec: str, root: Path, download: bool) -> UserData:
+    """Call a user's data factory and check what it returns; the data is used as it is.
+
+    The factory returns ``(train, test)`` or ``(train, valid, test)``, each a
+    pair ``(inputs, targets)`` of tensors (or arrays), a ``TensorDataset``, or
+    any map-style ``Dataset`` whose items are ``(input, target)`` (read once,
+    here). Inputs may be of any shape ``(N, …)`` or a dict or tuple of such
+    tensors; targets ``(N, …)``. Nothing is normalised or augmented.
+
+    Raises:
+        DataError: For a factory that fails or returns something else, splits
+            of different sample shapes, empty splits, or NaN/Inf in them.
+    """
     from hfft.experiment.factories import ModelSpecError, load_factory
 
     target = spec.rpartition(":")[0]
@@ -314,51 +342,96 @@ def load_user_data(spec: str, root: Path, download: bool) -> _Raw:
         result = factory(**kwargs)
     except Exception as err:
         raise DataError(f"Data factory {spec!r} failed: {type(err).__name__}: {err}") from err
-    if not isinstance(result, tuple | list) or len(result) != 2:
-        raise DataError(f"Data factory {spec!r} must return a pair (train, test).")
-    train_x, train_y = _as_tensors(spec, "train", result[0])
-    test_x, test_y = _as_tensors(spec, "test", result[1])
-    if train_x.shape[1:] != test_x.shape[1:]:
+    if not isinstance(result, tuple | list) or len(result) not in (2, 3):
+        raise DataError(f"Data factory {spec!r} must return (train, test) or (train, valid, test).")
+    names = ("train", "test") if len(result) == 2 else ("train", "valid", "test")
+    parts = {name: _as_tensors(spec, name, part) for name, part in zip(names, result, strict=True)}
+    _check_alike(spec, parts)
+    return UserData(parts["train"], parts.get("valid"), parts["test"])
+
+
+def _check_alike(spec: str, parts: dict[str, tuple[Any, Tensor]]) -> None:
+    from hfft.optim.batches import leaves
+
+    shapes = {
+        n: [tuple(t.shape[1:]) for t in leaves(x)] + [tuple(y.shape[1:])]
+        for n, (x, y) in parts.items()
+    }
+    if len({tuple(v) for v in shapes.values()}) > 1:
+        found = "; ".join(f"{n} {v}" for n, v in shapes.items())
         raise DataError(
-            f"Data factory {spec!r} returned train images of shape {tuple(train_x.shape[1:])} "
-            f"but test images of shape {tuple(test_x.shape[1:])}."
+            f"Data factory {spec!r} returned splits whose samples differ in shape ({found})."
         )
-    return train_x, train_y, test_x, test_y
 
 
-def _as_tensors(spec: str, split: str, data: Any) -> tuple[Tensor, Tensor]:
-    """A user's split as ``(x, y)``: images (N, C, H, W) float32, labels (N,) int64."""
+def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
+    """A user's split as ``(inputs, targets)``: tensors with the samples along dimension 0."""
     import torch
     from torch.utils.data import Dataset, TensorDataset
 
+    from hfft.optim.batches import batch_size, leaves, map_tensors
+
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         x, y = data.tensors
-    elif isinstance(data, tuple | list) and len(data) == 2:
-        x, y = (torch.as_tensor(part) for part in data)
+    elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data, Dataset):
+        x, y = map_tensors(torch.as_tensor, _tensors(data[0])), torch.as_tensor(data[1])
     elif isinstance(data, Dataset):
-        # a generic Dataset can only be read sample by sample: done once, here
-        pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-        if not pairs:
-            raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
-        x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-        y = torch.as_tensor([int(p[1]) for p in pairs])
+        x, y = _read_dataset(spec, split, data)
     else:
         raise DataError(
             f"Data factory {spec!r} returned a {type(data).__name__} as its {split} set, "
-            "not a Dataset or a pair of tensors (x, y)."
+            "not a Dataset or a pair (inputs, targets)."
         )
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[2] != x.shape[3]:
+    if y.ndim == 0 or batch_size(x) != y.shape[0]:
         raise DataError(
-            f"Data factory {spec!r} returned {split} inputs of shape {tuple(x.shape)}; "
-            "expected square images (N, C, H, W) or (N, H, W)."
+            f"Data factory {spec!r} returned {split} inputs of {batch_size(x)} samples but "
+            f"targets of shape {tuple(y.shape)}."
         )
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.numel() == 0:
+    if y.shape[0] == 0:
+        raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
+    for t in [*leaves(x), y]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError(f"The {split} data of {spec!r} contain NaN or infinite values.")
+    return x, y
+
+
+def _tensors(x: Any) -> Any:
+    """Array-likes become tensors; dicts and tuples of them stay dicts and tuples."""
+    import torch
+
+    if isinstance(x, dict):
+        return {k: _tensors(v) for k, v in x.items()}
+    if isinstance(x, tuple | list) and x and not isinstance(x[0], (int, float)):
+        return type(x)(_tensors(v) for v in x)
+    return torch.as_tensor(x)
+
+
+def _read_dataset(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
+    """Every item of a map-style Dataset, collated into tensors (read once, in batches)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    if len(data) == 0:
+        raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
+    first = data[0]
+    if not isinstance(first, tuple | list) or len(first) != 2:
         raise DataError(
-            f"Data factory {spec!r} returned {split} labels of shape {tuple(y.shape)} and "
-            f"dtype {y.dtype}; expected {x.shape[0]} integer class labels."
+            f"Data factory {spec!r} returned a {split} Dataset whose items are "
+            f"{type(first).__name__}s, not (input, target) pairs."
         )
-    if int(y.min()) < 0:
-        raise DataError(f"Data factory {spec!r} returned negative {split} labels.")
-    return x.to(torch.float32), y.to(torch.int64)
+    xs, ys = [], []
+    for xb, yb in DataLoader(data, batch_size=512, shuffle=False):
+        xs.append(xb)
+        ys.append(torch.as_tensor(yb))
+    return _cat_nests(xs), torch.cat(ys)
+
+
+def _cat_nests(xs: list[Any]) -> Any:
+    """Concatenate batches that are tensors or dicts or tuples of them."""
+    import torch
+
+    if isinstance(xs[0], dict):
+        return {k: _cat_nests([x[k] for x in xs]) for k in xs[0]}
+    if isinstance(xs[0], tuple | list):
+        return type(xs[0])(_cat_nests(list(col)) for col in zip(*xs, strict=True))
+    return torch.cat(xs)

@@ -1,4 +1,4 @@
-"""Loss and accuracy of a model on the data splits, outside any training clock."""
+"""A model's loss and metrics on the data splits, outside any training clock."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
+from hfft.optim.batches import Batchable, batch_size, take
 
 if TYPE_CHECKING:
     from hfft.experiment.splits import DataSplits
+    from hfft.experiment.task import Task
+    from hfft.optim.output_hessians import Loss
 
 __all__ = ["SPLITS", "evaluate", "evaluate_splits"]
 
@@ -19,43 +22,46 @@ SPLITS = ("train_eval", "valid", "test")
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module, batch_size: int = 1024
-) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode.
+    model: nn.Module, x: Batchable, y: Tensor, task: Task, loss_fn: Loss, batch: int = 1024
+) -> dict[str, float]:
+    """The task's metrics (loss, accuracy or RMSE and R², …) of ``model`` on ``(x, y)``.
 
-    The model's mode is restored afterwards. The loss is the mean over samples
-    (``loss_fn`` is called per batch and weighted by the batch size; a
-    sum-reduced loss is divided by the number of samples).
+    In eval mode (the model's modes are restored afterwards), in batches whose
+    sums are combined exactly: the loss is the mean over the loss's own
+    normaliser (non-ignored targets, elements, samples), not over batches.
     """
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
-    n = x.shape[0]
+    n = batch_size(x)
     if distributed.is_distributed():  # each rank evaluates its shard; sums are reduced
         part = distributed.shard(n)
-        x, y = x[part], y[part]
-    total, correct = 0.0, 0
-    reduction = getattr(loss_fn, "reduction", "mean")
+        x, y = take(x, part), y[part]
+    totals: dict[str, float] = {}
     try:
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            out = model(xb)
-            loss = float(loss_fn(out, yb))
-            total += loss * xb.shape[0] if reduction == "mean" else loss
-            correct += int((out.argmax(dim=1) == yb).sum())
+        for start in range(0, batch_size(x), batch):
+            piece = slice(start, start + batch)
+            sums = task.batch_sums(loss_fn, model(take(x, piece)), y[piece])
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     if distributed.is_distributed():
-        sums = torch.tensor([total, float(correct)], dtype=torch.float64, device=x.device)
-        total, correct = distributed.all_reduce_sum(sums).tolist()
-    return total / max(n, 1), correct / max(n, 1)
+        keys = sorted(totals)
+        summed = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=y.device)
+        totals = dict(zip(keys, distributed.all_reduce_sum(summed).tolist(), strict=True))
+    return task.finish(totals)
 
 
-def evaluate_splits(model: nn.Module, splits: DataSplits, loss_fn: nn.Module) -> dict[str, float]:
-    """``{split}_loss`` and ``{split}_accuracy`` for train-eval, valid and test."""
+def evaluate_splits(
+    model: nn.Module, splits: DataSplits, task: Task, loss_fn: Loss
+) -> dict[str, float]:
+    """``{split}_{metric}`` for train-eval, valid and test (empty splits left out)."""
     out: dict[str, float] = {}
     for name in SPLITS:
         x, y = getattr(splits, f"{name}_x"), getattr(splits, f"{name}_y")
-        if x.shape[0] == 0:
+        if y.shape[0] == 0:
             continue
-        out[f"{name}_loss"], out[f"{name}_accuracy"] = evaluate(model, x, y, loss_fn)
+        for metric, value in evaluate(model, x, y, task, loss_fn).items():
+            out[f"{name}_{metric}"] = value
     return out

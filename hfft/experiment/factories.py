@@ -23,10 +23,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DATA_ARGS", "ModelSpecError", "build_model", "load_factory", "parse_model_args"]
+__all__ = [
+    "DATA_ARGS",
+    "ModelSpecError",
+    "absolute_spec",
+    "build_model",
+    "load_factory",
+    "parse_model_args",
+]
 
 #: Arguments that follow the data and are passed by :func:`build_model` itself.
-DATA_ARGS = ("num_classes", "in_channels", "input_size")
+DATA_ARGS = ("num_classes", "in_channels", "input_size", "input_shape")
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -168,30 +175,36 @@ def _import_module(name: str) -> Any:
         raise ModelSpecError(f"Cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
 
 
+def absolute_spec(spec: str) -> str:
+    """``file.py:fn`` with the file's absolute path (names and ``package.module:fn`` unchanged).
+
+    What outputs record, so that the command that reproduces a run works from
+    any directory.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target.endswith(".py"):
+        return spec
+    return f"{Path(target).expanduser().resolve()}:{attr}"
+
+
 def build_model(
-    spec_or_name: str,
-    model_args: dict[str, Any],
-    *,
-    num_classes: int,
-    in_channels: int,
-    input_size: int,
+    spec_or_name: str, model_args: dict[str, Any], data_args: dict[str, Any]
 ) -> nn.Module:
     """Build a model from a registered name or a user's factory spec.
 
-    A registered problem's factory is called with the data arguments and
-    ``model_args``. A user's factory is called with ``model_args`` and those
-    of ``num_classes``, ``in_channels``, ``input_size`` that its signature
-    names explicitly (a bare ``**kwargs`` does not count), so a factory that
-    ignores the data shape works unchanged.
+    The factory is called with ``model_args`` and those of the data's
+    arguments (``num_classes``, ``in_channels``, ``input_size``,
+    ``input_shape``; :meth:`hfft.experiment.splits.DataSplits.data_args`)
+    that its signature names explicitly — a bare ``**kwargs`` gets none of
+    them, so ``torchvision.models:resnet18`` works with ``--model-arg
+    num_classes=10``. A model argument of the same name as a data argument
+    wins (the user said so).
 
     Args:
         spec_or_name: Registered name or ``file.py:factory`` /
             ``package.module:factory``.
-        model_args: Keyword arguments for the factory (see
-            :func:`parse_model_args`); must not repeat the data arguments.
-        num_classes: Number of classes of the data.
-        in_channels: Channels of the input images.
-        input_size: Side of the square input images.
+        model_args: Keyword arguments for the factory (see :func:`parse_model_args`).
+        data_args: What the data says about outputs and input shape.
 
     Returns:
         The model.
@@ -206,25 +219,18 @@ def build_model(
 
     from hfft.models import PROBLEMS
 
-    repeated = [key for key in DATA_ARGS if key in model_args]
-    if repeated:
-        raise ModelSpecError(
-            f"Model argument {repeated[0]!r} follows the data and cannot be set by hand."
-        )
-    data = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
     if spec_or_name in PROBLEMS:
         factory: Callable[..., Any] = PROBLEMS[spec_or_name].build
-        kwargs = {**data, **model_args}
     elif ":" in spec_or_name:
         factory = load_factory(spec_or_name)
-        named = _named_parameters(factory)
-        kwargs = {**{k: v for k, v in data.items() if k in named}, **model_args}
     else:
         known = ", ".join(PROBLEMS)
         raise ModelSpecError(
             f"Unknown model {spec_or_name!r}; use one of {known} "
             "or path/to/file.py:factory or package.module:factory."
         )
+    named = _named_parameters(factory)
+    kwargs = {**{k: v for k, v in data_args.items() if k in named}, **model_args}
     _check_accepts(spec_or_name, factory, model_args)
     try:
         model = factory(**kwargs)
@@ -257,7 +263,7 @@ def _check_accepts(name: str, factory: Callable[..., Any], model_args: dict[str,
         return  # no signature to check against; let the call decide
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
-    accepted = _named_parameters(factory) - set(DATA_ARGS)
+    accepted = _named_parameters(factory)
     unknown = [key for key in model_args if key not in accepted]
     if unknown:
         choices = ", ".join(sorted(accepted)) or "none"

@@ -9,7 +9,8 @@ The loop reads top to bottom:
    and evaluate (clock paused) whenever the spent fraction passes the next of
    the evaluation points, the same points for every strategy;
 4. evaluate at the end; write ``final.safetensors``, ``best.safetensors``
-   (best validation accuracy, never test) and ``metrics.json``.
+   (best on validation by the task's metric, never test; not written when the
+   data has no validation split) and ``metrics.json``.
 
 The files are written into a staging folder and swapped into ``--out`` at the
 end (:class:`hfft.experiment.run_folder.RunFolder`), so the folder holds exactly one run's
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from hfft._io import atomic_write_json, sha256_file
+from hfft._io import atomic_write_json, number, sha256_file
 from hfft._version import __version__
 from hfft.experiment.budget import (
     BudgetClock,
@@ -46,6 +47,7 @@ from hfft.experiment.budget import (
 )
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
+from hfft.experiment.factories import absolute_spec
 from hfft.experiment.interrupts import (
     Interrupted,
     as_interrupt,
@@ -61,13 +63,13 @@ from hfft.experiment.records import (
     FinetuneLog,
     SourceEntry,
     SpentEntry,
+    higher_is_better,
 )
 from hfft.experiment.registry import make_runner
 from hfft.experiment.run_folder import RunFolder, slug
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.task import loss_function
 from hfft.experiment.train import versions
 from hfft.optim import distributed
 
@@ -180,8 +182,8 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _brief(entry: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("fraction", "seconds", "step", "valid_accuracy", "test_accuracy", "train_eval_loss")
-    return {k: entry[k] for k in keys if k in entry}
+    keep = ("fraction", "seconds", "step")
+    return {k: v for k, v in entry.items() if k in keep or k.startswith(("valid_", "test_"))}
 
 
 class _Run:
@@ -201,7 +203,10 @@ class _Run:
         self.device = next(self.model.parameters()).device
         self.out, self.on_progress = out, on_progress
         self.main = distributed.is_main()  # data-parallel: rank 0 alone writes
-        self.loss_fn = loss_function()
+        self.task = src.task
+        self.loss_fn = src.task.loss()
+        self.best_key = f"valid_{src.task.best_metric}"
+        self.sign = 1.0 if higher_is_better(src.task.best_metric) else -1.0
         self.best: EvaluationEntry = {}
         self.files: dict[str, str] = {}
         self.stepping = False  # inside a step: its trial weights are not yet accepted
@@ -231,13 +236,17 @@ class _Run:
             "best": {},
         }
         self.meta = {
-            "model": src.model_name,
+            "model": absolute_spec(src.model_name),
             "model_args": src.model_args,
-            "data": src.data_name,
+            "data": absolute_spec(src.data_name),
             "data_seed": src.data_seed,
             "num_classes": self.splits.num_classes,
             "in_channels": self.splits.in_channels,
             "input_size": self.splits.input_size,
+            "task": src.task.describe(),
+            # what a later load must apply and hold out, so that every load agrees
+            "normalization": self.splits.normalization,
+            "valid_fraction": (src.metadata or {}).get("valid_fraction"),
             "lr": src.lr,
             "batch_size": src.batch_size,
             "momentum": src.momentum,
@@ -250,7 +259,7 @@ class _Run:
 
     def measure(self) -> EvaluationEntry:
         """The metrics of the current weights, as an evaluation entry (clock paused)."""
-        metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
+        metrics = evaluate_splits(self.model, self.splits, self.task, self.loss_fn)
         entry = {
             "fraction": self.clock.fraction,
             "seconds": self.clock.seconds,
@@ -266,14 +275,20 @@ class _Run:
         entry = self.measure()
         self.log["evaluations"].append(entry)
         self.runner.observe(entry)
-        acc = entry.get("valid_accuracy") or -math.inf
-        healthy = _finite_losses(entry) and _finite_state(self.model)
-        if healthy and acc > (self.best.get("valid_accuracy") or -math.inf):
+        if self._better(entry) and _finite_losses(entry) and _finite_state(self.model):
             self.best = entry.copy()
             self._save("best.safetensors", entry)
         if self.on_progress is not None:
             self.on_progress(self.clock.fraction, entry)
         return entry
+
+    def _better(self, entry: Mapping[str, Any]) -> bool:
+        """Whether ``entry`` beats the best so far on validation (first wins ties)."""
+        value = entry.get(self.best_key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        best = number(self.best.get(self.best_key))
+        return best is None or self.sign * value > self.sign * best
 
     def _save(self, name: str, entry: Mapping[str, Any]) -> None:
         if self.main:
@@ -320,14 +335,15 @@ class _Run:
         if self.main:
             atomic_write_json(self.out / "metrics.json", self.log)
 
+    def _why_missing(self, name: str) -> str:
+        if name == "final.safetensors":
+            return "the weights were not finite"
+        if not self.splits.valid_y.shape[0]:
+            return "the data has no validation split to choose it on"
+        return "no evaluation had finite losses"
+
     def result(self, out: Path) -> FinetuneResult:
-        missing = {
-            name: "the weights were not finite"
-            if name == "final.safetensors"
-            else "no evaluation had finite losses"
-            for name in WEIGHT_FILES
-            if name not in self.files
-        }
+        missing = {name: self._why_missing(name) for name in WEIGHT_FILES if name not in self.files}
         return FinetuneResult(
             out,
             self.log["status"],
@@ -448,6 +464,7 @@ def _prepare(
         strategy,
         src.model,
         src.splits,
+        loss_fn=src.task.loss(),
         lr=src.lr,
         batch_size=src.batch_size,
         momentum=src.momentum,

@@ -64,6 +64,7 @@ LIMITS: dict[str, Limit] = {
     "epochs": Limit(int, lambda v: v >= 1, "a positive integer"),
     "checkpoints": Limit(int, lambda v: v >= 1, "a positive integer"),
     "train_time": Limit(float, lambda v: v > 0, "a positive number of seconds"),
+    "valid_fraction": Limit(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
 """Every checked setting by name."""
 

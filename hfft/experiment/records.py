@@ -36,9 +36,11 @@ __all__ = [
     "SourceEntry",
     "SpentEntry",
     "StrategyRanking",
+    "TaskEntry",
     "TimeToTarget",
     "TrainData",
     "TrialEntry",
+    "higher_is_better",
 ]
 
 SCHEMA_VERSION = 1
@@ -49,6 +51,20 @@ FINETUNE_KIND = "hfft-finetune"
 
 TRAIN_KIND = "hfft-train"
 """``kind`` of a ``run.json``."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether larger values of a recorded metric (``valid_accuracy``, ``test_rmse``, …) are better.
+
+    Raises:
+        ValueError: For a metric that is none of accuracy, r2, loss or rmse.
+    """
+    name = metric.rsplit("_", 1)[-1]
+    if name in ("accuracy", "r2"):
+        return True
+    if name in ("loss", "rmse"):
+        return False
+    raise ValueError(f"cannot tell whether {metric!r} is to be maximised or minimised")
 
 
 class EvaluationEntry(TypedDict, total=False):
@@ -62,10 +78,16 @@ class EvaluationEntry(TypedDict, total=False):
     damping: float
     train_eval_loss: float | None
     train_eval_accuracy: float | None
+    train_eval_rmse: float | None
+    train_eval_r2: float | None
     valid_loss: float | None
     valid_accuracy: float | None
+    valid_rmse: float | None
+    valid_r2: float | None
     test_loss: float | None
     test_accuracy: float | None
+    test_rmse: float | None
+    test_r2: float | None
 
 
 class SGDStepEntry(TypedDict):
@@ -206,6 +228,14 @@ class SpentEntry(TypedDict):
     fraction: float
 
 
+class TaskEntry(TypedDict):
+    """What a run optimised and how it chose (:class:`hfft.experiment.task.Task`)."""
+
+    kind: str
+    class_dim: int
+    metric: str
+
+
 class SourceEntry(TypedDict):
     """The checkpoint a run started from and the hyperparameters taken from it."""
 
@@ -221,6 +251,8 @@ class SourceEntry(TypedDict):
     weight_decay: float
     train_seconds: float | None
     epoch: int | None
+    task: TaskEntry
+    valid_source: str
 
 
 class FinetuneLog(TypedDict, total=False):
@@ -258,6 +290,7 @@ class TrainData(TypedDict):
     in_channels: int
     input_size: int
     train_size: int
+    valid_source: str
 
 
 class CheckpointEntry(TypedDict):
@@ -276,10 +309,16 @@ class EpochEntry(TypedDict, total=False):
     train_batch_loss: float | None
     train_eval_loss: float | None
     train_eval_accuracy: float | None
+    train_eval_rmse: float | None
+    train_eval_r2: float | None
     valid_loss: float | None
     valid_accuracy: float | None
+    valid_rmse: float | None
+    valid_r2: float | None
     test_loss: float | None
     test_accuracy: float | None
+    test_rmse: float | None
+    test_r2: float | None
 
 
 class RunManifest(TypedDict):
@@ -290,6 +329,7 @@ class RunManifest(TypedDict):
     status: str
     config: dict[str, Any]
     data: TrainData
+    task: TaskEntry
     device: str
     versions: dict[str, str]
     train_seconds: float

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.strategies import Strategy
+    from hfft.optim.output_hessians import Loss
 
 __all__ = ["check_strategy", "make_runner"]
 
@@ -57,6 +58,7 @@ def make_runner(
     model: nn.Module,
     splits: DataSplits,
     *,
+    loss_fn: Loss,
     lr: float | None,
     batch_size: int | None,
     momentum: float,
@@ -83,12 +85,14 @@ def make_runner(
             strategy,
             model,
             splits,
+            loss_fn=loss_fn,
             weight_decay=weight_decay,
             eval_batch_size=eval_batch_size,
             seed=seed,
         )
     lr, batch_size = sgd_settings(strategy, lr, batch_size)
     sgd: dict[str, Any] = dict(
+        loss_fn=loss_fn,
         lr=lr,
         batch_size=batch_size,
         momentum=momentum,

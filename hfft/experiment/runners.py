@@ -19,9 +19,9 @@ from torch import nn
 
 from hfft.experiment.sampling import BatchSampler, gather_batch
 from hfft.experiment.schedules import Plateau, make_schedule
-from hfft.experiment.task import loss_function
 from hfft.models import param_groups
 from hfft.optim import distributed
+from hfft.optim.batches import take
 from hfft.optim.flat import FlatSpace
 from hfft.optim.optimizer import HessianFree
 
@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.strategies import Strategy
+    from hfft.optim.batches import Batchable
+    from hfft.optim.output_hessians import Loss
 
-    Batch = tuple[Tensor, Tensor]
+    Batch = tuple[Batchable, Tensor]
 
 __all__ = [
     "HFRunner",
@@ -50,8 +52,8 @@ DEFAULT_EVAL_BATCH = 1024
 def sgd_update(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    x: Tensor,
+    loss_fn: Loss,
+    x: Batchable,
     y: Tensor,
     check: bool = False,
 ) -> Tensor:
@@ -109,6 +111,7 @@ class SGDRunner(Runner):
         model: nn.Module,
         splits: DataSplits,
         *,
+        loss_fn: Loss,
         lr: float,
         batch_size: int,
         momentum: float,
@@ -121,18 +124,17 @@ class SGDRunner(Runner):
         self.base_lr = float(opts.get("lr", lr))
         self.batch_size = int(opts.get("batch_size", batch_size))
         momentum = float(opts.get("momentum", momentum))
-        check_sgd_batch(self.batch_size, splits.train_x.shape[0])
+        check_sgd_batch(self.batch_size, splits.num_train)
         self.model, self.splits = model, splits
-        self.loss_fn = loss_function()
+        self.loss_fn = loss_fn
         self.opt = torch.optim.SGD(
             param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
         )
         self.schedule = make_schedule(strategy.name, self.base_lr, evaluations)
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
-        self.sampler = BatchSampler(
-            splits.train_x.shape[0], seed=seed, device=splits.train_x.device
-        )
-        self.gen = torch.Generator(device=splits.train_x.device).manual_seed(seed + 1)
+        device = splits.train_y.device
+        self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.lr = self.base_lr
         self.step_samples = self.batch_size
         self.count = 0
@@ -158,7 +160,7 @@ class SGDRunner(Runner):
         self.diverged = not math.isfinite(value)  # then the update was skipped
         return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
 
-    def _sharded_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _sharded_backward(self, x: Batchable, y: torch.Tensor) -> float:
         """This rank's share of the batch loss and gradient, summed over ranks.
 
         Every rank drew the same global batch; it takes its contiguous shard,
@@ -166,9 +168,10 @@ class SGDRunner(Runner):
         gradients and the loss over ranks in one all-reduce, so every rank
         applies the gradient of the whole batch.
         """
-        part = distributed.shard(x.shape[0])
-        share = (part.stop - part.start) / x.shape[0]
-        loss = self.loss_fn(self.model(x[part]), y[part]) * share
+        n = y.shape[0]
+        part = distributed.shard(n)
+        share = (part.stop - part.start) / n
+        loss = self.loss_fn(self.model(take(x, part)), y[part]) * share
         loss.backward()
         params = [p for g in self.opt.param_groups for p in g["params"]]
         space = FlatSpace(params)
@@ -198,21 +201,22 @@ class HFRunner(Runner):
         model: nn.Module,
         splits: DataSplits,
         *,
+        loss_fn: Loss,
         weight_decay: float,
         eval_batch_size: int | None,
         seed: int,
     ) -> None:
 
         opts = dict(strategy.options)
-        n = splits.train_x.shape[0]
+        n = splits.num_train
         self.m, self.m_bar = hf_batch_sizes(opts.pop("m", None), n, eval_batch_size)
         self.model, self.splits = model, splits
-        self.loss_fn = loss_function()
+        self.loss_fn = loss_fn
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
-        self.sampler = BatchSampler(n, seed=seed, device=splits.train_x.device)
+        self.sampler = BatchSampler(n, seed=seed, device=splits.train_y.device)
         self.step_samples = self.m
         # one-time tracing of the linearisation, like compilation: before the clock starts
-        self.setup_seconds = self.opt.prepare(model, splits.train_x[: self.m])
+        self.setup_seconds = self.opt.prepare(model, take(splits.train_x, slice(0, self.m)))
 
     def draw(self) -> tuple[Batch, Batch]:
         """The next disjoint batches B (size m) and B̄ of this runner's sampler."""
@@ -220,7 +224,7 @@ class HFRunner(Runner):
         if distributed.is_distributed():  # this rank's shards; the optimizer all-reduces
             idx, idx_bar = idx[distributed.shard(self.m)], idx_bar[distributed.shard(self.m_bar)]
         x, y = self.splits.train_x, self.splits.train_y
-        return (x[idx], y[idx]), (x[idx_bar], y[idx_bar])
+        return (take(x, idx), y[idx]), (take(x, idx_bar), y[idx_bar])
 
     def step_on(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
         """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from hfft.experiment.datasets import AugmentSpec
+    from hfft.optim.batches import Batchable
 
 __all__ = ["BatchSampler", "augment_batch", "gather_batch"]
 
@@ -54,27 +55,32 @@ def augment_batch(x: Tensor, spec: AugmentSpec, generator: torch.Generator) -> T
 
 
 def gather_batch(
-    x: Tensor,
+    x: Batchable,
     y: Tensor,
     idx: Tensor,
     augment: AugmentSpec | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Batchable, Tensor]:
     """The samples ``idx`` of ``(x, y)``, augmented if ``augment`` is given.
 
     Args:
-        x: Images on some device.
-        y: Labels on the same device.
-        idx: Indices (moved to ``x``'s device).
-        augment: Augmentation, or ``None``.
+        x: Inputs on some device (a tensor, or a dict or tuple of them).
+        y: Targets on the same device.
+        idx: Indices (moved to ``y``'s device).
+        augment: Augmentation of images ``(N, C, H, W)``, or ``None``.
         generator: Randomness of the augmentation (required with ``augment``).
 
     Raises:
-        ValueError: If ``augment`` is given without a generator.
+        ValueError: If ``augment`` is given without a generator, or for inputs
+            that are not images.
     """
-    idx = idx.to(x.device)
-    xb, yb = x[idx], y[idx]
+    from hfft.optim.batches import take
+
+    idx = idx.to(y.device)
+    xb, yb = take(x, idx), y[idx]
     if augment is not None:
+        if not (hasattr(xb, "ndim") and xb.ndim == 4):
+            raise ValueError("only images (N, C, H, W) can be augmented")
         if generator is None:
             raise ValueError("gather_batch needs a generator to augment a batch")
         xb = augment_batch(xb, augment, generator)

@@ -21,16 +21,21 @@ The split follows the data seed, so a run that continues from a checkpoint
 must use the seed the checkpoint was trained with, or its validation set
 would contain training images.
 
-Images are float32 NCHW, normalised per channel with the mean and standard
-deviation of the *train* split (recorded in :attr:`DataSplits.mean`/``std``).
-Augmentation (:func:`hfft.experiment.sampling.augment_batch`) pads with zeros in that normalised
-space, i.e. with the channel mean.
+The built-in image sets are float32 NCHW, normalised per channel with the
+mean and standard deviation of the *train* split; the statistics are recorded
+(:attr:`DataSplits.normalization`, and in every checkpoint's metadata) and a
+later load of the same checkpoint applies the recorded ones, so every load
+agrees. Augmentation (:func:`hfft.experiment.sampling.augment_batch`) pads
+with zeros in that normalised space, i.e. with the channel mean.
 
-Besides the registered names (:data:`DATASETS`), ``name`` may be
-``path/to/file.py:factory`` or ``package.module:factory``, naming a
-function that returns ``(train, test)``, each either a
-``torch.utils.data.Dataset`` of ``(x, y)`` pairs or a tuple of tensors
-``(x, y)``. The registry and the sources are in :mod:`hfft.experiment.datasets`.
+A user's data (``path/to/file.py:factory`` or ``package.module:factory``,
+see :func:`hfft.experiment.datasets.load_user_data`) is used exactly as the
+factory returns it: any shape, never normalised or augmented. Its validation
+split is the factory's when it returns ``(train, valid, test)``; from
+``(train, test)`` a fraction of the training set is held out only when asked
+(``valid_fraction``; ``hfft train`` holds out 10 % and records it, so runs
+from its checkpoints validate on data they never saw), and otherwise there is
+none (:attr:`DataSplits.valid_source` says which).
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
+    from hfft.experiment.datasets import UserData
+    from hfft.optim.batches import Batchable
+
 __all__ = ["DataSplits", "SplitIndices", "load_data", "split_indices"]
+
+
+VALID_SOURCES = ("held out", "given", "held out of the checkpoint's training data", "none")
+"""Where the validation split comes from: held out by hfft before training, returned by the
+user's factory, held out of data the checkpoint was trained on (``--valid-fraction`` on a
+foreign checkpoint: ``best`` then chooses on seen data), or nowhere."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,40 +68,59 @@ class DataSplits:
 
     Attributes:
         name: Data set name (or the user's factory spec).
-        train_x, train_y: Training split (images float32 NCHW, labels int64).
-        valid_x, valid_y: Validation split, held out of the training set.
+        train_x, train_y: Training split (inputs a tensor or a nest of them).
+        valid_x, valid_y: Validation split (possibly empty, see ``valid_source``).
         train_eval_x, train_eval_y: Subset of the training split for
             measuring the training loss.
         test_x, test_y: Test split.
-        num_classes: Number of classes.
-        in_channels: Image channels.
-        input_size: Side of the square images.
+        num_classes: Classes (integer targets) or outputs per sample (float targets).
+        input_shape: The shape of one input sample (``()`` for a nest of tensors).
         augment: Augmentation for training batches; ``None`` for none.
-        mean, std: Per-channel normalisation, computed on the training split.
+        normalization: The per-channel ``mean`` and ``std`` applied to a
+            built-in image set (``None``: the data is as given).
         seed: The seed of the split.
+        valid_source: One of :data:`VALID_SOURCES`.
     """
 
     name: str
-    train_x: Tensor
+    train_x: Batchable
     train_y: Tensor
-    valid_x: Tensor
+    valid_x: Batchable
     valid_y: Tensor
-    train_eval_x: Tensor
+    train_eval_x: Batchable
     train_eval_y: Tensor
-    test_x: Tensor
+    test_x: Batchable
     test_y: Tensor
     num_classes: int
-    in_channels: int
-    input_size: int
+    input_shape: tuple[int, ...]
     augment: AugmentSpec | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    normalization: dict[str, list[float]] | None
     seed: int
+    valid_source: str = "held out"
 
     @property
     def num_train(self) -> int:
         """Size of the training split."""
-        return int(self.train_x.shape[0])
+        return int(self.train_y.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of an image or a 1-D signal (``input_shape[0]``), else 1."""
+        return self.input_shape[0] if len(self.input_shape) >= 2 else 1
+
+    @property
+    def input_size(self) -> int:
+        """The last dimension of an input sample (an image's side, a signal's length)."""
+        return self.input_shape[-1] if self.input_shape else 0
+
+    def data_args(self) -> dict[str, Any]:
+        """What a model factory may take from the data: outputs and input shape."""
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "input_shape": self.input_shape,
+        }
 
 
 # --- splits --------------------------------------------------------------------------------
@@ -99,7 +132,7 @@ class SplitIndices:
 
     Attributes:
         train: The training split.
-        valid: The validation split (disjoint from ``train``).
+        valid: The validation split (disjoint from ``train``; may be empty).
         train_eval: Positions *within the training split* of the train-eval subset.
     """
 
@@ -108,13 +141,18 @@ class SplitIndices:
     train_eval: Tensor
 
 
-def split_indices(n_train: int, n_test: int, seed: int) -> SplitIndices:
-    """Seeded validation hold-out and train-eval subset (see the module docstring).
+def split_indices(
+    n_train: int, n_test: int, seed: int, valid_fraction: float | None = None
+) -> SplitIndices:
+    """Seeded validation hold-out and train-eval subset.
 
     Args:
         n_train: Size of the official training set.
         n_test: Size of the test set.
         seed: Seed of the split.
+        valid_fraction: Hold out this fraction of the training set (0: none);
+            ``None``: DeepOBS's rule (as many as the test set, or 10 % when
+            the test set exceeds a fifth of the training set).
 
     Returns:
         The :class:`SplitIndices`, CPU int64 tensors.
@@ -124,8 +162,11 @@ def split_indices(n_train: int, n_test: int, seed: int) -> SplitIndices:
     """
     import torch
 
-    n_valid = n_test if n_test <= n_train // 5 else round(0.1 * n_train)
-    if n_valid < 1 or n_train - n_valid < 1:
+    if valid_fraction is None:
+        n_valid = n_test if n_test <= n_train // 5 else round(0.1 * n_train)
+    else:
+        n_valid = round(valid_fraction * n_train)
+    if (valid_fraction != 0 and n_valid < 1) or n_train - n_valid < 1:
         raise DataError(
             f"A training set of {n_train} samples is too small to hold out a validation set."
         )
@@ -145,6 +186,9 @@ def load_data(
     device: str | torch.device = "cpu",
     seed: int = 0,
     augment: bool = True,
+    normalization: dict[str, list[float]] | None = None,
+    valid_fraction: float | None = None,
+    valid_seen: bool = False,
 ) -> DataSplits:
     """Load a data set's splits onto a device.
 
@@ -156,8 +200,12 @@ def load_data(
         download: Download a missing torchvision data set into ``root``.
         device: Device of the returned tensors.
         seed: Seed of the validation and train-eval splits.
-        augment: Whether training batches may be augmented (the data set's
-            :class:`AugmentSpec`); ``False`` gives ``augment=None``.
+        augment: Whether training batches may be augmented (built-in images).
+        normalization: Built-in images: the recorded ``mean`` and ``std`` to
+            apply (a checkpoint's), instead of computing them.
+        valid_fraction: A user's ``(train, test)``: hold out this fraction of
+            train for validation (``None`` or 0: no validation split).
+        valid_seen: The held-out part was in the checkpoint's training data.
 
     Returns:
         The :class:`DataSplits`.
@@ -166,17 +214,45 @@ def load_data(
         DataError: For an unknown name, a missing or unreadable data set, or
             user data of the wrong form.
     """
-    import torch
+    from hfft.experiment.datasets import LOADERS, load_user_data
 
     root_path = Path(root).expanduser() if root is not None else default_root()
-    (all_x, all_y, test_x, test_y), spec, num_classes = _raw(name, root_path, download)
+    if name in DATASETS:
+        raw = LOADERS[name](root_path, download)
+        return _builtin_splits(name, raw, device, seed, augment, normalization)
+    if ":" in name:
+        user = load_user_data(name, root_path, download)
+        return _user_splits(name, user, device, seed, valid_fraction, valid_seen)
+    raise DataError(
+        f"Unknown data set {name!r}; use one of {', '.join(DATASETS)} "
+        "or path/to/file.py:factory or package.module:factory."
+    )
+
+
+def _builtin_splits(
+    name: str,
+    raw: tuple[Tensor, Tensor, Tensor, Tensor],
+    device: str | torch.device,
+    seed: int,
+    augment: bool,
+    normalization: dict[str, list[float]] | None,
+) -> DataSplits:
+    """A built-in set's DeepOBS splits; images normalised per channel (recorded)."""
+    import torch
+
+    all_x, all_y, test_x, test_y = raw
+    info = DATASETS[name]
     idx = split_indices(all_x.shape[0], test_x.shape[0], seed)
     dev = torch.device(device)
     # uint8 images travel to the device before conversion: 4× less to copy
     all_x, all_y = all_x.to(dev), all_y.to(dev)
     train, valid, train_eval = idx.train.to(dev), idx.valid.to(dev), idx.train_eval.to(dev)
     train_raw = all_x[train]
-    mean, std = _channel_stats(train_raw)
+    if normalization is None:
+        mean, std = _channel_stats(train_raw)
+        normalization = {"mean": mean.tolist(), "std": std.tolist()}
+    mean = torch.tensor(normalization["mean"], dtype=torch.float64)
+    std = torch.tensor(normalization["std"], dtype=torch.float64)
     train_x, train_y = _normalise(train_raw, mean, std), all_y[train]
     del train_raw
     return DataSplits(
@@ -189,38 +265,74 @@ def load_data(
         train_eval_y=train_y[train_eval],
         test_x=_normalise(test_x.to(dev), mean, std),
         test_y=test_y.to(dev),
-        num_classes=num_classes,
-        in_channels=int(train_x.shape[1]),
-        input_size=int(train_x.shape[2]),
-        augment=spec if augment else None,
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
+        num_classes=info.num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        augment=info.augment if augment else None,
+        normalization=normalization,
         seed=seed,
     )
 
 
-def _raw(name: str, root: Path, download: bool) -> tuple[Any, AugmentSpec | None, int]:
-    """The raw tensors of a data set, its augmentation and its number of classes, checked."""
+def _user_splits(
+    name: str,
+    user: UserData,
+    device: str | torch.device,
+    seed: int,
+    valid_fraction: float | None,
+    valid_seen: bool,
+) -> DataSplits:
+    """A user's splits, as given: the factory's validation set, or a hold-out only if asked."""
     import torch
 
-    from hfft.experiment.datasets import LOADERS, load_user_data
+    from hfft.optim.batches import map_tensors, take
 
-    if name in DATASETS:
-        info = DATASETS[name]
-        raw, spec, num_classes = LOADERS[name](root, download), info.augment, info.num_classes
-    elif ":" in name:
-        raw = load_user_data(name, root, download)
-        spec = None  # whether crops or flips preserve a user's labels is unknown
-        num_classes = max(int(raw[1].max()), int(raw[3].max())) + 1
+    dev = torch.device(device)
+
+    def moved(part: tuple[Any, Tensor]) -> tuple[Any, Tensor]:
+        return map_tensors(lambda t: t.to(dev), part[0]), part[1].to(dev)
+
+    (all_x, all_y), (test_x, test_y) = moved(user.train), moved(user.test)
+    n_test = int(test_y.shape[0])
+    if user.valid is not None:
+        (valid_x, valid_y), source = moved(user.valid), "given"
+        idx = split_indices(int(all_y.shape[0]), n_test, seed, valid_fraction=0)
     else:
-        raise DataError(
-            f"Unknown data set {name!r}; use one of {', '.join(DATASETS)} "
-            "or path/to/file.py:factory or package.module:factory."
-        )
-    for split, x in (("training", raw[0]), ("test", raw[2])):
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise DataError(f"The {split} inputs of {name!r} contain NaN or infinite values.")
-    return raw, spec, num_classes
+        idx = split_indices(int(all_y.shape[0]), n_test, seed, valid_fraction or 0)
+        valid_x, valid_y = take(all_x, idx.valid.to(dev)), all_y[idx.valid.to(dev)]
+        source = "none" if not idx.valid.numel() else "held out"
+        if source == "held out" and valid_seen:
+            source = "held out of the checkpoint's training data"
+    train = idx.train.to(dev)
+    train_x, train_y = take(all_x, train), all_y[train]
+    first = all_x if isinstance(all_x, torch.Tensor) else None
+    return DataSplits(
+        name=name,
+        train_x=train_x,
+        train_y=train_y,
+        valid_x=valid_x,
+        valid_y=valid_y,
+        train_eval_x=take(train_x, idx.train_eval.to(dev)),
+        train_eval_y=train_y[idx.train_eval.to(dev)],
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=_outputs(all_y, test_y),
+        input_shape=tuple(first.shape[1:]) if first is not None else (),
+        augment=None,  # whether crops or flips preserve a user's labels is unknown
+        normalization=None,
+        seed=seed,
+        valid_source=source,
+    )
+
+
+def _outputs(*targets: Tensor) -> int:
+    """Classes of integer labels (the largest + 1, ignored positions aside), else outputs."""
+    import math
+
+    y = targets[0]
+    if y.is_floating_point():
+        return max(1, math.prod(y.shape[1:]))
+    top = max(int(t[t != -100].max()) if bool((t != -100).any()) else 0 for t in targets)
+    return top + 1
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -238,7 +350,7 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 def _normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     import torch
 
-    shape = (1, -1, 1, 1)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
     m = mean.to(x.device, torch.float32).view(shape)
     s = std.to(x.device, torch.float32).view(shape)
     return ((x.to(torch.float32) - m) / s).contiguous()

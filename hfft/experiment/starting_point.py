@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,14 +32,18 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hfft.experiment.splits import DataSplits
+    from hfft.experiment.task import Task
 
 __all__ = [
     "StartingPoint",
     "StartingPointError",
     "StartingPointOptions",
+    "fit_task",
+    "inferred",
     "load_starting_point",
     "training_seconds",
     "trusted_metadata",
+    "valid_notes",
 ]
 
 
@@ -64,6 +69,7 @@ class StartingPoint:
     momentum: float
     weight_decay: float
     train_seconds: float | None
+    task: Task
     notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
@@ -81,6 +87,8 @@ class StartingPoint:
             "weight_decay": self.weight_decay,
             "train_seconds": self.train_seconds,
             "epoch": (self.metadata or {}).get("epoch"),
+            "task": self.task.describe(),
+            "valid_source": self.splits.valid_source,
         }
 
 
@@ -98,10 +106,15 @@ class StartingPointOptions:
     batch_size: int | None = None
     momentum: float | None = None
     weight_decay: float | None = None
+    task: str | None = None
+    loss: str | None = None
+    metric: str | None = None
+    valid_fraction: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "momentum", "weight_decay", "train_time"):
             check(name, getattr(self, name))
+        check("valid_fraction", self.valid_fraction)
 
     def load(self, checkpoint: str | Path, device: str = "cpu") -> StartingPoint:
         """:func:`load_starting_point` with these overrides."""
@@ -151,7 +164,7 @@ def trusted_metadata(
             raise StartingPointError(
                 f"{path} names the model {name!r} in its metadata, which is not one of hfft's "
                 f"models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint names: pass "
-                "--model explicitly if you trust that code"
+                f"{_again('--model', name)} if you trust that code"
             )
         args = meta.get("model_args") or {}
         plain = isinstance(args, dict) and all(
@@ -169,15 +182,64 @@ def trusted_metadata(
             raise StartingPointError(
                 f"{path} names the data {data!r} in its metadata, which is not one of hfft's "
                 f"data sets ({', '.join(DATASETS)}); hfft never runs code a checkpoint names: "
-                "pass --data explicitly if you trust that code"
+                f"pass {_again('--data', data)} if you trust that code"
             )
         trusted["data"] = data
-    for key in _META_HYPERPARAMETERS:
+    for key in (*_META_HYPERPARAMETERS, "valid_fraction"):
         try:
             trusted[key] = check(key, meta.get(key), where=f"{key} in the metadata of {path}")
         except ValueError as err:
             raise StartingPointError(str(err)) from None
+    trusted["task"] = _trusted_task(path, meta.get("task"))
+    trusted["normalization"] = _trusted_normalization(path, meta.get("normalization"))
     return trusted
+
+
+def _again(option: str, name: Any) -> str:
+    """The option that names the code again: with the recorded spec when it is one."""
+    if isinstance(name, str) and ":" in name and len(name) < 500 and name.isprintable():
+        return f"{option} {shlex.quote(name)}"
+    return f"{option} explicitly"
+
+
+def _trusted_task(path: Path, task: Any) -> dict[str, Any] | None:
+    """A recorded task: a kind, a class dimension and a metric, all by name."""
+    from hfft.experiment.task import METRICS
+
+    if task is None:
+        return None
+    kind = task.get("kind") if isinstance(task, dict) else None
+    if kind not in METRICS:
+        raise StartingPointError(f"{path} records a task in its metadata that hfft does not know")
+    dim, metric = task.get("class_dim", 1), task.get("metric")
+    if (
+        dim not in (1, -1)
+        or isinstance(dim, bool)
+        or metric not in (None, *METRICS[kind], "accuracy")
+    ):
+        raise StartingPointError(f"{path} records a task in its metadata that hfft does not know")
+    return {"kind": kind, "class_dim": dim, "metric": metric}
+
+
+def _trusted_normalization(path: Path, norm: Any) -> dict[str, list[float]] | None:
+    """Recorded per-channel statistics: two equally long lists of finite numbers, std > 0."""
+    if norm is None:
+        return None
+    ok = isinstance(norm, dict) and all(
+        isinstance(norm.get(k), list)
+        and norm[k]
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in norm[k]
+        )
+        for k in ("mean", "std")
+    )
+    if not ok or len(norm["mean"]) != len(norm["std"]) or min(norm["std"]) <= 0:
+        raise StartingPointError(
+            f"{path} records a normalisation in its metadata that is not per-channel means "
+            "and positive standard deviations"
+        )
+    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
 
 
 def _first(*values: Any) -> Any:
@@ -223,20 +285,24 @@ def load_starting_point(
     )
     model_name, data_name = _model_and_data(path, meta, options)
     seed = int(_first(data_seed, meta.get("data_seed"), 0))
+    fraction = _first(options.valid_fraction, meta.get("valid_fraction"))
     splits = load_data(
-        data_name, root=options.data_root, download=options.download, device=device, seed=seed
+        data_name,
+        root=options.data_root,
+        download=options.download,
+        device=device,
+        seed=seed,
+        normalization=meta.get("normalization"),
+        valid_fraction=fraction,
+        valid_seen=fraction is not None and fraction != meta.get("valid_fraction"),
     )
     args = {**(meta.get("model_args") or {}), **options.model_args}
-    net = build_model(
-        model_name,
-        args,
-        num_classes=splits.num_classes,
-        in_channels=splits.in_channels,
-        input_size=splits.input_size,
-    )
+    net = build_model(model_name, args, splits.data_args())
     notes = apply_state_dict(net, ckpt.state_dict)
     net = net.to(device)
-    check_fit(net, splits)
+    asked = _task_options(path, meta.get("task"), options)
+    task, task_note = fit_task(net, splits, asked)
+    said = (task_note,) if inferred(asked, data_name) else ()
     return StartingPoint(
         path=path,
         sha256=sha256_file(path),
@@ -248,9 +314,92 @@ def load_starting_point(
         data_seed=seed,
         splits=splits,
         train_seconds=_first(options.train_time, training_seconds(path)),
-        notes=tuple(notes),
+        task=task,
+        notes=(*notes, *said, *valid_notes(splits)),
         **_hyperparameters(options, meta, model_name),
     )
+
+
+def _task_options(
+    path: Path, recorded: dict[str, Any] | None, options: StartingPointOptions
+) -> dict[str, Any]:
+    """What the task is asked to be: the user's options, else what the checkpoint recorded."""
+    if options.loss is not None or options.task is not None:
+        return {"kind": options.task, "loss": options.loss, "metric": options.metric}
+    if recorded is None:
+        return {"kind": None, "loss": None, "metric": options.metric}
+    if recorded["kind"] == "custom":
+        raise StartingPointError(
+            f"{path} was trained with your own loss, which a checkpoint never names; "
+            "pass --loss again"
+        )
+    return {"kind": recorded["kind"], "loss": None, "metric": options.metric or recorded["metric"]}
+
+
+def inferred(asked: dict[str, Any], data: str) -> bool:
+    """Whether the task was inferred from a user's data (then hfft says which it took)."""
+    return ":" in data and all(asked.get(k) is None for k in ("kind", "loss"))
+
+
+def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> tuple[Task, str]:
+    """The task that fits the model's outputs on two training samples, and one line saying so.
+
+    One forward pass in eval mode (the model's modes are restored), before any work.
+
+    Args:
+        model: The model.
+        splits: Its data.
+        asked: ``kind`` (``--task``), ``loss`` (``--loss`` spec) and ``metric``, each may be None.
+
+    Raises:
+        StartingPointError: If the outputs and targets make no task (shapes,
+            labels beyond the outputs' width, an unknown metric).
+    """
+    import torch
+
+    from hfft.experiment.task import TaskError, check_labels, infer_task, load_loss
+    from hfft.optim.batches import take
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(take(splits.train_x, slice(0, 2)))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if not isinstance(out, torch.Tensor):
+        raise StartingPointError(
+            f"the model returns a {type(out).__name__}, not a tensor of outputs; "
+            "wrap it so that forward returns the logits or predictions"
+        )
+    targets = torch.cat([splits.train_y[:2], splits.valid_y, splits.test_y])
+    try:
+        loss = load_loss(asked["loss"]) if asked.get("loss") else None
+        task, note = infer_task(
+            out, splits.train_y[:2], asked.get("kind"), loss, asked.get("metric")
+        )
+        if "accuracy" in task.metrics and task.kind != "multilabel":  # every split's labels
+            check_labels(targets, out.shape[task.class_dim])
+        return task, note
+    except TaskError as err:
+        raise StartingPointError(str(err)) from None
+
+
+def valid_notes(splits: DataSplits) -> tuple[str, ...]:
+    """One line on where the validation split comes from, when it is not hfft's own hold-out."""
+    if splits.valid_source == "none":
+        return (
+            "no validation split: the data factory returned (train, test); 'best' is the "
+            "final weights (return (train, valid, test), or pass --valid-fraction to hold "
+            "out part of train)",
+        )
+    if splits.valid_source == "held out of the checkpoint's training data":
+        return (
+            f"validation: {splits.valid_y.shape[0]} samples held out of train, which the "
+            "checkpoint saw in training: 'best' is chosen on seen data",
+        )
+    return ()
 
 
 def _model_and_data(
@@ -290,35 +439,3 @@ def _hyperparameters(
             _first(options.weight_decay, meta.get("weight_decay"), d.weight_decay if d else 0.0)
         ),
     }
-
-
-def check_fit(model: nn.Module, splits: DataSplits) -> None:
-    """The model's outputs must have a class for every label of the data.
-
-    One forward pass of two training samples in eval mode (the model's modes
-    are restored), before any work is done.
-
-    Raises:
-        StartingPointError: If the outputs are not ``(N, C)`` or a label is ``>= C``.
-    """
-    import torch
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(splits.train_x[:2])
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    if out.dim() != 2 or out.shape[0] != min(2, splits.num_train):
-        raise StartingPointError(
-            f"the model returns outputs of shape {tuple(out.shape)} for a batch of 2 inputs; "
-            "a classifier must return (N, number of classes)"
-        )
-    top = max(int(y.max()) for y in (splits.train_y, splits.valid_y, splits.test_y) if y.numel())
-    if top >= out.shape[1]:
-        raise StartingPointError(
-            f"the data has class labels up to {top} but the model outputs {out.shape[1]} "
-            f"classes; give the model at least {top + 1} outputs"
-        )

@@ -25,7 +25,7 @@ from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.evaluation import evaluate_splits
-from hfft.experiment.factories import build_model
+from hfft.experiment.factories import absolute_spec, build_model
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
 from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
@@ -33,14 +33,14 @@ from hfft.experiment.run_folder import check_owner, clean_stale, clear, locked_f
 from hfft.experiment.runners import sgd_update
 from hfft.experiment.sampling import BatchSampler, gather_batch
 from hfft.experiment.splits import load_data
-from hfft.experiment.starting_point import check_fit
-from hfft.experiment.task import loss_function
+from hfft.experiment.starting_point import fit_task, inferred, valid_notes
 from hfft.models import PROBLEMS, param_groups
 from hfft.optim.step_context import synced_time
 
 if TYPE_CHECKING:
     from hfft.experiment.sampling import BatchSampler
     from hfft.experiment.splits import DataSplits
+    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "TrainConfig",
@@ -53,6 +53,13 @@ __all__ = [
 ]
 
 MANIFEST = "run.json"
+
+USER_VALID_FRACTION = 0.1
+"""The part of a user's ``(train, test)`` training set held out for validation before training."""
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,16 @@ class TrainConfig:
     device: str = "cpu"
     augment: bool = True
     overwrite: bool = False
+    task: str | None = None
+    loss: str | None = None
+    metric: str | None = None
+    valid_fraction: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoints", "lr", "momentum", "weight_decay"):
             check(name, getattr(self, name))
         check("seed", self.seed)
+        check("valid_fraction", self.valid_fraction)
 
     @classmethod
     def for_model(cls, model: str, **given: Any) -> TrainConfig:
@@ -158,7 +170,7 @@ def versions() -> dict[str, str]:
 def sgd_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
-    loss_fn: nn.Module,
+    loss_fn: Loss,
     splits: DataSplits,
     sampler: BatchSampler,
     batch_size: int,
@@ -173,8 +185,8 @@ def sgd_epoch(
     """
 
     model.train()
-    n = splits.train_x.shape[0]
-    loss_sum = torch.zeros((), device=splits.train_x.device)
+    n = splits.num_train
+    loss_sum = torch.zeros((), device=splits.train_y.device)
     for step in range(max(1, n // batch_size)):  # full batches only, like drop_last
         idx = sampler.next_batch(batch_size)
         x, y = gather_batch(splits.train_x, splits.train_y, idx, splits.augment, generator)
@@ -230,16 +242,15 @@ class _Training:
             device=self.device,
             seed=config.seed,
             augment=config.augment,
+            valid_fraction=_first(config.valid_fraction, USER_VALID_FRACTION),
         )
-        self.model = build_model(
-            config.model,
-            config.model_args,
-            num_classes=self.splits.num_classes,
-            in_channels=self.splits.in_channels,
-            input_size=self.splits.input_size,
-        ).to(self.device)
-        check_fit(self.model, self.splits)
-        self.loss_fn = loss_function()
+        self.model = build_model(config.model, config.model_args, self.splits.data_args())
+        self.model = self.model.to(self.device)
+        asked = {"kind": config.task, "loss": config.loss, "metric": config.metric}
+        self.task, task_note = fit_task(self.model, self.splits, asked)
+        said = (task_note,) if inferred(asked, config.data) else ()
+        self.notes = (*said, *valid_notes(self.splits))
+        self.loss_fn = self.task.loss()
         self.opt = torch.optim.SGD(
             param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum
         )
@@ -264,7 +275,9 @@ class _Training:
                 "in_channels": splits.in_channels,
                 "input_size": splits.input_size,
                 "train_size": splits.num_train,
+                "valid_source": splits.valid_source,
             },
+            "task": self.task.describe(),
             "device": str(self.device),
             "versions": versions(),
             "train_seconds": 0.0,
@@ -275,12 +288,16 @@ class _Training:
     def metadata(self) -> dict[str, Any]:
         c, splits = self.config, self.splits
         return {
-            "model": c.model,
+            "model": absolute_spec(c.model),
             "model_args": c.model_args,
-            "data": c.data,
+            "data": absolute_spec(c.data),
             "num_classes": splits.num_classes,
             "in_channels": splits.in_channels,
             "input_size": splits.input_size,
+            "task": self.task.describe(),
+            # what a later load must apply and hold out so that every load agrees
+            "normalization": splits.normalization,
+            "valid_fraction": self.valid_fraction(),
             "lr": c.lr,
             "batch_size": c.batch_size,
             "momentum": c.momentum,
@@ -292,6 +309,12 @@ class _Training:
             "augment": c.augment,
             "hfft_version": __version__,
         }
+
+    def valid_fraction(self) -> float | None:
+        """The part of a user's train held out (``None``: hfft's own rule or the factory's)."""
+        if self.splits.valid_source != "held out" or ":" not in self.config.data:
+            return None
+        return _first(self.config.valid_fraction, USER_VALID_FRACTION)
 
     def write_manifest(self, status: str | None = None) -> list[int]:
         """Write ``run.json``; the signals that arrived meanwhile waited for it."""
@@ -317,7 +340,7 @@ class _Training:
             on_step,
         )
         self.elapsed += synced_time(cuda) - start
-        self.metrics = evaluate_splits(self.model, self.splits, self.loss_fn)
+        self.metrics = evaluate_splits(self.model, self.splits, self.task, self.loss_fn)
         record = {
             "epoch": epoch,
             "elapsed_seconds": self.elapsed,
@@ -341,6 +364,7 @@ def train(
     config: TrainConfig,
     on_step: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[Mapping[str, Any]], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a model with SGD and write checkpoints and the run manifest.
 
@@ -355,6 +379,7 @@ def train(
         on_step: Called as ``on_step(epoch, step, steps_per_epoch)`` after
             every optimizer step (for progress bars).
         on_epoch: Called with each epoch's record after its evaluation.
+        on_note: Called with one line each on the task and the validation split.
 
     Returns:
         The :class:`TrainResult`.
@@ -365,6 +390,9 @@ def train(
     """
 
     run = _Training(config)
+    if on_note is not None:
+        for line in run.notes:
+            on_note(line)
     save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
     with first_signal_stops(), locked_folder(run.out):
         check_owner(run.out, lambda d: same_train_run(d, config), config.overwrite)

@@ -60,19 +60,29 @@ def training_progress(
 
     def on_epoch(record: Mapping[str, Any]) -> None:
         info = f"train loss {record['train_batch_loss']:.4f}"
-        if "valid_accuracy" in record:
-            info += f", valid acc {record['valid_accuracy']:.2%}"
+        shown = valid_shown(record)
+        if shown:
+            info += f", {shown}"
         progress.update(task, completed=record["epoch"], info=info)
 
     with progress:
         yield on_step, on_epoch
 
 
+def valid_shown(entry: Mapping[str, Any]) -> str:
+    """The validation accuracy, else the validation loss, for a progress line ('' if none)."""
+    value = entry.get("valid_accuracy")
+    if isinstance(value, (int, float)):
+        return f"valid acc {value:.2%}"
+    value = entry.get("valid_loss")
+    return f"valid loss {value:.4f}" if isinstance(value, (int, float)) else ""
+
+
 @contextlib.contextmanager
 def finetune_progress(
     label: str, quiet: bool = False, console: Console | None = None
 ) -> Iterator[Callable[[float, Mapping[str, Any]], None] | None]:
-    """A progress bar over the budget fraction with steps and the latest validation accuracy."""
+    """A progress bar over the budget fraction with steps and the latest validation metric."""
     if quiet:
         yield None
         return
@@ -86,8 +96,9 @@ def finetune_progress(
         line = switch_line(entry)
         if line is not None:
             progress.console.print(line)
-        if "valid_accuracy" in entry:
-            state["info"] = f"step {entry['step']}, valid acc {entry['valid_accuracy']:.2%}"
+        shown = valid_shown(entry)
+        if shown:
+            state["info"] = f"step {entry['step']}, {shown}"
         progress.update(task, completed=min(fraction, 1.0), info=state["info"])
 
     with progress:

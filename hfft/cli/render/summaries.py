@@ -67,16 +67,10 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
         title_justify="left",
     )
     table.add_column("")
-    for name in ("start", "final", "best (valid acc)"):
+    metric = (result.log.get("source") or {}).get("task", {}).get("metric", "accuracy")
+    for name in ("start", "final", f"best (valid {metric})"):
         table.add_column(name, justify="right")
-    for key in (
-        "train_eval_loss",
-        "train_eval_accuracy",
-        "valid_loss",
-        "valid_accuracy",
-        "test_loss",
-        "test_accuracy",
-    ):
+    for key in _metric_keys(result.initial):
         table.add_row(
             key.replace("_", " ").replace("train eval", "train"),
             _fmt(key, result.initial.get(key)),
@@ -89,6 +83,17 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
         console.print(f"no {name}: {why}")
 
 
+def _metric_keys(entry: Mapping[str, Any]) -> list[str]:
+    """The split metrics an evaluation holds (the task's only), split by split."""
+    order = ("loss", "accuracy", "rmse", "r2")
+    return [
+        f"{split}_{m}"
+        for split in ("train_eval", "valid", "test")
+        for m in order
+        if f"{split}_{m}" in entry
+    ]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -96,7 +101,8 @@ def _pct(x: float) -> str:
 def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
     accuracy = metric.endswith("accuracy")
-    what = "best test accuracy (%)" if accuracy else "best train loss"
+    name = metric.replace("train_eval", "train").replace("_", " ")
+    what = f"best {name}" + (" (%)" if accuracy else "")
     table = Table(
         title=f"{entry['checkpoint']}: ranked by {what} within the budget",
         title_justify="left",
@@ -104,12 +110,12 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     for col in ("#", "strategy", "mean", "q25–q75", "seeds", "tied with"):
         table.add_column(col, justify="right" if col in ("#", "mean", "seeds") else "left")
     ttt = entry.get("time_to_target") or {}
-    fractions = ttt.get("fractions", {}) if accuracy else {}
+    fractions = ttt.get("fractions", {}) if ttt.get("metric") == metric else {}
     if fractions:
         table.add_column("to target", justify="right")
         table.caption = (
             f"tied with: not distinguishable given the seed spread; to target: budget needed "
-            f"to reach {ttt['baseline']}'s final {100 * ttt['target']:.2f}% (median over seeds)"
+            f"to reach {ttt['baseline']}'s final {_fmt(metric, ttt['target'])} (median over seeds)"
         )
     fmt = _pct if accuracy else (lambda v: f"{v:.4f}")
     for s in entry["rankings"][metric]:
@@ -132,7 +138,7 @@ def print_compare(console: Console, result: CompareResult) -> None:
     """The rankings of every checkpoint, notes, and where the files are."""
     summary = result.summary
     for entry in summary["checkpoints"]:
-        for metric in ("test_accuracy", "train_eval_loss"):
+        for metric in summary["metrics"]:
             console.print(ranking_table(entry, metric))
         for note in entry.get("notes", []):
             console.print(f"note: {note}")
