@@ -140,7 +140,9 @@ def test_user_tensor_factory_data_is_used_as_returned(user_file: Path, tmp_path:
 @pytest.mark.parametrize(
     ("factory", "match"),
     [
-        pytest.param("not_a_pair", r"must return \(train, test\) or \(train, valid", id="not-a-pair"),
+        pytest.param(
+            "not_a_pair", r"must return \(train, test\) or \(train, valid", id="not-a-pair"
+        ),
         pytest.param("missing", "has no attribute", id="missing-attribute"),
     ],
 )

@@ -107,6 +107,7 @@ def _problems(
 ) -> list[tuple]:
     """(name, model, inputs, targets) to measure: a checkpoint's batch, or shaped random data."""
     from hfft.diagnostics.bench import shaped_problem
+    from hfft.optim.batches import take
 
     problems = []
     if checkpoint is not None:
@@ -115,7 +116,7 @@ def _problems(
         for line in start.notes:
             note(line)
         bs = min(batch_size or 32, start.splits.num_train)
-        x, y = start.splits.train_x[:bs], start.splits.train_y[:bs]
+        x, y = take(start.splits.train_x, slice(0, bs)), start.splits.train_y[:bs]
         problems.append((checkpoint.name, start.model.eval(), x, y))
     for name in names:
         bs = batch_size or (128 if name == "3c3d" else 32)

@@ -54,6 +54,10 @@ DATA_SHAPES = {
 CG_ITERATIONS = 5
 """CG iterations of the timed CG run; one iteration is reported."""
 
+REVERSE = "reverse-over-reverse"
+"""The products of a network whose kernels lack forward mode (LSTMs on oneDNN, …), timed on
+every network: what the fallback costs against the traced linearisation."""
+
 LABELS = {
     "forward": "forward",
     "gradient": "gradient (forward + backward)",
@@ -68,6 +72,8 @@ LABELS = {
     "ggn_product[chunked]": "GGN-vector product, func, 4 chunks re-linearised",
     "ggn_setup[one chunk]": "HF setup, func, one chunk (¼ batch) alone",
     "ggn_product[one chunk]": "GGN-vector product, func, one chunk alone",
+    f"ggn_setup[{REVERSE}]": "HF setup, the reverse-over-reverse fallback",
+    f"ggn_product[{REVERSE}]": "GGN-vector product, reverse-over-reverse fallback",
 }
 """Table labels of the measured operations, in display order."""
 
@@ -165,6 +171,7 @@ def _operations(
     dim = sum(p.numel() for p in params)
     v = torch.randn(dim, device=y.device, dtype=params[0].dtype)
     caches = {b: LinearizationCache() for b in (*backends, "chunked", "one chunk")}
+    caches[REVERSE] = LinearizationCache(reverse_only=True)
     ops: dict[str, Any] = {}
     quarter = max(1, y.shape[0] // 4)
     head = take(x, slice(0, quarter))
@@ -178,7 +185,7 @@ def _operations(
                 inputs,
                 targets,
                 params,
-                backend="func" if backend in batches else backend,
+                backend="func" if backend in (*batches, REVERSE) else backend,
                 chunk_size=chunk,
                 lin_cache=caches[backend],
             )
@@ -209,6 +216,9 @@ def _operations(
         fns[f"ggn_product[{b}]"] = product(b)
         if b == "func":
             fns["cg_iteration[func]"] = cg_iteration
+            # the fallback for kernels without forward mode, on the same batch
+            fns[f"ggn_setup[{REVERSE}]"] = setup(REVERSE, x, y)
+            fns[f"ggn_product[{REVERSE}]"] = product(REVERSE)
     if "func" in backends and y.shape[0] >= 4:
         for key, (xb, yb, chunk) in batches.items():
             fns[f"ggn_setup[{key}]"] = setup(key, xb, yb, chunk)
@@ -323,6 +333,10 @@ def bench_model(
         seconds["cg_iteration[func]"] /= CG_ITERATIONS
     unit = seconds["gradient"]
     ratios = {k: s / unit for k, s in seconds.items()}
+    if f"ggn_product[{REVERSE}]" in seconds:  # what the fallback costs
+        ratios[f"{REVERSE} / func product"] = (
+            seconds[f"ggn_product[{REVERSE}]"] / seconds["ggn_product[func]"]
+        )
     stage(f"{name}: counting FLOPs")
     flops = _flop_ratios(fns)
     peak = {}
@@ -346,7 +360,7 @@ def bench_model(
     notes = [
         f"{b}: traced linearisation unavailable ({c.fallback_reason})"
         for b, c in caches.items()
-        if c.fallback_reason
+        if c.fallback_reason and not c.reverse_only
     ]
     model.zero_grad(set_to_none=True)
     result = BenchResult(

@@ -9,7 +9,7 @@ import torch
 
 from hfft.diagnostics.bench import interleaved_medians
 from hfft.experiment.factories import build_model
-from hfft.experiment.sampling import BatchSampler
+from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.experiment.splits import load_data
 from hfft.experiment.task import Task
 from hfft.experiment.train import sgd_epoch
@@ -70,9 +70,10 @@ def bench_sgd_loop(
     gen = torch.Generator(device=device).manual_seed(seed)
     x_all, y_all = splits.train_x, splits.train_y
     n = x_all.shape[0]
+    batches = BatchStream(x_all, y_all, lambda: sampler.next_batch(batch_size), None, gen)
 
     def hfft_epoch() -> None:
-        sgd_epoch(model, opt_h, loss_fn, splits, sampler, batch_size, gen)
+        sgd_epoch(model, opt_h, loss_fn, batches, n // batch_size)
 
     def plain_epoch() -> None:
         twin.train()

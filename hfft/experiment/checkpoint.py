@@ -269,7 +269,9 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list
     checkpoint is refused rather than guessed. Floating-point tensors of
     another precision (float16, float64, …) are cast to the model's, with a
     note; a tensor whose kind differs from the model's (integer weights for a
-    float parameter) and non-finite values (NaN, ±inf) are refused.
+    float parameter) and non-finite values (NaN, ±inf) are refused, except
+    an ±inf the freshly built model holds at the same place (a causal
+    attention mask as a buffer).
 
     Args:
         model: The model to load into (in place).
@@ -329,11 +331,7 @@ def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tenso
             "The checkpoint holds tensors of another kind than the model's: "
             f"{short_list(wrong_kind)}; hfft casts between floating-point precisions only."
         )
-    not_finite = [
-        k
-        for k, v in state_dict.items()
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
-    ]
+    not_finite = [k for k, v in state_dict.items() if not _finite_as_built(v, expected[k])]
     if not_finite:
         raise CheckpointError(
             f"The checkpoint holds NaN or infinite values in {short_list(not_finite)}."
@@ -346,6 +344,17 @@ def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tenso
         }
     )
     return [f"the checkpoint's {c} tensors were cast to the model's precision" for c in casts]
+
+
+def _finite_as_built(value: Tensor, built: Tensor) -> bool:
+    """Finite, except where the freshly built model has the same ±inf (an attention mask)."""
+    if not (value.is_floating_point() or value.is_complex()):
+        return True
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return True
+    same = (value == built.to(value.dtype)) & torch.isinf(built.to(value.dtype))
+    return bool((finite | same).all())
 
 
 def _strip_prefix(

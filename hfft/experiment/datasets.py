@@ -37,6 +37,7 @@ __all__ = [
     "DataError",
     "DatasetInfo",
     "UserData",
+    "builtin_data",
     "default_root",
     "load_user_data",
 ]
@@ -72,6 +73,10 @@ class DatasetInfo:
         augment: Default augmentation of training batches.
         folder: Where torchvision expects it below ``root``; empty for the
             built-in sets.
+        normalize: Standardise per channel (images); the recorded statistics
+            are reapplied on every load.
+        options: The options its name may carry (``mnist1d:samples=50000``)
+            with their defaults.
     """
 
     name: str
@@ -80,6 +85,8 @@ class DatasetInfo:
     input_size: int
     augment: AugmentSpec | None
     folder: str = ""
+    normalize: bool = True
+    options: tuple[tuple[str, int], ...] = ()
 
     @property
     def needs_files(self) -> bool:
@@ -111,6 +118,17 @@ DATASETS: dict[str, DatasetInfo] = {
             in_channels=1,
             input_size=8,
             augment=_CROP_8,
+        ),
+        # MNIST-1D (Greydanus & Kobak): 1-D signals of length 40, generated offline from
+        # the templates in the mnist1d package; already standardised by its generator
+        DatasetInfo(
+            name="mnist1d",
+            num_classes=10,
+            in_channels=1,
+            input_size=40,
+            augment=None,
+            normalize=False,
+            options=(("samples", 5000),),
         ),
         # CIFAR-10 (torchvision)
         DatasetInfo(
@@ -161,6 +179,27 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def builtin_data(name: str) -> tuple[str, dict[str, int]] | None:
+    """A built-in data set's name and options (``mnist1d:samples=50000``), else ``None``.
+
+    Raises:
+        DataError: For options the set does not have, or values that are not
+            positive integers.
+    """
+    base, sep, given = name.partition(":")
+    info = DATASETS.get(base)
+    if info is None or (sep and not info.options and "=" not in given):
+        return None  # a user's factory spec such as module:function
+    options = dict(info.options)
+    for item in filter(None, given.split(",")):
+        key, _, value = item.partition("=")
+        if key not in options or not value.isdigit() or int(value) < 1:
+            known = ", ".join(f"{k}=N" for k in options) or "none"
+            raise DataError(f"Data set {base!r} takes the options {known}, not {item!r}.")
+        options[key] = int(value)
+    return base, options
+
+
 def default_root() -> Path:
     """Where torchvision data sets are looked for without ``root``.
 
@@ -201,6 +240,30 @@ def _synthetic(root: Path, download: bool) -> _Raw:
         return prototypes[y] + 2.5 * torch.randn(n, 1, 8, 8, generator=gen), y
 
     return *draw(3000), *draw(600)
+
+
+#: Seed of the MNIST-1D generator: the published data set's.
+_MNIST1D_SEED = 42
+
+
+def _mnist1d(root: Path, download: bool, samples: int = 5000) -> _Raw:
+    """MNIST-1D as published (4,000 train, 1,000 test of 5,000), or with ``samples`` in all.
+
+    Generated from the templates built into the ``mnist1d`` package, never
+    downloaded; inputs ``(N, 1, 40)`` float32.
+    """
+    import torch
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = samples, _MNIST1D_SEED
+    made = make_dataset(args)
+
+    def signals(key: str) -> Tensor:
+        return torch.as_tensor(made[key], dtype=torch.float32).unsqueeze(1).contiguous()
+
+    y, y_test = (torch.as_tensor(made[k], dtype=torch.int64) for k in ("y", "y_test"))
+    return signals("x"), y, signals("x_test"), y_test
 
 
 def _torchvision(name: str) -> Callable[[Path, bool], _Raw]:
@@ -288,9 +351,10 @@ def _torchvision_message(name: str, root: Path, download: bool, err: Exception) 
     )
 
 
-LOADERS: dict[str, Callable[[Path, bool], _Raw]] = {
+LOADERS: dict[str, Callable[..., _Raw]] = {
     "digits": _digits,
     "synthetic": _synthetic,
+    "mnist1d": _mnist1d,
     **{name: _torchvision(name) for name, info in DATASETS.items() if info.needs_files},
 }
 
@@ -351,10 +415,10 @@ def load_user_data(spec: str, root: Path, download: bool) -> UserData:
 
 
 def _check_alike(spec: str, parts: dict[str, tuple[Any, Tensor]]) -> None:
-    from hfft.optim.batches import leaves
+    from hfft.optim.batches import leaves, take
 
     shapes = {
-        n: [tuple(t.shape[1:]) for t in leaves(x)] + [tuple(y.shape[1:])]
+        n: [tuple(t.shape[1:]) for t in leaves(take(x, slice(0, 1)))] + [tuple(y.shape[1:])]
         for n, (x, y) in parts.items()
     }
     if len({tuple(v) for v in shapes.values()}) > 1:
@@ -365,11 +429,12 @@ def _check_alike(spec: str, parts: dict[str, tuple[Any, Tensor]]) -> None:
 
 
 def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
-    """A user's split as ``(inputs, targets)``: tensors with the samples along dimension 0."""
+    """A user's split as ``(inputs, targets)``: tensors with the samples along dimension 0
+    (inputs left in a large Dataset are streamed, :mod:`hfft.experiment.streaming`)."""
     import torch
     from torch.utils.data import Dataset, TensorDataset
 
-    from hfft.optim.batches import batch_size, leaves, map_tensors
+    from hfft.optim.batches import LazyInputs, batch_size, leaves, map_tensors, take
 
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         x, y = data.tensors
@@ -389,7 +454,9 @@ def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
         )
     if y.shape[0] == 0:
         raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
-    for t in [*leaves(x), y]:
+    # streamed inputs: the first sample is checked here, the rest as they are read
+    checked = leaves(take(x, slice(0, 1)) if isinstance(x, LazyInputs) else x)
+    for t in [*checked, y]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise DataError(f"The {split} data of {spec!r} contain NaN or infinite values.")
     return x, y
@@ -407,9 +474,12 @@ def _tensors(x: Any) -> Any:
 
 
 def _read_dataset(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
-    """Every item of a map-style Dataset, collated into tensors (read once, in batches)."""
+    """A map-style Dataset's items collated into tensors (read once, in batches), or its
+    inputs left in it to be streamed when they are too large to hold."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, default_collate
+
+    from hfft.experiment.streaming import StreamedInputs, read_targets, should_stream
 
     if len(data) == 0:
         raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
@@ -419,6 +489,20 @@ def _read_dataset(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
             f"Data factory {spec!r} returned a {split} Dataset whose items are "
             f"{type(first).__name__}s, not (input, target) pairs."
         )
+    try:
+        streamed = should_stream(data, default_collate([first[0]]))
+    except ValueError as err:  # a bad HFFT_STREAM_ABOVE
+        raise DataError(str(err)) from None
+    except TypeError as err:  # e.g. a PIL image: no transform to a tensor
+        raise DataError(
+            f"Data factory {spec!r} returned a {split} Dataset whose inputs are not tensors "
+            f"or arrays ({err}); add a transform such as torchvision's ToTensor()."
+        ) from None
+    if streamed:
+        try:
+            return StreamedInputs(data, torch.arange(len(data))), read_targets(data)
+        except ValueError as err:  # a bad HFFT_STREAM_WORKERS
+            raise DataError(str(err)) from None
     xs, ys = [], []
     for xb, yb in DataLoader(data, batch_size=512, shuffle=False):
         xs.append(xb)

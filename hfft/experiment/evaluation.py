@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
-from hfft.optim.batches import Batchable, batch_size, take
+from hfft.optim.batches import Batchable, LazyInputs, batch_size, take
 
 if TYPE_CHECKING:
     from hfft.experiment.splits import DataSplits
@@ -29,6 +30,7 @@ def evaluate(
     In eval mode (the model's modes are restored afterwards), in batches whose
     sums are combined exactly: the loss is the mean over the loss's own
     normaliser (non-ignored targets, elements, samples), not over batches.
+    Streamed inputs are read ahead by their workers.
     """
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -38,9 +40,8 @@ def evaluate(
         x, y = take(x, part), y[part]
     totals: dict[str, float] = {}
     try:
-        for start in range(0, batch_size(x), batch):
-            piece = slice(start, start + batch)
-            sums = task.batch_sums(loss_fn, model(take(x, piece)), y[piece])
+        for start, inputs in _pieces(x, batch):
+            sums = task.batch_sums(loss_fn, model(inputs), y[start : start + batch])
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
     finally:
@@ -51,6 +52,14 @@ def evaluate(
         summed = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=y.device)
         totals = dict(zip(keys, distributed.all_reduce_sum(summed).tolist(), strict=True))
     return task.finish(totals)
+
+
+def _pieces(x: Batchable, batch: int) -> Iterator[tuple[int, Batchable]]:
+    """Consecutive batches of ``x`` with their first sample's position."""
+    starts = range(0, batch_size(x), batch)
+    if isinstance(x, LazyInputs):
+        return zip(starts, x.pieces(batch), strict=True)
+    return ((start, take(x, slice(start, start + batch))) for start in starts)
 
 
 def evaluate_splits(

@@ -164,9 +164,10 @@ def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
 
 
 def _finite_state(model: torch.nn.Module) -> bool:
-    return all(
-        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
-    )
+    """Finite parameters and no NaN in buffers (a buffer may hold ±inf: an attention mask)."""
+    params = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    buffers = all(not bool(b.isnan().any()) for b in model.buffers() if b.is_floating_point())
+    return params and buffers
 
 
 def _finite_losses(entry: Mapping[str, Any]) -> bool:

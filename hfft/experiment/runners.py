@@ -1,7 +1,8 @@
 """One optimizer step of each strategy, behind one small interface.
 
 A runner owns its optimizer and draws its own batches from the shared data
-pipeline (:class:`hfft.experiment.sampling.BatchSampler` over device-resident tensors),
+pipeline (:class:`hfft.experiment.sampling.BatchSampler`'s seeded draws, gathered from
+device-resident tensors or streamed, :class:`hfft.experiment.sampling.BatchStream`),
 so no strategy is favoured by its loader. ``step(fraction)`` takes one step
 at the given budget fraction and returns a JSON-ready record;
 ``step_samples`` is how many training samples that step consumed (B only, for
@@ -10,6 +11,7 @@ epoch budgets).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from hfft.experiment.sampling import BatchSampler, gather_batch
+from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.experiment.schedules import Plateau, make_schedule
 from hfft.models import param_groups
 from hfft.optim import distributed
@@ -135,6 +137,13 @@ class SGDRunner(Runner):
         device = splits.train_y.device
         self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
         self.gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.batches = BatchStream(
+            splits.train_x,
+            splits.train_y,
+            functools.partial(self.sampler.next_batch, self.batch_size),
+            splits.augment,
+            self.gen,
+        )
         self.lr = self.base_lr
         self.step_samples = self.batch_size
         self.count = 0
@@ -144,10 +153,7 @@ class SGDRunner(Runner):
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         self.model.train()
-        idx = self.sampler.next_batch(self.batch_size)
-        x, y = gather_batch(
-            self.splits.train_x, self.splits.train_y, idx, self.splits.augment, self.gen
-        )
+        x, y = self.batches.next()
         if distributed.is_distributed():
             self.opt.zero_grad(set_to_none=True)
             value = self._sharded_backward(x, y)
@@ -215,16 +221,17 @@ class HFRunner(Runner):
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
         self.sampler = BatchSampler(n, seed=seed, device=splits.train_y.device)
         self.step_samples = self.m
+        self.local_m = len(range(n)[distributed.shard(self.m)])
+        draw = functools.partial(_disjoint_pair, self.sampler, self.m, self.m_bar)
+        self.batches = BatchStream(splits.train_x, splits.train_y, draw)
         # one-time tracing of the linearisation, like compilation: before the clock starts
         self.setup_seconds = self.opt.prepare(model, take(splits.train_x, slice(0, self.m)))
 
     def draw(self) -> tuple[Batch, Batch]:
         """The next disjoint batches B (size m) and B̄ of this runner's sampler."""
-        idx, idx_bar = self.sampler.disjoint_pair(self.m, self.m_bar)
-        if distributed.is_distributed():  # this rank's shards; the optimizer all-reduces
-            idx, idx_bar = idx[distributed.shard(self.m)], idx_bar[distributed.shard(self.m_bar)]
-        x, y = self.splits.train_x, self.splits.train_y
-        return (take(x, idx), y[idx]), (take(x, idx_bar), y[idx_bar])
+        x, y = self.batches.next()
+        b, rest = slice(0, self.local_m), slice(self.local_m, None)
+        return (take(x, b), y[b]), (take(x, rest), y[rest])
 
     def step_on(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
         """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
@@ -244,6 +251,12 @@ class HFRunner(Runner):
 
     def report(self) -> dict[str, Any]:
         return {"curvature_products": self.opt.product_path}
+
+
+def _disjoint_pair(sampler: BatchSampler, m: int, m_bar: int) -> Tensor:
+    """B's indices, then B̄'s (this rank's shards of each; the optimizer all-reduces)."""
+    idx, idx_bar = sampler.disjoint_pair(m, m_bar)
+    return torch.cat([idx[distributed.shard(m)], idx_bar[distributed.shard(m_bar)]])
 
 
 def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[int, int]:

@@ -1,11 +1,15 @@
-"""Batches from device-resident splits: sampling, gathering, augmentation.
+"""Batches from the splits: sampling, gathering, augmentation.
 
 A batch is an index gather on the device; augmentation is one padded gather
-for the whole batch, with no per-sample Python work.
+for the whole batch, with no per-sample Python work. From a streamed split
+(:mod:`hfft.experiment.streaming`) :class:`BatchStream` reads the same batches
+ahead of time through DataLoader workers.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,7 +19,7 @@ if TYPE_CHECKING:
     from hfft.experiment.datasets import AugmentSpec
     from hfft.optim.batches import Batchable
 
-__all__ = ["BatchSampler", "augment_batch", "gather_batch"]
+__all__ = ["BatchSampler", "BatchStream", "augment_batch", "gather_batch"]
 
 
 def augment_batch(x: Tensor, spec: AugmentSpec, generator: torch.Generator) -> Tensor:
@@ -153,3 +157,78 @@ class BatchSampler:
         candidates = rest.nonzero().squeeze(1)
         b_bar = candidates[torch.randperm(candidates.numel(), generator=self._gen)[:m_bar]]
         return b, b_bar.to(self.device)
+
+
+class BatchStream:
+    """The batches of a sequence of index draws: gathered from resident inputs, or streamed.
+
+    ``draw()`` gives the next batch's indices (e.g. a :class:`BatchSampler`'s).
+    From resident inputs :meth:`next` draws and gathers; from
+    :class:`hfft.experiment.streaming.StreamedInputs` the workers read the
+    draws ahead (the draws are made in the same order, so the batches are the
+    same) and the targets are gathered from the resident ones.
+
+    Args:
+        x: A split's inputs.
+        y: Its targets (resident).
+        draw: The indices of the next batch.
+        augment: Augmentation (resident images only).
+        generator: Randomness of the augmentation.
+    """
+
+    def __init__(
+        self,
+        x: Batchable,
+        y: Tensor,
+        draw: Callable[[], Tensor],
+        augment: AugmentSpec | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        from hfft.experiment.streaming import StreamedInputs
+
+        self.x, self.y, self._draw = x, y, draw
+        self.augment, self.generator = augment, generator
+        self._pending: deque[Tensor] = deque()
+        self._closed = [False]
+        self._read: Iterator[Batchable] | None = None
+        if isinstance(x, StreamedInputs):
+            if augment is not None:
+                raise ValueError("streamed inputs are not augmented")
+            self._read = x.stream(_drawn(draw, self._pending, self._closed))
+
+    def next(self) -> tuple[Batchable, Tensor]:
+        """The next batch ``(inputs, targets)``."""
+        if self._read is None:
+            return gather_batch(self.x, self.y, self._draw(), self.augment, self.generator)
+        xb = next(self._read)
+        return xb, self.y[self._pending.popleft().to(self.y.device)]
+
+    def close(self) -> None:
+        """Stop drawing. The batches read ahead are read out first, so that the workers
+        exit at once (a DataLoader dropped mid-stream waits seconds for each)."""
+        if self._read is not None and not self._closed[0]:
+            self._closed[0] = True
+            for _ in self._read:
+                pass
+        self._read = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the workers go with the process
+            pass
+
+
+def _drawn(
+    draw: Callable[[], Tensor], pending: deque[Tensor], closed: list[bool]
+) -> Iterator[Tensor]:
+    """``draw()``'s indices until ``closed[0]``, each also queued in ``pending``.
+
+    A function of its parts, not a method: a generator holding its stream would
+    make a reference cycle, and the garbage collector could then drop the
+    DataLoader before the stream has read it out.
+    """
+    while not closed[0]:
+        idx = draw()
+        pending.append(idx)
+        yield idx

@@ -214,12 +214,14 @@ def load_data(
         DataError: For an unknown name, a missing or unreadable data set, or
             user data of the wrong form.
     """
-    from hfft.experiment.datasets import LOADERS, load_user_data
+    from hfft.experiment.datasets import LOADERS, builtin_data, load_user_data
 
     root_path = Path(root).expanduser() if root is not None else default_root()
-    if name in DATASETS:
-        raw = LOADERS[name](root_path, download)
-        return _builtin_splits(name, raw, device, seed, augment, normalization)
+    builtin = builtin_data(name)
+    if builtin is not None:
+        base, options = builtin
+        raw = LOADERS[base](root_path, download, **options)
+        return _builtin_splits(name, base, raw, device, seed, augment, normalization)
     if ":" in name:
         user = load_user_data(name, root_path, download)
         return _user_splits(name, user, device, seed, valid_fraction, valid_seen)
@@ -231,6 +233,7 @@ def load_data(
 
 def _builtin_splits(
     name: str,
+    base: str,
     raw: tuple[Tensor, Tensor, Tensor, Tensor],
     device: str | torch.device,
     seed: int,
@@ -241,18 +244,22 @@ def _builtin_splits(
     import torch
 
     all_x, all_y, test_x, test_y = raw
-    info = DATASETS[name]
+    info = DATASETS[base]
     idx = split_indices(all_x.shape[0], test_x.shape[0], seed)
     dev = torch.device(device)
     # uint8 images travel to the device before conversion: 4× less to copy
     all_x, all_y = all_x.to(dev), all_y.to(dev)
     train, valid, train_eval = idx.train.to(dev), idx.valid.to(dev), idx.train_eval.to(dev)
     train_raw = all_x[train]
-    if normalization is None:
+    if normalization is None and info.normalize:
         mean, std = _channel_stats(train_raw)
         normalization = {"mean": mean.tolist(), "std": std.tolist()}
-    mean = torch.tensor(normalization["mean"], dtype=torch.float64)
-    std = torch.tensor(normalization["std"], dtype=torch.float64)
+    if normalization is None:  # a set used as generated (MNIST-1D)
+        mean = torch.zeros(all_x.shape[1], dtype=torch.float64)
+        std = torch.ones(all_x.shape[1], dtype=torch.float64)
+    else:
+        mean = torch.tensor(normalization["mean"], dtype=torch.float64)
+        std = torch.tensor(normalization["std"], dtype=torch.float64)
     train_x, train_y = _normalise(train_raw, mean, std), all_y[train]
     del train_raw
     return DataSplits(
@@ -284,12 +291,22 @@ def _user_splits(
     """A user's splits, as given: the factory's validation set, or a hold-out only if asked."""
     import torch
 
-    from hfft.optim.batches import map_tensors, take
+    from hfft.experiment.streaming import StreamedInputs
+    from hfft.optim import distributed
+    from hfft.optim.batches import map_tensors, subset, take
 
     dev = torch.device(device)
 
     def moved(part: tuple[Any, Tensor]) -> tuple[Any, Tensor]:
-        return map_tensors(lambda t: t.to(dev), part[0]), part[1].to(dev)
+        x, y = part
+        if not isinstance(x, StreamedInputs):
+            return map_tensors(lambda t: t.to(dev), x), y.to(dev)
+        if distributed.is_distributed():
+            raise DataError(
+                f"Data {name!r} is streamed (larger than HFFT_STREAM_ABOVE), which distributed "
+                "runs do not support; raise HFFT_STREAM_ABOVE to hold it in memory."
+            )
+        return x.on(dev), y.to(dev)
 
     (all_x, all_y), (test_x, test_y) = moved(user.train), moved(user.test)
     n_test = int(test_y.shape[0])
@@ -298,25 +315,25 @@ def _user_splits(
         idx = split_indices(int(all_y.shape[0]), n_test, seed, valid_fraction=0)
     else:
         idx = split_indices(int(all_y.shape[0]), n_test, seed, valid_fraction or 0)
-        valid_x, valid_y = take(all_x, idx.valid.to(dev)), all_y[idx.valid.to(dev)]
+        valid_x, valid_y = subset(all_x, idx.valid.to(dev)), all_y[idx.valid.to(dev)]
         source = "none" if not idx.valid.numel() else "held out"
         if source == "held out" and valid_seen:
             source = "held out of the checkpoint's training data"
     train = idx.train.to(dev)
-    train_x, train_y = take(all_x, train), all_y[train]
-    first = all_x if isinstance(all_x, torch.Tensor) else None
+    train_x, train_y = subset(all_x, train), all_y[train]
+    first = take(all_x, slice(0, 1))
     return DataSplits(
         name=name,
         train_x=train_x,
         train_y=train_y,
         valid_x=valid_x,
         valid_y=valid_y,
-        train_eval_x=take(train_x, idx.train_eval.to(dev)),
+        train_eval_x=subset(train_x, idx.train_eval.to(dev)),
         train_eval_y=train_y[idx.train_eval.to(dev)],
         test_x=test_x,
         test_y=test_y,
         num_classes=_outputs(all_y, test_y),
-        input_shape=tuple(first.shape[1:]) if first is not None else (),
+        input_shape=tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else (),
         augment=None,  # whether crops or flips preserve a user's labels is unknown
         normalization=None,
         seed=seed,

@@ -38,12 +38,12 @@ __all__ = [
     "StartingPoint",
     "StartingPointError",
     "StartingPointOptions",
+    "data_notes",
     "fit_task",
     "inferred",
     "load_starting_point",
     "training_seconds",
     "trusted_metadata",
-    "valid_notes",
 ]
 
 
@@ -178,7 +178,7 @@ def trusted_metadata(
         trusted["model"], trusted["model_args"] = name, dict(args)
     if not data_given and meta.get("data") is not None:
         data = meta["data"]
-        if not isinstance(data, str) or data not in DATASETS:
+        if not isinstance(data, str) or _builtin(path, data) is None:
             raise StartingPointError(
                 f"{path} names the data {data!r} in its metadata, which is not one of hfft's "
                 f"data sets ({', '.join(DATASETS)}); hfft never runs code a checkpoint names: "
@@ -193,6 +193,15 @@ def trusted_metadata(
     trusted["task"] = _trusted_task(path, meta.get("task"))
     trusted["normalization"] = _trusted_normalization(path, meta.get("normalization"))
     return trusted
+
+
+def _builtin(path: Path, data: str) -> Any:
+    from hfft.experiment.datasets import DataError, builtin_data
+
+    try:
+        return builtin_data(data)
+    except DataError as err:
+        raise StartingPointError(f"{path} records data options hfft refuses: {err}") from None
 
 
 def _again(option: str, name: Any) -> str:
@@ -315,7 +324,7 @@ def load_starting_point(
         splits=splits,
         train_seconds=_first(options.train_time, training_seconds(path)),
         task=task,
-        notes=(*notes, *said, *valid_notes(splits)),
+        notes=(*notes, *said, *data_notes(splits)),
         **_hyperparameters(options, meta, model_name),
     )
 
@@ -338,7 +347,10 @@ def _task_options(
 
 def inferred(asked: dict[str, Any], data: str) -> bool:
     """Whether the task was inferred from a user's data (then hfft says which it took)."""
-    return ":" in data and all(asked.get(k) is None for k in ("kind", "loss"))
+    from hfft.experiment.datasets import builtin_data
+
+    user = builtin_data(data) is None
+    return user and all(asked.get(k) is None for k in ("kind", "loss"))
 
 
 def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> tuple[Task, str]:
@@ -386,13 +398,29 @@ def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> tup
         raise StartingPointError(str(err)) from None
 
 
-def valid_notes(splits: DataSplits) -> tuple[str, ...]:
-    """One line on where the validation split comes from, when it is not hfft's own hold-out."""
+def data_notes(splits: DataSplits) -> tuple[str, ...]:
+    """A line on where the validation split comes from, when it is not hfft's own hold-out,
+    and one when the data are streamed."""
+    from hfft.experiment.streaming import StreamedInputs
+
+    x = splits.train_x
+    streamed = (
+        (
+            f"streaming the data from its Dataset ({len(x)} training samples, more than "
+            f"HFFT_STREAM_ABOVE) through a DataLoader with {x.workers} worker(s)",
+        )
+        if isinstance(x, StreamedInputs)
+        else ()
+    )
+    return _valid_note(splits) + streamed
+
+
+def _valid_note(splits: DataSplits) -> tuple[str, ...]:
     if splits.valid_source == "none":
         return (
-            "no validation split: the data factory returned (train, test); 'best' is the "
-            "final weights (return (train, valid, test), or pass --valid-fraction to hold "
-            "out part of train)",
+            "no validation split: the data factory returned (train, test), so no "
+            "best.safetensors is chosen (return (train, valid, test), or pass "
+            "--valid-fraction to hold out part of train)",
         )
     if splits.valid_source == "held out of the checkpoint's training data":
         return (

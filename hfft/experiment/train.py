@@ -11,6 +11,7 @@ valid manifest (status ``"interrupted"``) and valid checkpoints.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from torch import nn
 from hfft._io import atomic_write_json
 from hfft._version import __version__
 from hfft.experiment.checkpoint import save_checkpoint
+from hfft.experiment.datasets import builtin_data
 from hfft.experiment.evaluation import evaluate_splits
 from hfft.experiment.factories import absolute_spec, build_model
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
@@ -31,15 +33,13 @@ from hfft.experiment.limits import check
 from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
 from hfft.experiment.run_folder import check_owner, clean_stale, clear, locked_folder
 from hfft.experiment.runners import sgd_update
-from hfft.experiment.sampling import BatchSampler, gather_batch
+from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.experiment.splits import load_data
-from hfft.experiment.starting_point import fit_task, inferred, valid_notes
+from hfft.experiment.starting_point import data_notes, fit_task, inferred
 from hfft.models import PROBLEMS, param_groups
 from hfft.optim.step_context import synced_time
 
 if TYPE_CHECKING:
-    from hfft.experiment.sampling import BatchSampler
-    from hfft.experiment.splits import DataSplits
     from hfft.optim.output_hessians import Loss
 
 __all__ = [
@@ -171,25 +171,21 @@ def sgd_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: Loss,
-    splits: DataSplits,
-    sampler: BatchSampler,
-    batch_size: int,
-    generator: torch.Generator,
+    batches: BatchStream,
+    steps: int,
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """One epoch of SGD over the training split; returns the sum of batch losses.
+    """One epoch of SGD, ``steps`` batches of ``batches``; returns the sum of batch losses.
 
     Batches are index gathers on the device (no per-sample Python), augmented
-    when the splits allow it. The loss sum stays on the device: no host
-    synchronisation inside the epoch.
+    when the splits allow it, or streamed. The loss sum stays on the device: no
+    host synchronisation inside the epoch.
     """
 
     model.train()
-    n = splits.num_train
-    loss_sum = torch.zeros((), device=splits.train_y.device)
-    for step in range(max(1, n // batch_size)):  # full batches only, like drop_last
-        idx = sampler.next_batch(batch_size)
-        x, y = gather_batch(splits.train_x, splits.train_y, idx, splits.augment, generator)
+    loss_sum = torch.zeros((), device=batches.y.device)
+    for step in range(steps):
+        x, y = batches.next()
         loss_sum += sgd_update(model, opt, loss_fn, x, y)
         if on_step is not None:
             on_step(step + 1)
@@ -249,14 +245,22 @@ class _Training:
         asked = {"kind": config.task, "loss": config.loss, "metric": config.metric}
         self.task, task_note = fit_task(self.model, self.splits, asked)
         said = (task_note,) if inferred(asked, config.data) else ()
-        self.notes = (*said, *valid_notes(self.splits))
+        self.notes = (*said, *data_notes(self.splits))
         self.loss_fn = self.task.loss()
         self.opt = torch.optim.SGD(
             param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum
         )
         self.sampler = BatchSampler(self.splits.num_train, seed=config.seed, device=self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        # full batches only, like drop_last
         self.steps_per_epoch = max(1, self.splits.num_train // config.batch_size)
+        self.batches = BatchStream(
+            self.splits.train_x,
+            self.splits.train_y,
+            functools.partial(self.sampler.next_batch, config.batch_size),
+            self.splits.augment,
+            self.gen,
+        )
         self.elapsed = 0.0
         self.written: list[Path] = []
         self.metrics: dict[str, float] = {}
@@ -312,7 +316,7 @@ class _Training:
 
     def valid_fraction(self) -> float | None:
         """The part of a user's train held out (``None``: hfft's own rule or the factory's)."""
-        if self.splits.valid_source != "held out" or ":" not in self.config.data:
+        if self.splits.valid_source != "held out" or builtin_data(self.config.data) is not None:
             return None
         return _first(self.config.valid_fraction, USER_VALID_FRACTION)
 
@@ -333,10 +337,8 @@ class _Training:
             self.model,
             self.opt,
             self.loss_fn,
-            self.splits,
-            self.sampler,
-            self.config.batch_size,
-            self.gen,
+            self.batches,
+            self.steps_per_epoch,
             on_step,
         )
         self.elapsed += synced_time(cuda) - start

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hfft.optim.batches import Batchable, batch_size, take
+from hfft.optim.batches import Batchable, batch_size, signature, take
 from hfft.optim.flat import FlatSpace, ModelState
 from hfft.optim.output_hessians import (
     Loss,
@@ -132,23 +132,27 @@ class LinearizationCache:
     Tracing costs about one gradient and is done once per input shape; a
     model that cannot be traced (or whose trace does not reproduce its forward
     pass) falls back to ``torch.func.jvp`` for every product, recorded in
-    :attr:`fallback_reason`.
+    :attr:`fallback_reason`; one whose kernels lack a forward-mode derivative
+    goes reverse-over-reverse (:attr:`no_forward_ad`). ``reverse_only`` takes
+    that path from the start (``hfft bench`` measures what it costs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reverse_only: bool = False) -> None:
         self._cache: dict[tuple[Any, ...], Any] = {}
-        self.fallback_reason: str | None = None
+        self.reverse_only = reverse_only
+        self.fallback_reason: str | None = "asked for" if reverse_only else None
         # set when a kernel lacks a forward-mode derivative: products go reverse-over-reverse
-        self.no_forward_ad: str | None = None
+        self.no_forward_ad: str | None = "asked for" if reverse_only else None
 
-    def get(self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Tensor) -> Any:
-
+    def get(
+        self, model: nn.Module, state: ModelState, params: Sequence[Tensor], x: Batchable
+    ) -> Any:
+        if self.reverse_only:
+            return None
         key = (
             id(model),
             model.training,
-            tuple(x.shape),
-            x.dtype,
-            str(x.device),
+            signature(x),
             tuple(state.param_names),
             tuple(tuple(p.shape) for p in params),
         )

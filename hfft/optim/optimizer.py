@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
+from hfft.optim.batches import Batchable, batch_size, take
 from hfft.optim.curvature import (
     BACKENDS,
     CURVATURES,
@@ -175,7 +176,7 @@ class HessianFree(torch.optim.Optimizer):
         if "hf" in self.state:
             self.state["hf"] = dict(self.state["hf"])  # type: ignore[index]
 
-    def prepare(self, model: nn.Module, inputs: Tensor) -> float:
+    def prepare(self, model: nn.Module, inputs: Batchable) -> float:
         """Trace the model's linearisation for batches shaped like ``inputs`` now.
 
         The ``"func"`` GGN back-end traces the network once per input shape
@@ -193,9 +194,11 @@ class HessianFree(torch.optim.Optimizer):
         params = self._params()
         state = ModelState(model, params)
         with step_mode(model, hp["model_mode"]):
-            n, size = inputs.shape[0], hp["chunk_size"] or inputs.shape[0]
+            n = batch_size(inputs)
+            size = hp["chunk_size"] or n
             for m in sorted({min(size, n), n % size} - {0}):
-                self._lin_cache.get(model, state, [p.detach() for p in params], inputs[:m])
+                head = take(inputs, slice(0, m))
+                self._lin_cache.get(model, state, [p.detach() for p in params], head)
         return time.perf_counter() - start
 
     @property

@@ -84,6 +84,12 @@ def step_table(result: BenchResult) -> Table:
 def print_bench(console: Console, result: BenchResult) -> None:
     """Print the operation table, the step table, the targets and notes."""
     console.print(bench_table(result))
+    fallback = result.ratios.get("reverse-over-reverse / func product")
+    if fallback is not None:
+        console.print(
+            f"the reverse-over-reverse fallback (for kernels without forward mode) costs "
+            f"{fallback:.2f}× the func product"
+        )
     if result.step:
         console.print(step_table(result))
         for b, rel in result.step["relative_difference"].items():
