@@ -54,6 +54,11 @@ def test_flops_reflect_the_arithmetic_of_each_product(result) -> None:
     )
     # a quarter of the batch costs a quarter of the arithmetic
     assert f["ggn_product[one chunk]"] == pytest.approx(f["ggn_product[func]"] / 4, rel=0.05)
+    # the fallback's J v is two backward passes instead of one tangent pass
+    assert f["ggn_product[reverse-over-reverse]"] > f["ggn_product[func]"]
+    assert result.ratios["reverse-over-reverse / func product"] == pytest.approx(
+        result.seconds["ggn_product[reverse-over-reverse]"] / result.seconds["ggn_product[func]"]
+    )
 
 
 def test_step_breakdown_adds_up_and_backends_agree(result) -> None:

@@ -8,6 +8,7 @@ everything hfft computes from the two must agree exactly.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,20 @@ def test_finetune_on_a_streamed_image_folder_equals_the_resident_run(
     for when in ("initial", "final"):
         numbers = [{k: v for k, v in r[when].items() if "seconds" not in k} for r in runs.values()]
         assert numbers[0] == numbers[1] and "test_loss" in numbers[0]
+
+
+def test_the_streaming_benchmark_times_both_pipelines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hfft.diagnostics.stream_bench import bench_streaming
+
+    monkeypatch.setenv("HFFT_STREAM_ABOVE", "3G")
+    up.write_image_folder(tmp_path, per_class=20, size=8)
+    result = bench_streaming(tmp_path, batch_size=16, m=16, rounds=1)
+    assert result["train_images"] == 54 and set(result["seconds"]) == {
+        f"{op} {kind}" for op in ("sgd epoch", "hf step") for kind in ("resident", "streamed")
+    }
+    assert result["sgd_epoch_ratio"] == pytest.approx(
+        result["seconds"]["sgd epoch streamed"] / result["seconds"]["sgd epoch resident"]
+    )
+    assert os.environ["HFFT_STREAM_ABOVE"] == "3G"  # the benchmark leaves the setting as it was

@@ -154,6 +154,10 @@ def test_a_token_classifier_with_dict_inputs(tmp_path: Path) -> None:
     log = json.loads((tmp_path / "hf" / "metrics.json").read_text())
     assert "reverse-over-reverse" not in log["curvature_products"]
     assert all(s["cg_iterations"] > 0 for s in log["steps"])
+    out = runner.invoke(app, ["selftest", str(ckpt), *src, "--batch-size", "32", "--json"])
+    assert out.exit_code == 0, out.output  # dict inputs are checked like a tensor
+    report = json.loads(out.output[out.output.index("{") :])
+    assert report["passed"]
 
 
 def test_a_per_token_language_model_with_ignored_positions(tmp_path: Path) -> None:

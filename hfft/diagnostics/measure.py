@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hfft.optim.batches import take
+from hfft.optim.batches import leaves, take
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.flat import flatten
 from hfft.optim.optimizer import MODEL_MODES
@@ -344,7 +344,7 @@ def _measure(
     curvature = measure_products(model, loss_fn, x, y, chunk_size, weight_decay)
     weights = flatten(model.parameters())
     counts = {
-        "inputs": nonfinite(x) if x.is_floating_point() else 0,
+        "inputs": nonfinite(*(t for t in leaves(x) if t.is_floating_point())),
         "weights": nonfinite(weights),
         "outputs": nonfinite(z),
         "loss": nonfinite(loss),
