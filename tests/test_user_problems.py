@@ -212,7 +212,10 @@ def test_a_lightning_checkpoint_is_read_with_its_prefix_said(wine_ckpt: Path, tm
          "--out", str(tmp_path / "ft"), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "stripped prefix 'model.'" in result.output and "left out 1 entries" in result.output
+    assert (
+        "stripped prefix 'model.'" in result.output
+        and "left out 1 entry outside it" in result.output
+    )
 
 
 # --- MNIST-1D and the ecosystem's models ----------------------------------------------------------

@@ -54,6 +54,25 @@ def tabular_mlp(features: int = 13, classes: int = 3, width: int = 32):
     return nn.Sequential(nn.Linear(features, width), nn.Tanh(), nn.Linear(width, classes))
 
 
+# --- multi-label: three yes/no properties of each digit; a loss of the user's own ---------
+
+
+def digit_properties():
+    """scikit-learn's digits as 64 features, with 0/1 labels: even, greater than 4, prime."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    k = torch.tensor(d.target)
+    y = torch.stack([k % 2 == 0, k > 4, (k == 2) | (k == 3) | (k == 5) | (k == 7)], 1)
+    return _split(x, y.float(), test=0.2)
+
+
+def smoothed_cross_entropy(outputs, targets):
+    """The user's own loss: cross-entropy with label smoothing 0.1."""
+    return nn.functional.cross_entropy(outputs, targets, label_smoothing=0.1)
+
+
 # --- regression: diabetes, MSE --------------------------------------------------------------
 
 
@@ -233,6 +252,14 @@ def save_examples(folder) -> None:
         "wine.pt": (lambda: tabular_mlp(), wine, ce, 5, 0.02, 32),
         "breast_cancer.pt": (lambda: tabular_mlp(30, 2), breast_cancer, ce, 3, 0.01, 32),
         "diabetes.pt": (regression_mlp, diabetes, nn.MSELoss(), 1, 0.002, 32),
+        "properties.pt": (
+            lambda: tabular_mlp(64, 3),
+            digit_properties,
+            nn.BCEWithLogitsLoss(),
+            1,
+            0.05,
+            32,
+        ),
         "tokens.pt": (TokenClassifier, token_classes, ce, 2, 0.05, 32),
         "lm.pt": (TinyLanguageModel, next_tokens, _class_last(ce), 2, 0.05, 32),
         "resnet18.pt": (lambda: resnet18(num_classes=10), digits_rgb32, ce, 1, 0.01, 64),

@@ -381,7 +381,7 @@ def _strip_prefix(
     left = sum(not k.startswith(prefix) for k in state_dict)
     note = f"stripped prefix {prefix!r} from the checkpoint's keys"
     if left:
-        note += f" and left out {left} entries outside it"
+        note += f" and left out {left} {'entry' if left == 1 else 'entries'} outside it"
     stripped = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     return stripped, [note + "."]
 
