@@ -232,7 +232,7 @@ def _corrupt(tmp_path: Path) -> Path:
         (["{tmp}/missing.safetensors"], "missing.safetensors"),
         (["{corrupt}"], "bad.safetensors"),
         (["{ckpt}", "--model", "cnn"], "missing"),
-        (["{ckpt}", "--strategy", "adam"], "adam"),
+        (["{ckpt}", "--strategy", "rmsprop"], "rmsprop"),
         (["{ckpt}", "--strategy", "hf:dampng=1"], "dampng"),
         (["{ckpt}", "--budget", "10 parsecs"], "10 parsecs"),
         (["{ckpt}", "--device", "cuda"], "CUDA is not available"),

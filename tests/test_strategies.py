@@ -30,7 +30,16 @@ FULL_HF = (
 
 def test_names() -> None:
     assert SGD_STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
-    assert STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau", "hf", "auto")
+    assert STRATEGIES == (
+        *SGD_STRATEGIES,
+        "hf",
+        "auto",
+        "swa",
+        "lbfgs",
+        "adam",
+        "adamw",
+        "sgd-schedulefree",
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,10 +137,11 @@ def test_sgd_options() -> None:
 
 def test_unknown_strategy() -> None:
     with pytest.raises(ValueError) as err:
-        parse_strategy("adam:lr=0.1")
+        parse_strategy("rmsprop:lr=0.1")
     assert str(err.value) == (
-        "unknown strategy 'adam'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, auto, "
-        "optionally with key=value options as in hf:m=2048,damping=0.5 or sgd:lr=0.01"
+        "unknown strategy 'rmsprop'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, "
+        "auto, swa, lbfgs, adam, adamw, sgd-schedulefree, optionally with key=value options as "
+        "in hf:m=2048,damping=0.5 or sgd:lr=0.01"
     )
 
 

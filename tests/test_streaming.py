@@ -147,8 +147,46 @@ def test_the_streaming_benchmark_times_both_pipelines(
     result = bench_streaming(tmp_path, batch_size=16, m=16, rounds=1)
     assert result["train_images"] == 54 and set(result["seconds"]) == {
         f"{op} {kind}" for op in ("sgd epoch", "hf step") for kind in ("resident", "streamed")
-    }
+    } | {"hf draw read"}
     assert result["sgd_epoch_ratio"] == pytest.approx(
         result["seconds"]["sgd epoch streamed"] / result["seconds"]["sgd epoch resident"]
     )
     assert os.environ["HFFT_STREAM_ABOVE"] == "3G"  # the benchmark leaves the setting as it was
+
+
+def test_streaming_leaves_the_global_random_state_alone(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a model with dropout, or hfft train's initial weights, must not depend on how data is read
+    model = up.small_cnn()
+    for streamed in (False, True):
+        torch.manual_seed(7)
+        before = torch.random.get_rng_state()
+        data = load(folder, monkeypatch, streamed=streamed)
+        evaluate(model, data.test_x, data.test_y, Task(), Task().loss(), batch=25)
+        stream = BatchStream(data.train_x, data.train_y, lambda: torch.arange(8))
+        stream.next()
+        stream.close()
+        assert torch.equal(torch.random.get_rng_state(), before), streamed
+
+
+class _Remapped(torch.utils.data.Dataset):
+    """A Dataset whose ``targets`` list is not what its items say (labels remapped)."""
+
+    def __init__(self) -> None:
+        self.targets = [i % 3 for i in range(30)]
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i: int):
+        label = self.targets[i] if i in (0, 29) else (self.targets[i] + 1) % 3
+        return torch.full((2,), float(i)), label
+
+
+def test_a_targets_list_that_disagrees_with_the_items_is_not_trusted() -> None:
+    from hfft.experiment.streaming import read_targets
+
+    data = _Remapped()
+    expected = torch.tensor([int(data[i][1]) for i in range(30)])
+    assert torch.equal(read_targets(data), expected)

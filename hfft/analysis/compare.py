@@ -27,7 +27,7 @@ from hfft.experiment.limits import check
 from hfft.experiment.records import CompareSummary
 from hfft.experiment.run_folder import slug
 from hfft.experiment.starting_point import StartingPointOptions
-from hfft.experiment.strategies import SGD_STRATEGIES
+from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES
 from hfft.optim import distributed
 
 __all__ = [
@@ -56,10 +56,13 @@ class CompareConfig:
     device: str = "cpu"
     source: StartingPointOptions = field(default_factory=StartingPointOptions)
     overwrite: bool = False
+    suite: str = "paper"
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("compare needs at least one checkpoint")
+        if self.suite not in SUITES:
+            raise ValueError(f"the suite must be one of {', '.join(SUITES)}, not {self.suite!r}")
         check("seeds", self.seeds)
         check("eval_points", self.eval_points)
         check("eval_batch_size", self.eval_batch_size)
@@ -76,8 +79,14 @@ class CompareResult:
     ran: int
 
 
-def default_strategies(n_train: int) -> list[str]:
-    """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data.
+SUITES = ("paper", "extended")
+"""``paper``: the paper's strategies; ``extended`` adds the late-phase methods a practitioner
+would also try (:data:`hfft.experiment.strategies.EXTENDED_STRATEGIES`)."""
+
+
+def default_strategies(n_train: int, suite: str = "paper") -> list[str]:
+    """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data
+    (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW and schedule-free SGD).
 
     HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``; the three largest of
     256, 512, …, 4096 that satisfy it are used. ``auto`` uses the smallest of
@@ -86,7 +95,8 @@ def default_strategies(n_train: int) -> list[str]:
     """
     sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
     auto = f"auto:m={sizes[0]}" if sizes else "auto"
-    return [*SGD_STRATEGIES, auto, *(f"hf:m={m}" for m in sizes)]
+    paper = [*SGD_STRATEGIES, auto, *(f"hf:m={m}" for m in sizes)]
+    return paper + list(EXTENDED_STRATEGIES) if suite == "extended" else paper
 
 
 def run_directory(out: Path, checkpoint: str, strategy: str, seed: int) -> Path:
@@ -215,7 +225,10 @@ def _load_sources(
             for note in src.notes:
                 on_note(f"{path}: {note}")
         sources.append((src, copy.deepcopy(src.model.state_dict())))
-    labels = strategies or default_strategies(sources[0][0].splits.num_train)
+    n_train = sources[0][0].splits.num_train
+    labels = strategies or default_strategies(n_train, config.suite)
+    if strategies and config.suite == "extended":  # the given ones and the extended suite's
+        labels = [*labels, *(s for s in EXTENDED_STRATEGIES if s not in labels)]
     for src, _ in sources:
         for label in labels:
             check_strategy(

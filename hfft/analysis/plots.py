@@ -57,6 +57,15 @@ _SGD_COLORS = {
     "sgd-cosine": "#1f77b4",
     "sgd-plateau": "#17becf",
 }
+# The late-phase strategies of the extended suite: colours far from the SGD blues and
+# greens, auto's purple and HF's oranges and reds
+_EXTENDED_COLORS = {
+    "swa": "#8c564b",
+    "lbfgs": "#e377c2",
+    "adam": "#bcbd22",
+    "adamw": "#6b6b00",
+    "sgd-schedulefree": "#000000",
+}
 _OTHER_SGD = "#5b6f8a"
 _HF_SINGLE = "#d62728"
 _AUTO = "#9467bd"
@@ -78,6 +87,8 @@ def _is_auto(label: str) -> bool:
 
 
 def _marker(label: str) -> str:
+    if _base(label) in _EXTENDED_COLORS:
+        return "^"
     return "o" if _is_hf(label) else "D" if _is_auto(label) else "s"
 
 
@@ -114,7 +125,7 @@ def strategy_colors(strategies: Iterable[str]) -> dict[str, str]:
         ``auto`` labels, then HF labels by increasing m.
     """
     labels = sorted(set(strategies))
-    sgd_order = list(_SGD_COLORS)
+    sgd_order = [*_SGD_COLORS, *_EXTENDED_COLORS]
     sgd = sorted(
         (s for s in labels if not _is_hf(s) and not _is_auto(s)),
         key=lambda s: (sgd_order.index(_base(s)) if _base(s) in sgd_order else 99, s),
@@ -125,7 +136,8 @@ def strategy_colors(strategies: Iterable[str]) -> dict[str, str]:
     seen: dict[str, int] = {}
     for s in sgd:
         k = seen[_base(s)] = seen.get(_base(s), -1) + 1
-        colors[s] = _shade(_SGD_COLORS.get(_base(s), _OTHER_SGD), k)
+        base = _SGD_COLORS.get(_base(s)) or _EXTENDED_COLORS.get(_base(s), _OTHER_SGD)
+        colors[s] = _shade(base, k)
     for k, s in enumerate(auto):
         colors[s] = _shade(_AUTO, k)
     cmap = mpl.colormaps["YlOrRd"]

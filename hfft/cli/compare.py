@@ -54,6 +54,13 @@ StrategiesOpt = Annotated[
         "that fit the data, and auto with the smallest of them.",
     ),
 ]
+SuiteOpt = Annotated[
+    str,
+    typer.Option(
+        help="paper: the paper's strategies (the default set); extended: also swa, lbfgs, "
+        "adam, adamw and sgd-schedulefree (added to any -s given).",
+    ),
+]
 SeedsOpt = Annotated[
     int, typer.Option(help="Seeds per strategy (paired across strategies).", min=1)
 ]
@@ -63,6 +70,7 @@ OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume)."
 def compare(
     checkpoints: CheckpointsArgument,
     strategy: StrategiesOpt = None,
+    suite: SuiteOpt = "paper",
     seeds: SeedsOpt = 5,
     budget: BudgetOpt = "10%",
     out: OutOpt = Path("compare"),
@@ -103,6 +111,7 @@ def compare(
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
             strategies=tuple(strategy or []) or None,
+            suite=suite,
             seeds=seeds,
             budget=budget,
             out=str(out),

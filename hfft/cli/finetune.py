@@ -50,8 +50,9 @@ StrategyOpt = Annotated[
     str,
     typer.Option(
         help="hf, sgd, sgd-div10, sgd-cosine, sgd-plateau or auto (SGD, switching to "
-        "hf when HF pays more); options after a colon, e.g. hf:m=2048,damping=0.5, "
-        "sgd:lr=0.01 or auto:m=256,interval=0.1."
+        "hf when HF pays more); or swa, lbfgs, adam, adamw, sgd-schedulefree; options after "
+        "a colon, e.g. hf:m=2048,damping=0.5, sgd:lr=0.01, auto:m=256,interval=0.1, "
+        "swa:start=0.5,swa_lr=0.01, lbfgs:m=1024, adam:lr=0.001,schedule=cosine."
     ),
 ]
 OutOpt = Annotated[

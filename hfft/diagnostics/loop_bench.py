@@ -14,6 +14,7 @@ from hfft.experiment.splits import load_data
 from hfft.experiment.task import Task
 from hfft.experiment.train import sgd_epoch
 from hfft.models import get_problem, param_groups
+from hfft.optim.batches import take
 
 __all__ = ["LoopBenchResult", "bench_sgd_loop"]
 
@@ -69,7 +70,7 @@ def bench_sgd_loop(
     sampler = BatchSampler(splits.num_train, seed=seed, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     x_all, y_all = splits.train_x, splits.train_y
-    n = x_all.shape[0]
+    n = splits.num_train
     batches = BatchStream(x_all, y_all, lambda: sampler.next_batch(batch_size), None, gen)
 
     def hfft_epoch() -> None:
@@ -81,7 +82,7 @@ def bench_sgd_loop(
         for i in range(n // batch_size):
             idx = perm[i * batch_size : (i + 1) * batch_size]
             opt_p.zero_grad()
-            loss = loss_fn(twin(x_all[idx]), y_all[idx])
+            loss = loss_fn(twin(take(x_all, idx)), y_all[idx])
             loss.backward()
             opt_p.step()
 

@@ -6,6 +6,10 @@ twice as a user's ``ImageFolder`` (read into memory, and streamed with
 ``HFFT_STREAM_ABOVE=0``), and times hfft's own SGD and HF runners on both,
 interleaved round by round (:func:`hfft.diagnostics.bench.interleaved_medians`),
 so that the ratio streamed / resident is measured side by side in one run.
+The workers read ahead, as in a run: an HF step's next batches are read while
+it (or, here, another timed operation) computes, so the HF ratio shows what
+streaming adds to a step, not what reading costs; ``hf draw read`` is that
+cost, one HF draw read in the main process.
 """
 
 from __future__ import annotations
@@ -120,6 +124,10 @@ def bench_streaming(
         steps = splits.num_train // batch_size
         fns[f"sgd epoch {kind}"] = functools.partial(_steps, sgd, steps)
         fns[f"hf step {kind}"] = functools.partial(_steps, hf, 1)
+    # what reading one HF draw (B and B̄) costs in the main process, without workers
+    streamed = data["streamed"].train_x
+    draw = torch.arange(min(len(streamed), m + min(1024, len(streamed) - m)))
+    fns["hf draw read"] = functools.partial(streamed.take, draw)
     seconds = interleaved_medians(fns, cuda=False, rounds=rounds)
     return {
         "train_images": data["resident"].num_train,

@@ -59,12 +59,16 @@ class Checkpoint:
         metadata: The hfft metadata of a safetensors file written by hfft;
             ``None`` for other files.
         format: ``"safetensors"`` or ``"torch"``.
+        optimizer_state: A PyTorch file's saved optimizer ``state_dict`` (under
+            ``"optimizer"``, ``"optimizer_state_dict"`` or Lightning's first
+            ``"optimizer_states"``), only ever read as data; else ``None``.
     """
 
     path: Path
     state_dict: dict[str, Tensor]
     metadata: dict[str, Any] | None
     format: str
+    optimizer_state: dict[str, Any] | None = None
 
 
 def save_checkpoint(
@@ -182,7 +186,17 @@ def _load_torch(path: Path) -> Checkpoint:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # untrusted bytes: any failure is the file's fault
         raise CheckpointError(_torch_load_message(path, err)) from None
-    return Checkpoint(path, _extract_state_dict(path, obj), None, "torch")
+    return Checkpoint(path, _extract_state_dict(path, obj), None, "torch", _optimizer_state(obj))
+
+
+def _optimizer_state(obj: Any) -> dict[str, Any] | None:
+    if not isinstance(obj, Mapping):
+        return None
+    lightning = obj.get("optimizer_states")
+    candidates = [obj.get("optimizer"), obj.get("optimizer_state_dict")]
+    if isinstance(lightning, list) and lightning:
+        candidates.append(lightning[0])
+    return next((dict(c) for c in candidates if isinstance(c, Mapping) and "state" in c), None)
 
 
 #: How much larger than its file a ``torch.save`` archive may be once read into memory.

@@ -454,7 +454,7 @@ def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
         )
     if y.shape[0] == 0:
         raise DataError(f"Data factory {spec!r} returned an empty {split} set.")
-    # streamed inputs: the first sample is checked here, the rest as they are read
+    # streamed inputs: only the first sample is checked (the rest is never all in memory)
     checked = leaves(take(x, slice(0, 1)) if isinstance(x, LazyInputs) else x)
     for t in [*checked, y]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -504,7 +504,8 @@ def _read_dataset(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
         except ValueError as err:  # a bad HFFT_STREAM_WORKERS
             raise DataError(str(err)) from None
     xs, ys = [], []
-    for xb, yb in DataLoader(data, batch_size=512, shuffle=False):
+    # its own generator: reading the data leaves torch's global random state alone
+    for xb, yb in DataLoader(data, batch_size=512, generator=torch.Generator().manual_seed(0)):
         xs.append(xb)
         ys.append(torch.as_tensor(yb))
     return _cat_nests(xs), torch.cat(ys)

@@ -258,27 +258,42 @@ class _Run:
             "hfft_version": __version__,
         }
 
-    def measure(self) -> EvaluationEntry:
-        """The metrics of the current weights, as an evaluation entry (clock paused)."""
-        metrics = evaluate_splits(self.model, self.splits, self.task, self.loss_fn)
-        entry = {
-            "fraction": self.clock.fraction,
-            "seconds": self.clock.seconds,
-            "step": self.clock.steps,
-            "epochs": self.clock.epochs,
-            **self.runner.settings(),
-            **metrics,
-        }
-        return cast(EvaluationEntry, entry)
+    def measure(self, charged: bool = True, keep_best: bool = False) -> EvaluationEntry:
+        """The metrics of the weights the strategy stands for now (clock paused), as an
+        evaluation entry; with ``keep_best``, those weights are saved if they are the best.
+
+        What the strategy must do before an evaluation (``swa``'s and schedule-free's
+        BatchNorm statistics) is ``charged`` to the budget like a step, once steps ran.
+        """
+        if charged and self.clock.steps:
+            self.clock.resume()
+            try:
+                self.runner.prepare_evaluation()
+            finally:
+                self.clock.pause()
+        with self.runner.evaluated() as model:
+            metrics = evaluate_splits(model, self.splits, self.task, self.loss_fn)
+            entry = cast(
+                EvaluationEntry,
+                {
+                    "fraction": self.clock.fraction,
+                    "seconds": self.clock.seconds,
+                    "step": self.clock.steps,
+                    "epochs": self.clock.epochs,
+                    **self.runner.settings(),
+                    **metrics,
+                },
+            )
+            if keep_best and self._better(entry) and _finite_losses(entry) and _finite_state(model):
+                self.best = entry.copy()
+                self._save("best.safetensors", entry, model)
+        return entry
 
     def evaluate(self) -> EvaluationEntry:
         """Evaluate at an evaluation point; keep the weights if they are the best so far."""
-        entry = self.measure()
+        entry = self.measure(keep_best=True)
         self.log["evaluations"].append(entry)
         self.runner.observe(entry)
-        if self._better(entry) and _finite_losses(entry) and _finite_state(self.model):
-            self.best = entry.copy()
-            self._save("best.safetensors", entry)
         if self.on_progress is not None:
             self.on_progress(self.clock.fraction, entry)
         return entry
@@ -291,9 +306,9 @@ class _Run:
         best = number(self.best.get(self.best_key))
         return best is None or self.sign * value > self.sign * best
 
-    def _save(self, name: str, entry: Mapping[str, Any]) -> None:
+    def _save(self, name: str, entry: Mapping[str, Any], model: torch.nn.Module) -> None:
         if self.main:
-            save_checkpoint(self.out / name, _cpu_state(self.model), {**self.meta, **_brief(entry)})
+            save_checkpoint(self.out / name, _cpu_state(model), {**self.meta, **_brief(entry)})
             self.files[name] = sha256_file(self.out / name)
 
     def loop(self, points: list[float], history: StepHistory) -> str:
@@ -330,8 +345,9 @@ class _Run:
         self.log.update(self.runner.report())  # type: ignore[typeddict-item]
         self.log["final"], self.log["best"] = final, self.best.copy()
         self.log["spent"] = cast(SpentEntry, self.clock.to_dict())
-        if _finite_state(self.model):
-            self._save("final.safetensors", final)
+        with self.runner.evaluated() as model:
+            if _finite_state(model):
+                self._save("final.safetensors", final, model)
         self.log["files"] = dict(self.files)
         if self.main:
             atomic_write_json(self.out / "metrics.json", self.log)
@@ -379,7 +395,7 @@ def _final_after_interrupt(run: _Run, history: StepHistory) -> EvaluationEntry:
         return last.copy()
     try:
         with interruptible():
-            return run.measure()
+            return run.measure(charged=False)
     except KeyboardInterrupt:
         return {}
 
@@ -473,6 +489,7 @@ def _prepare(
         eval_batch_size=config.eval_batch_size,
         evaluations=len(points),
         seed=config.seed,
+        optimizer_state=src.optimizer_state,
     )
     device = next(src.model.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else None

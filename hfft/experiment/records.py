@@ -18,6 +18,7 @@ __all__ = [
     "FINETUNE_KIND",
     "SCHEMA_VERSION",
     "TRAIN_KIND",
+    "AdamLog",
     "AutoLog",
     "AutoStepEntry",
     "BudgetEntry",
@@ -29,10 +30,14 @@ __all__ = [
     "EvaluationEntry",
     "FinetuneLog",
     "HFStepEntry",
+    "LBFGSStepEntry",
     "PlateauState",
     "ProbeEntry",
     "RunManifest",
     "SGDStepEntry",
+    "SWALog",
+    "SWAStepEntry",
+    "ScheduleFreeLog",
     "SourceEntry",
     "SpentEntry",
     "StrategyRanking",
@@ -98,6 +103,55 @@ class SGDStepEntry(TypedDict):
     lr: float
     loss: float | None
     seconds: float
+
+
+class SWAStepEntry(TypedDict):
+    """One step of ``swa``, in ``steps``."""
+
+    step: int
+    fraction: float
+    lr: float
+    loss: float | None
+    averaged: int
+    seconds: float
+
+
+class LBFGSStepEntry(TypedDict):
+    """One step of ``lbfgs`` (``max_iter`` iterations on one batch), in ``steps``."""
+
+    step: int
+    fraction: float
+    loss: float | None
+    loss_after: float | None
+    iterations: int
+    function_evals: int
+    seconds: float
+
+
+class SWALog(TypedDict):
+    """``swa``'s settings and what it averaged, under ``swa`` in ``metrics.json``."""
+
+    swa_lr: float
+    start: float
+    anneal_steps: int
+    averaged: int
+    batchnorm_update: str
+
+
+class AdamLog(TypedDict):
+    """``adam``'s and ``adamw``'s settings, under ``adam`` in ``metrics.json``."""
+
+    lr: float
+    lr_source: str
+    moments: str
+    schedule: str
+
+
+class ScheduleFreeLog(TypedDict):
+    """``sgd-schedulefree``'s settings, under ``schedulefree`` in ``metrics.json``."""
+
+    lr: float
+    batchnorm_update: str
 
 
 class HFStepEntry(TypedDict):
@@ -280,6 +334,9 @@ class FinetuneLog(TypedDict, total=False):
     curvature_products: str
     plateau: PlateauState
     auto: AutoLog
+    swa: SWALog
+    adam: AdamLog
+    schedulefree: ScheduleFreeLog
 
 
 class TrainData(TypedDict):

@@ -11,6 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hfft.experiment.auto import AutoRunner
+from hfft.experiment.late_phase import (
+    AdamRunner,
+    LBFGSRunner,
+    ScheduleFreeRunner,
+    SWARunner,
+    lbfgs_batch,
+)
 from hfft.experiment.runners import (
     HFRunner,
     Runner,
@@ -46,10 +53,21 @@ def check_strategy(
         ValueError: For batches that do not fit the data or a missing learning
             rate or batch size, in one sentence.
     """
+    from hfft.experiment.strategies import EXTENDED_STRATEGIES
+    from hfft.optim import distributed
+
+    if strategy.name in EXTENDED_STRATEGIES and distributed.is_distributed():
+        raise ValueError(
+            f"strategy {strategy.name!r} does not run data-parallel yet; run it in one process"
+        )
     if strategy.is_hf or strategy.is_auto:
         m = strategy.options.get("m")
         hf_batch_sizes(None if m is None else int(m), n, eval_batch_size)
-    if not strategy.is_hf:
+    if strategy.name == "lbfgs":
+        lbfgs_batch(strategy, n)
+    elif strategy.name in ("adam", "adamw"):
+        check_sgd_batch(sgd_settings(strategy, 1.0, batch_size)[1], n)  # lr: Adam's own
+    elif not strategy.is_hf:
         check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
 
 
@@ -66,8 +84,12 @@ def make_runner(
     eval_batch_size: int | None,
     evaluations: int,
     seed: int,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Runner:
     """The runner of a strategy, with hyperparameters resolved.
+
+    ``optimizer_state`` is the checkpoint's saved optimizer state, if any
+    (``adam`` and ``adamw`` start from its moments).
 
     Raises:
         ValueError: When an SGD strategy (or ``auto``) has no learning rate or
@@ -90,7 +112,45 @@ def make_runner(
             eval_batch_size=eval_batch_size,
             seed=seed,
         )
+    if strategy.name == "lbfgs":
+        return LBFGSRunner(
+            strategy, model, splits, loss_fn=loss_fn, weight_decay=weight_decay, seed=seed
+        )
+    if strategy.name in ("adam", "adamw"):
+        return AdamRunner(
+            strategy,
+            model,
+            splits,
+            loss_fn=loss_fn,
+            batch_size=sgd_settings(strategy, 1.0, batch_size)[1],
+            weight_decay=weight_decay,
+            seed=seed,
+            optimizer_state=optimizer_state,
+        )
     lr, batch_size = sgd_settings(strategy, lr, batch_size)
+    if strategy.name == "sgd-schedulefree":
+        return ScheduleFreeRunner(
+            strategy,
+            model,
+            splits,
+            loss_fn=loss_fn,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
+    if strategy.name == "swa":
+        return SWARunner(
+            strategy,
+            model,
+            splits,
+            loss_fn=loss_fn,
+            lr=lr,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
     sgd: dict[str, Any] = dict(
         loss_fn=loss_fn,
         lr=lr,

@@ -11,9 +11,10 @@ epoch budgets).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,6 +78,7 @@ def sgd_update(
 class Runner:
     """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
 
+    model: nn.Module
     step_samples: int = 0
     diverged: bool = False
     setup_seconds: float = 0.0
@@ -94,6 +96,16 @@ class Runner:
     def report(self) -> dict[str, Any]:
         """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
         return {}
+
+    def prepare_evaluation(self) -> None:
+        """Work an evaluation point needs first, charged to the budget like a step
+        (``swa`` and ``sgd-schedulefree`` recompute BatchNorm statistics here)."""
+
+    @contextlib.contextmanager
+    def evaluated(self) -> Iterator[nn.Module]:
+        """The model whose weights are evaluated and saved now (the one trained, unless
+        a strategy's result is another point: ``swa``'s average, schedule-free's x)."""
+        yield self.model
 
     def settle(self) -> None:
         """Undo what is still on trial across steps, when a run ends early.

@@ -200,8 +200,11 @@ class BatchStream:
         """The next batch ``(inputs, targets)``."""
         if self._read is None:
             return gather_batch(self.x, self.y, self._draw(), self.augment, self.generator)
-        xb = next(self._read)
-        return xb, self.y[self._pending.popleft().to(self.y.device)]
+        try:
+            xb = next(self._read)
+        finally:  # a batch that failed to read takes its indices with it
+            idx = self._pending.popleft()
+        return xb, self.y[idx.to(self.y.device)]
 
     def close(self) -> None:
         """Stop drawing. The batches read ahead are read out first, so that the workers

@@ -71,6 +71,7 @@ class StartingPoint:
     train_seconds: float | None
     task: Task
     notes: tuple[str, ...] = ()
+    optimizer_state: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for logs."""
@@ -325,6 +326,7 @@ def load_starting_point(
         train_seconds=_first(options.train_time, training_seconds(path)),
         task=task,
         notes=(*notes, *said, *data_notes(splits)),
+        optimizer_state=ckpt.optimizer_state,
         **_hyperparameters(options, meta, model_name),
     )
 
@@ -406,8 +408,8 @@ def data_notes(splits: DataSplits) -> tuple[str, ...]:
     x = splits.train_x
     streamed = (
         (
-            f"streaming the data from its Dataset ({len(x)} training samples, more than "
-            f"HFFT_STREAM_ABOVE) through a DataLoader with {x.workers} worker(s)",
+            f"streaming the data from its Dataset ({len(x)} training samples, inputs larger "
+            f"than HFFT_STREAM_ABOVE) through a DataLoader with {x.workers} worker(s)",
         )
         if isinstance(x, StreamedInputs)
         else ()

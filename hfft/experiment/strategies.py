@@ -15,6 +15,12 @@ with their types in one place; a test holds it to the constructor's signature.
 ``auto`` (:mod:`hfft.experiment.auto`) runs constant-rate SGD and switches to HF; its
 options (:data:`AUTO_OPTIONS`) are the switching rule's, the SGD options, ``m``
 and every other HF option with the prefix ``hf_``.
+
+The late-phase methods a practitioner would also try (:data:`EXTENDED_STRATEGIES`,
+:mod:`hfft.experiment.late_phase`) are built on the libraries that maintain
+them: ``swa`` (``torch.optim.swa_utils``), ``lbfgs`` (``torch.optim.LBFGS``),
+``adam`` and ``adamw`` (``torch.optim``) and ``sgd-schedulefree``
+(the ``schedulefree`` package).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "AUTO_OPTIONS",
+    "EXTENDED_STRATEGIES",
     "HF_OPTIONS",
     "SGD_OPTIONS",
     "SGD_STRATEGIES",
@@ -35,7 +42,8 @@ __all__ = [
 ]
 
 SGD_STRATEGIES = ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
-STRATEGIES = (*SGD_STRATEGIES, "hf", "auto")
+EXTENDED_STRATEGIES = ("swa", "lbfgs", "adam", "adamw", "sgd-schedulefree")
+STRATEGIES = (*SGD_STRATEGIES, "hf", "auto", *EXTENDED_STRATEGIES)
 
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -195,10 +203,63 @@ AUTO_OPTIONS: dict[str, Option] = {
 """Options of ``auto``: the rule's, the SGD phase's, ``m`` and the other HF options as ``hf_*``."""
 
 
+SWA_OPTIONS: dict[str, Option] = {
+    **SGD_OPTIONS,
+    "swa_lr": Option(float, "the rate SWALR anneals to (default: α/2)", range="positive"),
+    "start": Option(
+        float, "budget fraction at which averaging starts (default 0.5)", range="half-open-unit"
+    ),
+    "anneal_steps": Option(
+        int, "steps over which SWALR anneals from α to swa_lr (default 10)", range="positive"
+    ),
+}
+"""Options of ``swa``: SGD's, and SWALR's rate, the start of averaging and the anneal."""
+
+LBFGS_OPTIONS: dict[str, Option] = {
+    "m": Option(int, "batch of each step (default: HF's m)", range="positive"),
+    "lr": Option(float, "step length (default 1, as torch.optim.LBFGS)", range="positive"),
+    "history_size": Option(int, "curvature pairs kept (default 10)", range="positive"),
+    "max_iter": Option(int, "iterations per step, all on its batch (default 10)", range="positive"),
+}
+"""Options of ``lbfgs`` (strong-Wolfe line search, one batch per step)."""
+
+ADAM_OPTIONS: dict[str, Option] = {
+    "lr": Option(
+        float, "learning rate (default 1e-3, not tuned to the checkpoint)", range="positive"
+    ),
+    "batch_size": SGD_OPTIONS["batch_size"],
+    "beta1": Option(float, "first-moment decay (default 0.9)", range="half-open-unit"),
+    "beta2": Option(float, "second-moment decay (default 0.999)", range="half-open-unit"),
+    "eps": Option(float, "denominator term (default 1e-8)", range="positive"),
+    "schedule": Option(
+        str, "learning-rate schedule (default constant)", choices=("constant", "cosine")
+    ),
+}
+"""Options of ``adam`` and ``adamw``."""
+
+SCHEDULEFREE_OPTIONS: dict[str, Option] = {
+    "lr": SGD_OPTIONS["lr"],
+    "batch_size": SGD_OPTIONS["batch_size"],
+    "momentum": Option(
+        float, "interpolation β of schedule-free SGD (default 0.9)", range="half-open-unit"
+    ),
+    "warmup_steps": Option(int, "linear warm-up steps (default 0)", range="nonnegative"),
+}
+"""Options of ``sgd-schedulefree`` (``schedulefree.SGDScheduleFree``)."""
+
+_OPTIONS = {
+    "hf": HF_OPTIONS,
+    "auto": AUTO_OPTIONS,
+    "swa": SWA_OPTIONS,
+    "lbfgs": LBFGS_OPTIONS,
+    "adam": ADAM_OPTIONS,
+    "adamw": ADAM_OPTIONS,
+    "sgd-schedulefree": SCHEDULEFREE_OPTIONS,
+}
+
+
 def _options_of(name: str) -> dict[str, Option]:
-    if name == "auto":
-        return AUTO_OPTIONS
-    return HF_OPTIONS if name == "hf" else SGD_OPTIONS
+    return _OPTIONS.get(name, SGD_OPTIONS)
 
 
 def _format(value: Any) -> str:
@@ -309,8 +370,8 @@ class Strategy:
 
     @property
     def batch_size(self) -> int | None:
-        """The batch size given (``m`` for ``hf``, else ``batch_size``), or ``None``."""
-        value = self.options.get("m" if self.is_hf else "batch_size")
+        """The batch size given (``m`` for ``hf`` and ``lbfgs``, else ``batch_size``) or None."""
+        value = self.options.get("m" if self.name in ("hf", "lbfgs") else "batch_size")
         return None if value is None else int(value)
 
     def __str__(self) -> str:

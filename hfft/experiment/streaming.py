@@ -9,9 +9,13 @@ batch by ``DataLoader`` workers, into pinned memory when the device is a GPU.
 Streaming changes how the samples are read, never which: every strategy draws
 the seeded indices it would draw from resident data
 (:class:`hfft.experiment.sampling.BatchStream`), the loader only reads them
-ahead of time, and the batches equal the resident ones sample for sample. So
-the budget's fairness rules hold: the reading is on the clock for every
-strategy alike.
+ahead of time, and the batches equal the resident ones sample for sample (the
+loaders have generators of their own, so torch's global random state is what
+it would be). Reading overlaps computing: each worker reads up to two batches
+ahead, also while the clock is paused for an evaluation, which spares a
+strategy of few large batches (HF) more reading time than one of many small
+ones; ``HFFT_STREAM_WORKERS`` bounds it, and the memory it takes.
+Streamed inputs are not checked for NaN or Inf beyond the first sample.
 
 Settings, from the environment: ``HFFT_STREAM_ABOVE`` (bytes, with an optional
 K, M or G suffix; 0 streams every such Dataset; default 2G) and
@@ -81,23 +85,39 @@ def _targets(items: list[Any]) -> Tensor:
     return torch.as_tensor(default_collate([item[1] for item in items]))
 
 
+def _loader_generator() -> torch.Generator:
+    """A DataLoader's own generator: iterating one then leaves torch's global one alone."""
+    return torch.Generator().manual_seed(0)
+
+
 def read_targets(dataset: Any) -> Tensor:
     """All targets of a map-style Dataset of ``(input, target)`` items.
 
     ``dataset.targets`` (torchvision's folders and sets) when it has one per
-    item, no ``target_transform`` and agrees with the first item; otherwise
-    every item is read once, by the stream's workers.
+    item, no ``target_transform``, and agrees in value and dtype with the items
+    at the ends and at 16 seeded places between; otherwise every item is read
+    once, by the stream's workers.
     """
     listed = getattr(dataset, "targets", None)
-    if (
-        listed is not None
-        and getattr(dataset, "target_transform", None) is None
-        and len(listed) == len(dataset)
-    ):
-        targets = torch.as_tensor(listed)
-        if torch.equal(targets[:1], _targets([dataset[0]])):
-            return targets
-    loader = DataLoader(dataset, batch_size=256, num_workers=stream_workers(), collate_fn=_targets)
+    n = len(dataset)
+    if listed is not None and getattr(dataset, "target_transform", None) is None:
+        try:
+            targets = torch.as_tensor(listed)
+        except (TypeError, ValueError, RuntimeError):  # e.g. a list of tensors
+            targets = None
+        if targets is not None and targets.shape[:1] == (n,):
+            spot = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:16]
+            spot = torch.cat([torch.tensor([0, n - 1]), spot])
+            items = _targets([dataset[int(i)] for i in spot])
+            if items.dtype == targets.dtype and torch.equal(targets[spot], items):
+                return targets
+    loader = DataLoader(
+        dataset,
+        batch_size=256,
+        num_workers=stream_workers(),
+        collate_fn=_targets,
+        generator=_loader_generator(),
+    )
     return torch.cat(list(loader))
 
 
@@ -170,6 +190,7 @@ class StreamedInputs(LazyInputs):
             num_workers=self.workers,
             collate_fn=_inputs,
             pin_memory=self.device.type == "cuda",
+            generator=_loader_generator(),
         )
         return map(self._deliver, iter(loader))
 

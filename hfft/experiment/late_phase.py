@@ -1,0 +1,400 @@
+"""The late-phase methods a practitioner would also try, as runners like the paper's.
+
+Each is built on the library that maintains it and draws its batches as SGD
+does (the same seeded sampler, so the same batches for the same seed):
+
+* ``swa`` — Stochastic Weight Averaging (Izmailov et al. 2018) with
+  ``torch.optim.swa_utils``: SGD at the checkpoint's α until the budget
+  fraction ``start``, then ``SWALR`` anneals the rate to ``swa_lr`` over
+  ``anneal_steps`` steps (cosine) and ``AveragedModel`` averages the iterates
+  after every step. The average is what is evaluated and saved. A model with
+  BatchNorm gets ``update_bn`` over the training split before each evaluation
+  of the average, **on the clock**: no other strategy gets work done for it off
+  the clock, so neither does SWA.
+* ``lbfgs`` — ``torch.optim.LBFGS`` with the strong-Wolfe line search, each
+  step ``max_iter`` iterations on one batch of ``m`` samples (default HF's
+  ``m``), in HF's model mode (eval: the closure is deterministic); weight decay
+  is the L2 term ½·λ‖w‖² of the objective, as in HF.
+* ``adam`` / ``adamw`` — ``torch.optim.Adam`` / ``AdamW``, constant or cosine
+  (``schedule=cosine``), with weight decay per parameter group as SGD's;
+  the checkpoint's own Adam moments when the file holds an Adam state,
+  otherwise fresh moments and ``lr`` 1e-3, recorded as not tuned.
+* ``sgd-schedulefree`` — schedule-free SGD (Defazio et al. 2024) from the
+  ``schedulefree`` package; its ``eval()`` point x is what is evaluated and
+  saved (``train()`` again afterwards), and a model with BatchNorm gets its
+  statistics recomputed at x on up to 50 training batches before each
+  evaluation, on the clock, as the package's documentation prescribes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hfft.experiment.runners import DEFAULT_M, Runner, sgd_update
+from hfft.experiment.sampling import BatchSampler, BatchStream
+from hfft.models import param_groups
+from hfft.optim.batches import batch_size, take
+
+if TYPE_CHECKING:
+    from hfft.experiment.splits import DataSplits
+    from hfft.experiment.strategies import Strategy
+    from hfft.optim.batches import Batchable
+    from hfft.optim.output_hessians import Loss
+
+__all__ = [
+    "ADAM_DEFAULT_LR",
+    "AdamRunner",
+    "LBFGSRunner",
+    "SWARunner",
+    "ScheduleFreeRunner",
+    "adam_moments",
+    "lbfgs_batch",
+]
+
+ADAM_DEFAULT_LR = 1e-3
+"""Adam's learning rate when neither the strategy nor the checkpoint gives one."""
+
+_BN_BATCH = 256
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _train_pieces(splits: DataSplits, most: int | None = None) -> Iterator[Batchable]:
+    """Consecutive batches of the training split (not the sampler's: its draws stay paired)."""
+    from hfft.experiment.streaming import StreamedInputs
+
+    x, n = splits.train_x, batch_size(splits.train_x)
+    starts = range(0, n, _BN_BATCH)[:most]
+    if isinstance(x, StreamedInputs):  # read ahead, and to the end: the workers then exit
+        return x.stream(torch.arange(s, min(s + _BN_BATCH, n)) for s in starts)
+    return (take(x, slice(s, s + _BN_BATCH)) for s in starts)
+
+
+class _Sampled(Runner):
+    """A runner that draws SGD's seeded batches of ``size``."""
+
+    def __init__(self, model: nn.Module, splits: DataSplits, loss_fn: Loss, size: int, seed: int):
+        self.model, self.splits, self.loss_fn = model, splits, loss_fn
+        device = splits.train_y.device
+        self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
+        draw = functools.partial(self.sampler.next_batch, size)
+        self.batches = BatchStream(splits.train_x, splits.train_y, draw, splits.augment, self.gen)
+        self.step_samples = size
+        self.count = 0
+
+
+class SWARunner(_Sampled):
+    """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        loss_fn: Loss,
+        lr: float,
+        batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        seed: int,
+    ) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
+        opts = strategy.options
+        self.base_lr = float(opts.get("lr", lr))
+        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
+        momentum = float(opts.get("momentum", momentum))
+        self.opt = torch.optim.SGD(
+            param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
+        )
+        self.swa_lr = float(opts.get("swa_lr", self.base_lr / 2))
+        self.start = float(opts.get("start", 0.5))
+        self.anneal_steps = int(opts.get("anneal_steps", 10))
+        self.average = AveragedModel(model)
+        self.averaged = 0
+        self.scheduler: Any = None
+        self.bn = _has_batchnorm(model)
+
+    @property
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        from torch.optim.swa_utils import SWALR
+
+        if self.scheduler is None and fraction >= self.start:
+            self.scheduler = SWALR(
+                self.opt, swa_lr=self.swa_lr, anneal_epochs=self.anneal_steps, anneal_strategy="cos"
+            )
+        lr = self.lr
+        self.model.train()
+        x, y = self.batches.next()
+        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
+        self.count += 1
+        self.diverged = not math.isfinite(value)
+        if self.scheduler is not None and not self.diverged:
+            self.average.update_parameters(self.model)
+            self.averaged += 1
+            self.scheduler.step()
+        return {"step": self.count, "fraction": fraction, "lr": lr, "loss": value,
+                "averaged": self.averaged}  # fmt: skip
+
+    def prepare_evaluation(self) -> None:
+        if self.bn and self.averaged:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn(([xb] for xb in _train_pieces(self.splits)), self.average)
+
+    @contextlib.contextmanager
+    def evaluated(self) -> Iterator[nn.Module]:
+        yield self.average.module if self.averaged else self.model
+
+    def settings(self) -> dict[str, float]:
+        return {"lr": self.lr}
+
+    def report(self) -> dict[str, Any]:
+        bn = "on the clock" if self.bn else "none (no BatchNorm)"
+        return {"swa": {"swa_lr": self.swa_lr, "start": self.start, "averaged": self.averaged,
+                        "anneal_steps": self.anneal_steps, "batchnorm_update": bn}}  # fmt: skip
+
+
+def lbfgs_batch(strategy: Strategy, n: int) -> int:
+    """L-BFGS's batch: its ``m``, else HF's default (min(2048, n/2)).
+
+    Raises:
+        ValueError: If it does not fit the ``n`` training samples.
+    """
+    m = int(strategy.options.get("m", min(DEFAULT_M, max(1, n // 2))))
+    if not 1 <= m <= n:
+        raise ValueError(f"the L-BFGS batch lbfgs:m={m} must hold 1 to the {n} training samples")
+    return m
+
+
+class LBFGSRunner(_Sampled):
+    """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        loss_fn: Loss,
+        weight_decay: float,
+        seed: int,
+    ) -> None:
+        opts = strategy.options
+        super().__init__(model, splits, loss_fn, lbfgs_batch(strategy, splits.num_train), seed)
+        groups = param_groups(model, weight_decay)
+        self.decayed = [p for g in groups if g["weight_decay"] for p in g["params"]]
+        self.weight_decay = weight_decay
+        self.opt = torch.optim.LBFGS(
+            [p for g in groups for p in g["params"]],
+            lr=float(opts.get("lr", 1.0)),
+            max_iter=int(opts.get("max_iter", 10)),
+            history_size=int(opts.get("history_size", 10)),
+            line_search_fn="strong_wolfe",
+        )
+        self.totals = (0, 0)  # LBFGS's running counts of iterations and evaluations
+
+    def _objective(self, x: Batchable, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(self.model(x), y)
+        if self.weight_decay:
+            loss = loss + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decayed)
+        return loss
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        x, y = self.batches.next()
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+
+        def closure() -> torch.Tensor:
+            self.opt.zero_grad(set_to_none=True)
+            loss = self._objective(x, y)
+            loss.backward()
+            return loss
+
+        try:
+            before = float(self.opt.step(closure).detach())
+            with torch.no_grad():
+                after = float(self._objective(x, y))
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        self.count += 1
+        state = self.opt.state[self.opt.param_groups[0]["params"][0]]
+        totals = (int(state.get("n_iter", 0)), int(state.get("func_evals", 0)))
+        iterations, evals = totals[0] - self.totals[0], totals[1] - self.totals[1]
+        self.totals = totals
+        self.diverged = not (math.isfinite(after) and _finite(self.model))
+        return {"step": self.count, "fraction": fraction, "loss": before, "loss_after": after,
+                "iterations": iterations, "function_evals": evals}  # fmt: skip
+
+    def settings(self) -> dict[str, float]:
+        return {"lr": float(self.opt.param_groups[0]["lr"])}
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def adam_moments(state: dict[str, Any] | None, model: nn.Module) -> list[dict[str, Any]] | None:
+    """Per parameter (in ``model.parameters()`` order), the moments of a saved Adam state.
+
+    ``state`` is an optimizer ``state_dict`` as ``torch.save`` wrote it; it is
+    used when every parameter has ``exp_avg`` and ``exp_avg_sq`` of its shape
+    (a state saved with the parameters in the model's order), else ``None``.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
+        return None
+    params = list(model.parameters())
+    saved = state["state"]
+    out = []
+    for i, p in enumerate(params):
+        entry = saved.get(i)
+        if not isinstance(entry, dict):
+            return None
+        avg, sq = entry.get("exp_avg"), entry.get("exp_avg_sq")
+        if not (isinstance(avg, torch.Tensor) and isinstance(sq, torch.Tensor)):
+            return None
+        if avg.shape != p.shape or sq.shape != p.shape:
+            return None
+        step = entry.get("step", 0)
+        out.append({"step": torch.as_tensor(float(step)), "exp_avg": avg, "exp_avg_sq": sq})
+    return out
+
+
+class AdamRunner(_Sampled):
+    """``torch.optim.Adam`` or ``AdamW`` from the checkpoint, constant or cosine."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        loss_fn: Loss,
+        batch_size: int,
+        weight_decay: float,
+        seed: int,
+        optimizer_state: dict[str, Any] | None = None,
+    ) -> None:
+        opts = strategy.options
+        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
+        cls = torch.optim.AdamW if strategy.name == "adamw" else torch.optim.Adam
+        self.base_lr = float(opts.get("lr", ADAM_DEFAULT_LR))
+        self.lr_source = "option" if "lr" in opts else f"default {ADAM_DEFAULT_LR} (not tuned)"
+        self.cosine = opts.get("schedule", "constant") == "cosine"
+        betas = (float(opts.get("beta1", 0.9)), float(opts.get("beta2", 0.999)))
+        self.opt = cls(
+            param_groups(model, weight_decay),
+            lr=self.base_lr,
+            betas=betas,
+            eps=float(opts.get("eps", 1e-8)),
+        )
+        moments = adam_moments(optimizer_state, model)
+        self.moments = "the checkpoint's" if moments is not None else "fresh"
+        if moments is not None:
+            for p, entry in zip(model.parameters(), moments, strict=True):
+                self.opt.state[p] = {k: v.to(p.device, p.dtype).clone() for k, v in entry.items()}
+                self.opt.state[p]["step"] = entry["step"].float()
+        self.lr = self.base_lr
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        self.lr = self.base_lr * (0.5 * (1 + math.cos(math.pi * fraction)) if self.cosine else 1)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        self.model.train()
+        x, y = self.batches.next()
+        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
+        self.count += 1
+        self.diverged = not math.isfinite(value)
+        return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
+
+    def settings(self) -> dict[str, float]:
+        return {"lr": self.lr}
+
+    def report(self) -> dict[str, Any]:
+        schedule = "cosine" if self.cosine else "constant"
+        return {"adam": {"lr": self.base_lr, "lr_source": self.lr_source,
+                         "moments": self.moments, "schedule": schedule}}  # fmt: skip
+
+
+class ScheduleFreeRunner(_Sampled):
+    """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        splits: DataSplits,
+        *,
+        loss_fn: Loss,
+        lr: float,
+        batch_size: int,
+        weight_decay: float,
+        seed: int,
+    ) -> None:
+        from schedulefree import SGDScheduleFree
+
+        opts = strategy.options
+        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
+        self.base_lr = float(opts.get("lr", lr))
+        self.opt = SGDScheduleFree(
+            param_groups(model, weight_decay),
+            lr=self.base_lr,
+            momentum=float(opts.get("momentum", 0.9)),
+            warmup_steps=int(opts.get("warmup_steps", 0)),
+            foreach=False,
+        )
+        self.opt.train()
+        self.bn = _has_batchnorm(model)
+        self.at_x = False
+
+    def step(self, fraction: float) -> dict[str, Any]:
+        self.model.train()
+        x, y = self.batches.next()
+        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
+        self.count += 1
+        self.diverged = not math.isfinite(value)
+        return {"step": self.count, "fraction": fraction, "lr": self.base_lr, "loss": value}
+
+    def prepare_evaluation(self) -> None:
+        if self.bn and self.count:  # the package's recipe: statistics at x, train mode
+            self.opt.eval()
+            self.at_x = True
+            modes = {m: m.training for m in self.model.modules()}
+            self.model.train()
+            with torch.no_grad():
+                for xb in _train_pieces(self.splits, most=50):
+                    self.model(xb)
+            for module, training in modes.items():
+                module.training = training
+
+    @contextlib.contextmanager
+    def evaluated(self) -> Iterator[nn.Module]:
+        if not self.at_x:
+            self.opt.eval()
+        try:
+            yield self.model
+        finally:
+            self.opt.train()
+            self.at_x = False
+
+    def settings(self) -> dict[str, float]:
+        return {"lr": self.base_lr}
+
+    def report(self) -> dict[str, Any]:
+        bn = "on the clock" if self.bn else "none (no BatchNorm)"
+        return {"schedulefree": {"lr": self.base_lr, "batchnorm_update": bn}}
