@@ -206,3 +206,55 @@ def test_each_strategy_finetunes_reproducibly(trained_run: Path, tmp_path: Path,
     log = json.loads((tmp_path / "run0" / "metrics.json").read_text())
     assert log["strategy"].startswith(name) and len(log["steps"]) == 6
     assert math.isfinite(runs[0]["final"]["test_loss"])
+
+
+def test_saved_moments_are_matched_by_name_or_not_at_all() -> None:
+    model, splits = classification()
+    groups = [  # decay / no-decay groups list the parameters in another order than the model
+        {"params": [model[2].weight, model[0].weight]},
+        {"params": [model[2].bias, model[0].bias], "weight_decay": 0.0},
+    ]
+    for named in (False, True):
+        if named:
+            params = dict(model.named_parameters())
+            groups = [
+                {"params": [(n, params[n]) for n in ("2.weight", "0.weight")]},
+                {"params": [(n, params[n]) for n in ("2.bias", "0.bias")], "weight_decay": 0.0},
+            ]
+        opt = torch.optim.Adam(groups, lr=2e-3)
+        CE(model(splits.train_x), splits.train_y).backward()
+        opt.step()
+        moments = adam_moments(opt.state_dict(), model)
+        if not named:  # no names: the order cannot be known, so fresh moments
+            assert moments is None
+            continue
+        assert moments is not None
+        for entry, p in zip(moments, model.parameters(), strict=True):
+            torch.testing.assert_close(entry["exp_avg"], opt.state[p]["exp_avg"])
+        r = AdamRunner(parse_strategy("adam"), model, splits, loss_fn=CE, batch_size=16,
+                       weight_decay=0.0, seed=0, optimizer_state=opt.state_dict())  # fmt: skip
+        assert r.report()["adam"]["lr"] == 2e-3  # the saved state's rate, not the default
+
+
+@pytest.mark.parametrize("name", ["swa", "sgd-schedulefree"])
+def test_the_step_history_puts_back_what_is_evaluated(name: str) -> None:
+    from hfft.experiment.snapshot import StepHistory
+
+    model, splits = classification()
+    if name == "swa":
+        r: SWARunner | ScheduleFreeRunner = swa("start=0", model, splits)
+    else:
+        r = ScheduleFreeRunner(parse_strategy(name), model, splits, loss_fn=CE, lr=0.1,
+                               batch_size=16, weight_decay=0.0, seed=0)  # fmt: skip
+    history = StepHistory(model, r.step_state())
+    for _ in range(3):
+        history.save()
+        r.step(0.0)
+    with r.evaluated() as evaluated:
+        before = [p.detach().clone() for p in evaluated.parameters()]
+    history.save()
+    r.step(0.0)  # a step that an interrupt or a divergence takes back
+    history.restore_current()
+    with r.evaluated() as evaluated:
+        for p, q in zip(evaluated.parameters(), before, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -263,9 +263,12 @@ class _Run:
         evaluation entry; with ``keep_best``, those weights are saved if they are the best.
 
         What the strategy must do before an evaluation (``swa``'s and schedule-free's
-        BatchNorm statistics) is ``charged`` to the budget like a step, once steps ran.
+        BatchNorm statistics) is ``charged`` to the budget like a step, once steps ran
+        (after an interrupt it is done off the clock).
         """
-        if charged and self.clock.steps:
+        if self.clock.steps and not charged:
+            self.runner.prepare_evaluation()
+        elif self.clock.steps:
             self.clock.resume()
             try:
                 self.runner.prepare_evaluation()
@@ -518,7 +521,7 @@ def _run(
         stopped it (if one did); :meth:`_Run.finish` writes the rest.
     """
     run = _Run(config, src, runner, clock, out, on_progress)
-    history = StepHistory(run.model)
+    history = StepHistory(run.model, run.runner.step_state())
     try:
         run.log["initial"] = run.evaluate()
         status = run.loop(points, history)

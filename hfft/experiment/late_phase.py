@@ -16,14 +16,22 @@ does (the same seeded sampler, so the same batches for the same seed):
   ``m``), in HF's model mode (eval: the closure is deterministic); weight decay
   is the L2 term ½·λ‖w‖² of the objective, as in HF.
 * ``adam`` / ``adamw`` — ``torch.optim.Adam`` / ``AdamW``, constant or cosine
-  (``schedule=cosine``), with weight decay per parameter group as SGD's;
-  the checkpoint's own Adam moments when the file holds an Adam state,
-  otherwise fresh moments and ``lr`` 1e-3, recorded as not tuned.
+  (``schedule=cosine``), with the problem's weight decay per parameter group
+  (for ``adamw`` decoupled, so SGD's small L2 factor decays little); the
+  checkpoint's own Adam moments and rate when a ``torch.save`` file holds an
+  Adam state that can be matched to the parameters, otherwise fresh moments
+  and ``lr`` 1e-3, recorded as not tuned.
 * ``sgd-schedulefree`` — schedule-free SGD (Defazio et al. 2024) from the
   ``schedulefree`` package; its ``eval()`` point x is what is evaluated and
   saved (``train()`` again afterwards), and a model with BatchNorm gets its
-  statistics recomputed at x on up to 50 training batches before each
-  evaluation, on the clock, as the package's documentation prescribes.
+  statistics recomputed at x on up to 50 batches of the train-eval subset
+  before each evaluation, on the clock, as the package's documentation
+  prescribes.
+
+What the two charge to the clock depends on the number of evaluation points
+(a time budget; under step and epoch budgets it is free, like evaluation).
+Their extra state (the average, z) is part of the run's step history, so an
+interrupt or a divergence puts it back with the weights.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hfft.experiment.interrupts import signals_held
 from hfft.experiment.runners import DEFAULT_M, Runner, sgd_update
 from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.models import param_groups
@@ -59,7 +68,7 @@ __all__ = [
 ]
 
 ADAM_DEFAULT_LR = 1e-3
-"""Adam's learning rate when neither the strategy nor the checkpoint gives one."""
+"""Adam's learning rate when neither the strategy nor a saved Adam state gives one."""
 
 _BN_BATCH = 256
 
@@ -68,11 +77,11 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _train_pieces(splits: DataSplits, most: int | None = None) -> Iterator[Batchable]:
-    """Consecutive batches of the training split (not the sampler's: its draws stay paired)."""
+def _pieces(x: Batchable, most: int | None = None) -> Iterator[Batchable]:
+    """Consecutive batches of a split's inputs (not the sampler's: its draws stay paired)."""
     from hfft.experiment.streaming import StreamedInputs
 
-    x, n = splits.train_x, batch_size(splits.train_x)
+    n = batch_size(x)
     starts = range(0, n, _BN_BATCH)[:most]
     if isinstance(x, StreamedInputs):  # read ahead, and to the end: the workers then exit
         return x.stream(torch.arange(s, min(s + _BN_BATCH, n)) for s in starts)
@@ -122,13 +131,20 @@ class SWARunner(_Sampled):
         self.start = float(opts.get("start", 0.5))
         self.anneal_steps = int(opts.get("anneal_steps", 10))
         self.average = AveragedModel(model)
-        self.averaged = 0
         self.scheduler: Any = None
         self.bn = _has_batchnorm(model)
 
     @property
     def lr(self) -> float:
         return float(self.opt.param_groups[0]["lr"])
+
+    @property
+    def averaged(self) -> int:
+        """Iterates in the average (its ``n_averaged``, which the step history restores)."""
+        return int(self.average.n_averaged)
+
+    def step_state(self) -> list[torch.Tensor]:
+        return list(self.average.state_dict().values())
 
     def step(self, fraction: float) -> dict[str, Any]:
         from torch.optim.swa_utils import SWALR
@@ -145,7 +161,6 @@ class SWARunner(_Sampled):
         self.diverged = not math.isfinite(value)
         if self.scheduler is not None and not self.diverged:
             self.average.update_parameters(self.model)
-            self.averaged += 1
             self.scheduler.step()
         return {"step": self.count, "fraction": fraction, "lr": lr, "loss": value,
                 "averaged": self.averaged}  # fmt: skip
@@ -154,7 +169,7 @@ class SWARunner(_Sampled):
         if self.bn and self.averaged:
             from torch.optim.swa_utils import update_bn
 
-            update_bn(([xb] for xb in _train_pieces(self.splits)), self.average)
+            update_bn(([xb] for xb in _pieces(self.splits.train_x)), self.average)
 
     @contextlib.contextmanager
     def evaluated(self) -> Iterator[nn.Module]:
@@ -252,17 +267,30 @@ def _finite(model: nn.Module) -> bool:
 def adam_moments(state: dict[str, Any] | None, model: nn.Module) -> list[dict[str, Any]] | None:
     """Per parameter (in ``model.parameters()`` order), the moments of a saved Adam state.
 
-    ``state`` is an optimizer ``state_dict`` as ``torch.save`` wrote it; it is
-    used when every parameter has ``exp_avg`` and ``exp_avg_sq`` of its shape
-    (a state saved with the parameters in the model's order), else ``None``.
+    ``state`` is an optimizer ``state_dict`` as ``torch.save`` wrote it. Its
+    entries are matched to the model's parameters by the names torch saved
+    with them (``param_names``), or, without names, only when it has one group
+    holding every parameter in the model's order; each must have ``exp_avg``
+    and ``exp_avg_sq`` of its parameter's shape. Otherwise ``None``.
     """
     if not isinstance(state, dict) or not isinstance(state.get("state"), dict):
         return None
-    params = list(model.parameters())
-    saved = state["state"]
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return None
+    ids = [i for g in groups for i in g.get("params", [])]
+    names = [n for g in groups for n in g.get("param_names", [])]
+    named = dict(model.named_parameters())
+    if names and len(names) == len(ids) and set(names) == set(named):
+        index_of = dict(zip(names, ids, strict=True))
+        order = [index_of[n] for n in named]
+    elif len(groups) == 1 and ids == list(range(len(named))):
+        order = ids
+    else:
+        return None
     out = []
-    for i, p in enumerate(params):
-        entry = saved.get(i)
+    for i, p in zip(order, model.parameters(), strict=True):
+        entry = state["state"].get(i)
         if not isinstance(entry, dict):
             return None
         avg, sq = entry.get("exp_avg"), entry.get("exp_avg_sq")
@@ -273,6 +301,12 @@ def adam_moments(state: dict[str, Any] | None, model: nn.Module) -> list[dict[st
         step = entry.get("step", 0)
         out.append({"step": torch.as_tensor(float(step)), "exp_avg": avg, "exp_avg_sq": sq})
     return out
+
+
+def _saved_lr(state: dict[str, Any] | None) -> float | None:
+    groups = (state or {}).get("param_groups") or [{}]
+    lr = groups[0].get("lr") if isinstance(groups[0], dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
 
 class AdamRunner(_Sampled):
@@ -293,8 +327,14 @@ class AdamRunner(_Sampled):
         opts = strategy.options
         super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
         cls = torch.optim.AdamW if strategy.name == "adamw" else torch.optim.Adam
-        self.base_lr = float(opts.get("lr", ADAM_DEFAULT_LR))
-        self.lr_source = "option" if "lr" in opts else f"default {ADAM_DEFAULT_LR} (not tuned)"
+        moments = adam_moments(optimizer_state, model)
+        saved_lr = _saved_lr(optimizer_state) if moments is not None else None
+        if "lr" in opts:
+            self.base_lr, self.lr_source = float(opts["lr"]), "option"
+        elif saved_lr is not None:
+            self.base_lr, self.lr_source = saved_lr, "the checkpoint's Adam state"
+        else:
+            self.base_lr, self.lr_source = ADAM_DEFAULT_LR, f"default {ADAM_DEFAULT_LR} (not tuned)"
         self.cosine = opts.get("schedule", "constant") == "cosine"
         betas = (float(opts.get("beta1", 0.9)), float(opts.get("beta2", 0.999)))
         self.opt = cls(
@@ -303,7 +343,6 @@ class AdamRunner(_Sampled):
             betas=betas,
             eps=float(opts.get("eps", 1e-8)),
         )
-        moments = adam_moments(optimizer_state, model)
         self.moments = "the checkpoint's" if moments is not None else "fresh"
         if moments is not None:
             for p, entry in zip(model.parameters(), moments, strict=True):
@@ -359,8 +398,20 @@ class ScheduleFreeRunner(_Sampled):
             foreach=False,
         )
         self.opt.train()
+        for group in self.opt.param_groups:  # z as its first step would make it, so that
+            for p in group["params"]:  # the step history can hold it from the start
+                self.opt.state[p]["z"] = p.detach().clone()
         self.bn = _has_batchnorm(model)
         self.at_x = False
+
+    def step_state(self) -> list[torch.Tensor]:
+        return [self.opt.state[p]["z"] for g in self.opt.param_groups for p in g["params"]]
+
+    def _swap(self, to_x: bool) -> None:
+        """Move the parameters to x (``eval()``) or back to y (``train()``), uninterrupted:
+        a signal halfway would leave some at each."""
+        with signals_held():
+            self.opt.eval() if to_x else self.opt.train()
 
     def step(self, fraction: float) -> dict[str, Any]:
         self.model.train()
@@ -372,12 +423,13 @@ class ScheduleFreeRunner(_Sampled):
 
     def prepare_evaluation(self) -> None:
         if self.bn and self.count:  # the package's recipe: statistics at x, train mode
-            self.opt.eval()
+            self._swap(to_x=True)
             self.at_x = True
             modes = {m: m.training for m in self.model.modules()}
             self.model.train()
             with torch.no_grad():
-                for xb in _train_pieces(self.splits, most=50):
+                # the train-eval subset: a seeded sample of train, not its first (sorted) part
+                for xb in _pieces(self.splits.train_eval_x, most=50):
                     self.model(xb)
             for module, training in modes.items():
                 module.training = training
@@ -385,11 +437,11 @@ class ScheduleFreeRunner(_Sampled):
     @contextlib.contextmanager
     def evaluated(self) -> Iterator[nn.Module]:
         if not self.at_x:
-            self.opt.eval()
+            self._swap(to_x=True)
         try:
             yield self.model
         finally:
-            self.opt.train()
+            self._swap(to_x=False)
             self.at_x = False
 
     def settings(self) -> dict[str, float]:

@@ -101,6 +101,11 @@ class Runner:
         """Work an evaluation point needs first, charged to the budget like a step
         (``swa`` and ``sgd-schedulefree`` recompute BatchNorm statistics here)."""
 
+    def step_state(self) -> list[Tensor]:
+        """Tensors the strategy updates in place besides the model's, which an interrupt
+        or a divergence must put back with the model's (the run's step history)."""
+        return []
+
     @contextlib.contextmanager
     def evaluated(self) -> Iterator[nn.Module]:
         """The model whose weights are evaluated and saved now (the one trained, unless

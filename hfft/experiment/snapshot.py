@@ -9,6 +9,8 @@ and to the last weights whose loss was finite when a strategy diverges.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -31,10 +33,12 @@ class StepHistory:
     Args:
         model: The network; its tensors are updated in place by the
             optimizers, so their list is taken once.
+        extra: Further tensors a strategy updates in place with the model
+            (schedule-free's z, SWA's average), kept and put back with it.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self._live = list(model.state_dict().values())
+    def __init__(self, model: nn.Module, extra: Sequence[Tensor] = ()) -> None:
+        self._live = [*model.state_dict().values(), *extra]
         self._current = [t.detach().clone() for t in self._live]
         self._previous: list[Tensor] | None = None
         self._saved = False
