@@ -249,3 +249,46 @@ def test_torchvision_resnet18_on_the_users_upsampled_digits(tmp_path: Path) -> N
     assert result["initial"]["test_accuracy"] == pytest.approx(acc)
     assert sum(s["accepted"] for s in json.loads(
         (tmp_path / "hf" / "metrics.json").read_text())["steps"]) >= 1  # fmt: skip
+
+
+# --- every example of docs/user-problems.md: selftest, HF and SGD, compare --------------------
+
+_MULTILABEL = ("--model-arg", "features=64", "--model-arg", "classes=3", "--task", "multilabel")
+_OWN_LOSS = ("--loss", spec("smoothed_cross_entropy"), "--task", "classification")
+EXAMPLES = {
+    "regression": ("diabetes.pt", "regression_mlp", "diabetes", ()),
+    "multilabel": ("properties.pt", "tabular_mlp", "digit_properties", _MULTILABEL),
+    "own-loss": ("wine.pt", "tabular_mlp", "wine", _OWN_LOSS),
+    "tokens": ("tokens.pt", "TokenClassifier", "token_classes", ()),
+    "language-model": ("lm.pt", "TinyLanguageModel", "next_tokens", ()),
+}
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("examples")
+    up.save_examples(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(EXAMPLES))
+def test_each_example_selftests_finetunes_and_compares(examples: Path, tmp_path: Path, case: str):
+    name, model, data, extra = EXAMPLES[case]
+    ckpt = examples / name
+    src = ("--model", spec(model), "--data", spec(data), *extra)
+    out = runner.invoke(app, ["selftest", str(ckpt), *src, "--batch-size", "32", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output[out.output.index("{") :])["passed"]
+    hf = finetune_json(ckpt, tmp_path / "hf", *src)
+    sgd = finetune_json(ckpt, tmp_path / "sgd", *src, strategy="sgd:lr=0.01,batch_size=32")
+    metrics = [k for k in hf["initial"] if k.startswith(("train_eval_", "valid_", "test_"))]
+    assert metrics and all(hf["initial"][k] == sgd["initial"][k] for k in metrics)
+    assert hf["final"]["train_eval_loss"] < hf["initial"]["train_eval_loss"]
+    text = hfft(
+        "compare", ckpt, *src, "-s", "sgd:lr=0.01,batch_size=32", "-s", "hf:m=64,cg_max_iter=5",
+        "--seeds", "1", "--budget", "2steps", "--eval-points", "1", "--out", tmp_path / "cmp",
+        "--json", "--device", "cpu",
+    )  # fmt: skip
+    summary = json.loads(text[text.index("{") :])
+    assert len(summary["checkpoints"][0]["rankings"][summary["metrics"][0]]) == 2
