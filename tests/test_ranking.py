@@ -36,9 +36,11 @@ def run(
     status: str = "completed",
     checkpoint: str = "ckpt-10",
 ) -> RunSummary:
-    """A run whose evaluations carry ``acc`` as test accuracy and ``loss`` as train loss."""
+    """A run whose evaluations carry ``acc`` as test accuracy and ``loss`` as train loss,
+    evenly spread over the budget from its start (one value: an evaluation at the end)."""
     loss = loss if loss is not None else [1.0] * len(acc)
-    fractions = fractions if fractions is not None else list(np.linspace(0, 1, len(acc)))
+    if fractions is None:
+        fractions = [1.0] if len(acc) == 1 else list(np.linspace(0, 1, len(acc)))
     evaluations = [
         {
             "fraction": f,
@@ -91,8 +93,18 @@ def test_from_metrics_best_and_final() -> None:
 def test_nan_and_none_values_are_ignored() -> None:
     r = run("sgd", 0, [0.5, NAN, 0.6], [1.0, 0.1, 0.2])
     r.evaluations[2]["test_accuracy"] = None
-    assert r.best("test_accuracy") == 0.5
+    assert r.best("test_accuracy") is None  # nothing left after the start
+    assert r.start("test_accuracy") == 0.5
     assert r.final("test_accuracy") is None
+    r = run("sgd", 0, [0.5, NAN, 0.6])
+    assert r.best("test_accuracy") == 0.6
+
+
+def test_the_start_is_a_reference_not_a_runs_best() -> None:
+    # from a good checkpoint every strategy used to score the start's value: all tied at it
+    r = run("hf", 0, [0.9, 0.8, 0.85], [0.1, 0.3, 0.2])
+    assert r.best("test_accuracy") == 0.85 and r.start("test_accuracy") == 0.9
+    assert r.best("train_eval_loss") == 0.2 and r.start("train_eval_loss") == 0.1
 
 
 def test_diverged_run_counts_with_its_best_before_divergence() -> None:
@@ -328,7 +340,9 @@ def test_compare_summary_one_checkpoint_is_json_ready() -> None:
     assert c["status"] == {"completed": 5, "diverged": 1}
     acc = c["rankings"]["test_accuracy"]
     assert [s["strategy"] for s in acc] == ["hf", "sgd"]
-    assert acc[0]["values"] == [0.75, 0.8125, 0.75]  # diverged: its best before divergence
+    # seed 2 diverged at its first evaluation after the start: no best to count, left out
+    assert acc[0]["values"] == [0.75, 0.8125] and acc[0]["dropped"] == [2]
+    assert c["start"] == {"test_accuracy": 0.25, "train_eval_loss": 1.0}
     assert [s["strategy"] for s in c["rankings"]["train_eval_loss"]] == ["sgd", "hf"]
     ttt = c["time_to_target"]
     assert (ttt["metric"], ttt["baseline"], ttt["target"]) == ("test_accuracy", "sgd", 0.625)
@@ -345,3 +359,12 @@ def test_compare_summary_several_checkpoints_has_relative_performance() -> None:
     # c1: best accuracies 0.5 … 0.875
     assert rel["test_accuracy"]["c1"]["sgd"] == pytest.approx([0.0, 1 / 3, 2 / 3])
     assert rel["test_accuracy"]["c1"]["hf"] == pytest.approx([2 / 3, 5 / 6, 1.0])
+
+
+def test_no_time_to_target_when_the_target_is_not_beyond_the_start() -> None:
+    # from a late checkpoint SGD's final value is the start's: "0 % to target" said nothing
+    runs = [run("sgd", s, [0.9, 0.85, 0.9]) for s in range(3)]
+    runs += [run("hf", s, [0.9, 0.92, 0.88]) for s in range(3)]
+    (c,) = compare_summary(runs)["checkpoints"]
+    assert c["start"]["test_accuracy"] == 0.9 and c["time_to_target"] is None
+    assert [s["mean"] for s in c["rankings"]["test_accuracy"]] == pytest.approx([0.92, 0.9])

@@ -56,3 +56,24 @@ def test_progress_prints_the_switch_once_and_nothing_when_quiet() -> None:
     assert out.getvalue().count("auto: switched from SGD to HF at step 17") == 1
     with finetune_progress("auto", quiet=True) as quiet:
         assert quiet is None
+
+
+def test_ranking_table_shows_the_start_and_says_when_seeds_are_too_few() -> None:
+    from hfft.cli.render.summaries import ranking_table
+
+    def row(strategy: str, mean: float, rank: int, seeds: int) -> dict:
+        return {"strategy": strategy, "rank": rank, "mean": mean, "q25": mean, "q75": mean,
+                "values": [mean] * seeds, "tied_with": []}  # fmt: skip
+
+    ranked = [row("hf", 0.95, 1, 3), row("sgd", 0.91, 2, 3)]
+    entry = {"checkpoint": "ckpt-10", "start": {"test_accuracy": 0.9},
+             "rankings": {"test_accuracy": ranked}}  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(ranking_table(entry, "test_accuracy"))
+    text = console.export_text()
+    assert "start (checkpoint)" in text and "90.00" in text
+    assert "– (untested)" in text and "fewer than 5 seeds" in text
+    entry["rankings"]["test_accuracy"] = [row("hf", 0.95, 1, 5), row("sgd", 0.91, 2, 5)]
+    console = Console(record=True, width=200)
+    console.print(ranking_table(entry, "test_accuracy"))
+    assert "untested" not in console.export_text()

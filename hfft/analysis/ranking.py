@@ -343,6 +343,31 @@ def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] | None = None) 
     return notes
 
 
+def _start(group: list[RunSummary], metric: str) -> float | None:
+    """The checkpoint's own value of ``metric`` (the same in every run from it)."""
+    return next((v for r in group if (v := r.start(metric)) is not None), None)
+
+
+def _time_to_target_entry(
+    group: list[RunSummary], metric: str, start: float | None
+) -> dict[str, Any] | None:
+    """The budget each strategy needed to reach the best SGD baseline's final value, where
+    that value lies beyond the start (else reaching it says nothing); ``None`` otherwise."""
+    try:
+        baseline, target = best_baseline_target(group, metric=metric)
+    except ValueError:
+        return None
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    if start is not None and not sign * target > sign * start:
+        return None
+    return {
+        "metric": metric,
+        "baseline": baseline,
+        "target": target,
+        "fractions": time_to_target(group, target, metric),
+    }
+
+
 def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
     """The JSON-ready summary of a comparison (``compare.json``, ``hfft compare --json``).
 
@@ -356,11 +381,13 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
               "checkpoint": "ckpt-10",
               "runs": 35,
               "status": {"completed": 34, "diverged": 1},
+              "start": {"test_accuracy": 0.91, "train_eval_loss": 0.31},  # the checkpoint's
               "rankings": {"test_accuracy": [StrategyStats.as_dict(), ...],
                            "train_eval_loss": [...]},
               "time_to_target": {"metric": "test_accuracy", "baseline": "sgd-cosine",
                                  "target": 0.93, "fractions": {"hf:m=2048": 0.35, ...}}
-                                or null (no SGD baseline with a final test accuracy),
+                                or null (no SGD baseline with a final test accuracy, or
+                                its final value does not lie beyond the start),
               "notes": ["hf:m=256 seed 3 diverged at 40 % of the budget; ...", ...]
             }, ...
           ],
@@ -384,22 +411,14 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
         status: dict[str, int] = {}
         for r in group:
             status[r.status] = status.get(r.status, 0) + 1
-        try:
-            baseline, target = best_baseline_target(group, metric=metrics[0])
-        except ValueError:
-            ttt = None
-        else:
-            ttt = {
-                "metric": metrics[0],
-                "baseline": baseline,
-                "target": target,
-                "fractions": time_to_target(group, target, metrics[0]),
-            }
+        start = {m: _start(group, m) for m in metrics}
+        ttt = _time_to_target_entry(group, metrics[0], start[metrics[0]])
         checkpoints.append(
             {
                 "checkpoint": checkpoint,
                 "runs": len(group),
                 "status": status,
+                "start": start,
                 "rankings": {
                     m: [st.as_dict() for st in rank_strategies(group, m)] for m in metrics
                 },

@@ -100,16 +100,24 @@ class RunSummary:
         return xs, np.array([points[x] for x in xs], dtype=float)
 
     def best(self, metric: str) -> float | None:
-        """The best value of ``metric`` over the run (max for accuracy and R², min for losses).
+        """The best value of ``metric`` the run reached (max for accuracy and R², min for
+        losses), after its first step: the evaluation at budget fraction 0 is the
+        checkpoint itself, shown as ``compare``'s "start" row, and does not count.
 
         ``None``/NaN values are ignored, and so are evaluations at which a loss
         is non-finite: a diverged run counts with its best value before it
         diverged. ``None`` when no value is left.
         """
-        _, values = self.series(metric)
+        fractions, values = self.series(metric)
+        values = values[fractions > 0]
         if values.size == 0:
             return None
         return float(values.max() if higher_is_better(metric) else values.min())
+
+    def start(self, metric: str) -> float | None:
+        """The value of ``metric`` at budget fraction 0: the checkpoint's own."""
+        fractions, values = self.series(metric)
+        return float(values[0]) if fractions.size and fractions[0] == 0 else None
 
     def final(self, metric: str) -> float | None:
         """The value of ``metric`` at the last evaluation (``None`` if missing or non-finite)."""

@@ -425,6 +425,7 @@ class CompareCheckpoint(TypedDict):
     checkpoint: str
     runs: int
     status: dict[str, int]
+    start: dict[str, float | None]
     rankings: dict[str, list[StrategyRanking]]
     time_to_target: TimeToTarget | None
     notes: list[str]

@@ -99,7 +99,9 @@ def _pct(x: float) -> str:
 
 
 def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
-    """One checkpoint's ranking by one metric: mean, quartiles, ties, time to target."""
+    """One checkpoint's ranking by one metric: the start, mean, quartiles, ties, time to target."""
+    from hfft.analysis.ranking import MIN_PAIRS
+
     accuracy = metric.endswith("accuracy")
     name = metric.replace("train_eval", "train").replace("_", " ")
     what = f"best {name}" + (" (%)" if accuracy else "")
@@ -118,14 +120,26 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
             f"to reach {ttt['baseline']}'s final {_fmt(metric, ttt['target'])} (median over seeds)"
         )
     fmt = _pct if accuracy else (lambda v: f"{v:.4f}")
+    start = (entry.get("start") or {}).get(metric)
+    if start is not None:  # the checkpoint itself: the reference, not a competitor
+        blank = [""] * (len(table.columns) - 3)
+        table.add_row("", "[dim]start (checkpoint)", f"[dim]{fmt(start)}", *blank)
+    few = any(len(s["values"]) < MIN_PAIRS for s in entry["rankings"][metric])
+    if few:
+        note = (
+            f"fewer than {MIN_PAIRS} seeds: ties come from overlapping quartiles alone "
+            f"(the paired Wilcoxon test needs {MIN_PAIRS}), so '–' is no proof of a difference"
+        )
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     for s in entry["rankings"][metric]:
+        untested = few and not s["tied_with"]
         row = [
             str(s["rank"]),
             s["strategy"],
             fmt(s["mean"]),
             f"{fmt(s['q25'])}–{fmt(s['q75'])}",
             str(len(s["values"])),
-            short_list(s["tied_with"], 2),
+            "– (untested)" if untested else short_list(s["tied_with"], 2),
         ]
         if fractions:
             f = fractions.get(s["strategy"])
