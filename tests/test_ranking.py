@@ -368,3 +368,14 @@ def test_no_time_to_target_when_the_target_is_not_beyond_the_start() -> None:
     (c,) = compare_summary(runs)["checkpoints"]
     assert c["start"]["test_accuracy"] == 0.9 and c["time_to_target"] is None
     assert [s["mean"] for s in c["rankings"]["test_accuracy"]] == pytest.approx([0.92, 0.9])
+
+
+def test_step_times_per_strategy_and_a_note_when_seeds_differ() -> None:
+    runs = [run("sgd", s, [0.5, 0.6, 0.7]) for s in range(3)]  # 10 s over 2 steps each
+    runs += [run("hf", s, [0.5, 0.6, 0.7]) for s in range(3)]
+    runs[-1].evaluations[-1]["seconds"] = 20.0  # one slow seed: 10 s per step, not 5
+    (c,) = compare_summary(runs)["checkpoints"]
+    assert c["step_seconds"]["sgd"] == {"mean": pytest.approx(5.0), "spread": pytest.approx(1.0)}
+    assert c["step_seconds"]["hf"]["spread"] == pytest.approx(2.0)
+    assert any(n.startswith("hf: seconds per step differ 2.00×") for n in c["notes"])
+    assert not any(n.startswith("sgd:") for n in c["notes"])

@@ -343,6 +343,32 @@ def run_notes(runs: Iterable[RunSummary], metrics: Iterable[str] | None = None) 
     return notes
 
 
+STEP_TIME_SPREAD = 1.5
+"""A strategy whose seconds per step differ more than this factor between its seeds is noted:
+on a shared machine a slow spell may then have favoured some runs."""
+
+
+def step_seconds(group: list[RunSummary]) -> dict[str, dict[str, float]]:
+    """Per strategy, the mean seconds per optimizer step over its seeds and their spread
+    (slowest over fastest), so that a reader sees whether a slow spell favoured a strategy."""
+    out = {}
+    for strategy, runs in by_strategy(select_runs(group)).items():
+        times = [t for r in runs if (t := r.seconds_per_step()) is not None and t > 0]
+        if times:
+            out[strategy] = {"mean": float(np.mean(times)), "spread": max(times) / min(times)}
+    return out
+
+
+def _timing_notes(timing: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        f"{strategy}: seconds per step differ {t['spread']:.2f}× between its seeds (more than "
+        f"{STEP_TIME_SPREAD}×): a slow spell of the machine, or steps of unequal work (CG "
+        "iterations, auto's phases), may have favoured some runs"
+        for strategy, t in timing.items()
+        if t["spread"] > STEP_TIME_SPREAD
+    ]
+
+
 def _start(group: list[RunSummary], metric: str) -> float | None:
     """The checkpoint's own value of ``metric`` (the same in every run from it)."""
     return next((v for r in group if (v := r.start(metric)) is not None), None)
@@ -382,6 +408,7 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
               "runs": 35,
               "status": {"completed": 34, "diverged": 1},
               "start": {"test_accuracy": 0.91, "train_eval_loss": 0.31},  # the checkpoint's
+              "step_seconds": {"sgd": {"mean": 0.008, "spread": 1.1}, ...},
               "rankings": {"test_accuracy": [StrategyStats.as_dict(), ...],
                            "train_eval_loss": [...]},
               "time_to_target": {"metric": "test_accuracy", "baseline": "sgd-cosine",
@@ -413,6 +440,7 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
             status[r.status] = status.get(r.status, 0) + 1
         start = {m: _start(group, m) for m in metrics}
         ttt = _time_to_target_entry(group, metrics[0], start[metrics[0]])
+        timing = step_seconds(group)
         checkpoints.append(
             {
                 "checkpoint": checkpoint,
@@ -423,7 +451,8 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
                     m: [st.as_dict() for st in rank_strategies(group, m)] for m in metrics
                 },
                 "time_to_target": ttt,
-                "notes": run_notes(group, metrics),
+                "step_seconds": timing,
+                "notes": run_notes(group, metrics) + _timing_notes(timing),
             }
         )
     summary: dict[str, Any] = {

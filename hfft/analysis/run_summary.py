@@ -119,6 +119,14 @@ class RunSummary:
         fractions, values = self.series(metric)
         return float(values[0]) if fractions.size and fractions[0] == 0 else None
 
+    def seconds_per_step(self) -> float | None:
+        """Clock seconds per optimizer step, at the last evaluation after a step."""
+        for e in reversed(self.evaluations):
+            steps, seconds = number(e.get("step")), number(e.get("seconds"))
+            if steps and seconds is not None:
+                return seconds / steps
+        return None
+
     def final(self, metric: str) -> float | None:
         """The value of ``metric`` at the last evaluation (``None`` if missing or non-finite)."""
         if not self.evaluations:

@@ -428,6 +428,7 @@ class CompareCheckpoint(TypedDict):
     start: dict[str, float | None]
     rankings: dict[str, list[StrategyRanking]]
     time_to_target: TimeToTarget | None
+    step_seconds: dict[str, dict[str, float]]
     notes: list[str]
 
 
