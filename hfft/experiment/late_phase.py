@@ -37,7 +37,6 @@ interrupt or a divergence puts it back with the weights.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,7 @@ import torch
 from torch import nn
 
 from hfft.experiment.interrupts import signals_held
-from hfft.experiment.runners import DEFAULT_M, Runner, sgd_update
-from hfft.experiment.sampling import BatchSampler, BatchStream
+from hfft.experiment.runners import DEFAULT_M, Runner, SampledRunner, sgd_settings
 from hfft.models import param_groups
 from hfft.optim.batches import batch_size, take
 
@@ -64,6 +62,7 @@ __all__ = [
     "SWARunner",
     "ScheduleFreeRunner",
     "adam_moments",
+    "late_phase_runner",
     "lbfgs_batch",
 ]
 
@@ -88,21 +87,7 @@ def _pieces(x: Batchable, most: int | None = None) -> Iterator[Batchable]:
     return (take(x, slice(s, s + _BN_BATCH)) for s in starts)
 
 
-class _Sampled(Runner):
-    """A runner that draws SGD's seeded batches of ``size``."""
-
-    def __init__(self, model: nn.Module, splits: DataSplits, loss_fn: Loss, size: int, seed: int):
-        self.model, self.splits, self.loss_fn = model, splits, loss_fn
-        device = splits.train_y.device
-        self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
-        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
-        draw = functools.partial(self.sampler.next_batch, size)
-        self.batches = BatchStream(splits.train_x, splits.train_y, draw, splits.augment, self.gen)
-        self.step_samples = size
-        self.count = 0
-
-
-class SWARunner(_Sampled):
+class SWARunner(SampledRunner):
     """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
 
     def __init__(
@@ -154,11 +139,7 @@ class SWARunner(_Sampled):
                 self.opt, swa_lr=self.swa_lr, anneal_epochs=self.anneal_steps, anneal_strategy="cos"
             )
         lr = self.lr
-        self.model.train()
-        x, y = self.batches.next()
-        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
-        self.count += 1
-        self.diverged = not math.isfinite(value)
+        value = self.update(self.opt)
         if self.scheduler is not None and not self.diverged:
             self.average.update_parameters(self.model)
             self.scheduler.step()
@@ -196,7 +177,7 @@ def lbfgs_batch(strategy: Strategy, n: int) -> int:
     return m
 
 
-class LBFGSRunner(_Sampled):
+class LBFGSRunner(SampledRunner):
     """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
 
     def __init__(
@@ -309,7 +290,7 @@ def _saved_lr(state: dict[str, Any] | None) -> float | None:
     return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
 
 
-class AdamRunner(_Sampled):
+class AdamRunner(SampledRunner):
     """``torch.optim.Adam`` or ``AdamW`` from the checkpoint, constant or cosine."""
 
     def __init__(
@@ -354,11 +335,7 @@ class AdamRunner(_Sampled):
         self.lr = self.base_lr * (0.5 * (1 + math.cos(math.pi * fraction)) if self.cosine else 1)
         for group in self.opt.param_groups:
             group["lr"] = self.lr
-        self.model.train()
-        x, y = self.batches.next()
-        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
-        self.count += 1
-        self.diverged = not math.isfinite(value)
+        value = self.update(self.opt)
         return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
 
     def settings(self) -> dict[str, float]:
@@ -370,7 +347,7 @@ class AdamRunner(_Sampled):
                          "moments": self.moments, "schedule": schedule}}  # fmt: skip
 
 
-class ScheduleFreeRunner(_Sampled):
+class ScheduleFreeRunner(SampledRunner):
     """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
 
     def __init__(
@@ -414,11 +391,7 @@ class ScheduleFreeRunner(_Sampled):
             self.opt.eval() if to_x else self.opt.train()
 
     def step(self, fraction: float) -> dict[str, Any]:
-        self.model.train()
-        x, y = self.batches.next()
-        value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
-        self.count += 1
-        self.diverged = not math.isfinite(value)
+        value = self.update(self.opt)
         return {"step": self.count, "fraction": fraction, "lr": self.base_lr, "loss": value}
 
     def prepare_evaluation(self) -> None:
@@ -450,3 +423,39 @@ class ScheduleFreeRunner(_Sampled):
     def report(self) -> dict[str, Any]:
         bn = "on the clock" if self.bn else "none (no BatchNorm)"
         return {"schedulefree": {"lr": self.base_lr, "batchnorm_update": bn}}
+
+
+def late_phase_runner(
+    strategy: Strategy,
+    model: nn.Module,
+    splits: DataSplits,
+    *,
+    loss_fn: Loss,
+    lr: float | None,
+    batch_size: int | None,
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    optimizer_state: dict[str, Any] | None = None,
+) -> Runner:
+    """The runner of one of the late-phase strategies, its hyperparameters resolved: the
+    strategy's options, else the checkpoint's (Adam's rate is its own, L-BFGS takes neither).
+
+    Raises:
+        ValueError: When ``swa`` or ``sgd-schedulefree`` has no learning rate or batch size,
+            or a strategy no batch size.
+    """
+    common: dict[str, Any] = {"loss_fn": loss_fn, "weight_decay": weight_decay, "seed": seed}
+    if strategy.name == "lbfgs":
+        return LBFGSRunner(strategy, model, splits, **common)
+    if strategy.name in ("adam", "adamw"):
+        size = sgd_settings(strategy, ADAM_DEFAULT_LR, batch_size)[1]
+        return AdamRunner(
+            strategy, model, splits, batch_size=size, optimizer_state=optimizer_state, **common
+        )
+    lr, batch_size = sgd_settings(strategy, lr, batch_size)
+    if strategy.name == "sgd-schedulefree":
+        return ScheduleFreeRunner(strategy, model, splits, lr=lr, batch_size=batch_size, **common)
+    return SWARunner(
+        strategy, model, splits, lr=lr, batch_size=batch_size, momentum=momentum, **common
+    )

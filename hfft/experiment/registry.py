@@ -11,13 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hfft.experiment.auto import AutoRunner
-from hfft.experiment.late_phase import (
-    AdamRunner,
-    LBFGSRunner,
-    ScheduleFreeRunner,
-    SWARunner,
-    lbfgs_batch,
-)
+from hfft.experiment.late_phase import ADAM_DEFAULT_LR, late_phase_runner, lbfgs_batch
 from hfft.experiment.runners import (
     HFRunner,
     Runner,
@@ -26,6 +20,8 @@ from hfft.experiment.runners import (
     hf_batch_sizes,
     sgd_settings,
 )
+from hfft.experiment.strategies import EXTENDED_STRATEGIES
+from hfft.optim import distributed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,9 +49,6 @@ def check_strategy(
         ValueError: For batches that do not fit the data or a missing learning
             rate or batch size, in one sentence.
     """
-    from hfft.experiment.strategies import EXTENDED_STRATEGIES
-    from hfft.optim import distributed
-
     if strategy.name in EXTENDED_STRATEGIES and distributed.is_distributed():
         raise ValueError(
             f"strategy {strategy.name!r} does not run data-parallel yet; run it in one process"
@@ -66,7 +59,7 @@ def check_strategy(
     if strategy.name == "lbfgs":
         lbfgs_batch(strategy, n)
     elif strategy.name in ("adam", "adamw"):
-        check_sgd_batch(sgd_settings(strategy, 1.0, batch_size)[1], n)  # lr: Adam's own
+        check_sgd_batch(sgd_settings(strategy, ADAM_DEFAULT_LR, batch_size)[1], n)  # Adam's lr
     elif not strategy.is_hf:
         check_sgd_batch(sgd_settings(strategy, lr, batch_size)[1], n)
 
@@ -112,35 +105,8 @@ def make_runner(
             eval_batch_size=eval_batch_size,
             seed=seed,
         )
-    if strategy.name == "lbfgs":
-        return LBFGSRunner(
-            strategy, model, splits, loss_fn=loss_fn, weight_decay=weight_decay, seed=seed
-        )
-    if strategy.name in ("adam", "adamw"):
-        return AdamRunner(
-            strategy,
-            model,
-            splits,
-            loss_fn=loss_fn,
-            batch_size=sgd_settings(strategy, 1.0, batch_size)[1],
-            weight_decay=weight_decay,
-            seed=seed,
-            optimizer_state=optimizer_state,
-        )
-    lr, batch_size = sgd_settings(strategy, lr, batch_size)
-    if strategy.name == "sgd-schedulefree":
-        return ScheduleFreeRunner(
-            strategy,
-            model,
-            splits,
-            loss_fn=loss_fn,
-            lr=lr,
-            batch_size=batch_size,
-            weight_decay=weight_decay,
-            seed=seed,
-        )
-    if strategy.name == "swa":
-        return SWARunner(
+    if strategy.name in EXTENDED_STRATEGIES:
+        return late_phase_runner(
             strategy,
             model,
             splits,
@@ -150,7 +116,9 @@ def make_runner(
             momentum=momentum,
             weight_decay=weight_decay,
             seed=seed,
+            optimizer_state=optimizer_state,
         )
+    lr, batch_size = sgd_settings(strategy, lr, batch_size)
     sgd: dict[str, Any] = dict(
         loss_fn=loss_fn,
         lr=lr,

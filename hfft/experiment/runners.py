@@ -121,7 +121,62 @@ class Runner:
         """
 
 
-class SGDRunner(Runner):
+class SampledRunner(Runner):
+    """A runner that draws SGD's seeded batches of ``size`` (the same for the same seed, for
+    every strategy built on it) and may take SGD-style updates on them."""
+
+    def __init__(self, model: nn.Module, splits: DataSplits, loss_fn: Loss, size: int, seed: int):
+        self.model, self.splits, self.loss_fn = model, splits, loss_fn
+        device = splits.train_y.device
+        self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
+        draw = functools.partial(self.sampler.next_batch, size)
+        self.batches = BatchStream(splits.train_x, splits.train_y, draw, splits.augment, self.gen)
+        self.step_samples = size
+        self.count = 0
+
+    def update(self, opt: torch.optim.Optimizer) -> float:
+        """One update of ``opt`` on the next batch, in training mode; its batch loss.
+
+        A non-finite loss skips the update and marks the run diverged.
+        """
+        self.model.train()
+        x, y = self.batches.next()
+        if distributed.is_distributed():
+            opt.zero_grad(set_to_none=True)
+            value = self._sharded_backward(opt, x, y)
+            if math.isfinite(value):
+                opt.step()
+        else:
+            # float(): also the per-step device synchronisation that fair timing needs
+            value = float(sgd_update(self.model, opt, self.loss_fn, x, y, check=True))
+        self.count += 1
+        self.diverged = not math.isfinite(value)  # then the update was skipped
+        return value
+
+    def _sharded_backward(self, opt: torch.optim.Optimizer, x: Batchable, y: torch.Tensor) -> float:
+        """This rank's share of the batch loss and gradient, summed over ranks.
+
+        Every rank drew the same global batch; it takes its contiguous shard,
+        weights the shard's mean loss by its share of the batch and sums the
+        gradients and the loss over ranks in one all-reduce, so every rank
+        applies the gradient of the whole batch.
+        """
+        n = y.shape[0]
+        part = distributed.shard(n)
+        share = (part.stop - part.start) / n
+        loss = self.loss_fn(self.model(take(x, part)), y[part]) * share
+        loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        space = FlatSpace(params)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = distributed.all_reduce_sum(space.flatten([*grads, loss.detach()]))
+        for p, g in zip(params, space.unflatten(flat[:-1]), strict=True):
+            p.grad = g.clone()
+        return float(flat[-1])
+
+
+class SGDRunner(SampledRunner):
     """SGD with one of the four learning-rate strategies of the paper (§3.2)."""
 
     def __init__(
@@ -144,65 +199,20 @@ class SGDRunner(Runner):
         self.batch_size = int(opts.get("batch_size", batch_size))
         momentum = float(opts.get("momentum", momentum))
         check_sgd_batch(self.batch_size, splits.num_train)
-        self.model, self.splits = model, splits
-        self.loss_fn = loss_fn
+        super().__init__(model, splits, loss_fn, self.batch_size, seed)
         self.opt = torch.optim.SGD(
             param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
         )
         self.schedule = make_schedule(strategy.name, self.base_lr, evaluations)
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
-        device = splits.train_y.device
-        self.sampler = BatchSampler(splits.num_train, seed=seed, device=device)
-        self.gen = torch.Generator(device=device).manual_seed(seed + 1)
-        self.batches = BatchStream(
-            splits.train_x,
-            splits.train_y,
-            functools.partial(self.sampler.next_batch, self.batch_size),
-            splits.augment,
-            self.gen,
-        )
         self.lr = self.base_lr
-        self.step_samples = self.batch_size
-        self.count = 0
 
     def step(self, fraction: float) -> dict[str, Any]:
         self.lr = float(self.schedule(fraction))  # the plateau's rate: its last observation's
         for group in self.opt.param_groups:
             group["lr"] = self.lr
-        self.model.train()
-        x, y = self.batches.next()
-        if distributed.is_distributed():
-            self.opt.zero_grad(set_to_none=True)
-            value = self._sharded_backward(x, y)
-            if math.isfinite(value):
-                self.opt.step()
-        else:
-            # float(): also the per-step device synchronisation that fair timing needs
-            value = float(sgd_update(self.model, self.opt, self.loss_fn, x, y, check=True))
-        self.count += 1
-        self.diverged = not math.isfinite(value)  # then the update was skipped
+        value = self.update(self.opt)
         return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
-
-    def _sharded_backward(self, x: Batchable, y: torch.Tensor) -> float:
-        """This rank's share of the batch loss and gradient, summed over ranks.
-
-        Every rank drew the same global batch; it takes its contiguous shard,
-        weights the shard's mean loss by its share of the batch and sums the
-        gradients and the loss over ranks in one all-reduce, so every rank
-        applies the gradient of the whole batch.
-        """
-        n = y.shape[0]
-        part = distributed.shard(n)
-        share = (part.stop - part.start) / n
-        loss = self.loss_fn(self.model(take(x, part)), y[part]) * share
-        loss.backward()
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        space = FlatSpace(params)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = distributed.all_reduce_sum(space.flatten([*grads, loss.detach()]))
-        for p, g in zip(params, space.unflatten(flat[:-1]), strict=True):
-            p.grad = g.clone()
-        return float(flat[-1])
 
     def settings(self) -> dict[str, float]:
         return {"lr": self.lr}
