@@ -72,15 +72,9 @@ def higher_is_better(metric: str) -> bool:
     raise ValueError(f"cannot tell whether {metric!r} is to be maximised or minimised")
 
 
-class EvaluationEntry(TypedDict, total=False):
-    """One evaluation of a fine-tuning run (clock paused), in ``evaluations``."""
+class SplitMetrics(TypedDict, total=False):
+    """The task's metrics per split (``{split}_{metric}``), as one evaluation gives them."""
 
-    fraction: float
-    seconds: float
-    step: int
-    epochs: float | None
-    lr: float
-    damping: float
     train_eval_loss: float | None
     train_eval_accuracy: float | None
     train_eval_rmse: float | None
@@ -93,6 +87,17 @@ class EvaluationEntry(TypedDict, total=False):
     test_accuracy: float | None
     test_rmse: float | None
     test_r2: float | None
+
+
+class EvaluationEntry(SplitMetrics, total=False):
+    """One evaluation of a fine-tuning run (clock paused), in ``evaluations``."""
+
+    fraction: float
+    seconds: float
+    step: int
+    epochs: float | None
+    lr: float
+    damping: float
 
 
 class SGDStepEntry(TypedDict):
@@ -358,24 +363,12 @@ class CheckpointEntry(TypedDict):
     elapsed_seconds: float
 
 
-class EpochEntry(TypedDict, total=False):
+class EpochEntry(SplitMetrics, total=False):
     """One epoch of a training run (evaluated outside the clock), in ``epochs``."""
 
     epoch: int
     elapsed_seconds: float
     train_batch_loss: float | None
-    train_eval_loss: float | None
-    train_eval_accuracy: float | None
-    train_eval_rmse: float | None
-    train_eval_r2: float | None
-    valid_loss: float | None
-    valid_accuracy: float | None
-    valid_rmse: float | None
-    valid_r2: float | None
-    test_loss: float | None
-    test_accuracy: float | None
-    test_rmse: float | None
-    test_r2: float | None
 
 
 class RunManifest(TypedDict):
