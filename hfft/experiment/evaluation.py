@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
-from hfft.optim.batches import Batchable, LazyInputs, batch_size, take
+from hfft.optim.batches import Batchable, batch_size, pieces, take
 
 if TYPE_CHECKING:
     from hfft.experiment.splits import DataSplits
@@ -56,10 +56,7 @@ def evaluate(
 
 def _pieces(x: Batchable, batch: int) -> Iterator[tuple[int, Batchable]]:
     """Consecutive batches of ``x`` with their first sample's position."""
-    starts = range(0, batch_size(x), batch)
-    if isinstance(x, LazyInputs):
-        return zip(starts, x.pieces(batch), strict=True)
-    return ((start, take(x, slice(start, start + batch))) for start in starts)
+    return zip(range(0, batch_size(x), batch), pieces(x, batch), strict=True)
 
 
 def evaluate_splits(

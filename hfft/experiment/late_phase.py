@@ -47,7 +47,7 @@ from torch import nn
 from hfft.experiment.interrupts import signals_held
 from hfft.experiment.runners import DEFAULT_M, Runner, SampledRunner, sgd_settings
 from hfft.models import param_groups
-from hfft.optim.batches import batch_size, take
+from hfft.optim.batches import pieces
 
 if TYPE_CHECKING:
     from hfft.experiment.splits import DataSplits
@@ -74,17 +74,6 @@ _BN_BATCH = 256
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _pieces(x: Batchable, most: int | None = None) -> Iterator[Batchable]:
-    """Consecutive batches of a split's inputs (not the sampler's: its draws stay paired)."""
-    from hfft.experiment.streaming import StreamedInputs
-
-    n = batch_size(x)
-    starts = range(0, n, _BN_BATCH)[:most]
-    if isinstance(x, StreamedInputs):  # read ahead, and to the end: the workers then exit
-        return x.stream(torch.arange(s, min(s + _BN_BATCH, n)) for s in starts)
-    return (take(x, slice(s, s + _BN_BATCH)) for s in starts)
 
 
 class SWARunner(SampledRunner):
@@ -150,7 +139,7 @@ class SWARunner(SampledRunner):
         if self.bn and self.averaged:
             from torch.optim.swa_utils import update_bn
 
-            update_bn(([xb] for xb in _pieces(self.splits.train_x)), self.average)
+            update_bn(([xb] for xb in pieces(self.splits.train_x, _BN_BATCH)), self.average)
 
     @contextlib.contextmanager
     def evaluated(self) -> Iterator[nn.Module]:
@@ -402,7 +391,7 @@ class ScheduleFreeRunner(SampledRunner):
             self.model.train()
             with torch.no_grad():
                 # the train-eval subset: a seeded sample of train, not its first (sorted) part
-                for xb in _pieces(self.splits.train_eval_x, most=50):
+                for xb in pieces(self.splits.train_eval_x, _BN_BATCH, most=50):
                     self.model(xb)
             for module, training in modes.items():
                 module.training = training

@@ -194,7 +194,9 @@ class StreamedInputs(LazyInputs):
         )
         return map(self._deliver, iter(loader))
 
-    def pieces(self, size: int) -> Iterator[Batchable]:
-        """Consecutive batches of ``size`` samples (the last one shorter), read ahead."""
+    def pieces(self, size: int, most: int | None = None) -> Iterator[Batchable]:
+        """The first ``most`` (default all) consecutive batches of ``size`` samples, read
+        ahead; a caller reads them to the end, and the workers then exit."""
         n = len(self)
-        return self.stream(torch.arange(s, min(s + size, n)) for s in range(0, n, size))
+        starts = range(0, n, size)[:most]
+        return self.stream(torch.arange(s, min(s + size, n)) for s in starts)

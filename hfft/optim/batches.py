@@ -26,6 +26,7 @@ __all__ = [
     "batch_size",
     "leaves",
     "map_tensors",
+    "pieces",
     "signature",
     "subset",
     "take",
@@ -51,9 +52,10 @@ class LazyInputs(ABC):
     def subset(self, index: Tensor) -> LazyInputs:
         """The samples ``index`` as lazy inputs again (nothing is read)."""
 
-    def pieces(self, size: int) -> Iterator[Batchable]:
-        """Consecutive batches of ``size`` samples (the last one shorter), in order."""
-        return (self.take(slice(s, s + size)) for s in range(0, len(self), size))
+    def pieces(self, size: int, most: int | None = None) -> Iterator[Batchable]:
+        """The first ``most`` (default all) consecutive batches of ``size`` samples, in order
+        (the last one of the inputs shorter)."""
+        return (self.take(slice(s, s + size)) for s in range(0, len(self), size)[:most])
 
 
 def map_tensors(fn: Callable[[Tensor], Any], x: Batchable) -> Batchable:
@@ -95,6 +97,13 @@ def take(x: Batchable, index: Tensor | slice) -> Batchable:
     if isinstance(x, LazyInputs):
         return x.take(index)
     return map_tensors(lambda t: t[index], x)
+
+
+def pieces(x: Batchable, size: int, most: int | None = None) -> Iterator[Batchable]:
+    """The first ``most`` (default all) consecutive batches of ``size`` samples of ``x``."""
+    if isinstance(x, LazyInputs):
+        return x.pieces(size, most)
+    return (take(x, slice(s, s + size)) for s in range(0, batch_size(x), size)[:most])
 
 
 def subset(x: Batchable, index: Tensor) -> Batchable:
