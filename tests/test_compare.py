@@ -196,10 +196,12 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
         app, ["demo", "--epochs", "10", "--seeds", "1", "--out", str(tmp_path / "demo"), "--quiet"]
     )
     assert result.exit_code == 0, result.output
-    assert "$ hfft train cnn" in result.output and "$ hfft compare" in result.output
-    summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
-    assert len(summary["checkpoints"]) == 2
-    assert (tmp_path / "demo" / "compare" / "relative-test_accuracy.png").exists()
+    assert "$ hfft study cnn" in result.output
+    demo = tmp_path / "demo"
+    summary = json.loads((demo / "runs" / "compare.json").read_text())
+    assert [c["checkpoint"] for c in summary["checkpoints"]] == ["ckpt-01", "ckpt-02"]
+    assert (demo / "figure1-test_accuracy.png").exists() and (demo / "figure2.png").exists()
+    assert "## Figure 2" in (demo / "report.md").read_text()
 
 
 def _small(run_dir: Path, tmp_path: Path, **kw) -> CompareConfig:

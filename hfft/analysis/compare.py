@@ -16,7 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +33,7 @@ from hfft.optim import distributed
 __all__ = [
     "CompareConfig",
     "CompareResult",
+    "Shard",
     "compare",
     "default_strategies",
     "run_directory",
@@ -43,8 +44,53 @@ HF_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One of ``count`` processes that share a comparison's runs (``--shard I/N``).
+
+    Shard ``index`` runs every ``count``-th run of :func:`plan_runs`'s order,
+    starting at position ``index``, into the shared output folder; whichever
+    shard finds every run there when it ends assembles the ranking. ``count``
+    0 (``--shard none``) runs nothing and only assembles.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` (0 ≤ I < N) or ``"none"``.
+
+        Raises:
+            ValueError: For anything else.
+        """
+        if text.strip().lower() == "none":
+            return cls(0, 0)
+        index, slash, count = text.partition("/")
+        try:
+            shard = cls(int(index), int(count))
+        except ValueError:
+            shard = None
+        if not slash or shard is None or not 0 <= shard.index < shard.count:
+            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4) or none, not {text!r}")
+        return shard
+
+    def takes(self, position: int) -> bool:
+        """Whether this shard runs the run at ``position`` of the run order."""
+        return self.count > 0 and position % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}" if self.count else "none"
+
+
+@dataclass(frozen=True)
 class CompareConfig:
-    """A comparison: checkpoints × strategies × seeds under one budget."""
+    """A comparison: checkpoints × strategies × seeds under one budget.
+
+    ``last_only`` names strategies (normalised labels, among the compared
+    ones) that run from the last checkpoint alone, as the paper's Figure 2
+    strategies do in ``hfft study``. ``shard`` makes this process one of
+    several sharing the runs (:class:`Shard`); ``None`` runs them all.
+    """
 
     checkpoints: tuple[str, ...]
     strategies: tuple[str, ...] | None = None
@@ -57,10 +103,17 @@ class CompareConfig:
     source: StartingPointOptions = field(default_factory=StartingPointOptions)
     overwrite: bool = False
     suite: str = "paper"
+    last_only: tuple[str, ...] = ()
+    shard: Shard | None = None
 
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("compare needs at least one checkpoint")
+        if self.shard is not None and self.overwrite:
+            raise ValueError(
+                "--overwrite cannot be combined with --shard (one shard would delete the others' "
+                "runs); empty the folder once before starting the shards"
+            )
         if self.suite not in SUITES:
             raise ValueError(f"the suite must be one of {', '.join(SUITES)}, not {self.suite!r}")
         check("seeds", self.seeds)
@@ -70,13 +123,19 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class CompareResult:
-    """The summary (as in ``compare.json``) and the files written."""
+    """The summary (as in ``compare.json``) and the files written.
+
+    A shard that ended before the others leaves ``missing`` non-empty, its
+    ``summary`` the running header, and no plots.
+    """
 
     summary: CompareSummary
     compare_json: Path
     plots: list[Path]
     reused: int
     ran: int
+    missing: list[str] = field(default_factory=list)
+    """Runs of other shards not there yet (then nothing was assembled)."""
 
 
 SUITES = ("paper", "extended")
@@ -128,6 +187,17 @@ def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, 
             shift = (seed + c) % strategies if strategies else 0
             order += [(c, (shift + i) % strategies, seed) for i in range(strategies)]
     return order
+
+
+def plan_runs(config: CompareConfig, strategies: list[str]) -> list[tuple[int, int, int]]:
+    """:func:`run_order` without the runs of ``config.last_only`` strategies from any
+    checkpoint but the last: the fixed order that shards divide among them."""
+    last = len(config.checkpoints) - 1
+    return [
+        (c, k, seed)
+        for c, k, seed in run_order(len(config.checkpoints), len(strategies), config.seeds)
+        if c == last or strategies[k] not in config.last_only
+    ]
 
 
 def _reuse_check(run_dir: Path, key: dict[str, Any], sha256: str) -> tuple[Any, str | None]:
@@ -273,60 +343,165 @@ def compare(
             what it had; finished runs are kept and a rerun resumes.
     """
     from hfft.experiment.budget import parse_budget
-    from hfft.experiment.run_folder import locked_folder
     from hfft.experiment.strategies import parse_strategy
 
     parse_budget(config.budget)
     given = [parse_strategy(s).label for s in config.strategies or ()]
+    if config.shard is not None and distributed.is_distributed():
+        raise ValueError(
+            "--shard divides the runs among independent processes; do not combine it with "
+            "torchrun (run each shard as its own process, one per device)"
+        )
     sources, strategies = _load_sources(config, given, on_note)
+    runs = _Runs(config, sources, strategies, on_run, on_note)
     out = Path(config.out)
-    main = distributed.is_main()  # data-parallel: rank 0 alone writes
-    with first_signal_stops(), locked_folder(out) if main else contextlib.nullcontext():
-        if main:
-            _claim(out, config)
-            header: CompareSummary = {
-                "status": "running",
-                "config": _config_json(config),
-                "strategies": strategies,
-            }
-            atomic_write_json(out / "compare.json", header)
+    with first_signal_stops():
         try:
-            runs, ran, reused = _run_all(config, sources, strategies, on_run, on_note)
-            return _summarise(config, strategies, runs, ran, reused)
+            if config.shard is None:
+                with _folder_lock(out):
+                    _start(out, config, strategies)
+                    runs.visit(range(len(runs.order)), run_missing=True)
+                    return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
+            return _compare_shard(config, runs, strategies)
         except KeyboardInterrupt as err:
             raise Interrupted.after(
                 err, f"the finished runs are kept in {out} (rerun the same command to resume)"
             ) from None
 
 
+def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
+    """This shard's runs, then (waiting for the folder) the ranking if every run is there."""
+    out, shard = Path(config.out), cast(Shard, config.shard)
+    if shard.count == 0 and not (out / "compare.json").is_file():
+        raise ValueError(f"{out} holds no comparison to assemble; run its shards first")
+    with _folder_lock(out):
+        _start(out, config, strategies, header=shard.count > 0)
+    runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
+    with _folder_lock(out, wait=True):  # one shard at a time assembles
+        runs.visit(range(len(runs.order)), run_missing=False)
+        if not runs.missing:
+            return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
+    if shard.count == 0:
+        first = ", ".join(runs.missing[:3])
+        raise ValueError(
+            f"{len(runs.missing)} of {len(runs.order)} runs are not in {out} yet ({first}"
+            f"{', …' if len(runs.missing) > 3 else ''}); run the shards that hold them, then "
+            "assemble again"
+        )
+    header = json.loads((out / "compare.json").read_text())
+    return CompareResult(
+        header, out / "compare.json", [], runs.reused, runs.ran, missing=runs.missing
+    )
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path, wait: bool = False) -> Iterator[None]:
+    """The comparison folder's lock, held by rank 0 alone (which writes the files)."""
+    from hfft.experiment.run_folder import locked_folder
+
+    with locked_folder(out, wait=wait) if distributed.is_main() else contextlib.nullcontext():
+        yield
+
+
+def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool = True) -> None:
+    """Claim ``out`` for this comparison and write its running header (rank 0 alone)."""
+    if not distributed.is_main():
+        return
+    _claim(out, config)
+    if header:
+        running: CompareSummary = {
+            "status": "running",
+            "config": _config_json(config),
+            "strategies": strategies,
+        }
+        atomic_write_json(out / "compare.json", running)
+
+
 def _config_json(config: CompareConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """The configuration as ``compare.json`` records it: the same for every shard."""
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    data.pop("shard", None)
+    return cast(dict[str, Any], data)
 
 
-def _run_all(
-    config: CompareConfig,
-    sources: list,
-    strategies: list[str],
-    on_run: Callable[[int, int, str], None] | None,
-    on_note: Callable[[str], None] | None,
-) -> tuple[list[Any], int, int]:
-    """Every run in :func:`run_order`, reused where verified; the summaries in listing order."""
-    from hfft.analysis.ranking import RunSummary
-    from hfft.experiment.finetune import FinetuneConfig, finetune
+class _Runs:
+    """The runs of a comparison in :func:`plan_runs` order, found on disk or run."""
 
-    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
-    out = Path(config.out)
-    reused = ran = 0
-    done: dict[tuple[int, int, int], RunSummary] = {}
-    order = run_order(len(keys), len(strategies), config.seeds)
-    for index, (c, k, seed) in enumerate(order, start=1):
-        (src, state), key, label = sources[c], keys[c], strategies[k]
-        run_dir = run_directory(out, key, label, seed)
-        ft = FinetuneConfig(
-            checkpoint=str(src.path),
+    def __init__(
+        self,
+        config: CompareConfig,
+        sources: list,
+        strategies: list[str],
+        on_run: Callable[[int, int, str], None] | None,
+        on_note: Callable[[str], None] | None,
+    ) -> None:
+        self.config, self.sources, self.strategies = config, sources, strategies
+        self.on_run, self.on_note = on_run, on_note
+        self.order = plan_runs(config, strategies)
+        self.keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+        self.done: dict[tuple[int, int, int], Any] = {}
+        self.missing: list[str] = []
+        self.ran = self.reused = 0
+        shard = config.shard
+        share = [p for p in range(len(self.order)) if shard is None or shard.takes(p)]
+        self._number = {p: i for i, p in enumerate(share, start=1)}
+
+    def listed(self) -> list[Any]:
+        """The summaries by checkpoint, strategy and seed, as listed."""
+        return [self.done[i] for i in sorted(self.done)]
+
+    def visit(self, positions: Iterable[int], run_missing: bool) -> None:
+        """Reuse every verified run at ``positions``; run the others (``run_missing``) or
+        list them in :attr:`missing`."""
+        self.missing = []
+        for position in positions:
+            if self.order[position] not in self.done:
+                self._visit(position, run_missing)
+
+    def _visit(self, position: int, run_missing: bool) -> None:
+        from hfft.analysis.ranking import RunSummary
+        from hfft.experiment.finetune import finetune
+        from hfft.experiment.run_folder import FolderBusy
+
+        c, k, seed = self.order[position]
+        (src, state), key, label = self.sources[c], self.keys[c], self.strategies[k]
+        ft = self._finetune_config(c, label, seed)
+        what = f"{key} {label} seed {seed}"
+        # data-parallel: rank 0 (which wrote the files) decides what to reuse
+        log, why = distributed.broadcast_object(
+            _reuse_check(Path(ft.out), ft.key(), src.sha256) if distributed.is_main() else None
+        )
+        if log is not None and why is None:
+            self.reused += 1
+        elif not run_missing:
+            self.missing.append(what)
+            return
+        else:
+            if why is not None and self.on_note is not None:
+                self.on_note(f"running {what} again: {why}")
+            if self.on_run is not None:
+                self.on_run(self._number.get(position, 0), len(self._number), what)
+            src.model.load_state_dict(state)
+            try:
+                # as it was written (JSON types), also on ranks that wrote nothing
+                log = json.loads(to_json(finetune(ft, source=src).log))
+            except FolderBusy:  # another process runs it (a shard started twice)
+                if self.on_note is not None:
+                    self.on_note(f"{what} is being run by another process; left to it")
+                self.missing.append(what)
+                return
+            self.ran += 1
+        self.done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
+
+    def _finetune_config(self, c: int, label: str, seed: int) -> Any:
+        from hfft.experiment.finetune import FinetuneConfig
+
+        config = self.config
+        return FinetuneConfig(
+            checkpoint=str(self.sources[c][0].path),
             strategy=label,
             budget=config.budget,
-            out=str(run_dir),
+            out=str(run_directory(Path(config.out), self.keys[c], label, seed)),
             eval_batch_size=config.eval_batch_size,
             eval_points=config.eval_points,
             seed=seed,
@@ -334,23 +509,6 @@ def _run_all(
             source=config.source,
             overwrite=True,  # compare owns its folder (checked in _claim)
         )
-        # data-parallel: rank 0 (which wrote the files) decides what to reuse
-        log, why = distributed.broadcast_object(
-            _reuse_check(run_dir, ft.key(), src.sha256) if distributed.is_main() else None
-        )
-        if why is not None and on_note is not None:
-            on_note(f"running {key} {label} seed {seed} again: {why}")
-        if log is None or why is not None:
-            if on_run is not None:
-                on_run(index, len(order), f"{key} {label} seed {seed}")
-            src.model.load_state_dict(state)
-            # as it was written (JSON types), also on ranks that wrote nothing
-            log = json.loads(to_json(finetune(ft, source=src).log))
-            ran += 1
-        else:
-            reused += 1
-        done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
-    return [done[i] for i in sorted(done)], ran, reused  # checkpoint, strategy, seed: as listed
 
 
 def _summarise(
@@ -358,10 +516,10 @@ def _summarise(
 ) -> CompareResult:
     """Rank, plot and write ``compare.json``."""
     from hfft.analysis.plots import plot_budget_curves, plot_relative_performance
-    from hfft.analysis.ranking import compare_summary, relative_performance
+    from hfft.analysis.ranking import compare_summary
 
     out = Path(config.out)
-    summary = cast(CompareSummary, compare_summary(runs))
+    summary = cast(CompareSummary, compare_summary(runs, not_relative=config.last_only))
     summary["config"], summary["strategies"] = _config_json(config), strategies
     summary["runs"] = [
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}
@@ -379,7 +537,7 @@ def _summarise(
     if len(keys) > 1:
         for metric in summary["metrics"]:
             label = metric.replace("train_eval", "train").replace("_", " ")
-            rel = relative_performance(runs, metric)
+            rel = summary["relative_performance"][metric]
             plots.append(
                 plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)
             )

@@ -14,7 +14,7 @@ this module re-exports), so it is cheap and testable without a model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -350,12 +350,19 @@ on a shared machine a slow spell may then have favoured some runs."""
 
 def step_seconds(group: list[RunSummary]) -> dict[str, dict[str, float]]:
     """Per strategy, the mean seconds per optimizer step over its seeds and their spread
-    (slowest over fastest), so that a reader sees whether a slow spell favoured a strategy."""
+    (slowest over fastest), so that a reader sees whether a slow spell favoured a strategy;
+    for strategies with CG steps also the mean seconds per CG iteration (``cg_mean``) and
+    its spread (``cg_spread``), which do not vary with the number of iterations a step took."""
     out = {}
     for strategy, runs in by_strategy(select_runs(group)).items():
         times = [t for r in runs if (t := r.seconds_per_step()) is not None and t > 0]
-        if times:
-            out[strategy] = {"mean": float(np.mean(times)), "spread": max(times) / min(times)}
+        if not times:
+            continue
+        entry = {"mean": float(np.mean(times)), "spread": max(times) / min(times)}
+        cg = [t for r in runs if (t := r.cg_seconds) is not None and t > 0]
+        if cg:
+            entry |= {"cg_mean": float(np.mean(cg)), "cg_spread": max(cg) / min(cg)}
+        out[strategy] = entry
     return out
 
 
@@ -394,7 +401,9 @@ def _time_to_target_entry(
     }
 
 
-def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
+def compare_summary(
+    runs: Iterable[RunSummary], not_relative: Collection[str] = ()
+) -> dict[str, Any]:
     """The JSON-ready summary of a comparison (``compare.json``, ``hfft compare --json``).
 
     Layout::
@@ -424,6 +433,8 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
 
     Args:
         runs: Runs from one or more checkpoints.
+        not_relative: Strategies left out of the relative performance (those
+            that ran from the last checkpoint alone).
 
     Returns:
         The summary; every number in it is finite.
@@ -461,5 +472,6 @@ def compare_summary(runs: Iterable[RunSummary]) -> dict[str, Any]:
         "checkpoints": checkpoints,
     }
     if len(by_checkpoint) > 1:
-        summary["relative_performance"] = {m: relative_performance(runs, m) for m in metrics}
+        scored = [r for r in runs if r.strategy not in not_relative]
+        summary["relative_performance"] = {m: relative_performance(scored, m) for m in metrics}
     return summary

@@ -47,6 +47,8 @@ class RunSummary:
             ``damping``.
         metric: The task's metric (``accuracy``, ``loss``, ``rmse``, ``r2``):
             what the comparison ranks on the test split.
+        cg_seconds: Clock seconds per CG iteration over the run's HF steps
+            (``None`` for runs without CG).
     """
 
     checkpoint: str
@@ -55,6 +57,7 @@ class RunSummary:
     status: str
     evaluations: tuple[dict[str, Any], ...]
     metric: str = "accuracy"
+    cg_seconds: float | None = None
 
     @classmethod
     def from_metrics(cls, checkpoint: str, seed: int, metrics: Mapping[str, Any]) -> RunSummary:
@@ -83,6 +86,7 @@ class RunSummary:
             status=str(metrics.get("status", "unknown")),
             evaluations=tuple(dict(e) for e in evaluations),
             metric=metric if metric in ("accuracy", "loss", "rmse", "r2") else "accuracy",
+            cg_seconds=_cg_seconds(metrics.get("steps")),
         )
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +137,19 @@ class RunSummary:
             return None
         last = self.evaluations[-1]
         return number(last.get(metric)) if _healthy(last) else None
+
+
+def _cg_seconds(steps: Any) -> float | None:
+    """Seconds per CG iteration over the HF steps of a ``steps`` list (``None``: no CG)."""
+    if not isinstance(steps, list):
+        return None
+    seconds = iterations = 0.0
+    for step in steps:
+        if isinstance(step, dict):
+            n, t = number(step.get("cg_iterations")), number(step.get("time_cg"))
+            if n and t is not None:
+                seconds, iterations = seconds + t, iterations + n
+    return seconds / iterations if iterations else None
 
 
 def select_runs(runs: Iterable[RunSummary], checkpoint: str | None = None) -> list[RunSummary]:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from hfft._version import __version__
-from hfft.cli import bench, compare, demo, finetune, selftest, train
+from hfft.cli import bench, compare, demo, finetune, selftest, study, train
 from hfft.cli.common import OneLineErrors, fail
 from hfft.optim.distributed import launched
 
@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (train, finetune, compare, selftest, bench, demo):
+for module in (train, finetune, compare, study, selftest, bench, demo):
     app.command()(getattr(module, module.__name__.rpartition(".")[2]))
 
 DATA_PARALLEL_COMMANDS = ("finetune", "compare")

@@ -208,6 +208,15 @@ def starting_point_options(
 
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="I/N",
+        help="Run only every N-th run (from the I-th, 0-based) into the shared --out, so that "
+        "N processes (a job array, one per GPU) share the work; the last to finish writes the "
+        "ranking. 'none': run nothing, only assemble the ranking once every run is there.",
+    ),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(

@@ -25,6 +25,7 @@ from hfft.cli.common import (
     MomentumOpt,
     OverwriteOpt,
     QuietOpt,
+    ShardOpt,
     TaskOpt,
     TrainTimeOpt,
     ValidFractionOpt,
@@ -39,7 +40,7 @@ from hfft.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from hfft.analysis.compare import CompareConfig, CompareResult
+    from hfft.analysis.compare import CompareConfig, CompareResult, Shard
 
 CheckpointsArgument = Annotated[
     list[Path], typer.Argument(help="One or more checkpoints (e.g. the phases of a run).")
@@ -92,6 +93,7 @@ def compare(
     eval_points: EvalPointsOpt = 20,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -101,10 +103,11 @@ def compare(
     budget (mean and quartiles over seeds, with strategies that cannot be told
     apart marked), and writes every run's outputs, compare.json and PNG plots
     into --out. Runs go one after another on the device; rerunning reuses
-    finished runs.
+    finished runs. With --shard I/N, N processes (e.g. a job array, one per GPU)
+    share the runs in one folder, and the last to finish writes the ranking.
     """
     with command_guard():
-        from hfft.analysis.compare import CompareConfig
+        from hfft.analysis.compare import CompareConfig, Shard
 
         check_out_dir(out)
         dev, main = join_torchrun(resolve_device(device))
@@ -135,6 +138,7 @@ def compare(
                 valid_fraction=valid_fraction,
             ),
             overwrite=overwrite,
+            shard=None if shard is None else Shard.parse(shard),
         )
         run_and_report(config, quiet or not main, as_json and main)
 
@@ -146,6 +150,11 @@ def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> Compare
 
     with compare_progress(quiet or as_json) as on_run:
         result = run_compare(config, on_run=on_run, on_note=note)
+    if result.missing:
+        note(shard_waiting(config.shard, config.out, result))
+        if as_json:
+            print_json(result.summary)
+        return result
     if as_json:
         print_json(result.summary)
     elif not quiet:
@@ -155,3 +164,12 @@ def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> Compare
 
         print_compare(Console(), result)
     return result
+
+
+def shard_waiting(shard: Shard | None, out: str | Path, result: CompareResult) -> str:
+    """What a shard that ended before the others says."""
+    return (
+        f"shard {shard} ran {result.ran} runs and found {result.reused}; "
+        f"{len(result.missing)} runs of other shards are not in {out} yet: the shard "
+        "that finishes last writes the ranking (or assemble it later with --shard none)"
+    )

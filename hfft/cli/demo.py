@@ -1,4 +1,4 @@
-"""``hfft demo``: the whole workflow on scikit-learn's bundled digits, train then compare."""
+"""``hfft demo``: a small ``hfft study`` on scikit-learn's bundled digits."""
 
 from __future__ import annotations
 
@@ -22,51 +22,39 @@ def demo(
     device: DeviceOpt = "cpu",
     quiet: QuietOpt = False,
 ) -> None:
-    """The whole workflow on scikit-learn's bundled digits: train, then compare.
+    """The whole workflow on scikit-learn's bundled digits: a small `hfft study`.
 
-    Trains a small CNN with SGD keeping 10 checkpoints (no download, no GPU),
-    then compares every strategy from the middle and the last checkpoint with
-    a 10 % budget, prints the ranking and writes the plots. It prints the
-    equivalent `hfft train` and `hfft compare` commands.
+    Trains a small CNN with plain SGD keeping 2 checkpoints (no download, no
+    GPU), compares SGD, HF and auto from both (Figure 1) and every late-phase
+    strategy from the last (Figure 2) with a 10 % budget, prints the last
+    checkpoint's ranking and writes report.md and the figures. It prints the
+    equivalent `hfft study` command.
     """
-    from hfft.analysis.compare import CompareConfig
-    from hfft.cli import compare, train
+    from hfft.analysis.study import StudyConfig
+    from hfft.cli import study
     from hfft.experiment.train import TrainConfig
 
     start = time.perf_counter()
-    run = out / "train"
     with command_guard():
         # plain SGD (as in DeepOBS) for long enough that 10 % of its time buys several HF steps
-        config = TrainConfig.for_model(
+        train = TrainConfig.for_model(
             "cnn",
             data="digits",
             model_args={"width": 32},
             epochs=epochs,
             lr=0.05,
             momentum=0.0,
-            checkpoints=10,
+            checkpoints=2,
             device=device,
-            out=str(run),
+            out=str(out / "train"),
         )
         typer.echo(
-            f"$ hfft train cnn --data digits --model-arg width=32 --epochs {epochs} --lr 0.05 "
-            f"--momentum 0 --checkpoints 10 --device {device} --out {run}"
+            f"$ hfft study cnn --data digits --model-arg width=32 --epochs {epochs} --lr 0.05 "
+            f"--checkpoints 2 --seeds {seeds} --budget 10% --device {device} --out {out}"
         )
-        train.run_and_report(config, quiet)
-        ckpts = (run / "ckpt-05.safetensors", run / "ckpt-10.safetensors")
-        typer.echo(
-            f"\n$ hfft compare {ckpts[0]} {ckpts[1]} --seeds {seeds} --budget 10% "
-            f"--device {device} --out {out / 'compare'}"
-        )
-        comparison = CompareConfig(
-            checkpoints=tuple(str(c) for c in ckpts),
-            seeds=seeds,
-            budget="10%",
-            out=str(out / "compare"),
-            device=device,
-        )
-        compare.run_and_report(comparison, quiet, as_json=False)
+        config = StudyConfig(out=str(out), train=train, seeds=seeds, budget="10%", device=device)
+        result = study.run_and_report(config, quiet)
     typer.echo(
-        f"\ndemo finished in {time.perf_counter() - start:.0f} s. Checkpoints and run.json: {run}; "
-        f"every run's metrics.json and weights, compare.json and the PNG plots: {out / 'compare'}"
+        f"\ndemo finished in {time.perf_counter() - start:.0f} s. The report: {result.report}; "
+        f"checkpoints and run.json: {result.train_dir}; every run: {out / 'runs'}"
     )

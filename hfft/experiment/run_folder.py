@@ -83,15 +83,18 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def locked_folder(target: Path) -> Iterator[list[Path]]:
+def locked_folder(target: Path, wait: bool = False) -> Iterator[list[Path]]:
     """Create ``target`` if needed and hold an exclusive lock on it for the block.
+
+    With ``wait``, waits for another process's lock to be released instead of
+    raising (the shards of a comparison take turns to assemble it).
 
     Yields the folders that were created for it (innermost first); they are
     removed again if still empty when the block ends, so a run that fails
     before writing anything leaves nothing behind.
 
     Raises:
-        FolderBusy: If another process holds the lock.
+        FolderBusy: If another process holds the lock (and not ``wait``).
         OSError: If the folder cannot be created or opened.
     """
     created = folders_to_create(target)
@@ -100,7 +103,7 @@ def locked_folder(target: Path) -> Iterator[list[Path]]:
     try:
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise FolderBusy(
                     f"another hfft run is writing to {target}; wait for it to end or choose "

@@ -1,0 +1,219 @@
+"""A study's ``report.md``: its tables, computed from the comparison's summary.
+
+Every number comes from ``compare.json`` (the rankings, relative performance
+and step times of :func:`hfft.analysis.ranking.compare_summary`) and the
+training's ``run.json``; nothing is measured here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hfft._io import atomic_write_text
+
+__all__ = ["phases", "report_markdown", "write_report"]
+
+PHASES = ("early", "middle", "late")
+
+
+def phases(checkpoints: Sequence[str]) -> dict[str, list[str]]:
+    """The checkpoints in three phases of (nearly) equal length, earliest first (with
+    two checkpoints: early and late; with one: late)."""
+    names = {1: ("late",), 2: ("early", "late")}.get(len(checkpoints), PHASES)
+    parts = np.array_split(np.arange(len(checkpoints)), len(names))
+    return {name: [checkpoints[i] for i in part] for name, part in zip(names, parts, strict=True)}
+
+
+def _value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.2f} %" if metric.endswith("accuracy") else f"{value:.4g}"
+
+
+def _count(n: Any, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _label(metric: str) -> str:
+    return metric.replace("train_eval", "train").replace("_", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _relative_tables(summary: Mapping[str, Any], figure1: Sequence[str]) -> list[str]:
+    """Figure 1 as numbers: each strategy's mean relative score per checkpoint and phase."""
+    out: list[str] = []
+    for metric, per_checkpoint in summary.get("relative_performance", {}).items():
+        names = list(per_checkpoint)
+        means = {
+            (c, s): float(np.mean(v)) for c in names for s, v in per_checkpoint[c].items() if v
+        }
+        header = ["strategy", *(f"{i + 1}" for i in range(len(names)))]
+        rows = [
+            [s, *(f"{means[c, s]:.2f}" if (c, s) in means else "–" for c in names)] for s in figure1
+        ]
+        out += [f"Mean relative **best {_label(metric)}** per checkpoint (1 = best run):", ""]
+        out += [*_table(header, rows), ""]
+        out += _phase_table(metric, phases(names), means, figure1)
+    return out
+
+
+def _phase_table(
+    metric: str,
+    groups: dict[str, list[str]],
+    means: dict[tuple[str, str], float],
+    figure1: Sequence[str],
+) -> list[str]:
+    """Per phase, each strategy's mean relative score and its rank among the strategies."""
+    scores = {
+        (p, s): float(np.mean(v))
+        for p, cs in groups.items()
+        for s in figure1
+        if (v := [means[c, s] for c in cs if (c, s) in means])
+    }
+    ranks: dict[tuple[str, str], int] = {}
+    for p in groups:
+        ordered = sorted((s for s in figure1 if (p, s) in scores), key=lambda s: -scores[p, s])
+        ranks |= {(p, s): i for i, s in enumerate(ordered, start=1)}
+    header = ["strategy", *(f"{p} ({len(cs)} ckpts)" for p, cs in groups.items())]
+    rows = [
+        [s, *(f"{scores[p, s]:.2f} (#{ranks[p, s]})" if (p, s) in scores else "–" for p in groups)]
+        for s in figure1
+    ]
+    return [
+        f"By phase ({_label(metric)}; rank among the strategies):",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+def _winners_table(summary: Mapping[str, Any]) -> list[str]:
+    """Per checkpoint and ranked metric: the start, the winner and who is tied with it."""
+    metrics = summary.get("metrics", [])
+    header = ["checkpoint"]
+    for m in metrics:
+        header += [f"start {_label(m)}", f"best {_label(m)}", "tied with it"]
+    rows = []
+    for entry in summary.get("checkpoints", []):
+        row = [entry["checkpoint"]]
+        for m in metrics:
+            ranking = entry["rankings"].get(m) or []
+            top = ranking[0] if ranking else None
+            row.append(_value(m, entry.get("start", {}).get(m)))
+            row.append(f"{top['strategy']} {_value(m, top['mean'])}" if top else "–")
+            row.append(", ".join(top["tied_with"]) or "none" if top else "–")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _ranking(entry: Mapping[str, Any], metric: str) -> list[str]:
+    rows = [["–", "start (checkpoint)", _value(metric, entry.get("start", {}).get(metric)), "", ""]]
+    for st in entry["rankings"].get(metric) or []:
+        spread = f"{_value(metric, st['q25'])} – {_value(metric, st['q75'])}"
+        tied = ", ".join(st["tied_with"]) or "none"
+        rows.append([str(st["rank"]), st["strategy"], _value(metric, st["mean"]), spread, tied])
+    header = ["rank", "strategy", f"best {_label(metric)} (mean)", "quartiles", "tied with"]
+    return [*_table(header, rows), ""]
+
+
+def _timing_table(summary: Mapping[str, Any]) -> list[str]:
+    """Per strategy over all checkpoints: seconds per step and per CG iteration, with the
+    largest spread between seeds at any checkpoint."""
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for entry in summary.get("checkpoints", []):
+        for strategy, t in entry.get("step_seconds", {}).items():
+            p = pooled.setdefault(strategy, {})
+            for key, value in t.items():
+                p.setdefault(key, []).append(value)
+    rows = []
+    for strategy, p in pooled.items():
+        cg = (
+            f"{1000 * float(np.mean(p['cg_mean'])):.2f} ms (×{max(p['cg_spread']):.2f})"
+            if "cg_mean" in p
+            else "–"
+        )
+        step = f"{float(np.mean(p['mean'])):.4g} s (×{max(p['spread']):.2f})"
+        rows.append([strategy, step, cg])
+    return _table(["strategy", "seconds per step (largest seed spread)", "per CG iteration"], rows)
+
+
+def report_markdown(
+    summary: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    figure1: Sequence[str],
+    figures: Sequence[Path],
+    seconds: float,
+) -> str:
+    """The report's Markdown (see :func:`write_report`)."""
+    config, train = summary.get("config", {}), manifest.get("config", {})
+    entries = summary.get("checkpoints", [])
+    last = entries[-1] if entries else None
+    runs = summary.get("runs", [])
+    lines = [
+        f"# Study: {train.get('model')} on {train.get('data')}",
+        "",
+        f"- Training: {train.get('epochs')} epochs of SGD (lr {train.get('lr')}, momentum "
+        f"{train.get('momentum')}, L2 {train.get('weight_decay')}, batch {train.get('batch_size')}"
+        f"), {manifest.get('train_seconds', 0):.1f} s, {len(entries)} checkpoints.",
+        f"- Budget {config.get('budget')} per run, {_count(config.get('seeds'), 'seed')}, "
+        f"{_count(len(runs), 'run')} on {config.get('device')}; this invocation took "
+        f"{seconds:.0f} s.",
+        f"- Figure 1 (every checkpoint): {', '.join(figure1)}. Figure 2 (the last): all "
+        f"{len(summary.get('strategies', []))} strategies.",
+        "",
+        "## Figure 1: relative performance from every checkpoint",
+        "",
+        *(f"![{f.stem}]({f.name})" for f in figures if f.name.startswith("figure1")),
+        "",
+        *_relative_tables(summary, figure1),
+        "Best values per checkpoint (means over seeds):",
+        "",
+        *_winners_table(summary),
+        "",
+    ]
+    if last is not None:
+        lines += ["## Figure 2: every strategy from the last checkpoint", ""]
+        lines += [f"![{f.stem}]({f.name})" for f in figures if f.name == "figure2.png"] + [""]
+        for metric in summary.get("metrics", []):
+            lines += [
+                f"From {last['checkpoint']}, best {_label(metric)}:",
+                "",
+                *_ranking(last, metric),
+            ]
+    lines += ["## Step times", "", *_timing_table(summary), ""]
+    notes = [f"{e['checkpoint']}: {n}" for e in entries for n in e.get("notes", [])]
+    lines += ["## Notes", "", *(f"- {n}" for n in notes or ["none"]), ""]
+    lines += [f"Tie rule: {summary.get('tie_rule', '')}", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    path: Path,
+    summary: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    figure1: Sequence[str],
+    figures: Sequence[Path],
+    seconds: float,
+) -> Path:
+    """Write ``report.md``: the setup and time spent, Figure 1's relative scores per
+    checkpoint and per phase, the winners and ties per checkpoint, Figure 2's rankings,
+    the step times per strategy and the notes.
+
+    Args:
+        path: Where to write it (the figures are linked relative to its folder).
+        summary: The comparison's summary (``compare.json``).
+        manifest: The training's ``run.json``.
+        figure1: Figure 1's strategies.
+        figures: The PNGs beside it.
+        seconds: Wall-clock seconds of this invocation.
+    """
+    atomic_write_text(path, report_markdown(summary, manifest, figure1, figures, seconds))
+    return path

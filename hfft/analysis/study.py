@@ -1,0 +1,249 @@
+"""The paper's whole experiment from one SGD training run (``hfft study``).
+
+A study trains a model with SGD keeping evenly spaced checkpoints (or reuses
+a finished ``hfft train`` folder), then runs the paper's two protocols as one
+comparison in ``OUT/runs``:
+
+- Figure 1: from every checkpoint, SGD against HF at several curvature batch
+  sizes m and ``auto``, scored 0 (worst) to 1 (best) per checkpoint;
+- Figure 2: from the last checkpoint, every late-phase strategy as well
+  (the other SGD schedules, SWA, L-BFGS, Adam, AdamW, schedule-free SGD).
+
+The Figure 1 runs from the last checkpoint are also Figure 2's, so nothing
+runs twice. Both figures are copied to ``OUT`` and ``OUT/report.md`` gives
+the tables (:mod:`hfft.analysis.report`). Like ``compare``, a rerun reuses
+every verified run, and ``--shard I/N`` divides the runs among processes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare
+from hfft.experiment.budget import parse_budget
+from hfft.experiment.limits import check
+from hfft.experiment.starting_point import StartingPointOptions
+from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES, parse_strategy
+
+__all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
+
+STUDY_HF_SIZES = (256, 1024, 2048, 6144)
+"""The paper's curvature batch sizes (§3.2): those that fit the data are studied."""
+
+#: Seconds between looks at a training folder that another shard is writing.
+TRAIN_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: one training run (``train``, or a finished ``train_run`` folder) and the
+    comparison of both protocols from its checkpoints.
+
+    ``strategies`` are Figure 1's (default :func:`figure1_strategies`);
+    Figure 2 adds every other strategy from the last checkpoint.
+    """
+
+    out: str
+    train: Any = None  # a hfft.experiment.train.TrainConfig (hfft writes it to OUT/train)
+    train_run: str | None = None
+    strategies: tuple[str, ...] | None = None
+    seeds: int = 5
+    budget: str = "10%"
+    eval_points: int = 20
+    eval_batch_size: int | None = None
+    device: str = "cpu"
+    source: StartingPointOptions = field(default_factory=StartingPointOptions)
+    shard: Shard | None = None
+
+    def __post_init__(self) -> None:
+        if (self.train is None) == (self.train_run is None):
+            raise ValueError("a study needs a training configuration or a finished training run")
+        check("seeds", self.seeds)
+        check("eval_points", self.eval_points)
+        check("eval_batch_size", self.eval_batch_size)
+        parse_budget(self.budget)  # bad budgets and strategies before the training
+        for label in self.strategies or ():
+            parse_strategy(label)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The comparison, the training folder, and the report and figures (none while
+    other shards' runs are missing)."""
+
+    comparison: CompareResult
+    train_dir: Path
+    report: Path | None
+    figures: list[Path]
+
+
+def figure1_strategies(n_train: int) -> list[str]:
+    """SGD, HF at the paper's batch sizes that fit the data, and ``auto`` with the smallest.
+
+    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``. Where fewer than two
+    of :data:`STUDY_HF_SIZES` fit, 256 and 512 are tried instead (small data
+    sets such as digits); ``auto`` without any size uses HF's default m.
+    """
+    sizes = [m for m in STUDY_HF_SIZES if m <= n_train // 2]
+    if len(sizes) < 2:
+        sizes = [m for m in (256, 512) if m <= n_train // 2]
+    auto = f"auto:m={sizes[0]}" if sizes else "auto"
+    return ["sgd", *(f"hf:m={m}" for m in sizes), auto]
+
+
+def _figure2_extra(figure1: list[str]) -> list[str]:
+    """The late-phase strategies Figure 2 adds to Figure 1's."""
+    return [s for s in (*SGD_STRATEGIES, *EXTENDED_STRATEGIES) if s not in figure1]
+
+
+def study(
+    config: StudyConfig,
+    run_training: Callable[[Any], Any] | None = None,
+    on_run: Callable[[int, int, str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> StudyResult:
+    """Train (or reuse the training), run both protocols, write the report and figures.
+
+    Args:
+        config: The study.
+        run_training: Trains a :class:`~hfft.experiment.train.TrainConfig`
+            (default :func:`hfft.experiment.train.train`; the CLI passes one
+            with a progress bar).
+        on_run: As for :func:`hfft.analysis.compare.compare`.
+        on_note: Called with one sentence for what is reused, waited for or redone.
+
+    Raises:
+        ValueError: For a training folder that did not finish, bad strategies
+            or budgets, or an output folder that holds something else.
+        Interrupted: On Ctrl-C or SIGTERM; finished runs are kept.
+    """
+    started = time.perf_counter()
+    train_dir = _training(config, run_training, on_note)
+    manifest = json.loads((train_dir / "run.json").read_text())
+    checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
+    n_train = int(manifest["data"]["train_size"])
+    figure1 = [parse_strategy(s).label for s in config.strategies or figure1_strategies(n_train)]
+    extra = _figure2_extra(figure1)
+    out = Path(config.out)
+    comparison = compare(
+        CompareConfig(
+            checkpoints=tuple(checkpoints),
+            strategies=(*figure1, *extra),
+            seeds=config.seeds,
+            budget=config.budget,
+            out=str(out / "runs"),
+            eval_points=config.eval_points,
+            eval_batch_size=config.eval_batch_size,
+            device=config.device,
+            source=config.source,
+            last_only=tuple(extra),
+            shard=config.shard,
+        ),
+        on_run=on_run,
+        on_note=on_note,
+    )
+    if comparison.missing:
+        return StudyResult(comparison, train_dir, None, [])
+    figures = _copy_figures(out, comparison, Path(checkpoints[-1]).stem)
+    from hfft.analysis.report import write_report
+
+    report = write_report(
+        out / "report.md",
+        comparison.summary,
+        manifest,
+        figure1=figure1,
+        figures=figures,
+        seconds=time.perf_counter() - started,
+    )
+    return StudyResult(comparison, train_dir, report, figures)
+
+
+def _copy_figures(out: Path, comparison: CompareResult, last: str) -> list[Path]:
+    """Figure 1 (relative performance, one PNG per metric) and Figure 2 (the budget
+    curves from the last checkpoint) copied from the comparison to ``out``."""
+    runs = out / "runs"
+    pairs = [(runs / f"curves-{last}.png", out / "figure2.png")]
+    for metric in comparison.summary.get("metrics", []):
+        pairs.append((runs / f"relative-{metric}.png", out / f"figure1-{metric}.png"))
+    copied = []
+    for source, target in pairs:
+        if source.is_file():
+            shutil.copyfile(source, target)
+            copied.append(target)
+    return copied
+
+
+def _training(
+    config: StudyConfig,
+    run_training: Callable[[Any], Any] | None,
+    on_note: Callable[[str], None] | None,
+) -> Path:
+    """The finished training folder: given, found in ``OUT/train``, or trained there.
+
+    Shards started together take turns: the first trains, the others wait for
+    it and reuse what it wrote.
+    """
+    from hfft.experiment.run_folder import FolderBusy
+    from hfft.experiment.train import train
+
+    if config.train_run is not None:
+        folder = Path(config.train_run)
+        why = _unfinished(folder, None)
+        if why is not None:
+            raise ValueError(f"{folder} is not a finished hfft train run: {why}")
+        return folder
+    folder = Path(config.out) / "train"
+    target = _with_out(config.train, folder)
+    waited = False
+    while (why := _unfinished(folder, target)) is not None:
+        if on_note is not None and why != "it has not started" and not waited:
+            on_note(f"training again in {folder}: {why}")
+        try:
+            (run_training or train)(target)
+        except FolderBusy:
+            if not waited and on_note is not None:
+                on_note(f"waiting for the training another process is writing to {folder}")
+            waited = True
+            time.sleep(TRAIN_POLL_SECONDS)
+            continue
+        if (why := _unfinished(folder, target)) is not None:
+            raise ValueError(f"the training in {folder} did not finish: {why}")
+        return folder
+    if on_note is not None and not waited:
+        on_note(f"using the finished training in {folder}")
+    return folder
+
+
+def _with_out(train: Any, folder: Path) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(train, out=str(folder), overwrite=False)
+
+
+def _unfinished(folder: Path, config: Any) -> str | None:
+    """Why ``folder`` does not hold a finished training run (of ``config``, if given)."""
+    from hfft.experiment.train import same_train_run
+
+    try:
+        manifest = json.loads((folder / "run.json").read_text())
+    except OSError:
+        return "it has not started"
+    except ValueError:
+        return "its run.json is not readable JSON"
+    if not isinstance(manifest, dict) or manifest.get("status") != "completed":
+        status = manifest.get("status") if isinstance(manifest, dict) else None
+        return f"its run.json says {status!r}, not 'completed'"
+    if config is not None and not same_train_run(folder, config):
+        return "it was trained with another configuration"
+    for entry in manifest.get("checkpoints") or []:
+        if not (folder / str(entry.get("path"))).is_file():
+            return f"its checkpoint {entry.get('path')} is missing"
+    if not manifest.get("checkpoints"):
+        return "it lists no checkpoints"
+    return None
