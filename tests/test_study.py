@@ -18,7 +18,8 @@ from hfft.analysis.report import phases
 from hfft.analysis.study import StudyConfig, figure1_strategies, study
 from hfft.cli import app
 from hfft.experiment.interrupts import Interrupted
-from hfft.experiment.train import TrainConfig
+from hfft.experiment.run_folder import FolderBusy, FolderTaken, locked_folder
+from hfft.experiment.train import TrainConfig, finished_run, train
 
 runner = CliRunner()
 HF = "hf:m=128,cg_max_iter=3"
@@ -73,9 +74,45 @@ def test_phases_split_the_checkpoints() -> None:
     )
 
 
-def test_shard_refuses_overwrite_and_assembling_nothing(tmp_path: Path) -> None:
+def test_shard_refuses_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--overwrite"):
         CompareConfig(checkpoints=("a",), shard=Shard(0, 2), overwrite=True)
+
+
+def _base(trained_run: Path, tmp_path: Path) -> dict[str, Any]:
+    return dict(checkpoints=(str(trained_run / "ckpt-02.safetensors"),),
+                strategies=("sgd", "sgd-div10"), seeds=2, budget="2steps",
+                out=str(tmp_path / "cmp"), eval_points=1)  # fmt: skip
+
+
+def test_shards_of_another_comparison_and_plain_runs_beside_shards_are_refused(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    base = _base(trained_run, tmp_path)
+    first = compare(CompareConfig(**base, shard=Shard(0, 2)))
+    assert not first.assembled
+    # a shard with other seeds would give the run order another meaning
+    with pytest.raises(FolderTaken, match="shards of another comparison"):
+        compare(CompareConfig(**{**base, "seeds": 3}, shard=Shard(1, 2)))
+    # while shards run (they share the folder's lock) a plain comparison cannot start
+    with locked_folder(tmp_path / "cmp", shared=True), pytest.raises(FolderBusy):
+        compare(CompareConfig(**base))
+    # a plain comparison meeting a run that another process holds stops, never ranks fewer
+    busy = run_directory(tmp_path / "cmp", "ckpt-02", "sgd", 1)
+    with locked_folder(busy), pytest.raises(FolderBusy):
+        compare(CompareConfig(**base))
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["status"] == "running"
+
+
+def test_a_finished_comparison_stays_completed_when_a_late_shard_joins(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    base = _base(trained_run, tmp_path)
+    compare(CompareConfig(**base, shard=Shard(0, 2)))
+    compare(CompareConfig(**base, shard=Shard(1, 2)))
+    late = compare(CompareConfig(**base, shard=Shard(0, 2)))
+    assert (late.ran, late.reused, late.assembled) == (0, 4, True)
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["status"] == "completed"
 
 
 def _without_timing(summary: dict[str, Any]) -> dict[str, Any]:
@@ -135,14 +172,13 @@ def test_two_shard_processes_assemble_the_one_process_result(
 def test_a_shard_leaves_the_ranking_to_the_last_and_none_names_missing_runs(
     trained_run: Path, tmp_path: Path
 ) -> None:
-    ckpt = str(trained_run / "ckpt-02.safetensors")
-    base = dict(checkpoints=(ckpt,), strategies=("sgd", "sgd-div10"), seeds=2,
-                budget="2steps", out=str(tmp_path / "cmp"), eval_points=1)  # fmt: skip
+    base = _base(trained_run, tmp_path)
     none = CompareConfig(**base, shard=Shard(0, 0))
     with pytest.raises(ValueError, match="no comparison to assemble"):
         compare(none)
     first = compare(CompareConfig(**base, shard=Shard(0, 2)))
-    assert (first.ran, len(first.missing)) == (2, 2) and first.plots == []
+    assert (first.ran, len(first.missing), first.assembled) == (2, 2, False)
+    assert first.plots == []
     assert json.loads(first.compare_json.read_text())["status"] == "running"
     with pytest.raises(ValueError, match="2 of 4 runs are not in"):
         compare(none)
@@ -237,6 +273,48 @@ def test_study_resumes_after_an_interrupt_and_reuses_a_train_run(tmp_path: Path)
                           train_run=str(tmp_path / "study" / "train"), seeds=1)  # fmt: skip
     assert study(reuse).report is not None
     assert not (tmp_path / "again" / "train").exists()
+
+
+def test_waiting_shards_never_train_over_a_finished_training(tmp_path: Path) -> None:
+    config = _study_config(tmp_path, shard=Shard(0, 0))
+    with pytest.raises(ValueError, match="--shard none runs nothing"):
+        study(config)
+    assert not (tmp_path / "study").exists()
+    target = TrainConfig.for_model(
+        "mlp", data="digits", model_args={"width": 8}, epochs=1, lr=0.05, momentum=0.0,
+        checkpoints=1, out=str(tmp_path / "t"),
+    )  # fmt: skip
+    assert finished_run(tmp_path / "t", target) is None
+    train(target)
+    stamp = (tmp_path / "t" / "ckpt-01.safetensors").stat().st_mtime_ns
+    kept = train(target, keep_finished=True)
+    assert kept.status == "completed" and kept.checkpoints == [
+        tmp_path / "t" / "ckpt-01.safetensors"
+    ]
+    assert (tmp_path / "t" / "ckpt-01.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_study_shard_waits_for_the_training_another_holds(tmp_path: Path) -> None:
+    import threading
+
+    config = _study_config(tmp_path, shard=Shard(0, 1), seeds=1, strategies=("sgd",))
+    (tmp_path / "study" / "train").mkdir(parents=True)
+    notes: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with locked_folder(tmp_path / "study" / "train"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    threading.Timer(1.0, release.set).start()
+    result = study(config, on_note=notes.append)
+    holder.join()
+    assert any("waiting for the training" in n for n in notes)
+    assert result.report is not None and (result.train_dir / "ckpt-03.safetensors").exists()
 
 
 def test_study_refuses_an_unfinished_train_run(tmp_path: Path) -> None:

@@ -125,8 +125,9 @@ class CompareConfig:
 class CompareResult:
     """The summary (as in ``compare.json``) and the files written.
 
-    A shard that ended before the others leaves ``missing`` non-empty, its
-    ``summary`` the running header, and no plots.
+    A shard that ended while others still run has ``assembled`` false, its
+    ``summary`` the running header, no plots, and in ``missing`` the runs
+    not there yet.
     """
 
     summary: CompareSummary
@@ -135,7 +136,9 @@ class CompareResult:
     reused: int
     ran: int
     missing: list[str] = field(default_factory=list)
-    """Runs of other shards not there yet (then nothing was assembled)."""
+    """Runs of other shards not there yet."""
+    assembled: bool = True
+    """False when this shard left the ranking to another that still runs."""
 
 
 SUITES = ("paper", "extended")
@@ -271,10 +274,14 @@ def _claim(out: Path, config: CompareConfig) -> None:
     try:
         owner = check_owner(out, lambda d: _same_comparison(d, config), config.overwrite)
     except FolderTaken:
+        remedy = (
+            "or pass --overwrite to replace them"
+            if config.shard is None
+            else "or empty it once before starting the shards"
+        )
         raise FolderTaken(
             f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
-            "or checkpoint options differ) or other files; choose another --out, or pass "
-            "--overwrite to replace them"
+            f"or checkpoint options differ) or other files; choose another --out, {remedy}"
         ) from None
     clean_stale(out)
     if owner == "overwrite":
@@ -352,9 +359,12 @@ def compare(
             "--shard divides the runs among independent processes; do not combine it with "
             "torchrun (run each shard as its own process, one per device)"
         )
+    out = Path(config.out)
+    if config.shard is not None and config.shard.count == 0:
+        if not (out / "compare.json").is_file():
+            raise ValueError(f"{out} holds no comparison to assemble; run its shards first")
     sources, strategies = _load_sources(config, given, on_note)
     runs = _Runs(config, sources, strategies, on_run, on_note)
-    out = Path(config.out)
     with first_signal_stops():
         try:
             if config.shard is None:
@@ -370,17 +380,28 @@ def compare(
 
 
 def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
-    """This shard's runs, then (waiting for the folder) the ranking if every run is there."""
+    """This shard's runs, then the ranking if every run is there and no other shard runs.
+
+    The folder's lock is exclusive while a shard claims the folder and while
+    one assembles the ranking, and shared while shards run: a comparison
+    without shards cannot start in the folder meanwhile, and a shard that ends
+    while others still run leaves the ranking to the last of them.
+    """
+    from hfft.experiment.run_folder import FolderBusy
+
     out, shard = Path(config.out), cast(Shard, config.shard)
-    if shard.count == 0 and not (out / "compare.json").is_file():
-        raise ValueError(f"{out} holds no comparison to assemble; run its shards first")
-    with _folder_lock(out):
+    with _folder_lock(out, wait=True):
         _start(out, config, strategies, header=shard.count > 0)
-    runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
-    with _folder_lock(out, wait=True):  # one shard at a time assembles
+    if shard.count:
+        with _folder_lock(out, wait=True, shared=True):
+            runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
+    try:
+        with _folder_lock(out, wait=shard.count == 0):
+            runs.visit(range(len(runs.order)), run_missing=False)
+            if not runs.missing:
+                return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
+    except FolderBusy:  # another shard still runs (or assembles): it writes the ranking
         runs.visit(range(len(runs.order)), run_missing=False)
-        if not runs.missing:
-            return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
     if shard.count == 0:
         first = ", ".join(runs.missing[:3])
         raise ValueError(
@@ -390,31 +411,52 @@ def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
         )
     header = json.loads((out / "compare.json").read_text())
     return CompareResult(
-        header, out / "compare.json", [], runs.reused, runs.ran, missing=runs.missing
+        header, out / "compare.json", [], runs.reused, runs.ran, runs.missing, assembled=False
     )
 
 
 @contextlib.contextmanager
-def _folder_lock(out: Path, wait: bool = False) -> Iterator[None]:
+def _folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterator[None]:
     """The comparison folder's lock, held by rank 0 alone (which writes the files)."""
     from hfft.experiment.run_folder import locked_folder
 
-    with locked_folder(out, wait=wait) if distributed.is_main() else contextlib.nullcontext():
+    main = distributed.is_main()
+    with locked_folder(out, wait=wait, shared=shared) if main else contextlib.nullcontext():
         yield
 
 
 def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool = True) -> None:
-    """Claim ``out`` for this comparison and write its running header (rank 0 alone)."""
+    """Claim ``out`` for this comparison and write its running header (rank 0 alone).
+
+    A shard joins a comparison whose shards are running only with the same
+    configuration (else the run order would mean other runs), and leaves a
+    completed comparison of the same configuration as it is.
+
+    Raises:
+        FolderTaken: If ``out`` holds another comparison, or shards of one.
+    """
+    from hfft.experiment.run_folder import FolderTaken
+
     if not distributed.is_main():
         return
     _claim(out, config)
+    mine = _config_json(config)
+    if config.shard is not None and (out / "compare.json").is_file():
+        stored = json.loads((out / "compare.json").read_text())
+        same = _without_out(stored.get("config") or {}) == _without_out(mine)
+        if stored.get("status") == "running" and not same:
+            raise FolderTaken(
+                f"{out} is being filled by shards of another comparison (other checkpoints, "
+                "strategies, seeds or suite); start every shard with the same command"
+            )
+        header = header and not (stored.get("status") == "completed" and same)
     if header:
-        running: CompareSummary = {
-            "status": "running",
-            "config": _config_json(config),
-            "strategies": strategies,
-        }
+        running: CompareSummary = {"status": "running", "config": mine, "strategies": strategies}
         atomic_write_json(out / "compare.json", running)
+
+
+def _without_out(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "out"}
 
 
 def _config_json(config: CompareConfig) -> dict[str, Any]:
@@ -486,6 +528,8 @@ class _Runs:
                 # as it was written (JSON types), also on ranks that wrote nothing
                 log = json.loads(to_json(finetune(ft, source=src).log))
             except FolderBusy:  # another process runs it (a shard started twice)
+                if self.config.shard is None:
+                    raise
                 if self.on_note is not None:
                     self.on_note(f"{what} is being run by another process; left to it")
                 self.missing.append(what)

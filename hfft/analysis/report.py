@@ -59,7 +59,11 @@ def _relative_tables(summary: Mapping[str, Any], figure1: Sequence[str]) -> list
         rows = [
             [s, *(f"{means[c, s]:.2f}" if (c, s) in means else "–" for c in names)] for s in figure1
         ]
-        out += [f"Mean relative **best {_label(metric)}** per checkpoint (1 = best run):", ""]
+        out += [
+            f"Mean relative **best {_label(metric)}** per checkpoint (columns: checkpoints 1 to "
+            f"{len(names)}; 0 = worst run, 1 = best run):",
+            "",
+        ]
         out += [*_table(header, rows), ""]
         out += _phase_table(metric, phases(names), means, figure1)
     return out
@@ -142,7 +146,13 @@ def _timing_table(summary: Mapping[str, Any]) -> list[str]:
         )
         step = f"{float(np.mean(p['mean'])):.4g} s (×{max(p['spread']):.2f})"
         rows.append([strategy, step, cg])
-    return _table(["strategy", "seconds per step (largest seed spread)", "per CG iteration"], rows)
+    header = ["strategy", "seconds per step (largest seed spread)", "per CG iteration"]
+    return [
+        "Means over the checkpoints of each checkpoint's mean over seeds; in brackets the "
+        "largest ratio of slowest to fastest seed at any checkpoint.",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def report_markdown(
@@ -164,7 +174,7 @@ def report_markdown(
         f"{train.get('momentum')}, L2 {train.get('weight_decay')}, batch {train.get('batch_size')}"
         f"), {manifest.get('train_seconds', 0):.1f} s, {len(entries)} checkpoints.",
         f"- Budget {config.get('budget')} per run, {_count(config.get('seeds'), 'seed')}, "
-        f"{_count(len(runs), 'run')} on {config.get('device')}; this invocation took "
+        f"{_count(len(runs), 'run')} on {config.get('device')}; the process that wrote this took "
         f"{seconds:.0f} s.",
         f"- Figure 1 (every checkpoint): {', '.join(figure1)}. Figure 2 (the last): all "
         f"{len(summary.get('strategies', []))} strategies.",
@@ -174,7 +184,8 @@ def report_markdown(
         *(f"![{f.stem}]({f.name})" for f in figures if f.name.startswith("figure1")),
         "",
         *_relative_tables(summary, figure1),
-        "Best values per checkpoint (means over seeds):",
+        "Best values per checkpoint (means over seeds; at the last checkpoint among all of "
+        "Figure 2's strategies):",
         "",
         *_winners_table(summary),
         "",

@@ -17,6 +17,7 @@ every verified run, and ``--shard I/N`` divides the runs among processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -35,9 +36,6 @@ __all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies",
 
 STUDY_HF_SIZES = (256, 1024, 2048, 6144)
 """The paper's curvature batch sizes (§3.2): those that fit the data are studied."""
-
-#: Seconds between looks at a training folder that another shard is writing.
-TRAIN_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,8 @@ def study(
     figure1 = [parse_strategy(s).label for s in config.strategies or figure1_strategies(n_train)]
     extra = _figure2_extra(figure1)
     out = Path(config.out)
-    comparison = compare(
+    comparison = _compare(
+        config,
         CompareConfig(
             checkpoints=tuple(checkpoints),
             strategies=(*figure1, *extra),
@@ -148,7 +147,7 @@ def study(
         on_run=on_run,
         on_note=on_note,
     )
-    if comparison.missing:
+    if not comparison.assembled:
         return StudyResult(comparison, train_dir, None, [])
     figures = _copy_figures(out, comparison, Path(checkpoints[-1]).stem)
     from hfft.analysis.report import write_report
@@ -162,6 +161,21 @@ def study(
         seconds=time.perf_counter() - started,
     )
     return StudyResult(comparison, train_dir, report, figures)
+
+
+def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -> CompareResult:
+    """:func:`compare`, with the study's words for a folder that holds other runs."""
+    from hfft.experiment.run_folder import FolderTaken
+
+    try:
+        return compare(comparison, **callbacks)
+    except FolderTaken:
+        if config.shard is not None:
+            raise
+        raise FolderTaken(
+            f"{comparison.out} holds the runs of another study (its budget, evaluation points, "
+            "B̄ size, device or checkpoint options differ) or other files; choose another --out"
+        ) from None
 
 
 def _copy_figures(out: Path, comparison: CompareResult, last: str) -> list[Path]:
@@ -181,69 +195,71 @@ def _copy_figures(out: Path, comparison: CompareResult, last: str) -> list[Path]
 
 def _training(
     config: StudyConfig,
-    run_training: Callable[[Any], Any] | None,
+    run_training: Callable[..., Any] | None,
     on_note: Callable[[str], None] | None,
 ) -> Path:
     """The finished training folder: given, found in ``OUT/train``, or trained there.
 
-    Shards started together take turns: the first trains, the others wait for
-    it and reuse what it wrote.
+    Shards started together take turns: the first trains while the others
+    wait for its lock, then find its run (checked again under the lock, so a
+    finished training is never trained over). ``--shard none`` trains nothing.
     """
-    from hfft.experiment.run_folder import FolderBusy
-    from hfft.experiment.train import train
+    from hfft.experiment.run_folder import FolderBusy, FolderTaken, locked_folder
+    from hfft.experiment.train import finished_run, train
 
     if config.train_run is not None:
         folder = Path(config.train_run)
-        why = _unfinished(folder, None)
+        why = _unfinished(folder)
         if why is not None:
             raise ValueError(f"{folder} is not a finished hfft train run: {why}")
         return folder
     folder = Path(config.out) / "train"
-    target = _with_out(config.train, folder)
-    waited = False
-    while (why := _unfinished(folder, target)) is not None:
-        if on_note is not None and why != "it has not started" and not waited:
-            on_note(f"training again in {folder}: {why}")
-        try:
-            (run_training or train)(target)
-        except FolderBusy:
-            if not waited and on_note is not None:
-                on_note(f"waiting for the training another process is writing to {folder}")
-            waited = True
-            time.sleep(TRAIN_POLL_SECONDS)
-            continue
-        if (why := _unfinished(folder, target)) is not None:
-            raise ValueError(f"the training in {folder} did not finish: {why}")
+    target = dataclasses.replace(config.train, out=str(folder), overwrite=False)
+    if finished_run(folder, target) is not None:
+        if on_note is not None:
+            on_note(f"using the finished training in {folder}")
         return folder
-    if on_note is not None and not waited:
-        on_note(f"using the finished training in {folder}")
-    return folder
+    if config.shard is not None and config.shard.count == 0:
+        raise ValueError(
+            f"{folder} holds no finished training of this configuration, and --shard none "
+            "runs nothing; run the shards (or hfft train) first"
+        )
+    while True:
+        try:
+            (run_training or train)(target, keep_finished=True)
+            return folder
+        except FolderBusy:
+            if on_note is not None:
+                on_note(f"waiting for the training another process is writing to {folder}")
+            with locked_folder(folder, wait=True):
+                pass
+        except FolderTaken:
+            raise FolderTaken(
+                f"{folder} holds a training of another configuration (or other files); "
+                f"choose another --out, or study that training as it is with --train-run {folder}"
+            ) from None
 
 
-def _with_out(train: Any, folder: Path) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(train, out=str(folder), overwrite=False)
-
-
-def _unfinished(folder: Path, config: Any) -> str | None:
-    """Why ``folder`` does not hold a finished training run (of ``config``, if given)."""
-    from hfft.experiment.train import same_train_run
-
+def _unfinished(folder: Path) -> str | None:
+    """Why ``folder`` does not hold a finished training run that a study can read."""
     try:
         manifest = json.loads((folder / "run.json").read_text())
     except OSError:
-        return "it has not started"
+        return "it has no run.json"
     except ValueError:
         return "its run.json is not readable JSON"
     if not isinstance(manifest, dict) or manifest.get("status") != "completed":
         status = manifest.get("status") if isinstance(manifest, dict) else None
         return f"its run.json says {status!r}, not 'completed'"
-    if config is not None and not same_train_run(folder, config):
-        return "it was trained with another configuration"
-    for entry in manifest.get("checkpoints") or []:
-        if not (folder / str(entry.get("path"))).is_file():
-            return f"its checkpoint {entry.get('path')} is missing"
-    if not manifest.get("checkpoints"):
-        return "it lists no checkpoints"
+    entries = manifest.get("checkpoints")
+    if not isinstance(entries, list) or not entries:
+        return "its run.json lists no checkpoints"
+    for entry in entries:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not (folder / path).is_file():
+            return f"its checkpoint {path} is missing"
+    data = manifest.get("data")
+    size = data.get("train_size") if isinstance(data, dict) else None
+    if not isinstance(size, int) or size < 1:
+        return "its run.json gives no training-set size"
     return None

@@ -150,7 +150,7 @@ def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> Compare
 
     with compare_progress(quiet or as_json) as on_run:
         result = run_compare(config, on_run=on_run, on_note=note)
-    if result.missing:
+    if not result.assembled:
         note(shard_waiting(config.shard, config.out, result))
         if as_json:
             print_json(result.summary)
@@ -167,9 +167,11 @@ def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> Compare
 
 
 def shard_waiting(shard: Shard | None, out: str | Path, result: CompareResult) -> str:
-    """What a shard that ended before the others says."""
-    return (
-        f"shard {shard} ran {result.ran} runs and found {result.reused}; "
-        f"{len(result.missing)} runs of other shards are not in {out} yet: the shard "
-        "that finishes last writes the ranking (or assemble it later with --shard none)"
+    """What a shard that left the ranking to another says."""
+    done = f"shard {shard} ran {result.ran} runs and found {result.reused}; "
+    if not result.missing:
+        return done + f"every run is in {out}: the shard still running writes the ranking"
+    return done + (
+        f"{len(result.missing)} runs of other shards are not in {out} yet: the shard that "
+        "finishes last writes the ranking (or assemble it later with --shard none)"
     )

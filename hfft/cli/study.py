@@ -157,13 +157,13 @@ def run_and_report(config: StudyConfig, quiet: bool) -> StudyResult:
     from hfft.cli import compare, train
     from hfft.cli.render.progress import compare_progress
 
-    def trained(train_config: Any) -> Any:
-        return train.run_and_report(train_config, quiet)
+    def trained(train_config: Any, keep_finished: bool = False) -> Any:
+        return train.run_and_report(train_config, quiet, keep_finished=keep_finished)
 
     with compare_progress(quiet) as on_run:
         result = run_study(config, run_training=trained, on_run=on_run, on_note=note)
     comparison = result.comparison
-    if comparison.missing:
+    if not comparison.assembled:
         note(compare.shard_waiting(config.shard, Path(config.out) / "runs", comparison))
     elif not quiet:
         from rich.console import Console

@@ -106,13 +106,15 @@ def train(
         run_and_report(config, quiet)
 
 
-def run_and_report(config: TrainConfig, quiet: bool) -> TrainResult:
-    """Train with a progress bar and print the summary (also used by ``hfft demo``)."""
+def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False) -> TrainResult:
+    """Train with a progress bar and print the summary (also used by ``hfft study``)."""
     from hfft.cli.render.progress import training_progress
     from hfft.experiment.train import train as run_training
 
     with training_progress(config.epochs, quiet) as (on_step, on_epoch):
-        result = run_training(config, on_step=on_step, on_epoch=on_epoch, on_note=note)
+        result = run_training(
+            config, on_step=on_step, on_epoch=on_epoch, on_note=note, keep_finished=keep_finished
+        )
     if not quiet:
         from rich.console import Console
 

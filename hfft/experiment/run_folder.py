@@ -83,11 +83,13 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def locked_folder(target: Path, wait: bool = False) -> Iterator[list[Path]]:
+def locked_folder(target: Path, wait: bool = False, shared: bool = False) -> Iterator[list[Path]]:
     """Create ``target`` if needed and hold an exclusive lock on it for the block.
 
     With ``wait``, waits for another process's lock to be released instead of
-    raising (the shards of a comparison take turns to assemble it).
+    raising. With ``shared``, the lock is shared: the shards of a comparison
+    hold it together while they run, which keeps out an exclusive holder (a
+    comparison without shards, or a shard assembling the ranking).
 
     Yields the folders that were created for it (innermost first); they are
     removed again if still empty when the block ends, so a run that fails
@@ -102,8 +104,9 @@ def locked_folder(target: Path, wait: bool = False) -> Iterator[list[Path]]:
     fd = os.open(target, os.O_RDONLY)
     try:
         if fcntl is not None:
+            mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode)
             except BlockingIOError:
                 raise FolderBusy(
                     f"another hfft run is writing to {target}; wait for it to end or choose "

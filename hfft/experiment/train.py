@@ -362,11 +362,32 @@ class _Training:
         )
 
 
+def finished_run(folder: Path, config: TrainConfig) -> TrainResult | None:
+    """The completed run of ``config`` in ``folder`` with every checkpoint there, else
+    ``None``."""
+    if not same_train_run(folder, config):
+        return None
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entries = manifest.get("checkpoints")
+    epochs = manifest.get("epochs")
+    if manifest.get("status") != "completed" or not entries or not epochs:
+        return None
+    paths = [folder / str(entry.get("path")) for entry in entries if isinstance(entry, dict)]
+    if len(paths) != len(entries) or not all(p.is_file() for p in paths):
+        return None
+    skip = ("epoch", "elapsed_seconds", "train_batch_loss")
+    metrics = {k: v for k, v in epochs[-1].items() if k not in skip}
+    return TrainResult(
+        folder / MANIFEST, paths, float(manifest.get("train_seconds", 0.0)), metrics, "completed"
+    )
+
+
 def train(
     config: TrainConfig,
     on_step: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[Mapping[str, Any]], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    keep_finished: bool = False,
 ) -> TrainResult:
     """Train a model with SGD and write checkpoints and the run manifest.
 
@@ -382,6 +403,9 @@ def train(
             every optimizer step (for progress bars).
         on_epoch: Called with each epoch's record after its evaluation.
         on_note: Called with one line each on the task and the validation split.
+        keep_finished: Return the completed run of this configuration found in
+            the folder (checked under its lock, with every checkpoint there)
+            instead of training again.
 
     Returns:
         The :class:`TrainResult`.
@@ -397,6 +421,8 @@ def train(
             on_note(line)
     save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
     with first_signal_stops(), locked_folder(run.out):
+        if keep_finished and (kept := finished_run(run.out, config)) is not None:
+            return kept
         check_owner(run.out, lambda d: same_train_run(d, config), config.overwrite)
         clean_stale(run.out)
         clear(run.out)
