@@ -91,17 +91,26 @@ def test_shards_of_another_comparison_and_plain_runs_beside_shards_are_refused(
     base = _base(trained_run, tmp_path)
     first = compare(CompareConfig(**base, shard=Shard(0, 2)))
     assert not first.assembled
-    # a shard with other seeds would give the run order another meaning
-    with pytest.raises(FolderTaken, match="shards of another comparison"):
-        compare(CompareConfig(**{**base, "seeds": 3}, shard=Shard(1, 2)))
-    # while shards run (they share the folder's lock) a plain comparison cannot start
-    with locked_folder(tmp_path / "cmp", shared=True), pytest.raises(FolderBusy):
-        compare(CompareConfig(**base))
+    running = locked_folder(tmp_path / "cmp", shared=True)  # as a shard holds it while it runs
+    with running:
+        # joining them with other seeds would give the run order another meaning
+        with pytest.raises(FolderTaken, match="another comparison"):
+            compare(CompareConfig(**{**base, "seeds": 3}, shard=Shard(1, 2)))
+        # a plain comparison cannot start beside them, and --shard none waits for them
+        with pytest.raises(FolderBusy):
+            compare(CompareConfig(**base))
+        with pytest.raises(FolderBusy, match="shards are still running"):
+            compare(CompareConfig(**base, shard=Shard(0, 0)))
+        # a shard of the same comparison joins them, runs its share and leaves the ranking
+        joined = compare(CompareConfig(**base, shard=Shard(1, 2)))
+        assert (joined.ran, joined.assembled, joined.missing) == (2, False, [])
     # a plain comparison meeting a run that another process holds stops, never ranks fewer
-    busy = run_directory(tmp_path / "cmp", "ckpt-02", "sgd", 1)
-    with locked_folder(busy), pytest.raises(FolderBusy):
-        compare(CompareConfig(**base))
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["status"] == "running"
+    other = {**base, "out": str(tmp_path / "plain")}
+    compare(CompareConfig(**{**other, "seeds": 1}))
+    with locked_folder(run_directory(tmp_path / "plain", "ckpt-02", "sgd", 1)):
+        with pytest.raises(FolderBusy):
+            compare(CompareConfig(**other))
+    assert json.loads((tmp_path / "plain" / "compare.json").read_text())["status"] == "running"
 
 
 def test_a_finished_comparison_stays_completed_when_a_late_shard_joins(

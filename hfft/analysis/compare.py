@@ -382,37 +382,78 @@ def compare(
 def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
     """This shard's runs, then the ranking if every run is there and no other shard runs.
 
-    The folder's lock is exclusive while a shard claims the folder and while
-    one assembles the ranking, and shared while shards run: a comparison
-    without shards cannot start in the folder meanwhile, and a shard that ends
-    while others still run leaves the ranking to the last of them.
+    The folder's lock is shared while shards run and exclusive while one
+    claims the folder or assembles the ranking: a shard that finds others
+    running joins them (same configuration), a comparison without shards
+    cannot start beside them, and a shard that ends while others still run
+    leaves the ranking to the last of them.
     """
     from hfft.experiment.run_folder import FolderBusy
 
     out, shard = Path(config.out), cast(Shard, config.shard)
-    with _folder_lock(out, wait=True):
-        _start(out, config, strategies, header=shard.count > 0)
-    if shard.count:
-        with _folder_lock(out, wait=True, shared=True):
-            runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
+    if shard.count == 0:
+        return _assemble_only(config, runs, strategies)
     try:
-        with _folder_lock(out, wait=shard.count == 0):
+        with _folder_lock(out):  # nobody else here: claim the folder
+            _start(out, config, strategies)
+    except FolderBusy:
+        pass  # other shards run (or one claims or assembles): join them
+    with _folder_lock(out, wait=True, shared=True):
+        _check_joining(out, config)
+        runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
+    try:
+        with _folder_lock(out):
             runs.visit(range(len(runs.order)), run_missing=False)
             if not runs.missing:
                 return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
     except FolderBusy:  # another shard still runs (or assembles): it writes the ranking
         runs.visit(range(len(runs.order)), run_missing=False)
-    if shard.count == 0:
-        first = ", ".join(runs.missing[:3])
-        raise ValueError(
-            f"{len(runs.missing)} of {len(runs.order)} runs are not in {out} yet ({first}"
-            f"{', …' if len(runs.missing) > 3 else ''}); run the shards that hold them, then "
-            "assemble again"
-        )
     header = json.loads((out / "compare.json").read_text())
     return CompareResult(
         header, out / "compare.json", [], runs.reused, runs.ran, runs.missing, assembled=False
     )
+
+
+def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
+    """``--shard none``: the ranking from the runs there, or which are missing."""
+    from hfft.experiment.run_folder import FolderBusy
+
+    out = Path(config.out)
+    try:
+        with _folder_lock(out):
+            _start(out, config, strategies, header=False)
+            runs.visit(range(len(runs.order)), run_missing=False)
+            if not runs.missing:
+                return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
+    except FolderBusy:
+        raise FolderBusy(
+            f"shards are still running in {out}; the last of them writes the ranking (or "
+            "assemble it once they have ended)"
+        ) from None
+    first = ", ".join(runs.missing[:3])
+    raise ValueError(
+        f"{len(runs.missing)} of {len(runs.order)} runs are not in {out} yet ({first}"
+        f"{', …' if len(runs.missing) > 3 else ''}); run the shards that hold them, then "
+        "assemble again"
+    )
+
+
+def _check_joining(out: Path, config: CompareConfig) -> None:
+    """Refuse to join the shards running in ``out`` with another configuration (the run
+    order would then mean other runs)."""
+    from hfft.experiment.run_folder import FolderTaken
+
+    if not distributed.is_main():
+        return
+    try:
+        stored = json.loads((out / "compare.json").read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if stored is None or _without_out(stored) != _without_out(_config_json(config)):
+        raise FolderTaken(
+            f"{out} is being filled by another comparison (other checkpoints, strategies, "
+            "seeds or settings); start every shard with the same command but for --shard"
+        )
 
 
 @contextlib.contextmanager
@@ -428,15 +469,11 @@ def _folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterato
 def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool = True) -> None:
     """Claim ``out`` for this comparison and write its running header (rank 0 alone).
 
-    A shard joins a comparison whose shards are running only with the same
-    configuration (else the run order would mean other runs), and leaves a
-    completed comparison of the same configuration as it is.
+    A shard leaves a completed comparison of the same configuration as it is.
 
     Raises:
-        FolderTaken: If ``out`` holds another comparison, or shards of one.
+        FolderTaken: If ``out`` holds another comparison or other files.
     """
-    from hfft.experiment.run_folder import FolderTaken
-
     if not distributed.is_main():
         return
     _claim(out, config)
@@ -444,11 +481,6 @@ def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool
     if config.shard is not None and (out / "compare.json").is_file():
         stored = json.loads((out / "compare.json").read_text())
         same = _without_out(stored.get("config") or {}) == _without_out(mine)
-        if stored.get("status") == "running" and not same:
-            raise FolderTaken(
-                f"{out} is being filled by shards of another comparison (other checkpoints, "
-                "strategies, seeds or suite); start every shard with the same command"
-            )
         header = header and not (stored.get("status") == "completed" and same)
     if header:
         running: CompareSummary = {"status": "running", "config": mine, "strategies": strategies}
