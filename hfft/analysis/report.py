@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hfft._io import atomic_write_text
-
-__all__ = ["phases", "report_markdown", "write_report"]
+__all__ = ["phases", "report_markdown"]
 
 PHASES = ("early", "middle", "late")
 
@@ -162,7 +160,17 @@ def report_markdown(
     figures: Sequence[Path],
     seconds: float,
 ) -> str:
-    """The report's Markdown (see :func:`write_report`)."""
+    """``report.md``: the setup and time spent, Figure 1's relative scores per
+    checkpoint and per phase, the winners and ties per checkpoint, Figure 2's
+    rankings, the step times per strategy and the notes.
+
+    Args:
+        summary: The comparison's summary (``compare.json``).
+        manifest: The training's ``run.json``.
+        figure1: Figure 1's strategies.
+        figures: The PNGs beside it (linked by name).
+        seconds: Wall-clock seconds of the process that writes it.
+    """
     config, train = summary.get("config", {}), manifest.get("config", {})
     entries = summary.get("checkpoints", [])
     last = entries[-1] if entries else None
@@ -204,27 +212,3 @@ def report_markdown(
     lines += ["## Notes", "", *(f"- {n}" for n in notes or ["none"]), ""]
     lines += [f"Tie rule: {summary.get('tie_rule', '')}", ""]
     return "\n".join(lines)
-
-
-def write_report(
-    path: Path,
-    summary: Mapping[str, Any],
-    manifest: Mapping[str, Any],
-    figure1: Sequence[str],
-    figures: Sequence[Path],
-    seconds: float,
-) -> Path:
-    """Write ``report.md``: the setup and time spent, Figure 1's relative scores per
-    checkpoint and per phase, the winners and ties per checkpoint, Figure 2's rankings,
-    the step times per strategy and the notes.
-
-    Args:
-        path: Where to write it (the figures are linked relative to its folder).
-        summary: The comparison's summary (``compare.json``).
-        manifest: The training's ``run.json``.
-        figure1: Figure 1's strategies.
-        figures: The PNGs beside it.
-        seconds: Wall-clock seconds of this invocation.
-    """
-    atomic_write_text(path, report_markdown(summary, manifest, figure1, figures, seconds))
-    return path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hfft._io import atomic_write_text
 from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare
 from hfft.experiment.budget import parse_budget
 from hfft.experiment.limits import check
@@ -150,15 +151,12 @@ def study(
     if not comparison.assembled:
         return StudyResult(comparison, train_dir, None, [])
     figures = _copy_figures(out, comparison, Path(checkpoints[-1]).stem)
-    from hfft.analysis.report import write_report
+    from hfft.analysis.report import report_markdown
 
-    report = write_report(
-        out / "report.md",
-        comparison.summary,
-        manifest,
-        figure1=figure1,
-        figures=figures,
-        seconds=time.perf_counter() - started,
+    report = out / "report.md"
+    seconds = time.perf_counter() - started
+    atomic_write_text(
+        report, report_markdown(comparison.summary, manifest, figure1, figures, seconds)
     )
     return StudyResult(comparison, train_dir, report, figures)
 
