@@ -379,3 +379,25 @@ def test_step_times_per_strategy_and_a_note_when_seeds_differ() -> None:
     assert c["step_seconds"]["hf"]["spread"] == pytest.approx(2.0)
     assert any(n.startswith("hf: seconds per step differ 2.00×") for n in c["notes"])
     assert not any(n.startswith("sgd:") for n in c["notes"])
+
+
+def test_seconds_per_cg_iteration_from_the_hf_steps() -> None:
+    log = {
+        "strategy": "hf",
+        "evaluations": [{"fraction": 0.0, "step": 0}, {"fraction": 1.0, "step": 2}],
+        "steps": [
+            {"cg_iterations": 10, "time_cg": 1.0},
+            {"cg_iterations": 30, "time_cg": 2.0},
+            {"loss": 0.5},  # an SGD step of auto: no CG
+        ],
+    }
+    assert RunSummary.from_metrics("c", 0, log).cg_seconds == pytest.approx(3.0 / 40)
+    assert RunSummary.from_metrics("c", 0, {**log, "steps": [{"loss": 0.5}]}).cg_seconds is None
+
+
+def test_a_note_when_a_strategy_ends_past_the_budget() -> None:
+    runs = [run("sgd", s, [0.5, 0.6, 0.7]) for s in range(3)]
+    runs += [run("hf", s, [0.5, 0.6, 0.7], fractions=[0.0, 0.6, 1.3]) for s in range(3)]
+    (c,) = compare_summary(runs)["checkpoints"]
+    notes = [n for n in c["notes"] if "the budget on average" in n]
+    assert len(notes) == 1 and notes[0].startswith("hf: its runs ended at 1.30×")

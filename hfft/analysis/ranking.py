@@ -376,6 +376,25 @@ def _timing_notes(timing: dict[str, dict[str, float]]) -> list[str]:
     ]
 
 
+OVERRUN = 1.05
+"""A strategy whose runs end on average beyond this multiple of the budget is noted: a step
+that starts inside the budget finishes, so long steps (HF at a large m) spend more."""
+
+
+def overrun_notes(group: list[RunSummary]) -> list[str]:
+    """Sentences on strategies whose last step ended well past the budget, on average."""
+    notes = []
+    for strategy, runs in by_strategy(select_runs(group)).items():
+        ends = [f for r in runs if (f := r.spent()) is not None]
+        if ends and float(np.mean(ends)) > OVERRUN:
+            notes.append(
+                f"{strategy}: its runs ended at {np.mean(ends):.2f}× the budget on average (at "
+                f"most {max(ends):.2f}×), since a step that starts inside the budget finishes; "
+                "its best values include what that last step reached"
+            )
+    return notes
+
+
 def _start(group: list[RunSummary], metric: str) -> float | None:
     """The checkpoint's own value of ``metric`` (the same in every run from it)."""
     return next((v for r in group if (v := r.start(metric)) is not None), None)
@@ -463,7 +482,7 @@ def compare_summary(
                 },
                 "time_to_target": ttt,
                 "step_seconds": timing,
-                "notes": run_notes(group, metrics) + _timing_notes(timing),
+                "notes": run_notes(group, metrics) + _timing_notes(timing) + overrun_notes(group),
             }
         )
     summary: dict[str, Any] = {

@@ -131,6 +131,12 @@ class RunSummary:
                 return seconds / steps
         return None
 
+    def spent(self) -> float | None:
+        """The budget fraction at the run's last evaluation (above 1 when its last step
+        ended past the budget)."""
+        fractions = [f for e in self.evaluations if (f := number(e.get("fraction"))) is not None]
+        return max(fractions) if fractions else None
+
     def final(self, metric: str) -> float | None:
         """The value of ``metric`` at the last evaluation (``None`` if missing or non-finite)."""
         if not self.evaluations:
