@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +92,35 @@ def test_shards_of_another_comparison_and_plain_runs_beside_shards_are_refused(
     base = _base(trained_run, tmp_path)
     first = compare(CompareConfig(**base, shard=Shard(0, 2)))
     assert not first.assembled
-    running = locked_folder(tmp_path / "cmp", shared=True)  # as a shard holds it while it runs
-    with running:
+    held, release = threading.Event(), threading.Event()
+
+    def another_shard() -> None:  # holds the shared lock, as a running shard does
+        with locked_folder(tmp_path / "cmp", shared=True):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=another_shard)
+    holder.start()
+    held.wait(30)
+    try:
         # joining them with other seeds would give the run order another meaning
         with pytest.raises(FolderTaken, match="another comparison"):
             compare(CompareConfig(**{**base, "seeds": 3}, shard=Shard(1, 2)))
-        # a plain comparison cannot start beside them, and --shard none waits for them
+        # a plain comparison cannot start beside them, and --shard none is refused
         with pytest.raises(FolderBusy):
             compare(CompareConfig(**base))
-        with pytest.raises(FolderBusy, match="shards are still running"):
+        with pytest.raises(FolderBusy, match="another hfft process holds"):
             compare(CompareConfig(**base, shard=Shard(0, 0)))
-        # a shard of the same comparison joins them, runs its share and leaves the ranking
+        # a shard of the same comparison joins them and runs its share; with every run
+        # there it waits for the other to let go and assembles, so the ranking is written
+        # even when the holder never does
+        threading.Timer(1.0, release.set).start()
         joined = compare(CompareConfig(**base, shard=Shard(1, 2)))
-        assert (joined.ran, joined.assembled, joined.missing) == (2, False, [])
+    finally:
+        release.set()
+        holder.join()
+    assert (joined.ran, joined.assembled, joined.missing) == (2, True, [])
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["status"] == "completed"
     # a plain comparison meeting a run that another process holds stops, never ranks fewer
     other = {**base, "out": str(tmp_path / "plain")}
     compare(CompareConfig(**{**other, "seeds": 1}))
@@ -304,8 +321,6 @@ def test_waiting_shards_never_train_over_a_finished_training(tmp_path: Path) -> 
 
 
 def test_a_study_shard_waits_for_the_training_another_holds(tmp_path: Path) -> None:
-    import threading
-
     config = _study_config(tmp_path, shard=Shard(0, 1), seeds=1, strategies=("sgd",))
     (tmp_path / "study" / "train").mkdir(parents=True)
     notes: list[str] = []
@@ -358,3 +373,29 @@ def test_study_cli_small_instance(tmp_path: Path) -> None:
     assert "report: " in result.output and (tmp_path / "s" / "report.md").exists()
     run = run_directory(tmp_path / "s" / "runs", "ckpt-02", "lbfgs", 1)
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_shard_refuses_to_join_beside_an_unreadable_comparison(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    base = _base(trained_run, tmp_path)
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare.json").write_text('{"config": "not an object"')
+    with (
+        locked_folder(tmp_path / "cmp", shared=True),
+        pytest.raises(FolderTaken, match=r"no readable compare\.json"),
+    ):
+        compare(CompareConfig(**base, shard=Shard(1, 2)))
+
+
+def test_a_hand_edited_training_is_not_kept(tmp_path: Path) -> None:
+    target = TrainConfig.for_model(
+        "mlp", data="digits", model_args={"width": 8}, epochs=2, lr=0.05, momentum=0.0,
+        checkpoints=2, out=str(tmp_path / "t"),
+    )  # fmt: skip
+    train(target)
+    assert finished_run(tmp_path / "t", target) is not None
+    manifest = json.loads((tmp_path / "t" / "run.json").read_text())
+    for edit in ({"epochs": {"1": {}}}, {"train_seconds": "fast"}, {"checkpoints": []}):
+        (tmp_path / "t" / "run.json").write_text(json.dumps({**manifest, **edit}))
+        assert finished_run(tmp_path / "t", target) is None

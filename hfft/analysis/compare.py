@@ -398,7 +398,7 @@ def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
             _start(out, config, strategies)
     except FolderBusy:
         pass  # other shards run (or one claims or assembles): join them
-    with _folder_lock(out, wait=True, shared=True):
+    with _shared_lock(out, runs.on_note):
         _check_joining(out, config)
         runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
     try:
@@ -408,10 +408,53 @@ def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
                 return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
     except FolderBusy:  # another shard still runs (or assembles): it writes the ranking
         runs.visit(range(len(runs.order)), run_missing=False)
-    header = json.loads((out / "compare.json").read_text())
+    if not runs.missing:  # all there: make sure someone assembles (the holder may not)
+        with _folder_lock(out, wait=True):
+            done = _stored_summary(out)
+            if done.get("status") == "completed" and _same_config(done, config):
+                return CompareResult(cast(CompareSummary, done), out / "compare.json",
+                                     [Path(p) for p in done.get("plots", [])], runs.reused,
+                                     runs.ran)  # fmt: skip
+            return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
+    header = cast(CompareSummary, _stored_summary(out))
     return CompareResult(
         header, out / "compare.json", [], runs.reused, runs.ran, runs.missing, assembled=False
     )
+
+
+@contextlib.contextmanager
+def _shared_lock(out: Path, on_note: Callable[[str], None] | None) -> Iterator[None]:
+    """The folder's shared lock, saying so when it has to wait for an exclusive holder."""
+    from hfft.experiment.run_folder import FolderBusy
+
+    try:
+        with _folder_lock(out, shared=True):
+            yield
+        return
+    except FolderBusy:
+        pass
+    if on_note is not None:
+        on_note(
+            f"waiting for the process that holds {out} (a shard claiming or assembling it, or "
+            "a comparison without shards)"
+        )
+    with _folder_lock(out, wait=True, shared=True):
+        yield
+
+
+def _stored_summary(out: Path) -> dict[str, Any]:
+    """``compare.json`` as a dict (empty when it is missing or unreadable)."""
+    try:
+        stored = json.loads((out / "compare.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _same_config(stored: dict[str, Any], config: CompareConfig) -> bool:
+    mine = _config_json(config)
+    theirs = stored.get("config")
+    return isinstance(theirs, dict) and _without_out(theirs) == _without_out(mine)
 
 
 def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
@@ -427,8 +470,8 @@ def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
                 return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
     except FolderBusy:
         raise FolderBusy(
-            f"shards are still running in {out}; the last of them writes the ranking (or "
-            "assemble it once they have ended)"
+            f"another hfft process holds {out} (shards still running, whose last writes the "
+            "ranking, or a comparison without shards); assemble once it has ended"
         ) from None
     first = ", ".join(runs.missing[:3])
     raise ValueError(
@@ -445,11 +488,13 @@ def _check_joining(out: Path, config: CompareConfig) -> None:
 
     if not distributed.is_main():
         return
-    try:
-        stored = json.loads((out / "compare.json").read_text()).get("config") or {}
-    except (OSError, ValueError, AttributeError):
-        stored = None
-    if stored is None or _without_out(stored) != _without_out(_config_json(config)):
+    stored = _stored_summary(out)
+    if not stored:
+        raise FolderTaken(
+            f"{out} has no readable compare.json although another process holds it; start the "
+            "shards again once it has ended"
+        )
+    if not _same_config(stored, config):
         raise FolderTaken(
             f"{out} is being filled by another comparison (other checkpoints, strategies, "
             "seeds or settings); start every shard with the same command but for --shard"

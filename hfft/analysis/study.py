@@ -222,13 +222,15 @@ def _training(
             f"{folder} holds no finished training of this configuration, and --shard none "
             "runs nothing; run the shards (or hfft train) first"
         )
+    waited = False
     while True:
         try:
             (run_training or train)(target, keep_finished=True)
             return folder
         except FolderBusy:
-            if on_note is not None:
+            if on_note is not None and not waited:
                 on_note(f"waiting for the training another process is writing to {folder}")
+            waited = True
             with locked_folder(folder, wait=True):
                 pass
         except FolderTaken:

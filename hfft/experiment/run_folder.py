@@ -84,7 +84,8 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 @contextlib.contextmanager
 def locked_folder(target: Path, wait: bool = False, shared: bool = False) -> Iterator[list[Path]]:
-    """Create ``target`` if needed and hold an exclusive lock on it for the block.
+    """Create ``target`` if needed and hold a lock on it for the block (exclusive unless
+    ``shared``).
 
     With ``wait``, waits for another process's lock to be released instead of
     raising. With ``shared``, the lock is shared: the shards of a comparison

@@ -368,18 +368,25 @@ def finished_run(folder: Path, config: TrainConfig) -> TrainResult | None:
     if not same_train_run(folder, config):
         return None
     manifest = json.loads((folder / MANIFEST).read_text())
-    entries = manifest.get("checkpoints")
-    epochs = manifest.get("epochs")
-    if manifest.get("status") != "completed" or not entries or not epochs:
+    entries, epochs = manifest.get("checkpoints"), manifest.get("epochs")
+    seconds = manifest.get("train_seconds")
+    expected = len(checkpoint_epochs(config.epochs, config.checkpoints))
+    if (
+        manifest.get("status") != "completed"
+        or not isinstance(entries, list)
+        or len(entries) != expected
+        or not isinstance(epochs, list)
+        or not epochs
+        or not isinstance(epochs[-1], dict)
+        or not isinstance(seconds, int | float)
+    ):
         return None
     paths = [folder / str(entry.get("path")) for entry in entries if isinstance(entry, dict)]
     if len(paths) != len(entries) or not all(p.is_file() for p in paths):
         return None
     skip = ("epoch", "elapsed_seconds", "train_batch_loss")
     metrics = {k: v for k, v in epochs[-1].items() if k not in skip}
-    return TrainResult(
-        folder / MANIFEST, paths, float(manifest.get("train_seconds", 0.0)), metrics, "completed"
-    )
+    return TrainResult(folder / MANIFEST, paths, float(seconds), metrics, "completed")
 
 
 def train(
