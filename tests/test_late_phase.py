@@ -12,6 +12,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from hfft.experiment.late_phase import (
     adam_moments,
 )
 from hfft.experiment.registry import check_strategy
+from hfft.experiment.runners import SGDSettings
 from hfft.experiment.sampling import BatchSampler
 from hfft.experiment.splits import DataSplits
 from hfft.experiment.strategies import EXTENDED_STRATEGIES, parse_strategy
@@ -51,11 +53,15 @@ def classification(n: int = 96) -> tuple[nn.Module, DataSplits]:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)), splits_of(x, y)
 
 
+def settings(**given: Any) -> SGDSettings:
+    """The SGD settings of these tests' checkpoints (rate 0.1, batch 16, no momentum or L2)."""
+    base: dict[str, Any] = dict(loss_fn=CE, lr=0.1, batch_size=16, momentum=0.0,
+                                weight_decay=0.0, seed=0)  # fmt: skip
+    return SGDSettings(**{**base, **given})
+
+
 def swa(options: str, model: nn.Module, splits: DataSplits, lr: float = 0.1) -> SWARunner:
-    return SWARunner(
-        parse_strategy(f"swa:{options}"), model, splits, loss_fn=CE, lr=lr, batch_size=16,
-        momentum=0.0, weight_decay=0.0, seed=0,
-    )  # fmt: skip
+    return SWARunner(parse_strategy(f"swa:{options}"), model, splits, settings(lr=lr))
 
 
 def test_swalr_anneals_from_alpha_to_the_swa_rate_by_cosine() -> None:
@@ -108,8 +114,7 @@ def test_lbfgs_reaches_the_minimiser_of_a_least_squares_problem() -> None:
     y = x @ torch.randn(5, 1) + 0.1 * torch.randn(64, 1)
     model = nn.Linear(5, 1)
     strategy = parse_strategy("lbfgs:m=64,max_iter=50")
-    r = LBFGSRunner(strategy, model, splits_of(x, y), loss_fn=nn.MSELoss(), weight_decay=0.0,
-                    seed=0)  # fmt: skip
+    r = LBFGSRunner(strategy, model, splits_of(x, y), settings(loss_fn=nn.MSELoss()))
     record = r.step(0.0)
     design = torch.cat([x, torch.ones(64, 1)], 1)
     solution = torch.linalg.lstsq(design, y).solution.squeeze(1)
@@ -128,8 +133,7 @@ def test_adam_continues_from_the_checkpoints_moments() -> None:
     saved = copy.deepcopy(own.state_dict())
     assert adam_moments(saved, model) is not None
     twin = copy.deepcopy(model)
-    r = AdamRunner(parse_strategy("adam:lr=0.001"), model, splits, loss_fn=CE, batch_size=16,
-                   weight_decay=0.0, seed=4, optimizer_state=saved)  # fmt: skip
+    r = AdamRunner(parse_strategy("adam:lr=0.001"), model, splits, settings(seed=4), saved)
     r.step(0.0)
     # the user's Adam one step further, on the batch the runner's sampler drew
     idx = BatchSampler(splits.num_train, seed=4).next_batch(16)
@@ -141,8 +145,7 @@ def test_adam_continues_from_the_checkpoints_moments() -> None:
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
     assert r.report()["adam"]["moments"] == "the checkpoint's"
-    fresh = AdamRunner(parse_strategy("adam"), twin, splits, loss_fn=CE, batch_size=16,
-                       weight_decay=0.0, seed=4)  # fmt: skip
+    fresh = AdamRunner(parse_strategy("adam"), twin, splits, settings(seed=4))
     assert fresh.report()["adam"] == {"lr": 1e-3, "lr_source": "default 0.001 (not tuned)",
                                       "moments": "fresh", "schedule": "constant"}  # fmt: skip
 
@@ -150,7 +153,7 @@ def test_adam_continues_from_the_checkpoints_moments() -> None:
 def test_schedule_free_evaluates_and_saves_its_x_point() -> None:
     model, splits = classification()
     r = ScheduleFreeRunner(parse_strategy("sgd-schedulefree:momentum=0.9"), model, splits,
-                           loss_fn=CE, lr=0.1, batch_size=16, weight_decay=0.0, seed=0)  # fmt: skip
+                           settings())  # fmt: skip
     for _ in range(5):
         r.step(0.0)
     y = [p.detach().clone() for p in model.parameters()]
@@ -231,8 +234,7 @@ def test_saved_moments_are_matched_by_name_or_not_at_all() -> None:
         assert moments is not None
         for entry, p in zip(moments, model.parameters(), strict=True):
             torch.testing.assert_close(entry["exp_avg"], opt.state[p]["exp_avg"])
-        r = AdamRunner(parse_strategy("adam"), model, splits, loss_fn=CE, batch_size=16,
-                       weight_decay=0.0, seed=0, optimizer_state=opt.state_dict())  # fmt: skip
+        r = AdamRunner(parse_strategy("adam"), model, splits, settings(), opt.state_dict())
         assert r.report()["adam"]["lr"] == 2e-3  # the saved state's rate, not the default
 
 
@@ -244,8 +246,7 @@ def test_the_step_history_puts_back_what_is_evaluated(name: str) -> None:
     if name == "swa":
         r: SWARunner | ScheduleFreeRunner = swa("start=0", model, splits)
     else:
-        r = ScheduleFreeRunner(parse_strategy(name), model, splits, loss_fn=CE, lr=0.1,
-                               batch_size=16, weight_decay=0.0, seed=0)  # fmt: skip
+        r = ScheduleFreeRunner(parse_strategy(name), model, splits, settings())
     history = StepHistory(model, r.step_state())
     for _ in range(3):
         history.save()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft.diagnostics.instruments import count_flops, peak_memory
-from hfft.experiment.runners import SGDRunner
+from hfft.experiment.runners import SGDRunner, SGDSettings
 from hfft.experiment.splits import DataSplits
 from hfft.experiment.strategies import parse_strategy
 from hfft.experiment.task import Task
@@ -244,18 +244,8 @@ def _sgd_steps(
     n = y.shape[0]
     splits = _bench_splits(x, y)
     ours = copy.deepcopy(model)
-    runner = SGDRunner(
-        parse_strategy("sgd"),
-        ours,
-        splits,
-        loss_fn=loss_fn,
-        lr=1e-6,
-        batch_size=n,
-        momentum=0.9,
-        weight_decay=5e-4,
-        evaluations=1,
-        seed=0,
-    )
+    settings = SGDSettings(loss_fn, lr=1e-6, batch_size=n, momentum=0.9, weight_decay=5e-4, seed=0)
+    runner = SGDRunner(parse_strategy("sgd"), ours, splits, settings, evaluations=1)
     twin = copy.deepcopy(model)
     opt = torch.optim.SGD(twin.parameters(), lr=1e-6, momentum=0.9, weight_decay=5e-4)
 

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hfft._io import number
 from hfft.experiment.records import ProbeEntry, TrialEntry
-from hfft.experiment.runners import HFRunner, Runner, SGDRunner
+from hfft.experiment.runners import HFRunner, Runner, SGDRunner, SGDSettings, sgd_settings
 from hfft.experiment.snapshot import snapshot
 from hfft.experiment.switch_rule import (
     ACTIONS,
@@ -93,7 +93,6 @@ if TYPE_CHECKING:
     from hfft.experiment.runners import Batch
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.strategies import Strategy
-    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "ACTIONS",
@@ -147,14 +146,11 @@ class AutoRunner(Runner):
         strategy: An ``auto`` strategy; see :data:`hfft.experiment.strategies.AUTO_OPTIONS`.
         model: The network (shared by both optimizers).
         splits: The data.
-        loss_fn: The task's loss (:meth:`hfft.experiment.task.Task.loss`).
-        lr: SGD learning rate (the checkpoint's unless the strategy sets it).
-        batch_size: SGD batch size (likewise).
-        momentum: SGD momentum (likewise).
-        weight_decay: L2 of the objective, for both optimizers.
+        settings: The checkpoint's loss, SGD rate, batch size and momentum (the
+            strategy's options take precedence), L2 of the objective for both
+            optimizers, and the run's seed (SGD draws the same batches as ``sgd``).
         eval_batch_size: Size of B̄ (default as for ``hf``).
         evaluations: Number of evaluations (for the schedule interface).
-        seed: The run's seed; SGD draws the same batches as ``sgd`` does.
     """
 
     def __init__(
@@ -162,37 +158,22 @@ class AutoRunner(Runner):
         strategy: Strategy,
         model: nn.Module,
         splits: DataSplits,
+        settings: SGDSettings,
         *,
-        loss_fn: Loss,
-        lr: float,
-        batch_size: int,
-        momentum: float,
-        weight_decay: float,
         eval_batch_size: int | None,
         evaluations: int,
-        seed: int,
     ) -> None:
+        sgd_settings(strategy, settings.lr, settings.batch_size)  # auto's own words if missing
         sgd, hf = strategy.parts()
-        self.sgd = SGDRunner(
-            sgd,
-            model,
-            splits,
-            loss_fn=loss_fn,
-            lr=lr,
-            batch_size=batch_size,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            evaluations=evaluations,
-            seed=seed,
-        )
+        self.sgd = SGDRunner(sgd, model, splits, settings, evaluations=evaluations)
         self.hf = HFRunner(
             hf,
             model,
             splits,
-            loss_fn=loss_fn,
-            weight_decay=weight_decay,
+            loss_fn=settings.loss_fn,
+            weight_decay=settings.weight_decay,
             eval_batch_size=eval_batch_size,
-            seed=seed + HF_SEED_OFFSET,
+            seed=settings.seed + HF_SEED_OFFSET,
         )
         self.model = model
         self.interval = float(strategy.options.get("interval", DEFAULT_INTERVAL))

@@ -45,7 +45,13 @@ import torch
 from torch import nn
 
 from hfft.experiment.interrupts import signals_held
-from hfft.experiment.runners import DEFAULT_M, Runner, SampledRunner, sgd_settings
+from hfft.experiment.runners import (
+    DEFAULT_M,
+    Runner,
+    SampledRunner,
+    SGDSettings,
+    sgd_settings,
+)
 from hfft.models import param_groups
 from hfft.optim.batches import pieces
 
@@ -53,7 +59,6 @@ if TYPE_CHECKING:
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.strategies import Strategy
     from hfft.optim.batches import Batchable
-    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "ADAM_DEFAULT_LR",
@@ -80,26 +85,16 @@ class SWARunner(SampledRunner):
     """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
 
     def __init__(
-        self,
-        strategy: Strategy,
-        model: nn.Module,
-        splits: DataSplits,
-        *,
-        loss_fn: Loss,
-        lr: float,
-        batch_size: int,
-        momentum: float,
-        weight_decay: float,
-        seed: int,
+        self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
         from torch.optim.swa_utils import AveragedModel
 
-        opts = strategy.options
-        self.base_lr = float(opts.get("lr", lr))
-        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
-        momentum = float(opts.get("momentum", momentum))
+        opts, s = strategy.options, settings
+        self.base_lr, batch_size = sgd_settings(strategy, s.lr, s.batch_size)
+        super().__init__(model, splits, s.loss_fn, batch_size, s.seed)
+        momentum = float(opts.get("momentum", s.momentum))
         self.opt = torch.optim.SGD(
-            param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
+            param_groups(model, s.weight_decay), lr=self.base_lr, momentum=momentum
         )
         self.swa_lr = float(opts.get("swa_lr", self.base_lr / 2))
         self.start = float(opts.get("start", 0.5))
@@ -170,20 +165,13 @@ class LBFGSRunner(SampledRunner):
     """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
 
     def __init__(
-        self,
-        strategy: Strategy,
-        model: nn.Module,
-        splits: DataSplits,
-        *,
-        loss_fn: Loss,
-        weight_decay: float,
-        seed: int,
+        self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
-        opts = strategy.options
-        super().__init__(model, splits, loss_fn, lbfgs_batch(strategy, splits.num_train), seed)
-        groups = param_groups(model, weight_decay)
+        opts, s = strategy.options, settings
+        super().__init__(model, splits, s.loss_fn, lbfgs_batch(strategy, splits.num_train), s.seed)
+        groups = param_groups(model, s.weight_decay)
         self.decayed = [p for g in groups if g["weight_decay"] for p in g["params"]]
-        self.weight_decay = weight_decay
+        self.weight_decay = s.weight_decay
         self.opt = torch.optim.LBFGS(
             [p for g in groups for p in g["params"]],
             lr=float(opts.get("lr", 1.0)),
@@ -287,15 +275,12 @@ class AdamRunner(SampledRunner):
         strategy: Strategy,
         model: nn.Module,
         splits: DataSplits,
-        *,
-        loss_fn: Loss,
-        batch_size: int,
-        weight_decay: float,
-        seed: int,
+        settings: SGDSettings,
         optimizer_state: dict[str, Any] | None = None,
     ) -> None:
-        opts = strategy.options
-        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
+        opts, s = strategy.options, settings
+        batch_size = sgd_settings(strategy, ADAM_DEFAULT_LR, s.batch_size)[1]  # its own rate
+        super().__init__(model, splits, s.loss_fn, batch_size, s.seed)
         cls = torch.optim.AdamW if strategy.name == "adamw" else torch.optim.Adam
         moments = adam_moments(optimizer_state, model)
         saved_lr = _saved_lr(optimizer_state) if moments is not None else None
@@ -308,7 +293,7 @@ class AdamRunner(SampledRunner):
         self.cosine = opts.get("schedule", "constant") == "cosine"
         betas = (float(opts.get("beta1", 0.9)), float(opts.get("beta2", 0.999)))
         self.opt = cls(
-            param_groups(model, weight_decay),
+            param_groups(model, s.weight_decay),
             lr=self.base_lr,
             betas=betas,
             eps=float(opts.get("eps", 1e-8)),
@@ -340,24 +325,15 @@ class ScheduleFreeRunner(SampledRunner):
     """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
 
     def __init__(
-        self,
-        strategy: Strategy,
-        model: nn.Module,
-        splits: DataSplits,
-        *,
-        loss_fn: Loss,
-        lr: float,
-        batch_size: int,
-        weight_decay: float,
-        seed: int,
+        self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
         from schedulefree import SGDScheduleFree
 
-        opts = strategy.options
-        super().__init__(model, splits, loss_fn, int(opts.get("batch_size", batch_size)), seed)
-        self.base_lr = float(opts.get("lr", lr))
+        opts, s = strategy.options, settings
+        self.base_lr, batch_size = sgd_settings(strategy, s.lr, s.batch_size)
+        super().__init__(model, splits, s.loss_fn, batch_size, s.seed)
         self.opt = SGDScheduleFree(
-            param_groups(model, weight_decay),
+            param_groups(model, s.weight_decay),
             lr=self.base_lr,
             momentum=float(opts.get("momentum", 0.9)),
             warmup_steps=int(opts.get("warmup_steps", 0)),
@@ -418,33 +394,20 @@ def late_phase_runner(
     strategy: Strategy,
     model: nn.Module,
     splits: DataSplits,
-    *,
-    loss_fn: Loss,
-    lr: float | None,
-    batch_size: int | None,
-    momentum: float,
-    weight_decay: float,
-    seed: int,
+    settings: SGDSettings,
     optimizer_state: dict[str, Any] | None = None,
 ) -> Runner:
-    """The runner of one of the late-phase strategies, its hyperparameters resolved: the
-    strategy's options, else the checkpoint's (Adam's rate is its own, L-BFGS takes neither).
+    """The runner of one of the late-phase strategies. Each takes the strategy's options,
+    else the checkpoint's ``settings`` (Adam's rate is its own, L-BFGS takes neither).
 
     Raises:
         ValueError: When ``swa`` or ``sgd-schedulefree`` has no learning rate or batch size,
             or a strategy no batch size.
     """
-    common: dict[str, Any] = {"loss_fn": loss_fn, "weight_decay": weight_decay, "seed": seed}
     if strategy.name == "lbfgs":
-        return LBFGSRunner(strategy, model, splits, **common)
+        return LBFGSRunner(strategy, model, splits, settings)
     if strategy.name in ("adam", "adamw"):
-        size = sgd_settings(strategy, ADAM_DEFAULT_LR, batch_size)[1]
-        return AdamRunner(
-            strategy, model, splits, batch_size=size, optimizer_state=optimizer_state, **common
-        )
-    lr, batch_size = sgd_settings(strategy, lr, batch_size)
+        return AdamRunner(strategy, model, splits, settings, optimizer_state)
     if strategy.name == "sgd-schedulefree":
-        return ScheduleFreeRunner(strategy, model, splits, lr=lr, batch_size=batch_size, **common)
-    return SWARunner(
-        strategy, model, splits, lr=lr, batch_size=batch_size, momentum=momentum, **common
-    )
+        return ScheduleFreeRunner(strategy, model, splits, settings)
+    return SWARunner(strategy, model, splits, settings)

@@ -16,6 +16,7 @@ from hfft.experiment.runners import (
     HFRunner,
     Runner,
     SGDRunner,
+    SGDSettings,
     check_sgd_batch,
     hf_batch_sizes,
     sgd_settings,
@@ -105,29 +106,16 @@ def make_runner(
             eval_batch_size=eval_batch_size,
             seed=seed,
         )
+    settings = SGDSettings(loss_fn, lr, batch_size, momentum, weight_decay, seed)
     if strategy.name in EXTENDED_STRATEGIES:
-        return late_phase_runner(
+        return late_phase_runner(strategy, model, splits, settings, optimizer_state)
+    if strategy.is_auto:
+        return AutoRunner(
             strategy,
             model,
             splits,
-            loss_fn=loss_fn,
-            lr=lr,
-            batch_size=batch_size,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            seed=seed,
-            optimizer_state=optimizer_state,
+            settings,
+            eval_batch_size=eval_batch_size,
+            evaluations=evaluations,
         )
-    lr, batch_size = sgd_settings(strategy, lr, batch_size)
-    sgd: dict[str, Any] = dict(
-        loss_fn=loss_fn,
-        lr=lr,
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        evaluations=evaluations,
-        seed=seed,
-    )
-    if strategy.is_auto:
-        return AutoRunner(strategy, model, splits, eval_batch_size=eval_batch_size, **sgd)
-    return SGDRunner(strategy, model, splits, **sgd)
+    return SGDRunner(strategy, model, splits, settings, evaluations=evaluations)

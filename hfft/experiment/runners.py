@@ -12,6 +12,7 @@ epoch budgets).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Iterator, Mapping
@@ -121,6 +122,20 @@ class Runner:
         """
 
 
+@dataclasses.dataclass(frozen=True)
+class SGDSettings:
+    """What the checkpoint's training gives the runners: the loss, SGD's rate and batch size
+    (``None`` where the checkpoint does not record them), its momentum, the L2 factor and
+    the run's seed. A strategy's own options take precedence over them."""
+
+    loss_fn: Loss
+    lr: float | None
+    batch_size: int | None
+    momentum: float
+    weight_decay: float
+    seed: int
+
+
 class SampledRunner(Runner):
     """A runner that draws SGD's seeded batches of ``size`` (the same for the same seed, for
     every strategy built on it) and may take SGD-style updates on them."""
@@ -184,24 +199,17 @@ class SGDRunner(SampledRunner):
         strategy: Strategy,
         model: nn.Module,
         splits: DataSplits,
+        settings: SGDSettings,
         *,
-        loss_fn: Loss,
-        lr: float,
-        batch_size: int,
-        momentum: float,
-        weight_decay: float,
         evaluations: int,
-        seed: int,
     ) -> None:
-
-        opts = strategy.options
-        self.base_lr = float(opts.get("lr", lr))
-        self.batch_size = int(opts.get("batch_size", batch_size))
-        momentum = float(opts.get("momentum", momentum))
+        s = settings
+        self.base_lr, self.batch_size = sgd_settings(strategy, s.lr, s.batch_size)
+        momentum = float(strategy.options.get("momentum", s.momentum))
         check_sgd_batch(self.batch_size, splits.num_train)
-        super().__init__(model, splits, loss_fn, self.batch_size, seed)
+        super().__init__(model, splits, s.loss_fn, self.batch_size, s.seed)
         self.opt = torch.optim.SGD(
-            param_groups(model, weight_decay), lr=self.base_lr, momentum=momentum
+            param_groups(model, s.weight_decay), lr=self.base_lr, momentum=momentum
         )
         self.schedule = make_schedule(strategy.name, self.base_lr, evaluations)
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
