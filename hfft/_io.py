@@ -44,7 +44,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         OSError: If the file cannot be written or renamed.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the name marks it as hfft's scratch (hfft.experiment.ownership.is_scratch)
+    fd, tmp = tempfile.mkstemp(prefix=f".hfft.{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would
         umask = os.umask(0)

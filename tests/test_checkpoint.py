@@ -379,3 +379,61 @@ def test_metadata_is_strict_json(tmp_path: Path) -> None:
         text = f.metadata()["hfft"]
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"loss": None, "acc": [1.0, None]}
+
+
+# --- issue #23: values and entries that would make a broken run look completed -----------
+
+
+def test_float64_values_beyond_float32_are_refused() -> None:
+    # finite in float64, infinite once cast to the model's float32
+    state = {k: v.double() for k, v in nn.Linear(3, 2).state_dict().items()}
+    state["weight"][1, 2] = 1e300
+    with pytest.raises(CheckpointError, match=r"beyond the range of the model's float32 in weight"):
+        apply_state_dict(nn.Linear(3, 2), state)
+
+
+def test_a_key_that_is_not_a_name_is_said_so(tmp_path: Path) -> None:
+    torch.save({1: torch.zeros(2), "bias": torch.zeros(2)}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "c.pt")
+    assert "has the key 1 (int)" in str(info.value)
+    assert "not a tensor" not in str(info.value)
+
+
+def _layouts() -> dict[str, Tensor]:
+    import warnings
+
+    w = torch.randn(2, 3)
+    with warnings.catch_warnings():  # CSR is "beta", quantized tensors deprecated
+        warnings.simplefilter("ignore")
+        return {
+            "sparse": w.to_sparse(),
+            "sparse-csr": w.to_sparse_csr(),
+            "quantized": torch.quantize_per_tensor(w, 0.1, 0, torch.qint8),
+            "meta": torch.empty(2, 3, device="meta"),
+        }
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("sparse", "a sparse tensor (layout sparse_coo)"),
+        ("sparse-csr", "a sparse tensor (layout sparse_csr)"),
+        ("quantized", "a quantized tensor"),
+        ("meta", "a meta tensor"),
+    ],
+)
+def test_a_tensor_without_plain_values_is_named(tmp_path: Path, kind: str, said: str) -> None:
+    torch.save({"weight": _layouts()[kind], "bias": torch.zeros(2)}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "c.pt")
+    message = str(info.value)
+    assert f"entry 'weight' is {said}" in message, message
+    assert message.count(".") <= 3  # one sentence (the path and 'e.g. .to_dense()' aside)
+
+
+def test_long_keys_are_cut_in_messages() -> None:
+    state = {"x" * 1_000_000: torch.zeros(2), **nn.Linear(3, 2).state_dict()}
+    with pytest.raises(CheckpointError) as info:
+        apply_state_dict(nn.Linear(3, 2), state)
+    assert len(str(info.value)) < 400 and "…" in str(info.value)

@@ -22,7 +22,11 @@ def test_version() -> None:
     assert result.output.strip() == f"hfft {__version__}"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["bench", "--help"]], ids=["root", "bench"])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["bench", "--help"], ["train", "--help"], ["finetune", "--help"]],
+    ids=["root", "bench", "train", "finetune"],
+)
 def test_help_does_not_import_torch(argv: list[str]) -> None:
     code = (
         "import sys\n"

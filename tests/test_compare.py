@@ -292,3 +292,127 @@ def test_a_second_comparison_on_the_same_folder_is_refused(run_dir: Path, tmp_pa
     with locked_folder(tmp_path / "cmp"), pytest.raises(FolderBusy, match="another hfft run"):
         compare(_small(run_dir, tmp_path))
     assert not (tmp_path / "cmp").exists()  # nothing written, the empty folder removed
+
+
+# --- reused records must be plausible (issue #23, section 4) ---------------------------------
+
+
+def _edited(field: str, value: object, at: int = 1):
+    """An edit of ``metrics.json``: evaluation ``at`` gets ``field = value``."""
+
+    def edit(log: dict) -> str:
+        log["evaluations"][at][field] = value
+        return json.dumps(log)  # allow_nan: a bare NaN token where the value is NaN
+
+    return edit
+
+
+def _deleted(*path: str | int):
+    def edit(log: dict) -> str:
+        record = log
+        for part in path[:-1]:
+            record = record[part]
+        del record[path[-1]]
+        return json.dumps(log)
+
+    return edit
+
+
+IMPLAUSIBLE = {
+    "accuracy-5": (
+        _edited("test_accuracy", 5.0),
+        "its metrics.json has test_accuracy 5.0 at evaluation 1, outside [0, 1]",
+    ),
+    "accuracy-1e308": (
+        _edited("test_accuracy", 1e308),
+        "its metrics.json has test_accuracy 1e+308 at evaluation 1, outside [0, 1]",
+    ),
+    "negative-loss": (
+        _edited("train_eval_loss", -1.0),
+        "its metrics.json has train_eval_loss -1.0 at evaluation 1, below 0",
+    ),
+    "nan-token": (
+        _edited("test_accuracy", float("nan")),
+        "its metrics.json has test_accuracy NaN at evaluation 1, not a finite number",
+    ),
+    "string": (
+        _edited("test_accuracy", "0.93"),
+        'its metrics.json has test_accuracy "0.93" at evaluation 1, not a number',
+    ),
+    "long-string": (
+        _edited("test_accuracy", "9" * 100_000),
+        'its metrics.json has test_accuracy "99999999999999999999…" at evaluation 1, not a number',
+    ),
+    "fraction-1e308": (
+        _edited("fraction", 1e308),
+        "its metrics.json has fraction 1e+308 at evaluation 1, outside [0, 10]",
+    ),
+    "step-beyond-budget": (
+        _edited("step", 7),
+        "its metrics.json has step 7 at evaluation 1, more than spent.steps (2)",
+    ),
+    "no-fraction": (
+        _deleted("evaluations", 1, "fraction"),
+        "its metrics.json is incomplete (no fraction at evaluation 1)",
+    ),
+    "no-spent": (_deleted("spent"), "its metrics.json is incomplete (no spent)"),
+    "no-task": (_deleted("source", "task"), "its metrics.json is incomplete (no source.task)"),
+    "other-strategy": (
+        lambda log: json.dumps({**log, "strategy": "sgd"}),
+        'its metrics.json records strategy "sgd", not "sgd-div10"',
+    ),
+    "deep": (
+        lambda log: "[" * 100_000 + "]" * 100_000,
+        "its metrics.json is not readable JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPLAUSIBLE))
+def test_implausible_records_are_redone_and_every_seed_is_ranked(
+    run_dir: Path, tmp_path: Path, case: str
+) -> None:
+    edit, why = IMPLAUSIBLE[case]
+    cfg = _small(run_dir, tmp_path, seeds=2)
+    assert compare(cfg).ran == 4
+    metrics = run_directory(tmp_path / "cmp", "ckpt-02", "sgd-div10", 1) / "metrics.json"
+    metrics.write_text(edit(json.loads(metrics.read_text())))
+    notes: list[str] = []
+    again = compare(cfg, on_note=notes.append)
+    assert notes == [f"running ckpt-02 sgd-div10 seed 1 again: {why}"]
+    assert (again.ran, again.reused) == (1, 3)
+    assert json.loads(metrics.read_text())["evaluations"][1]["test_accuracy"] <= 1.0
+    for ranking in again.summary["checkpoints"][0]["rankings"].values():
+        assert sorted(s["strategy"] for s in ranking) == ["sgd", "sgd-div10"]
+        assert all(s["seeds"] == [0, 1] and s["dropped"] == [] for s in ranking)
+
+
+def test_a_seed_without_a_score_is_named_in_the_ranking(run_dir: Path, tmp_path: Path) -> None:
+    # at its only evaluation after the start its losses are not finite (null): nothing to rank
+    from hfft.experiment.strategies import parse_strategy
+
+    diverging = parse_strategy("sgd:lr=1e8").label
+    cfg = _small(run_dir, tmp_path, seeds=2, strategies=("sgd", diverging))
+    first = compare(cfg)
+    again = compare(cfg)
+    assert (again.ran, again.reused) == (0, 4)  # a diverged run is a valid record: reused
+    for summary in (first.summary, again.summary):
+        (entry,) = summary["checkpoints"]
+        for metric, ranking in entry["rankings"].items():
+            assert [(s["strategy"], s["seeds"]) for s in ranking] == [("sgd", [0, 1])]
+            for seed in (0, 1):
+                assert f"{diverging} seed {seed} has no finite {metric}; left out" in entry["notes"]
+
+
+def test_records_nested_too_deep_are_unreadable_not_a_traceback(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from hfft.analysis.compare import _same_comparison, _stored_summary
+    from hfft.experiment.finetune import same_finetune_run
+
+    deep = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError
+    (tmp_path / "compare.json").write_text(deep)
+    (tmp_path / "metrics.json").write_text(deep)
+    assert _stored_summary(tmp_path) == {}
+    assert not _same_comparison(tmp_path, _small(run_dir, tmp_path))
+    assert not same_finetune_run(tmp_path, {"strategy": "sgd"})

@@ -10,7 +10,9 @@ import textwrap
 import pytest
 from torch import nn
 
+from hfft.experiment.datasets import DATASETS
 from hfft.experiment.factories import ModelSpecError, build_model, load_factory, parse_model_args
+from hfft.models import PROBLEMS
 from hfft.models.small import cnn, mlp
 
 DATA = {"num_classes": 10, "in_channels": 1, "input_size": 8}
@@ -96,6 +98,12 @@ def broken():
     raise RuntimeError("boom")
 
 
+def exits():
+    import sys
+
+    sys.exit(0)
+
+
 class Factory:
     @staticmethod
     def create(num_classes, input_size):
@@ -154,7 +162,7 @@ LOAD_ERRORS = [
     ("attribute-missing-in-module", "hfft.models.small:nope", "has no attribute 'nope'"),
     ("attribute-missing-in-file", "{file}:nope", "has no attribute 'nope'"),
     ("not-callable", "{file}:NOT_CALLABLE", "is a int, not a callable"),
-    ("file-fails-to-load", "{broken}:make", "failed: ZeroDivisionError"),
+    ("file-fails-to-load", "{broken}:make", "raised ZeroDivisionError"),
 ]
 
 
@@ -222,8 +230,9 @@ BUILD_ERRORS = [
     ("unknown-arg-registered", "mlp", {"widht": 3}, r"does not take the argument 'widht'"),
     ("unknown-arg-user", "{file}:make", {"depth": 3}, r"it takes: num_classes, width\."),
     ("not-a-module", "{file}:not_a_module", {}, "returned a str, not a torch.nn.Module"),
-    ("factory-raises", "{file}:broken", {}, "failed: RuntimeError: boom"),
+    ("factory-raises", "{file}:broken", {}, "raised RuntimeError: boom"),
     ("registered-bad-value", "mlp", {"activation": "swish"}, "Unknown activation 'swish'"),
+    ("factory-exits", "{file}:exits", {}, r"hfft called it as exits\(\); it raised SystemExit: 0"),
 ]
 
 
@@ -244,3 +253,25 @@ def test_modelspec_imports_without_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_file_that_exits_on_import_fails_to_load(tmp_path):
+    # a script that parses its arguments on import must not end hfft as if it had finished
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ModelSpecError, match="hfft imported it; it raised SystemExit: 0"):
+        load_factory(f"{script}:make")
+
+
+def test_a_registered_model_builds_on_the_meta_device():
+    model = build_model("mlp", {"width": 10**9}, DATA, device="meta")  # 256 GB if allocated
+    assert next(model.parameters()).is_meta
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_every_registered_model_builds_on_the_meta_device(name: str):
+    # a checkpoint's metadata is checked against the checkpoint on "meta" before any memory
+    info = DATASETS[PROBLEMS[name].defaults.dataset.partition(":")[0]]
+    data = {"num_classes": info.num_classes, "in_channels": info.in_channels}
+    model = build_model(name, {}, {**data, "input_size": info.input_size}, device="meta")
+    assert all(p.is_meta for p in model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,58 +70,59 @@ def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
+def _record(folder: Path, config: str, *weights: str) -> None:
+    """A fine-tuning run's files as hfft writes them: weights listed in metrics.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in weights:
+        (folder / name).write_text(f"{config} weights")
+    listed = {name: "0" * 64 for name in weights}
+    (folder / "metrics.json").write_text(json.dumps({"config": config, "files": listed}))
+
+
 def _same(folder: Path) -> bool:
-    return (folder / "config").read_text() == "mine"
+    return json.loads((folder / "metrics.json").read_text())["config"] == "mine"
 
 
 @pytest.mark.parametrize(
-    ("files", "overwrite", "expected"),
-    [
-        ({}, False, "empty"),
-        ({".metrics.json.x1.tmp": ""}, False, "empty"),
-        ({"config": "mine", "final.safetensors": "w"}, False, "same"),
-        ({"config": "theirs"}, True, "overwrite"),
-    ],
-    ids=["empty", "only-temp-files", "same-run", "overwrite"],
+    ("config", "overwrite", "expected"),
+    [(None, False, "empty"), ("mine", False, "same"), ("theirs", True, "overwrite")],
+    ids=["empty", "same-run", "overwrite"],
 )
-def test_check_owner(tmp_path: Path, files: dict, overwrite: bool, expected: str) -> None:
-    tmp_path.joinpath("out").mkdir()
-    for name, text in files.items():
-        (tmp_path / "out" / name).write_text(text)
-    assert check_owner(tmp_path / "out", _same, overwrite) == expected
+def test_check_owner(tmp_path: Path, config: str | None, overwrite: bool, expected: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".hfft.metrics.json.x1y2z3w4.tmp").write_text("{")  # scratch does not count
+    if config is not None:
+        _record(out, config, "final.safetensors")
+    assert check_owner(out, _same, overwrite) == expected
 
 
 def test_another_runs_folder_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "config").write_text("theirs")
+    _record(tmp_path / "out", "theirs", "final.safetensors")
     with pytest.raises(FolderTaken, match=r"holds another run's files.*--overwrite"):
         check_owner(tmp_path / "out", _same, overwrite=False)
 
 
 def test_commit_swaps_the_new_run_in_whole(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    target.mkdir()
-    for name in ("config", "best.safetensors", "old-only.txt"):
-        (target / name).write_text("old" if name != "config" else "mine")
+    _record(target, "mine", "final.safetensors", "best.safetensors")
     with RunFolder(target, _same, overwrite=False) as folder:
         assert folder.note is not None and "replacing the earlier run" in folder.note
-        (folder.staging / "config").write_text("mine")
-        (folder.staging / "final.safetensors").write_text("new")
-        assert (target / "old-only.txt").exists()  # nothing changes until the swap
+        _record(folder.staging, "mine", "final.safetensors")
+        assert (target / "best.safetensors").exists()  # nothing changes until the swap
         folder.commit()
-    assert sorted(p.name for p in target.iterdir()) == ["config", "final.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["final.safetensors", "metrics.json"]
+    assert (target / "final.safetensors").read_text() == "mine weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
 
 
 def test_a_failed_run_leaves_the_old_folder_as_it_was(tmp_path: Path) -> None:
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "config").write_text("mine")
+    _record(target, "mine", "final.safetensors")
     with pytest.raises(RuntimeError), RunFolder(target, _same, overwrite=False) as folder:
-        (folder.staging / "config").write_text("mine")
-        (folder.staging / "best.safetensors").write_text("new")
+        _record(folder.staging, "mine", "final.safetensors", "best.safetensors")
         raise RuntimeError("diverged into a bug")
-    assert [p.name for p in target.iterdir()] == ["config"]
+    assert sorted(p.name for p in target.iterdir()) == ["final.safetensors", "metrics.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -130,12 +132,13 @@ def test_what_killed_runs_left_is_cleaned_up(tmp_path: Path) -> None:
     stale = tmp_path / ".out.staging-99999"
     stale.mkdir()
     (stale / "best.safetensors").write_text("half a run")
-    (target / ".metrics.json.abc123.tmp").write_text("{")
+    (target / ".hfft.metrics.json.abc12345.tmp").write_text("{")
     (target / "keep.txt").write_text("x")
+    (target / ".notes.tmp").write_text("the user's")  # not hfft's naming: stays
     with locked_folder(target):
         clean_stale(target)
     assert not stale.exists()
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".notes.tmp", "keep.txt"]
 
 
 def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
@@ -143,7 +146,7 @@ def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
 
     target = tmp_path / "out"
     with RunFolder(target, _same, overwrite=False) as folder:
-        (folder.staging / "config").write_text("mine")
+        _record(folder.staging, "mine", "final.safetensors")
         real_swap = folder._swap
 
         def interrupted_swap() -> None:
@@ -154,4 +157,189 @@ def test_a_signal_during_the_swap_waits_for_it(tmp_path: Path) -> None:
         with signals_held(deliver=False) as caught:
             folder.commit()
         assert caught == [signal.SIGINT]
-    assert (target / "config").read_text() == "mine"
+    assert _same(target) and (target / "final.safetensors").read_text() == "mine weights"
+
+
+# --- hfft never deletes or replaces a file it did not write (end to end) ---
+
+TRAIN = ["train", "mlp", "--data", "digits", "--epochs", "4", "--lr", "0.05"]
+TRAIN += ["--batch-size", "64", "--momentum", "0.9", "--weight-decay", "1e-4"]
+TRAIN += ["--checkpoints", "2", "--seed", "1", "--model-arg", "width=32", "--device", "cpu"]
+"""The configuration of conftest's ``trained_run``: a rerun of it into its folder is "the same"."""
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` with its bytes (``None`` for a folder)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _invoke(*argv: str):
+    from typer.testing import CliRunner
+
+    from hfft.cli import app
+
+    return CliRunner().invoke(app, [*argv, "--quiet"])
+
+
+@pytest.fixture
+def train_copy(trained_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / "train"))
+
+
+def _refused(result, entry: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert f"holds {entry!r}, which is not a file of an hfft run there" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["rerun", "overwrite"])
+def test_a_training_rerun_never_deletes_the_users_files(
+    train_copy: Path, overwrite: list[str]
+) -> None:
+    (train_copy / "NOTES.md").write_text("my notes")
+    (train_copy / "analysis").mkdir()
+    (train_copy / "analysis" / "plot.csv").write_text("1,2")
+    before = _tree(train_copy)
+    _refused(_invoke(*TRAIN, "--out", str(train_copy), *overwrite), "NOTES.md")
+    assert _tree(train_copy) == before
+
+
+def test_a_training_rerun_leaves_other_hfft_runs_inside_its_folder(train_copy: Path) -> None:
+    ft = train_copy / "finetune-sgd"
+    assert _invoke("finetune", str(train_copy / "ckpt-02.safetensors"), "--strategy", "sgd",
+                   "--budget", "3steps").exit_code == 0  # fmt: skip
+    kept = _tree(ft)
+    old = (train_copy / "ckpt-02.safetensors").read_bytes()
+    result = _invoke(*TRAIN, "--out", str(train_copy), "--epochs", "2", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert _tree(ft) == kept  # another run of hfft's, not this training's: left alone
+    names = sorted(p.name for p in train_copy.iterdir())
+    assert names == ["ckpt-01.safetensors", "ckpt-02.safetensors", "finetune-sgd", "run.json"]
+    assert (train_copy / "ckpt-02.safetensors").read_bytes() != old
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["rerun", "overwrite"])
+def test_a_finetune_rerun_never_deletes_the_users_files(
+    trained_run: Path, tmp_path: Path, overwrite: list[str]
+) -> None:
+    out = tmp_path / "ft"
+    base = ["finetune", str(trained_run / "ckpt-02.safetensors"), "--strategy", "sgd"]
+    base += ["--budget", "3steps", "--out", str(out)]
+    assert _invoke(*base).exit_code == 0
+    (out / "README-mine.txt").write_text("mine")
+    before = _tree(out)
+    _refused(_invoke(*base, *overwrite), "README-mine.txt")
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # no staging left
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "compare", "study"])
+def test_overwrite_never_empties_a_folder_that_holds_no_hfft_run(
+    trained_run: Path, tmp_path: Path, command: str
+) -> None:
+    thesis = tmp_path / "thesis"
+    (thesis / "chapters").mkdir(parents=True)
+    (thesis / "main.tex").write_text("\\documentclass{book}")
+    (thesis / "chapters" / "one.tex").write_text("Once upon a time")
+    before = _tree(thesis)
+    ckpt = str(trained_run / "ckpt-02.safetensors")
+    argv = {
+        "train": [*TRAIN, "--overwrite"],
+        "finetune": ["finetune", ckpt, "--budget", "3steps", "--overwrite"],
+        "compare": [
+            "compare",
+            ckpt,
+            "-s",
+            "sgd",
+            "--seeds",
+            "1",
+            "--budget",
+            "3steps",
+            "--overwrite",
+        ],
+        "study": ["study", "mlp", "--data", "digits", "--epochs", "1", "-s", "sgd"],
+    }[command]
+    _refused(_invoke(*argv, "--out", str(thesis)), "chapters/")
+    assert _tree(thesis) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [("finetune", "same"), ("finetune", "above"), ("compare", "same"), ("compare", "above")],
+)
+def test_a_run_never_writes_into_its_inputs_folder(
+    train_copy: Path, command: str, where: str
+) -> None:
+    before = _tree(train_copy)
+    ckpt = str(train_copy / "ckpt-02.safetensors")
+    out = train_copy if where == "same" else train_copy.parent
+    argv = [command, ckpt, "--budget", "3steps", "--out", str(out), "--overwrite"]
+    argv += ["-s", "sgd", "--seeds", "1"] if command == "compare" else []
+    result = _invoke(*argv)
+    if command == "compare" and where == "above":
+        # a comparison writes in place beside the training folder, which it leaves alone
+        assert result.exit_code == 0, result.output
+    else:  # finetune would replace the folder above the checkpoint's whole
+        assert result.exit_code == 2, result.output
+        said = "holds the input" if where == "same" else "lies above the folder of the input"
+        assert f"--out {out} {said} {ckpt}" in result.output
+        assert "Traceback" not in result.output
+    assert _tree(train_copy) == before
+
+
+def test_a_study_never_writes_into_the_training_it_reads(train_copy: Path) -> None:
+    before = _tree(train_copy)
+    result = _invoke("study", "mlp", "--train-run", str(train_copy), "--out", str(train_copy))
+    assert result.exit_code == 2 and "never writes into its input's folder" in result.output
+    assert _tree(train_copy) == before
+
+
+def test_a_symlinked_out_is_followed_and_leaves_no_staging(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    real, link = tmp_path / "real", tmp_path / "link"
+    base = ["finetune", str(trained_run / "ckpt-02.safetensors"), "--budget", "3steps"]
+    assert _invoke(*base, "--strategy", "sgd", "--out", str(real)).exit_code == 0
+    link.symlink_to(real, target_is_directory=True)
+    result = _invoke(*base, "--strategy", "sgd-div10", "--out", str(link), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert json.loads((real / "metrics.json").read_text())["strategy"] == "sgd-div10"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+def test_a_comparison_never_deletes_the_users_files(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    base = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds", "1"]
+    assert _invoke(*base, "--budget", "3steps", "--out", str(out)).exit_code == 0
+    (out / "ckpt-02" / "sgd" / "seed-0" / "notes.txt").write_text("seed 0 looked odd")
+    before = _tree(out)
+    # another budget with --overwrite would replace the earlier comparison's own files
+    result = _invoke(*base, "--budget", "4steps", "--out", str(out), "--overwrite")
+    _refused(result, "ckpt-02/sgd/seed-0/notes.txt")
+    assert _tree(out) == before
+    (out / "ckpt-02" / "sgd" / "seed-0" / "notes.txt").unlink()
+    result = _invoke(*base, "--budget", "4steps", "--out", str(out), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "compare.json").read_text())["config"]["budget"] == "4steps"
+
+
+def test_a_file_that_appears_during_a_run_survives_the_swap(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    _record(target, "mine", "final.safetensors", "best.safetensors")
+    with RunFolder(target, _same, overwrite=False) as folder:
+        _record(folder.staging, "mine", "final.safetensors")
+        (target / "NOTES.md").write_text("written while the run worked")
+        folder.commit()
+    assert sorted(p.name for p in target.iterdir()) == [
+        "NOTES.md",
+        "final.safetensors",
+        "metrics.json",
+    ]
+    assert (target / "NOTES.md").read_text() == "written while the run worked"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

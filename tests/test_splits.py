@@ -113,3 +113,27 @@ def test_synthetic_is_learnable(synthetic: DataSplits) -> None:
 def test_unknown_name() -> None:
     with pytest.raises(DataError, match=r"Unknown data set 'imagenet'.*digits"):
         load_data("imagenet")
+
+
+def test_cast_inputs_casts_floating_inputs_only_and_says_so(tmp_path) -> None:
+    path = tmp_path / "tokens.py"
+    path.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    def part(n):\n"
+        "        x = {'ids': torch.arange(n * 4).view(n, 4), 'w': torch.rand(n, 4).double()}\n"
+        "        return x, torch.arange(n) % 3\n"
+        "    return part(20), part(10)\n"
+    )
+    loaded = load_data(f"{path}:make")
+    splits = loaded.cast_inputs(torch.float32)
+    for x in (splits.train_x, splits.valid_x, splits.train_eval_x, splits.test_x):
+        assert x["ids"].dtype == torch.int64 and x["w"].dtype == torch.float32
+    assert splits.notes == ("the data's float64 inputs were cast to the model's float32",)
+    assert loaded.train_x["w"].dtype == torch.float64 and not loaded.notes  # a new value
+    assert splits.cast_inputs(torch.float32) is splits  # nothing left to cast or to say
+
+
+def test_recorded_normalisation_must_have_the_datas_channels() -> None:
+    with pytest.raises(DataError, match="has 2 channels but 'digits' inputs have 1"):
+        load_data("digits", normalization={"mean": [0.0, 0.0], "std": [1.0, 1.0]})

@@ -201,3 +201,93 @@ def test_labels_beyond_the_models_outputs_are_refused(ckpt: Path, tmp_path: Path
     assert result.exit_code == 2, result.output
     assert "class labels up to 12 but the model outputs 10 classes" in result.output
     assert not out.exists()
+
+
+# --- issue #23: metadata that would make a broken run look completed ----------------------
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        {"mean": [0.0], "std": [1e-320]},
+        {"mean": [0.0], "std": [1e-13]},
+        {"mean": [0.0], "std": [1e39]},
+        {"mean": [1e39], "std": [1.0]},
+        {"mean": [0.0], "std": [-1.0]},
+    ],
+    ids=["std-subnormal", "std-tiny", "std-beyond-float32", "mean-beyond-float32", "std-negative"],
+)
+def test_degenerate_normalisation_is_refused(ckpt: Path, tmp_path: Path, norm: dict) -> None:
+    path = forged(tmp_path, ckpt, normalization=norm)
+    out = tmp_path / "out"
+    argv = ["finetune", str(path), "--strategy", "sgd", "--budget", "2steps"]
+    result = runner.invoke(app, [*argv, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "normalisation" in result.output and "1e-12" in result.output
+    assert not out.exists()
+
+
+def test_normalisation_that_makes_inputs_infinite_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    # each statistic is within float32, but (x - mean) / std is not
+    path = forged(tmp_path, ckpt, normalization={"mean": [-3e38], "std": [1e-12]})
+    with pytest.raises(ValueError, match="infinite in float32"):
+        load_starting_point(path)
+
+
+@pytest.fixture
+def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST-1D generation fails loudly: a size must be refused before it starts."""
+    from hfft.experiment import datasets
+
+    def generate(samples: int) -> None:
+        raise AssertionError(f"generation of {samples} samples started")
+
+    monkeypatch.setattr(datasets, "_generated_mnist1d", generate)
+
+
+@pytest.mark.parametrize("samples", [999_999_999, 200_001, 9, 10**100])
+def test_data_sizes_in_metadata_are_bounded_before_any_work(
+    ckpt: Path, tmp_path: Path, no_generation: None, samples: int
+) -> None:
+    path = forged(tmp_path, ckpt, data=f"mnist1d:samples={samples}")
+    with pytest.raises(StartingPointError, match="samples from 10 to 200000"):
+        load_starting_point(path)
+
+
+def test_data_sizes_on_the_command_line_are_bounded(tmp_path: Path, no_generation: None) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["train", "cnn1d", "--data", "mnist1d:samples=999999999", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "samples from 10 to 200000" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [{"width": 10**12}, {"num_classes": 10**9}, {"depth": 10**9}],
+    ids=["width", "num-classes", "depth"],
+)
+def test_model_sizes_in_metadata_are_checked_before_the_model_is_built(
+    ckpt: Path, tmp_path: Path, args: dict
+) -> None:
+    # the model would take terabytes, or a billion layers: refused against the checkpoint first
+    path = forged(tmp_path, ckpt, model_args={"width": 32, **args})
+    with pytest.raises(ValueError, match=r"does not fit|larger than any size of the weights"):
+        load_starting_point(path)
+
+
+@pytest.mark.parametrize("key", ["model", "data"])
+def test_long_metadata_names_are_cut(ckpt: Path, tmp_path: Path, key: str) -> None:
+    path = forged(tmp_path, ckpt, **{key: "os:" + "x" * 1_000_000})
+    result = runner.invoke(app, ["finetune", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output[:300]
+    assert len(result.output) < 700 and "…" in result.output
+
+
+def test_long_data_options_are_cut(ckpt: Path, tmp_path: Path) -> None:
+    path = forged(tmp_path, ckpt, data="mnist1d:" + "x" * 1_000_000)
+    with pytest.raises(StartingPointError) as info:
+        load_starting_point(path)
+    assert len(str(info.value)) < 500 and "…" in str(info.value)

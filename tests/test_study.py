@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from hfft.analysis.report import phases
 from hfft.analysis.study import StudyConfig, figure1_strategies, study
 from hfft.cli import app
 from hfft.experiment.interrupts import Interrupted
+from hfft.experiment.ownership import first_foreign
 from hfft.experiment.run_folder import FolderBusy, FolderTaken, locked_folder
 from hfft.experiment.train import TrainConfig, finished_run, train
 
@@ -269,6 +271,11 @@ def test_study_runs_both_protocols_and_reports_what_the_runs_say(tmp_path: Path)
     # step times, with HF's seconds per CG iteration
     timing = {r[0]: r for r in _report_numbers(report, "## Step times")}
     assert timing[HF][2].endswith(")") and timing["sgd"][2] == "–"
+    # study.json lists the study's own files: nothing in the folder is foreign
+    record = json.loads((out / "study.json").read_text())
+    assert record["status"] == "completed" and record["folders"] == ["train", "runs"]
+    assert set(record["files"]) == {"study.json", "report.md", *(p.name for p in result.figures)}
+    assert first_foreign(out) is None
     # a rerun reuses the training and every run
     notes: list[str] = []
     again = study(_study_config(tmp_path), on_note=notes.append)
@@ -399,3 +406,12 @@ def test_a_hand_edited_training_is_not_kept(tmp_path: Path) -> None:
     for edit in ({"epochs": {"1": {}}}, {"train_seconds": "fast"}, {"checkpoints": []}):
         (tmp_path / "t" / "run.json").write_text(json.dumps({**manifest, **edit}))
         assert finished_run(tmp_path / "t", target) is None
+
+
+def test_a_study_whose_training_diverges_stops_before_any_run(tmp_path: Path) -> None:
+    diverging = dataclasses.replace(_study_config(tmp_path).train, lr=1e38)
+    with pytest.raises(
+        ValueError, match=r"not a finished hfft train run: its run\.json says 'diverged'"
+    ):
+        study(_study_config(tmp_path, train=diverging))
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["train"]

@@ -192,3 +192,168 @@ def test_an_interrupt_names_what_was_saved(tmp_path: Path) -> None:
 
     with pytest.raises(Interrupted, match=r"1 checkpoint and run.json are saved in .*interrupted"):
         train(config(tmp_path, epochs=2, checkpoints=2), on_epoch=stop_after_one)
+
+
+# --- a training that did not finish says so, and its time is no budget ---
+
+SMALL = ["train", "mlp", "--data", "digits", "--device", "cpu", "--quiet"]
+
+
+def _finetune_ten_percent(ckpt: Path, *more: str):
+    out = ckpt.parent.parent / f"ft-{ckpt.parent.name}"
+    argv = ["finetune", str(ckpt), "--budget", "10%", "--strategy", "sgd", "--out", str(out)]
+    return runner.invoke(app, [*argv, *more, "--quiet"])
+
+
+@pytest.mark.slow
+def test_a_killed_training_is_no_budget(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "hfft", *SMALL, "--epochs", "500", "--checkpoints", "500"]
+    proc = subprocess.Popen([*argv, "--out", str(out)])
+    deadline = time.time() + 120
+    while not (out / "ckpt-02.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    refused = _finetune_ten_percent(out / "ckpt-01.safetensors")
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.strip() == (
+        f"hfft: error: the training in {out} did not finish (its run.json says 'running'); "
+        "rerun it or pass --train-time."
+    )
+    given = _finetune_ten_percent(out / "ckpt-01.safetensors", "--train-time", "2s")
+    assert given.exit_code == 0, given.output
+
+
+@pytest.mark.parametrize("also_the_manifest", [False, True], ids=["checkpoint", "everything"])
+def test_a_full_disk_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, also_the_manifest: bool
+) -> None:
+    import errno
+    import os
+
+    real_fsync, full = os.fsync, []
+
+    def fsync(fd: int) -> None:  # the disk fills up while ckpt-02 is written
+        if ".hfft.ckpt-02" in os.readlink(f"/proc/self/fd/{fd}") or (full and also_the_manifest):
+            full.append(fd)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*SMALL, "--epochs", "2", "--checkpoints", "2", "--out", str(out)])
+    monkeypatch.undo()
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"hfft: error: No space left on device: {out / 'ckpt-02.safetensors'}."
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == ("running" if also_the_manifest else "failed")
+    assert [c["path"] for c in manifest["checkpoints"]] == ["ckpt-01.safetensors"]
+    load_checkpoint(out / "ckpt-01.safetensors")  # whole
+    refused = _finetune_ten_percent(out / "ckpt-01.safetensors")
+    assert refused.exit_code == 2 and "did not finish" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("seconds", "message"),
+    [
+        (1e300, "must be a positive number of seconds, at most a year"),
+        (-5.0, "must be a positive number of seconds, at most a year"),
+        ("ten", "must be a positive number of seconds, at most a year"),
+        (None, "records no train_seconds"),
+    ],
+    ids=["1e300", "negative", "string", "missing"],
+)
+def test_a_recorded_training_time_is_checked(
+    trained_run: Path, tmp_path: Path, seconds: object, message: str
+) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["train_seconds"] = seconds
+    (run / "run.json").write_text(json.dumps(manifest))
+    result = _finetune_ten_percent(run / "ckpt-02.safetensors")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "pass --train-time" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_diverging_training_stops_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [*SMALL, "--epochs", "3", "--checkpoints", "3", "--lr", "1e38", "--out", str(out)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().startswith("hfft: error: training diverged in epoch 1")
+    assert "no checkpoint was written" in result.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["checkpoints"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+NAN_LATER = """
+import torch
+from torch import nn
+
+
+class NanLater(nn.Module):
+    \"\"\"A classifier whose training steps turn NaN in its second epoch.\"\"\"
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += self.training
+        out = self.body(x)
+        return out * float("nan") if self.calls > 25 else out
+
+
+def build(num_classes=10):
+    return NanLater(num_classes)
+
+
+def nan_at_start(num_classes=10):
+    model = NanLater(num_classes)
+    with torch.no_grad():
+        model.body[1].weight[0, 0] = float("inf")
+    return model
+"""
+
+
+def test_a_training_that_diverges_later_keeps_the_checkpoints_before(tmp_path: Path) -> None:
+    (tmp_path / "nan_later.py").write_text(NAN_LATER)
+    out = tmp_path / "run"
+    argv = ["train", f"{tmp_path / 'nan_later.py'}:build", "--data", "digits", "--epochs", "3"]
+    argv += ["--checkpoints", "3", "--lr", "0.1", "--batch-size", "64", "--out", str(out)]
+    result = runner.invoke(app, [*argv, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "training diverged in epoch 2" in result.output
+    assert "the checkpoint written before it is kept" in result.output
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "diverged"
+    assert [c["epoch"] for c in manifest["checkpoints"]] == [1]
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+    assert manifest["epochs"][0]["train_eval_loss"] is not None
+
+
+def test_a_model_built_with_non_finite_weights_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "nan_later.py").write_text(NAN_LATER)
+    out = tmp_path / "new" / "run"
+    argv = ["train", f"{tmp_path / 'nan_later.py'}:nan_at_start", "--data", "digits"]
+    argv += ["--epochs", "1", "--lr", "0.1", "--batch-size", "64", "--out", str(out)]
+    result = runner.invoke(app, [*argv, "--device", "cpu", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "has NaN or infinite values in body.1.weight before training" in result.output
+    assert not (tmp_path / "new").exists()

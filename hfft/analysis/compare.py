@@ -24,6 +24,7 @@ from typing import Any, cast
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
+from hfft.experiment.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.records import CompareSummary
 from hfft.experiment.run_folder import slug
 from hfft.experiment.starting_point import StartingPointOptions
@@ -203,45 +204,61 @@ def plan_runs(config: CompareConfig, strategies: list[str]) -> list[tuple[int, i
     ]
 
 
-def _reuse_check(run_dir: Path, key: dict[str, Any], sha256: str) -> tuple[Any, str | None]:
+def _reuse_check(
+    run_dir: Path, key: dict[str, Any], sha256: str, task: dict[str, Any]
+) -> tuple[Any, str | None]:
     """A finished run's ``metrics.json`` if it can be reused, else why it is redone.
 
-    Reused only if ``metrics.json`` is an object of this run's configuration
-    and checkpoint, the run completed (or diverged), it reads as a run
-    summary, and every weight file it lists is there with its recorded
+    Reused only if ``metrics.json`` is an object of this run's configuration,
+    strategy, checkpoint and task, the run completed (or diverged), the record
+    is one hfft could have written (:func:`hfft.experiment.record_check.check_finetune_log`:
+    types, finite values, metrics in their ranges, steps and fractions that
+    fit the budget), and every weight file it lists is there with its recorded
     SHA-256. ``(None, None)`` when the run never started.
     """
-    from hfft.analysis.run_summary import RunSummary
     from hfft.experiment.finetune import same_finetune_run
+    from hfft.experiment.strategies import parse_strategy
 
     path = run_dir / "metrics.json"
     if not path.exists():
         return None, None
     try:
         log = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None, "its metrics.json is not readable JSON"
     if not isinstance(log, dict):
         return None, "its metrics.json is not a JSON object"
     if log.get("status") not in ("completed", "diverged"):
-        return None, f"it had not finished (status {log.get('status')!r})"
+        return None, f"it had not finished (status {shown(log.get('status'))})"
     if not same_finetune_run(run_dir, key):
         return None, "it was run with another configuration"
     if not isinstance(log.get("source"), dict) or log["source"].get("sha256") != sha256:
         return None, "it started from another version of the checkpoint"
     try:
-        RunSummary.from_metrics("", 0, log)
-    except (ValueError, TypeError, AttributeError) as err:
-        return None, f"its metrics.json is incomplete ({err})"
+        check_finetune_log(log)
+    except RecordError as err:
+        return None, f"its metrics.json {err}"
+    label = parse_strategy(key["strategy"]).label
+    if log["strategy"] != label:
+        return (
+            None,
+            f"its metrics.json records strategy {shown(log['strategy'])}, not {shown(label)}",
+        )
+    if log["source"]["task"] != task:
+        return None, "its metrics.json records another task or metric"
     return log, _weights_check(run_dir, log.get("files"))
 
 
 def _weights_check(run_dir: Path, files: Any) -> str | None:
     """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
+    from hfft.experiment.finetune import WEIGHT_FILES
+
     if not isinstance(files, dict) or "final.safetensors" not in files:
         return "its metrics.json records no hash of final.safetensors"
     for name, digest in files.items():
-        path = run_dir / str(name)
+        if name not in WEIGHT_FILES:  # nothing else is read, least of all outside the run
+            return f"its metrics.json lists {shown(name)}, not a weight file of a run"
+        path = run_dir / name
         if not path.is_file():
             return f"{name} is missing"
         if sha256_file(path) != digest:
@@ -257,20 +274,23 @@ def _same_comparison(out: Path, config: CompareConfig) -> bool:
     """Whether ``out`` holds a comparison whose runs this one may reuse or extend."""
     try:
         stored = json.loads((out / "compare.json").read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
     mine = _config_json(config)
     return isinstance(stored, dict) and all(stored.get(k) == mine[k] for k in RUN_SETTINGS)
 
 
-def _claim(out: Path, config: CompareConfig) -> None:
-    """Check that ``out`` may hold this comparison (or is emptied, with ``--overwrite``).
+def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
+    """Check that ``out`` may hold this comparison (with ``--overwrite``, the earlier
+    comparison's own files are removed; nothing else ever is).
 
     Raises:
-        FolderTaken: If it holds another comparison's or another program's files.
+        FolderTaken: If it holds another comparison's files, or files hfft did not write.
     """
-    from hfft.experiment.run_folder import FolderTaken, check_owner, clean_stale, clear
+    from hfft.experiment.ownership import remove_owned
+    from hfft.experiment.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
 
+    check_foreign(out, pending={"compare.json": {"folders": _run_folders(config, strategies)}})
     try:
         owner = check_owner(out, lambda d: _same_comparison(d, config), config.overwrite)
     except FolderTaken:
@@ -281,17 +301,42 @@ def _claim(out: Path, config: CompareConfig) -> None:
         )
         raise FolderTaken(
             f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
-            f"or checkpoint options differ) or other files; choose another --out, {remedy}"
+            f"or checkpoint options differ); choose another --out, {remedy}"
         ) from None
     clean_stale(out)
     if owner == "overwrite":
-        clear(out)
+        remove_owned(out)
+
+
+def _run_folders(config: CompareConfig, strategies: list[str]) -> list[str]:
+    """The run folders of the comparison, relative to its folder."""
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    return [
+        run_directory(Path(), keys[c], strategies[k], seed).as_posix()
+        for c, k, seed in plan_runs(config, strategies)
+    ]
+
+
+def _owned_lists(
+    out: Path, config: CompareConfig, strategies: list[str], plots: list[Path]
+) -> dict[str, list[str]]:
+    """``files`` and ``folders`` of ``compare.json``: this comparison's plots and run
+    folders, with those of the earlier runs of the same comparison kept in the folder."""
+    from hfft.experiment.ownership import read_record
+
+    files, folders = ["compare.json", *(p.name for p in plots)], _run_folders(config, strategies)
+    stored = read_record(out / "compare.json") if _same_comparison(out, config) else None
+    for name, mine in (("files", files), ("folders", folders)):
+        theirs = (stored or {}).get(name)
+        mine += [t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else []
+    return {"files": sorted(set(files)), "folders": sorted(set(folders))}
 
 
 def _load_sources(
     config: CompareConfig, strategies: list[str] | None, on_note: Callable[[str], None] | None
 ) -> tuple[list, list[str]]:
-    """Every checkpoint loaded, and the strategies checked against each one's data."""
+    """Every checkpoint loaded, and the budget and strategies checked against each one."""
+    from hfft.experiment.budget import parse_budget, resolve_budget
     from hfft.experiment.registry import check_strategy
     from hfft.experiment.strategies import parse_strategy
 
@@ -302,6 +347,9 @@ def _load_sources(
             for note in src.notes:
                 on_note(f"{path}: {note}")
         sources.append((src, copy.deepcopy(src.model.state_dict())))
+    budget = parse_budget(config.budget)
+    for src, _ in sources:  # a budget of a training that did not finish: before any run
+        resolve_budget(budget, src.train_seconds, src.train_time_problem)
     n_train = sources[0][0].splits.num_train
     labels = strategies or default_strategies(n_train, config.suite)
     if strategies and config.suite == "extended":  # the given ones and the extended suite's
@@ -350,9 +398,11 @@ def compare(
             what it had; finished runs are kept and a rerun resumes.
     """
     from hfft.experiment.budget import parse_budget
+    from hfft.experiment.run_folder import check_not_input
     from hfft.experiment.strategies import parse_strategy
 
     parse_budget(config.budget)
+    check_not_input(Path(config.out), [Path(c) for c in config.checkpoints])
     given = [parse_strategy(s).label for s in config.strategies or ()]
     if config.shard is not None and distributed.is_distributed():
         raise ValueError(
@@ -446,7 +496,7 @@ def _stored_summary(out: Path) -> dict[str, Any]:
     """``compare.json`` as a dict (empty when it is missing or unreadable)."""
     try:
         stored = json.loads((out / "compare.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}
     return stored if isinstance(stored, dict) else {}
 
@@ -521,7 +571,7 @@ def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool
     """
     if not distributed.is_main():
         return
-    _claim(out, config)
+    _claim(out, config, strategies)
     mine = _config_json(config)
     if config.shard is not None and (out / "compare.json").is_file():
         stored = json.loads((out / "compare.json").read_text())
@@ -529,6 +579,7 @@ def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool
         header = header and not (stored.get("status") == "completed" and same)
     if header:
         running: CompareSummary = {"status": "running", "config": mine, "strategies": strategies}
+        running.update(_owned_lists(out, config, strategies, []))  # type: ignore[typeddict-item]
         atomic_write_json(out / "compare.json", running)
 
 
@@ -541,6 +592,22 @@ def _config_json(config: CompareConfig) -> dict[str, Any]:
     data = json.loads(json.dumps(dataclasses.asdict(config)))
     data.pop("shard", None)
     return cast(dict[str, Any], data)
+
+
+def _clear_damaged(out: Path, run_dir: Path) -> None:
+    """Remove a run's files that its own damaged ``metrics.json`` does not list (as the
+    comparison's: :data:`hfft.experiment.ownership.RUN_FILES`), so it can run again.
+
+    Raises:
+        FolderBusy: If another process holds the run's folder.
+    """
+    from hfft.experiment.ownership import first_foreign, remove_owned
+    from hfft.experiment.run_folder import locked_folder
+
+    if not run_dir.is_dir() or first_foreign(run_dir, nested_runs=False) is None:
+        return
+    with locked_folder(run_dir):
+        remove_owned(out, under=run_dir.relative_to(out).as_posix())
 
 
 class _Runs:
@@ -588,7 +655,9 @@ class _Runs:
         what = f"{key} {label} seed {seed}"
         # data-parallel: rank 0 (which wrote the files) decides what to reuse
         log, why = distributed.broadcast_object(
-            _reuse_check(Path(ft.out), ft.key(), src.sha256) if distributed.is_main() else None
+            _reuse_check(Path(ft.out), ft.key(), src.sha256, src.task.describe())
+            if distributed.is_main()
+            else None
         )
         if log is not None and why is None:
             self.reused += 1
@@ -602,6 +671,8 @@ class _Runs:
                 self.on_run(self._number.get(position, 0), len(self._number), what)
             src.model.load_state_dict(state)
             try:
+                if why is not None and distributed.is_main():
+                    _clear_damaged(Path(self.config.out), Path(ft.out))
                 # as it was written (JSON types), also on ranks that wrote nothing
                 log = json.loads(to_json(finetune(ft, source=src).log))
             except FolderBusy:  # another process runs it (a shard started twice)
@@ -663,6 +734,7 @@ def _summarise(
                 plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)
             )
     summary["plots"] = [str(p) for p in plots]
+    summary.update(_owned_lists(out, config, strategies, plots))  # type: ignore[typeddict-item]
     summary["status"] = "completed"
     compare_json = out / "compare.json"
     atomic_write_json(compare_json, summary)

@@ -24,12 +24,9 @@ __all__ = ["RunSummary", "by_strategy", "higher_is_better", "select_runs"]
 
 def _healthy(evaluation: Mapping[str, Any]) -> bool:
     # A non-finite loss means the model had diverged at this evaluation: its
-    # accuracies (argmax of NaN logits) are no score either.
-    return all(
-        number(v) is not None
-        for k, v in evaluation.items()
-        if k.endswith("_loss") and v is not None
-    )
+    # accuracies (argmax of NaN logits) are no score either. metrics.json
+    # writes a non-finite loss as null (a loss is always measured).
+    return all(number(v) is not None for k, v in evaluation.items() if k.endswith("_loss"))
 
 
 @dataclass(frozen=True)

@@ -13,27 +13,32 @@ The Figure 1 runs from the last checkpoint are also Figure 2's, so nothing
 runs twice. Both figures are copied to ``OUT`` and ``OUT/report.md`` gives
 the tables (:mod:`hfft.analysis.report`). Like ``compare``, a rerun reuses
 every verified run, and ``--shard I/N`` divides the runs among processes.
+``OUT/study.json`` lists the study's own files and folders; a folder holding
+anything else is refused before the training starts
+(:mod:`hfft.experiment.ownership`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hfft._io import atomic_write_text
+from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from hfft._text import quoted
 from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare
 from hfft.experiment.budget import parse_budget
 from hfft.experiment.limits import check
+from hfft.experiment.records import STUDY_KIND, StudyRecord
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES, parse_strategy
 
 __all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
+
 
 STUDY_HF_SIZES = (256, 1024, 2048, 6144)
 """The paper's curvature batch sizes (§3.2): those that fit the data are studied."""
@@ -123,13 +128,18 @@ def study(
         Interrupted: On Ctrl-C or SIGTERM; finished runs are kept.
     """
     started = time.perf_counter()
+    _claim(config)
     train_dir = _training(config, run_training, on_note)
+    why = _unfinished(train_dir)
+    if why is not None:  # a training that diverged, say
+        raise ValueError(f"{train_dir} is not a finished hfft train run: {why}")
+    out = Path(config.out)
+    _write_record(config, [], "running")
     manifest = json.loads((train_dir / "run.json").read_text())
     checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
     n_train = int(manifest["data"]["train_size"])
     figure1 = [parse_strategy(s).label for s in config.strategies or figure1_strategies(n_train)]
     extra = _figure2_extra(figure1)
-    out = Path(config.out)
     comparison = _compare(
         config,
         CompareConfig(
@@ -150,7 +160,9 @@ def study(
     )
     if not comparison.assembled:
         return StudyResult(comparison, train_dir, None, [])
-    figures = _copy_figures(out, comparison, Path(checkpoints[-1]).stem)
+    pairs = _figure_pairs(out, comparison, Path(checkpoints[-1]).stem)
+    _write_record(config, [target.name for _, target in pairs], "running")
+    figures = _copy_figures(pairs)
     from hfft.analysis.report import report_markdown
 
     report = out / "report.md"
@@ -158,7 +170,35 @@ def study(
     atomic_write_text(
         report, report_markdown(comparison.summary, manifest, figure1, figures, seconds)
     )
+    _write_record(config, [f.name for f in figures], "completed")
     return StudyResult(comparison, train_dir, report, figures)
+
+
+def _claim(config: StudyConfig) -> None:
+    """Refuse an output folder that holds files hfft did not write, or the training run
+    the study reads."""
+    from hfft.experiment.run_folder import check_foreign, check_not_input
+
+    out = Path(config.out)
+    if config.train_run is not None:
+        check_not_input(out, [Path(config.train_run)])
+    check_foreign(out, pending={"study.json": _record(config, [], "running")})
+
+
+def _record(config: StudyConfig, figures: list[str], status: str) -> StudyRecord:
+    """``study.json``: the study's own files (listed before they are written) and folders."""
+    return {
+        "kind": STUDY_KIND,
+        "status": status,
+        "files": ["study.json", "report.md", *figures],
+        "folders": ["runs"] if config.train_run is not None else ["train", "runs"],
+    }
+
+
+def _write_record(config: StudyConfig, figures: list[str], status: str) -> None:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "study.json", _record(config, figures, status))
 
 
 def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -> CompareResult:
@@ -176,19 +216,21 @@ def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -
         ) from None
 
 
-def _copy_figures(out: Path, comparison: CompareResult, last: str) -> list[Path]:
+def _figure_pairs(out: Path, comparison: CompareResult, last: str) -> list[tuple[Path, Path]]:
     """Figure 1 (relative performance, one PNG per metric) and Figure 2 (the budget
-    curves from the last checkpoint) copied from the comparison to ``out``."""
+    curves from the last checkpoint): where the comparison has them, where they go."""
     runs = out / "runs"
     pairs = [(runs / f"curves-{last}.png", out / "figure2.png")]
     for metric in comparison.summary.get("metrics", []):
         pairs.append((runs / f"relative-{metric}.png", out / f"figure1-{metric}.png"))
-    copied = []
+    return [(source, target) for source, target in pairs if source.is_file()]
+
+
+def _copy_figures(pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """The figures copied (each written atomically); their new paths."""
     for source, target in pairs:
-        if source.is_file():
-            shutil.copyfile(source, target)
-            copied.append(target)
-    return copied
+        atomic_write_bytes(target, source.read_bytes())
+    return [target for _, target in pairs]
 
 
 def _training(
@@ -206,11 +248,7 @@ def _training(
     from hfft.experiment.train import finished_run, train
 
     if config.train_run is not None:
-        folder = Path(config.train_run)
-        why = _unfinished(folder)
-        if why is not None:
-            raise ValueError(f"{folder} is not a finished hfft train run: {why}")
-        return folder
+        return Path(config.train_run)  # checked by the caller, as a trained one is
     folder = Path(config.out) / "train"
     target = dataclasses.replace(config.train, out=str(folder), overwrite=False)
     if finished_run(folder, target) is not None:
@@ -246,11 +284,11 @@ def _unfinished(folder: Path) -> str | None:
         manifest = json.loads((folder / "run.json").read_text())
     except OSError:
         return "it has no run.json"
-    except ValueError:
+    except (ValueError, RecursionError):
         return "its run.json is not readable JSON"
     if not isinstance(manifest, dict) or manifest.get("status") != "completed":
         status = manifest.get("status") if isinstance(manifest, dict) else None
-        return f"its run.json says {status!r}, not 'completed'"
+        return f"its run.json says {quoted(status, 20)}, not 'completed'"
     entries = manifest.get("checkpoints")
     if not isinstance(entries, list) or not entries:
         return "its run.json lists no checkpoints"

@@ -14,7 +14,7 @@ import typer
 
 from hfft._version import __version__
 from hfft.cli import bench, compare, demo, finetune, selftest, study, train
-from hfft.cli.common import OneLineErrors, fail
+from hfft.cli.common import OneLineErrors, fail, set_debug
 from hfft.optim.distributed import launched
 
 __all__ = ["app", "main"]
@@ -52,6 +52,7 @@ def root(
     ] = False,
 ) -> None:
     """Hessian-free fine-tuning of SGD checkpoints, and the SGD baselines to compare it with."""
+    set_debug(False)  # each command's --debug sets it again; one without the option has none
     command = ctx.invoked_subcommand
     if launched() and command not in DATA_PARALLEL_COMMANDS:
         raise fail(

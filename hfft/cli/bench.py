@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from hfft.cli.common import (
+    DATA_NAMES,
+    MODEL_NAMES,
+    DebugOpt,
     DeviceOpt,
     JsonOpt,
     command_guard,
@@ -30,8 +33,8 @@ ModelsOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Registered model to measure on random data shaped like its data set "
-        "(repeatable). Default: 3c3d at batch 128 and allcnnc at batch 32.",
+        help=f"Registered model ({MODEL_NAMES}) to measure on random data shaped like its "
+        "data set (repeatable). Default: 3c3d at batch 128 and allcnnc at batch 32.",
     ),
 ]
 BatchOpt = Annotated[
@@ -57,7 +60,7 @@ LoopOpt = Annotated[
         "(model default cnn, on --data).",
     ),
 ]
-DataOpt = Annotated[str, typer.Option(help="Data set for --sgd-loop.")]
+DataOpt = Annotated[str, typer.Option(help=f"Data set for --sgd-loop ({DATA_NAMES}).")]
 
 
 def bench(
@@ -72,6 +75,7 @@ def bench(
     sgd_loop: LoopOpt = False,
     data: DataOpt = "digits",
     as_json: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Measure what an HF step and an SGD step cost, side by side in one run.
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,7 +18,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from hfft.experiment.datasets import DATASETS
 from hfft.experiment.interrupts import Interrupted, first_signal_stops, was_terminated
+from hfft.experiment.user_code import DEBUG_HINT
+from hfft.models import PROBLEMS
 from hfft.optim.distributed import launched
 
 if TYPE_CHECKING:
@@ -43,9 +47,31 @@ def resolve_device(name: str) -> str:
     return name
 
 
+_debug = False
+
+
+def set_debug(value: bool) -> bool:
+    """``--debug``'s callback: remember it for :func:`command_guard` (and return it)."""
+    global _debug
+    _debug = bool(value)
+    return value
+
+
+def debugging() -> bool:
+    """Whether errors show their traceback: ``--debug``, or ``HFFT_DEBUG`` set to 1/true/yes/on."""
+    return _debug or os.environ.get("HFFT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @contextlib.contextmanager
 def command_guard() -> Iterator[None]:
-    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143."""
+    """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143.
+
+    A mistake in the input, or a failure of the user's own code where hfft first
+    calls it (:class:`hfft.experiment.user_code.UserCodeError`, one paragraph),
+    is a ``ValueError``; with ``--debug`` (or ``HFFT_DEBUG=1``) its traceback,
+    the user's exception's included, comes first. Any other exception is a bug
+    of hfft's and keeps its traceback (exit code 1).
+    """
 
     try:
         with first_signal_stops():
@@ -60,8 +86,14 @@ def command_guard() -> Iterator[None]:
         typer.echo(f"hfft: {_on_rank(why)}; {what}", err=True)
         raise typer.Exit(143 if terminated else 130) from None
     except ValueError as err:
-        raise fail(_on_rank(str(err).rstrip(".") + ".")) from None
+        message = str(err)
+        if debugging():  # the traceback is above: no need to say where it is
+            _print_traceback(err)
+            message = message.replace(f" ({DEBUG_HINT})", "")
+        raise fail(_on_rank(message.rstrip(".") + ".")) from None
     except OSError as err:  # disk full, permissions, a path that is not a folder, ...
+        if debugging():
+            _print_traceback(err)
         raise fail(_on_rank(os_error_sentence(err))) from None
     except typer.Exit:
         raise
@@ -76,6 +108,11 @@ def command_guard() -> Iterator[None]:
             from hfft.optim.distributed import shutdown
 
             shutdown()
+
+
+def _print_traceback(err: BaseException) -> None:
+    """The traceback of ``err`` and of the exceptions it came from (the user's, first)."""
+    typer.echo("".join(traceback.format_exception(err)), err=True, nl=False)
 
 
 def _interrupted_in(err: BaseException) -> Interrupted | None:
@@ -208,6 +245,21 @@ def starting_point_options(
 
 
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+# --debug's callback records it for command_guard, so a command declares the parameter once
+# in its signature and its body never reads it
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        callback=set_debug,
+        help="On an error, also print its traceback: that of your own code when it failed "
+        "where hfft called it (also HFFT_DEBUG=1).",
+    ),
+]
+MODEL_NAMES = ", ".join(PROBLEMS)
+"""The registered models, as help texts list them (the registry imports no torch)."""
+DATA_NAMES = ", ".join(DATASETS)
+"""The built-in data sets, as help texts list them."""
 ShardOpt = Annotated[
     str | None,
     typer.Option(
@@ -242,9 +294,8 @@ ModelOpt = Annotated[
 DataOpt = Annotated[
     str | None,
     typer.Option(
-        help="Data set: digits, mnist1d, cifar10, cifar100, svhn, mnist, fashion-mnist, "
-        "synthetic, or path/to/file.py:function returning (train, test) or (train, valid, "
-        "test), used as returned. Default: the checkpoint's or model's."
+        help=f"Data set: {DATA_NAMES}, or path/to/file.py:function returning (train, test) "
+        "or (train, valid, test), used as returned. Default: the checkpoint's or model's."
     ),
 ]
 DataRootOpt = Annotated[

@@ -12,6 +12,7 @@ from hfft.cli.common import (
     BudgetOpt,
     DataOpt,
     DataRootOpt,
+    DebugOpt,
     DeviceOpt,
     DownloadOpt,
     EvalBatchOpt,
@@ -96,6 +97,7 @@ def compare(
     shard: ShardOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run every strategy × seed from each checkpoint under one budget and rank them.
 

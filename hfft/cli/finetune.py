@@ -12,6 +12,7 @@ from hfft.cli.common import (
     BudgetOpt,
     DataOpt,
     DataRootOpt,
+    DebugOpt,
     DeviceOpt,
     DownloadOpt,
     EvalBatchOpt,
@@ -87,6 +88,7 @@ def finetune(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Fine-tune a checkpoint with one strategy under a budget.
 

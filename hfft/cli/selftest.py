@@ -11,6 +11,7 @@ import typer
 from hfft.cli.common import (
     DataOpt,
     DataRootOpt,
+    DebugOpt,
     DownloadOpt,
     JsonOpt,
     LossOpt,
@@ -84,6 +85,7 @@ def selftest(
     device: DevicesOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Check that curvature products are correct and deterministic; exit 0 only if all pass.
 

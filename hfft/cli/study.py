@@ -12,6 +12,7 @@ from hfft.cli.common import (
     BudgetOpt,
     DataOpt,
     DataRootOpt,
+    DebugOpt,
     DeviceOpt,
     EvalBatchOpt,
     EvalPointsOpt,
@@ -72,6 +73,7 @@ def study(
     device: DeviceOpt = "auto",
     shard: ShardOpt = None,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """The paper's protocol: train with SGD, then Figure 1 and Figure 2, and a report.
 

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hfft.cli.common import (
+    MODEL_NAMES,
     BatchSizeOpt,
     DataOpt,
     DataRootOpt,
+    DebugOpt,
     DeviceOpt,
     DownloadOpt,
     LossOpt,
@@ -26,6 +28,7 @@ from hfft.cli.common import (
     WeightDecayOpt,
     check_out_dir,
     command_guard,
+    fail,
     note,
     resolve_device,
 )
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 ModelArgument = Annotated[
     str,
     typer.Argument(
-        help="Registered model (3c3d, allcnnc, wrn164, mlp, cnn) or your own factory as "
+        help=f"Registered model ({MODEL_NAMES}) or your own factory as "
         "path/to/file.py:function or package.module:function. Loading your own file "
         "executes it."
     ),
@@ -69,6 +72,7 @@ def train(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Train a model with SGD, keeping evenly spaced checkpoints and a run manifest.
 
@@ -115,6 +119,8 @@ def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False
         result = run_training(
             config, on_step=on_step, on_epoch=on_epoch, on_note=note, keep_finished=keep_finished
         )
+    if result.status == "diverged":
+        raise fail(_diverged_sentence(result), code=1)
     if not quiet:
         from rich.console import Console
 
@@ -122,3 +128,16 @@ def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False
 
         print_train_summary(Console(), result)
     return result
+
+
+def _diverged_sentence(result: TrainResult) -> str:
+    kept = len(result.checkpoints)
+    saved = {
+        0: "no checkpoint was written",
+        1: "the checkpoint written before it is kept",
+    }.get(kept, f"the {kept} checkpoints written before it are kept")
+    return (
+        f"training diverged in epoch {result.diverged_at} (a loss or weight became NaN or "
+        f"infinite); {saved} in {result.manifest.parent}, and run.json marks the run "
+        "diverged; try a smaller --lr."
+    )

@@ -383,7 +383,9 @@ def selftest_model(
     return Report(checks, cost, dict(subject or {}))
 
 
-def _time_budget(budget: str | None, train_seconds: float | None) -> float | None:
+def _time_budget(
+    budget: str | None, train_seconds: float | None, unknown_because: str | None = None
+) -> float | None:
     """Seconds of a time budget (``10%`` of the training time, ``600s``, ``1h``).
 
     ``None`` means ``10%`` when the training time is known, else no budget.
@@ -397,7 +399,7 @@ def _time_budget(budget: str | None, train_seconds: float | None) -> float | Non
         if train_seconds is None:
             return None
         budget = "10%"
-    resolved = resolve_budget(parse_budget(budget), train_seconds)
+    resolved = resolve_budget(parse_budget(budget), train_seconds, unknown_because)
     if resolved.kind != "seconds":
         raise ValueError(
             f"the cost line fills a time budget with steps; give --budget as a percentage of "
@@ -436,7 +438,7 @@ def selftest_checkpoint(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size}")
-    seconds = _time_budget(budget, source.train_seconds)
+    seconds = _time_budget(budget, source.train_seconds, source.train_time_problem)
     splits = source.splits
     n = splits.num_train
     gen = torch.Generator().manual_seed(0)

@@ -163,7 +163,9 @@ def parse_budget(text: str) -> Budget:
     return Budget(kind, value)
 
 
-def resolve_budget(budget: Budget, train_seconds: float | None) -> Budget:
+def resolve_budget(
+    budget: Budget, train_seconds: float | None, unknown_because: str | None = None
+) -> Budget:
     """Turn a percentage of the training time into seconds; other budgets pass through.
 
     ``p%`` of a training run that took ``T`` seconds is ``p / 100 · T`` seconds.
@@ -172,6 +174,8 @@ def resolve_budget(budget: Budget, train_seconds: float | None) -> Budget:
         budget: The budget as parsed.
         train_seconds: The original training time in seconds (from the run
             manifest), or ``None`` when unknown.
+        unknown_because: Why it is unknown, when a run manifest was there but
+            gives no usable time (the error message then).
 
     Returns:
         A budget whose kind is ``"seconds"``, ``"steps"`` or ``"epochs"``.
@@ -182,6 +186,8 @@ def resolve_budget(budget: Budget, train_seconds: float | None) -> Budget:
     """
     if budget.kind != "percent":
         return budget
+    if train_seconds is None and unknown_because is not None:
+        raise ValueError(unknown_because)
     if train_seconds is None:
         raise ValueError(
             f"budget {budget} needs the original training time, which is unknown for this "

@@ -27,13 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from hfft._io import atomic_write_bytes, json_ready
-from hfft._text import short_list
+from hfft._text import clipped, quoted, short_list
 
 __all__ = [
     "METADATA_KEY",
     "Checkpoint",
     "CheckpointError",
     "apply_state_dict",
+    "check_fit",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -183,6 +184,9 @@ def _load_torch(path: Path) -> Checkpoint:
         with warnings.catch_warnings():
             # protocol ≥ 3 pickles: the load below fails with a clear error anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            # sparse and quantized entries: refused by name below, not as a corrupt file
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # untrusted bytes: any failure is the file's fault
         raise CheckpointError(_torch_load_message(path, err)) from None
@@ -263,12 +267,33 @@ def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
             "with one under 'model', 'state_dict' or 'model_state_dict'."
         )
     for name, value in obj.items():
-        if not isinstance(name, str) or not isinstance(value, Tensor):
-            raise CheckpointError(
-                f"Checkpoint '{path}' entry {name!r}{where} is a {type(value).__name__}, "
-                "not a tensor."
-            )
+        _check_entry(path, where, name, value)
     return {name: value.detach() for name, value in obj.items()}
+
+
+def _check_entry(path: Path, where: str, name: Any, value: Any) -> None:
+    """A state dict entry is a parameter name and a tensor of plain (strided) values."""
+    if not isinstance(name, str):
+        raise CheckpointError(
+            f"Checkpoint '{path}' has the key {quoted(name)} ({type(name).__name__}){where}, "
+            "not a parameter name; the keys of a state dict are strings."
+        )
+    entry = f"Checkpoint '{path}' entry {quoted(name)}{where} is"
+    if not isinstance(value, Tensor):
+        raise CheckpointError(f"{entry} a {type(value).__name__}, not a tensor.")
+    if value.layout != torch.strided:
+        layout = str(value.layout).removeprefix("torch.")
+        raise CheckpointError(
+            f"{entry} a sparse tensor (layout {layout}); hfft loads dense tensors only "
+            "(save it with .to_dense())."
+        )
+    if value.is_quantized:
+        raise CheckpointError(
+            f"{entry} a quantized tensor; hfft trains floating-point weights only "
+            "(save it with .dequantize())."
+        )
+    if value.is_meta or value.device.type != "cpu":
+        raise CheckpointError(f"{entry} a {value.device.type} tensor, which holds no values.")
 
 
 def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
@@ -301,11 +326,37 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list
             unchanged then.
     """
     expected = model.state_dict()
+    state_dict, notes = _fitted(state_dict, expected)
+    notes += _check_values(state_dict, expected)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:  # e.g. a module's own load hook refusing a value
+        raise CheckpointError(f"The checkpoint does not fit the model: {err}.") from None
+    return notes
+
+
+def check_fit(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Whether a state dict's keys and shapes fit a model, without loading a value.
+
+    The model may live on the ``meta`` device (shapes without memory), so that
+    a model described by a checkpoint's metadata is checked against the
+    checkpoint before it takes any memory.
+
+    Raises:
+        CheckpointError: As :func:`apply_state_dict` does for keys and shapes.
+    """
+    _fitted(state_dict, model.state_dict())
+
+
+def _fitted(
+    state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]
+) -> tuple[Mapping[str, Tensor], list[str]]:
+    """The state dict with its wrapper's prefix stripped, and a note; or the mismatch."""
     state_dict, notes = _strip_prefix(state_dict, expected)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    missing = [clipped(k) for k in expected if k not in state_dict]
+    unexpected = [clipped(k) for k in state_dict if k not in expected]
     misshaped = [
-        f"{k} (checkpoint {_shape(state_dict[k])}, model {_shape(expected[k])})"
+        f"{clipped(k)} (checkpoint {_shape(state_dict[k])}, model {_shape(expected[k])})"
         for k in expected
         if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
@@ -324,18 +375,13 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list
             + "; ".join(problems)
             + "."
         )
-    notes += _check_values(state_dict, expected)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:  # e.g. a module's own load hook refusing a value
-        raise CheckpointError(f"The checkpoint does not fit the model: {err}.") from None
-    return notes
+    return state_dict, notes
 
 
 def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> list[str]:
     """Refuse tensors of the wrong kind or with non-finite values; note precision casts."""
     wrong_kind = [
-        f"{k} ({state_dict[k].dtype}, model {expected[k].dtype})"
+        f"{clipped(k)} ({state_dict[k].dtype}, model {expected[k].dtype})"
         for k in expected
         if state_dict[k].is_floating_point() != expected[k].is_floating_point()
         or state_dict[k].is_complex() != expected[k].is_complex()
@@ -345,10 +391,23 @@ def _check_values(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tenso
             "The checkpoint holds tensors of another kind than the model's: "
             f"{short_list(wrong_kind)}; hfft casts between floating-point precisions only."
         )
-    not_finite = [k for k, v in state_dict.items() if not _finite_as_built(v, expected[k])]
+    not_finite = [clipped(k) for k, v in state_dict.items() if not _finite_as_built(v, expected[k])]
     if not_finite:
         raise CheckpointError(
             f"The checkpoint holds NaN or infinite values in {short_list(not_finite)}."
+        )
+    # finite as stored is not enough: 1e300 in float64 is infinite in the model's float32
+    beyond = [
+        (k, v.dtype, expected[k].dtype)
+        for k, v in state_dict.items()
+        if v.dtype != expected[k].dtype
+        and not _finite_as_built(v.to(expected[k].dtype), expected[k])
+    ]
+    if beyond:
+        stored, model = (str(d).removeprefix("torch.") for d in beyond[0][1:])
+        raise CheckpointError(
+            f"The checkpoint holds {stored} values beyond the range of the model's {model} in "
+            f"{short_list([clipped(k) for k, *_ in beyond])}, which casting would make infinite."
         )
     casts = sorted(
         {

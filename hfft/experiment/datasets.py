@@ -20,12 +20,14 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfft._text import clipped, quoted
 from hfft.experiment.run_folder import folders_to_create
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ __all__ = [
     "LOADERS",
     "AugmentSpec",
     "DataError",
+    "DataOption",
     "DatasetInfo",
     "UserData",
     "builtin_data",
@@ -62,6 +65,46 @@ class AugmentSpec:
     flip: bool
 
 
+@dataclass(frozen=True)
+class DataOption:
+    """An option a data set's name may carry (``mnist1d:samples=50000``): an integer in a range.
+
+    The range is checked before any data is made, whether the name comes from the
+    command line or from a checkpoint's metadata.
+
+    Attributes:
+        name: The option's name.
+        default: Its value when the name does not give one.
+        least: The smallest value accepted.
+        most: The largest value accepted.
+        why: Why the range ends where it does, for the message.
+    """
+
+    name: str
+    default: int
+    least: int
+    most: int
+    why: str
+
+
+#: MNIST-1D's generator makes 10 classes of templates; fewer than 10 samples leave a class
+#: empty and fail inside it.
+MNIST1D_MIN_SAMPLES = 10
+
+#: Generating MNIST-1D takes about 0.2 ms a sample on one CPU core after a 1.5 s start
+#: (measured: 5,000 in 3 s, 60,000 in 12 s, 200,000 in 43 s and 0.85 GB peak memory), so
+#: this bound keeps a data set's generation under a minute; the paper's study uses 60,000.
+MNIST1D_MAX_SAMPLES = 200_000
+
+_MNIST1D_SAMPLES = DataOption(
+    "samples",
+    5000,
+    MNIST1D_MIN_SAMPLES,
+    MNIST1D_MAX_SAMPLES,
+    "generating 200,000 takes about 45 s",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DatasetInfo:
     """A registered data set.
@@ -76,8 +119,8 @@ class DatasetInfo:
             built-in sets.
         normalize: Standardise per channel (images); the recorded statistics
             are reapplied on every load.
-        options: The options its name may carry (``mnist1d:samples=50000``)
-            with their defaults.
+        options: The options its name may carry (``mnist1d:samples=50000``),
+            with their defaults and ranges.
     """
 
     name: str
@@ -87,7 +130,7 @@ class DatasetInfo:
     augment: AugmentSpec | None
     folder: str = ""
     normalize: bool = True
-    options: tuple[tuple[str, int], ...] = ()
+    options: tuple[DataOption, ...] = ()
 
     @property
     def needs_files(self) -> bool:
@@ -129,7 +172,7 @@ DATASETS: dict[str, DatasetInfo] = {
             input_size=40,
             augment=None,
             normalize=False,
-            options=(("samples", 5000),),
+            options=(_MNIST1D_SAMPLES,),
         ),
         # CIFAR-10 (torchvision)
         DatasetInfo(
@@ -183,21 +226,32 @@ DATASETS: dict[str, DatasetInfo] = {
 def builtin_data(name: str) -> tuple[str, dict[str, int]] | None:
     """A built-in data set's name and options (``mnist1d:samples=50000``), else ``None``.
 
+    Every option is an integer within its :class:`DataOption` range, checked
+    here, before any data is made.
+
     Raises:
-        DataError: For options the set does not have, or values that are not
-            positive integers.
+        DataError: For options the set does not have, values that are not
+            integers, or values out of their range.
     """
     base, sep, given = name.partition(":")
     info = DATASETS.get(base)
     if info is None or (sep and not info.options and "=" not in given):
         return None  # a user's factory spec such as module:function
-    options = dict(info.options)
+    known = {option.name: option for option in info.options}
+    options = {option.name: option.default for option in info.options}
     for item in filter(None, given.split(",")):
         key, _, value = item.partition("=")
-        if key not in options or not value.isdigit() or int(value) < 1:
-            known = ", ".join(f"{k}=N" for k in options) or "none"
-            raise DataError(f"Data set {base!r} takes the options {known}, not {item!r}.")
-        options[key] = int(value)
+        option = known.get(key)
+        if option is None or not re.fullmatch(r"[0-9]+", value):
+            names = ", ".join(f"{k}=N" for k in known) or "none"
+            raise DataError(f"Data set {base!r} takes the options {names}, not {quoted(item)}.")
+        number = int(value) if len(value) <= 18 else option.most + 1  # no 4,300-digit int()
+        if not option.least <= number <= option.most:
+            raise DataError(
+                f"Data set {base!r} takes {key} from {option.least} to {option.most} "
+                f"({option.why}), not {clipped(value.lstrip('0') or '0', 20)}."
+            )
+        options[key] = number
     return base, options
 
 
@@ -252,7 +306,8 @@ def _mnist1d(root: Path, download: bool, samples: int = 5000) -> _Raw:
 
     Generated from the templates built into the ``mnist1d`` package, never
     downloaded; inputs ``(N, 1, 40)`` float32. Generated once per process
-    (60,000 samples take about 30 s) and copied for every caller.
+    (60,000 samples take about 12 s, :data:`MNIST1D_MAX_SAMPLES` about 45 s)
+    and copied for every caller.
     """
     return tuple(t.clone() for t in _generated_mnist1d(samples))  # type: ignore[return-value]
 
@@ -374,11 +429,13 @@ class UserData:
         train: ``(inputs, targets)``; inputs a tensor or a dict or tuple of them.
         valid: The validation split when the factory returned three, else ``None``.
         test: ``(inputs, targets)``.
+        notes: What was adapted to what the user meant (one line each).
     """
 
     train: tuple[Any, Tensor]
     valid: tuple[Any, Tensor] | None
     test: tuple[Any, Tensor]
+    notes: tuple[str, ...] = ()
 
 
 def load_user_data(spec: str, root: Path, download: bool) -> UserData:
@@ -388,13 +445,18 @@ def load_user_data(spec: str, root: Path, download: bool) -> UserData:
     pair ``(inputs, targets)`` of tensors (or arrays), a ``TensorDataset``, or
     any map-style ``Dataset`` whose items are ``(input, target)`` (read once,
     here). Inputs may be of any shape ``(N, …)`` or a dict or tuple of such
-    tensors; targets ``(N, …)``. Nothing is normalised or augmented.
+    tensors; targets ``(N, …)``. Nothing is normalised or augmented; NumPy
+    arrays become tensors, and integer class labels narrower than int64 (NumPy's
+    int32 on some platforms) are widened to int64, which PyTorch's losses need,
+    with a note: values are used as returned.
 
     Raises:
-        DataError: For a factory that fails or returns something else, splits
-            of different sample shapes, empty splits, or NaN/Inf in them.
+        UserCodeError: For a factory that fails (``sys.exit`` included).
+        DataError: For a factory that returns something else, splits of
+            different sample shapes, empty splits, or NaN/Inf in them.
     """
     from hfft.experiment.factories import ModelSpecError, load_factory
+    from hfft.experiment.user_code import calling
 
     target = spec.rpartition(":")[0]
     is_file = target.endswith(".py") or "/" in target or "\\" in target
@@ -403,22 +465,44 @@ def load_user_data(spec: str, root: Path, download: bool) -> UserData:
     try:
         factory = load_factory(spec)
     except ModelSpecError as err:
-        raise DataError(f"Data {spec!r} cannot be loaded: {str(err).rstrip('.')}.") from None
+        # from err: --debug shows the traceback of a file that failed on import
+        raise DataError(f"Data {spec!r} cannot be loaded: {str(err).rstrip('.')}.") from err
     try:
         named = set(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         named = set()
     kwargs = {k: v for k, v in (("root", root), ("download", download)) if k in named}
-    try:
+    call = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    with calling(
+        f"Data factory {spec!r} failed: hfft called it as {spec.rpartition(':')[2]}({call})",
+        "Make it return (train, test) or (train, valid, test), each a pair (inputs, targets) "
+        "or a Dataset",
+    ):
         result = factory(**kwargs)
-    except Exception as err:
-        raise DataError(f"Data factory {spec!r} failed: {type(err).__name__}: {err}") from err
     if not isinstance(result, tuple | list) or len(result) not in (2, 3):
         raise DataError(f"Data factory {spec!r} must return (train, test) or (train, valid, test).")
     names = ("train", "test") if len(result) == 2 else ("train", "valid", "test")
     parts = {name: _as_tensors(spec, name, part) for name, part in zip(names, result, strict=True)}
     _check_alike(spec, parts)
-    return UserData(parts["train"], parts.get("valid"), parts["test"])
+    parts, notes = _widened_labels(parts)
+    return UserData(parts["train"], parts.get("valid"), parts["test"], notes)
+
+
+def _widened_labels(
+    parts: dict[str, tuple[Any, Tensor]],
+) -> tuple[dict[str, tuple[Any, Tensor]], tuple[str, ...]]:
+    """Integer targets narrower than int64 as int64 (bool targets stay: their task is open)."""
+    import torch
+
+    def narrow(y: Tensor) -> bool:
+        return not (y.is_floating_point() or y.is_complex()) and y.dtype not in wide
+
+    wide = (torch.int64, torch.bool)
+    found = sorted({str(y.dtype).removeprefix("torch.") for _, y in parts.values() if narrow(y)})
+    if not found:
+        return parts, ()
+    widened = {name: (x, y.to(torch.int64) if narrow(y) else y) for name, (x, y) in parts.items()}
+    return widened, (f"the data's {', '.join(found)} class labels were widened to int64",)
 
 
 def _check_alike(spec: str, parts: dict[str, tuple[Any, Tensor]]) -> None:
@@ -446,7 +530,13 @@ def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         x, y = data.tensors
     elif isinstance(data, tuple | list) and len(data) == 2 and not isinstance(data, Dataset):
-        x, y = map_tensors(torch.as_tensor, _tensors(data[0])), torch.as_tensor(data[1])
+        try:  # NumPy arrays (and nests of them) become tensors, values as they are
+            x, y = map_tensors(torch.as_tensor, _tensors(data[0])), torch.as_tensor(data[1])
+        except (TypeError, RuntimeError, ValueError) as err:
+            raise DataError(
+                f"Data factory {spec!r} returned {split} data that are not tensors or arrays "
+                f"of numbers ({clipped(str(err))})."
+            ) from None
     elif isinstance(data, Dataset):
         x, y = _read_dataset(spec, split, data)
     else:

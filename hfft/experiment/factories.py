@@ -10,6 +10,7 @@ Nothing here imports torch at module level, so the CLI can import it cheaply.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -19,6 +20,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hfft._text import clipped, quoted
+from hfft.experiment.user_code import calling, raised
 
 if TYPE_CHECKING:
     from torch import nn
@@ -155,12 +159,17 @@ def _load_file(path: Path) -> Any:
     sys.modules[name] = module
     sys.path.insert(0, str(path.parent))
     try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
+        # a script that parses its arguments or calls sys.exit when imported fails here
+        with calling(
+            f"Loading file {str(path)!r} failed: hfft imported it",
+            "Importing the file must only define things: what runs on import belongs under "
+            "if __name__ == '__main__'",
+            error=ModelSpecError,
+        ):
+            module_spec.loader.exec_module(module)
+    except ModelSpecError:
         sys.modules.pop(name, None)
-        raise ModelSpecError(
-            f"Loading model file {str(path)!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise
     finally:
         sys.path.remove(str(path.parent))
     return module
@@ -171,8 +180,10 @@ def _import_module(name: str) -> Any:
         raise ModelSpecError(f"{name!r} is not a Python module path (package.module).")
     try:
         return importlib.import_module(name)
-    except Exception as exc:
-        raise ModelSpecError(f"Cannot import module {name!r}: {type(exc).__name__}: {exc}") from exc
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # SystemExit on import too: the module's failure, not hfft's end
+        raise ModelSpecError(f"Cannot import module {name!r}: {raised(exc)}.") from exc
 
 
 def absolute_spec(spec: str) -> str:
@@ -188,7 +199,10 @@ def absolute_spec(spec: str) -> str:
 
 
 def build_model(
-    spec_or_name: str, model_args: dict[str, Any], data_args: dict[str, Any]
+    spec_or_name: str,
+    model_args: dict[str, Any],
+    data_args: dict[str, Any],
+    device: str | None = None,
 ) -> nn.Module:
     """Build a model from a registered name or a user's factory spec.
 
@@ -205,6 +219,9 @@ def build_model(
             ``package.module:factory``.
         model_args: Keyword arguments for the factory (see :func:`parse_model_args`).
         data_args: What the data says about outputs and input shape.
+        device: Build the model's tensors there (``"meta"``: shapes without
+            memory, to check a checkpoint before anything is allocated);
+            default: the factory's own choice.
 
     Returns:
         The model.
@@ -212,9 +229,11 @@ def build_model(
     Raises:
         ModelSpecError: For an unknown name, a bad spec (see
             :func:`load_factory`), a model argument the factory does not take,
-            a factory that fails, or one that returns something other than an
-            ``nn.Module``.
+            a factory that fails in any way (``sys.exit`` included; one
+            paragraph naming the call), or one that returns something other
+            than an ``nn.Module``.
     """
+    import torch
     from torch import nn
 
     from hfft.models import PROBLEMS
@@ -232,12 +251,17 @@ def build_model(
     named = _named_parameters(factory)
     kwargs = {**{k: v for k, v in data_args.items() if k in named}, **model_args}
     _check_accepts(spec_or_name, factory, model_args)
-    try:
+    call = ", ".join(f"{k}={quoted(v, 40)}" for k, v in kwargs.items())
+    with (
+        calling(
+            f"Building model {clipped(spec_or_name)!r} failed: hfft called it as "
+            f"{clipped(spec_or_name.rpartition(':')[2], 40)}({call})",
+            "Make the factory return the model for these arguments (--model-arg sets them)",
+            error=ModelSpecError,
+        ),
+        torch.device(device) if device is not None else contextlib.nullcontext(),
+    ):
         model = factory(**kwargs)
-    except Exception as exc:
-        raise ModelSpecError(
-            f"Building model {spec_or_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
             f"Model factory {spec_or_name!r} returned a {type(model).__name__}, "
@@ -268,5 +292,6 @@ def _check_accepts(name: str, factory: Callable[..., Any], model_args: dict[str,
     if unknown:
         choices = ", ".join(sorted(accepted)) or "none"
         raise ModelSpecError(
-            f"Model {name!r} does not take the argument {unknown[0]!r}; it takes: {choices}."
+            f"Model {clipped(name)!r} does not take the argument {quoted(unknown[0])}; "
+            f"it takes: {choices}."
         )

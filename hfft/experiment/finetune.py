@@ -66,7 +66,7 @@ from hfft.experiment.records import (
     higher_is_better,
 )
 from hfft.experiment.registry import make_runner
-from hfft.experiment.run_folder import RunFolder, slug
+from hfft.experiment.run_folder import RunFolder, check_not_input, slug
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import parse_strategy
@@ -155,7 +155,7 @@ def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
     """Whether ``folder`` holds a run of the configuration ``key`` (its ``metrics.json``)."""
     try:
         log = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return False
     if not isinstance(log, dict) or not isinstance(log.get("config"), dict):
         return False
@@ -435,12 +435,13 @@ def finetune(
             status ``"interrupted"``.
         ValueError: For a malformed strategy or budget, an unknown training
             time with a percentage budget, batches that do not fit the data,
-            or an output folder that holds another run's files — all before
-            anything is written.
+            an output folder that holds another run's files or the checkpoint,
+            or files hfft did not write — all before anything is written.
     """
+    out = Path(config.out)
+    check_not_input(out, [Path(config.checkpoint)], replaces=True)
     with first_signal_stops():
         src, runner, clock, points = _prepare(config, source, on_note)
-        out = Path(config.out)
         if not distributed.is_main():  # data-parallel: rank 0 alone writes
             run, status, final, stop = _run(config, src, runner, clock, out, points, on_progress)
             with signals_held(deliver=False) as late:
@@ -477,7 +478,7 @@ def _prepare(
     if source is None and on_note is not None:
         for note in src.notes:
             on_note(note)
-    budget = resolve_budget(budget, src.train_seconds)
+    budget = resolve_budget(budget, src.train_seconds, src.train_time_problem)
     torch.manual_seed(config.seed)
     points = evaluation_fractions(config.eval_points)
     runner = make_runner(

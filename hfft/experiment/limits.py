@@ -13,7 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FLOAT32_MAX", "LIMITS", "MAX_EVAL_POINTS", "MAX_SEED", "Limit", "check"]
+from hfft._text import quoted
+
+__all__ = [
+    "FLOAT32_MAX",
+    "LIMITS",
+    "MAX_CHECKPOINTS",
+    "MAX_EVAL_POINTS",
+    "MAX_SEED",
+    "MAX_SEEDS",
+    "MAX_TRAIN_SECONDS",
+    "Limit",
+    "check",
+]
 
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest float32: a learning rate above it is infinite in the model's arithmetic."""
@@ -21,8 +33,22 @@ FLOAT32_MAX = 3.4028234663852886e38
 MAX_SEED = 2**32 - 1
 """Seeds are 0 … 2³² − 1, the range NumPy and torch generators both accept."""
 
+MAX_TRAIN_SECONDS = 365 * 24 * 3600.0
+"""A training time longer than a year is a broken record, not a training: a budget of
+10 % of it would never end."""
+
 MAX_EVAL_POINTS = 1000
 """More evaluations than this would cost more than any budget they measure."""
+
+MAX_SEEDS = 1000
+"""Seeds per strategy: a comparison runs every strategy × seed × checkpoint, one after
+another, and its paired test separates strategies from 5 seeds on; 1,000 already means
+13,000 runs per checkpoint for the extended suite, and more only exhausts memory planning
+them (``compare --seeds 4294967295`` died of a MemoryError)."""
+
+MAX_CHECKPOINTS = 1000
+"""Checkpoints of a training: each is a file of the whole model, and the paper keeps 10;
+``--checkpoints 1000000000`` spent minutes only planning which epochs to save."""
 
 
 @dataclass(frozen=True)
@@ -56,14 +82,20 @@ LIMITS: dict[str, Limit] = {
     "weight_decay": Limit(float, lambda v: v >= 0, "a finite number >= 0"),
     "seed": Limit(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
     "data_seed": Limit(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
-    "seeds": Limit(int, lambda v: 1 <= v <= MAX_SEED, "a positive integer"),
+    "seeds": Limit(int, lambda v: 1 <= v <= MAX_SEEDS, f"an integer from 1 to {MAX_SEEDS}"),
     "eval_points": Limit(
         int, lambda v: 1 <= v <= MAX_EVAL_POINTS, f"an integer from 1 to {MAX_EVAL_POINTS}"
     ),
     "eval_batch_size": Limit(int, lambda v: v >= 1, "a positive integer"),
     "epochs": Limit(int, lambda v: v >= 1, "a positive integer"),
-    "checkpoints": Limit(int, lambda v: v >= 1, "a positive integer"),
-    "train_time": Limit(float, lambda v: v > 0, "a positive number of seconds"),
+    "checkpoints": Limit(
+        int, lambda v: 1 <= v <= MAX_CHECKPOINTS, f"an integer from 1 to {MAX_CHECKPOINTS}"
+    ),
+    "train_time": Limit(
+        float,
+        lambda v: 0 < v <= MAX_TRAIN_SECONDS,
+        "a positive number of seconds, at most a year (3.2e7)",
+    ),
     "valid_fraction": Limit(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
 }
 """Every checked setting by name."""
@@ -89,5 +121,5 @@ def check(name: str, value: Any, where: str | None = None) -> Any:
     limit = LIMITS[name]
     if not limit.accepts(value):
         label = where or "--" + name.replace("_", "-")
-        raise ValueError(f"{label} must be {limit.words}, got {value!r}")
+        raise ValueError(f"{label} must be {limit.words}, got {quoted(value)}")
     return value

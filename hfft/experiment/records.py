@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 __all__ = [
     "FINETUNE_KIND",
     "SCHEMA_VERSION",
+    "STUDY_KIND",
     "TRAIN_KIND",
     "AdamLog",
     "AutoLog",
@@ -41,6 +42,7 @@ __all__ = [
     "SourceEntry",
     "SpentEntry",
     "StrategyRanking",
+    "StudyRecord",
     "TaskEntry",
     "TimeToTarget",
     "TrainData",
@@ -56,6 +58,9 @@ FINETUNE_KIND = "hfft-finetune"
 
 TRAIN_KIND = "hfft-train"
 """``kind`` of a ``run.json``."""
+
+STUDY_KIND = "hfft-study"
+"""``kind`` of a ``study.json``."""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -385,6 +390,7 @@ class RunManifest(TypedDict):
     train_seconds: float
     checkpoints: list[CheckpointEntry]
     epochs: list[EpochEntry]
+    files: list[str]
 
 
 class StrategyRanking(TypedDict):
@@ -446,3 +452,14 @@ class CompareSummary(TypedDict, total=False):
     relative_performance: dict[str, dict[str, dict[str, list[float]]]]
     runs: list[CompareRun]
     plots: list[str]
+    files: list[str]
+    folders: list[str]
+
+
+class StudyRecord(TypedDict):
+    """``study.json``: a study's own files and folders (what hfft may replace there)."""
+
+    kind: str
+    status: str
+    files: list[str]
+    folders: list[str]

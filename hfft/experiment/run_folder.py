@@ -6,16 +6,21 @@ Rules every command holds (docs/safety.md):
   output folder while it works; a second run on the same folder fails at once
   with one sentence. The kernel drops the lock when its process dies, so a
   killed run never leaves a stale lock behind.
+* **Only hfft's own files.** A folder holding anything that no hfft record
+  there lists (:mod:`hfft.experiment.ownership`) is refused with one sentence
+  naming it, with or without ``--overwrite``; hfft removes or replaces only
+  the files a record lists.
 * **Never a mix.** A folder that holds another run's files is refused unless
   the user passes ``--overwrite``; a rerun of the same configuration replaces
   its earlier files. :class:`RunFolder` writes a run into a fresh staging
   folder beside the target and swaps it in when the run ends (completed,
   diverged or interrupted), so the target holds either the old run's files or
   the new run's, never both; a run that dies before the swap leaves the
-  target as it was.
+  target as it was. A symbolic link as the target is followed: the run
+  replaces the folder it points to, and the link stays.
 * **Nothing left behind** by a run that did not start: folders created for it
   are removed again, and the next run on a folder removes the staging folders
-  and temporary files of killed runs.
+  and temporary files of killed runs (hfft's by their names).
 
 Plain Python; importing this module does not import torch.
 """
@@ -28,16 +33,22 @@ import ctypes.util
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+from hfft._text import quoted
+from hfft.experiment.ownership import first_foreign, is_scratch, owned, remove_owned
 
 __all__ = [
     "FolderBusy",
     "FolderTaken",
     "RunFolder",
+    "check_foreign",
+    "check_not_input",
     "check_owner",
+    "claim",
     "clean_stale",
-    "clear",
     "folders_to_create",
     "locked_folder",
     "slug",
@@ -122,14 +133,70 @@ def locked_folder(target: Path, wait: bool = False, shared: bool = False) -> Ite
 def clean_stale(target: Path) -> None:
     """Remove what killed runs on ``target`` left: staging folders and temporary files.
 
-    Only to be called while holding ``target``'s lock: then no other run is
-    writing them.
+    Only entries named as hfft names them (:func:`hfft.experiment.ownership.is_scratch`)
+    are removed. Only to be called while holding ``target``'s lock: then no
+    other run is writing them.
     """
     for stale in target.parent.glob(f".{target.name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for tmp in target.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if not is_scratch(stale.name):
+            continue
+        if stale.is_symlink() or not stale.is_dir():
+            stale.unlink()
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    _remove_temporary(target)
+
+
+def _remove_temporary(folder: Path) -> None:
+    """Remove the temporary files of writes that a killed run left in ``folder``."""
+    for tmp in folder.glob(".hfft.*.tmp"):
+        if is_scratch(tmp.name) and (tmp.is_file() or tmp.is_symlink()):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def check_foreign(
+    target: Path, nested_runs: bool = True, pending: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """Refuse ``target`` if it holds anything that no hfft record there lists.
+
+    Args:
+        target: The output folder (may not exist yet).
+        nested_runs: Whether sub-folders holding other hfft runs may stay
+            (commands that write in place); a command that replaces the
+            folder whole would take them along, so it refuses them too.
+        pending: The record the run is about to write there, by name (what
+            it lists counts as hfft's).
+
+    Raises:
+        FolderTaken: Naming the first such entry.
+    """
+    foreign = first_foreign(target, nested_runs, pending)
+    if foreign is None:
+        return
+    raise FolderTaken(
+        f"{target} holds {quoted(foreign)}, which is not a file of an hfft run there; hfft never "
+        "deletes or replaces files it did not write: move it, or choose another --out"
+    )
+
+
+def check_not_input(target: Path, inputs: Iterable[Path], replaces: bool = False) -> None:
+    """Refuse an output folder that is the folder of one of the run's inputs (or, for a
+    run that ``replaces`` its folder whole, a folder above one).
+
+    Raises:
+        ValueError: Naming the input.
+    """
+    out = Path(os.path.realpath(target))
+    for path in inputs:
+        folder = Path(os.path.realpath(path))
+        folder = folder if folder.is_dir() else folder.parent
+        if folder == out or (replaces and out in folder.parents):
+            where = "holds" if folder == out else "lies above the folder of"
+            raise ValueError(
+                f"--out {target} {where} the input {path}; a run never writes into its input's "
+                "folder: choose another --out"
+            )
 
 
 def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool) -> str:
@@ -147,29 +214,25 @@ def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool)
         FolderTaken: If ``target`` holds files of another run and ``overwrite``
             is off.
     """
-    if not target.is_dir() or not any(p for p in target.iterdir() if not _ignorable(p)):
+    if not target.is_dir() or not owned(target):
         return "empty"
     if same_run(target):
         return "same"
     if overwrite:
         return "overwrite"
     raise FolderTaken(
-        f"{target} holds another run's files (a different configuration, or not hfft's); "
-        "pass --overwrite to replace them, or choose another --out"
+        f"{target} holds another run's files (a different hfft configuration); pass "
+        "--overwrite to replace them, or choose another --out"
     )
 
 
-def _ignorable(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
-def clear(target: Path) -> None:
-    """Remove everything inside ``target`` (the folder itself stays)."""
-    for entry in target.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def claim(
+    target: Path, same_run: Callable[[Path], bool], overwrite: bool, nested_runs: bool = True
+) -> str:
+    """:func:`check_foreign`, then :func:`check_owner`: whether and how a run may write
+    ``target`` (call it holding the folder's lock)."""
+    check_foreign(target, nested_runs)
+    return check_owner(target, same_run, overwrite)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -203,8 +266,9 @@ class RunFolder:
     """
 
     def __init__(self, target: Path, same_run: Callable[[Path], bool], overwrite: bool) -> None:
-        self.target = target
-        self.staging = target.parent / f".{target.name}.staging-{os.getpid()}"
+        # a link is followed: the swap replaces the folder it points to, not the link
+        self.target = Path(os.path.realpath(target)) if target.is_symlink() else target
+        self.staging = self.target.parent / f".{self.target.name}.staging-{os.getpid()}"
         self._same_run = same_run
         self._overwrite = overwrite
         self._stack = contextlib.ExitStack()
@@ -214,7 +278,7 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         with self._stack as stack:
             stack.enter_context(locked_folder(self.target))
-            owner = check_owner(self.target, self._same_run, self._overwrite)
+            owner = claim(self.target, self._same_run, self._overwrite, nested_runs=False)
             self.note = {
                 "empty": None,
                 "same": f"replacing the earlier run of the same configuration in {self.target}",
@@ -243,12 +307,27 @@ class RunFolder:
         self.committed = True
 
     def _swap(self) -> None:
-        if any(self.target.iterdir()):
-            if not _exchange(self.staging, self.target):
-                old = self.target.parent / f".{self.target.name}.staging-old-{os.getpid()}"
-                os.rename(self.target, old)
-                os.rename(self.staging, self.target)
-                self.staging = old
-            shutil.rmtree(self.staging, ignore_errors=True)
-        else:
+        if not any(self.target.iterdir()):
             os.rename(self.staging, self.target)  # replaces the empty folder
+            return
+        if not _exchange(self.staging, self.target):
+            old = self.target.parent / f".{self.target.name}.staging-old-{os.getpid()}"
+            os.rename(self.target, old)
+            os.rename(self.staging, self.target)
+            self.staging = old
+        _discard(self.staging, self.target)
+
+
+def _discard(old: Path, target: Path) -> None:
+    """Remove the replaced run's files from ``old``; anything else that appeared in the
+    folder while the run worked goes back into ``target`` (never deleted)."""
+    remove_owned(old)
+    _remove_temporary(old)
+    for entry in list(old.iterdir()):
+        back = target / entry.name
+        if not back.exists() and not back.is_symlink():
+            os.rename(entry, back)
+    if any(old.iterdir()):  # a name the new run took too: kept beside it, in sight
+        os.rename(old, target.parent / f"{target.name}.kept-{os.getpid()}")
+    else:
+        old.rmdir()

@@ -40,6 +40,7 @@ none (:attr:`DataSplits.valid_source` says which).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,8 @@ class DataSplits:
             built-in image set (``None``: the data is as given).
         seed: The seed of the split.
         valid_source: One of :data:`VALID_SOURCES`.
+        notes: What was adapted to what the user meant, one line each (integer
+            labels widened, inputs cast to the model's precision).
     """
 
     name: str
@@ -97,6 +100,7 @@ class DataSplits:
     normalization: dict[str, list[float]] | None
     seed: int
     valid_source: str = "held out"
+    notes: tuple[str, ...] = ()
 
     @property
     def num_train(self) -> int:
@@ -112,6 +116,38 @@ class DataSplits:
     def input_size(self) -> int:
         """The last dimension of an input sample (an image's side, a signal's length)."""
         return self.input_shape[-1] if self.input_shape else 0
+
+    def cast_inputs(self, dtype: torch.dtype) -> DataSplits:
+        """These splits with their floating-point inputs cast to the model's ``dtype``.
+
+        The model's precision is known only once it is built, after its data,
+        so this is the one change made to the data after loading; it happens
+        before any work, and a note in :attr:`notes` says it; values change
+        only by rounding (float64 to float32). Integer inputs (token ids) are
+        left as they are, and so is every split when one is streamed (read per
+        batch, its precision is the Dataset's: the first forward pass says so
+        if it does not fit). Returns ``self`` when nothing needs a cast.
+        """
+        from hfft.optim.batches import LazyInputs, leaves, map_tensors
+
+        names = ("train_x", "valid_x", "train_eval_x", "test_x")
+        splits = [getattr(self, name) for name in names]
+        if any(isinstance(x, LazyInputs) for x in splits):
+            return self
+        found = {
+            t.dtype for x in splits for t in leaves(x) if t.is_floating_point() and t.dtype != dtype
+        }
+        if not found:
+            return self
+        cast = {
+            name: map_tensors(lambda t: t.to(dtype) if t.is_floating_point() else t, x)
+            for name, x in zip(names, splits, strict=True)
+        }
+        was = ", ".join(sorted(str(d).removeprefix("torch.") for d in found))
+        note = (
+            f"the data's {was} inputs were cast to the model's {str(dtype).removeprefix('torch.')}"
+        )
+        return dataclasses.replace(self, **cast, notes=(*self.notes, note))
 
     def data_args(self) -> dict[str, Any]:
         """What a model factory may take from the data: outputs and input shape."""
@@ -251,7 +287,8 @@ def _builtin_splits(
     all_x, all_y = all_x.to(dev), all_y.to(dev)
     train, valid, train_eval = idx.train.to(dev), idx.valid.to(dev), idx.train_eval.to(dev)
     train_raw = all_x[train]
-    if normalization is None and info.normalize:
+    computed = normalization is None and info.normalize
+    if computed:
         mean, std = _channel_stats(train_raw)
         normalization = {"mean": mean.tolist(), "std": std.tolist()}
     if normalization is None:  # a set used as generated (MNIST-1D)
@@ -260,17 +297,26 @@ def _builtin_splits(
     else:
         mean = torch.tensor(normalization["mean"], dtype=torch.float64)
         std = torch.tensor(normalization["std"], dtype=torch.float64)
+        if len(mean) != all_x.shape[1]:
+            raise DataError(
+                f"The recorded normalisation has {len(mean)} channels but {name!r} inputs "
+                f"have {all_x.shape[1]}; the checkpoint's metadata is broken."
+            )
+    recorded = normalization is not None and not computed
     train_x, train_y = _normalise(train_raw, mean, std), all_y[train]
     del train_raw
+    valid_x, test_x = _normalise(all_x[valid], mean, std), _normalise(test_x.to(dev), mean, std)
+    if recorded:  # each statistic is in range, but (x - mean) / std may still overflow
+        _check_finite(name, train_x, valid_x, test_x)
     return DataSplits(
         name=name,
         train_x=train_x,
         train_y=train_y,
-        valid_x=_normalise(all_x[valid], mean, std),
+        valid_x=valid_x,
         valid_y=all_y[valid],
         train_eval_x=train_x[train_eval],
         train_eval_y=train_y[train_eval],
-        test_x=_normalise(test_x.to(dev), mean, std),
+        test_x=test_x,
         test_y=test_y.to(dev),
         num_classes=info.num_classes,
         input_shape=tuple(train_x.shape[1:]),
@@ -338,6 +384,7 @@ def _user_splits(
         normalization=None,
         seed=seed,
         valid_source=source,
+        notes=user.notes,
     )
 
 
@@ -350,6 +397,16 @@ def _outputs(*targets: Tensor) -> int:
         return max(1, math.prod(y.shape[1:]))
     top = max(int(t[t != -100].max()) if bool((t != -100).any()) else 0 for t in targets)
     return top + 1
+
+
+def _check_finite(name: str, *xs: Tensor) -> None:
+    import torch
+
+    if not all(bool(torch.isfinite(x).all()) for x in xs):
+        raise DataError(
+            f"The recorded normalisation makes {name!r} inputs infinite in float32 "
+            "((x - mean) / std overflows); the checkpoint's metadata is broken."
+        )
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,14 +19,14 @@ sentence; code runs only when the user names it (``--model file.py:fn``,
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfft.experiment.limits import check
+from hfft._text import quoted
+from hfft.experiment.limits import FLOAT32_MAX, check
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,6 +72,9 @@ class StartingPoint:
     task: Task
     notes: tuple[str, ...] = ()
     optimizer_state: dict[str, Any] | None = None
+    train_time_problem: str | None = None
+    """Why ``run.json`` beside the checkpoint gives no training time (a training that
+    did not finish), for a budget that needs it."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for logs."""
@@ -123,18 +126,37 @@ class StartingPointOptions:
 
 
 def training_seconds(checkpoint: Path) -> float | None:
-    """Total training seconds from the ``run.json`` beside a checkpoint, if there is one."""
-    manifest = checkpoint.parent / "run.json"
-    if not manifest.is_file():
-        return None
+    """Total training seconds from hfft's ``run.json`` beside a checkpoint, if there is one.
+
+    Only a training that completed gives its time, and only a sane one
+    (:data:`hfft.experiment.limits.LIMITS` ``train_time``: positive, at most a year).
+
+    Raises:
+        ValueError: When the ``run.json`` there is hfft's but its training did
+            not finish (interrupted, diverged, failed, or killed while
+            ``"running"``) or its time is not sane — one sentence saying so.
+    """
+    from hfft.experiment.ownership import read_record
+    from hfft.experiment.records import TRAIN_KIND
+
+    path = checkpoint.parent / "run.json"
+    manifest = read_record(path) if path.is_file() else None
+    if manifest is None or manifest.get("kind") != TRAIN_KIND:
+        return None  # no run.json, or not hfft's: the time is unknown
+    status = manifest.get("status")
+    if status != "completed":
+        raise ValueError(
+            f"the training in {checkpoint.parent} did not finish (its run.json says "
+            f"{quoted(status, 20)}); "
+            "rerun it or pass --train-time"
+        )
+    seconds = manifest.get("train_seconds")
+    if seconds is None:
+        raise ValueError(f"{path} records no train_seconds; pass --train-time")
     try:
-        manifest_data = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return None
-    value = manifest_data.get("train_seconds") if isinstance(manifest_data, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) and value > 0 else None
+        return float(check("train_time", seconds, where=f"train_seconds in {path}"))
+    except ValueError as err:
+        raise ValueError(f"{err}; pass --train-time") from None
 
 
 _PLAIN_VALUES = (bool, int, float, str)
@@ -163,9 +185,9 @@ def trusted_metadata(
         name = meta["model"]
         if not isinstance(name, str) or name not in PROBLEMS:
             raise StartingPointError(
-                f"{path} names the model {name!r} in its metadata, which is not one of hfft's "
-                f"models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint names: pass "
-                f"{_again('--model', name)} if you trust that code"
+                f"{path} names the model {quoted(name)} in its metadata, which is not one of "
+                f"hfft's models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint "
+                f"names: pass {_again('--model', name)} if you trust that code"
             )
         args = meta.get("model_args") or {}
         plain = isinstance(args, dict) and all(
@@ -181,7 +203,7 @@ def trusted_metadata(
         data = meta["data"]
         if not isinstance(data, str) or _builtin(path, data) is None:
             raise StartingPointError(
-                f"{path} names the data {data!r} in its metadata, which is not one of hfft's "
+                f"{path} names the data {quoted(data)} in its metadata, which is not one of hfft's "
                 f"data sets ({', '.join(DATASETS)}); hfft never runs code a checkpoint names: "
                 f"pass {_again('--data', data)} if you trust that code"
             )
@@ -231,23 +253,45 @@ def _trusted_task(path: Path, task: Any) -> dict[str, Any] | None:
     return {"kind": kind, "class_dim": dim, "metric": metric}
 
 
+MIN_STD = 1e-12
+"""The smallest standard deviation a recorded normalisation may divide by. Statistics that
+hfft records are those of real images (a constant channel is recorded as 1); dividing by
+less would blow a pixel's rounding error up past any scale a network trains at, and
+``std = 1e-320`` (subnormal) made every loss NaN."""
+
+
 def _trusted_normalization(path: Path, norm: Any) -> dict[str, list[float]] | None:
-    """Recorded per-channel statistics: two equally long lists of finite numbers, std > 0."""
+    """Recorded per-channel statistics, checked.
+
+    The rule: ``mean`` and ``std`` are equally long, non-empty lists of numbers;
+    every mean is finite with ``|mean| <= 3.4e38`` (float32's range, in which
+    the inputs are normalised) and every std finite with
+    ``1e-12 <= std <= 3.4e38`` (:data:`MIN_STD`). The normalised inputs must
+    also be finite in float32, which :func:`hfft.experiment.splits.load_data`
+    checks once they exist.
+    """
     if norm is None:
         return None
-    ok = isinstance(norm, dict) and all(
-        isinstance(norm.get(k), list)
-        and norm[k]
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in norm[k]
+
+    def numbers(key: str, least: float) -> bool:
+        values = norm.get(key)
+        return (
+            isinstance(values, list)
+            and bool(values)
+            and all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and least <= abs(v) <= FLOAT32_MAX
+                for v in values
+            )
         )
-        for k in ("mean", "std")
-    )
+
+    ok = isinstance(norm, dict) and numbers("mean", 0.0) and numbers("std", MIN_STD)
     if not ok or len(norm["mean"]) != len(norm["std"]) or min(norm["std"]) <= 0:
         raise StartingPointError(
             f"{path} records a normalisation in its metadata that is not per-channel means "
-            "and positive standard deviations"
+            f"within float32's range and standard deviations from {MIN_STD:g} to 3.4e38"
         )
     return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
 
@@ -280,9 +324,10 @@ def load_starting_point(
         DataError: For missing data sets.
     """
     from hfft._io import sha256_file
-    from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
+    from hfft.experiment.checkpoint import apply_state_dict, check_fit, load_checkpoint
     from hfft.experiment.factories import build_model
     from hfft.experiment.splits import load_data
+    from hfft.models import PROBLEMS
 
     options = options or StartingPointOptions()
     path = Path(checkpoint)
@@ -293,6 +338,7 @@ def load_starting_point(
         model_given=options.model is not None,
         data_given=options.data is not None,
     )
+    _check_model_sizes(path, meta.get("model_args") or {}, options.model_args, ckpt.state_dict)
     model_name, data_name = _model_and_data(path, meta, options)
     seed = int(_first(data_seed, meta.get("data_seed"), 0))
     fraction = _first(options.valid_fraction, meta.get("valid_fraction"))
@@ -307,11 +353,14 @@ def load_starting_point(
         valid_seen=fraction is not None and fraction != meta.get("valid_fraction"),
     )
     args = {**(meta.get("model_args") or {}), **options.model_args}
+    if model_name in PROBLEMS:  # hfft's own model: shapes checked on "meta", before memory
+        check_fit(build_model(model_name, args, splits.data_args(), "meta"), ckpt.state_dict)
     net = build_model(model_name, args, splits.data_args())
     notes = apply_state_dict(net, ckpt.state_dict)
     net = net.to(device)
     asked = _task_options(path, meta.get("task"), options)
-    task, task_note = fit_task(net, splits, asked)
+    task, task_note, splits = fit_task(net, splits, asked)
+    seconds, problem = _training_time(path)
     said = (task_note,) if inferred(asked, data_name) else ()
     return StartingPoint(
         path=path,
@@ -323,12 +372,44 @@ def load_starting_point(
         data_name=data_name,
         data_seed=seed,
         splits=splits,
-        train_seconds=_first(options.train_time, training_seconds(path)),
+        train_seconds=_first(options.train_time, seconds),
+        train_time_problem=None if options.train_time is not None else problem,
         task=task,
         notes=(*notes, *said, *data_notes(splits)),
         optimizer_state=ckpt.optimizer_state,
         **_hyperparameters(options, meta, model_name),
     )
+
+
+def _training_time(checkpoint: Path) -> tuple[float | None, str | None]:
+    """The training time beside ``checkpoint``, or why a ``run.json`` there gives none."""
+    try:
+        return training_seconds(checkpoint), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def _check_model_sizes(
+    path: Path, recorded: dict[str, Any], given: dict[str, Any], state_dict: dict[str, Any]
+) -> None:
+    """Integer model arguments from the metadata are no larger than the checkpoint's sizes.
+
+    Every size of hfft's models (widths, classes, channels, the input's side,
+    the number of layers) is at most the largest dimension of one of its
+    tensors or the number of its tensors, so a larger one cannot fit the
+    checkpoint; it is refused before it builds anything (``depth=10**9``
+    would loop for hours before a shape could be compared).
+    """
+    most = max([len(state_dict), *(size for t in state_dict.values() for size in t.shape)])
+    for key, value in recorded.items():
+        if key in given or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if value > most:
+            raise StartingPointError(
+                f"{path} records the model argument {key}={quoted(value, 20)} in its metadata, "
+                f"larger than any size of the weights it holds (at most {most}); pass "
+                f"--model-arg {key}=VALUE if you mean it"
+            )
 
 
 def _task_options(
@@ -355,10 +436,17 @@ def inferred(asked: dict[str, Any], data: str) -> bool:
     return user and all(asked.get(k) is None for k in ("kind", "loss"))
 
 
-def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> tuple[Task, str]:
-    """The task that fits the model's outputs on two training samples, and one line saying so.
+def fit_task(
+    model: nn.Module, splits: DataSplits, asked: dict[str, Any]
+) -> tuple[Task, str, DataSplits]:
+    """The task that fits the model's outputs on two training samples, one line saying so,
+    and the splits in the model's precision.
 
-    One forward pass in eval mode (the model's modes are restored), before any work.
+    What can be checked before any work is checked here: the model's precision
+    (float16 and bfloat16 are refused; floating inputs of another precision
+    are cast to the model's, with a note in the returned splits' ``notes``), one forward
+    pass in eval mode (the model's modes are restored), the user's loss on its
+    outputs, and every target of every split against the task.
 
     Args:
         model: The model.
@@ -367,42 +455,67 @@ def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> tup
 
     Raises:
         StartingPointError: If the outputs and targets make no task (shapes,
-            labels beyond the outputs' width, an unknown metric).
+            labels beyond the outputs' width, an unknown metric), or the model
+            is in half precision.
+        UserCodeError: If the model's forward pass, the loss factory or the
+            loss fails (one paragraph naming the call).
     """
     import torch
 
-    from hfft.experiment.task import TaskError, check_labels, infer_task, load_loss
+    from hfft.experiment.task import TaskError, check_targets, infer_task, load_loss
+    from hfft.experiment.user_code import first_loss, first_outputs
     from hfft.optim.batches import take
 
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(take(splits.train_x, slice(0, 2)))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    dtype = _precision(model)
+    if dtype is not None:
+        splits = splits.cast_inputs(dtype)
+    out = first_outputs(model, take(splits.train_x, slice(0, 2)), dtype)
     if not isinstance(out, torch.Tensor):
         raise StartingPointError(
             f"the model returns a {type(out).__name__}, not a tensor of outputs; "
             "wrap it so that forward returns the logits or predictions"
         )
-    targets = torch.cat([splits.train_y[:2], splits.valid_y, splits.test_y])
     try:
         loss = load_loss(asked["loss"]) if asked.get("loss") else None
         task, note = infer_task(
             out, splits.train_y[:2], asked.get("kind"), loss, asked.get("metric")
         )
-        if "accuracy" in task.metrics and task.kind != "multilabel":  # every split's labels
-            check_labels(targets, out.shape[task.class_dim])
-        return task, note
+        targets = {"train": splits.train_y, "valid": splits.valid_y, "test": splits.test_y}
+        check_targets(task, out, targets)
     except TaskError as err:
-        raise StartingPointError(str(err)) from None
+        raise StartingPointError(str(err)) from err
+    if loss is not None:
+        first_loss(loss, asked["loss"], out, splits.train_y[:2])
+    return task, note, splits
+
+
+def _precision(model: nn.Module) -> Any:
+    """The model's floating-point dtype (``None``: none, or several); half precision refused.
+
+    hfft must evaluate a checkpoint as its user would, so it never changes the
+    model's precision; and in float16 or bfloat16 its steps under- and
+    overflow (SGD without loss scaling or float32 master weights, CG's inner
+    products, the line search's loss differences).
+    """
+    import torch
+
+    from hfft.experiment.user_code import model_dtype
+
+    dtype = model_dtype(model)
+    if dtype in (torch.float16, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        raise StartingPointError(
+            f"the model's parameters are {name}, in which hfft's steps under- and overflow "
+            "(no loss scaling, no float32 master weights); return the model in float32 "
+            f"from its factory (model.float()): a checkpoint's {name} weights are cast to it"
+        )
+    return dtype
 
 
 def data_notes(splits: DataSplits) -> tuple[str, ...]:
-    """A line on where the validation split comes from, when it is not hfft's own hold-out,
-    and one when the data are streamed."""
+    """What was adapted in the data (:attr:`DataSplits.notes`), a line on where the
+    validation split comes from when it is not hfft's own hold-out, and one when the data
+    are streamed."""
     from hfft.experiment.streaming import StreamedInputs
 
     x = splits.train_x
@@ -414,7 +527,7 @@ def data_notes(splits: DataSplits) -> tuple[str, ...]:
         if isinstance(x, StreamedInputs)
         else ()
     )
-    return _valid_note(splits) + streamed
+    return splits.notes + _valid_note(splits) + streamed
 
 
 def _valid_note(splits: DataSplits) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ evaluation, ``selftest``, ``bench`` — takes it from here.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "Task",
     "TaskError",
     "check_labels",
+    "check_targets",
     "infer_task",
     "load_loss",
 ]
@@ -191,9 +193,11 @@ def infer_task(
         custom_loss: The user's loss (``--loss``).
         metric: The metric asked for (``--metric``).
 
+    The values of the targets are not checked here but by :func:`check_targets`,
+    over every sample of every split (a few samples would name the wrong largest label).
+
     Raises:
-        TaskError: If the targets do not fit the outputs, or class labels
-            exceed the outputs' width.
+        TaskError: If the targets do not fit the outputs (kind, dtype, shape).
     """
     if custom_loss is not None:
         as_classes = kind == "classification"
@@ -209,7 +213,6 @@ def infer_task(
                 "use --task regression or --task multilabel"
             )
         dim = _class_dim(outputs, targets)
-        check_labels(targets, outputs.shape[dim])
         where = "per position" if targets.ndim > 1 else "one label per sample"
         return Task(kind, dim, metric), f"task: classification ({where}, cross-entropy)"
     if tuple(outputs.shape) != tuple(targets.shape):
@@ -217,8 +220,6 @@ def infer_task(
             f"{kind} needs targets shaped like the outputs, but the outputs are "
             f"{tuple(outputs.shape)} and the targets {tuple(targets.shape)}"
         )
-    if kind == "multilabel" and not bool(((targets == 0) | (targets == 1)).all()):
-        raise TaskError("multi-label targets must be 0 or 1")
     loss = "mean squared error" if kind == "regression" else "binary cross-entropy"
     return Task(kind, 1, metric), f"task: {kind} ({loss})"
 
@@ -236,19 +237,60 @@ def _class_dim(outputs: Tensor, targets: Tensor) -> int:
     )
 
 
-def check_labels(targets: Tensor, width: int) -> None:
-    """Class labels must be outputs' indices (or :data:`IGNORE_INDEX`).
+def check_targets(task: Task, outputs: Tensor, targets: Mapping[str, Tensor]) -> None:
+    """Every target of every split fits the task, checked at once (vectorised) before any work.
+
+    Class labels (when the task reports accuracy on classes) must be indices of
+    the outputs, :func:`check_labels`; multi-label targets must be 0 or 1.
+
+    Args:
+        task: The task.
+        outputs: The model's outputs on a few samples (the classes' count).
+        targets: Each split's targets by name (``"train"``, ``"valid"``, ``"test"``).
 
     Raises:
-        TaskError: For a negative label or one ``>= width``.
+        TaskError: Naming the largest label (or the bad value) and the splits that hold it.
     """
-    keep = targets[targets != IGNORE_INDEX]
-    if keep.numel() and int(keep.min()) < 0:
-        raise TaskError(f"class labels must be >= 0 (or {IGNORE_INDEX} to ignore a position)")
-    if keep.numel() and int(keep.max()) >= width:
+    if task.kind == "multilabel":
+        for split, y in targets.items():
+            bad = y[(y != 0) & (y != 1)]
+            if bad.numel():
+                raise TaskError(
+                    f"multi-label targets must be 0 or 1, but the {split} split holds "
+                    f"{bad.numel()} other values, such as {float(bad[0])}"
+                )
+    elif "accuracy" in task.metrics:
+        check_labels(targets, outputs.shape[task.class_dim])
+
+
+def check_labels(targets: Mapping[str, Tensor], width: int) -> None:
+    """Class labels must be indices of the outputs (or :data:`IGNORE_INDEX`), in every split.
+
+    Args:
+        targets: Each split's labels by name.
+        width: The number of classes the model outputs.
+
+    Raises:
+        TaskError: For a negative label, or labels ``>= width``: the message
+            names the largest label of all splits and how many are too large where.
+    """
+    kept = {split: y[y != IGNORE_INDEX] for split, y in targets.items()}
+    for split, y in kept.items():
+        if y.numel() and int(y.min()) < 0:
+            raise TaskError(
+                f"class labels must be >= 0 (or {IGNORE_INDEX} to ignore a position), but the "
+                f"{split} split holds {int(y.min())}"
+            )
+    top = max((int(y.max()) for y in kept.values() if y.numel()), default=-1)
+    if top >= width:
+        counts = ", ".join(
+            f"{int((y >= width).sum())} in {split}"
+            for split, y in kept.items()
+            if (y >= width).any()
+        )
         raise TaskError(
-            f"the data has class labels up to {int(keep.max())} but the model outputs {width} "
-            f"classes; give the model at least {int(keep.max()) + 1} outputs"
+            f"the data has class labels up to {top} but the model outputs {width} classes "
+            f"(labels of {width} or more: {counts}); give the model at least {top + 1} outputs"
         )
 
 
@@ -259,21 +301,26 @@ def load_loss(spec: str) -> Loss:
 
     Raises:
         TaskError: If it cannot be loaded or does not make a loss.
+        UserCodeError: If calling the factory (or the loss class) fails, ``sys.exit`` included.
     """
     from hfft.experiment.factories import ModelSpecError, load_factory
+    from hfft.experiment.user_code import calling
 
     try:
         obj: Any = load_factory(spec)
-    except ModelSpecError as err:
-        raise TaskError(f"loss {spec!r} cannot be loaded: {str(err).rstrip('.')}") from None
+    except ModelSpecError as err:  # from err: --debug shows a failed import's traceback
+        raise TaskError(f"loss {spec!r} cannot be loaded: {str(err).rstrip('.')}") from err
+    advice = "Make it a loss(outputs, targets), or a function of no arguments that returns one"
     if isinstance(obj, type) and issubclass(obj, nn.Module):
-        obj = obj()  # an nn.Module class, e.g. torch.nn:HuberLoss
-    elif not isinstance(obj, nn.Module):
-        try:  # a factory that returns the loss, or the loss function itself
-            made = obj()
-            obj = made if callable(made) else obj
-        except TypeError:
-            pass
+        with calling(f"Loss {spec!r} failed: hfft called the class to make the loss", advice):
+            obj = obj()  # an nn.Module class, e.g. torch.nn:HuberLoss
+    elif not isinstance(obj, nn.Module):  # a factory that returns the loss, or the loss itself
+        with calling(f"Loss {spec!r} failed: hfft called it without arguments", advice):
+            try:
+                made = obj()
+            except TypeError:  # it needs arguments: the loss function itself
+                made = None
+        obj = made if callable(made) else obj
     if not callable(obj):
         raise TaskError(f"loss {spec!r} is not callable as loss(outputs, targets)")
     return obj

@@ -6,11 +6,19 @@ train-eval, validation and test metrics is paused out of it. The run manifest
 ``run.json`` records the total training seconds and each checkpoint's elapsed
 seconds — what makes a budget of "10 % of the training time" possible later.
 It is rewritten atomically after every epoch, so an interrupted run leaves a
-valid manifest (status ``"interrupted"``) and valid checkpoints.
+valid manifest (status ``"interrupted"``) and valid checkpoints. Its
+``status`` is ``"completed"`` only for a training that ran every epoch; a
+training that stopped otherwise says so (``"interrupted"``, ``"diverged"``,
+``"failed"``, or ``"running"`` after ``kill -9``), and a budget of "10 %" of
+it is refused. Training stops at the first epoch whose loss or weights are
+not finite, keeping only the checkpoints before it. ``run.json`` lists every
+file the run writes (``files``) before writing it, so a rerun removes exactly
+those and nothing else (:mod:`hfft.experiment.ownership`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import platform
@@ -22,7 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from hfft._io import atomic_write_json
+from hfft._io import atomic_write_json, number
+from hfft._text import quoted, short_list
 from hfft._version import __version__
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.datasets import builtin_data
@@ -30,8 +39,9 @@ from hfft.experiment.evaluation import evaluate_splits
 from hfft.experiment.factories import absolute_spec, build_model
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
+from hfft.experiment.ownership import read_record, remove_owned
 from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
-from hfft.experiment.run_folder import check_owner, clean_stale, clear, locked_folder
+from hfft.experiment.run_folder import claim, clean_stale, locked_folder
 from hfft.experiment.runners import sgd_update
 from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.experiment.splits import load_data
@@ -45,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "checkpoint_epochs",
     "same_train_run",
     "sgd_epoch",
@@ -137,13 +148,23 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the run's files are and how it ended."""
+    """Where the run's files are and how it ended (``"completed"`` or ``"diverged"``).
+
+    Attributes:
+        diverged_at: The epoch whose loss or weights were not finite (a
+            diverged run), else ``None``.
+    """
 
     manifest: Path
     checkpoints: list[Path]
     train_seconds: float
     final_metrics: dict[str, float]
     status: str
+    diverged_at: int | None = None
+
+
+class TrainingDiverged(ValueError):
+    """The model given to train already has non-finite weights."""
 
 
 def checkpoint_epochs(epochs: int, count: int) -> list[int]:
@@ -206,11 +227,8 @@ def _step_hook(
 
 def same_train_run(folder: Path, config: TrainConfig) -> bool:
     """Whether ``folder`` holds a training run of ``config`` (its ``run.json``)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(manifest, dict) or manifest.get("kind") != TRAIN_KIND:
+    manifest = read_record(folder / MANIFEST)
+    if manifest is None or manifest.get("kind") != TRAIN_KIND:
         return False
     stored = manifest.get("config")
     return isinstance(stored, dict) and _key(stored) == _key(asdict(config))
@@ -242,8 +260,9 @@ class _Training:
         )
         self.model = build_model(config.model, config.model_args, self.splits.data_args())
         self.model = self.model.to(self.device)
+        _check_finite_start(self.model, config.model)
         asked = {"kind": config.task, "loss": config.loss, "metric": config.metric}
-        self.task, task_note = fit_task(self.model, self.splits, asked)
+        self.task, task_note, self.splits = fit_task(self.model, self.splits, asked)
         said = (task_note,) if inferred(asked, config.data) else ()
         self.notes = (*said, *data_notes(self.splits))
         self.loss_fn = self.task.loss()
@@ -287,7 +306,14 @@ class _Training:
             "train_seconds": 0.0,
             "checkpoints": [],
             "epochs": [],
+            # every file this run may write, listed before it is written (ownership)
+            "files": [MANIFEST, *self.checkpoint_names()],
         }
+
+    def checkpoint_names(self) -> list[str]:
+        """The names of the checkpoints this run writes, in order."""
+        count = len(checkpoint_epochs(self.config.epochs, self.config.checkpoints))
+        return [f"ckpt-{k:02d}.safetensors" for k in range(1, count + 1)]
 
     def metadata(self) -> dict[str, Any]:
         c, splits = self.config, self.splits
@@ -353,7 +379,7 @@ class _Training:
         return cast(EpochEntry, record)
 
     def checkpoint(self, epoch: int) -> None:
-        path = self.out / f"ckpt-{len(self.written) + 1:02d}.safetensors"
+        path = self.out / self.checkpoint_names()[len(self.written)]
         meta = {**self.metadata(), "epoch": epoch, "elapsed_seconds": self.elapsed}
         save_checkpoint(path, self.model.state_dict(), {**meta, "metrics": self.metrics})
         self.written.append(path)
@@ -362,12 +388,30 @@ class _Training:
         )
 
 
+def _check_finite_start(model: nn.Module, name: str) -> None:
+    """Refuse a model whose parameters are not finite before the first step."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"the model {quoted(name)} has NaN or infinite values in {short_list(bad, 3)} before "
+            "training starts; check how it is built and initialised"
+        )
+
+
+def _finite_epoch(record: Mapping[str, Any], model: nn.Module) -> bool:
+    """Whether an epoch left finite losses (training batches and every split) and weights."""
+    losses = [v for k, v in record.items() if k == "train_batch_loss" or k.endswith("_loss")]
+    if any(number(v) is None for v in losses):
+        return False
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def finished_run(folder: Path, config: TrainConfig) -> TrainResult | None:
     """The completed run of ``config`` in ``folder`` with every checkpoint there, else
     ``None``."""
-    if not same_train_run(folder, config):
+    manifest = read_record(folder / MANIFEST)
+    if manifest is None or not same_train_run(folder, config):
         return None
-    manifest = json.loads((folder / MANIFEST).read_text())
     entries, epochs = manifest.get("checkpoints"), manifest.get("epochs")
     seconds = manifest.get("train_seconds")
     expected = len(checkpoint_epochs(config.epochs, config.checkpoints))
@@ -399,59 +443,99 @@ def train(
     """Train a model with SGD and write checkpoints and the run manifest.
 
     The data, the model and the output folder are checked before anything is
-    written; the folder is locked for the run (one run at a time), and a
-    folder that holds another run's files is refused unless
-    ``config.overwrite`` (then, as for a rerun of the same configuration, the
-    old files are removed first).
+    written; the folder is locked for the run (one run at a time). A folder
+    holding anything that no hfft record there lists is refused; one that
+    holds another run's files is refused unless ``config.overwrite``. The
+    earlier run's own files (what its ``run.json`` lists) are removed first,
+    and nothing else: other hfft runs inside the folder (``finetune-*``) stay.
+
+    Training stops at the first epoch whose loss or weights are not finite:
+    the run is ``"diverged"``, with the checkpoints written before it.
 
     Args:
         config: The run's configuration.
         on_step: Called as ``on_step(epoch, step, steps_per_epoch)`` after
             every optimizer step (for progress bars).
         on_epoch: Called with each epoch's record after its evaluation.
-        on_note: Called with one line each on the task and the validation split.
+        on_note: Called with one line each on the task, the validation split
+            and an earlier run being replaced.
         keep_finished: Return the completed run of this configuration found in
             the folder (checked under its lock, with every checkpoint there)
             instead of training again.
 
     Returns:
-        The :class:`TrainResult`.
+        The :class:`TrainResult` (``status`` ``"completed"`` or ``"diverged"``).
 
     Raises:
+        TrainingDiverged: If the model's weights are not finite before training.
+        FolderTaken: For a folder holding files hfft did not write, or another
+            run's without ``config.overwrite``.
         Interrupted: On Ctrl-C or SIGTERM, after the manifest was marked
             ``"interrupted"`` (the checkpoints written so far stay valid).
+        OSError: When a file cannot be written (a full disk), after the
+            manifest was marked ``"failed"`` where it still could be.
     """
 
     run = _Training(config)
-    if on_note is not None:
-        for line in run.notes:
-            on_note(line)
-    save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
+    for line in run.notes:
+        _say(on_note, line)
     with first_signal_stops(), locked_folder(run.out):
         if keep_finished and (kept := finished_run(run.out, config)) is not None:
             return kept
-        check_owner(run.out, lambda d: same_train_run(d, config), config.overwrite)
+        owner = claim(run.out, lambda d: same_train_run(d, config), config.overwrite)
+        if owner != "empty":
+            _say(on_note, f"replacing the files of the earlier training in {run.out}")
         clean_stale(run.out)
-        clear(run.out)
+        remove_owned(run.out)
         run.write_manifest()
-        try:
-            for epoch in range(1, config.epochs + 1):
-                record = run.epoch(epoch, _step_hook(on_step, epoch, run.steps_per_epoch))
-                if epoch in save_at:
-                    run.checkpoint(epoch)
-                stop = as_interrupt(run.write_manifest())
-                if stop is not None:
-                    raise stop
-                if on_epoch is not None:
-                    on_epoch(record)
-        except KeyboardInterrupt as err:
-            run.write_manifest("interrupted")
-            raise Interrupted.after(
-                err,
-                f"{len(run.written)} checkpoint{'' if len(run.written) == 1 else 's'} and "
-                f"run.json are saved in {run.out}, marked interrupted",
-            ) from None
-        stop = as_interrupt(run.write_manifest("completed"))
+        status, diverged_at = _epochs(run, on_step, on_epoch)
+        stop = as_interrupt(run.write_manifest(status))
     if stop is not None:
-        raise Interrupted.after(stop, f"training had completed: its files are in {run.out}")
-    return TrainResult(run.out / MANIFEST, run.written, run.elapsed, run.metrics, "completed")
+        raise Interrupted.after(stop, f"training had {status}: its files are in {run.out}")
+    return TrainResult(
+        run.out / MANIFEST, run.written, run.elapsed, run.metrics, status, diverged_at
+    )
+
+
+def _say(on_note: Callable[[str], None] | None, line: str) -> None:
+    if on_note is not None:
+        on_note(line)
+
+
+def _epochs(
+    run: _Training,
+    on_step: Callable[[int, int, int], None] | None,
+    on_epoch: Callable[[Mapping[str, Any]], None] | None,
+) -> tuple[str, int | None]:
+    """Every epoch, checkpointing as planned: ``("completed", None)``, or
+    ``("diverged", epoch)`` at the first epoch that left a non-finite loss or weight.
+
+    The manifest is marked ``"interrupted"`` on a signal (then
+    :class:`Interrupted` is raised) and ``"failed"`` on any other error.
+    """
+    config = run.config
+    save_at = set(checkpoint_epochs(config.epochs, config.checkpoints))
+    try:
+        for epoch in range(1, config.epochs + 1):
+            record = run.epoch(epoch, _step_hook(on_step, epoch, run.steps_per_epoch))
+            if not _finite_epoch(record, run.model):
+                return "diverged", epoch
+            if epoch in save_at:
+                run.checkpoint(epoch)
+            stop = as_interrupt(run.write_manifest())
+            if stop is not None:
+                raise stop
+            if on_epoch is not None:
+                on_epoch(record)
+    except KeyboardInterrupt as err:
+        run.write_manifest("interrupted")
+        raise Interrupted.after(
+            err,
+            f"{len(run.written)} checkpoint{'' if len(run.written) == 1 else 's'} and "
+            f"run.json are saved in {run.out}, marked interrupted",
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk may refuse this write too
+            run.write_manifest("failed")
+        raise
+    return "completed", None
