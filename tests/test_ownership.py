@@ -167,3 +167,23 @@ def test_an_unreadable_record_owns_nothing(tmp_path: Path, record: str) -> None:
     (tmp_path / "final.safetensors").write_text("w")
     assert not owned(tmp_path)
     assert first_foreign(tmp_path) == "final.safetensors"
+
+
+def test_records_written_before_they_listed_files_own_what_they_name(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "compare.json": {
+                "plots": [str(tmp_path / "curves-c.png")],
+                "runs": [{"checkpoint": "c", "strategy": "hf:m=256", "seed": 0}],
+            },
+            "curves-c.png": "png",
+            "c/hf_m=256/seed-0/metrics.json": _finetune(),
+            "c/hf_m=256/seed-0/final.safetensors": "w",
+            "t/run.json": {"checkpoints": [{"path": "ckpt-01.safetensors"}]},
+            "t/ckpt-01.safetensors": "w",
+        },
+    )
+    assert {"curves-c.png", "c/hf_m=256/seed-0/final.safetensors"} <= owned(tmp_path).files
+    assert owned(tmp_path / "t").files == {"run.json", "ckpt-01.safetensors"}
+    assert first_foreign(tmp_path) is None

@@ -106,20 +106,42 @@ more than it would have."""
 def _listed(name: str, record: Mapping[str, Any]) -> tuple[set[str], set[str]]:
     """The files and folders one record lists (its own name included)."""
     file_pattern, folder_pattern = (re.compile(p) for p in _NAMES[name])
-    listed = record.get("files")
-    if name == "metrics.json" and isinstance(listed, dict):
-        listed = list(listed)
-    if name == "run.json" and isinstance(record.get("checkpoints"), list):
-        # a run.json written before it listed "files": its checkpoints
-        entries = [e.get("path") for e in record["checkpoints"] if isinstance(e, dict)]
-        listed = [*(listed if isinstance(listed, list) else []), *entries]
-    folder_list = record.get("folders")
-    files = _names(listed if isinstance(listed, list) else [])
-    folders = _names(folder_list if isinstance(folder_list, list) else [])
+    files = _names(_strings(record.get("files")) + _earlier_files(name, record))
+    folders = _names(_strings(record.get("folders")) + _earlier_folders(name, record))
     return (
         {name} | {f for f in files if file_pattern.fullmatch(f)},
         {f for f in folders if folder_pattern.pattern and folder_pattern.fullmatch(f)},
     )
+
+
+def _strings(listed: Any) -> list[Any]:
+    """A list as it is; an object's keys (``metrics.json``'s files with their hashes)."""
+    if isinstance(listed, dict):
+        return list(listed)
+    return listed if isinstance(listed, list) else []
+
+
+def _earlier_files(name: str, record: Mapping[str, Any]) -> list[Any]:
+    """What records written before they had ``files`` list otherwise: a training's
+    checkpoints, a comparison's plots."""
+    if name == "run.json":
+        return [e.get("path") for e in _strings(record.get("checkpoints")) if isinstance(e, dict)]
+    if name == "compare.json":
+        return [PurePosixPath(p).name for p in _strings(record.get("plots")) if isinstance(p, str)]
+    return []
+
+
+def _earlier_folders(name: str, record: Mapping[str, Any]) -> list[Any]:
+    """A comparison's run folders from its ``runs`` (before it had ``folders``)."""
+    from hfft.experiment.run_folder import slug
+
+    if name != "compare.json":
+        return []
+    return [
+        f"{r.get('checkpoint')}/{slug(str(r.get('strategy')))}/seed-{r.get('seed')}"
+        for r in _strings(record.get("runs"))
+        if isinstance(r, dict)
+    ]
 
 
 RUN_FILES = ("metrics.json", "final.safetensors", "best.safetensors")
