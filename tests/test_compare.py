@@ -345,7 +345,7 @@ IMPLAUSIBLE = {
     ),
     "fraction-1e308": (
         _edited("fraction", 1e308),
-        "its metrics.json has fraction 1e+308 at evaluation 1, outside [0, 10]",
+        "its metrics.json has fraction 1e+308 at evaluation 1, more than spent.fraction (1.0)",
     ),
     "step-beyond-budget": (
         _edited("step", 7),

@@ -281,21 +281,114 @@ def test_a_run_never_writes_into_its_inputs_folder(
     argv = [command, ckpt, "--budget", "3steps", "--out", str(out), "--overwrite"]
     argv += ["-s", "sgd", "--seeds", "1"] if command == "compare" else []
     result = _invoke(*argv)
-    if command == "compare" and where == "above":
-        # a comparison writes in place beside the training folder, which it leaves alone
-        assert result.exit_code == 0, result.output
-    else:  # finetune would replace the folder above the checkpoint's whole
-        assert result.exit_code == 2, result.output
-        said = "holds the input" if where == "same" else "lies above the folder of the input"
-        assert f"--out {out} {said} {ckpt}" in result.output
-        assert "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    assert f"--out {out} holds the input {ckpt}" in result.output
+    assert "Traceback" not in result.output
     assert _tree(train_copy) == before
+
+
+def test_compare_overwrite_never_removes_its_input(train_copy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    base = ["compare", "-s", "sgd", "--seeds", "1", "--out", str(out)]
+    first = _invoke(*base, str(train_copy / "ckpt-02.safetensors"), "--budget", "3steps")
+    assert first.exit_code == 0, first.output
+    inside = out / "ckpt-02" / "sgd" / "seed-0" / "final.safetensors"
+    before = _tree(out)
+    result = _invoke(*base, str(inside), "--budget", "4steps", "--overwrite")
+    assert result.exit_code == 2 and f"holds the input {inside}" in result.output
+    assert _tree(out) == before
+
+
+def test_files_in_the_way_of_a_comparisons_runs_are_not_its_own(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    seed0 = out / "ckpt-02" / "sgd" / "seed-0"
+    seed0.mkdir(parents=True)
+    (seed0 / "metrics.json").write_text('{"my": "notes"}')
+    (seed0 / "final.safetensors").write_text("my weights")
+    before = _tree(out)
+    base = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds", "1"]
+    _refused(
+        _invoke(*base, "--budget", "3steps", "--out", str(out)),
+        "ckpt-02/sgd/seed-0/final.safetensors",
+    )
+    assert _tree(out) == before
+    # a run of finetune's own in the place of one of the comparison's needs --overwrite
+    other = tmp_path / "cmp2"
+    ft = ["finetune", str(trained_run / "ckpt-02.safetensors"), "--strategy", "sgd"]
+    assert (
+        _invoke(*ft, "--budget", "10steps", "--out", str(other / "ckpt-02/sgd/seed-0")).exit_code
+        == 0
+    )
+    before = _tree(other)
+    refused = _invoke(*base, "--budget", "3steps", "--out", str(other))
+    assert refused.exit_code == 2 and "holds another run in ckpt-02/sgd/seed-0" in refused.output
+    assert _tree(other) == before
+    replaced = _invoke(*base, "--budget", "3steps", "--out", str(other), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+
+
+@pytest.mark.parametrize("rerun", ["train", "finetune"])
+def test_a_rerun_never_removes_another_kind_of_run_in_its_folder(
+    train_copy: Path, tmp_path: Path, rerun: str
+) -> None:
+    study = ["study", "mlp", "--data", "digits", "--epochs", "2", "--checkpoints", "2"]
+    study += ["--seeds", "1", "--budget", "2steps", "-s", "sgd", "--model-arg", "width=8"]
+    ft = ["finetune", str(train_copy / "ckpt-02.safetensors"), "--strategy", "sgd"]
+    ft += ["--budget", "3steps", "--out", str(tmp_path / "ft")]
+    folder = train_copy if rerun == "train" else tmp_path / "ft"
+    if rerun == "finetune":
+        assert _invoke(*ft).exit_code == 0
+    # a study refuses a folder that holds another kind of run (it has no --overwrite) ...
+    before = _tree(folder)
+    refused = _invoke(*study, "--out", str(folder))
+    assert refused.exit_code == 2 and "holds another hfft run's files" in refused.output
+    assert _tree(folder) == before
+    # ... and a rerun of the same configuration replaces only a folder of its own kind
+    (folder / "study.json").write_text('{"files": ["report.md"]}')
+    (folder / "report.md").write_text("the study's report")
+    again = _invoke(*TRAIN, "--out", str(folder)) if rerun == "train" else _invoke(*ft)
+    assert again.exit_code == 2 and "holds another run's files" in again.output
+    assert (folder / "report.md").read_text() == "the study's report"
+
+
+def test_finetune_names_another_run_it_would_replace(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    ckpt = str(trained_run / "ckpt-02.safetensors")
+    base = ["finetune", ckpt, "--strategy", "sgd", "--budget", "3steps", "--out"]
+    assert _invoke(*base, str(out)).exit_code == 0
+    assert _invoke(*base, str(out / "inner")).exit_code == 0
+    result = _invoke(*base, str(out), "--overwrite")
+    assert result.exit_code == 2
+    assert (
+        f"{out} holds another hfft run in 'inner/', which this run would replace" in result.output
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_a_dangling_link_as_out_is_followed(
+    trained_run: Path, tmp_path: Path, command: str
+) -> None:
+    link, target = tmp_path / "link", tmp_path / "made" / "here"
+    link.symlink_to(target, target_is_directory=True)
+    argv = {
+        "train": [*TRAIN, "--epochs", "1", "--checkpoints", "1"],
+        "compare": ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds",
+                    "1", "--budget", "2steps"],
+    }[command]  # fmt: skip
+    result = _invoke(*argv, "--out", str(link))
+    assert result.exit_code == 0, result.output
+    assert (
+        link.is_symlink()
+        and (target / ("run.json" if command == "train" else "compare.json")).is_file()
+    )
 
 
 def test_a_study_never_writes_into_the_training_it_reads(train_copy: Path) -> None:
     before = _tree(train_copy)
     result = _invoke("study", "mlp", "--train-run", str(train_copy), "--out", str(train_copy))
-    assert result.exit_code == 2 and "never writes into its input's folder" in result.output
+    assert result.exit_code == 2 and "a run never writes into the folder of its input" in result.output
     assert _tree(train_copy) == before
 
 

@@ -47,6 +47,8 @@ WRITTEN = {
     "adamw": ("adamw", "6steps"),
     "schedulefree": ("sgd-schedulefree", "6steps"),
     "seconds": ("sgd", "0.2s"),
+    # a budget shorter than one step: the only step ends hundreds of budgets past it
+    "one-step-far-past": ("lbfgs", "0.0001s"),
     "epochs": (HF_SMALL, "0.3epochs"),  # overruns: one step draws 0.1 of an epoch
     "percent": ("sgd", "1%"),
     "diverged-at-once": ("sgd:lr=1e8", "20steps"),  # no evaluation after the start
@@ -60,6 +62,8 @@ def test_every_record_hfft_writes_passes(ckpt: Path, tmp_path: Path, case: str) 
     strategy, budget = WRITTEN[case]
     log = _run(ckpt, tmp_path / "ft", strategy, budget)
     check_finetune_log(log)
+    if case == "one-step-far-past":
+        assert log["spent"]["fraction"] > 10
     if case.startswith("diverged"):
         assert log["status"] == "diverged"
     if case == "null-losses":
@@ -209,7 +213,11 @@ DAMAGED = {
     ),
     "fraction-1e308": (
         _set("evaluations", 1, "fraction", value=1e308),
-        "has fraction 1e+308 at evaluation 1, outside [0, 10]",
+        "has fraction 1e+308 at evaluation 1, more than spent.fraction (1.0)",
+    ),
+    "step-started-past-the-budget": (
+        _set("steps", 3, "fraction", value=1.25),
+        "has fraction 1.25 at step 4: it started past the budget",
     ),
     "fraction-inconsistent": (
         _set("evaluations", 1, "fraction", value=0.75),

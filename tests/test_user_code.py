@@ -111,6 +111,20 @@ def exits(*args, **kwargs):
 
 def raises(*args, **kwargs):
     raise RuntimeError("boom")
+
+
+def beyond_float32():
+    (x, y), test = numpy_data()
+    x[3, 2] = 1e300  # finite in float64, infinite in float32
+    return (x, y), test
+
+
+def float_loss(outputs, targets):
+    return 1.0
+
+
+def per_sample_loss(outputs, targets):
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
 """
 
 
@@ -230,6 +244,25 @@ def test_numpy_data_of_other_dtypes_is_used_as_meant(user: Path, tmp_path: Path)
     )
     assert "int32 class labels were widened to int64" in result.output
     assert (out / "run.json").is_file()
+
+
+def test_float64_data_beyond_float32_is_refused(user: Path, tmp_path: Path) -> None:
+    result, out = train(user, tmp_path, "mlp", "beyond_float32")
+    assert_refused(
+        result, out, "float64 inputs hold values beyond the range of the model's float32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("loss", "said"),
+    [("float_loss", "returned a float, not one number"),
+     ("per_sample_loss", "returned a float32 2 tensor, not one number")],
+)  # fmt: skip
+def test_a_loss_that_returns_no_scalar_is_refused(
+    user: Path, tmp_path: Path, loss: str, said: str
+) -> None:
+    result, out = train(user, tmp_path, "mlp", "data", "--loss", f"{user}:{loss}")
+    assert_refused(result, out, said, "scalar tensor")
 
 
 def test_float32_data_goes_to_a_float64_model(user: Path, tmp_path: Path) -> None:

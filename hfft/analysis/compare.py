@@ -24,9 +24,9 @@ from typing import Any, cast
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
+from hfft.experiment.ownership import slug
 from hfft.experiment.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.records import CompareSummary
-from hfft.experiment.run_folder import slug
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES
 from hfft.optim import distributed
@@ -290,9 +290,12 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
     from hfft.experiment.ownership import remove_owned
     from hfft.experiment.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
 
-    check_foreign(out, pending={"compare.json": {"folders": _run_folders(config, strategies)}})
+    planned = _run_folders(config, strategies)
+    check_foreign(out, pending={"compare.json": {"folders": planned}})
     try:
-        owner = check_owner(out, lambda d: _same_comparison(d, config), config.overwrite)
+        owner = check_owner(
+            out, lambda d: _same_comparison(d, config), config.overwrite, "compare.json"
+        )
     except FolderTaken:
         remedy = (
             "or pass --overwrite to replace them"
@@ -303,9 +306,34 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
             f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
             f"or checkpoint options differ); choose another --out, {remedy}"
         ) from None
+    if not config.overwrite:
+        _check_strangers(out, planned)
     clean_stale(out)
     if owner == "overwrite":
         remove_owned(out)
+
+
+def _check_strangers(out: Path, planned: list[str]) -> None:
+    """Refuse a run folder of this comparison that holds a run the comparison did not list
+    (a ``finetune --out`` into its place): another run's files, which only ``--overwrite``
+    replaces.
+
+    Raises:
+        FolderTaken: Naming the folder.
+    """
+    from hfft.experiment.ownership import is_scratch, owned
+    from hfft.experiment.run_folder import FolderTaken
+
+    listed = owned(out).folders
+    for rel in planned:
+        folder = out / rel
+        if rel in listed or not folder.is_dir():
+            continue
+        if any(not is_scratch(entry.name) for entry in folder.iterdir()):
+            raise FolderTaken(
+                f"{out} holds another run in {rel}, where this comparison puts one of its runs; "
+                "pass --overwrite to replace it, or choose another --out"
+            )
 
 
 def _run_folders(config: CompareConfig, strategies: list[str]) -> list[str]:
@@ -402,7 +430,7 @@ def compare(
     from hfft.experiment.strategies import parse_strategy
 
     parse_budget(config.budget)
-    check_not_input(Path(config.out), [Path(c) for c in config.checkpoints])
+    check_not_input(Path(config.out), [Path(c) for c in config.checkpoints], replaces=True)
     given = [parse_strategy(s).label for s in config.strategies or ()]
     if config.shard is not None and distributed.is_distributed():
         raise ValueError(

@@ -177,12 +177,27 @@ def study(
 def _claim(config: StudyConfig) -> None:
     """Refuse an output folder that holds files hfft did not write, or the training run
     the study reads."""
-    from hfft.experiment.run_folder import check_foreign, check_not_input
+    from hfft.experiment.run_folder import (
+        FolderTaken,
+        check_foreign,
+        check_not_input,
+        check_owner,
+    )
 
     out = Path(config.out)
     if config.train_run is not None:
         check_not_input(out, [Path(config.train_run)])
-    check_foreign(out, pending={"study.json": _record(config, [], "running")})
+    # a study's own folder is the same study's (its comparison checks its settings);
+    # a folder that holds another kind of run is refused: a study has no --overwrite
+    pending = {"study.json": _record(config, [], "running")}
+    check_foreign(out, pending=pending)
+    try:
+        check_owner(out, lambda d: True, False, "study.json")
+    except FolderTaken:
+        raise FolderTaken(
+            f"{out} holds another hfft run's files (a training, fine-tuning or comparison); "
+            "choose another --out"
+        ) from None
 
 
 def _record(config: StudyConfig, figures: list[str], status: str) -> StudyRecord:

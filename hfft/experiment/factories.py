@@ -256,7 +256,12 @@ def build_model(
         calling(
             f"Building model {clipped(spec_or_name)!r} failed: hfft called it as "
             f"{clipped(spec_or_name.rpartition(':')[2], 40)}({call})",
-            "Make the factory return the model for these arguments (--model-arg sets them)",
+            (
+                f"hfft's model {spec_or_name!r} takes tensor inputs of the shape its data "
+                "gives; for other data name a model of your own (path/to/file.py:factory)"
+                if spec_or_name in PROBLEMS
+                else "Make the factory return the model for these arguments (--model-arg sets them)"
+            ),
             error=ModelSpecError,
         ),
         torch.device(device) if device is not None else contextlib.nullcontext(),

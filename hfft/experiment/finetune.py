@@ -56,6 +56,7 @@ from hfft.experiment.interrupts import (
     signals_held,
 )
 from hfft.experiment.limits import check
+from hfft.experiment.ownership import slug
 from hfft.experiment.records import (
     FINETUNE_KIND,
     SCHEMA_VERSION,
@@ -66,7 +67,7 @@ from hfft.experiment.records import (
     higher_is_better,
 )
 from hfft.experiment.registry import make_runner
-from hfft.experiment.run_folder import RunFolder, check_not_input, slug
+from hfft.experiment.run_folder import RunFolder, check_not_input
 from hfft.experiment.snapshot import StepHistory
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import parse_strategy

@@ -33,6 +33,7 @@ __all__ = [
     "owned",
     "read_record",
     "remove_owned",
+    "slug",
 ]
 
 RECORDS = ("run.json", "metrics.json", "compare.json", "study.json")
@@ -40,6 +41,15 @@ RECORDS = ("run.json", "metrics.json", "compare.json", "study.json")
 
 _SCRATCH = re.compile(r"\..+\.staging-(old-)?\d+|\.hfft\..+\.tmp")
 """hfft's scratch entries: a run's staging folder beside its ``--out`` and temporary files."""
+
+
+def slug(text: str) -> str:
+    """``text`` as one safe folder name: runs of other characters become ``_``.
+
+    Letters, digits and ``.``, ``=``, ``-`` are kept, so a strategy label such as
+    ``hf:m=2048,damping=0.5`` becomes ``hf_m=2048_damping=0.5``.
+    """
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
 
 
 def is_scratch(name: str) -> bool:
@@ -133,8 +143,6 @@ def _earlier_files(name: str, record: Mapping[str, Any]) -> list[Any]:
 
 def _earlier_folders(name: str, record: Mapping[str, Any]) -> list[Any]:
     """A comparison's run folders from its ``runs`` (before it had ``folders``)."""
-    from hfft.experiment.run_folder import slug
-
     if name != "compare.json":
         return []
     return [
@@ -157,18 +165,23 @@ def owned(folder: Path, pending: Mapping[str, Mapping[str, Any]] | None = None) 
     Args:
         folder: The folder.
         pending: Records a run is about to write there, by name (a comparison's
-            ``compare.json`` with its run folders): they count with those on disk.
+            ``compare.json`` with its run folders). Only their folders count, and
+            of those only what the records inside them list: a file in the way
+            of one of the run's names is not the run's before it wrote it.
 
     Returns an empty :class:`Owned` when ``folder`` holds no record.
     """
     files: set[str] = set()
     folders: dict[str, str] = {}  # listed folder → the record that lists it
     for name in RECORDS:
-        for record in (read_record(folder / name), (pending or {}).get(name)):
-            if record is not None:
-                more_files, more_folders = _listed(name, record)
-                files |= more_files
-                folders.update(dict.fromkeys(more_folders - folders.keys(), name))
+        record = read_record(folder / name)
+        if record is not None:
+            more_files, more_folders = _listed(name, record)
+            files |= more_files
+            folders.update(dict.fromkeys(more_folders - folders.keys(), name))
+    for name, planned in (pending or {}).items():
+        more_folders = _listed(name, planned)[1]
+        folders.update(dict.fromkeys(more_folders - folders.keys(), "pending"))
     nested: set[str] = set()
     for sub, lister in sorted(folders.items()):
         path = folder / sub

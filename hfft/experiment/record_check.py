@@ -23,13 +23,7 @@ from typing import Any
 
 from hfft.experiment.records import FINETUNE_KIND, SCHEMA_VERSION
 
-__all__ = ["FRACTION_BOUND", "RecordError", "check_finetune_log", "shown"]
-
-FRACTION_BOUND = 10.0
-"""The most budgets a run may have spent. A step that starts inside the budget finishes, so a
-run may end past it (HF at m = 6144 ended at up to 1.61× on MNIST-1D, docs/study-mnist1d.md);
-one that spent ten budgets spent nine of them in its last step, and ranks that step, not the
-budget. A step budget is never overrun (the clock counts whole steps)."""
+__all__ = ["RecordError", "check_finetune_log", "shown"]
 
 STATUSES = ("completed", "diverged", "interrupted")
 BUDGET_KINDS = ("seconds", "steps", "epochs")
@@ -173,7 +167,7 @@ def _point(record: dict[str, Any], step: str, where: str, prefix: str = "") -> _
         return _field(record, name, where=where, prefix=prefix)
 
     return _Point(
-        _finite(get("fraction"), prefix + "fraction", where, 0.0, FRACTION_BOUND),
+        _finite(get("fraction"), prefix + "fraction", where, 0.0),
         _finite(get("seconds"), prefix + "seconds", where, 0.0),
         _count(get(step), prefix + step, where),
         _optional(record.get("epochs"), prefix + "epochs", where, 0.0),
@@ -202,8 +196,9 @@ def _check_metrics(entry: dict[str, Any], where: str, custom: bool) -> None:
 
 
 def _check_steps(steps: list[Any], spent: _Point) -> None:
-    """One entry per step spent, started within the bound, the clock running forward (a
-    step cut short by Ctrl-C may lack its seconds)."""
+    """One entry per step spent, each started inside the budget (its fraction, taken at its
+    start, below 1: the last may end anywhere past it), the clock running forward (a step
+    cut short by Ctrl-C may lack its seconds)."""
     if len(steps) != spent.step:
         raise RecordError(f"lists {len(steps)} steps, not the {spent.step} of spent.steps")
     before = 0.0
@@ -211,7 +206,9 @@ def _check_steps(steps: list[Any], spent: _Point) -> None:
         where = f" at step {i}"
         if not isinstance(step, dict):
             raise RecordError(f"has step {i} {shown(step)}, not an object")
-        _finite(_field(step, "fraction", where=where), "fraction", where, 0.0, FRACTION_BOUND)
+        started = _finite(_field(step, "fraction", where=where), "fraction", where, 0.0)
+        if started >= 1.0:  # the loop starts a step only while the budget lasts
+            raise RecordError(f"has fraction {shown(started)}{where}: it started past the budget")
         seconds = _optional(step.get("seconds"), "seconds", where, 0.0)
         if seconds is not None:
             _in_order("seconds", seconds, where, before, spent.seconds, "spent.seconds")

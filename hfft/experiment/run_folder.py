@@ -31,14 +31,19 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from hfft._text import quoted
-from hfft.experiment.ownership import first_foreign, is_scratch, owned, remove_owned
+from hfft.experiment.ownership import (
+    RECORDS,
+    first_foreign,
+    is_scratch,
+    owned,
+    remove_owned,
+)
 
 __all__ = [
     "FolderBusy",
@@ -51,7 +56,6 @@ __all__ = [
     "clean_stale",
     "folders_to_create",
     "locked_folder",
-    "slug",
 ]
 
 try:
@@ -66,15 +70,6 @@ class FolderBusy(ValueError):
 
 class FolderTaken(ValueError):
     """The output folder holds another run's files."""
-
-
-def slug(text: str) -> str:
-    """``text`` as one safe folder name: runs of other characters become ``_``.
-
-    Letters, digits and ``.``, ``=``, ``-`` are kept, so a strategy label such as
-    ``hf:m=2048,damping=0.5`` becomes ``hf_m=2048_damping=0.5``.
-    """
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
 
 
 def folders_to_create(target: Path) -> list[Path]:
@@ -111,6 +106,8 @@ def locked_folder(target: Path, wait: bool = False, shared: bool = False) -> Ite
         FolderBusy: If another process holds the lock (and not ``wait``).
         OSError: If the folder cannot be created or opened.
     """
+    if target.is_symlink():  # followed, also where it points to nothing yet
+        target = Path(os.path.realpath(target))
     created = folders_to_create(target)
     target.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_RDONLY)
@@ -174,6 +171,11 @@ def check_foreign(
     foreign = first_foreign(target, nested_runs, pending)
     if foreign is None:
         return
+    if foreign.endswith("/") and owned(target / foreign):
+        raise FolderTaken(
+            f"{target} holds another hfft run in {quoted(foreign)}, which this run would "
+            "replace with the folder: move it, or choose another --out"
+        )
     raise FolderTaken(
         f"{target} holds {quoted(foreign)}, which is not a file of an hfft run there; hfft never "
         "deletes or replaces files it did not write: move it, or choose another --out"
@@ -182,7 +184,7 @@ def check_foreign(
 
 def check_not_input(target: Path, inputs: Iterable[Path], replaces: bool = False) -> None:
     """Refuse an output folder that is the folder of one of the run's inputs (or, for a
-    run that ``replaces`` its folder whole, a folder above one).
+    run that may replace files in it, a folder above one: its input could be among them).
 
     Raises:
         ValueError: Naming the input.
@@ -192,23 +194,26 @@ def check_not_input(target: Path, inputs: Iterable[Path], replaces: bool = False
         folder = Path(os.path.realpath(path))
         folder = folder if folder.is_dir() else folder.parent
         if folder == out or (replaces and out in folder.parents):
-            where = "holds" if folder == out else "lies above the folder of"
             raise ValueError(
-                f"--out {target} {where} the input {path}; a run never writes into its input's "
-                "folder: choose another --out"
+                f"--out {target} holds the input {path}; a run never writes into the folder of "
+                "its input, nor replaces a folder around it: choose another --out"
             )
 
 
-def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool) -> str:
+def check_owner(
+    target: Path, same_run: Callable[[Path], bool], overwrite: bool, record: str = "metrics.json"
+) -> str:
     """Whether a run may write ``target``: ``"empty"``, ``"same"`` (an earlier run of
-    the same configuration is there) or ``"overwrite"`` (another run's files, which
-    the user asked to replace).
+    the same configuration is there, and no other run) or ``"overwrite"`` (another
+    run's files, which the user asked to replace).
 
     Args:
         target: The output folder (may not exist yet).
         same_run: Whether the files in ``target`` are an earlier run of the
             same configuration.
         overwrite: The user's ``--overwrite``.
+        record: The record this kind of run writes (``run.json``, …): a folder
+            that also holds another kind's is another run's.
 
     Raises:
         FolderTaken: If ``target`` holds files of another run and ``overwrite``
@@ -216,7 +221,8 @@ def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool)
     """
     if not target.is_dir() or not owned(target):
         return "empty"
-    if same_run(target):
+    others = [name for name in RECORDS if name != record and (target / name).exists()]
+    if not others and same_run(target):
         return "same"
     if overwrite:
         return "overwrite"
@@ -227,12 +233,16 @@ def check_owner(target: Path, same_run: Callable[[Path], bool], overwrite: bool)
 
 
 def claim(
-    target: Path, same_run: Callable[[Path], bool], overwrite: bool, nested_runs: bool = True
+    target: Path,
+    same_run: Callable[[Path], bool],
+    overwrite: bool,
+    record: str,
+    nested_runs: bool = True,
 ) -> str:
-    """:func:`check_foreign`, then :func:`check_owner`: whether and how a run may write
-    ``target`` (call it holding the folder's lock)."""
+    """:func:`check_foreign`, then :func:`check_owner`: whether and how a run that writes
+    ``record`` may write ``target`` (call it holding the folder's lock)."""
     check_foreign(target, nested_runs)
-    return check_owner(target, same_run, overwrite)
+    return check_owner(target, same_run, overwrite, record)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -278,7 +288,9 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         with self._stack as stack:
             stack.enter_context(locked_folder(self.target))
-            owner = claim(self.target, self._same_run, self._overwrite, nested_runs=False)
+            owner = claim(
+                self.target, self._same_run, self._overwrite, "metrics.json", nested_runs=False
+            )
             self.note = {
                 "empty": None,
                 "same": f"replacing the earlier run of the same configuration in {self.target}",

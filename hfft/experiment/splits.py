@@ -144,9 +144,14 @@ class DataSplits:
             for name, x in zip(names, splits, strict=True)
         }
         was = ", ".join(sorted(str(d).removeprefix("torch.") for d in found))
-        note = (
-            f"the data's {was} inputs were cast to the model's {str(dtype).removeprefix('torch.')}"
-        )
+        to = str(dtype).removeprefix("torch.")
+        if any(not bool(t.isfinite().all()) for x in cast.values() for t in leaves(x)):
+            raise DataError(  # the inputs were finite before: the cast overflowed
+                f"the data's {was} inputs hold values beyond the range of the model's {to}, "
+                f"which the cast to {to} would make infinite; scale them, or build the model "
+                f"in the data's precision"
+            )
+        note = f"the data's {was} inputs were cast to the model's {to}"
         return dataclasses.replace(self, **cast, notes=(*self.notes, note))
 
     def data_args(self) -> dict[str, Any]:

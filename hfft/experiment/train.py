@@ -482,7 +482,7 @@ def train(
     with first_signal_stops(), locked_folder(run.out):
         if keep_finished and (kept := finished_run(run.out, config)) is not None:
             return kept
-        owner = claim(run.out, lambda d: same_train_run(d, config), config.overwrite)
+        owner = claim(run.out, lambda d: same_train_run(d, config), config.overwrite, MANIFEST)
         if owner != "empty":
             _say(on_note, f"replacing the files of the earlier training in {run.out}")
         clean_stale(run.out)

@@ -56,7 +56,8 @@ class UserCodeError(ValueError):
 def raised(err: BaseException) -> str:
     """The user's exception in one line: ``RuntimeError: boom``, ``SystemExit: 0``."""
     text = str(err) if not isinstance(err, SystemExit) else repr(err.code)
-    return f"{type(err).__name__}: {clipped(text, 200)}" if text else type(err).__name__
+    text = clipped(text, 200).rstrip(".")  # the paragraph puts its own full stop after it
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @contextlib.contextmanager
@@ -157,7 +158,15 @@ def first_loss(loss: Any, spec: str, outputs: Tensor, targets: Tensor) -> None:
     )
     advice = "Make it take the model's outputs and the data's targets and return the mean loss"
     with calling(what, advice, "the loss"), torch.no_grad():
-        loss(outputs, targets)
+        value = loss(outputs, targets)
+    if not (isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()):
+        got = (
+            _tensor(value) + " tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        )
+        raise UserCodeError(
+            f"{what}; the loss returned a {got}, not one number: hfft needs the mean loss as a "
+            "scalar tensor that autograd can differentiate (reduce it with .mean())"
+        )
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
