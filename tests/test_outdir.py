@@ -76,7 +76,8 @@ def _record(folder: Path, config: str, *weights: str) -> None:
     for name in weights:
         (folder / name).write_text(f"{config} weights")
     listed = {name: "0" * 64 for name in weights}
-    (folder / "metrics.json").write_text(json.dumps({"config": config, "files": listed}))
+    record = {"kind": "hfft-finetune", "config": config, "files": listed}
+    (folder / "metrics.json").write_text(json.dumps(record))
 
 
 def _same(folder: Path) -> bool:
@@ -346,7 +347,7 @@ def test_a_rerun_never_removes_another_kind_of_run_in_its_folder(
     assert refused.exit_code == 2 and "holds another hfft run's files" in refused.output
     assert _tree(folder) == before
     # ... and a rerun of the same configuration replaces only a folder of its own kind
-    (folder / "study.json").write_text('{"files": ["report.md"]}')
+    (folder / "study.json").write_text('{"kind": "hfft-study", "files": ["report.md"]}')
     (folder / "report.md").write_text("the study's report")
     again = _invoke(*TRAIN, "--out", str(folder)) if rerun == "train" else _invoke(*ft)
     assert again.exit_code == 2 and "holds another run's files" in again.output
@@ -388,7 +389,8 @@ def test_a_dangling_link_as_out_is_followed(
 def test_a_study_never_writes_into_the_training_it_reads(train_copy: Path) -> None:
     before = _tree(train_copy)
     result = _invoke("study", "mlp", "--train-run", str(train_copy), "--out", str(train_copy))
-    assert result.exit_code == 2 and "a run never writes into the folder of its input" in result.output
+    assert result.exit_code == 2
+    assert "a run never writes into the folder of its input" in result.output
     assert _tree(train_copy) == before
 
 
@@ -436,3 +438,62 @@ def test_a_file_that_appears_during_a_run_survives_the_swap(tmp_path: Path) -> N
     ]
     assert (target / "NOTES.md").read_text() == "written while the run worked"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("command", ["train", "finetune", "compare", "study"])
+def test_a_json_file_of_the_users_named_like_a_record_is_theirs(
+    trained_run: Path, tmp_path: Path, command: str
+) -> None:
+    name = {"train": "run.json", "finetune": "metrics.json", "compare": "compare.json",
+            "study": "study.json"}[command]  # fmt: skip
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_text('{"my": "notes"}')
+    ckpt = str(trained_run / "ckpt-02.safetensors")
+    argv = {
+        "train": [*TRAIN, "--overwrite"],
+        "finetune": ["finetune", ckpt, "--budget", "3steps", "--overwrite"],
+        "compare": ["compare", ckpt, "-s", "sgd", "--seeds", "1", "--budget", "3steps",
+                    "--overwrite"],
+        "study": ["study", "mlp", "--data", "digits", "--epochs", "1", "-s", "sgd"],
+    }[command]  # fmt: skip
+    _refused(_invoke(*argv, "--out", str(folder)), name)
+    assert (folder / name).read_text() == '{"my": "notes"}'
+
+
+def test_an_interrupt_while_the_plots_are_drawn_leaves_a_comparison_that_resumes(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hfft.analysis.plots
+
+    out = tmp_path / "cmp"
+    ckpts = [str(trained_run / f"ckpt-0{k}.safetensors") for k in (1, 2)]
+    argv = ["compare", *ckpts, "-s", "sgd", "--seeds", "1", "--budget", "2steps"]
+    real = hfft.analysis.plots.plot_relative_performance
+
+    def interrupted(*args, **kwargs):  # the curves are drawn, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hfft.analysis.plots, "plot_relative_performance", interrupted)
+    stopped = _invoke(*argv, "--out", str(out))
+    assert stopped.exit_code == 130 and (out / "curves-ckpt-01.png").is_file()
+    monkeypatch.setattr(hfft.analysis.plots, "plot_relative_performance", real)
+    resumed = _invoke(*argv, "--out", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "compare.json").read_text())["status"] == "completed"
+
+
+def test_compare_overwrite_refuses_a_run_nested_in_a_run_folder_before_removing_anything(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    base = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds", "1"]
+    assert _invoke(*base, "--budget", "3steps", "--out", str(out)).exit_code == 0
+    run = out / "ckpt-02" / "sgd" / "seed-0"
+    ft = ["finetune", str(run / "final.safetensors"), "--strategy", "sgd", "--budget", "2steps"]
+    assert _invoke(*ft).exit_code == 0  # into its default folder: inside the run folder
+    before = _tree(out)
+    result = _invoke(*base, "--budget", "4steps", "--out", str(out), "--overwrite")
+    assert result.exit_code == 2
+    assert "holds another hfft run in 'ckpt-02/sgd/seed-0/finetune-sgd/'" in result.output
+    assert _tree(out) == before

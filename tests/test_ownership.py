@@ -21,16 +21,23 @@ def _finetune(files: tuple[str, ...] = ("final.safetensors",)) -> dict:
     return {"kind": "hfft-finetune", "files": {name: "0" * 64 for name in files}}
 
 
+def _train(**record: object) -> dict:
+    return {"kind": "hfft-train", **record}
+
+
+def _compare(**record: object) -> dict:
+    return {"kind": "hfft-compare", **record}
+
+
 def _comparison(tmp_path: Path) -> Path:
     """A comparison of two runs, one of them with a best checkpoint too."""
     out = tmp_path / "cmp"
     _write(
         out,
         {
-            "compare.json": {
-                "files": ["compare.json", "curves-c.png"],
-                "folders": ["c/sgd/seed-0", "c/hf/seed-0"],
-            },
+            "compare.json": _compare(
+                files=["compare.json", "curves-c.png"], folders=["c/sgd/seed-0", "c/hf/seed-0"]
+            ),
             "curves-c.png": "png",
             "c/sgd/seed-0/metrics.json": _finetune(),
             "c/sgd/seed-0/final.safetensors": "w",
@@ -89,7 +96,7 @@ def test_another_run_inside_a_folder_is_left_to_itself(tmp_path: Path) -> None:
     _write(
         tmp_path,
         {
-            "run.json": {"files": ["run.json", "ckpt-01.safetensors"]},
+            "run.json": _train(files=["run.json", "ckpt-01.safetensors"]),
             "ckpt-01.safetensors": "w",
             "finetune-hf/metrics.json": _finetune(),
             "finetune-hf/final.safetensors": "w",
@@ -133,8 +140,8 @@ def test_a_record_cannot_point_outside_its_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     files = ["../ckpt-01.safetensors", str(outside), "./x/../../ckpt-01.safetensors", ""]
-    _write(out, {"run.json": {"files": files}})
-    _write(out, {"compare.json": {"folders": ["link/a/seed-0", "../elsewhere/a/seed-0"]}})
+    _write(out, {"run.json": _train(files=files)})
+    _write(out, {"compare.json": _compare(folders=["link/a/seed-0", "../elsewhere/a/seed-0"])})
     assert owned(out).files == {"run.json", "compare.json"}
     remove_owned(out)
     assert outside.read_text() == "years of work"
@@ -173,17 +180,37 @@ def test_records_written_before_they_listed_files_own_what_they_name(tmp_path: P
     _write(
         tmp_path,
         {
-            "compare.json": {
+            "compare.json": {  # no kind yet: known by its configuration
+                "config": {"checkpoints": ["c.safetensors"], "budget": "10%"},
                 "plots": [str(tmp_path / "curves-c.png")],
                 "runs": [{"checkpoint": "c", "strategy": "hf:m=256", "seed": 0}],
             },
             "curves-c.png": "png",
             "c/hf_m=256/seed-0/metrics.json": _finetune(),
             "c/hf_m=256/seed-0/final.safetensors": "w",
-            "t/run.json": {"checkpoints": [{"path": "ckpt-01.safetensors"}]},
+            "t/run.json": _train(checkpoints=[{"path": "ckpt-01.safetensors"}]),
             "t/ckpt-01.safetensors": "w",
         },
     )
     assert {"curves-c.png", "c/hf_m=256/seed-0/final.safetensors"} <= owned(tmp_path).files
     assert owned(tmp_path / "t").files == {"run.json", "ckpt-01.safetensors"}
     assert first_foreign(tmp_path) is None
+
+
+@pytest.mark.parametrize("name", ["run.json", "metrics.json", "compare.json", "study.json"])
+def test_a_json_file_of_the_users_is_no_record(tmp_path: Path, name: str) -> None:
+    _write(tmp_path, {name: {"my": "notes", "files": ["report.md"]}, "report.md": "mine"})
+    assert not owned(tmp_path)
+    assert first_foreign(tmp_path) == min(name, "report.md")  # both are the user's
+    remove_owned(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "report.md"])
+
+
+def test_a_comparisons_run_folder_holds_no_other_run(tmp_path: Path) -> None:
+    out = _comparison(tmp_path)
+    _write(out, {"c/sgd/seed-0/finetune-sgd/metrics.json": _finetune(())})
+    assert first_foreign(out) == "c/sgd/seed-0/finetune-sgd/"  # it would go with the folder
+    _write(out, {"c/other/metrics.json": _finetune(())})  # beside the run folders: left alone
+    (out / "c/sgd/seed-0/finetune-sgd/metrics.json").unlink()
+    (out / "c/sgd/seed-0/finetune-sgd").rmdir()
+    assert first_foreign(out) is None

@@ -415,3 +415,17 @@ def test_a_study_whose_training_diverges_stops_before_any_run(tmp_path: Path) ->
     ):
         study(_study_config(tmp_path, train=diverging))
     assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["train"]
+
+
+def test_an_interrupt_between_a_studys_steps_says_what_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hfft.analysis.study as study_module
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:  # after the training, before the runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "compare", interrupted)
+    with pytest.raises(Interrupted, match=r"what was finished is kept in .*study"):
+        study(_study_config(tmp_path, seeds=1, strategies=("sgd",)))
+    assert (tmp_path / "study" / "train" / "run.json").is_file()

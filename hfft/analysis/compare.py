@@ -26,7 +26,7 @@ from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
 from hfft.experiment.ownership import slug
 from hfft.experiment.record_check import RecordError, check_finetune_log, shown
-from hfft.experiment.records import CompareSummary
+from hfft.experiment.records import COMPARE_KIND, CompareSummary
 from hfft.experiment.starting_point import StartingPointOptions
 from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES
 from hfft.optim import distributed
@@ -606,9 +606,21 @@ def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool
         same = _without_out(stored.get("config") or {}) == _without_out(mine)
         header = header and not (stored.get("status") == "completed" and same)
     if header:
-        running: CompareSummary = {"status": "running", "config": mine, "strategies": strategies}
-        running.update(_owned_lists(out, config, strategies, []))  # type: ignore[typeddict-item]
-        atomic_write_json(out / "compare.json", running)
+        _write_header(out, config, strategies, [])
+
+
+def _write_header(
+    out: Path, config: CompareConfig, strategies: list[str], plots: list[Path]
+) -> None:
+    """``compare.json`` while the comparison runs: its configuration and what it owns."""
+    running: CompareSummary = {
+        "kind": COMPARE_KIND,
+        "status": "running",
+        "config": _config_json(config),
+        "strategies": strategies,
+    }
+    running.update(_owned_lists(out, config, strategies, plots))  # type: ignore[typeddict-item]
+    atomic_write_json(out / "compare.json", running)
 
 
 def _without_out(config: dict[str, Any]) -> dict[str, Any]:
@@ -748,22 +760,22 @@ def _summarise(
     if not distributed.is_main():
         return CompareResult(summary, out / "compare.json", [], reused, ran)
     keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    metrics = summary["metrics"] if len(keys) > 1 else []
+    planned = [out / f"curves-{key}.png" for key in keys]
+    planned += [out / f"relative-{metric}.png" for metric in metrics]
+    # listed before they are drawn: an interrupt meanwhile leaves them the comparison's
+    _write_header(out, config, strategies, planned)
     plots = [
-        plot_budget_curves(
-            [r for r in runs if r.checkpoint == key], out / f"curves-{key}.png", checkpoint=key
-        )
-        for key in keys
+        plot_budget_curves([r for r in runs if r.checkpoint == key], path, checkpoint=key)
+        for key, path in zip(keys, planned, strict=False)
     ]
-    if len(keys) > 1:
-        for metric in summary["metrics"]:
-            label = metric.replace("train_eval", "train").replace("_", " ")
-            rel = summary["relative_performance"][metric]
-            plots.append(
-                plot_relative_performance(rel, out / f"relative-{metric}.png", metric_label=label)
-            )
+    for metric, path in zip(metrics, planned[len(keys) :], strict=True):
+        label = metric.replace("train_eval", "train").replace("_", " ")
+        rel = summary["relative_performance"][metric]
+        plots.append(plot_relative_performance(rel, path, metric_label=label))
     summary["plots"] = [str(p) for p in plots]
     summary.update(_owned_lists(out, config, strategies, plots))  # type: ignore[typeddict-item]
-    summary["status"] = "completed"
+    summary["kind"], summary["status"] = COMPARE_KIND, "completed"
     compare_json = out / "compare.json"
     atomic_write_json(compare_json, summary)
     return CompareResult(summary, compare_json, plots, reused, ran)

@@ -20,10 +20,11 @@ anything else is refused before the training starts
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hfft._text import quoted
 from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare
 from hfft.experiment.budget import parse_budget
+from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord
 from hfft.experiment.starting_point import StartingPointOptions
@@ -129,6 +131,34 @@ def study(
     """
     started = time.perf_counter()
     _claim(config)
+    with _what_is_kept(Path(config.out)):
+        return _study(config, started, run_training, on_run, on_note)
+
+
+@contextlib.contextmanager
+def _what_is_kept(out: Path) -> Iterator[None]:
+    """An interrupt between the study's steps (the training and the runs say their own)
+    says what it keeps: a plain Ctrl-C would claim that nothing was written."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as err:
+        if not out.is_dir() or not any(out.iterdir()):
+            raise
+        raise Interrupted.after(
+            err, f"what was finished is kept in {out} (rerun the same command to resume)"
+        ) from None
+
+
+def _study(
+    config: StudyConfig,
+    started: float,
+    run_training: Callable[[Any], Any] | None,
+    on_run: Callable[[int, int, str], None] | None,
+    on_note: Callable[[str], None] | None,
+) -> StudyResult:
+    """The study once its folder is claimed: :func:`study`'s steps."""
     train_dir = _training(config, run_training, on_note)
     why = _unfinished(train_dir)
     if why is not None:  # a training that diverged, say

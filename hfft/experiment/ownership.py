@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hfft.experiment.records import COMPARE_KIND, FINETUNE_KIND, STUDY_KIND, TRAIN_KIND
+
 __all__ = [
     "RECORDS",
     "Owned",
     "first_foreign",
+    "hfft_record",
     "is_scratch",
     "owned",
     "read_record",
@@ -66,6 +69,29 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+_KINDS = {
+    "run.json": TRAIN_KIND,
+    "metrics.json": FINETUNE_KIND,
+    "compare.json": COMPARE_KIND,
+    "study.json": STUDY_KIND,
+}
+
+
+def hfft_record(folder: Path, name: str) -> dict[str, Any] | None:
+    """The record ``name`` in ``folder`` if hfft wrote it (its ``kind`` says so), else
+    ``None``: a JSON file of the user's that happens to be called ``run.json`` is theirs."""
+    record = read_record(folder / name)
+    if record is None:
+        return None
+    kind = record.get("kind")
+    if kind == _KINDS[name]:
+        return record
+    config = record.get("config")  # a compare.json written before it had a kind
+    if name == "compare.json" and kind is None and isinstance(config, dict):
+        return record if {"checkpoints", "budget"} <= config.keys() else None
+    return None
+
+
 @dataclass(frozen=True)
 class Owned:
     """What the records of one folder list, relative to it.
@@ -74,10 +100,13 @@ class Owned:
         files: Files (the records themselves included).
         folders: Folders the records list as a whole: a comparison's run
             folders, a study's ``train`` and ``runs``.
+        runs: The comparisons' run folders among them: each holds one run's
+            files and nothing else (a run replaces its folder whole).
     """
 
     files: frozenset[str] = frozenset()
     folders: frozenset[str] = frozenset()
+    runs: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(self.files or self.folders)
@@ -174,26 +203,30 @@ def owned(folder: Path, pending: Mapping[str, Mapping[str, Any]] | None = None) 
     files: set[str] = set()
     folders: dict[str, str] = {}  # listed folder → the record that lists it
     for name in RECORDS:
-        record = read_record(folder / name)
+        record = hfft_record(folder, name)
         if record is not None:
             more_files, more_folders = _listed(name, record)
             files |= more_files
             folders.update(dict.fromkeys(more_folders - folders.keys(), name))
     for name, planned in (pending or {}).items():
         more_folders = _listed(name, planned)[1]
-        folders.update(dict.fromkeys(more_folders - folders.keys(), "pending"))
+        folders.update(dict.fromkeys(more_folders - folders.keys(), f"pending {name}"))
     nested: set[str] = set()
+    runs: set[str] = set()
     for sub, lister in sorted(folders.items()):
         path = folder / sub
         if not _plain(folder, sub):  # listed through a link: nothing of it is hfft's
             continue
         inner = owned(path) if path.is_dir() else Owned()
         if lister == "compare.json":  # a comparison's run folder holds a run's files
-            inner = Owned(inner.files | frozenset(RUN_FILES), inner.folders)
+            inner = Owned(inner.files | frozenset(RUN_FILES), inner.folders, inner.runs)
+        if lister.endswith("compare.json"):
+            runs.add(sub)
         files |= {f"{sub}/{f}" for f in inner.files}
         nested |= {f"{sub}/{f}" for f in inner.folders}
+        runs |= {f"{sub}/{f}" for f in inner.runs}
     plain = {sub for sub in folders if _plain(folder, sub)}
-    return Owned(frozenset(files), frozenset(plain | nested))
+    return Owned(frozenset(files), frozenset(plain | nested), frozenset(runs))
 
 
 def first_foreign(
@@ -223,8 +256,8 @@ def _walk(folder: Path, base: str, own: Owned, nested_runs: bool) -> str | None:
             if rel not in own.files:
                 return rel
             continue
-        if own.holds(rel):
-            found = _walk(entry, rel + "/", own, nested_runs)
+        if own.holds(rel):  # inside a run folder, another run would go with the folder
+            found = _walk(entry, rel + "/", own, nested_runs and rel not in own.runs)
         elif nested_runs and (inner := owned(entry)):
             found = _walk(entry, "", inner, nested_runs)
             found = None if found is None else f"{rel}/{found}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 __all__ = [
+    "COMPARE_KIND",
     "FINETUNE_KIND",
     "SCHEMA_VERSION",
     "STUDY_KIND",
@@ -61,6 +62,9 @@ TRAIN_KIND = "hfft-train"
 
 STUDY_KIND = "hfft-study"
 """``kind`` of a ``study.json``."""
+
+COMPARE_KIND = "hfft-compare"
+"""``kind`` of a ``compare.json``."""
 
 
 def higher_is_better(metric: str) -> bool:
@@ -443,6 +447,7 @@ class CompareRun(TypedDict):
 class CompareSummary(TypedDict, total=False):
     """``compare.json`` (and ``hfft compare --json``)."""
 
+    kind: str
     status: str
     config: dict[str, Any]
     strategies: list[str]

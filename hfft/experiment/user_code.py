@@ -157,15 +157,21 @@ def first_loss(loss: Any, spec: str, outputs: Tensor, targets: Tensor) -> None:
         f"samples, outputs {_tensor(outputs)} and targets {_tensor(targets)}"
     )
     advice = "Make it take the model's outputs and the data's targets and return the mean loss"
-    with calling(what, advice, "the loss"), torch.no_grad():
-        value = loss(outputs, targets)
+    traced = outputs.detach().requires_grad_(outputs.is_floating_point())
+    with calling(what, advice, "the loss"), torch.enable_grad():
+        value = loss(traced, targets)
     if not (isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()):
-        got = (
-            _tensor(value) + " tensor" if isinstance(value, torch.Tensor) else type(value).__name__
-        )
+        tensor = isinstance(value, torch.Tensor)
+        got = f"{_tensor(value)} tensor" if tensor else type(value).__name__
         raise UserCodeError(
             f"{what}; the loss returned a {got}, not one number: hfft needs the mean loss as a "
             "scalar tensor that autograd can differentiate (reduce it with .mean())"
+        )
+    if traced.requires_grad and not value.requires_grad:
+        raise UserCodeError(
+            f"{what}; the loss returned a number that autograd cannot trace back to the "
+            "outputs (detached, or rebuilt from .item()): hfft differentiates the loss "
+            "through the model, so compute it with torch operations on the outputs"
         )
 
 
