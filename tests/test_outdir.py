@@ -497,3 +497,26 @@ def test_compare_overwrite_refuses_a_run_nested_in_a_run_folder_before_removing_
     assert result.exit_code == 2
     assert "holds another hfft run in 'ckpt-02/sgd/seed-0/finetune-sgd/'" in result.output
     assert _tree(out) == before
+
+
+def test_a_run_nested_in_a_run_folder_stops_only_a_redo_of_that_run(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    base = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds", "1"]
+    base += ["--budget", "3steps", "--out", str(out)]
+    assert _invoke(*base).exit_code == 0
+    run = out / "ckpt-02" / "sgd" / "seed-0"
+    ft = ["finetune", str(run / "final.safetensors"), "--strategy", "sgd", "--budget", "2steps"]
+    assert _invoke(*ft).exit_code == 0  # into its default folder: inside the run folder
+    kept = _tree(run)
+    assert _invoke(*base).exit_code == 0  # every run reused: nothing replaced, nothing refused
+    assert _tree(run) == kept
+    log = json.loads((run / "metrics.json").read_text())
+    log["evaluations"][1]["test_accuracy"] = 5.0  # now this run must be done again
+    (run / "metrics.json").write_text(json.dumps(log))
+    before = _tree(run)
+    redo = _invoke(*base)
+    assert redo.exit_code == 2
+    assert "holds another hfft run in 'finetune-sgd/'" in redo.output
+    assert _tree(run) == before

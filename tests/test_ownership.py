@@ -209,8 +209,10 @@ def test_a_json_file_of_the_users_is_no_record(tmp_path: Path, name: str) -> Non
 def test_a_comparisons_run_folder_holds_no_other_run(tmp_path: Path) -> None:
     out = _comparison(tmp_path)
     _write(out, {"c/sgd/seed-0/finetune-sgd/metrics.json": _finetune(())})
-    assert first_foreign(out) == "c/sgd/seed-0/finetune-sgd/"  # it would go with the folder
+    assert first_foreign(out) is None  # another run of hfft's, left where it is ...
+    # ... unless the run folders are about to be replaced whole (it would go with them)
+    assert first_foreign(out, runs_whole=True) == "c/sgd/seed-0/finetune-sgd/"
     _write(out, {"c/other/metrics.json": _finetune(())})  # beside the run folders: left alone
     (out / "c/sgd/seed-0/finetune-sgd/metrics.json").unlink()
     (out / "c/sgd/seed-0/finetune-sgd").rmdir()
-    assert first_foreign(out) is None
+    assert first_foreign(out, runs_whole=True) is None

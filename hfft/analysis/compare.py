@@ -231,7 +231,7 @@ def _reuse_check(
     if log.get("status") not in ("completed", "diverged"):
         return None, f"it had not finished (status {shown(log.get('status'))})"
     if not same_finetune_run(run_dir, key):
-        return None, "it was run with another configuration"
+        return None, _other_configuration(log.get("config"), key)
     if not isinstance(log.get("source"), dict) or log["source"].get("sha256") != sha256:
         return None, "it started from another version of the checkpoint"
     try:
@@ -247,6 +247,14 @@ def _reuse_check(
     if log["source"]["task"] != task:
         return None, "its metrics.json records another task or metric"
     return log, _weights_check(run_dir, log.get("files"))
+
+
+def _other_configuration(stored: Any, key: dict[str, Any]) -> str:
+    """Why a run's recorded configuration is not this run's, in its words."""
+    differ = [k for k in key if stored.get(k) != key[k]] if isinstance(stored, dict) else ["config"]
+    if differ == ["checkpoint"]:
+        return "it started from the checkpoint at another path (a moved or copied folder?)"
+    return "it was run with another configuration"
 
 
 def _weights_check(run_dir: Path, files: Any) -> str | None:
@@ -291,7 +299,9 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
     from hfft.experiment.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
 
     planned = _run_folders(config, strategies)
-    check_foreign(out, pending={"compare.json": {"folders": planned}})
+    # with --overwrite every run folder is replaced whole; without it only a run that is
+    # done again, whose own finetune refuses another run inside its folder
+    check_foreign(out, pending={"compare.json": {"folders": planned}}, runs_whole=config.overwrite)
     try:
         owner = check_owner(
             out, lambda d: _same_comparison(d, config), config.overwrite, "compare.json"
@@ -641,11 +651,13 @@ def _clear_damaged(out: Path, run_dir: Path) -> None:
     Raises:
         FolderBusy: If another process holds the run's folder.
     """
-    from hfft.experiment.ownership import first_foreign, remove_owned
+    from hfft.experiment.ownership import first_foreign, is_scratch, remove_owned
     from hfft.experiment.run_folder import locked_folder
 
     if not run_dir.is_dir() or first_foreign(run_dir, nested_runs=False) is None:
         return
+    if any(e.is_dir() and not is_scratch(e.name) for e in run_dir.iterdir()):
+        return  # another run inside: the run's own finetune refuses it, nothing removed
     with locked_folder(run_dir):
         remove_owned(out, under=run_dir.relative_to(out).as_posix())
 

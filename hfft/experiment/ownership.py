@@ -21,7 +21,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -230,7 +230,10 @@ def owned(folder: Path, pending: Mapping[str, Mapping[str, Any]] | None = None) 
 
 
 def first_foreign(
-    folder: Path, nested_runs: bool = True, pending: Mapping[str, Mapping[str, Any]] | None = None
+    folder: Path,
+    nested_runs: bool = True,
+    pending: Mapping[str, Mapping[str, Any]] | None = None,
+    runs_whole: bool = False,
 ) -> str | None:
     """The first entry of ``folder`` (a relative path) that no record there lists, else
     ``None``.
@@ -240,10 +243,13 @@ def first_foreign(
     own is another hfft run (checked against that record); without it, such
     a folder counts as foreign too (a command that replaces the folder whole
     would take it along). ``pending`` records count as written (:func:`owned`).
+    With ``runs_whole``, a comparison's run folders count as replaced whole (by
+    ``--overwrite``): another run inside one is foreign too.
     """
     if not folder.is_dir():
         return None
-    return _walk(folder, "", owned(folder, pending), nested_runs)
+    own = owned(folder, pending)
+    return _walk(folder, "", own if runs_whole else replace(own, runs=frozenset()), nested_runs)
 
 
 def _walk(folder: Path, base: str, own: Owned, nested_runs: bool) -> str | None:

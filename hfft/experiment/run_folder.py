@@ -153,7 +153,10 @@ def _remove_temporary(folder: Path) -> None:
 
 
 def check_foreign(
-    target: Path, nested_runs: bool = True, pending: Mapping[str, Mapping[str, Any]] | None = None
+    target: Path,
+    nested_runs: bool = True,
+    pending: Mapping[str, Mapping[str, Any]] | None = None,
+    runs_whole: bool = False,
 ) -> None:
     """Refuse ``target`` if it holds anything that no hfft record there lists.
 
@@ -164,11 +167,13 @@ def check_foreign(
             folder whole would take them along, so it refuses them too.
         pending: The record the run is about to write there, by name (what
             it lists counts as hfft's).
+        runs_whole: Whether a comparison's run folders are about to be
+            replaced whole (then no other run may be inside one).
 
     Raises:
         FolderTaken: Naming the first such entry.
     """
-    foreign = first_foreign(target, nested_runs, pending)
+    foreign = first_foreign(target, nested_runs, pending, runs_whole)
     if foreign is None:
         return
     if foreign.endswith("/") and owned(target / foreign):
