@@ -73,9 +73,11 @@ def command_guard() -> Iterator[None]:
     of hfft's and keeps its traceback (exit code 1).
     """
 
+    finished = False
     try:
         with first_signal_stops():
             yield
+        finished = True
     except KeyboardInterrupt as err:
         saved = _interrupted_in(err)
         terminated = was_terminated(saved or err)
@@ -107,7 +109,7 @@ def command_guard() -> Iterator[None]:
         if launched():
             from hfft.optim.distributed import shutdown
 
-            shutdown()
+            shutdown(wait_for_all=finished)
 
 
 def _print_traceback(err: BaseException) -> None:

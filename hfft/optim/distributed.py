@@ -81,11 +81,24 @@ def initialize(device: str) -> str:
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leave the process group, if this process joined one.
+
+    Args:
+        wait_for_all: Wait for every rank to get here first (a barrier): after a
+            run that finished, so that the ranks that wrote nothing do not tear
+            down their connections while rank 0 still writes its files (gloo
+            aborted a rank that left early, now and then). Not after a failure,
+            where a peer may never arrive.
+    """
     if is_distributed():
         import torch.distributed as dist
 
+        if wait_for_all:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer failed after all: leaving is all there is to do
+                pass
         dist.destroy_process_group()
 
 
