@@ -6,7 +6,9 @@ Run with ``python -m hfft.example``. Uses scikit-learn's bundled 8×8 digits
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,8 +37,32 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss, acc
 
 
+def shadowing_folder() -> Path | None:
+    """The folder that ``import hfft`` found instead of this package, or None.
+
+    A folder named ``hfft`` in the current directory comes first on ``sys.path``
+    under ``python -m``: without an ``__init__.py`` it becomes a namespace package
+    (no ``__file__``) that has none of hfft's names, yet this module is still
+    found beside the installed package.
+    """
+    found = sys.modules.get("hfft")
+    file = getattr(found, "__file__", None)
+    if found is None or (file and Path(file).resolve().parent == Path(__file__).resolve().parent):
+        return None
+    where = [*getattr(found, "__path__", []), *([file] if file else [])]
+    return Path(where[0]).resolve() if where else Path("hfft").resolve()
+
+
 def main(sgd_epochs: int = 20, hf_steps: int = 10, seed: int = 0) -> None:
     """Train an MLP with SGD, then continue with Hessian-free steps."""
+    shadow = shadowing_folder()
+    if shadow is not None:
+        print(
+            f"hfft: error: the folder {shadow} hides the installed hfft package (Python finds it "
+            "first, from the current directory); run from another folder or rename that folder.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     from hfft import HessianFree
 
     torch.manual_seed(seed)

@@ -118,7 +118,7 @@ def test_budget_kinds(ckpt: Path, run_dir: Path, tmp_path: Path, budget: str, ki
     result, log = run(ckpt, tmp_path, strategy="sgd", budget=budget, eval_points=3)
     assert log["budget"]["kind"] == kind
     if budget == "10%":
-        total = json.loads((run_dir / "run.json").read_text())["train_seconds"]
+        total = json.loads((run_dir / "run.json").read_text())["robust_train_seconds"]
         assert log["budget"]["limit"] == pytest.approx(0.1 * total)
     assert result.fraction >= 1.0
     if kind == "epochs":

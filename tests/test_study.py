@@ -61,7 +61,7 @@ def test_last_only_strategies_run_from_the_last_checkpoint_alone() -> None:
     [
         (43_200, ["sgd", "hf:m=256", "hf:m=1024", "hf:m=2048", "hf:m=6144", "auto:m=256"]),
         (1293, ["sgd", "hf:m=256", "hf:m=512", "auto:m=256"]),
-        (300, ["sgd", "auto"]),
+        (300, ["sgd", "hf:m=37", "hf:m=75", "hf:m=150", "auto:m=37"]),
     ],
 )
 def test_figure1_strategies_fit_the_data(n_train: int, expected: list[str]) -> None:

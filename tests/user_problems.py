@@ -241,8 +241,9 @@ def _class_last(loss_fn):
     return lambda out, y: loss_fn(out.transpose(1, 2), y)
 
 
-def save_examples(folder) -> None:
-    """Train each example with the user's plain loop and ``torch.save`` its state dict."""
+def save_examples(folder, names=()) -> None:
+    """Train each example (or those ``names``, e.g. ``wine``) with the user's plain loop and
+    ``torch.save`` its state dict."""
     from pathlib import Path
 
     from torchvision.models import resnet18
@@ -264,9 +265,14 @@ def save_examples(folder) -> None:
         "lm.pt": (TinyLanguageModel, next_tokens, _class_last(ce), 2, 0.05, 32),
         "resnet18.pt": (lambda: resnet18(num_classes=10), digits_rgb32, ce, 1, 0.01, 64),
     }
+    unknown = {f"{n}.pt" for n in names} - set(cases)
+    if unknown:
+        raise SystemExit(f"no example {', '.join(sorted(unknown))}; there are {', '.join(cases)}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for name, (build, data, loss_fn, epochs, lr, batch) in cases.items():
+        if names and name.removesuffix(".pt") not in names:
+            continue
         torch.manual_seed(SEED)
         model = plain_training(build(), data(), loss_fn, epochs=epochs, lr=lr, batch=batch)
         torch.save(model.state_dict(), out / name)
@@ -276,4 +282,5 @@ def save_examples(folder) -> None:
 if __name__ == "__main__":
     import sys
 
-    save_examples(sys.argv[1] if len(sys.argv) > 1 else "user-checkpoints")
+    # python tests/user_problems.py FOLDER [EXAMPLE …]: every example, or those named
+    save_examples(sys.argv[1] if len(sys.argv) > 1 else "user-checkpoints", sys.argv[2:])

@@ -151,15 +151,43 @@ def default_strategies(n_train: int, suite: str = "paper") -> list[str]:
     """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data
     (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW and schedule-free SGD).
 
-    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``; the three largest of
-    256, 512, …, 4096 that satisfy it are used. ``auto`` uses the smallest of
-    them, so that its probes are as cheap as HF steps get here and its HF phase
-    is one of the HF runs it is ranked against (without any, HF's default m).
+    ``auto`` uses the smallest HF size, so that its probes are as cheap as HF
+    steps get here and its HF phase is one of the HF runs it is ranked against.
     """
-    sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
+    sizes = hf_sizes(n_train)
     auto = f"auto:m={sizes[0]}" if sizes else "auto"
     paper = [*SGD_STRATEGIES, auto, *(f"hf:m={m}" for m in sizes)]
     return paper + list(EXTENDED_STRATEGIES) if suite == "extended" else paper
+
+
+def hf_sizes(n_train: int) -> list[int]:
+    """HF's default batch sizes m for ``n_train`` training samples.
+
+    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``: the three largest of
+    256, 512, …, 4096 that satisfy it; on data too small for 256, an eighth, a
+    quarter and half of the training set (:func:`hf_sizes_note` says so).
+    """
+    sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
+    if sizes:
+        return sizes
+    return sorted({m for m in (n_train // 8, n_train // 4, n_train // 2) if m >= 1})
+
+
+def hf_sizes_note(n_train: int) -> str | None:
+    """The line ``compare`` prints when HF's sizes are fractions of small data, else ``None``."""
+    from hfft.experiment.runners import DEFAULT_EVAL_BATCH
+
+    if n_train // 2 >= HF_BATCH_SIZES[0]:
+        return None
+    sizes = hf_sizes(n_train)
+    if not sizes:
+        return f"hf left out: {n_train} training samples hold no two disjoint batches B and B̄"
+    shown = ", ".join(f"m={m}" for m in sizes)
+    return (
+        f"hf at {shown} (up to half of the {n_train} training samples; B̄ the rest, at most "
+        f"{DEFAULT_EVAL_BATCH}): the standard m of {HF_BATCH_SIZES[0]} or more needs "
+        f"{2 * HF_BATCH_SIZES[0]} samples"
+    )
 
 
 def run_directory(out: Path, checkpoint: str, strategy: str, seed: int) -> Path:
@@ -386,10 +414,17 @@ def _load_sources(
                 on_note(f"{path}: {note}")
         sources.append((src, copy.deepcopy(src.model.state_dict())))
     budget = parse_budget(config.budget)
+    said = set()
     for src, _ in sources:  # a budget of a training that did not finish: before any run
         resolve_budget(budget, src.train_seconds, src.train_time_problem)
+        line = src.budget_note(budget)
+        if on_note is not None and line is not None and line not in said:
+            said.add(line)  # checkpoints of one training share it
+            on_note(line)
     n_train = sources[0][0].splits.num_train
     labels = strategies or default_strategies(n_train, config.suite)
+    if not strategies and on_note is not None and (line := hf_sizes_note(n_train)) is not None:
+        on_note(line)
     if strategies and config.suite == "extended":  # the given ones and the extended suite's
         labels = [*labels, *(s for s in EXTENDED_STRATEGIES if s not in labels)]
     for src, _ in sources:

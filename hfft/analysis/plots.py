@@ -14,8 +14,9 @@ registered globally (nothing to close, nothing leaks between calls), and
 is written atomically (rendered into memory, then temporary file + rename).
 HF strategies are drawn in oranges and reds (darker for larger m), SGD
 strategies in greys, greens and blues, as in the paper, and ``auto`` (SGD
-switching to HF) in purple; :func:`strategy_colors` gives every plot of one
-comparison the same colours.
+switching to HF) in purple; the late-phase methods of the extended suite in
+colours of their own, dashed; :func:`strategy_colors` gives every plot of one
+comparison the same colours, :func:`strategy_linestyle` the line styles.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "plot_budget_curves",
     "plot_relative_performance",
     "strategy_colors",
+    "strategy_linestyle",
 ]
 
 GRID = np.linspace(0.0, 1.0, 101)
@@ -58,14 +60,18 @@ _SGD_COLORS = {
     "sgd-plateau": "#17becf",
 }
 # The late-phase strategies of the extended suite: colours far from the SGD blues and
-# greens, auto's purple and HF's oranges and reds
+# greens, auto's purple, HF's oranges and reds and from each other (adam olive, adamw
+# indigo: a shade of one hue apart was mistaken for the other), drawn dashed
 _EXTENDED_COLORS = {
     "swa": "#8c564b",
     "lbfgs": "#e377c2",
     "adam": "#bcbd22",
-    "adamw": "#6b6b00",
+    "adamw": "#1a1a8c",
     "sgd-schedulefree": "#000000",
 }
+# SGD (the paper's) and HF solid, auto dash-dotted, the extended suite dashed
+_EXTENDED_LINE = "--"
+_AUTO_LINE = "-."
 _OTHER_SGD = "#5b6f8a"
 _HF_SINGLE = "#d62728"
 _AUTO = "#9467bd"
@@ -90,6 +96,19 @@ def _marker(label: str) -> str:
     if _base(label) in _EXTENDED_COLORS:
         return "^"
     return "o" if _is_hf(label) else "D" if _is_auto(label) else "s"
+
+
+def strategy_linestyle(label: str) -> str:
+    """The line style of a strategy's curves: ``--`` for the extended suite
+    (``swa``, ``lbfgs``, ``adam``, ``adamw``, ``sgd-schedulefree``), ``-.``
+    for ``auto``, solid for the paper's SGD strategies and HF.
+
+    With :func:`strategy_colors`, no two strategies of one comparison look
+    alike, even where two colours are close.
+    """
+    if _base(label) in _EXTENDED_COLORS:
+        return _EXTENDED_LINE
+    return _AUTO_LINE if _is_auto(label) else "-"
 
 
 def _hf_batch(label: str) -> int:
@@ -302,7 +321,8 @@ def _budget_panel(
         mean, q25, q75 = band
         x = 100 * GRID
         ax.fill_between(x, q25, q75, color=color, alpha=0.2, linewidth=0)
-        (line,) = ax.plot(x, mean, color=color, linewidth=2)
+        style = strategy_linestyle(strategy)
+        (line,) = ax.plot(x, mean, color=color, linestyle=style, linewidth=2)
         handles.setdefault(strategy, line)
         drawn.append(np.concatenate([mean, q25, q75]))
     ax.set_xlim(0, 100)

@@ -28,6 +28,7 @@ from hfft.analysis.run_summary import (
     select_runs,
 )
 from hfft.analysis.wilcoxon import signed_rank_pvalue
+from hfft.experiment.hf_progress import progress_verdict, strategy_note
 
 __all__ = [
     "ALPHA",
@@ -395,6 +396,27 @@ def overrun_notes(group: list[RunSummary]) -> list[str]:
     return notes
 
 
+def hf_progress(group: list[RunSummary]) -> dict[str, str]:
+    """HF strategies that made no or little progress in at least half of their seeds:
+    strategy → ``"no"`` or ``"little"``."""
+    out = {}
+    for strategy, runs in by_strategy(select_runs(group)).items():
+        entries = [r.hf_progress for r in runs if r.hf_progress is not None]
+        if (verdict := progress_verdict(entries)) is not None:
+            out[strategy] = verdict
+    return out
+
+
+def progress_notes(group: list[RunSummary]) -> list[str]:
+    """Sentences on HF strategies that made no or little progress in most of their seeds."""
+    notes = []
+    for strategy, runs in by_strategy(select_runs(group)).items():
+        entries = [r.hf_progress for r in runs if r.hf_progress is not None]
+        if (note := strategy_note(strategy, entries)) is not None:
+            notes.append(note)
+    return notes
+
+
 def _start(group: list[RunSummary], metric: str) -> float | None:
     """The checkpoint's own value of ``metric`` (the same in every run from it)."""
     return next((v for r in group if (v := r.start(metric)) is not None), None)
@@ -482,7 +504,11 @@ def compare_summary(
                 },
                 "time_to_target": ttt,
                 "step_seconds": timing,
-                "notes": run_notes(group, metrics) + _timing_notes(timing) + overrun_notes(group),
+                "hf_progress": hf_progress(group),
+                "notes": run_notes(group, metrics)
+                + progress_notes(group)
+                + _timing_notes(timing)
+                + overrun_notes(group),
             }
         )
     summary: dict[str, Any] = {

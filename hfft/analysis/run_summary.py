@@ -46,6 +46,8 @@ class RunSummary:
             what the comparison ranks on the test split.
         cg_seconds: Clock seconds per CG iteration over the run's HF steps
             (``None`` for runs without CG).
+        hf_progress: The run's ``hf_progress`` entry (HF runs; ``None`` for others and
+            for runs written before it existed).
     """
 
     checkpoint: str
@@ -55,6 +57,7 @@ class RunSummary:
     evaluations: tuple[dict[str, Any], ...]
     metric: str = "accuracy"
     cg_seconds: float | None = None
+    hf_progress: dict[str, Any] | None = None
 
     @classmethod
     def from_metrics(cls, checkpoint: str, seed: int, metrics: Mapping[str, Any]) -> RunSummary:
@@ -84,6 +87,7 @@ class RunSummary:
             evaluations=tuple(dict(e) for e in evaluations),
             metric=metric if metric in ("accuracy", "loss", "rmse", "r2") else "accuracy",
             cg_seconds=_cg_seconds(metrics.get("steps")),
+            hf_progress=_hf_progress(metrics.get("hf_progress")),
         )
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,3 +189,13 @@ def by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
     for r in runs:
         groups.setdefault(r.strategy, []).append(r)
     return {s: sorted(g, key=lambda r: r.seed) for s, g in groups.items()}
+
+
+def _hf_progress(entry: Any) -> dict[str, Any] | None:
+    """``metrics.json``'s ``hf_progress`` when it has the fields a note needs, else ``None``."""
+    if not isinstance(entry, dict) or entry.get("verdict") not in ("none", "little", "made"):
+        return None
+    counts = (entry.get("steps"), entry.get("accepted"), entry.get("m"), entry.get("n_train"))
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return None
+    return dict(entry)

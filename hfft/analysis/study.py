@@ -31,7 +31,7 @@ from typing import Any
 
 from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hfft._text import quoted
-from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare
+from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare, hf_sizes
 from hfft.experiment.budget import parse_budget
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
@@ -94,11 +94,12 @@ def figure1_strategies(n_train: int) -> list[str]:
 
     HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``. Where fewer than two
     of :data:`STUDY_HF_SIZES` fit, 256 and 512 are tried instead (small data
-    sets such as digits); ``auto`` without any size uses HF's default m.
+    sets such as digits), and where neither fits, fractions of the training set
+    (:func:`hfft.analysis.compare.hf_sizes`).
     """
     sizes = [m for m in STUDY_HF_SIZES if m <= n_train // 2]
     if len(sizes) < 2:
-        sizes = [m for m in (256, 512) if m <= n_train // 2]
+        sizes = [m for m in (256, 512) if m <= n_train // 2] or hf_sizes(n_train)
     auto = f"auto:m={sizes[0]}" if sizes else "auto"
     return ["sgd", *(f"hf:m={m}" for m in sizes), auto]
 

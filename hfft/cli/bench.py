@@ -38,9 +38,12 @@ ModelsOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[
-    int | None, typer.Option(help="Batch size (default: 128 for 3c3d, 32 otherwise).", min=1)
+    int | None,
+    typer.Option(metavar="<int>", help="Batch size (default: 128 for 3c3d, 32 otherwise).", min=1),
 ]
-RoundsOpt = Annotated[int, typer.Option(help="Timed rounds; the median is reported.", min=1)]
+RoundsOpt = Annotated[
+    int, typer.Option(metavar="<int>", help="Timed rounds; the median is reported.", min=1)
+]
 CGOpt = Annotated[
     int,
     typer.Option(
@@ -50,7 +53,8 @@ CGOpt = Annotated[
 ]
 MemoryOpt = Annotated[bool, typer.Option(help="Also measure peak memory (separate, slower runs).")]
 ThreadsOpt = Annotated[
-    int | None, typer.Option(help="torch CPU threads (default: torch's choice).", min=1)
+    int | None,
+    typer.Option(metavar="<int>", help="torch CPU threads (default: torch's choice).", min=1),
 ]
 LoopOpt = Annotated[
     bool,

@@ -284,20 +284,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 ModelArgOpt = Annotated[
     list[str] | None,
-    typer.Option("--model-arg", help="Model keyword argument KEY=VALUE (repeatable)."),
+    typer.Option(
+        "--model-arg", metavar="<k=v>", help="Model keyword argument KEY=VALUE (repeatable)."
+    ),
 ]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        help="Model name or path/to/file.py:factory for a plain state-dict checkpoint "
+        help="Model name, or file.py:fn or package.module:fn for a plain state-dict checkpoint "
         "(loading your file executes it)."
     ),
 ]
 DataOpt = Annotated[
     str | None,
     typer.Option(
-        help=f"Data set: {DATA_NAMES}, or path/to/file.py:function returning (train, test) "
-        "or (train, valid, test), used as returned. Default: the checkpoint's or model's."
+        help=f"Data set: {DATA_NAMES}, or file.py:fn or package.module:fn returning (train, "
+        "test) or (train, valid, test), used as returned. Default: the checkpoint's or model's."
     ),
 ]
 DataRootOpt = Annotated[
@@ -310,7 +312,7 @@ TrainTimeOpt = Annotated[
 ]
 LrOpt = Annotated[float | None, typer.Option(help="SGD learning rate α (default: training's).")]
 BatchSizeOpt = Annotated[
-    int | None, typer.Option(help="SGD batch size (default: training's).", min=1)
+    int | None, typer.Option(metavar="<int>", help="SGD batch size (default: training's).", min=1)
 ]
 MomentumOpt = Annotated[float | None, typer.Option(help="SGD momentum (default: training's).")]
 WeightDecayOpt = Annotated[
@@ -321,10 +323,14 @@ BudgetOpt = Annotated[
     typer.Option(help="10% (of the original training time), 600s / 10m / 1h, 200steps or 3epochs."),
 ]
 EvalBatchOpt = Annotated[
-    int | None, typer.Option(help="Size of HF's second batch B̄ (default 1024).", min=1)
+    int | None,
+    typer.Option(metavar="<int>", help="Size of HF's second batch B̄ (default 1024).", min=1),
 ]
 EvalPointsOpt = Annotated[
-    int, typer.Option(help="Evaluations spread over the budget, besides the start.", min=1)
+    int,
+    typer.Option(
+        metavar="<int>", help="Evaluations spread over the budget, besides the start.", min=1
+    ),
 ]
 TaskOpt = Annotated[
     str | None,
@@ -336,7 +342,7 @@ TaskOpt = Annotated[
 LossOpt = Annotated[
     str | None,
     typer.Option(
-        help="Your loss instead of the task's: path/to/file.py:fn or package.module:fn, a "
+        help="Your loss instead of the task's: file.py:fn or package.module:fn, a "
         "loss(outputs, targets) or a factory of one (loading your file executes it)."
     ),
 ]

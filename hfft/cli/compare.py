@@ -64,7 +64,7 @@ SuiteOpt = Annotated[
     ),
 ]
 SeedsOpt = Annotated[
-    int, typer.Option(help="Seeds per strategy (paired across strategies).", min=1)
+    int, typer.Option(metavar="<int>", help="Seeds per strategy (paired across strategies).", min=1)
 ]
 OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume).")]
 

@@ -51,9 +51,10 @@ StrategyOpt = Annotated[
     str,
     typer.Option(
         help="hf, sgd, sgd-div10, sgd-cosine, sgd-plateau or auto (SGD, switching to "
-        "hf when HF pays more); or swa, lbfgs, adam, adamw, sgd-schedulefree; options after "
-        "a colon, e.g. hf:m=2048,damping=0.5, sgd:lr=0.01, auto:m=256,interval=0.1, "
-        "swa:start=0.5,swa_lr=0.01, lbfgs:m=1024, adam:lr=0.001,schedule=cosine."
+        "hf when HF pays more); or swa, lbfgs, adam, adamw, sgd-schedulefree. Options "
+        "after a colon, joined by commas, e.g. hf:m=2048,damping=0.5, sgd:lr=0.01, "
+        "auto:m=256 or auto:interval=0.1, swa:start=0.5 or swa:swa_lr=0.01, "
+        "lbfgs:m=1024, adam:lr=0.001 or adam:schedule=cosine."
     ),
 ]
 OutOpt = Annotated[
@@ -162,4 +163,5 @@ def result_dict(result: Any) -> dict[str, Any]:
         "metrics": str(result.metrics_path),
         "files": list(result.files),
         "missing": result.missing,
+        "hf_progress": result.log.get("hf_progress"),
     }

@@ -45,7 +45,9 @@ CheckpointArgument = Annotated[
         "and --data are needed). Without it: built-in problems on every available device."
     ),
 ]
-BatchOpt = Annotated[int, typer.Option(help="Training samples in the checked batch.", min=1)]
+BatchOpt = Annotated[
+    int, typer.Option(metavar="<int>", help="Training samples in the checked batch.", min=1)
+]
 BudgetOpt = Annotated[
     str | None,
     typer.Option(
@@ -57,7 +59,9 @@ ModeOpt = Annotated[
     SelftestMode,
     typer.Option(help="Model mode HF will use (its default: eval); train is checked too."),
 ]
-ChunkOpt = Annotated[int | None, typer.Option(help="HF's chunk size, if you will use one.", min=1)]
+ChunkOpt = Annotated[
+    int | None, typer.Option(metavar="<int>", help="HF's chunk size, if you will use one.", min=1)
+]
 DevicesOpt = Annotated[
     str,
     typer.Option(

@@ -42,9 +42,14 @@ TrainRunOpt = Annotated[
     ),
 ]
 CheckpointsOpt = Annotated[
-    int, typer.Option(help="Evenly spaced training checkpoints (Figure 1's x axis).", min=2)
+    int,
+    typer.Option(
+        metavar="<int>", help="Evenly spaced training checkpoints (Figure 1's x axis).", min=2
+    ),
 ]
-EpochsOpt = Annotated[int | None, typer.Option(help="Epochs (default: the model's).", min=1)]
+EpochsOpt = Annotated[
+    int | None, typer.Option(metavar="<int>", help="Epochs (default: the model's).", min=1)
+]
 StudyMomentumOpt = Annotated[
     float, typer.Option(help="SGD momentum of the training (the paper's protocol: plain SGD).")
 ]

@@ -40,7 +40,7 @@ ModelArgument = Annotated[
     str,
     typer.Argument(
         help=f"Registered model ({MODEL_NAMES}) or your own factory as "
-        "path/to/file.py:function or package.module:function. Loading your own file "
+        "file.py:fn or package.module:fn. Loading your own file "
         "executes it."
     ),
 ]
@@ -53,7 +53,7 @@ def train(
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     epochs: Annotated[
-        int | None, typer.Option(help="Epochs (default: the model's).", min=1)
+        int | None, typer.Option(metavar="<int>", help="Epochs (default: the model's).", min=1)
     ] = None,
     lr: LrOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -65,7 +65,7 @@ def train(
     metric: MetricOpt = None,
     valid_fraction: ValidFractionOpt = None,
     checkpoints: Annotated[
-        int, typer.Option(help="Evenly spaced checkpoints to keep.", min=1)
+        int, typer.Option(metavar="<int>", help="Evenly spaced checkpoints to keep.", min=1)
     ] = 10,
     augment: Annotated[bool, typer.Option(help="Random crops (and flips where valid).")] = True,
     seed: SeedOpt = 0,

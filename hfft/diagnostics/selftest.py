@@ -64,6 +64,7 @@ from hfft.diagnostics.measure import (
     random_vectors,
     split_size,
 )
+from hfft.diagnostics.progress_check import progress_check
 from hfft.diagnostics.reference_checks import builtin_checks
 from hfft.diagnostics.verdicts import (
     finite_check,
@@ -460,7 +461,7 @@ def selftest_checkpoint(
         "weight_decay": source.weight_decay,
         "train_seconds": source.train_seconds,
     }
-    return selftest_model(
+    report = selftest_model(
         model,
         source.task.loss(),
         x,
@@ -471,3 +472,6 @@ def selftest_checkpoint(
         weight_decay=source.weight_decay,
         subject=subject,
     )
+    if report.passed and mode == "eval":  # HF's own mode; products that fail decide nothing
+        report.checks.append(progress_check(model, source.task, splits, source.weight_decay))
+    return report

@@ -3,7 +3,10 @@
 A budget is a percentage of the original training time (``10%``), a
 wall-clock duration (``600s``, ``10m``, ``1h``), a number of optimizer steps
 (``200steps``) or of epochs of data (``3epochs``). A percentage is turned into
-seconds with :func:`resolve_budget` once the training time is known.
+seconds with :func:`resolve_budget` once the training time is known: the
+training's robust time (:func:`robust_training_seconds`, the median epoch ×
+the epochs) where ``run.json`` records it, so that a slow spell of the machine
+during training does not multiply every budget taken from it.
 
 :class:`BudgetClock` measures what a strategy has spent. It runs only while the
 optimizer works: evaluation happens between :meth:`BudgetClock.pause` and
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ __all__ = [
     "parse_budget",
     "parse_duration",
     "resolve_budget",
+    "robust_training_seconds",
 ]
 
 BUDGET_KINDS = ("seconds", "steps", "epochs", "percent")
@@ -197,6 +202,34 @@ def resolve_budget(
     if not (math.isfinite(train_seconds) and train_seconds > 0):
         raise ValueError(f"the training time must be positive and finite, got {train_seconds}")
     return Budget("seconds", budget.value / 100.0 * train_seconds)
+
+
+def robust_training_seconds(epoch_seconds: Sequence[float]) -> float:
+    """The training time without its slow spells: the median epoch's seconds × the epochs.
+
+    ``T_robust = n · median(t_1, …, t_n)`` for ``n`` epochs that took ``t_i``
+    seconds each. Every epoch does the same work (the same number of SGD
+    steps), so on a quiet machine ``T_robust`` is the summed time ``Σ t_i``
+    up to noise; a spell of other load that slows fewer than half of the
+    epochs leaves it unchanged, where it adds its whole length to ``Σ t_i``.
+    A machine loaded for most of the training still slows it: no clock can
+    tell that load from the work.
+
+    Args:
+        epoch_seconds: Each epoch's training seconds (evaluation excluded).
+
+    Returns:
+        ``len(epoch_seconds) · median(epoch_seconds)``.
+
+    Raises:
+        ValueError: If there is no epoch, or a time is negative or not finite.
+    """
+    times = [float(t) for t in epoch_seconds]
+    if not times:
+        raise ValueError("a robust training time needs at least one epoch")
+    if not all(math.isfinite(t) and t >= 0 for t in times):
+        raise ValueError(f"epoch times must be finite and non-negative, got {times}")
+    return len(times) * statistics.median(times)
 
 
 def evaluation_fractions(points: int = 20) -> list[float]:

@@ -104,10 +104,12 @@ def load_factory(spec: str) -> Callable[..., Any]:
 
     A file is loaded as a fresh module, which **executes the user's file** —
     the user's explicit choice when they name it (never do this with an
-    untrusted file). Its directory is on ``sys.path`` while it runs, so it
-    may import modules beside it. A dotted module path is imported with
-    :func:`importlib.import_module`. The factory may be a dotted attribute
-    (``module:Class.create``).
+    untrusted file). A dotted module path is imported with
+    :func:`importlib.import_module`. As ``python -m`` and ``python file.py``
+    do, the file's folder (for a file) or the current directory (for a
+    module) goes first on ``sys.path`` for the rest of the run, so the
+    user's code imports the modules beside it, on import or later when
+    called. The factory may be a dotted attribute (``module:Class.create``).
 
     Args:
         spec: ``TARGET:FACTORY``; the target is taken as a file when it ends
@@ -157,7 +159,7 @@ def _load_file(path: Path) -> Any:
         raise ModelSpecError(f"Model file {str(path)!r} cannot be loaded as a Python module.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))
+    _on_sys_path(path.parent)
     try:
         # a script that parses its arguments or calls sys.exit when imported fails here
         with calling(
@@ -170,20 +172,32 @@ def _load_file(path: Path) -> Any:
     except ModelSpecError:
         sys.modules.pop(name, None)
         raise
-    finally:
-        sys.path.remove(str(path.parent))
     return module
 
 
 def _import_module(name: str) -> Any:
     if not _MODULE.match(name):
         raise ModelSpecError(f"{name!r} is not a Python module path (package.module).")
+    _on_sys_path(Path.cwd())  # the console script, unlike python -m, does not put it there
     try:
         return importlib.import_module(name)
     except (KeyboardInterrupt, GeneratorExit):
         raise
     except BaseException as exc:  # SystemExit on import too: the module's failure, not hfft's end
         raise ModelSpecError(f"Cannot import module {name!r}: {raised(exc)}.") from exc
+
+
+def _on_sys_path(folder: Path) -> None:
+    """Put ``folder`` first on ``sys.path`` for the rest of the run, unless it is there.
+
+    Not only while the user's module is imported: a factory may import a module
+    beside it in its body, when hfft calls it (``""`` on the path is the current
+    directory).
+    """
+    folder = folder.resolve()
+    on_path = {Path(p or ".").resolve() for p in sys.path if isinstance(p, str)}
+    if folder not in on_path:
+        sys.path.insert(0, str(folder))
 
 
 def absolute_spec(spec: str) -> str:

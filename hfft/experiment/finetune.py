@@ -477,8 +477,9 @@ def _prepare(
     budget = parse_budget(config.budget)
     src = source or config.source.load(config.checkpoint, config.device)
     if source is None and on_note is not None:
-        for note in src.notes:
-            on_note(note)
+        for note in (*src.notes, src.budget_note(budget)):
+            if note is not None:
+                on_note(note)
     budget = resolve_budget(budget, src.train_seconds, src.train_time_problem)
     torch.manual_seed(config.seed)
     points = evaluation_fractions(config.eval_points)

@@ -31,6 +31,7 @@ __all__ = [
     "EpochEntry",
     "EvaluationEntry",
     "FinetuneLog",
+    "HFProgressEntry",
     "HFStepEntry",
     "LBFGSStepEntry",
     "PlateauState",
@@ -323,6 +324,20 @@ class SourceEntry(TypedDict):
     valid_source: str
 
 
+class HFProgressEntry(TypedDict):
+    """Whether an HF run made progress (:class:`hfft.experiment.hf_progress.HFProgress`)."""
+
+    verdict: str
+    steps: int
+    accepted: int
+    median_rho: float | None
+    max_damping: float | None
+    m: int
+    eval_batch_size: int
+    n_train: int
+    note: str | None
+
+
 class FinetuneLog(TypedDict, total=False):
     """``metrics.json`` of one fine-tuning run."""
 
@@ -346,6 +361,7 @@ class FinetuneLog(TypedDict, total=False):
     spent: SpentEntry
     files: dict[str, str]
     curvature_products: str
+    hf_progress: HFProgressEntry
     plateau: PlateauState
     auto: AutoLog
     swa: SWALog
@@ -377,6 +393,7 @@ class EpochEntry(SplitMetrics, total=False):
 
     epoch: int
     elapsed_seconds: float
+    epoch_seconds: float
     train_batch_loss: float | None
 
 
@@ -392,6 +409,8 @@ class RunManifest(TypedDict):
     device: str
     versions: dict[str, str]
     train_seconds: float
+    robust_train_seconds: float | None
+    budget_time: str
     checkpoints: list[CheckpointEntry]
     epochs: list[EpochEntry]
     files: list[str]
@@ -432,6 +451,7 @@ class CompareCheckpoint(TypedDict):
     rankings: dict[str, list[StrategyRanking]]
     time_to_target: TimeToTarget | None
     step_seconds: dict[str, dict[str, float]]
+    hf_progress: dict[str, str]
     notes: list[str]
 
 

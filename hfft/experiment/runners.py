@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hfft.experiment.hf_progress import HFProgress
 from hfft.experiment.sampling import BatchSampler, BatchStream
 from hfft.experiment.schedules import Plateau, make_schedule
 from hfft.models import param_groups
@@ -256,6 +257,7 @@ class HFRunner(Runner):
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
         self.sampler = BatchSampler(n, seed=seed, device=splits.train_y.device)
         self.step_samples = self.m
+        self.progress = HFProgress(self.m, self.m_bar, n)
         self.local_m = len(range(n)[distributed.shard(self.m)])
         draw = functools.partial(_disjoint_pair, self.sampler, self.m, self.m_bar)
         self.batches = BatchStream(splits.train_x, splits.train_y, draw)
@@ -272,7 +274,9 @@ class HFRunner(Runner):
         """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
         batch, eval_batch = batches
         record = self.opt.step(self.model, self.loss_fn, batch=batch, eval_batch=eval_batch)
-        return {"fraction": fraction, **record.to_dict()}
+        entry = {"fraction": fraction, **record.to_dict()}
+        self.progress.observe(entry)
+        return entry
 
     def step(self, fraction: float) -> dict[str, Any]:
         return self.step_on(self.draw(), fraction)
@@ -285,7 +289,7 @@ class HFRunner(Runner):
         return {"damping": self.opt.damping}
 
     def report(self) -> dict[str, Any]:
-        return {"curvature_products": self.opt.product_path}
+        return {"curvature_products": self.opt.product_path, "hf_progress": self.progress.to_dict()}
 
 
 def _disjoint_pair(sampler: BatchSampler, m: int, m_bar: int) -> Tensor:
@@ -340,8 +344,11 @@ def sgd_settings(strategy: Strategy, lr: float | None, batch_size: int | None) -
     lr = strategy.options.get("lr", lr)
     batch_size = strategy.options.get("batch_size", batch_size)
     if lr is None or batch_size is None:
+        missing = {"learning rate": lr is None, "batch size": batch_size is None}
+        flags = {"learning rate": "--lr", "batch size": "--batch-size"}
+        named = [what for what, absent in missing.items() if absent]
         raise ValueError(
-            f"{strategy.name} needs the training learning rate and batch size, which this "
-            "checkpoint does not record; pass --lr and --batch-size"
+            f"{strategy.name} needs the training {' and '.join(named)}, which this "
+            f"checkpoint does not record; pass {' and '.join(flags[w] for w in named)}"
         )
     return float(lr), int(batch_size)

@@ -2,7 +2,9 @@
 
 A checkpoint written by ``hfft train`` carries its model, data set, data seed
 and SGD hyperparameters in its metadata, and the run manifest beside it
-(``run.json``) knows the total training time. A foreign checkpoint (a plain
+(``run.json``) knows the training time: the robust one (the median epoch × the
+epochs) that a budget of ``N%`` takes, or, from a ``run.json`` written before
+hfft kept it, the raw clock's (:func:`training_time`). A foreign checkpoint (a plain
 ``state_dict``) needs the model and data named explicitly, and the training
 time when a budget is a percentage of it.
 
@@ -31,6 +33,7 @@ from hfft.experiment.limits import FLOAT32_MAX, check
 if TYPE_CHECKING:
     from torch import nn
 
+    from hfft.experiment.budget import Budget
     from hfft.experiment.splits import DataSplits
     from hfft.experiment.task import Task
 
@@ -38,11 +41,13 @@ __all__ = [
     "StartingPoint",
     "StartingPointError",
     "StartingPointOptions",
+    "TrainingTime",
     "data_notes",
     "fit_task",
     "inferred",
     "load_starting_point",
     "training_seconds",
+    "training_time",
     "trusted_metadata",
 ]
 
@@ -75,6 +80,17 @@ class StartingPoint:
     train_time_problem: str | None = None
     """Why ``run.json`` beside the checkpoint gives no training time (a training that
     did not finish), for a budget that needs it."""
+    train_time_basis: str | None = None
+    """What :attr:`train_seconds` is (``--train-time``, or which time of ``run.json``),
+    for the note of a ``N%`` budget."""
+
+    def budget_note(self, budget: Budget) -> str | None:
+        """The line saying what a budget of ``N%`` is in seconds and which training time it
+        takes; ``None`` for other budgets or an unknown training time."""
+        if budget.kind != "percent" or self.train_seconds is None:
+            return None
+        seconds = budget.value / 100.0 * self.train_seconds
+        return f"budget {budget}: {seconds:.3g} s, {budget} of {self.train_time_basis}"
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for logs."""
@@ -125,16 +141,42 @@ class StartingPointOptions:
         return load_starting_point(checkpoint, self, device=device)
 
 
+@dataclass(frozen=True)
+class TrainingTime:
+    """The training time a budget of ``N%`` takes, and in words where it comes from.
+
+    Attributes:
+        seconds: The robust time (``robust_train_seconds``), or the raw clock's
+            (``train_seconds``) from a ``run.json`` that lacks it.
+        field: Which of the two ``run.json`` fields it is.
+        basis: ``seconds`` and where they come from, for the budget's note.
+    """
+
+    seconds: float
+    field: str
+    basis: str
+
+
 def training_seconds(checkpoint: Path) -> float | None:
-    """Total training seconds from hfft's ``run.json`` beside a checkpoint, if there is one.
+    """The seconds of :func:`training_time` (``None`` when unknown)."""
+    time = training_time(checkpoint)
+    return None if time is None else time.seconds
+
+
+def training_time(checkpoint: Path) -> TrainingTime | None:
+    """The training time from hfft's ``run.json`` beside a checkpoint, if there is one.
 
     Only a training that completed gives its time, and only a sane one
-    (:data:`hfft.experiment.limits.LIMITS` ``train_time``: positive, at most a year).
+    (:data:`hfft.experiment.limits.LIMITS` ``train_time``: positive, at most a
+    year). It is ``robust_train_seconds`` (the median epoch × the epochs), so
+    that a slow spell of the machine during training does not multiply the
+    budgets; a ``run.json`` written before hfft kept it gives its raw
+    ``train_seconds``, and the basis says so.
 
     Raises:
         ValueError: When the ``run.json`` there is hfft's but its training did
             not finish (interrupted, diverged, failed, or killed while
-            ``"running"``) or its time is not sane — one sentence saying so.
+            ``"running"``) or a time is missing or not sane — one sentence saying so.
     """
     from hfft.experiment.ownership import read_record
     from hfft.experiment.records import TRAIN_KIND
@@ -150,11 +192,35 @@ def training_seconds(checkpoint: Path) -> float | None:
             f"{quoted(status, 20)}); "
             "rerun it or pass --train-time"
         )
-    seconds = manifest.get("train_seconds")
-    if seconds is None:
+    raw = _recorded_seconds(manifest, "train_seconds", path)
+    if raw is None:
         raise ValueError(f"{path} records no train_seconds; pass --train-time")
+    robust = _recorded_seconds(manifest, "robust_train_seconds", path)
+    if robust is None:
+        return TrainingTime(
+            raw,
+            "train_seconds",
+            f"the training's {raw:.3g} s by its clock (train_seconds: its run.json, written "
+            "before hfft recorded robust_train_seconds, cannot tell a slow spell of the "
+            "machine from the training)",
+        )
+    epochs = manifest.get("epochs")
+    count = f" × {len(epochs)} epochs" if isinstance(epochs, list) and epochs else " × the epochs"
+    return TrainingTime(
+        robust,
+        "robust_train_seconds",
+        f"the training's {robust:.3g} s, its median epoch{count} (robust_train_seconds; "
+        f"its clock said {raw:.3g} s)",
+    )
+
+
+def _recorded_seconds(manifest: dict[str, Any], name: str, path: Path) -> float | None:
+    """A time of ``run.json``, checked (``None`` when absent)."""
+    seconds = manifest.get(name)
+    if seconds is None:
+        return None
     try:
-        return float(check("train_time", seconds, where=f"train_seconds in {path}"))
+        return float(check("train_time", seconds, where=f"{name} in {path}"))
     except ValueError as err:
         raise ValueError(f"{err}; pass --train-time") from None
 
@@ -360,7 +426,7 @@ def load_starting_point(
     net = net.to(device)
     asked = _task_options(path, meta.get("task"), options)
     task, task_note, splits = fit_task(net, splits, asked)
-    seconds, problem = _training_time(path)
+    seconds, basis, problem = _training_time(path, options.train_time)
     said = (task_note,) if inferred(asked, data_name) else ()
     return StartingPoint(
         path=path,
@@ -372,8 +438,9 @@ def load_starting_point(
         data_name=data_name,
         data_seed=seed,
         splits=splits,
-        train_seconds=_first(options.train_time, seconds),
-        train_time_problem=None if options.train_time is not None else problem,
+        train_seconds=seconds,
+        train_time_problem=problem,
+        train_time_basis=basis,
         task=task,
         notes=(*notes, *said, *data_notes(splits)),
         optimizer_state=ckpt.optimizer_state,
@@ -381,12 +448,20 @@ def load_starting_point(
     )
 
 
-def _training_time(checkpoint: Path) -> tuple[float | None, str | None]:
-    """The training time beside ``checkpoint``, or why a ``run.json`` there gives none."""
+def _training_time(
+    checkpoint: Path, given: float | None
+) -> tuple[float | None, str | None, str | None]:
+    """The training seconds (``--train-time``, else the time beside ``checkpoint``), what
+    they are, and why a ``run.json`` there gives none."""
+    if given is not None:
+        return given, f"the {given:.3g} s of --train-time", None
     try:
-        return training_seconds(checkpoint), None
+        recorded = training_time(checkpoint)
     except ValueError as err:
-        return None, str(err)
+        return None, None, str(err)
+    if recorded is None:
+        return None, None, None
+    return recorded.seconds, recorded.basis, None
 
 
 def _check_model_sizes(

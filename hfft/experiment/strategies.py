@@ -147,6 +147,9 @@ HF_OPTIONS: dict[str, Option] = {
     "linesearch_c": Option(float, "Armijo sufficient-decrease constant", range="open-unit"),
     "linesearch_max_tries": Option(int, "most line-search trials", range="positive"),
     "tf32": Option(bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)"),
+    "max_damping": Option(
+        float, "largest λ (none: 1e4 × damping)", nullable=True, range="positive"
+    ),
 }
 """Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
 

@@ -3,8 +3,11 @@
 The training clock runs only while the optimizer works (batch gathering,
 augmentation, forward, backward, update); the per-epoch evaluation of
 train-eval, validation and test metrics is paused out of it. The run manifest
-``run.json`` records the total training seconds and each checkpoint's elapsed
-seconds — what makes a budget of "10 % of the training time" possible later.
+``run.json`` records the total training seconds, each epoch's and each
+checkpoint's elapsed seconds, and the robust training time (the median epoch ×
+the epochs, :func:`hfft.experiment.budget.robust_training_seconds`) that a
+budget of "10 % of the training time" takes later: a slow spell of the machine
+during a few epochs does not multiply the budgets (``budget_time`` names it).
 It is rewritten atomically after every epoch, so an interrupted run leaves a
 valid manifest (status ``"interrupted"``) and valid checkpoints. Its
 ``status`` is ``"completed"`` only for a training that ran every epoch; a
@@ -33,6 +36,7 @@ from torch import nn
 from hfft._io import atomic_write_json, number
 from hfft._text import quoted, short_list
 from hfft._version import __version__
+from hfft.experiment.budget import robust_training_seconds
 from hfft.experiment.checkpoint import save_checkpoint
 from hfft.experiment.datasets import builtin_data
 from hfft.experiment.evaluation import evaluate_splits
@@ -64,6 +68,9 @@ __all__ = [
 ]
 
 MANIFEST = "run.json"
+
+BUDGET_TIME = "robust_train_seconds"
+"""The ``run.json`` field whose seconds ``--budget N%`` takes (its ``budget_time``)."""
 
 USER_VALID_FRACTION = 0.1
 """The part of a user's ``(train, test)`` training set held out for validation before training."""
@@ -151,6 +158,9 @@ class TrainResult:
     """Where the run's files are and how it ended (``"completed"`` or ``"diverged"``).
 
     Attributes:
+        train_seconds: The training clock's seconds (evaluation excluded).
+        robust_train_seconds: The median epoch × the epochs: what ``--budget
+            N%`` takes (``None`` from a ``run.json`` written before it was kept).
         diverged_at: The epoch whose loss or weights were not finite (a
             diverged run), else ``None``.
     """
@@ -161,6 +171,7 @@ class TrainResult:
     final_metrics: dict[str, float]
     status: str
     diverged_at: int | None = None
+    robust_train_seconds: float | None = None
 
 
 class TrainingDiverged(ValueError):
@@ -281,6 +292,7 @@ class _Training:
             self.gen,
         )
         self.elapsed = 0.0
+        self.epoch_seconds: list[float] = []
         self.written: list[Path] = []
         self.metrics: dict[str, float] = {}
         self.manifest = self._manifest()
@@ -304,6 +316,8 @@ class _Training:
             "device": str(self.device),
             "versions": versions(),
             "train_seconds": 0.0,
+            "robust_train_seconds": None,
+            "budget_time": BUDGET_TIME,
             "checkpoints": [],
             "epochs": [],
             # every file this run may write, listed before it is written (ownership)
@@ -352,8 +366,13 @@ class _Training:
             if status is not None:
                 self.manifest["status"] = status
             self.manifest["train_seconds"] = self.elapsed
+            self.manifest["robust_train_seconds"] = self.robust_seconds()
             atomic_write_json(self.out / MANIFEST, self.manifest)
         return caught
+
+    def robust_seconds(self) -> float | None:
+        """The median epoch × the epochs so far (``None`` before the first epoch)."""
+        return robust_training_seconds(self.epoch_seconds) if self.epoch_seconds else None
 
     def epoch(self, epoch: int, on_step: Callable[[int], None] | None) -> EpochEntry:
         """One timed epoch of SGD, then its evaluation outside the clock."""
@@ -367,11 +386,14 @@ class _Training:
             self.steps_per_epoch,
             on_step,
         )
-        self.elapsed += synced_time(cuda) - start
+        seconds = synced_time(cuda) - start
+        self.elapsed += seconds
+        self.epoch_seconds.append(seconds)
         self.metrics = evaluate_splits(self.model, self.splits, self.task, self.loss_fn)
         record = {
             "epoch": epoch,
             "elapsed_seconds": self.elapsed,
+            "epoch_seconds": seconds,
             "train_batch_loss": float(loss_sum) / self.steps_per_epoch,
             **self.metrics,
         }
@@ -413,7 +435,7 @@ def finished_run(folder: Path, config: TrainConfig) -> TrainResult | None:
     if manifest is None or not same_train_run(folder, config):
         return None
     entries, epochs = manifest.get("checkpoints"), manifest.get("epochs")
-    seconds = manifest.get("train_seconds")
+    seconds, robust = manifest.get("train_seconds"), manifest.get("robust_train_seconds")
     expected = len(checkpoint_epochs(config.epochs, config.checkpoints))
     if (
         manifest.get("status") != "completed"
@@ -423,14 +445,16 @@ def finished_run(folder: Path, config: TrainConfig) -> TrainResult | None:
         or not epochs
         or not isinstance(epochs[-1], dict)
         or not isinstance(seconds, int | float)
+        or not (robust is None or isinstance(robust, int | float))
     ):
         return None
     paths = [folder / str(entry.get("path")) for entry in entries if isinstance(entry, dict)]
     if len(paths) != len(entries) or not all(p.is_file() for p in paths):
         return None
-    skip = ("epoch", "elapsed_seconds", "train_batch_loss")
+    skip = ("epoch", "elapsed_seconds", "epoch_seconds", "train_batch_loss")
     metrics = {k: v for k, v in epochs[-1].items() if k not in skip}
-    return TrainResult(folder / MANIFEST, paths, float(seconds), metrics, "completed")
+    kept = None if robust is None else float(robust)
+    return TrainResult(folder / MANIFEST, paths, float(seconds), metrics, "completed", None, kept)
 
 
 def train(
@@ -493,7 +517,13 @@ def train(
     if stop is not None:
         raise Interrupted.after(stop, f"training had {status}: its files are in {run.out}")
     return TrainResult(
-        run.out / MANIFEST, run.written, run.elapsed, run.metrics, status, diverged_at
+        run.out / MANIFEST,
+        run.written,
+        run.elapsed,
+        run.metrics,
+        status,
+        diverged_at,
+        run.robust_seconds(),
     )
 
 

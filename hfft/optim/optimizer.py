@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from hfft.optim import distributed
 from hfft.optim.batches import Batchable, batch_size, take
+from hfft.optim.cg import CGResult
 from hfft.optim.curvature import (
     BACKENDS,
     CURVATURES,
@@ -35,9 +36,9 @@ from hfft.optim.curvature import (
     batch_loss,
     split_batch,
 )
-from hfft.optim.damping import INCREASE
+from hfft.optim.damping import MAX_DAMPING_FACTOR, raise_damping
 from hfft.optim.flat import ModelState, flatten
-from hfft.optim.hf_step import HFStep, write_flat
+from hfft.optim.hf_step import Choice, HFStep, write_flat
 from hfft.optim.output_hessians import Loss, loss_normaliser
 from hfft.optim.preconditioner import (
     PRECONDITIONERS,
@@ -67,6 +68,8 @@ class HessianFree(torch.optim.Optimizer):
             ``"hessian"``.
         damping: Initial Tikhonov damping λ.
         adapt_damping: Levenberg-Marquardt adaptation of λ.
+        max_damping: The largest λ (default ``1e4 × damping``): the LM rule
+            stops growing λ there (see :mod:`hfft.optim.damping`).
         cg_max_iter: Most CG iterations per step.
         cg_tol: CG stops when ``‖r‖ ≤ cg_tol · ‖g‖``.
         martens_criterion: Martens' relative-progress stopping rule for CG.
@@ -132,6 +135,7 @@ class HessianFree(torch.optim.Optimizer):
         linesearch_c: float = 0.01,
         linesearch_max_tries: int = 20,
         tf32: bool = False,
+        max_damping: float | None = None,
     ) -> None:
         defaults = dict(
             curvature=curvature,
@@ -155,6 +159,7 @@ class HessianFree(torch.optim.Optimizer):
             linesearch_c=linesearch_c,
             linesearch_max_tries=linesearch_max_tries,
             tf32=tf32,
+            max_damping=MAX_DAMPING_FACTOR * damping if max_damping is None else max_damping,
         )
         _check_defaults(defaults)
         super().__init__(params, defaults)
@@ -333,7 +338,7 @@ class HessianFree(torch.optim.Optimizer):
                 op,
                 step_no,
                 reject_reason="non-finite loss or gradient",
-                next_damping=damping * INCREASE,
+                next_damping=raise_damping(damping, hp["max_damping"]),
                 **measured,
             )
             return self._done(record)
@@ -355,14 +360,11 @@ class HessianFree(torch.optim.Optimizer):
             **measured,
             **cg,
         )
-        if choice.alpha is None:
+        reason = _not_taken(hp, result, choice, hf.f0, theta)
+        if reason is not None:
             write_flat(params, theta)
-            reason = (
-                "no step size passed the line search"
-                if hp["use_linesearch"]
-                else ("non-finite loss")
-            )
             return self._done(hf.record(op, step_no, reject_reason=reason, **decided))
+        assert choice.alpha is not None
         write_flat(params, theta + choice.alpha * choice.p)
         accepted = dict(accepted=True, loss_after=choice.loss_after, alpha=choice.alpha)
         return self._done(hf.record(op, step_no, **accepted, **decided))
@@ -384,6 +386,25 @@ class HessianFree(torch.optim.Optimizer):
                 self.state[p]["cg_x"] = chunk.view_as(p).clone()
 
 
+def _not_taken(
+    hp: dict[str, Any], result: CGResult, choice: Choice, f0: float, theta: Tensor
+) -> str | None:
+    """Why the chosen step is not taken, or ``None``: a step is taken only when CG
+    stayed finite, a step size passed, the weights changed (a step of 1e-12
+    relative length vanishes in float32) and, with the line search on, the loss
+    on B̄ went down (Armijo's test passes a step that leaves it equal in float32).
+    Without the line search the step is taken as it is, as the user asked."""
+    if result.stop_reason == "non-finite":
+        return "CG produced non-finite values"
+    if choice.alpha is None:
+        return "no step size passed the line search" if hp["use_linesearch"] else "non-finite loss"
+    if hp["use_linesearch"] and not choice.loss_after < f0:
+        return "the step did not lower the loss on B̄"
+    if torch.equal(theta + choice.alpha * choice.p, theta):
+        return "the step was too small to change the weights"
+    return None
+
+
 def _check_defaults(hp: dict[str, Any]) -> None:
     _check(
         hp["curvature"] in CURVATURES,
@@ -397,6 +418,10 @@ def _check_defaults(hp: dict[str, Any]) -> None:
         f"preconditioner must be None or one of {PRECONDITIONERS}, got {pre!r}",
     )
     _check(hp["damping"] > 0, f"damping must be positive, got {hp['damping']}")
+    _check(
+        hp["max_damping"] >= hp["damping"],
+        f"max_damping must be at least damping ({hp['damping']}), got {hp['max_damping']}",
+    )
     _check(hp["cg_max_iter"] >= 1, f"cg_max_iter must be >= 1, got {hp['cg_max_iter']}")
     _check(hp["cg_tol"] >= 0, f"cg_tol must be >= 0, got {hp['cg_tol']}")
     _check(0 <= hp["cg_decay_x0"] <= 1, f"cg_decay_x0 must be in [0, 1], got {hp['cg_decay_x0']}")

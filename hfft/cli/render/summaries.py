@@ -81,6 +81,9 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
     console.print(f"outputs in {result.out}: {', '.join(result.files)}")
     for name, why in result.missing.items():
         console.print(f"no {name}: {why}")
+    note = (result.log.get("hf_progress") or {}).get("note")
+    if note:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def _metric_keys(entry: Mapping[str, Any]) -> list[str]:
@@ -92,6 +95,10 @@ def _metric_keys(entry: Mapping[str, Any]) -> list[str]:
         for m in order
         if f"{split}_{m}" in entry
     ]
+
+
+STRATEGY_WIDTH = 24
+"""The widest strategy name the ranking table keeps on one line (longer ones fold)."""
 
 
 def _pct(x: float) -> str:
@@ -109,12 +116,21 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
         title=f"{entry['checkpoint']}: ranked by {what} within the budget",
         title_justify="left",
     )
+    # nothing is cut: a cell too narrow folds; names up to STRATEGY_WIDTH characters keep
+    # a line of their own (the other columns give way), longer option lists fold
+    ranked = entry["rankings"][metric]
+    whole = max((len(s["strategy"]) for s in ranked), default=0) <= STRATEGY_WIDTH
     for col in ("#", "strategy", "mean", "q25–q75", "seeds", "tied with"):
-        table.add_column(col, justify="right" if col in ("#", "mean", "seeds") else "left")
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "mean", "seeds") else "left",
+            overflow="fold",
+            no_wrap=(col == "strategy" and whole) or col == "q25–q75",
+        )
     ttt = entry.get("time_to_target") or {}
     fractions = ttt.get("fractions", {}) if ttt.get("metric") == metric else {}
     if fractions:
-        table.add_column("to target", justify="right")
+        table.add_column("to target", justify="right", overflow="fold")
         table.caption = (
             f"tied with: not distinguishable given the seed spread; to target: budget needed "
             f"to reach {ttt['baseline']}'s final {_fmt(metric, ttt['target'])} (median over seeds)"
@@ -124,18 +140,23 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     if start is not None:  # the checkpoint itself: the reference, not a competitor
         blank = [""] * (len(table.columns) - 3)
         table.add_row("", "[dim]start (checkpoint)", f"[dim]{fmt(start)}", *blank)
-    few = any(len(s["values"]) < MIN_PAIRS for s in entry["rankings"][metric])
+    few = any(len(s["values"]) < MIN_PAIRS for s in ranked)
     if few:
         note = (
             f"fewer than {MIN_PAIRS} seeds: ties come from overlapping quartiles alone "
             f"(the paired Wilcoxon test needs {MIN_PAIRS}), so '–' is no proof of a difference"
         )
         table.caption = f"{table.caption}; {note}" if table.caption else note
-    for s in entry["rankings"][metric]:
+    stalled = entry.get("hf_progress") or {}
+    if stalled:
+        kinds = sorted(set(stalled.values()))
+        note = f"† HF made {' or '.join(kinds)} progress in most seeds (see the notes)"
+        table.caption = f"{table.caption}; {note}" if table.caption else note
+    for s in ranked:
         untested = few and not s["tied_with"]
         row = [
             str(s["rank"]),
-            s["strategy"],
+            s["strategy"] + (" †" if s["strategy"] in stalled else ""),
             fmt(s["mean"]),
             f"{fmt(s['q25'])}–{fmt(s['q75'])}",
             str(len(s["values"])),

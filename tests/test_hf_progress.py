@@ -1,0 +1,239 @@
+"""HF that makes no progress says so: the acceptance rule, the progress verdict and its
+notes (summary, metrics.json, compare, report.md, selftest), and HF's sizes on small data.
+
+The end-to-end case is a user's own overfit tabular project, as the README's "Your
+own model" section describes it: scikit-learn's breast-cancer data standardised by
+the user, a 64-wide MLP trained by the user's loop to a train loss of about 0.03.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from hfft.analysis.compare import default_strategies, hf_sizes, hf_sizes_note
+from hfft.analysis.ranking import compare_summary
+from hfft.analysis.report import report_markdown
+from hfft.analysis.run_summary import RunSummary
+from hfft.cli import app
+from hfft.cli.render.summaries import ranking_table
+from hfft.experiment.hf_progress import HFProgress, strategy_note
+from hfft.optim.optimizer import _not_taken
+
+runner = CliRunner()
+
+PROJECT = """
+import torch
+from torch import nn
+from sklearn.datasets import load_breast_cancer
+
+
+def build():
+    return nn.Sequential(
+        nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)
+    )
+
+
+def data():
+    x, y = load_breast_cancer(return_X_y=True)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = torch.tensor(x, dtype=torch.float32)[perm], torch.tensor(y)[perm]
+    x = (x - x[:341].mean(0)) / x[:341].std(0)
+    return (x[:341], y[:341]), (x[341:455], y[341:455]), (x[455:], y[455:])
+"""
+
+
+def _step(**fields: object) -> dict:
+    base = dict(accepted=False, rho=-1.0, damping=1.0, loss_before=1.0, loss_after=1.0)
+    return {**base, **fields}
+
+
+# --- the acceptance rule ------------------------------------------------------------------
+
+
+def _choice(alpha: float | None, loss_after: float, p: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(alpha=alpha, loss_after=loss_after, p=p)
+
+
+@pytest.mark.parametrize(
+    ("stop", "alpha", "loss_after", "step", "reason"),
+    [
+        ("non-finite", 1.0, 0.5, 1.0, "CG produced non-finite values"),
+        ("residual", None, 0.5, 1.0, "no step size passed the line search"),
+        ("residual", 1.0, 1.0, 1.0, "the step did not lower the loss on B̄"),
+        ("residual", 1.0, math.nan, 1.0, "the step did not lower the loss on B̄"),
+        ("residual", 1.0, 0.9, 1e-12, "the step was too small to change the weights"),
+        ("residual", 1.0, 0.9, 1.0, None),
+    ],
+    ids=["non-finite CG", "no step size", "equal loss", "NaN loss", "vanishing step", "taken"],
+)
+def test_a_step_is_taken_only_when_it_changes_the_weights_and_lowers_the_loss(
+    stop: str, alpha: float | None, loss_after: float, step: float, reason: str | None
+) -> None:
+    theta = torch.ones(3)
+    choice = _choice(alpha, loss_after, torch.full((3,), step))
+    result = SimpleNamespace(stop_reason=stop)
+    assert _not_taken({"use_linesearch": True}, result, choice, 1.0, theta) == reason
+    # without the line search the step is taken as it is, even if the loss went up
+    unsearched = _not_taken({"use_linesearch": False}, result, choice, 1.0, theta)
+    assert unsearched == (None if reason and "lower the loss" in reason else reason) or (
+        alpha is None and unsearched == "non-finite loss"
+    )
+
+
+# --- the verdict and its notes ------------------------------------------------------------
+
+
+def test_progress_verdicts_and_notes() -> None:
+    none = HFProgress(m=170, m_bar=171, n_train=341)
+    for _ in range(10):
+        none.observe(_step())
+    entry = none.to_dict()
+    assert (entry["verdict"], entry["steps"], entry["accepted"]) == ("none", 10, 0)
+    assert entry["note"].startswith("HF made no progress: 0 of 10 steps taken, median ρ on B̄ -1.00")
+    assert "m is as large as the data allow" in entry["note"]
+    # accepted steps whose total decrease is float noise are no progress either
+    noise = HFProgress(m=64, m_bar=64, n_train=1000)
+    noise.observe(_step(accepted=True, loss_after=1.0 - 1e-8))
+    assert noise.verdict == "none" and "hf:m=256" in noise.to_dict()["note"]
+    little = HFProgress(m=256, m_bar=1024, n_train=10_000)
+    for k in range(10):
+        little.observe(_step(accepted=k < 3, loss_after=0.9 if k < 3 else 1.0, rho=0.5))
+    assert little.verdict == "little"
+    assert little.to_dict()["note"].startswith("HF made little progress: 3 of 10 steps taken")
+    made = HFProgress(m=256, m_bar=1024, n_train=10_000)
+    for _ in range(4):
+        made.observe(_step(accepted=True, loss_after=0.9, rho=0.8))
+    assert made.verdict == "made" and made.to_dict()["note"] is None
+
+
+def test_compare_notes_a_strategy_that_made_no_progress_in_most_seeds() -> None:
+    poor = {"verdict": "none", "steps": 60, "accepted": 0, "median_rho": -0.8,
+            "m": 256, "n_train": 1437}  # fmt: skip
+    fine = {**poor, "verdict": "made", "accepted": 50, "steps": 55}
+    note = strategy_note("hf:m=256", [poor, {**poor, "steps": 70}, fine])
+    assert note is not None and note.startswith(
+        "hf:m=256: HF made no progress in 2 of 3 seeds "
+        "(0 of 60–70 steps taken, median ρ on B̄ -0.80)"
+    )
+    assert strategy_note("hf:m=256", [poor, fine, fine]) is None
+    evaluation = {"fraction": 0.0, "step": 0, "seconds": 0.0, "test_accuracy": 0.9,
+                  "test_loss": 0.3}  # fmt: skip
+    later = {**evaluation, "fraction": 1.0, "step": 60, "seconds": 1.0}
+
+    def metrics(strategy: str) -> dict:
+        progress = {"hf_progress": poor} if strategy.startswith("hf") else {}
+        return {"strategy": strategy, "status": "completed",
+                "evaluations": [evaluation, later], **progress}  # fmt: skip
+
+    runs = [
+        RunSummary.from_metrics("ckpt", seed, metrics(strategy))
+        for strategy in ("sgd", "hf:m=256")
+        for seed in range(2)
+    ]
+    summary = compare_summary(runs)
+    notes = summary["checkpoints"][0]["notes"]
+    assert sum(n.startswith("hf:m=256: HF made no progress in 2 of 2 seeds") for n in notes) == 1
+    report = report_markdown(summary, {}, [], [], 0.0)
+    assert "hf:m=256: HF made no progress in 2 of 2 seeds" in report
+    # and the ranking table marks the strategy
+    console = Console(width=80, record=True)
+    console.print(ranking_table(summary["checkpoints"][0], "test_accuracy"))
+    shown = console.export_text()
+    assert "hf:m=256 †" in shown
+    assert "† HF made no progress in most seeds" in " ".join(shown.split())
+    assert "sgd †" not in shown
+
+
+# --- HF's sizes on small data -------------------------------------------------------------
+
+
+def test_small_data_get_hf_at_fractions_of_the_training_set_and_a_line_saying_so() -> None:
+    assert hf_sizes(341) == [42, 85, 170]
+    assert "hf:m=170" in default_strategies(341) and "auto:m=42" in default_strategies(341)
+    note = hf_sizes_note(341)
+    assert note is not None and note.startswith("hf at m=42, m=85, m=170 (up to half of the 341")
+    assert hf_sizes_note(1437) is None and hf_sizes(1437) == [256, 512]
+
+
+# --- a user's overfit tabular project, end to end ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's project folder with ``model.pt`` trained by the user's own loop."""
+    import importlib.util
+
+    folder = tmp_path_factory.mktemp("breast-cancer")
+    (folder / "my_project.py").write_text(PROJECT)
+    spec = importlib.util.spec_from_file_location("overfit_project", folder / "my_project.py")
+    assert spec is not None and spec.loader is not None
+    project = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(project)
+    torch.manual_seed(0)
+    (x, y), _, _ = project.data()
+    model = project.build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        perm = torch.randperm(len(y))
+        for i in range(0, len(y), 128):
+            idx = perm[i : i + 128]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert torch.nn.functional.cross_entropy(model(x), y).item() < 0.05  # fits closely
+    torch.save(model.state_dict(), folder / "model.pt")
+    return folder
+
+
+def _source(folder: Path) -> list[str]:
+    project = f"{folder / 'my_project.py'}"
+    return ["--model", f"{project}:build", "--data", f"{project}:data", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_hf_on_an_overfit_project_says_it_made_no_progress(overfit: Path) -> None:
+    out = overfit / "hf"
+    args = ["finetune", str(overfit / "model.pt"), *_source(overfit), "--strategy", "hf",
+            "--budget", "150steps", "--eval-points", "2", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "note: HF made no progress:" in result.output
+    assert "the model fits its training data closely" in result.output
+    log = json.loads((out / "metrics.json").read_text())
+    assert log["hf_progress"]["verdict"] == "none" and log["hf_progress"]["m"] == 170
+    steps = log["steps"]
+    assert len(steps) == 150
+    # the damping stops at its cap instead of growing by 3/2 per step (1e26 after 150)
+    assert max(s["damping"] for s in steps) <= 1e4
+    assert not any(s["accepted"] and s["cg_stop_reason"] == "non-finite" for s in steps)
+    assert all(s["loss_after"] < s["loss_before"] for s in steps if s["accepted"])
+
+
+@pytest.mark.slow
+def test_selftest_warns_that_hf_will_make_no_progress(overfit: Path) -> None:
+    args = ["selftest", str(overfit / "model.pt"), *_source(overfit), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output  # a warning, not a failure
+    report = json.loads(result.output[result.output.index("{") :])
+    check = next(c for c in report["checks"] if c["name"].startswith("HF progress"))
+    assert check["status"] == "warn"
+    assert check["detail"].startswith("HF made no progress")
+
+
+@pytest.mark.slow
+def test_selftest_passes_the_progress_check_where_hf_makes_progress(trained_run: Path) -> None:
+    ckpt = sorted(trained_run.glob("*.safetensors"))[0]
+    result = runner.invoke(app, ["selftest", str(ckpt), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    check = next(c for c in report["checks"] if c["name"].startswith("HF progress"))
+    assert check["status"] == "pass", check
