@@ -108,6 +108,7 @@ def _finetune_twice_if_killed(
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default:a rank aborted")
 @pytest.mark.parametrize(
     ("strategy", "budget"), [("hf:m=256", "3steps"), ("sgd-cosine", "15steps")], ids=["hf", "sgd"]
 )
@@ -158,6 +159,7 @@ def test_a_failing_rank_ends_the_job_with_its_error(trained_run: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("default:a rank aborted")
 def test_auto_decides_alike_on_every_rank(trained_run: Path, tmp_path: Path) -> None:
     """Probe decisions use the slowest rank's times, so no rank waits for a step the
     others skipped; the run completes and logs its probes once."""

@@ -8,6 +8,7 @@ the user, a 64-wide MLP trained by the user's loop to a train loss of about 0.03
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -97,17 +98,32 @@ def test_progress_verdicts_and_notes() -> None:
         none.observe(_step())
     entry = none.to_dict()
     assert (entry["verdict"], entry["steps"], entry["accepted"]) == ("none", 10, 0)
-    assert entry["note"].startswith("HF made no progress: 0 of 10 steps taken, median ρ on B̄ -1.00")
+    assert entry["note"].startswith(
+        "HF made no progress: none of its 10 steps was taken (median ρ on B̄ -1.00)."
+    )
     assert "m is as large as the data allow" in entry["note"]
     # accepted steps whose total decrease is float noise are no progress either
     noise = HFProgress(m=64, m_bar=64, n_train=1000)
     noise.observe(_step(accepted=True, loss_after=1.0 - 1e-8))
     assert noise.verdict == "none" and "hf:m=256" in noise.to_dict()["note"]
+    assert (
+        "1 of 1 steps were taken, but together they lowered the loss on B̄ by less than 0.01 %"
+        in (noise.to_dict()["note"])
+    )
+    assert HFProgress(m=64, m_bar=64, n_train=1000).to_dict()["note"] == (
+        "HF took no step: the run ended before its first step did."
+    )
     little = HFProgress(m=256, m_bar=1024, n_train=10_000)
     for k in range(10):
         little.observe(_step(accepted=k < 3, loss_after=0.9 if k < 3 else 1.0, rho=0.5))
     assert little.verdict == "little"
-    assert little.to_dict()["note"].startswith("HF made little progress: 3 of 10 steps taken")
+    assert little.to_dict()["note"].startswith(
+        "HF made little progress: only 3 of 10 steps were taken (median ρ on B̄ 0.50)."
+    )
+    assert (
+        "mostly did not lower the loss on B̄, a second batch of training data"
+        in (little.to_dict()["note"])
+    )
     made = HFProgress(m=256, m_bar=1024, n_train=10_000)
     for _ in range(4):
         made.observe(_step(accepted=True, loss_after=0.9, rho=0.8))
@@ -148,7 +164,7 @@ def test_compare_notes_a_strategy_that_made_no_progress_in_most_seeds() -> None:
     console.print(ranking_table(summary["checkpoints"][0], "test_accuracy"))
     shown = console.export_text()
     assert "hf:m=256 †" in shown
-    assert "† HF made no progress in most seeds" in " ".join(shown.split())
+    assert "† HF made no progress in half of its seeds or more" in " ".join(shown.split())
     assert "sgd †" not in shown
 
 
@@ -159,8 +175,8 @@ def test_small_data_get_hf_at_fractions_of_the_training_set_and_a_line_saying_so
     assert hf_sizes(341) == [42, 85, 170]
     assert "hf:m=170" in default_strategies(341) and "auto:m=42" in default_strategies(341)
     note = hf_sizes_note(341)
-    assert note is not None and note.startswith("hf at m=42, m=85, m=170 (up to half of the 341")
-    assert hf_sizes_note(1437) is None and hf_sizes(1437) == [256, 512]
+    assert note is not None and note.startswith("hf at m=42, m=85, m=170, fractions of the 341")
+    assert hf_sizes(1437) == [256, 512] and hf_sizes_note(5000) is None
 
 
 # --- a user's overfit tabular project, end to end ---------------------------------------------
@@ -237,3 +253,116 @@ def test_selftest_passes_the_progress_check_where_hf_makes_progress(trained_run:
     report = json.loads(result.output[result.output.index("{") :])
     check = next(c for c in report["checks"] if c["name"].startswith("HF progress"))
     assert check["status"] == "pass", check
+
+
+# --- review fixes: reuse, damping of rejected steps, sizes said whenever one is left out --------
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            "delete",
+            "it was written before hfft capped HF's damping and recorded hf_progress "
+            "(its metrics.json has no valid hf_progress)",
+        ),
+        ("count", "its hf_progress counts 7 steps, not the 2 listed"),
+    ],
+)
+def test_an_hf_run_without_a_valid_hf_progress_is_run_again(
+    trained_run: Path, tmp_path: Path, change: str, why: str
+) -> None:
+    from hfft.analysis.compare import CompareConfig, compare, run_directory
+
+    cfg = CompareConfig(
+        checkpoints=(str(trained_run / "ckpt-02.safetensors"),),
+        strategies=("sgd", "hf:m=128,cg_max_iter=3"),
+        seeds=1,
+        budget="2steps",
+        out=str(tmp_path / "cmp"),
+        eval_points=1,
+    )
+    assert compare(cfg).ran == 2
+    metrics = run_directory(tmp_path / "cmp", "ckpt-02", "hf:m=128,cg_max_iter=3", 0)
+    metrics = metrics / "metrics.json"
+    log = json.loads(metrics.read_text())
+    if change == "delete":
+        del log["hf_progress"]
+    else:
+        log["hf_progress"]["steps"] = 7
+    metrics.write_text(json.dumps(log))
+    notes: list[str] = []
+    again = compare(cfg, on_note=notes.append)
+    assert (again.ran, again.reused) == (1, 1)
+    assert [n for n in notes if "again" in n] == [
+        f"running ckpt-02 hf:m=128,cg_max_iter=3 seed 0 again: {why}"
+    ]
+    assert json.loads(metrics.read_text())["hf_progress"]["steps"] == 2
+
+
+def test_a_rejected_step_raises_the_damping_whatever_rho_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CG run that turned non-finite after an iterate with ρ > 3/4: the LM rule alone
+    would lower λ, and the next CG would overflow sooner."""
+    from hfft import HessianFree
+    from hfft.optim import hf_step
+
+    choose = hf_step.HFStep.choose
+
+    def choose_then_overflow(self, result, grad):  # type: ignore[no-untyped-def]
+        choice = choose(self, result, grad)
+        object.__setattr__(result, "stop_reason", "non-finite")
+        return dataclasses.replace(choice, rho=0.9, next_damping=self.damping * 2 / 3)
+
+    monkeypatch.setattr(hf_step.HFStep, "choose", choose_then_overflow)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Flatten(0))
+    x = torch.randn(32, 4)
+    opt = HessianFree(model.parameters(), damping=2.0, cg_max_iter=5)
+    record = opt.step(model, torch.nn.MSELoss(), (x, x.sum(1)), (x, x.sum(1)))
+    assert not record.accepted and record.reject_reason == "CG produced non-finite values"
+    assert record.next_damping == pytest.approx(3.0) and opt.damping == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("n", "eval_batch_size", "sizes", "said"),
+    [
+        (1437, None, [256, 512], "hf at m=256, m=512 of 1437 training samples (B̄ the rest, at "
+         "most 1024): m=1024 and larger do not fit beside B̄"),
+        (341, 200, [35, 70, 141], "hf at m=35, m=70, m=141, fractions of the 341 training "
+         "samples (B̄ 200 (--eval-batch-size))"),
+        (1, None, [], "hf and auto left out: 1 training samples hold no two disjoint batches"),
+        (5000, None, [512, 1024, 2048], None),
+    ],
+)  # fmt: skip
+def test_hf_sizes_say_whenever_a_standard_size_is_left_out(
+    n: int, eval_batch_size: int | None, sizes: list[int], said: str | None
+) -> None:
+    assert hf_sizes(n, eval_batch_size) == sizes
+    note = hf_sizes_note(n, eval_batch_size)
+    assert note == said if said is None else note is not None and note.startswith(said)
+    strategies = default_strategies(n, eval_batch_size=eval_batch_size)
+    assert [s for s in strategies if s.startswith(("hf", "auto"))] == (
+        [f"auto:m={sizes[0]}", *(f"hf:m={m}" for m in sizes)] if sizes else []
+    )
+
+
+def test_hf_steps_that_fail_in_selftest_are_a_warning_not_an_error(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hfft.diagnostics import progress_check
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore lines")
+
+    monkeypatch.setattr(progress_check, "HFRunner", out_of_memory)
+    ckpt = sorted(trained_run.glob("*.safetensors"))[0]
+    result = runner.invoke(app, ["selftest", str(ckpt), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    check = next(c for c in report["checks"] if c["name"].startswith("HF progress"))
+    assert check["status"] == "warn"
+    assert check["detail"] == (
+        "HF steps could not be taken: CUDA out of memory. Tried to allocate 20.00 GiB"
+    )

@@ -147,46 +147,70 @@ SUITES = ("paper", "extended")
 would also try (:data:`hfft.experiment.strategies.EXTENDED_STRATEGIES`)."""
 
 
-def default_strategies(n_train: int, suite: str = "paper") -> list[str]:
+def default_strategies(
+    n_train: int, suite: str = "paper", eval_batch_size: int | None = None
+) -> list[str]:
     """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data
     (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW and schedule-free SGD).
 
     ``auto`` uses the smallest HF size, so that its probes are as cheap as HF
-    steps get here and its HF phase is one of the HF runs it is ranked against.
+    steps get here and its HF phase is one of the HF runs it is ranked against;
+    without any size (fewer than 2 training samples) both are left out.
     """
-    sizes = hf_sizes(n_train)
-    auto = f"auto:m={sizes[0]}" if sizes else "auto"
-    paper = [*SGD_STRATEGIES, auto, *(f"hf:m={m}" for m in sizes)]
+    sizes = hf_sizes(n_train, eval_batch_size)
+    hf = [f"auto:m={sizes[0]}", *(f"hf:m={m}" for m in sizes)] if sizes else []
+    paper = [*SGD_STRATEGIES, *hf]
     return paper + list(EXTENDED_STRATEGIES) if suite == "extended" else paper
 
 
-def hf_sizes(n_train: int) -> list[int]:
+def _largest_m(n_train: int, eval_batch_size: int | None) -> int:
+    """The largest m that leaves room for B̄: half the data, or what ``--eval-batch-size``
+    leaves."""
+    return n_train // 2 if eval_batch_size is None else min(n_train // 2, n_train - eval_batch_size)
+
+
+def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
     """HF's default batch sizes m for ``n_train`` training samples.
 
-    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``: the three largest of
-    256, 512, …, 4096 that satisfy it; on data too small for 256, an eighth, a
-    quarter and half of the training set (:func:`hf_sizes_note` says so).
+    HF needs B and a disjoint B̄, so ``m ≤ n_train / 2`` (and ``m ≤ n_train −
+    eval_batch_size`` when B̄'s size is given): the three largest of 256, 512,
+    …, 4096 that fit; on data too small for 256, an eighth, a quarter and half
+    of that largest m (:func:`hf_sizes_note` says which).
     """
-    sizes = [m for m in HF_BATCH_SIZES if m <= n_train // 2][-3:]
+    largest = _largest_m(n_train, eval_batch_size)
+    sizes = [m for m in HF_BATCH_SIZES if m <= largest][-3:]
     if sizes:
         return sizes
-    return sorted({m for m in (n_train // 8, n_train // 4, n_train // 2) if m >= 1})
+    return sorted({m for m in (largest // 4, largest // 2, largest) if m >= 1})
 
 
-def hf_sizes_note(n_train: int) -> str | None:
-    """The line ``compare`` prints when HF's sizes are fractions of small data, else ``None``."""
+def hf_sizes_note(n_train: int, eval_batch_size: int | None = None) -> str | None:
+    """The line ``compare`` prints when HF runs at fewer than three of its standard sizes
+    or at fractions of small data, saying which and why; ``None`` when three fit."""
     from hfft.experiment.runners import DEFAULT_EVAL_BATCH
 
-    if n_train // 2 >= HF_BATCH_SIZES[0]:
+    largest = _largest_m(n_train, eval_batch_size)
+    sizes = hf_sizes(n_train, eval_batch_size)
+    standard = [m for m in HF_BATCH_SIZES if m <= largest]
+    if len(standard) >= 3:
         return None
-    sizes = hf_sizes(n_train)
+    b_bar = (
+        f"B̄ the rest, at most {DEFAULT_EVAL_BATCH}"
+        if eval_batch_size is None
+        else f"B̄ {eval_batch_size} (--eval-batch-size)"
+    )
     if not sizes:
-        return f"hf left out: {n_train} training samples hold no two disjoint batches B and B̄"
+        return f"hf and auto left out: {n_train} training samples hold no two disjoint batches"
     shown = ", ".join(f"m={m}" for m in sizes)
+    if standard:
+        missing = HF_BATCH_SIZES[len(standard)]
+        return (
+            f"hf at {shown} of {n_train} training samples ({b_bar}): m={missing} and larger "
+            "do not fit beside B̄"
+        )
     return (
-        f"hf at {shown} (up to half of the {n_train} training samples; B̄ the rest, at most "
-        f"{DEFAULT_EVAL_BATCH}): the standard m of {HF_BATCH_SIZES[0]} or more needs "
-        f"{2 * HF_BATCH_SIZES[0]} samples"
+        f"hf at {shown}, fractions of the {n_train} training samples ({b_bar}): the standard "
+        f"m of {HF_BATCH_SIZES[0]} or more does not fit beside B̄"
     )
 
 
@@ -274,7 +298,26 @@ def _reuse_check(
         )
     if log["source"]["task"] != task:
         return None, "its metrics.json records another task or metric"
+    if parse_strategy(label).is_hf and (problem := _hf_progress_problem(log)) is not None:
+        return None, problem
     return log, _weights_check(run_dir, log.get("files"))
+
+
+def _hf_progress_problem(log: dict[str, Any]) -> str | None:
+    """Why an HF run's ``hf_progress`` cannot be trusted, or ``None``: a run written before
+    hfft kept it ran an optimizer whose λ had no cap and which took steps that changed
+    nothing, so it is not ranked beside today's runs."""
+    from hfft.analysis.run_summary import hf_progress_entry
+
+    entry = hf_progress_entry(log.get("hf_progress"))
+    if entry is None:
+        return (
+            "it was written before hfft capped HF's damping and recorded hf_progress "
+            "(its metrics.json has no valid hf_progress)"
+        )
+    if entry["steps"] != len(log["steps"]):
+        return f"its hf_progress counts {entry['steps']} steps, not the {len(log['steps'])} listed"
+    return None
 
 
 def _other_configuration(stored: Any, key: dict[str, Any]) -> str:
@@ -422,9 +465,10 @@ def _load_sources(
             said.add(line)  # checkpoints of one training share it
             on_note(line)
     n_train = sources[0][0].splits.num_train
-    labels = strategies or default_strategies(n_train, config.suite)
-    if not strategies and on_note is not None and (line := hf_sizes_note(n_train)) is not None:
-        on_note(line)
+    labels = strategies or default_strategies(n_train, config.suite, config.eval_batch_size)
+    if not strategies and on_note is not None:
+        if (line := hf_sizes_note(n_train, config.eval_batch_size)) is not None:
+            on_note(line)
     if strategies and config.suite == "extended":  # the given ones and the extended suite's
         labels = [*labels, *(s for s in EXTENDED_STRATEGIES if s not in labels)]
     for src, _ in sources:

@@ -19,7 +19,13 @@ import numpy as np
 from hfft._io import number
 from hfft.experiment.records import higher_is_better
 
-__all__ = ["RunSummary", "by_strategy", "higher_is_better", "select_runs"]
+__all__ = [
+    "RunSummary",
+    "by_strategy",
+    "hf_progress_entry",
+    "higher_is_better",
+    "select_runs",
+]
 
 
 def _healthy(evaluation: Mapping[str, Any]) -> bool:
@@ -87,7 +93,7 @@ class RunSummary:
             evaluations=tuple(dict(e) for e in evaluations),
             metric=metric if metric in ("accuracy", "loss", "rmse", "r2") else "accuracy",
             cg_seconds=_cg_seconds(metrics.get("steps")),
-            hf_progress=_hf_progress(metrics.get("hf_progress")),
+            hf_progress=hf_progress_entry(metrics.get("hf_progress")),
         )
 
     def series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -191,11 +197,13 @@ def by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
     return {s: sorted(g, key=lambda r: r.seed) for s, g in groups.items()}
 
 
-def _hf_progress(entry: Any) -> dict[str, Any] | None:
+def hf_progress_entry(entry: Any) -> dict[str, Any] | None:
     """``metrics.json``'s ``hf_progress`` when it has the fields a note needs, else ``None``."""
     if not isinstance(entry, dict) or entry.get("verdict") not in ("none", "little", "made"):
         return None
     counts = (entry.get("steps"), entry.get("accepted"), entry.get("m"), entry.get("n_train"))
     if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return None
+    if entry["accepted"] > entry["steps"]:
         return None
     return dict(entry)

@@ -31,7 +31,14 @@ from typing import Any
 
 from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hfft._text import quoted
-from hfft.analysis.compare import CompareConfig, CompareResult, Shard, compare, hf_sizes
+from hfft.analysis.compare import (
+    CompareConfig,
+    CompareResult,
+    Shard,
+    compare,
+    hf_sizes,
+    hf_sizes_note,
+)
 from hfft.experiment.budget import parse_budget
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
@@ -170,6 +177,9 @@ def _study(
     checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
     n_train = int(manifest["data"]["train_size"])
     figure1 = [parse_strategy(s).label for s in config.strategies or figure1_strategies(n_train)]
+    small = n_train // 2 < STUDY_HF_SIZES[0]  # HF at fractions of the data, said
+    if not config.strategies and small and on_note and (line := hf_sizes_note(n_train)):
+        on_note(line)
     extra = _figure2_extra(figure1)
     comparison = _compare(
         config,

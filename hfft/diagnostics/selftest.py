@@ -473,5 +473,6 @@ def selftest_checkpoint(
         subject=subject,
     )
     if report.passed and mode == "eval":  # HF's own mode; products that fail decide nothing
-        report.checks.append(progress_check(model, source.task, splits, source.weight_decay))
+        check = progress_check(model, source.task, splits, source.weight_decay, chunk_size)
+        report.checks.append(check)
     return report

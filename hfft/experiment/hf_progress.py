@@ -62,10 +62,11 @@ class HFProgress:
 
     @property
     def verdict(self) -> str:
-        """``none`` (no step changed anything), ``little`` (most steps rejected) or ``made``."""
-        if self.steps and (self.accepted == 0 or self.decrease < NEGLIGIBLE):
+        """``none`` (no step taken, or the steps taken changed the loss on B̄ by float
+        noise), ``little`` (fewer than half of the steps taken) or ``made``."""
+        if self.accepted == 0 or self.decrease < NEGLIGIBLE:
             return "none"
-        if self.steps and self.accepted < LITTLE * self.steps:
+        if self.accepted < LITTLE * self.steps:
             return "little"
         return "made"
 
@@ -91,11 +92,22 @@ def progress_note(
     verdict: str, steps: int, accepted: int, median_rho: float | None, m: int, n_train: int
 ) -> str | None:
     """One or two sentences on a run where HF made no or little progress (else ``None``)."""
-    if verdict == "made" or not steps:
+    if verdict == "made":
         return None
-    rho = f", median ρ on B̄ {median_rho:.2f}" if median_rho is not None else ""
-    amount = "no" if verdict == "none" else verdict
-    return f"HF made {amount} progress: {accepted} of {steps} steps taken{rho}." + _why(m, n_train)
+    if not steps:
+        return "HF took no step: the run ended before its first step did."
+    rho = f" (median ρ on B̄ {median_rho:.2f})" if median_rho is not None else ""
+    if verdict == "little":
+        head = f"HF made little progress: only {accepted} of {steps} steps were taken{rho}."
+        return head + _why(m, n_train, "mostly did not lower")
+    if accepted == 0:
+        head = f"HF made no progress: none of its {steps} steps was taken{rho}."
+        return head + _why(m, n_train, "did not lower")
+    head = (
+        f"HF made no progress: {accepted} of {steps} steps were taken, but together they "
+        f"lowered the loss on B̄ by less than {100 * NEGLIGIBLE:g} %{rho}."
+    )
+    return head + _why(m, n_train, "did not noticeably lower")
 
 
 def strategy_note(strategy: str, entries: Sequence[Mapping[str, Any]]) -> str | None:
@@ -109,9 +121,10 @@ def strategy_note(strategy: str, entries: Sequence[Mapping[str, Any]]) -> str | 
     steps = _span([e["steps"] for e in poor])
     rhos = [r for e in poor if isinstance(r := e.get("median_rho"), (int, float))]
     rho = f", median ρ on B̄ {statistics.median(rhos):.2f}" if rhos else ""
+    how = "did not lower" if verdict == "no" else "mostly did not lower"
     return (
         f"{strategy}: HF made {verdict} progress in {len(poor)} of {len(entries)} seeds "
-        f"({taken} of {steps} steps taken{rho})." + _why(poor[0]["m"], poor[0]["n_train"])
+        f"({taken} of {steps} steps taken{rho})." + _why(poor[0]["m"], poor[0]["n_train"], how)
     )
 
 
@@ -128,11 +141,11 @@ def _span(values: list[int]) -> str:
     return f"{min(values)}" if min(values) == max(values) else f"{min(values)}–{max(values)}"
 
 
-def _why(m: int, n_train: int) -> str:
-    """What no progress means and what to try."""
+def _why(m: int, n_train: int, how: str) -> str:
+    """What no progress means and what to try; ``how`` the steps failed ("did not lower")."""
     why = (
-        f" The step fitted to B (m={m}) did not lower the loss on the held-out batch B̄: "
-        "the model fits its training data closely, or m is small for this model."
+        f" The step fitted to B (m={m}) {how} the loss on B̄, a second batch of training "
+        "data: the model fits its training data closely, or m is small for this model."
     )
     larger = min(n_train // 2, 4 * m)
     if larger > m:

@@ -361,8 +361,10 @@ class HessianFree(torch.optim.Optimizer):
             **cg,
         )
         reason = _not_taken(hp, result, choice, hf.f0, theta)
-        if reason is not None:
+        if reason is not None:  # a rejected step: λ grows, whatever ρ said
             write_flat(params, theta)
+            grown = max(choice.next_damping, raise_damping(damping, hp["max_damping"]))
+            decided["next_damping"] = grown
             return self._done(hf.record(op, step_no, reject_reason=reason, **decided))
         assert choice.alpha is not None
         write_flat(params, theta + choice.alpha * choice.p)

@@ -150,7 +150,7 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     stalled = entry.get("hf_progress") or {}
     if stalled:
         kinds = sorted(set(stalled.values()))
-        note = f"† HF made {' or '.join(kinds)} progress in most seeds (see the notes)"
+        note = f"† HF made {' or '.join(kinds)} progress in half of its seeds or more (see notes)"
         table.caption = f"{table.caption}; {note}" if table.caption else note
     for s in ranked:
         untested = few and not s["tied_with"]
