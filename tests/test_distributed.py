@@ -170,3 +170,33 @@ def test_auto_decides_alike_on_every_rank(trained_run: Path, tmp_path: Path) -> 
     log = json.loads((out / "metrics.json").read_text())
     assert log["status"] == "completed" and log["world_size"] == 2
     assert log["auto"]["probes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (["finetune", "--help"], 0, "--strategy"),
+        (["finetune", "model.pt"], 2, "hfft: error: rank 0: "),
+    ],
+    ids=["help", "error"],
+)
+def test_a_launched_process_leaves_with_its_exit_code_and_all_its_output(
+    tmp_path: Path, args: list[str], code: int, said: str
+) -> None:
+    """Under torchrun the process ends with ``os._exit`` (no interpreter teardown, where a
+    Gloo rank now and then died of SIGABRT): its exit code and every line it printed
+    into a pipe (block-buffered) must still come out."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK")}
+    env["WORLD_SIZE"] = "2"  # launched, but no process group to join
+    proc = subprocess.run(
+        [sys.executable, "-m", "hfft", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert said in proc.stdout + proc.stderr
+    if code == 0:
+        assert proc.stdout.rstrip().endswith("╯")  # the help's last box line: nothing lost

@@ -8,7 +8,10 @@ command runs, so ``hfft --help`` stays instant (a test holds it).
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import os
+import sys
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -70,5 +73,34 @@ def main() -> None:
     """
     from hfft.experiment.interrupts import first_signal_stops
 
+    if not launched():
+        with first_signal_stops(ignore_after_stop=True):
+            app()
+        return
+    code: int | str | None = 0
     with first_signal_stops(ignore_after_stop=True):
-        app()
+        try:
+            app()
+        except SystemExit as done:
+            code = done.code
+    _leave(code)
+
+
+def _leave(code: int | str | None) -> NoReturn:
+    """End a process that ``torchrun`` started, now, with ``code``, skipping the interpreter's
+    teardown.
+
+    By then the command has written and flushed its files and left the process
+    group. What would follow is C++ static destruction, in which one rank of a
+    two-rank Gloo job died now and then with "terminate called without an active
+    exception" (SIGABRT: a library thread still joinable when its owner is
+    destroyed), turning a finished run into a failed job. ``os._exit`` skips that
+    teardown; the output streams are flushed first.
+    """
+    if isinstance(code, str):  # SystemExit("message"): print it, as Python would
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
