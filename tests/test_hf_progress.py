@@ -81,9 +81,10 @@ def test_a_step_is_taken_only_when_it_changes_the_weights_and_lowers_the_loss(
     theta = torch.ones(3)
     choice = _choice(alpha, loss_after, torch.full((3,), step))
     result = SimpleNamespace(stop_reason=stop)
-    assert _not_taken({"use_linesearch": True}, result, choice, 1.0, theta) == reason
+    new = None if alpha is None else theta + alpha * choice.p
+    assert _not_taken({"use_linesearch": True}, result, choice, 1.0, theta, new) == reason
     # without the line search the step is taken as it is, even if the loss went up
-    unsearched = _not_taken({"use_linesearch": False}, result, choice, 1.0, theta)
+    unsearched = _not_taken({"use_linesearch": False}, result, choice, 1.0, theta, new)
     assert unsearched == (None if reason and "lower the loss" in reason else reason) or (
         alpha is None and unsearched == "non-finite loss"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -396,25 +396,16 @@ def overrun_notes(group: list[RunSummary]) -> list[str]:
     return notes
 
 
-def hf_progress(group: list[RunSummary]) -> dict[str, str]:
+def hf_progress(group: list[RunSummary]) -> tuple[dict[str, str], list[str]]:
     """HF strategies that made no or little progress in at least half of their seeds:
-    strategy → ``"no"`` or ``"little"``."""
-    out = {}
+    strategy → ``"no"`` or ``"little"``, and the note on each."""
+    verdicts, notes = {}, []
     for strategy, runs in by_strategy(select_runs(group)).items():
         entries = [r.hf_progress for r in runs if r.hf_progress is not None]
         if (verdict := progress_verdict(entries)) is not None:
-            out[strategy] = verdict
-    return out
-
-
-def progress_notes(group: list[RunSummary]) -> list[str]:
-    """Sentences on HF strategies that made no or little progress in most of their seeds."""
-    notes = []
-    for strategy, runs in by_strategy(select_runs(group)).items():
-        entries = [r.hf_progress for r in runs if r.hf_progress is not None]
-        if (note := strategy_note(strategy, entries)) is not None:
-            notes.append(note)
-    return notes
+            verdicts[strategy] = verdict
+            notes.append(cast(str, strategy_note(strategy, entries)))
+    return verdicts, notes
 
 
 def _start(group: list[RunSummary], metric: str) -> float | None:
@@ -493,6 +484,7 @@ def compare_summary(
         start = {m: _start(group, m) for m in metrics}
         ttt = _time_to_target_entry(group, metrics[0], start[metrics[0]])
         timing = step_seconds(group)
+        stalled, stalled_notes = hf_progress(group)
         checkpoints.append(
             {
                 "checkpoint": checkpoint,
@@ -504,9 +496,9 @@ def compare_summary(
                 },
                 "time_to_target": ttt,
                 "step_seconds": timing,
-                "hf_progress": hf_progress(group),
+                "hf_progress": stalled,
                 "notes": run_notes(group, metrics)
-                + progress_notes(group)
+                + stalled_notes
                 + _timing_notes(timing)
                 + overrun_notes(group),
             }

@@ -46,7 +46,6 @@ __all__ = [
     "fit_task",
     "inferred",
     "load_starting_point",
-    "training_seconds",
     "training_time",
     "trusted_metadata",
 ]
@@ -87,9 +86,11 @@ class StartingPoint:
     def budget_note(self, budget: Budget) -> str | None:
         """The line saying what a budget of ``N%`` is in seconds and which training time it
         takes; ``None`` for other budgets or an unknown training time."""
+        from hfft.experiment.budget import resolve_budget
+
         if budget.kind != "percent" or self.train_seconds is None:
             return None
-        seconds = budget.value / 100.0 * self.train_seconds
+        seconds = resolve_budget(budget, self.train_seconds).value
         return f"budget {budget}: {seconds:.3g} s, {budget} of {self.train_time_basis}"
 
     def describe(self) -> dict[str, Any]:
@@ -148,19 +149,11 @@ class TrainingTime:
     Attributes:
         seconds: The robust time (``robust_train_seconds``), or the raw clock's
             (``train_seconds``) from a ``run.json`` that lacks it.
-        field: Which of the two ``run.json`` fields it is.
         basis: ``seconds`` and where they come from, for the budget's note.
     """
 
     seconds: float
-    field: str
     basis: str
-
-
-def training_seconds(checkpoint: Path) -> float | None:
-    """The seconds of :func:`training_time` (``None`` when unknown)."""
-    time = training_time(checkpoint)
-    return None if time is None else time.seconds
 
 
 def training_time(checkpoint: Path) -> TrainingTime | None:
@@ -199,7 +192,6 @@ def training_time(checkpoint: Path) -> TrainingTime | None:
     if robust is None:
         return TrainingTime(
             raw,
-            "train_seconds",
             f"the training's {raw:.3g} s by its clock (train_seconds: its run.json, written "
             "before hfft recorded robust_train_seconds, cannot tell a slow spell of the "
             "machine from the training)",
@@ -208,7 +200,6 @@ def training_time(checkpoint: Path) -> TrainingTime | None:
     count = f" × {len(epochs)} epochs" if isinstance(epochs, list) and epochs else " × the epochs"
     return TrainingTime(
         robust,
-        "robust_train_seconds",
         f"the training's {robust:.3g} s, its median epoch{count} (robust_train_seconds; "
         f"its clock said {raw:.3g} s)",
     )

@@ -35,7 +35,7 @@ from hfft.optim.curvature import (
     linearize_curvature,
     split_batch,
 )
-from hfft.optim.damping import adapt_damping, raise_damping, reduction_ratio
+from hfft.optim.damping import adapt_damping, reduction_ratio
 from hfft.optim.linesearch import armijo, backtrack
 from hfft.optim.output_hessians import Loss, loss_normaliser, loss_reduction
 from hfft.optim.preconditioner import empirical_fisher_diagonal, preconditioner_from_diagonal
@@ -208,9 +208,10 @@ class HFStep:
         f_last = self.objective_at(p_last)  # ρ's numerator, and backtracking's start
         self.times["eval"] += self.timer.lap()
         rho = reduction_ratio(f_last, self.f0, result.q_values[-1])
-        upper = hp["max_damping"]
         next_damping = (
-            adapt_damping(self.damping, rho, upper=upper) if hp["adapt_damping"] else self.damping
+            adapt_damping(self.damping, rho, upper=hp["max_damping"])
+            if hp["adapt_damping"]
+            else self.damping
         )
         if hp["use_cg_backtracking"]:
             chosen, p, f_p, _ = backtrack(result.iterates, self.objective_at, last_loss=f_last)
@@ -220,8 +221,6 @@ class HFStep:
         alpha, f_new, tries = self._line_search(p, f_p, float(torch.dot(grad, p)))
         self.times["linesearch"] = self.timer.lap()
         self.times["eval"] += self.times["backtracking"] + self.times["linesearch"]
-        if alpha is None:  # rejected: at least the LM rule's increase
-            next_damping = max(next_damping, raise_damping(self.damping, upper))
         return Choice(p, alpha, f_new, rho, next_damping, chosen, tries)
 
     def _line_search(self, p: Tensor, f_p: float, slope: float) -> tuple[float | None, float, int]:

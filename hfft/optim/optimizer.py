@@ -360,14 +360,15 @@ class HessianFree(torch.optim.Optimizer):
             **measured,
             **cg,
         )
-        reason = _not_taken(hp, result, choice, hf.f0, theta)
+        new = None if choice.alpha is None else theta + choice.alpha * choice.p
+        reason = _not_taken(hp, result, choice, hf.f0, theta, new)
         if reason is not None:  # a rejected step: λ grows, whatever ρ said
             write_flat(params, theta)
             grown = max(choice.next_damping, raise_damping(damping, hp["max_damping"]))
             decided["next_damping"] = grown
             return self._done(hf.record(op, step_no, reject_reason=reason, **decided))
-        assert choice.alpha is not None
-        write_flat(params, theta + choice.alpha * choice.p)
+        assert new is not None
+        write_flat(params, new)
         accepted = dict(accepted=True, loss_after=choice.loss_after, alpha=choice.alpha)
         return self._done(hf.record(op, step_no, **accepted, **decided))
 
@@ -389,20 +390,26 @@ class HessianFree(torch.optim.Optimizer):
 
 
 def _not_taken(
-    hp: dict[str, Any], result: CGResult, choice: Choice, f0: float, theta: Tensor
+    hp: dict[str, Any],
+    result: CGResult,
+    choice: Choice,
+    f0: float,
+    theta: Tensor,
+    new: Tensor | None,
 ) -> str | None:
-    """Why the chosen step is not taken, or ``None``: a step is taken only when CG
+    """Why the step from ``theta`` to ``new`` (``θ + αp``; ``None`` without a step size)
+    is not taken, or ``None``: a step is taken only when CG
     stayed finite, a step size passed, the weights changed (a step of 1e-12
     relative length vanishes in float32) and, with the line search on, the loss
     on B̄ went down (Armijo's test passes a step that leaves it equal in float32).
     Without the line search the step is taken as it is, as the user asked."""
     if result.stop_reason == "non-finite":
         return "CG produced non-finite values"
-    if choice.alpha is None:
+    if new is None:
         return "no step size passed the line search" if hp["use_linesearch"] else "non-finite loss"
     if hp["use_linesearch"] and not choice.loss_after < f0:
         return "the step did not lower the loss on B̄"
-    if torch.equal(theta + choice.alpha * choice.p, theta):
+    if torch.equal(new, theta):
         return "the step was too small to change the weights"
     return None
 
