@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "folders_to_create",
     "json_ready",
     "number",
     "sha256_file",
@@ -44,7 +45,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         OSError: If the file cannot be written or renamed.
     """
     path = Path(path)
-    # the name marks it as hfft's scratch (hfft.experiment.ownership.is_scratch)
+    # the name marks it as hfft's scratch (hfft.experiment.run.ownership.is_scratch)
     fd, tmp = tempfile.mkstemp(prefix=f".hfft.{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would
@@ -143,3 +144,13 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def folders_to_create(target: Path) -> list[Path]:
+    """The folders ``target.mkdir(parents=True)`` would create, innermost first."""
+    chain = []
+    for folder in (target, *target.parents):
+        if folder.exists():
+            break
+        chain.append(folder)
+    return chain

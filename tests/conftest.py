@@ -9,7 +9,7 @@ import torch
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory):
     """A short hfft training run on digits: run.json and two checkpoints."""
-    from hfft.experiment.train import TrainConfig, train
+    from hfft.experiment.run.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     train(

@@ -12,11 +12,16 @@ import torch
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.auto import AutoRunner, Decision, ProbeMeasurement, decide, decide_back
-from hfft.experiment.finetune import FinetuneConfig, finetune
-from hfft.experiment.registry import make_runner
-from hfft.experiment.starting_point import StartingPointOptions
-from hfft.experiment.strategies import parse_strategy
+from hfft.experiment.run.finetune import FinetuneConfig, finetune
+from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.strategies.auto import (
+    AutoRunner,
+    Decision,
+    ProbeMeasurement,
+    decide,
+    decide_back,
+)
+from hfft.experiment.strategies.registry import make_runner, parse_strategy
 
 runner = CliRunner()
 # cheap HF on the digits MLP of the trained_run fixture, and SGD at a rate at which it

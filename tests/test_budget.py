@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hfft.experiment.budget import (
+from hfft.experiment.run.budget import (
     Budget,
     BudgetClock,
     evaluation_fractions,

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hfft import _io
 from hfft._io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
-from hfft.experiment.checkpoint import (
+from hfft.experiment.run.checkpoint import (
     Checkpoint,
     CheckpointError,
     apply_state_dict,

@@ -273,7 +273,7 @@ def test_every_strategy_is_checked_before_the_first_run(run_dir: Path, tmp_path:
 
 
 def test_a_second_comparison_on_the_same_folder_is_refused(run_dir: Path, tmp_path: Path) -> None:
-    from hfft.experiment.run_folder import FolderBusy, locked_folder
+    from hfft.experiment.run.run_folder import FolderBusy, locked_folder
 
     with locked_folder(tmp_path / "cmp"), pytest.raises(FolderBusy, match="another hfft run"):
         compare(_small(run_dir, tmp_path))
@@ -375,7 +375,7 @@ def test_implausible_records_are_redone_and_every_seed_is_ranked(
 
 def test_a_seed_without_a_score_is_named_in_the_ranking(run_dir: Path, tmp_path: Path) -> None:
     # at its only evaluation after the start its losses are not finite (null): nothing to rank
-    from hfft.experiment.strategies import parse_strategy
+    from hfft.experiment.strategies.registry import parse_strategy
 
     diverging = parse_strategy("sgd:lr=1e8").label
     cfg = _small(run_dir, tmp_path, seeds=2, strategies=("sgd", diverging))
@@ -394,7 +394,7 @@ def test_records_nested_too_deep_are_unreadable_not_a_traceback(
     run_dir: Path, tmp_path: Path
 ) -> None:
     from hfft.analysis.compare import _same_comparison, _stored_summary
-    from hfft.experiment.finetune import same_finetune_run
+    from hfft.experiment.run.finetune import same_finetune_run
 
     deep = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError
     (tmp_path / "compare.json").write_text(deep)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfft.experiment.datasets import DATASETS, DataError
-from hfft.experiment.splits import load_data
+from hfft.experiment.data.datasets import DATASETS, DataError
+from hfft.experiment.data.splits import load_data
 
 
 @pytest.mark.parametrize("name", [n for n, info in DATASETS.items() if info.needs_files])

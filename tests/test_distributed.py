@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from hfft.experiment.budget import Budget, BudgetClock
+from hfft.experiment.run.budget import Budget, BudgetClock
 from hfft.optim import distributed
 from hfft.optim.curvature import split_batch
 

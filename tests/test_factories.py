@@ -10,8 +10,13 @@ import textwrap
 import pytest
 from torch import nn
 
-from hfft.experiment.datasets import DATASETS
-from hfft.experiment.factories import ModelSpecError, build_model, load_factory, parse_model_args
+from hfft.experiment.data.datasets import DATASETS
+from hfft.experiment.data.factories import (
+    ModelSpecError,
+    build_model,
+    load_factory,
+    parse_model_args,
+)
 from hfft.models import PROBLEMS
 from hfft.models.small import cnn, mlp
 
@@ -247,7 +252,8 @@ def test_build_model_errors(spec, args, message, user_file):
 
 def test_modelspec_imports_without_torch():
     code = (
-        "import sys, hfft.experiment.factories; assert 'torch' not in sys.modules, 'torch imported'"
+        "import sys, hfft.experiment.data.factories\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

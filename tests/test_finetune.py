@@ -17,9 +17,9 @@ import torch
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.checkpoint import load_checkpoint
-from hfft.experiment.finetune import FinetuneConfig, finetune
 from hfft.experiment.interrupts import Interrupted
+from hfft.experiment.run.checkpoint import load_checkpoint
+from hfft.experiment.run.finetune import FinetuneConfig, finetune
 
 runner = CliRunner()
 HF_SMALL = "hf:m=256,cg_max_iter=20"
@@ -354,9 +354,9 @@ def test_sigterm_saves_and_exits_143(ckpt: Path, tmp_path: Path) -> None:
 def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: int) -> list:
     """Make the runner raise KeyboardInterrupt in its ``forward``-th forward pass of step
     ``step``; returns the list that will hold the model's state at the start of each step."""
-    import hfft.experiment.finetune
+    import hfft.experiment.run.finetune
 
-    real = hfft.experiment.finetune.make_runner
+    real = hfft.experiment.run.finetune.make_runner
     starts: list = []
 
     def make(strategy, model, *args, **kwargs):
@@ -386,13 +386,13 @@ def _interrupt_inside_step(monkeypatch: pytest.MonkeyPatch, step: int, forward: 
         made.step = step_
         return made
 
-    monkeypatch.setattr(hfft.experiment.finetune, "make_runner", make)
+    monkeypatch.setattr(hfft.experiment.run.finetune, "make_runner", make)
     return starts
 
 
 def _reevaluate(path: Path) -> dict:
-    from hfft.experiment.evaluation import evaluate_splits
-    from hfft.experiment.starting_point import load_starting_point
+    from hfft.experiment.run.evaluation import evaluate_splits
+    from hfft.experiment.run.starting_point import load_starting_point
 
     src = load_starting_point(path)
     return evaluate_splits(src.model, src.splits, src.task, src.task.loss())
@@ -464,7 +464,7 @@ def test_an_sgd_update_cut_short_is_undone(
 def test_a_second_interrupt_while_saving_waits_for_the_files(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hfft.experiment.finetune as ft
+    import hfft.experiment.run.finetune as ft
 
     real = ft.atomic_write_json
 
@@ -492,12 +492,12 @@ def test_a_second_interrupt_while_saving_waits_for_the_files(
 def test_an_interrupt_at_start_up_writes_nothing_and_says_so(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hfft.experiment.starting_point
+    import hfft.experiment.run.starting_point
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfft.experiment.starting_point, "load_starting_point", interrupted)
+    monkeypatch.setattr(hfft.experiment.run.starting_point, "load_starting_point", interrupted)
     out = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", str(ckpt), "--budget", "3steps", "--out", str(out)])
     assert result.exit_code == 130
@@ -555,7 +555,7 @@ def test_the_summary_lists_only_files_that_exist(ckpt: Path, tmp_path: Path) -> 
 
 
 def test_a_second_run_on_the_same_folder_is_refused(ckpt: Path, tmp_path: Path) -> None:
-    from hfft.experiment.run_folder import locked_folder
+    from hfft.experiment.run.run_folder import locked_folder
 
     out = tmp_path / "ft"
     with locked_folder(out):  # another run holds the folder

@@ -56,7 +56,9 @@ def test_help_at_80_columns_keeps_the_strategy_examples_whole() -> None:
 
 def test_the_ranking_table_at_80_columns_shows_every_strategy_name_whole() -> None:
     from hfft.cli.render.summaries import ranking_table
-    from hfft.experiment.strategies import STRATEGIES
+    from hfft.experiment.strategies.registry import entries
+
+    STRATEGIES = [e.name for e in entries()]
 
     names = [*sorted(STRATEGIES, key=len, reverse=True)[:6], "hf:m=2048", "auto:m=256"]
     ranked = [
@@ -116,7 +118,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_a_module_spec_is_found_in_the_current_directory(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hfft.experiment.factories import load_factory
+    from hfft.experiment.data.factories import load_factory
 
     monkeypatch.chdir(project)
     (train_x, _), _ = load_factory("my_project:data")()
@@ -127,7 +129,7 @@ def test_a_module_spec_is_found_in_the_current_directory(
 def test_a_factory_file_imports_a_sibling_module_when_called(
     project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hfft.experiment.factories import load_factory
+    from hfft.experiment.data.factories import load_factory
 
     monkeypatch.chdir(tmp_path)  # not the project's folder
     build = load_factory(f"{project / 'my_project.py'}:build")
@@ -150,8 +152,8 @@ def test_a_factory_file_imports_a_sibling_module_when_called(
 def test_a_missing_sgd_setting_is_named_alone(
     strategy: str, lr: float | None, batch_size: int | None, missing: str, given: str | None
 ) -> None:
-    from hfft.experiment.runners import sgd_settings
-    from hfft.experiment.strategies import parse_strategy
+    from hfft.experiment.strategies.registry import parse_strategy
+    from hfft.experiment.strategies.runners import sgd_settings
 
     with pytest.raises(ValueError, match="needs the training") as info:
         sgd_settings(parse_strategy(strategy), lr, batch_size)
@@ -253,7 +255,9 @@ def test_the_installed_package_is_not_taken_for_a_shadow() -> None:
 
 def test_every_strategy_has_its_own_colour_and_line_style() -> None:
     from hfft.analysis.plots import strategy_colors, strategy_linestyle
-    from hfft.experiment.strategies import STRATEGIES
+    from hfft.experiment.strategies.registry import entries
+
+    STRATEGIES = [e.name for e in entries()]
 
     labels = [s for s in STRATEGIES if s != "hf"] + ["hf:m=256", "hf:m=1024", "hf:m=2048"]
     colors = strategy_colors(labels)

@@ -25,7 +25,7 @@ from hfft.analysis.report import report_markdown
 from hfft.analysis.run_summary import RunSummary
 from hfft.cli import app
 from hfft.cli.render.summaries import ranking_table
-from hfft.experiment.hf_progress import HFProgress, strategy_note
+from hfft.experiment.strategies.hf_progress import HFProgress, strategy_note
 from hfft.optim.optimizer import _not_taken
 
 runner = CliRunner()

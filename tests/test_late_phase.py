@@ -21,19 +21,19 @@ from torch import nn
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.late_phase import (
+from hfft.experiment.data.sampling import BatchSampler
+from hfft.experiment.data.splits import DataSplits
+from hfft.experiment.strategies.late_phase import (
     AdamRunner,
     LBFGSRunner,
     ScheduleFreeRunner,
     SWARunner,
     adam_moments,
 )
-from hfft.experiment.registry import check_strategy
-from hfft.experiment.runners import SGDSettings
-from hfft.experiment.sampling import BatchSampler
-from hfft.experiment.splits import DataSplits
-from hfft.experiment.strategies import EXTENDED_STRATEGIES, parse_strategy
+from hfft.experiment.strategies.registry import check_strategy, parse_strategy, suite_members
+from hfft.experiment.strategies.runners import SGDSettings
 
+EXTENDED_STRATEGIES = [e.name for e in suite_members("extended") if "paper" not in e.suites]
 runner = CliRunner()
 CE = nn.CrossEntropyLoss()
 

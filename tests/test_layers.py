@@ -6,6 +6,10 @@ of hfft but the private base modules (``hfft._io``, ``hfft._text``,
 ``diagnostics`` on ``experiment`` (and not on each other); ``cli`` on
 everything. Every import counts, also those inside functions and under
 ``TYPE_CHECKING``.
+
+Inside ``experiment`` the floors are its sub-packages: the modules at its top
+(``records``, ``limits``, ``interrupts``, ``snapshot``) are its base, ``data``
+builds on them, ``strategies`` on ``data``, and ``run`` on both.
 """
 
 from __future__ import annotations
@@ -42,9 +46,24 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+EXPERIMENT_ALLOWED = {
+    "base": set(),
+    "data": {"base"},
+    "strategies": {"base", "data"},
+    "run": {"base", "data", "strategies"},
+}
+
+
 def _layer(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and module not in BASE else None
+
+
+def _floor(module: str) -> str:
+    """The sub-package of ``experiment`` that holds ``module`` (``base`` at its top)."""
+    parts = module.split(".")
+    folder = ROOT / "hfft" / "experiment" / parts[2] if len(parts) > 2 else None
+    return parts[2] if folder is not None and folder.is_dir() else "base"
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -81,6 +100,28 @@ def test_a_module_imports_only_from_the_layers_below(module: str) -> None:
         and _layer(imported) not in ALLOWED[own]
     )
     assert not bad, f"{module} ({own}) imports {bad}"
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if _layer(m) == "experiment" and m != "hfft.experiment")
+)
+def test_an_experiment_module_imports_only_from_the_floors_below(module: str) -> None:
+    own = _floor(module)
+    assert own in EXPERIMENT_ALLOWED, f"{module} is in no known floor of experiment"
+    bad = sorted(
+        imported
+        for imported in _imports(MODULES[module], module)
+        if imported in MODULES
+        and _layer(imported) == "experiment"
+        and _floor(imported) != own
+        and _floor(imported) not in EXPERIMENT_ALLOWED[own]
+    )
+    assert not bad, f"{module} ({own}) imports {bad}"
+
+
+def test_experiment_has_the_known_floors() -> None:
+    floors = {_floor(m) for m in MODULES if _layer(m) == "experiment" and m != "hfft.experiment"}
+    assert floors == set(EXPERIMENT_ALLOWED)
 
 
 def test_the_base_modules_import_no_layer() -> None:

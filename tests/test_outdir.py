@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hfft.experiment.run_folder import (
+from hfft.experiment.run.run_folder import (
     FolderBusy,
     FolderTaken,
     RunFolder,
@@ -24,7 +24,7 @@ from hfft.experiment.run_folder import (
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from hfft.experiment.run_folder import locked_folder
+from hfft.experiment.run.run_folder import locked_folder
 with locked_folder(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hfft.experiment.ownership import first_foreign, is_scratch, owned, remove_owned
+from hfft.experiment.run.ownership import first_foreign, is_scratch, owned, remove_owned
 
 
 def _write(folder: Path, files: dict[str, str | dict]) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from hfft.experiment.finetune import FinetuneConfig, finetune
-from hfft.experiment.record_check import RecordError, check_finetune_log
+from hfft.experiment.run.finetune import FinetuneConfig, finetune
+from hfft.experiment.run.record_check import RecordError, check_finetune_log
 
 HF_SMALL = "hf:m=128,cg_max_iter=5"
 
@@ -94,7 +94,7 @@ def test_records_of_other_tasks_pass(tmp_path: Path, kind: str) -> None:
     from torch import nn
 
     import tests.user_problems as up
-    from hfft.experiment.starting_point import StartingPointOptions
+    from hfft.experiment.run.starting_point import StartingPointOptions
 
     torch.manual_seed(0)
     model = up.regression_mlp()

@@ -42,7 +42,7 @@ def test_the_docs_document_no_other_record() -> None:
 def test_the_written_records_have_the_documented_fields(trained_run: Path, tmp_path: Path) -> None:
     import json
 
-    from hfft.experiment.finetune import FinetuneConfig, finetune
+    from hfft.experiment.run.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(
         checkpoint=str(trained_run / "ckpt-02.safetensors"),

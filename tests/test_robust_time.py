@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment import train as train_module
-from hfft.experiment.budget import robust_training_seconds
-from hfft.experiment.train import BUDGET_TIME, TrainConfig, finished_run, train
+from hfft.experiment.run import train as train_module
+from hfft.experiment.run.budget import robust_training_seconds
+from hfft.experiment.run.train import BUDGET_TIME, TrainConfig, finished_run, train
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hfft.experiment.datasets import AugmentSpec
-from hfft.experiment.sampling import BatchSampler, augment_batch, gather_batch
-from hfft.experiment.splits import DataSplits, load_data
+from hfft.experiment.data.datasets import AugmentSpec
+from hfft.experiment.data.sampling import BatchSampler, augment_batch, gather_batch
+from hfft.experiment.data.splits import DataSplits, load_data
 
 
 @pytest.fixture(scope="module")

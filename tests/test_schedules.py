@@ -8,17 +8,24 @@ from collections.abc import Callable
 
 import pytest
 
-from hfft.experiment.schedules import Plateau, Schedule, constant, cosine, div10, make_schedule
-from hfft.experiment.strategies import SGD_STRATEGIES
+from hfft.experiment.strategies.registry import entries
+from hfft.experiment.strategies.schedules import (
+    Plateau,
+    Schedule,
+    constant,
+    cosine,
+    div10,
+    make_schedule,
+)
 
 
 @pytest.mark.parametrize(
     ("name", "values"),
     [
         # f = 0, 0.25, 0.5, 1, 1.2 (a step may overrun the budget)
-        ("sgd", [0.1, 0.1, 0.1, 0.1, 0.1]),
-        ("sgd-div10", [0.01, 0.01, 0.01, 0.01, 0.01]),
-        ("sgd-cosine", [0.1, 0.1 * (2 + math.sqrt(2)) / 4, 0.05, 0.0, 0.0]),
+        ("constant", [0.1, 0.1, 0.1, 0.1, 0.1]),
+        ("div10", [0.01, 0.01, 0.01, 0.01, 0.01]),
+        ("cosine", [0.1, 0.1 * (2 + math.sqrt(2)) / 4, 0.05, 0.0, 0.0]),
     ],
 )
 def test_schedule_values(name: str, values: list[float]) -> None:
@@ -41,10 +48,12 @@ def test_schedules_reject_bad_lr(factory: Callable[[float], Schedule], lr: float
 
 
 def test_make_schedule() -> None:
-    assert isinstance(make_schedule("sgd-plateau", 0.1, 20), Plateau)
-    with pytest.raises(ValueError, match="use one of sgd, sgd-div10, sgd-cosine, sgd-plateau"):
-        make_schedule("hf", 0.1, 20)
-    for name in SGD_STRATEGIES:
+    assert isinstance(make_schedule("plateau", 0.1, 20), Plateau)
+    with pytest.raises(ValueError, match="use one of constant, div10, cosine, plateau"):
+        make_schedule("sgd-cosine", 0.1, 20)
+    named = [e.settings["schedule"] for e in entries() if "schedule" in e.settings]
+    assert named == ["constant", "div10", "cosine", "plateau"]  # one entry for each
+    for name in named:
         assert make_schedule(name, 0.1, 20)(0.0) > 0
 
 

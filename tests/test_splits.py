@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from hfft.experiment.datasets import AugmentSpec, DataError
-from hfft.experiment.splits import DataSplits, load_data, split_indices
+from hfft.experiment.data.datasets import AugmentSpec, DataError
+from hfft.experiment.data.splits import DataSplits, load_data, split_indices
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.checkpoint import load_checkpoint
-from hfft.experiment.starting_point import (
+from hfft.experiment.run.checkpoint import load_checkpoint
+from hfft.experiment.run.starting_point import (
     StartingPointError,
     StartingPointOptions,
     load_starting_point,
@@ -237,7 +237,7 @@ def test_normalisation_that_makes_inputs_infinite_is_refused(ckpt: Path, tmp_pat
 @pytest.fixture
 def no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """MNIST-1D generation fails loudly: a size must be refused before it starts."""
-    from hfft.experiment import datasets
+    from hfft.experiment.data import datasets
 
     def generate(samples: int) -> None:
         raise AssertionError(f"generation of {samples} samples started")

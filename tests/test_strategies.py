@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
-from hfft.experiment.strategies import (
-    AUTO_OPTIONS,
-    HF_OPTIONS,
-    SGD_OPTIONS,
-    SGD_STRATEGIES,
-    STRATEGIES,
-    Strategy,
-    parse_strategy,
-)
+from hfft.experiment.strategies.auto import parts
+from hfft.experiment.strategies.catalog import AUTO_OPTIONS, HF_OPTIONS, SGD_OPTIONS
+from hfft.experiment.strategies.registry import Strategy, entries, parse_strategy
+
+SGD_STRATEGIES = ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
 
 FULL_HF = (
     "hf:m=1024,damping=0.5,curvature=hessian,preconditioner=empirical-fisher,chunk_size=512,"
@@ -29,8 +25,7 @@ FULL_HF = (
 
 
 def test_names() -> None:
-    assert SGD_STRATEGIES == ("sgd", "sgd-div10", "sgd-cosine", "sgd-plateau")
-    assert STRATEGIES == (
+    assert tuple(e.name for e in entries()) == (
         *SGD_STRATEGIES,
         "hf",
         "auto",
@@ -197,14 +192,12 @@ def test_auto_strategy_and_its_parts() -> None:
     assert strategy.label == "auto:interval=0.2,margin=2.0,lr=0.01,m=256,hf_cg_max_iter=50"
     assert parse_strategy("auto:backoff=2").options == {"backoff": 2.0}
     assert parse_strategy(strategy.label) == strategy
-    sgd, hf = strategy.parts()
+    sgd, hf = parts(strategy)
     # lr belongs to SGD; HF's options lose their prefix; the rule's go to neither part
     assert sgd == Strategy("sgd", {"lr": 0.01})
     assert hf == Strategy("hf", {"m": 256, "cg_max_iter": 50})
-    assert parse_strategy("auto").parts() == (Strategy("sgd"), Strategy("hf"))
+    assert parts(parse_strategy("auto")) == (Strategy("sgd"), Strategy("hf"))
     assert parse_strategy("auto:batch_size=32,m=64").batch_size == 32
-    with pytest.raises(ValueError, match="only auto has"):
-        parse_strategy("hf").parts()
 
 
 def test_auto_options_table() -> None:
@@ -260,8 +253,8 @@ def test_sgd_options_table() -> None:
 
 def test_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, hfft.experiment.budget, hfft.experiment.schedules, "
-        "hfft.experiment.strategies; "
+        "import sys, hfft.experiment.run.budget, hfft.experiment.strategies.schedules, "
+        "hfft.experiment.strategies.options; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

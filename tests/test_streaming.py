@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 import tests.user_problems as up
 from hfft.cli import app
-from hfft.experiment.datasets import DataError
-from hfft.experiment.evaluation import evaluate
-from hfft.experiment.sampling import BatchSampler, BatchStream
-from hfft.experiment.splits import load_data
-from hfft.experiment.streaming import StreamedInputs, resident_limit, stream_workers
-from hfft.experiment.task import Task
+from hfft.experiment.data.datasets import DataError
+from hfft.experiment.data.sampling import BatchSampler, BatchStream
+from hfft.experiment.data.splits import load_data
+from hfft.experiment.data.streaming import StreamedInputs, resident_limit, stream_workers
+from hfft.experiment.data.task import Task
+from hfft.experiment.run.evaluation import evaluate
 from hfft.optim.batches import batch_size, take
 
 FILE = Path(up.__file__).resolve()
@@ -185,7 +185,7 @@ class _Remapped(torch.utils.data.Dataset):
 
 
 def test_a_targets_list_that_disagrees_with_the_items_is_not_trusted() -> None:
-    from hfft.experiment.streaming import read_targets
+    from hfft.experiment.data.streaming import read_targets
 
     data = _Remapped()
     expected = torch.tensor([int(data[i][1]) for i in range(30)])

@@ -20,9 +20,9 @@ from hfft.analysis.report import phases
 from hfft.analysis.study import StudyConfig, figure1_strategies, study
 from hfft.cli import app
 from hfft.experiment.interrupts import Interrupted
-from hfft.experiment.ownership import first_foreign
-from hfft.experiment.run_folder import FolderBusy, FolderTaken, locked_folder
-from hfft.experiment.train import TrainConfig, finished_run, train
+from hfft.experiment.run.ownership import first_foreign
+from hfft.experiment.run.run_folder import FolderBusy, FolderTaken, locked_folder
+from hfft.experiment.run.train import TrainConfig, finished_run, train
 
 runner = CliRunner()
 HF = "hf:m=128,cg_max_iter=3"

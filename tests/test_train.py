@@ -10,9 +10,9 @@ import safetensors.torch
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.checkpoint import apply_state_dict, load_checkpoint
-from hfft.experiment.factories import build_model
-from hfft.experiment.train import TrainConfig, checkpoint_epochs, train
+from hfft.experiment.data.factories import build_model
+from hfft.experiment.run.checkpoint import apply_state_dict, load_checkpoint
+from hfft.experiment.run.train import TrainConfig, checkpoint_epochs, train
 
 runner = CliRunner()
 
@@ -159,12 +159,12 @@ def test_cli_train_out_is_a_file(tmp_path: Path) -> None:
 
 
 def test_cli_train_interrupt_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hfft.experiment.train
+    import hfft.experiment.run.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hfft.experiment.train, "train", interrupted)
+    monkeypatch.setattr(hfft.experiment.run.train, "train", interrupted)
     result = runner.invoke(app, ["train", "mlp", "--out", str(tmp_path / "o"), "--quiet"])
     assert result.exit_code == 130
     assert "interrupted; nothing was written" in result.output

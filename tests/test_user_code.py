@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from hfft.cli import app
-from hfft.experiment.user_code import UserCodeError, describe_batch
+from hfft.experiment.data.user_code import UserCodeError, describe_batch
 
 runner = CliRunner()
 
@@ -354,7 +354,7 @@ def test_help_lists_every_registered_model(command: str) -> None:
 
 @pytest.mark.parametrize("command", ["train", "finetune", "compare", "study", "selftest"])
 def test_help_lists_every_data_set(command: str) -> None:
-    from hfft.experiment.datasets import DATASETS
+    from hfft.experiment.data.datasets import DATASETS
 
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"})
     assert result.exit_code == 0

@@ -24,11 +24,11 @@ from typing import Any, cast
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
-from hfft.experiment.ownership import slug
-from hfft.experiment.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.records import COMPARE_KIND, CompareSummary
-from hfft.experiment.starting_point import StartingPointOptions
-from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES
+from hfft.experiment.run.ownership import slug
+from hfft.experiment.run.record_check import RecordError, check_finetune_log, shown
+from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.strategies.registry import SUITES, Strategy, parse_strategy, suite_members
 from hfft.optim import distributed
 
 __all__ = [
@@ -94,7 +94,7 @@ class CompareConfig:
     """
 
     checkpoints: tuple[str, ...]
-    strategies: tuple[str, ...] | None = None
+    strategies: tuple[Strategy, ...] | None = None
     seeds: int = 5
     budget: str = "10%"
     out: str = "compare"
@@ -110,6 +110,9 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("compare needs at least one checkpoint")
+        if self.strategies is not None:  # a library caller's text: parsed here, once
+            typed = tuple(parse_strategy(s) if isinstance(s, str) else s for s in self.strategies)
+            object.__setattr__(self, "strategies", typed)
         if self.shard is not None and self.overwrite:
             raise ValueError(
                 "--overwrite cannot be combined with --shard (one shard would delete the others' "
@@ -142,11 +145,6 @@ class CompareResult:
     """False when this shard left the ranking to another that still runs."""
 
 
-SUITES = ("paper", "extended")
-"""``paper``: the paper's strategies; ``extended`` adds the late-phase methods a practitioner
-would also try (:data:`hfft.experiment.strategies.EXTENDED_STRATEGIES`)."""
-
-
 def default_strategies(
     n_train: int, suite: str = "paper", eval_batch_size: int | None = None
 ) -> list[str]:
@@ -158,9 +156,16 @@ def default_strategies(
     without any size (fewer than 2 training samples) both are left out.
     """
     sizes = hf_sizes(n_train, eval_batch_size)
-    hf = [f"auto:m={sizes[0]}", *(f"hf:m={m}" for m in sizes)] if sizes else []
-    paper = [*SGD_STRATEGIES, *hf]
-    return paper + list(EXTENDED_STRATEGIES) if suite == "extended" else paper
+    members = suite_members(suite)
+    first = [e.name for e in members if e.kind == "first-order" and "paper" in e.suites]
+    auto = [f"{e.name}:m={sizes[0]}" for e in members if e.kind == "auto" and sizes]
+    hf = [f"{e.name}:m={m}" for e in members if e.kind == "hf" for m in sizes]
+    return [*first, *auto, *hf, *_suite_extras(suite)]
+
+
+def _suite_extras(suite: str) -> list[str]:
+    """The strategies a suite adds to the paper's (``extended``: the late-phase methods)."""
+    return [e.name for e in suite_members(suite) if "paper" not in e.suites]
 
 
 def _largest_m(n_train: int, eval_batch_size: int | None) -> int:
@@ -187,7 +192,7 @@ def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
 def hf_sizes_note(n_train: int, eval_batch_size: int | None = None) -> str | None:
     """The line ``compare`` prints when HF runs at fewer than three of its standard sizes
     or at fractions of small data, saying which and why; ``None`` when three fit."""
-    from hfft.experiment.runners import DEFAULT_EVAL_BATCH
+    from hfft.experiment.strategies.runners import DEFAULT_EVAL_BATCH
 
     largest = _largest_m(n_train, eval_batch_size)
     sizes = hf_sizes(n_train, eval_batch_size)
@@ -257,19 +262,18 @@ def plan_runs(config: CompareConfig, strategies: list[str]) -> list[tuple[int, i
 
 
 def _reuse_check(
-    run_dir: Path, key: dict[str, Any], sha256: str, task: dict[str, Any]
+    run_dir: Path, key: dict[str, Any], sha256: str, task: dict[str, Any], strategy: Strategy
 ) -> tuple[Any, str | None]:
     """A finished run's ``metrics.json`` if it can be reused, else why it is redone.
 
     Reused only if ``metrics.json`` is an object of this run's configuration,
     strategy, checkpoint and task, the run completed (or diverged), the record
-    is one hfft could have written (:func:`hfft.experiment.record_check.check_finetune_log`:
+    is one hfft could have written (:func:`hfft.experiment.run.record_check.check_finetune_log`:
     types, finite values, metrics in their ranges, steps and fractions that
     fit the budget), and every weight file it lists is there with its recorded
     SHA-256. ``(None, None)`` when the run never started.
     """
-    from hfft.experiment.finetune import same_finetune_run
-    from hfft.experiment.strategies import parse_strategy
+    from hfft.experiment.run.finetune import same_finetune_run
 
     path = run_dir / "metrics.json"
     if not path.exists():
@@ -290,7 +294,7 @@ def _reuse_check(
         check_finetune_log(log)
     except RecordError as err:
         return None, f"its metrics.json {err}"
-    label = parse_strategy(key["strategy"]).label
+    label = strategy.label
     if log["strategy"] != label:
         return (
             None,
@@ -298,7 +302,7 @@ def _reuse_check(
         )
     if log["source"]["task"] != task:
         return None, "its metrics.json records another task or metric"
-    if parse_strategy(label).is_hf and (problem := _hf_progress_problem(log)) is not None:
+    if strategy.is_hf and (problem := _hf_progress_problem(log)) is not None:
         return None, problem
     return log, _weights_check(run_dir, log.get("files"))
 
@@ -330,7 +334,7 @@ def _other_configuration(stored: Any, key: dict[str, Any]) -> str:
 
 def _weights_check(run_dir: Path, files: Any) -> str | None:
     """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
-    from hfft.experiment.finetune import WEIGHT_FILES
+    from hfft.experiment.run.finetune import WEIGHT_FILES
 
     if not isinstance(files, dict) or "final.safetensors" not in files:
         return "its metrics.json records no hash of final.safetensors"
@@ -366,8 +370,8 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
     Raises:
         FolderTaken: If it holds another comparison's files, or files hfft did not write.
     """
-    from hfft.experiment.ownership import remove_owned
-    from hfft.experiment.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
+    from hfft.experiment.run.ownership import remove_owned
+    from hfft.experiment.run.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
 
     planned = _run_folders(config, strategies)
     # with --overwrite every run folder is replaced whole; without it only a run that is
@@ -402,8 +406,8 @@ def _check_strangers(out: Path, planned: list[str]) -> None:
     Raises:
         FolderTaken: Naming the folder.
     """
-    from hfft.experiment.ownership import is_scratch, owned
-    from hfft.experiment.run_folder import FolderTaken
+    from hfft.experiment.run.ownership import is_scratch, owned
+    from hfft.experiment.run.run_folder import FolderTaken
 
     listed = owned(out).folders
     for rel in planned:
@@ -431,7 +435,7 @@ def _owned_lists(
 ) -> dict[str, list[str]]:
     """``files`` and ``folders`` of ``compare.json``: this comparison's plots and run
     folders, with those of the earlier runs of the same comparison kept in the folder."""
-    from hfft.experiment.ownership import read_record
+    from hfft.experiment.run.ownership import read_record
 
     files, folders = ["compare.json", *(p.name for p in plots)], _run_folders(config, strategies)
     stored = read_record(out / "compare.json") if _same_comparison(out, config) else None
@@ -442,12 +446,16 @@ def _owned_lists(
 
 
 def _load_sources(
-    config: CompareConfig, strategies: list[str] | None, on_note: Callable[[str], None] | None
-) -> tuple[list, list[str]]:
-    """Every checkpoint loaded, and the budget and strategies checked against each one."""
-    from hfft.experiment.budget import parse_budget, resolve_budget
-    from hfft.experiment.registry import check_strategy
-    from hfft.experiment.strategies import parse_strategy
+    config: CompareConfig, given: list[Strategy], on_note: Callable[[str], None] | None
+) -> tuple[list, dict[str, Strategy]]:
+    """Every checkpoint loaded, and the budget and strategies checked against each one.
+
+    Returns:
+        The checkpoints' starting points with their initial weights, and the strategies
+        by label (the given ones, else the suite's; the suite's extras added to given ones).
+    """
+    from hfft.experiment.run.budget import parse_budget, resolve_budget
+    from hfft.experiment.strategies.registry import check_strategy
 
     sources = []
     for path in config.checkpoints:
@@ -465,22 +473,25 @@ def _load_sources(
             said.add(line)  # checkpoints of one training share it
             on_note(line)
     n_train = sources[0][0].splits.num_train
-    labels = strategies or default_strategies(n_train, config.suite, config.eval_batch_size)
-    if not strategies and on_note is not None:
-        if (line := hf_sizes_note(n_train, config.eval_batch_size)) is not None:
+    # the suite's strategies are hfft's own labels, typed here once
+    typed = {s.label: s for s in given}
+    if not given:
+        suite = default_strategies(n_train, config.suite, config.eval_batch_size)
+        typed = {label: parse_strategy(label) for label in suite}
+        if on_note is not None and (line := hf_sizes_note(n_train, config.eval_batch_size)):
             on_note(line)
-    if strategies and config.suite == "extended":  # the given ones and the extended suite's
-        labels = [*labels, *(s for s in EXTENDED_STRATEGIES if s not in labels)]
+    elif config.suite != "paper":  # the given ones and the suite's extras
+        typed |= {name: Strategy(name) for name in _suite_extras(config.suite) if name not in typed}
     for src, _ in sources:
-        for label in labels:
+        for strategy in typed.values():
             check_strategy(
-                parse_strategy(label),
+                strategy,
                 src.splits.num_train,
                 lr=src.lr,
                 batch_size=src.batch_size,
                 eval_batch_size=config.eval_batch_size,
             )
-    return sources, labels
+    return sources, typed
 
 
 def compare(
@@ -514,13 +525,12 @@ def compare(
         Interrupted: On Ctrl-C or SIGTERM, once the run in progress has saved
             what it had; finished runs are kept and a rerun resumes.
     """
-    from hfft.experiment.budget import parse_budget
-    from hfft.experiment.run_folder import check_not_input
-    from hfft.experiment.strategies import parse_strategy
+    from hfft.experiment.run.budget import parse_budget
+    from hfft.experiment.run.run_folder import check_not_input
 
     parse_budget(config.budget)
     check_not_input(Path(config.out), [Path(c) for c in config.checkpoints], replaces=True)
-    given = [parse_strategy(s).label for s in config.strategies or ()]
+    given = list(config.strategies or ())
     if config.shard is not None and distributed.is_distributed():
         raise ValueError(
             "--shard divides the runs among independent processes; do not combine it with "
@@ -530,8 +540,9 @@ def compare(
     if config.shard is not None and config.shard.count == 0:
         if not (out / "compare.json").is_file():
             raise ValueError(f"{out} holds no comparison to assemble; run its shards first")
-    sources, strategies = _load_sources(config, given, on_note)
-    runs = _Runs(config, sources, strategies, on_run, on_note)
+    sources, typed = _load_sources(config, given, on_note)
+    strategies = list(typed)
+    runs = _Runs(config, sources, typed, on_run, on_note)
     with first_signal_stops():
         try:
             if config.shard is None:
@@ -555,7 +566,7 @@ def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
     cannot start beside them, and a shard that ends while others still run
     leaves the ranking to the last of them.
     """
-    from hfft.experiment.run_folder import FolderBusy
+    from hfft.experiment.run.run_folder import FolderBusy
 
     out, shard = Path(config.out), cast(Shard, config.shard)
     if shard.count == 0:
@@ -592,7 +603,7 @@ def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
 @contextlib.contextmanager
 def _shared_lock(out: Path, on_note: Callable[[str], None] | None) -> Iterator[None]:
     """The folder's shared lock, saying so when it has to wait for an exclusive holder."""
-    from hfft.experiment.run_folder import FolderBusy
+    from hfft.experiment.run.run_folder import FolderBusy
 
     try:
         with _folder_lock(out, shared=True):
@@ -626,7 +637,7 @@ def _same_config(stored: dict[str, Any], config: CompareConfig) -> bool:
 
 def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
     """``--shard none``: the ranking from the runs there, or which are missing."""
-    from hfft.experiment.run_folder import FolderBusy
+    from hfft.experiment.run.run_folder import FolderBusy
 
     out = Path(config.out)
     try:
@@ -651,7 +662,7 @@ def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) ->
 def _check_joining(out: Path, config: CompareConfig) -> None:
     """Refuse to join the shards running in ``out`` with another configuration (the run
     order would then mean other runs)."""
-    from hfft.experiment.run_folder import FolderTaken
+    from hfft.experiment.run.run_folder import FolderTaken
 
     if not distributed.is_main():
         return
@@ -671,7 +682,7 @@ def _check_joining(out: Path, config: CompareConfig) -> None:
 @contextlib.contextmanager
 def _folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterator[None]:
     """The comparison folder's lock, held by rank 0 alone (which writes the files)."""
-    from hfft.experiment.run_folder import locked_folder
+    from hfft.experiment.run.run_folder import locked_folder
 
     main = distributed.is_main()
     with locked_folder(out, wait=wait, shared=shared) if main else contextlib.nullcontext():
@@ -725,13 +736,13 @@ def _config_json(config: CompareConfig) -> dict[str, Any]:
 
 def _clear_damaged(out: Path, run_dir: Path) -> None:
     """Remove a run's files that its own damaged ``metrics.json`` does not list (as the
-    comparison's: :data:`hfft.experiment.ownership.RUN_FILES`), so it can run again.
+    comparison's: :data:`hfft.experiment.run.ownership.RUN_FILES`), so it can run again.
 
     Raises:
         FolderBusy: If another process holds the run's folder.
     """
-    from hfft.experiment.ownership import first_foreign, is_scratch, remove_owned
-    from hfft.experiment.run_folder import locked_folder
+    from hfft.experiment.run.ownership import first_foreign, is_scratch, remove_owned
+    from hfft.experiment.run.run_folder import locked_folder
 
     if not run_dir.is_dir() or first_foreign(run_dir, nested_runs=False) is None:
         return
@@ -748,11 +759,12 @@ class _Runs:
         self,
         config: CompareConfig,
         sources: list,
-        strategies: list[str],
+        typed: dict[str, Strategy],
         on_run: Callable[[int, int, str], None] | None,
         on_note: Callable[[str], None] | None,
     ) -> None:
-        self.config, self.sources, self.strategies = config, sources, strategies
+        strategies = list(typed)  # labels, in order
+        self.config, self.sources, self.strategies, self.typed = config, sources, strategies, typed
         self.on_run, self.on_note = on_run, on_note
         self.order = plan_runs(config, strategies)
         self.keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
@@ -777,8 +789,8 @@ class _Runs:
 
     def _visit(self, position: int, run_missing: bool) -> None:
         from hfft.analysis.ranking import RunSummary
-        from hfft.experiment.finetune import finetune
-        from hfft.experiment.run_folder import FolderBusy
+        from hfft.experiment.run.finetune import finetune
+        from hfft.experiment.run.run_folder import FolderBusy
 
         c, k, seed = self.order[position]
         (src, state), key, label = self.sources[c], self.keys[c], self.strategies[k]
@@ -786,7 +798,7 @@ class _Runs:
         what = f"{key} {label} seed {seed}"
         # data-parallel: rank 0 (which wrote the files) decides what to reuse
         log, why = distributed.broadcast_object(
-            _reuse_check(Path(ft.out), ft.key(), src.sha256, src.task.describe())
+            _reuse_check(Path(ft.out), ft.key(), src.sha256, src.task.describe(), ft.strategy)
             if distributed.is_main()
             else None
         )
@@ -817,12 +829,12 @@ class _Runs:
         self.done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
 
     def _finetune_config(self, c: int, label: str, seed: int) -> Any:
-        from hfft.experiment.finetune import FinetuneConfig
+        from hfft.experiment.run.finetune import FinetuneConfig
 
         config = self.config
         return FinetuneConfig(
             checkpoint=str(self.sources[c][0].path),
-            strategy=label,
+            strategy=self.typed[label],
             budget=config.budget,
             out=str(run_directory(Path(config.out), self.keys[c], label, seed)),
             eval_batch_size=config.eval_batch_size,

@@ -28,7 +28,7 @@ from hfft.analysis.run_summary import (
     select_runs,
 )
 from hfft.analysis.wilcoxon import signed_rank_pvalue
-from hfft.experiment.hf_progress import progress_verdict, strategy_note
+from hfft.experiment.strategies.hf_progress import progress_verdict, strategy_note
 
 __all__ = [
     "ALPHA",

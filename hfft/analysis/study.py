@@ -15,7 +15,7 @@ the tables (:mod:`hfft.analysis.report`). Like ``compare``, a rerun reuses
 every verified run, and ``--shard I/N`` divides the runs among processes.
 ``OUT/study.json`` lists the study's own files and folders; a folder holding
 anything else is refused before the training starts
-(:mod:`hfft.experiment.ownership`).
+(:mod:`hfft.experiment.run.ownership`).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from hfft.analysis.compare import (
     hf_sizes,
     hf_sizes_note,
 )
-from hfft.experiment.budget import parse_budget
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord
-from hfft.experiment.starting_point import StartingPointOptions
-from hfft.experiment.strategies import EXTENDED_STRATEGIES, SGD_STRATEGIES, parse_strategy
+from hfft.experiment.run.budget import parse_budget
+from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.strategies.registry import Strategy, parse_strategy, suite_members
 
 __all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
 
@@ -63,9 +63,9 @@ class StudyConfig:
     """
 
     out: str
-    train: Any = None  # a hfft.experiment.train.TrainConfig (hfft writes it to OUT/train)
+    train: Any = None  # a hfft.experiment.run.train.TrainConfig (hfft writes it to OUT/train)
     train_run: str | None = None
-    strategies: tuple[str, ...] | None = None
+    strategies: tuple[Strategy, ...] | None = None
     seeds: int = 5
     budget: str = "10%"
     eval_points: int = 20
@@ -81,8 +81,9 @@ class StudyConfig:
         check("eval_points", self.eval_points)
         check("eval_batch_size", self.eval_batch_size)
         parse_budget(self.budget)  # bad budgets and strategies before the training
-        for label in self.strategies or ():
-            parse_strategy(label)
+        if self.strategies is not None:  # a library caller's text: parsed here, once
+            typed = tuple(parse_strategy(s) if isinstance(s, str) else s for s in self.strategies)
+            object.__setattr__(self, "strategies", typed)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def figure1_strategies(n_train: int) -> list[str]:
 
 def _figure2_extra(figure1: list[str]) -> list[str]:
     """The late-phase strategies Figure 2 adds to Figure 1's."""
-    return [s for s in (*SGD_STRATEGIES, *EXTENDED_STRATEGIES) if s not in figure1]
+    first_order = [e.name for e in suite_members("extended") if e.kind == "first-order"]
+    return [s for s in first_order if s not in figure1]
 
 
 def study(
@@ -126,8 +128,8 @@ def study(
 
     Args:
         config: The study.
-        run_training: Trains a :class:`~hfft.experiment.train.TrainConfig`
-            (default :func:`hfft.experiment.train.train`; the CLI passes one
+        run_training: Trains a :class:`~hfft.experiment.run.train.TrainConfig`
+            (default :func:`hfft.experiment.run.train.train`; the CLI passes one
             with a progress bar).
         on_run: As for :func:`hfft.analysis.compare.compare`.
         on_note: Called with one sentence for what is reused, waited for or redone.
@@ -176,7 +178,11 @@ def _study(
     manifest = json.loads((train_dir / "run.json").read_text())
     checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
     n_train = int(manifest["data"]["train_size"])
-    figure1 = [parse_strategy(s).label for s in config.strategies or figure1_strategies(n_train)]
+    # Figure 1's strategies as given, or hfft's own labels typed here once
+    typed = list(config.strategies or ()) or [
+        parse_strategy(s) for s in figure1_strategies(n_train)
+    ]
+    figure1 = [s.label for s in typed]
     small = n_train // 2 < STUDY_HF_SIZES[0]  # HF at fractions of the data, said
     if not config.strategies and small and on_note and (line := hf_sizes_note(n_train)):
         on_note(line)
@@ -185,7 +191,7 @@ def _study(
         config,
         CompareConfig(
             checkpoints=tuple(checkpoints),
-            strategies=(*figure1, *extra),
+            strategies=(*typed, *(Strategy(name) for name in extra)),
             seeds=config.seeds,
             budget=config.budget,
             out=str(out / "runs"),
@@ -218,7 +224,7 @@ def _study(
 def _claim(config: StudyConfig) -> None:
     """Refuse an output folder that holds files hfft did not write, or the training run
     the study reads."""
-    from hfft.experiment.run_folder import (
+    from hfft.experiment.run.run_folder import (
         FolderTaken,
         check_foreign,
         check_not_input,
@@ -259,7 +265,7 @@ def _write_record(config: StudyConfig, figures: list[str], status: str) -> None:
 
 def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -> CompareResult:
     """:func:`compare`, with the study's words for a folder that holds other runs."""
-    from hfft.experiment.run_folder import FolderTaken
+    from hfft.experiment.run.run_folder import FolderTaken
 
     try:
         return compare(comparison, **callbacks)
@@ -300,8 +306,8 @@ def _training(
     wait for its lock, then find its run (checked again under the lock, so a
     finished training is never trained over). ``--shard none`` trains nothing.
     """
-    from hfft.experiment.run_folder import FolderBusy, FolderTaken, locked_folder
-    from hfft.experiment.train import finished_run, train
+    from hfft.experiment.run.run_folder import FolderBusy, FolderTaken, locked_folder
+    from hfft.experiment.run.train import finished_run, train
 
     if config.train_run is not None:
         return Path(config.train_run)  # checked by the caller, as a trained one is

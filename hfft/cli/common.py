@@ -18,14 +18,38 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from hfft.experiment.datasets import DATASETS
+from hfft.experiment.data.datasets import DATASETS
+from hfft.experiment.data.user_code import DEBUG_HINT
 from hfft.experiment.interrupts import Interrupted, first_signal_stops, was_terminated
-from hfft.experiment.user_code import DEBUG_HINT
 from hfft.models import PROBLEMS
 from hfft.optim.distributed import launched
 
 if TYPE_CHECKING:
-    from hfft.experiment.starting_point import StartingPointOptions
+    from hfft.experiment.run.starting_point import StartingPointOptions
+
+
+def strategy_help() -> str:
+    """``--strategy``'s help, from the registry: every strategy with its line, and examples."""
+    from hfft.experiment.strategies.registry import entries
+
+    listed = "; ".join(f"{e.name} ({e.summary})" for e in entries())
+    examples = ", ".join(e.example for e in entries() if e.example)
+    return (
+        f"{listed}. Options after a colon, joined by commas, e.g. {examples} "
+        "(all options: docs/strategies.md)."
+    )
+
+
+def suite_help() -> str:
+    """``compare --suite``'s help, from the registry's suites."""
+    from hfft.experiment.strategies.registry import suite_members
+
+    paper = {e.name for e in suite_members("paper")}
+    extra = [e.name for e in suite_members("extended") if e.name not in paper]
+    return (
+        "paper: the paper's strategies (the default set); extended: also "
+        f"{', '.join(extra)} (added to any -s given)."
+    )
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -67,7 +91,7 @@ def command_guard() -> Iterator[None]:
     """Turn user mistakes into one sentence and exit code 2; interrupts into 130/143.
 
     A mistake in the input, or a failure of the user's own code where hfft first
-    calls it (:class:`hfft.experiment.user_code.UserCodeError`, one paragraph),
+    calls it (:class:`hfft.experiment.data.user_code.UserCodeError`, one paragraph),
     is a ``ValueError``; with ``--debug`` (or ``HFFT_DEBUG=1``) its traceback,
     the user's exception's included, comes first. Any other exception is a bug
     of hfft's and keeps its traceback (exit code 1).
@@ -224,9 +248,9 @@ def starting_point_options(
     valid_fraction: float | None = None,
 ) -> StartingPointOptions:
     """The checkpoint overrides given on the command line."""
-    from hfft.experiment.budget import parse_duration
-    from hfft.experiment.factories import parse_model_args
-    from hfft.experiment.starting_point import StartingPointOptions
+    from hfft.experiment.data.factories import parse_model_args
+    from hfft.experiment.run.budget import parse_duration
+    from hfft.experiment.run.starting_point import StartingPointOptions
 
     return StartingPointOptions(
         model=model,

@@ -38,6 +38,7 @@ from hfft.cli.common import (
     print_json,
     resolve_device,
     starting_point_options,
+    suite_help,
 )
 
 if TYPE_CHECKING:
@@ -56,13 +57,7 @@ StrategiesOpt = Annotated[
         "that fit the data, and auto with the smallest of them.",
     ),
 ]
-SuiteOpt = Annotated[
-    str,
-    typer.Option(
-        help="paper: the paper's strategies (the default set); extended: also swa, lbfgs, "
-        "adam, adamw and sgd-schedulefree (added to any -s given).",
-    ),
-]
+SuiteOpt = Annotated[str, typer.Option(help=suite_help())]
 SeedsOpt = Annotated[
     int, typer.Option(metavar="<int>", help="Seeds per strategy (paired across strategies).", min=1)
 ]
@@ -110,12 +105,13 @@ def compare(
     """
     with command_guard():
         from hfft.analysis.compare import CompareConfig, Shard
+        from hfft.experiment.strategies.registry import parse_strategy
 
         check_out_dir(out)
         dev, main = join_torchrun(resolve_device(device))
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
-            strategies=tuple(strategy or []) or None,
+            strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
             suite=suite,
             seeds=seeds,
             budget=budget,

@@ -87,7 +87,8 @@ def demo(
     from hfft.analysis.findings import findings_markdown
     from hfft.analysis.study import StudyConfig
     from hfft.cli import study
-    from hfft.experiment.train import TrainConfig
+    from hfft.experiment.run.train import TrainConfig
+    from hfft.experiment.strategies.registry import parse_strategy
 
     start = time.perf_counter()
     setting = DIGITS if quick else MNIST1D
@@ -108,7 +109,7 @@ def demo(
         config = StudyConfig(
             out=str(out),
             train=train,
-            strategies=setting.strategies,
+            strategies=tuple(map(parse_strategy, setting.strategies)),
             seeds=seeds,
             budget="10%",
             device=device,

@@ -38,6 +38,7 @@ from hfft.cli.common import (
     print_json,
     resolve_device,
     starting_point_options,
+    strategy_help,
 )
 
 CheckpointArgument = Annotated[
@@ -47,16 +48,7 @@ CheckpointArgument = Annotated[
         "(then --model and --data are needed)."
     ),
 ]
-StrategyOpt = Annotated[
-    str,
-    typer.Option(
-        help="hf, sgd, sgd-div10, sgd-cosine, sgd-plateau or auto (SGD, switching to "
-        "hf when HF pays more); or swa, lbfgs, adam, adamw, sgd-schedulefree. Options "
-        "after a colon, joined by commas, e.g. hf:m=2048,damping=0.5, sgd:lr=0.01, "
-        "auto:m=256 or auto:interval=0.1, swa:start=0.5 or swa:swa_lr=0.01, "
-        "lbfgs:m=1024, adam:lr=0.001 or adam:schedule=cosine."
-    ),
-]
+StrategyOpt = Annotated[str, typer.Option(help=strategy_help())]
 OutOpt = Annotated[
     Path | None,
     typer.Option(help="Output directory (default: finetune-STRATEGY beside the checkpoint)."),
@@ -100,11 +92,12 @@ def finetune(
     """
     with command_guard():
         from hfft.cli.render.progress import finetune_progress
-        from hfft.experiment.finetune import FinetuneConfig, default_out
-        from hfft.experiment.finetune import finetune as run_finetune
-        from hfft.experiment.strategies import parse_strategy
+        from hfft.experiment.run.finetune import FinetuneConfig, default_out
+        from hfft.experiment.run.finetune import finetune as run_finetune
+        from hfft.experiment.strategies.registry import parse_strategy
 
-        target = out or default_out(checkpoint, strategy)
+        chosen = parse_strategy(strategy)  # once: the typed value is passed down
+        target = out or default_out(checkpoint, chosen)
         check_out_dir(target)
         dev, main = join_torchrun(resolve_device(device))
         quiet, as_json = quiet or not main, as_json and main
@@ -126,7 +119,7 @@ def finetune(
         )
         config = FinetuneConfig(
             checkpoint=str(checkpoint),
-            strategy=strategy,
+            strategy=chosen,
             budget=budget,
             out=str(target),
             source=options,
@@ -136,8 +129,7 @@ def finetune(
             device=dev,
             overwrite=overwrite,
         )
-        label = parse_strategy(strategy).label
-        with finetune_progress(label, quiet or as_json) as on_progress:
+        with finetune_progress(chosen.label, quiet or as_json) as on_progress:
             result = run_finetune(config, on_progress=on_progress, on_note=note)
     if as_json:
         print_json(result_dict(result))

@@ -93,8 +93,9 @@ def study(
     with command_guard():
         from hfft.analysis.compare import Shard
         from hfft.analysis.study import StudyConfig
-        from hfft.experiment.factories import parse_model_args
-        from hfft.experiment.train import TrainConfig
+        from hfft.experiment.data.factories import parse_model_args
+        from hfft.experiment.run.train import TrainConfig
+        from hfft.experiment.strategies.registry import parse_strategy
 
         check_out_dir(out)
         args = parse_model_args(model_arg or [])
@@ -121,7 +122,7 @@ def study(
             out=str(out),
             train=train,
             train_run=None if train_run is None else str(train_run),
-            strategies=tuple(strategy or []) or None,
+            strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
             seeds=seeds,
             budget=budget,
             eval_points=eval_points,
@@ -143,8 +144,8 @@ def _user_code(
 ) -> Any:
     """What the runs take from the command line rather than the checkpoints: the user's
     model and data code (a checkpoint never names code), the data folder, task and loss."""
-    from hfft.experiment.datasets import builtin_data
-    from hfft.experiment.starting_point import StartingPointOptions
+    from hfft.experiment.data.datasets import builtin_data
+    from hfft.experiment.run.starting_point import StartingPointOptions
     from hfft.models import PROBLEMS
 
     registered = model in PROBLEMS

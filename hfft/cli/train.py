@@ -34,7 +34,7 @@ from hfft.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from hfft.experiment.train import TrainConfig, TrainResult
+    from hfft.experiment.run.train import TrainConfig, TrainResult
 
 ModelArgument = Annotated[
     str,
@@ -81,8 +81,8 @@ def train(
     `--budget 10%` refer to.
     """
     with command_guard():
-        from hfft.experiment.factories import parse_model_args
-        from hfft.experiment.train import TrainConfig
+        from hfft.experiment.data.factories import parse_model_args
+        from hfft.experiment.run.train import TrainConfig
 
         check_out_dir(out)
         config = TrainConfig.for_model(
@@ -113,7 +113,7 @@ def train(
 def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False) -> TrainResult:
     """Train with a progress bar and print the summary (also used by ``hfft study``)."""
     from hfft.cli.render.progress import training_progress
-    from hfft.experiment.train import train as run_training
+    from hfft.experiment.run.train import train as run_training
 
     with training_progress(config.epochs, quiet) as (on_step, on_epoch):
         result = run_training(

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from hfft.diagnostics.instruments import count_flops, peak_memory
-from hfft.experiment.runners import SGDRunner, SGDSettings
-from hfft.experiment.splits import DataSplits
-from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.task import Task
+from hfft.experiment.data.splits import DataSplits
+from hfft.experiment.data.task import Task
+from hfft.experiment.strategies.registry import parse_strategy
+from hfft.experiment.strategies.runners import SGDRunner, SGDSettings
 from hfft.models import get_problem
 from hfft.optim.batches import take
 from hfft.optim.cg import conjugate_gradient

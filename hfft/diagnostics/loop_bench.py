@@ -8,11 +8,11 @@ from typing import Any
 import torch
 
 from hfft.diagnostics.bench import interleaved_medians
-from hfft.experiment.factories import build_model
-from hfft.experiment.sampling import BatchSampler, BatchStream
-from hfft.experiment.splits import load_data
-from hfft.experiment.task import Task
-from hfft.experiment.train import sgd_epoch
+from hfft.experiment.data.factories import build_model
+from hfft.experiment.data.sampling import BatchSampler, BatchStream
+from hfft.experiment.data.splits import load_data
+from hfft.experiment.data.task import Task
+from hfft.experiment.run.train import sgd_epoch
 from hfft.models import get_problem, param_groups
 from hfft.optim.batches import take
 
@@ -49,7 +49,7 @@ def bench_sgd_loop(
     rounds: int = 5,
     seed: int = 0,
 ) -> LoopBenchResult:
-    """One epoch of :func:`hfft.experiment.train.sgd_epoch` against a plain hand-written loop.
+    """One epoch of :func:`hfft.experiment.run.train.sgd_epoch` against a plain hand-written loop.
 
     Both train the same model (two identical copies) with ``torch.optim.SGD`` on
     the same device-resident training split, without augmentation, one epoch

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from hfft._text import clipped
 from hfft.diagnostics.measure import PASS, WARN, Check
-from hfft.experiment.evaluation import evaluate
-from hfft.experiment.runners import HFRunner
-from hfft.experiment.splits import DataSplits
-from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.task import Task
+from hfft.experiment.data.splits import DataSplits
+from hfft.experiment.data.task import Task
+from hfft.experiment.run.evaluation import evaluate
+from hfft.experiment.strategies.registry import parse_strategy
+from hfft.experiment.strategies.runners import HFRunner
 from hfft.optim.batches import Batchable, take
 
 __all__ = ["PROBE_STEPS", "progress_check"]

@@ -78,14 +78,14 @@ from hfft.diagnostics.verdicts import (
     reduction_check,
     symmetry_check,
 )
-from hfft.experiment.budget import parse_budget, resolve_budget
+from hfft.experiment.run.budget import parse_budget, resolve_budget
 from hfft.optim.batches import map_tensors, take
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss, loss_reduction
 from hfft.optim.step_context import step_mode
 
 if TYPE_CHECKING:
-    from hfft.experiment.starting_point import StartingPoint
+    from hfft.experiment.run.starting_point import StartingPoint
 
 __all__ = [
     "DEFAULT_CG_ITERATIONS",

@@ -28,10 +28,9 @@ import torch
 from torch import nn
 
 from hfft.diagnostics.bench import interleaved_medians
-from hfft.experiment.registry import make_runner
-from hfft.experiment.splits import DataSplits, load_data
-from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.task import Task
+from hfft.experiment.data.splits import DataSplits, load_data
+from hfft.experiment.data.task import Task
+from hfft.experiment.strategies.registry import make_runner, parse_strategy
 
 __all__ = ["bench_streaming", "image_folder", "write_image_folder"]
 

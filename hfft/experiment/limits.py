@@ -16,14 +16,23 @@ from typing import Any
 from hfft._text import quoted
 
 __all__ = [
+    "ANY",
+    "AT_LEAST_ONE",
     "FLOAT32_MAX",
+    "HALF_OPEN_UNIT",
     "LIMITS",
     "MAX_CHECKPOINTS",
     "MAX_EVAL_POINTS",
     "MAX_SEED",
     "MAX_SEEDS",
     "MAX_TRAIN_SECONDS",
+    "NONNEGATIVE",
+    "OPEN_UNIT",
+    "POSITIVE",
+    "UNIT",
     "Limit",
+    "Range",
+    "accepts",
     "check",
 ]
 
@@ -52,51 +61,86 @@ MAX_CHECKPOINTS = 1000
 
 
 @dataclass(frozen=True)
+class Range:
+    """An interval a number must lie in: its test and, for messages, its words (``> 0``)."""
+
+    test: Callable[[Any], bool]
+    words: str
+
+
+POSITIVE = Range(lambda v: v > 0, "> 0")
+NONNEGATIVE = Range(lambda v: v >= 0, ">= 0")
+UNIT = Range(lambda v: 0 <= v <= 1, "in [0, 1]")
+OPEN_UNIT = Range(lambda v: 0 < v < 1, "in (0, 1)")
+HALF_OPEN_UNIT = Range(lambda v: 0 <= v < 1, "in [0, 1)")
+AT_LEAST_ONE = Range(lambda v: v >= 1, ">= 1")
+ANY = Range(lambda v: True, "")
+
+
+def accepts(kind: type, bounds: Range, value: Any) -> bool:
+    """Whether ``value`` is a finite number of type ``kind`` in ``bounds``.
+
+    An ``int`` is accepted for a ``float``; ``bool`` never is. The one test
+    behind :class:`Limit` (run settings) and a strategy's numeric options
+    (:class:`hfft.experiment.strategies.options.Option`).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and bool(bounds.test(value))
+
+
+@dataclass(frozen=True)
 class Limit:
     """What one setting accepts.
 
     Attributes:
         type: ``int`` or ``float`` (an ``int`` is accepted for a ``float``;
             ``bool`` never is).
-        test: Whether a typed, finite value is accepted.
+        range: The interval a typed, finite value must lie in.
         words: The accepted values, as the error message says them.
     """
 
     type: type
-    test: Callable[[Any], bool]
+    range: Range
     words: str
 
     def accepts(self, value: Any) -> bool:
-        """Whether ``value`` has the right type, is finite and passes the test."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.type is int and not isinstance(value, int):
-            return False
-        return math.isfinite(value) and bool(self.test(value))
+        """Whether ``value`` has the right type, is finite and lies in the range."""
+        return accepts(self.type, self.range, value)
+
+
+def _between(low: float, high: float) -> Range:
+    return Range(lambda v: low <= v <= high, f"from {low} to {high}")
 
 
 LIMITS: dict[str, Limit] = {
-    "lr": Limit(float, lambda v: 0 < v <= FLOAT32_MAX, "a positive number no larger than 3.4e38"),
-    "batch_size": Limit(int, lambda v: v >= 1, "a positive integer"),
-    "momentum": Limit(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": Limit(float, lambda v: v >= 0, "a finite number >= 0"),
-    "seed": Limit(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
-    "data_seed": Limit(int, lambda v: 0 <= v <= MAX_SEED, f"an integer from 0 to {MAX_SEED}"),
-    "seeds": Limit(int, lambda v: 1 <= v <= MAX_SEEDS, f"an integer from 1 to {MAX_SEEDS}"),
-    "eval_points": Limit(
-        int, lambda v: 1 <= v <= MAX_EVAL_POINTS, f"an integer from 1 to {MAX_EVAL_POINTS}"
+    "lr": Limit(
+        float,
+        Range(lambda v: 0 < v <= FLOAT32_MAX, "in (0, 3.4e38]"),
+        "a positive number no larger than 3.4e38",
     ),
-    "eval_batch_size": Limit(int, lambda v: v >= 1, "a positive integer"),
-    "epochs": Limit(int, lambda v: v >= 1, "a positive integer"),
+    "batch_size": Limit(int, AT_LEAST_ONE, "a positive integer"),
+    "momentum": Limit(float, HALF_OPEN_UNIT, "a number in [0, 1)"),
+    "weight_decay": Limit(float, NONNEGATIVE, "a finite number >= 0"),
+    "seed": Limit(int, _between(0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
+    "data_seed": Limit(int, _between(0, MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
+    "seeds": Limit(int, _between(1, MAX_SEEDS), f"an integer from 1 to {MAX_SEEDS}"),
+    "eval_points": Limit(
+        int, _between(1, MAX_EVAL_POINTS), f"an integer from 1 to {MAX_EVAL_POINTS}"
+    ),
+    "eval_batch_size": Limit(int, AT_LEAST_ONE, "a positive integer"),
+    "epochs": Limit(int, AT_LEAST_ONE, "a positive integer"),
     "checkpoints": Limit(
-        int, lambda v: 1 <= v <= MAX_CHECKPOINTS, f"an integer from 1 to {MAX_CHECKPOINTS}"
+        int, _between(1, MAX_CHECKPOINTS), f"an integer from 1 to {MAX_CHECKPOINTS}"
     ),
     "train_time": Limit(
         float,
-        lambda v: 0 < v <= MAX_TRAIN_SECONDS,
+        Range(lambda v: 0 < v <= MAX_TRAIN_SECONDS, "in (0, 3.2e7]"),
         "a positive number of seconds, at most a year (3.2e7)",
     ),
-    "valid_fraction": Limit(float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "valid_fraction": Limit(float, HALF_OPEN_UNIT, "a number in [0, 1)"),
 }
 """Every checked setting by name."""
 

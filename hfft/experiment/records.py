@@ -298,7 +298,7 @@ class SpentEntry(TypedDict):
 
 
 class TaskEntry(TypedDict):
-    """What a run optimised and how it chose (:class:`hfft.experiment.task.Task`)."""
+    """What a run optimised and how it chose (:class:`hfft.experiment.data.task.Task`)."""
 
     kind: str
     class_dim: int
@@ -325,7 +325,10 @@ class SourceEntry(TypedDict):
 
 
 class HFProgressEntry(TypedDict):
-    """Whether an HF run made progress (:class:`hfft.experiment.hf_progress.HFProgress`)."""
+    """Whether an HF run made progress.
+
+    See :class:`hfft.experiment.strategies.hf_progress.HFProgress`.
+    """
 
     verdict: str
     steps: int

@@ -8,7 +8,7 @@ does it through these functions, so such inputs work like a plain tensor
 
 Inputs too large to hold in memory are a :class:`LazyInputs`: they know their
 length and materialise only the samples :func:`take` asks for (a streamed data
-set, :mod:`hfft.experiment.streaming`); :func:`subset` narrows them without
+set, :mod:`hfft.experiment.data.streaming`); :func:`subset` narrows them without
 reading anything.
 """
 

@@ -47,7 +47,7 @@ def training_progress(
 ) -> Iterator[tuple[StepHook | None, EpochHook | None]]:
     """A progress bar over epochs with the latest metrics.
 
-    Yields the hooks ``on_step`` and ``on_epoch`` of :func:`hfft.experiment.train.train`.
+    Yields the hooks ``on_step`` and ``on_epoch`` of :func:`hfft.experiment.run.train.train`.
     """
     if quiet:
         yield None, None

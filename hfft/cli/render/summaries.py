@@ -12,8 +12,8 @@ from hfft._text import short_list
 
 if TYPE_CHECKING:
     from hfft.analysis.compare import CompareResult
-    from hfft.experiment.finetune import FinetuneResult
-    from hfft.experiment.train import TrainResult
+    from hfft.experiment.run.finetune import FinetuneResult
+    from hfft.experiment.run.train import TrainResult
 
 __all__ = [
     "print_compare",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfft._text import clipped, quoted
-from hfft.experiment.user_code import calling, raised
+from hfft.experiment.data.user_code import calling, raised
 
 if TYPE_CHECKING:
     from torch import nn
@@ -222,7 +222,7 @@ def build_model(
 
     The factory is called with ``model_args`` and those of the data's
     arguments (``num_classes``, ``in_channels``, ``input_size``,
-    ``input_shape``; :meth:`hfft.experiment.splits.DataSplits.data_args`)
+    ``input_shape``; :meth:`hfft.experiment.data.splits.DataSplits.data_args`)
     that its signature names explicitly — a bare ``**kwargs`` gets none of
     them, so ``torchvision.models:resnet18`` works with ``--model-arg
     num_classes=10``. A model argument of the same name as a data argument

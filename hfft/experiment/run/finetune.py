@@ -13,7 +13,7 @@ The loop reads top to bottom:
    data has no validation split) and ``metrics.json``.
 
 The files are written into a staging folder and swapped into ``--out`` at the
-end (:class:`hfft.experiment.run_folder.RunFolder`), so the folder holds exactly one run's
+end (:class:`hfft.experiment.run.run_folder.RunFolder`), so the folder holds exactly one run's
 files. What is written describes what is saved:
 
 * Ctrl-C or SIGTERM inside a step puts back the weights from before that step
@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,15 +39,7 @@ import torch
 
 from hfft._io import atomic_write_json, number, sha256_file
 from hfft._version import __version__
-from hfft.experiment.budget import (
-    BudgetClock,
-    evaluation_fractions,
-    parse_budget,
-    resolve_budget,
-)
-from hfft.experiment.checkpoint import save_checkpoint
-from hfft.experiment.evaluation import evaluate_splits
-from hfft.experiment.factories import absolute_spec
+from hfft.experiment.data.factories import absolute_spec
 from hfft.experiment.interrupts import (
     Interrupted,
     as_interrupt,
@@ -56,7 +48,6 @@ from hfft.experiment.interrupts import (
     signals_held,
 )
 from hfft.experiment.limits import check
-from hfft.experiment.ownership import slug
 from hfft.experiment.records import (
     FINETUNE_KIND,
     SCHEMA_VERSION,
@@ -66,20 +57,28 @@ from hfft.experiment.records import (
     SpentEntry,
     higher_is_better,
 )
-from hfft.experiment.registry import make_runner
-from hfft.experiment.run_folder import RunFolder, check_not_input
+from hfft.experiment.run.budget import (
+    BudgetClock,
+    evaluation_fractions,
+    parse_budget,
+    resolve_budget,
+)
+from hfft.experiment.run.checkpoint import save_checkpoint
+from hfft.experiment.run.evaluation import evaluate_splits
+from hfft.experiment.run.ownership import slug
+from hfft.experiment.run.run_folder import RunFolder, check_not_input
+from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.run.train import versions
 from hfft.experiment.snapshot import StepHistory
-from hfft.experiment.starting_point import StartingPointOptions
-from hfft.experiment.strategies import parse_strategy
-from hfft.experiment.train import versions
+from hfft.experiment.strategies.registry import Strategy, make_runner, parse_strategy
 from hfft.optim import distributed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from hfft.experiment.budget import BudgetClock
-    from hfft.experiment.runners import Runner
-    from hfft.experiment.starting_point import StartingPoint
+    from hfft.experiment.run.budget import BudgetClock
+    from hfft.experiment.run.starting_point import StartingPoint
+    from hfft.experiment.strategies.runners import Runner
 
 __all__ = [
     "FinetuneConfig",
@@ -97,7 +96,7 @@ class FinetuneConfig:
     """One fine-tuning run (the command line's options, validated)."""
 
     checkpoint: str
-    strategy: str = "hf"
+    strategy: Strategy = field(default_factory=lambda: Strategy("hf"))
     budget: str = "10%"
     out: str = "finetune"
     source: StartingPointOptions = field(default_factory=StartingPointOptions)
@@ -108,16 +107,26 @@ class FinetuneConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.strategy, str):  # a library caller's text: parsed here, once
+            object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         check("eval_batch_size", self.eval_batch_size)
         check("eval_points", self.eval_points)
         check("seed", self.seed)
+
+    def record(self) -> dict[str, Any]:
+        """The configuration as ``metrics.json`` stores it under ``config`` (JSON types; the
+        strategy as its label)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["strategy"], data["source"] = self.strategy.label, asdict(self.source)
+        data = json.loads(json.dumps(data))
+        return data
 
     def key(self) -> dict[str, Any]:
         """What makes two runs the same run: the config without where it goes.
 
         As JSON types, as ``metrics.json`` stores it under ``config``.
         """
-        data = json.loads(json.dumps(asdict(self)))
+        data = self.record()
         for name in ("out", "overwrite"):
             data.pop(name)
         return data
@@ -146,10 +155,10 @@ class FinetuneResult:
     missing: dict[str, str] = field(default_factory=dict)
 
 
-def default_out(checkpoint: Path, strategy: str) -> Path:
+def default_out(checkpoint: Path, strategy: Strategy) -> Path:
     """Where a run writes without ``--out``: ``finetune-STRATEGY`` beside the checkpoint."""
 
-    return checkpoint.parent / ("finetune-" + slug(parse_strategy(strategy).label))
+    return checkpoint.parent / ("finetune-" + slug(strategy.label))
 
 
 def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
@@ -212,12 +221,12 @@ class _Run:
         self.best: EvaluationEntry = {}
         self.files: dict[str, str] = {}
         self.stepping = False  # inside a step: its trial weights are not yet accepted
-        label = parse_strategy(config.strategy).label
+        label = config.strategy.label
         self.log: FinetuneLog = {
             "schema_version": SCHEMA_VERSION,
             "kind": FINETUNE_KIND,
             "status": "running",
-            "config": asdict(config),
+            "config": config.record(),
             "strategy": label,
             "budget": {
                 "kind": clock.budget.kind,
@@ -473,7 +482,7 @@ def _prepare(
 ) -> tuple[StartingPoint, Runner, BudgetClock, list[float]]:
     """The checkpoint loaded, the strategy's runner and the clock: all checked, nothing written."""
 
-    strategy = parse_strategy(config.strategy)
+    strategy = config.strategy
     budget = parse_budget(config.budget)
     src = source or config.source.load(config.checkpoint, config.device)
     if source is None and on_note is not None:

@@ -2,7 +2,7 @@
 
 A batch is an index gather on the device; augmentation is one padded gather
 for the whole batch, with no per-sample Python work. From a streamed split
-(:mod:`hfft.experiment.streaming`) :class:`BatchStream` reads the same batches
+(:mod:`hfft.experiment.data.streaming`) :class:`BatchStream` reads the same batches
 ahead of time through DataLoader workers.
 """
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from hfft.experiment.datasets import AugmentSpec
+    from hfft.experiment.data.datasets import AugmentSpec
     from hfft.optim.batches import Batchable
 
 __all__ = ["BatchSampler", "BatchStream", "augment_batch", "gather_batch"]
@@ -164,7 +164,7 @@ class BatchStream:
 
     ``draw()`` gives the next batch's indices (e.g. a :class:`BatchSampler`'s).
     From resident inputs :meth:`next` draws and gathers; from
-    :class:`hfft.experiment.streaming.StreamedInputs` the workers read the
+    :class:`hfft.experiment.data.streaming.StreamedInputs` the workers read the
     draws ahead (the draws are made in the same order, so the batches are the
     same) and the targets are gathered from the resident ones.
 
@@ -184,7 +184,7 @@ class BatchStream:
         augment: AugmentSpec | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        from hfft.experiment.streaming import StreamedInputs
+        from hfft.experiment.data.streaming import StreamedInputs
 
         self.x, self.y, self._draw = x, y, draw
         self.augment, self.generator = augment, generator

@@ -1,7 +1,7 @@
 """The decisions of ``auto``: when a probe switches to HF, when a trial goes back to SGD.
 
 Pure functions of measured numbers, so that the rule can be tested and
-reasoned about without running anything; :mod:`hfft.experiment.auto` explains the rule
+reasoned about without running anything; :mod:`hfft.experiment.strategies.auto` explains the rule
 and runs it.
 """
 

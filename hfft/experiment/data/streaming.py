@@ -8,7 +8,7 @@ batch by ``DataLoader`` workers, into pinned memory when the device is a GPU.
 
 Streaming changes how the samples are read, never which: every strategy draws
 the seeded indices it would draw from resident data
-(:class:`hfft.experiment.sampling.BatchStream`), the loader only reads them
+(:class:`hfft.experiment.data.sampling.BatchStream`), the loader only reads them
 ahead of time, and the batches equal the resident ones sample for sample (the
 loaders have generators of their own, so torch's global random state is what
 it would be). Reading overlaps computing: each worker reads up to two batches

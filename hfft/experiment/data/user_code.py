@@ -3,7 +3,7 @@
 hfft runs a user's code only where the command line names it: the model
 factory, the data factory, the loss (``--model``, ``--data``, ``--loss``
 ``file.py:fn``), and the model's ``forward``. The first of these calls happen
-before any work (:func:`hfft.experiment.starting_point.fit_task` runs one
+before any work (:func:`hfft.experiment.run.starting_point.fit_task` runs one
 forward pass on two training samples), and a failure there is the user's to
 fix, not a bug of hfft's: it becomes a :class:`UserCodeError` whose message is
 one short paragraph — what hfft called and with what, the user's exception in

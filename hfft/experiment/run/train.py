@@ -5,7 +5,7 @@ augmentation, forward, backward, update); the per-epoch evaluation of
 train-eval, validation and test metrics is paused out of it. The run manifest
 ``run.json`` records the total training seconds, each epoch's and each
 checkpoint's elapsed seconds, and the robust training time (the median epoch ×
-the epochs, :func:`hfft.experiment.budget.robust_training_seconds`) that a
+the epochs, :func:`hfft.experiment.run.budget.robust_training_seconds`) that a
 budget of "10 % of the training time" takes later: a slow spell of the machine
 during a few epochs does not multiply the budgets (``budget_time`` names it).
 It is rewritten atomically after every epoch, so an interrupted run leaves a
@@ -16,7 +16,7 @@ training that stopped otherwise says so (``"interrupted"``, ``"diverged"``,
 it is refused. Training stops at the first epoch whose loss or weights are
 not finite, keeping only the checkpoints before it. ``run.json`` lists every
 file the run writes (``files``) before writing it, so a rerun removes exactly
-those and nothing else (:mod:`hfft.experiment.ownership`).
+those and nothing else (:mod:`hfft.experiment.run.ownership`).
 """
 
 from __future__ import annotations
@@ -36,20 +36,20 @@ from torch import nn
 from hfft._io import atomic_write_json, number
 from hfft._text import quoted, short_list
 from hfft._version import __version__
-from hfft.experiment.budget import robust_training_seconds
-from hfft.experiment.checkpoint import save_checkpoint
-from hfft.experiment.datasets import builtin_data
-from hfft.experiment.evaluation import evaluate_splits
-from hfft.experiment.factories import absolute_spec, build_model
+from hfft.experiment.data.datasets import builtin_data
+from hfft.experiment.data.factories import absolute_spec, build_model
+from hfft.experiment.data.sampling import BatchSampler, BatchStream
+from hfft.experiment.data.splits import load_data
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
-from hfft.experiment.ownership import read_record, remove_owned
 from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
-from hfft.experiment.run_folder import claim, clean_stale, locked_folder
-from hfft.experiment.runners import sgd_update
-from hfft.experiment.sampling import BatchSampler, BatchStream
-from hfft.experiment.splits import load_data
-from hfft.experiment.starting_point import data_notes, fit_task, inferred
+from hfft.experiment.run.budget import robust_training_seconds
+from hfft.experiment.run.checkpoint import save_checkpoint
+from hfft.experiment.run.evaluation import evaluate_splits
+from hfft.experiment.run.ownership import read_record, remove_owned
+from hfft.experiment.run.run_folder import claim, clean_stale, locked_folder
+from hfft.experiment.run.starting_point import data_notes, fit_task, inferred
+from hfft.experiment.strategies.runners import sgd_update
 from hfft.models import PROBLEMS, param_groups
 from hfft.optim.step_context import synced_time
 

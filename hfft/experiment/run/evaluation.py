@@ -12,8 +12,8 @@ from hfft.optim import distributed
 from hfft.optim.batches import Batchable, batch_size, pieces, take
 
 if TYPE_CHECKING:
-    from hfft.experiment.splits import DataSplits
-    from hfft.experiment.task import Task
+    from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.data.task import Task
     from hfft.optim.output_hessians import Loss
 
 __all__ = ["SPLITS", "evaluate", "evaluate_splits"]

@@ -33,9 +33,9 @@ from hfft.experiment.limits import FLOAT32_MAX, check
 if TYPE_CHECKING:
     from torch import nn
 
-    from hfft.experiment.budget import Budget
-    from hfft.experiment.splits import DataSplits
-    from hfft.experiment.task import Task
+    from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.data.task import Task
+    from hfft.experiment.run.budget import Budget
 
 __all__ = [
     "StartingPoint",
@@ -86,7 +86,7 @@ class StartingPoint:
     def budget_note(self, budget: Budget) -> str | None:
         """The line saying what a budget of ``N%`` is in seconds and which training time it
         takes; ``None`` for other budgets or an unknown training time."""
-        from hfft.experiment.budget import resolve_budget
+        from hfft.experiment.run.budget import resolve_budget
 
         if budget.kind != "percent" or self.train_seconds is None:
             return None
@@ -171,8 +171,8 @@ def training_time(checkpoint: Path) -> TrainingTime | None:
             not finish (interrupted, diverged, failed, or killed while
             ``"running"``) or a time is missing or not sane — one sentence saying so.
     """
-    from hfft.experiment.ownership import read_record
     from hfft.experiment.records import TRAIN_KIND
+    from hfft.experiment.run.ownership import read_record
 
     path = checkpoint.parent / "run.json"
     manifest = read_record(path) if path.is_file() else None
@@ -233,7 +233,7 @@ def trusted_metadata(
     Raises:
         StartingPointError: For metadata that names code, or values of the wrong type or range.
     """
-    from hfft.experiment.datasets import DATASETS
+    from hfft.experiment.data.datasets import DATASETS
     from hfft.models import PROBLEMS
 
     meta = metadata or {}
@@ -276,7 +276,7 @@ def trusted_metadata(
 
 
 def _builtin(path: Path, data: str) -> Any:
-    from hfft.experiment.datasets import DataError, builtin_data
+    from hfft.experiment.data.datasets import DataError, builtin_data
 
     try:
         return builtin_data(data)
@@ -293,7 +293,7 @@ def _again(option: str, name: Any) -> str:
 
 def _trusted_task(path: Path, task: Any) -> dict[str, Any] | None:
     """A recorded task: a kind, a class dimension and a metric, all by name."""
-    from hfft.experiment.task import METRICS
+    from hfft.experiment.data.task import METRICS
 
     if task is None:
         return None
@@ -324,7 +324,7 @@ def _trusted_normalization(path: Path, norm: Any) -> dict[str, list[float]] | No
     every mean is finite with ``|mean| <= 3.4e38`` (float32's range, in which
     the inputs are normalised) and every std finite with
     ``1e-12 <= std <= 3.4e38`` (:data:`MIN_STD`). The normalised inputs must
-    also be finite in float32, which :func:`hfft.experiment.splits.load_data`
+    also be finite in float32, which :func:`hfft.experiment.data.splits.load_data`
     checks once they exist.
     """
     if norm is None:
@@ -381,9 +381,9 @@ def load_starting_point(
         DataError: For missing data sets.
     """
     from hfft._io import sha256_file
-    from hfft.experiment.checkpoint import apply_state_dict, check_fit, load_checkpoint
-    from hfft.experiment.factories import build_model
-    from hfft.experiment.splits import load_data
+    from hfft.experiment.data.factories import build_model
+    from hfft.experiment.data.splits import load_data
+    from hfft.experiment.run.checkpoint import apply_state_dict, check_fit, load_checkpoint
     from hfft.models import PROBLEMS
 
     options = options or StartingPointOptions()
@@ -496,7 +496,7 @@ def _task_options(
 
 def inferred(asked: dict[str, Any], data: str) -> bool:
     """Whether the task was inferred from a user's data (then hfft says which it took)."""
-    from hfft.experiment.datasets import builtin_data
+    from hfft.experiment.data.datasets import builtin_data
 
     user = builtin_data(data) is None
     return user and all(asked.get(k) is None for k in ("kind", "loss"))
@@ -528,8 +528,8 @@ def fit_task(
     """
     import torch
 
-    from hfft.experiment.task import TaskError, check_targets, infer_task, load_loss
-    from hfft.experiment.user_code import first_loss, first_outputs
+    from hfft.experiment.data.task import TaskError, check_targets, infer_task, load_loss
+    from hfft.experiment.data.user_code import first_loss, first_outputs
     from hfft.optim.batches import take
 
     dtype = _precision(model)
@@ -565,7 +565,7 @@ def _precision(model: nn.Module) -> Any:
     """
     import torch
 
-    from hfft.experiment.user_code import model_dtype
+    from hfft.experiment.data.user_code import model_dtype
 
     dtype = model_dtype(model)
     if dtype in (torch.float16, torch.bfloat16):
@@ -582,7 +582,7 @@ def data_notes(splits: DataSplits) -> tuple[str, ...]:
     """What was adapted in the data (:attr:`DataSplits.notes`), a line on where the
     validation split comes from when it is not hfft's own hold-out, and one when the data
     are streamed."""
-    from hfft.experiment.streaming import StreamedInputs
+    from hfft.experiment.data.streaming import StreamedInputs
 
     x = splits.train_x
     streamed = (

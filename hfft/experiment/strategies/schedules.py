@@ -3,12 +3,12 @@
 A schedule maps the fraction ``f ∈ [0, 1]`` of the budget spent to a learning
 rate, so the same schedule serves a wall-clock budget and a step budget:
 
-* ``sgd``: ``α`` (:func:`constant`);
-* ``sgd-div10``: ``α / 10`` (:func:`div10`);
-* ``sgd-cosine``: ``α · ½(1 + cos(π f))`` (:func:`cosine`; Loshchilov & Hutter,
-  *SGDR*, 2017, without restarts);
-* ``sgd-plateau``: ``α`` multiplied by ``0.1`` when the train loss stops
-  improving (:class:`Plateau`, after PyTorch's ``ReduceLROnPlateau``).
+* ``constant`` (``sgd``): ``α`` (:func:`constant`);
+* ``div10`` (``sgd-div10``): ``α / 10`` (:func:`div10`);
+* ``cosine`` (``sgd-cosine``, and ``adam:schedule=cosine``): ``α · ½(1 + cos(π f))``
+  (:func:`cosine`; Loshchilov & Hutter, *SGDR*, 2017, without restarts);
+* ``plateau`` (``sgd-plateau``): ``α`` multiplied by ``0.1`` when the train loss
+  stops improving (:class:`Plateau`, after PyTorch's ``ReduceLROnPlateau``).
 
 ``α`` is the learning rate the checkpoint was trained with.
 """
@@ -19,9 +19,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from hfft.experiment.strategies import SGD_STRATEGIES
+__all__ = ["SCHEDULES", "Plateau", "Schedule", "constant", "cosine", "div10", "make_schedule"]
 
-__all__ = ["Plateau", "Schedule", "constant", "cosine", "div10", "make_schedule"]
+SCHEDULES = ("constant", "div10", "cosine", "plateau")
+"""The schedules :func:`make_schedule` builds (an SGD strategy's entry names one)."""
 
 Schedule = Callable[[float], float]
 """A learning rate as a function of the budget fraction."""
@@ -192,10 +193,10 @@ class Plateau:
 
 
 def make_schedule(name: str, lr: float, evaluations: int) -> Schedule | Plateau:
-    """The schedule of an SGD strategy.
+    """A learning-rate schedule by name (an SGD strategy's entry names its own).
 
     Args:
-        name: One of ``sgd``, ``sgd-div10``, ``sgd-cosine``, ``sgd-plateau``.
+        name: One of :data:`SCHEDULES`.
         lr: The training learning rate ``α``.
         evaluations: Number of evaluation points, for ``sgd-plateau`` (see
             :class:`Plateau`).
@@ -206,15 +207,11 @@ def make_schedule(name: str, lr: float, evaluations: int) -> Schedule | Plateau:
         loss at every evaluation point.
 
     Raises:
-        ValueError: If the name is not an SGD strategy or an argument is out
-            of range.
+        ValueError: If the name is not a schedule or an argument is out of range.
     """
-    if name == "sgd":
-        return constant(lr)
-    if name == "sgd-div10":
-        return div10(lr)
-    if name == "sgd-cosine":
-        return cosine(lr)
-    if name == "sgd-plateau":
+    if name == "plateau":
         return Plateau(lr, evaluations)
-    raise ValueError(f"no schedule for strategy {name!r}; use one of {', '.join(SGD_STRATEGIES)}")
+    makers = {"constant": constant, "div10": div10, "cosine": cosine}
+    if name not in makers:
+        raise ValueError(f"no schedule {name!r}; use one of {', '.join(SCHEDULES)}")
+    return makers[name](lr)

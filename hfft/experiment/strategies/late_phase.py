@@ -45,19 +45,20 @@ import torch
 from torch import nn
 
 from hfft.experiment.interrupts import signals_held
-from hfft.experiment.runners import (
+from hfft.experiment.strategies.runners import (
     DEFAULT_M,
-    Runner,
     SampledRunner,
     SGDSettings,
+    check_sgd_batch,
     sgd_settings,
 )
+from hfft.experiment.strategies.schedules import make_schedule
 from hfft.models import param_groups
 from hfft.optim.batches import pieces
 
 if TYPE_CHECKING:
-    from hfft.experiment.splits import DataSplits
-    from hfft.experiment.strategies import Strategy
+    from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.strategies.registry import RunnerContext, StartingFacts, Strategy
     from hfft.optim.batches import Batchable
 
 __all__ = [
@@ -67,7 +68,8 @@ __all__ = [
     "SWARunner",
     "ScheduleFreeRunner",
     "adam_moments",
-    "late_phase_runner",
+    "check_adam",
+    "check_lbfgs",
     "lbfgs_batch",
 ]
 
@@ -84,6 +86,11 @@ def _has_batchnorm(model: nn.Module) -> bool:
 class SWARunner(SampledRunner):
     """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
 
+    @classmethod
+    def build(cls, strategy: Strategy, context: RunnerContext) -> SWARunner:
+        """The runner of its strategy (the registry's builder)."""
+        return cls(strategy, context.model, context.splits, context.settings)
+
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
@@ -97,8 +104,8 @@ class SWARunner(SampledRunner):
             param_groups(model, s.weight_decay), lr=self.base_lr, momentum=momentum
         )
         self.swa_lr = float(opts.get("swa_lr", self.base_lr / 2))
-        self.start = float(opts.get("start", 0.5))
-        self.anneal_steps = int(opts.get("anneal_steps", 10))
+        self.start = float(strategy.get("start"))
+        self.anneal_steps = int(strategy.get("anneal_steps"))
         self.average = AveragedModel(model)
         self.scheduler: Any = None
         self.bn = _has_batchnorm(model)
@@ -164,19 +171,24 @@ def lbfgs_batch(strategy: Strategy, n: int) -> int:
 class LBFGSRunner(SampledRunner):
     """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
 
+    @classmethod
+    def build(cls, strategy: Strategy, context: RunnerContext) -> LBFGSRunner:
+        """The runner of its strategy (the registry's builder)."""
+        return cls(strategy, context.model, context.splits, context.settings)
+
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
-        opts, s = strategy.options, settings
+        s = settings
         super().__init__(model, splits, s.loss_fn, lbfgs_batch(strategy, splits.num_train), s.seed)
         groups = param_groups(model, s.weight_decay)
         self.decayed = [p for g in groups if g["weight_decay"] for p in g["params"]]
         self.weight_decay = s.weight_decay
         self.opt = torch.optim.LBFGS(
             [p for g in groups for p in g["params"]],
-            lr=float(opts.get("lr", 1.0)),
-            max_iter=int(opts.get("max_iter", 10)),
-            history_size=int(opts.get("history_size", 10)),
+            lr=float(strategy.get("lr")),
+            max_iter=int(strategy.get("max_iter")),
+            history_size=int(strategy.get("history_size")),
             line_search_fn="strong_wolfe",
         )
         self.totals = (0, 0)  # LBFGS's running counts of iterations and evaluations
@@ -270,6 +282,12 @@ def _saved_lr(state: dict[str, Any] | None) -> float | None:
 class AdamRunner(SampledRunner):
     """``torch.optim.Adam`` or ``AdamW`` from the checkpoint, constant or cosine."""
 
+    @classmethod
+    def build(cls, strategy: Strategy, context: RunnerContext) -> AdamRunner:
+        """The runner of its strategy (the registry's builder)."""
+        c = context
+        return cls(strategy, c.model, c.splits, c.settings, c.optimizer_state)
+
     def __init__(
         self,
         strategy: Strategy,
@@ -281,7 +299,7 @@ class AdamRunner(SampledRunner):
         opts, s = strategy.options, settings
         batch_size = sgd_settings(strategy, ADAM_DEFAULT_LR, s.batch_size)[1]  # its own rate
         super().__init__(model, splits, s.loss_fn, batch_size, s.seed)
-        cls = torch.optim.AdamW if strategy.name == "adamw" else torch.optim.Adam
+        cls = torch.optim.AdamW if strategy.entry.settings["decoupled"] else torch.optim.Adam
         moments = adam_moments(optimizer_state, model)
         saved_lr = _saved_lr(optimizer_state) if moments is not None else None
         if "lr" in opts:
@@ -290,13 +308,14 @@ class AdamRunner(SampledRunner):
             self.base_lr, self.lr_source = saved_lr, "the checkpoint's Adam state"
         else:
             self.base_lr, self.lr_source = ADAM_DEFAULT_LR, f"default {ADAM_DEFAULT_LR} (not tuned)"
-        self.cosine = opts.get("schedule", "constant") == "cosine"
-        betas = (float(opts.get("beta1", 0.9)), float(opts.get("beta2", 0.999)))
+        self.schedule = make_schedule(strategy.get("schedule"), self.base_lr, evaluations=1)
+        self.cosine = strategy.get("schedule") == "cosine"
+        betas = (float(strategy.get("beta1")), float(strategy.get("beta2")))
         self.opt = cls(
             param_groups(model, s.weight_decay),
             lr=self.base_lr,
             betas=betas,
-            eps=float(opts.get("eps", 1e-8)),
+            eps=float(strategy.get("eps")),
         )
         self.moments = "the checkpoint's" if moments is not None else "fresh"
         if moments is not None:
@@ -306,7 +325,7 @@ class AdamRunner(SampledRunner):
         self.lr = self.base_lr
 
     def step(self, fraction: float) -> dict[str, Any]:
-        self.lr = self.base_lr * (0.5 * (1 + math.cos(math.pi * fraction)) if self.cosine else 1)
+        self.lr = float(self.schedule(fraction))
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         value = self.update(self.opt)
@@ -324,19 +343,24 @@ class AdamRunner(SampledRunner):
 class ScheduleFreeRunner(SampledRunner):
     """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
 
+    @classmethod
+    def build(cls, strategy: Strategy, context: RunnerContext) -> ScheduleFreeRunner:
+        """The runner of its strategy (the registry's builder)."""
+        return cls(strategy, context.model, context.splits, context.settings)
+
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
     ) -> None:
         from schedulefree import SGDScheduleFree
 
-        opts, s = strategy.options, settings
+        s = settings
         self.base_lr, batch_size = sgd_settings(strategy, s.lr, s.batch_size)
         super().__init__(model, splits, s.loss_fn, batch_size, s.seed)
         self.opt = SGDScheduleFree(
             param_groups(model, s.weight_decay),
             lr=self.base_lr,
-            momentum=float(opts.get("momentum", 0.9)),
-            warmup_steps=int(opts.get("warmup_steps", 0)),
+            momentum=float(strategy.get("momentum")),
+            warmup_steps=int(strategy.get("warmup_steps")),
             foreach=False,
         )
         self.opt.train()
@@ -390,24 +414,11 @@ class ScheduleFreeRunner(SampledRunner):
         return {"schedulefree": {"lr": self.base_lr, "batchnorm_update": bn}}
 
 
-def late_phase_runner(
-    strategy: Strategy,
-    model: nn.Module,
-    splits: DataSplits,
-    settings: SGDSettings,
-    optimizer_state: dict[str, Any] | None = None,
-) -> Runner:
-    """The runner of one of the late-phase strategies. Each takes the strategy's options,
-    else the checkpoint's ``settings`` (Adam's rate is its own, L-BFGS takes neither).
+def check_lbfgs(strategy: Strategy, facts: StartingFacts) -> None:
+    """L-BFGS's batch fits the data (:func:`lbfgs_batch`)."""
+    lbfgs_batch(strategy, facts.n_train)
 
-    Raises:
-        ValueError: When ``swa`` or ``sgd-schedulefree`` has no learning rate or batch size,
-            or a strategy no batch size.
-    """
-    if strategy.name == "lbfgs":
-        return LBFGSRunner(strategy, model, splits, settings)
-    if strategy.name in ("adam", "adamw"):
-        return AdamRunner(strategy, model, splits, settings, optimizer_state)
-    if strategy.name == "sgd-schedulefree":
-        return ScheduleFreeRunner(strategy, model, splits, settings)
-    return SWARunner(strategy, model, splits, settings)
+
+def check_adam(strategy: Strategy, facts: StartingFacts) -> None:
+    """Adam's batch size is known and fits the data (its rate is its own)."""
+    check_sgd_batch(sgd_settings(strategy, ADAM_DEFAULT_LR, facts.batch_size)[1], facts.n_train)

@@ -303,8 +303,8 @@ def load_loss(spec: str) -> Loss:
         TaskError: If it cannot be loaded or does not make a loss.
         UserCodeError: If calling the factory (or the loss class) fails, ``sys.exit`` included.
     """
-    from hfft.experiment.factories import ModelSpecError, load_factory
-    from hfft.experiment.user_code import calling
+    from hfft.experiment.data.factories import ModelSpecError, load_factory
+    from hfft.experiment.data.user_code import calling
 
     try:
         obj: Any = load_factory(spec)

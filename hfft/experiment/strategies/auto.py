@@ -72,9 +72,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hfft._io import number
 from hfft.experiment.records import ProbeEntry, TrialEntry
-from hfft.experiment.runners import HFRunner, Runner, SGDRunner, SGDSettings, sgd_settings
 from hfft.experiment.snapshot import snapshot
-from hfft.experiment.switch_rule import (
+from hfft.experiment.strategies.registry import Strategy
+from hfft.experiment.strategies.runners import (
+    HFRunner,
+    Runner,
+    SGDRunner,
+    SGDSettings,
+    check_hf,
+    check_sgd,
+    sgd_settings,
+)
+from hfft.experiment.strategies.switch_rule import (
     ACTIONS,
     DEFAULT_MARGIN,
     DEFAULT_RHO_MIN,
@@ -90,9 +99,9 @@ from hfft.optim.step_context import synced_time
 if TYPE_CHECKING:
     from torch import nn
 
-    from hfft.experiment.runners import Batch
-    from hfft.experiment.splits import DataSplits
-    from hfft.experiment.strategies import Strategy
+    from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.strategies.registry import RunnerContext, StartingFacts
+    from hfft.experiment.strategies.runners import Batch
 
 __all__ = [
     "ACTIONS",
@@ -106,8 +115,11 @@ __all__ = [
     "AutoRunner",
     "Decision",
     "ProbeMeasurement",
+    "build_auto",
+    "check_auto",
     "decide",
     "decide_back",
+    "parts",
 ]
 
 DEFAULT_INTERVAL = 0.1
@@ -139,11 +151,44 @@ def _value(value: Any) -> float:
     return math.nan if read is None else read
 
 
+def parts(strategy: Strategy) -> tuple[Strategy, Strategy]:
+    """The constant-rate ``sgd`` and the ``hf`` strategy that ``auto`` is made of: its SGD
+    options, and ``m`` with its ``hf_*`` options without the prefix."""
+    from hfft.experiment.strategies.catalog import AUTO_HF_PREFIX, SGD_OPTIONS
+
+    sgd = {k: v for k, v in strategy.options.items() if k in SGD_OPTIONS}
+    hf = {
+        k.removeprefix(AUTO_HF_PREFIX): v
+        for k, v in strategy.options.items()
+        if k == "m" or k.startswith(AUTO_HF_PREFIX)
+    }
+    return Strategy("sgd", sgd), Strategy("hf", hf)
+
+
+def check_auto(strategy: Strategy, facts: StartingFacts) -> None:
+    """HF's batches fit the data, and SGD's rate and batch size are known and fit it."""
+    check_hf(strategy, facts)
+    check_sgd(strategy, facts)
+
+
+def build_auto(strategy: Strategy, context: RunnerContext) -> AutoRunner:
+    """The runner of ``auto``."""
+    c = context
+    return AutoRunner(
+        strategy,
+        c.model,
+        c.splits,
+        c.settings,
+        eval_batch_size=c.eval_batch_size,
+        evaluations=c.evaluations,
+    )
+
+
 class AutoRunner(Runner):
     """Constant-rate SGD with HF probes, switching to HF by :func:`decide`.
 
     Args:
-        strategy: An ``auto`` strategy; see :data:`hfft.experiment.strategies.AUTO_OPTIONS`.
+        strategy: An ``auto`` strategy (:data:`hfft.experiment.strategies.catalog.AUTO_OPTIONS`).
         model: The network (shared by both optimizers).
         splits: The data.
         settings: The checkpoint's loss, SGD rate, batch size and momentum (the
@@ -164,7 +209,7 @@ class AutoRunner(Runner):
         evaluations: int,
     ) -> None:
         sgd_settings(strategy, settings.lr, settings.batch_size)  # auto's own words if missing
-        sgd, hf = strategy.parts()
+        sgd, hf = parts(strategy)
         self.sgd = SGDRunner(sgd, model, splits, settings, evaluations=evaluations)
         self.hf = HFRunner(
             hf,

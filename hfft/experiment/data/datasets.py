@@ -8,7 +8,7 @@ maps the registered names to their source: scikit-learn's bundled digits
 (test set: a fixed 20 % hold-out), a seeded synthetic set, and the
 torchvision sets from a local folder. :func:`load_user_data` calls a user's
 ``file.py:factory`` and checks what it returns. Every failure is a
-:class:`DataError` of one sentence. :mod:`hfft.experiment.splits` turns the
+:class:`DataError` of one sentence. :mod:`hfft.experiment.data.splits` turns the
 raw data into device-resident splits.
 
 Importing this module does not import torch (command-line help lists the
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfft._io import folders_to_create
 from hfft._text import clipped, quoted
-from hfft.experiment.run_folder import folders_to_create
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -455,8 +455,8 @@ def load_user_data(spec: str, root: Path, download: bool) -> UserData:
         DataError: For a factory that returns something else, splits of
             different sample shapes, empty splits, or NaN/Inf in them.
     """
-    from hfft.experiment.factories import ModelSpecError, load_factory
-    from hfft.experiment.user_code import calling
+    from hfft.experiment.data.factories import ModelSpecError, load_factory
+    from hfft.experiment.data.user_code import calling
 
     target = spec.rpartition(":")[0]
     is_file = target.endswith(".py") or "/" in target or "\\" in target
@@ -521,7 +521,7 @@ def _check_alike(spec: str, parts: dict[str, tuple[Any, Tensor]]) -> None:
 
 def _as_tensors(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
     """A user's split as ``(inputs, targets)``: tensors with the samples along dimension 0
-    (inputs left in a large Dataset are streamed, :mod:`hfft.experiment.streaming`)."""
+    (inputs left in a large Dataset are streamed, :mod:`hfft.experiment.data.streaming`)."""
     import torch
     from torch.utils.data import Dataset, TensorDataset
 
@@ -576,7 +576,7 @@ def _read_dataset(spec: str, split: str, data: Any) -> tuple[Any, Tensor]:
     import torch
     from torch.utils.data import DataLoader, default_collate
 
-    from hfft.experiment.streaming import StreamedInputs, read_targets, should_stream
+    from hfft.experiment.data.streaming import StreamedInputs, read_targets, should_stream
 
     if len(data) == 0:
         raise DataError(f"Data factory {spec!r} returned an empty {split} set.")

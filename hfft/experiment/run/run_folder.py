@@ -7,7 +7,7 @@ Rules every command holds (docs/safety.md):
   with one sentence. The kernel drops the lock when its process dies, so a
   killed run never leaves a stale lock behind.
 * **Only hfft's own files.** A folder holding anything that no hfft record
-  there lists (:mod:`hfft.experiment.ownership`) is refused with one sentence
+  there lists (:mod:`hfft.experiment.run.ownership`) is refused with one sentence
   naming it, with or without ``--overwrite``; hfft removes or replaces only
   the files a record lists.
 * **Never a mix.** A folder that holds another run's files is refused unless
@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from hfft._io import folders_to_create
 from hfft._text import quoted
-from hfft.experiment.ownership import (
+from hfft.experiment.run.ownership import (
     RECORDS,
     first_foreign,
     is_scratch,
@@ -54,7 +55,6 @@ __all__ = [
     "check_owner",
     "claim",
     "clean_stale",
-    "folders_to_create",
     "locked_folder",
 ]
 
@@ -70,16 +70,6 @@ class FolderBusy(ValueError):
 
 class FolderTaken(ValueError):
     """The output folder holds another run's files."""
-
-
-def folders_to_create(target: Path) -> list[Path]:
-    """The folders ``target.mkdir(parents=True)`` would create, innermost first."""
-    chain = []
-    for folder in (target, *target.parents):
-        if folder.exists():
-            break
-        chain.append(folder)
-    return chain
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
@@ -130,7 +120,7 @@ def locked_folder(target: Path, wait: bool = False, shared: bool = False) -> Ite
 def clean_stale(target: Path) -> None:
     """Remove what killed runs on ``target`` left: staging folders and temporary files.
 
-    Only entries named as hfft names them (:func:`hfft.experiment.ownership.is_scratch`)
+    Only entries named as hfft names them (:func:`hfft.experiment.run.ownership.is_scratch`)
     are removed. Only to be called while holding ``target``'s lock: then no
     other run is writing them.
     """

@@ -25,11 +25,11 @@ The built-in image sets are float32 NCHW, normalised per channel with the
 mean and standard deviation of the *train* split; the statistics are recorded
 (:attr:`DataSplits.normalization`, and in every checkpoint's metadata) and a
 later load of the same checkpoint applies the recorded ones, so every load
-agrees. Augmentation (:func:`hfft.experiment.sampling.augment_batch`) pads
+agrees. Augmentation (:func:`hfft.experiment.data.sampling.augment_batch`) pads
 with zeros in that normalised space, i.e. with the channel mean.
 
 A user's data (``path/to/file.py:factory`` or ``package.module:factory``,
-see :func:`hfft.experiment.datasets.load_user_data`) is used exactly as the
+see :func:`hfft.experiment.data.datasets.load_user_data`) is used exactly as the
 factory returns it: any shape, never normalised or augmented. Its validation
 split is the factory's when it returns ``(train, valid, test)``; from
 ``(train, test)`` a fraction of the training set is held out only when asked
@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfft.experiment.datasets import DATASETS, AugmentSpec, DataError, default_root
+from hfft.experiment.data.datasets import DATASETS, AugmentSpec, DataError, default_root
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from hfft.experiment.datasets import UserData
+    from hfft.experiment.data.datasets import UserData
     from hfft.optim.batches import Batchable
 
 __all__ = ["DataSplits", "SplitIndices", "load_data", "split_indices"]
@@ -255,7 +255,7 @@ def load_data(
         DataError: For an unknown name, a missing or unreadable data set, or
             user data of the wrong form.
     """
-    from hfft.experiment.datasets import LOADERS, builtin_data, load_user_data
+    from hfft.experiment.data.datasets import LOADERS, builtin_data, load_user_data
 
     root_path = Path(root).expanduser() if root is not None else default_root()
     builtin = builtin_data(name)
@@ -342,7 +342,7 @@ def _user_splits(
     """A user's splits, as given: the factory's validation set, or a hold-out only if asked."""
     import torch
 
-    from hfft.experiment.streaming import StreamedInputs
+    from hfft.experiment.data.streaming import StreamedInputs
     from hfft.optim import distributed
     from hfft.optim.batches import map_tensors, subset, take
 

@@ -7,7 +7,7 @@ every step; finite numbers, or ``null`` where a value may be unmeasured (a
 non-finite loss is written as ``null``); metrics within their ranges
 (accuracies in [0, 1], R² ≤ 1, RMSE and the built-in losses ≥ 0); budget
 fractions, clock seconds and step counts that agree with each other and with
-the budget as :class:`hfft.experiment.budget.BudgetClock` records them. Every
+the budget as :class:`hfft.experiment.run.budget.BudgetClock` records them. Every
 record hfft writes passes (completed, diverged or interrupted); a hand-edited
 or damaged one fails with its first implausible field, in a few words.
 

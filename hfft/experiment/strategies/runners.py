@@ -1,8 +1,8 @@
 """One optimizer step of each strategy, behind one small interface.
 
 A runner owns its optimizer and draws its own batches from the shared data
-pipeline (:class:`hfft.experiment.sampling.BatchSampler`'s seeded draws, gathered from
-device-resident tensors or streamed, :class:`hfft.experiment.sampling.BatchStream`),
+pipeline (:class:`hfft.experiment.data.sampling.BatchSampler`'s seeded draws, gathered from
+device-resident tensors or streamed, :class:`hfft.experiment.data.sampling.BatchStream`),
 so no strategy is favoured by its loader. ``step(fraction)`` takes one step
 at the given budget fraction and returns a JSON-ready record;
 ``step_samples`` is how many training samples that step consumed (B only, for
@@ -11,19 +11,18 @@ epoch budgets).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from hfft.experiment.hf_progress import HFProgress
-from hfft.experiment.sampling import BatchSampler, BatchStream
-from hfft.experiment.schedules import Plateau, make_schedule
+from hfft.experiment.data.sampling import BatchSampler, BatchStream
+from hfft.experiment.strategies.hf_progress import HFProgress
+from hfft.experiment.strategies.interface import Runner, SGDSettings
+from hfft.experiment.strategies.schedules import Plateau, make_schedule
 from hfft.models import param_groups
 from hfft.optim import distributed
 from hfft.optim.batches import take
@@ -33,8 +32,8 @@ from hfft.optim.optimizer import HessianFree
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from hfft.experiment.splits import DataSplits
-    from hfft.experiment.strategies import Strategy
+    from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.strategies.registry import RunnerContext, StartingFacts, Strategy
     from hfft.optim.batches import Batchable
     from hfft.optim.output_hessians import Loss
 
@@ -44,6 +43,11 @@ __all__ = [
     "HFRunner",
     "Runner",
     "SGDRunner",
+    "SGDSettings",
+    "build_hf",
+    "build_sgd",
+    "check_hf",
+    "check_sgd",
     "check_sgd_batch",
     "hf_batch_sizes",
     "sgd_settings",
@@ -75,66 +79,6 @@ def sgd_update(
     loss.backward()
     opt.step()
     return loss.detach()
-
-
-class Runner:
-    """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
-
-    model: nn.Module
-    step_samples: int = 0
-    diverged: bool = False
-    setup_seconds: float = 0.0
-
-    def step(self, fraction: float) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def settings(self) -> dict[str, float]:
-        """The current learning rate (SGD) or damping (HF)."""
-        raise NotImplementedError
-
-    def observe(self, metrics: Mapping[str, Any]) -> None:
-        """Called with each evaluation's metrics (the plateau schedule listens)."""
-
-    def report(self) -> dict[str, Any]:
-        """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
-        return {}
-
-    def prepare_evaluation(self) -> None:
-        """Work an evaluation point needs first, charged to the budget like a step
-        (``swa`` and ``sgd-schedulefree`` recompute BatchNorm statistics here)."""
-
-    def step_state(self) -> list[Tensor]:
-        """Tensors the strategy updates in place besides the model's, which an interrupt
-        or a divergence must put back with the model's (the run's step history)."""
-        return []
-
-    @contextlib.contextmanager
-    def evaluated(self) -> Iterator[nn.Module]:
-        """The model whose weights are evaluated and saved now (the one trained, unless
-        a strategy's result is another point: ``swa``'s average, schedule-free's x)."""
-        yield self.model
-
-    def settle(self) -> None:
-        """Undo what is still on trial across steps, when a run ends early.
-
-        A runner's :meth:`step` leaves the model at accepted weights when it
-        raises; a strategy whose trials span several steps (``auto``) puts
-        its last accepted weights back here.
-        """
-
-
-@dataclasses.dataclass(frozen=True)
-class SGDSettings:
-    """What the checkpoint's training gives the runners: the loss, SGD's rate and batch size
-    (``None`` where the checkpoint does not record them), its momentum, the L2 factor and
-    the run's seed. A strategy's own options take precedence over them."""
-
-    loss_fn: Loss
-    lr: float | None
-    batch_size: int | None
-    momentum: float
-    weight_decay: float
-    seed: int
 
 
 class SampledRunner(Runner):
@@ -212,7 +156,8 @@ class SGDRunner(SampledRunner):
         self.opt = torch.optim.SGD(
             param_groups(model, s.weight_decay), lr=self.base_lr, momentum=momentum
         )
-        self.schedule = make_schedule(strategy.name, self.base_lr, evaluations)
+        schedule = strategy.entry.settings["schedule"]
+        self.schedule = make_schedule(schedule, self.base_lr, evaluations)
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
         self.lr = self.base_lr
 
@@ -352,3 +297,42 @@ def sgd_settings(strategy: Strategy, lr: float | None, batch_size: int | None) -
             f"checkpoint does not record; pass {' and '.join(flags[w] for w in named)}"
         )
     return float(lr), int(batch_size)
+
+
+def check_sgd(strategy: Strategy, facts: StartingFacts) -> None:
+    """An SGD strategy's rate and batch size are known and the batch fits the data.
+
+    Raises:
+        ValueError: If not, in one sentence.
+    """
+    check_sgd_batch(sgd_settings(strategy, facts.lr, facts.batch_size)[1], facts.n_train)
+
+
+def check_hf(strategy: Strategy, facts: StartingFacts) -> None:
+    """HF's batches B and B̄ fit the data (:func:`hf_batch_sizes`).
+
+    Raises:
+        ValueError: If not, in one sentence.
+    """
+    m = strategy.options.get("m")
+    hf_batch_sizes(None if m is None else int(m), facts.n_train, facts.eval_batch_size)
+
+
+def build_sgd(strategy: Strategy, context: RunnerContext) -> SGDRunner:
+    """The runner of an SGD strategy (its entry names the schedule)."""
+    c = context
+    return SGDRunner(strategy, c.model, c.splits, c.settings, evaluations=c.evaluations)
+
+
+def build_hf(strategy: Strategy, context: RunnerContext) -> HFRunner:
+    """The runner of ``hf``."""
+    s = context.settings
+    return HFRunner(
+        strategy,
+        context.model,
+        context.splits,
+        loss_fn=s.loss_fn,
+        weight_decay=s.weight_decay,
+        eval_batch_size=context.eval_batch_size,
+        seed=s.seed,
+    )

@@ -1,0 +1,279 @@
+"""The built-in strategies, each one entry of the registry.
+
+``hf`` is the Hessian-free method of the paper; ``sgd``, ``sgd-div10``,
+``sgd-cosine`` and ``sgd-plateau`` its SGD baselines (§3.2); ``auto`` runs
+constant-rate SGD and switches to HF (:mod:`hfft.experiment.strategies.auto`);
+``swa``, ``lbfgs``, ``adam``, ``adamw`` and ``sgd-schedulefree`` are the
+late-phase methods a practitioner would also try, built on the libraries that
+maintain them (:mod:`hfft.experiment.strategies.late_phase`).
+
+The options of ``hf`` are the batch size ``m`` of the curvature batch B and the
+keyword arguments of :class:`hfft.optim.optimizer.HessianFree`, except
+``weight_decay``, which comes from the problem (a test holds
+:data:`HF_OPTIONS` to the constructor's signature). ``auto`` takes the
+switching rule's options, the SGD options, ``m`` and every other HF option
+with the prefix ``hf_``.
+
+Plain Python; importing this module does not import torch (the builders and
+checks are named, and imported when a run needs them).
+"""
+
+from __future__ import annotations
+
+from hfft.experiment.limits import (
+    AT_LEAST_ONE,
+    HALF_OPEN_UNIT,
+    NONNEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    UNIT,
+)
+from hfft.experiment.strategies.options import Option
+from hfft.experiment.strategies.registry import StrategyEntry, register
+
+__all__ = [
+    "ADAM_OPTIONS",
+    "AUTO_HF_PREFIX",
+    "AUTO_OPTIONS",
+    "AUTO_RULE_OPTIONS",
+    "HF_OPTIONS",
+    "LBFGS_OPTIONS",
+    "SCHEDULEFREE_OPTIONS",
+    "SGD_OPTIONS",
+    "SWA_OPTIONS",
+]
+
+HF_OPTIONS: dict[str, Option] = {
+    "m": Option(int, "size of the batch B (gradient and curvature)", range=POSITIVE),
+    "curvature": Option(str, "curvature matrix", choices=("ggn", "hessian")),
+    "damping": Option(float, "initial Tikhonov damping λ", range=POSITIVE),
+    "adapt_damping": Option(bool, "adapt λ with the Levenberg-Marquardt rule"),
+    "cg_max_iter": Option(int, "most CG iterations per step", range=POSITIVE),
+    "cg_tol": Option(float, "CG relative residual tolerance", range=NONNEGATIVE),
+    "martens_criterion": Option(bool, "stop CG on Martens' relative progress test"),
+    "cg_decay_x0": Option(float, "decay of the previous CG solution as start", range=UNIT),
+    "use_cg_backtracking": Option(bool, "backtrack over CG iterates"),
+    "lr": Option(float, "step size multiplier", range=POSITIVE),
+    "use_linesearch": Option(bool, "Armijo line search on the step"),
+    "preconditioner": Option(
+        str, "CG preconditioner", choices=("empirical-fisher",), nullable=True
+    ),
+    "chunk_size": Option(int, "examples per chunk of the batch", nullable=True, range=POSITIVE),
+    "backend": Option(str, "curvature-product back-end", choices=("func", "backpack")),
+    "model_mode": Option(str, "module mode during HF products", choices=("eval", "train", "keep")),
+    "cache_chunks": Option(bool, "keep every chunk's linearisation"),
+    "preconditioner_exponent": Option(float, "exponent of the preconditioner", range=NONNEGATIVE),
+    "linesearch_beta": Option(float, "line-search step shrink factor", range=OPEN_UNIT),
+    "linesearch_c": Option(float, "Armijo sufficient-decrease constant", range=OPEN_UNIT),
+    "linesearch_max_tries": Option(int, "most line-search trials", range=POSITIVE),
+    "tf32": Option(bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)"),
+    "max_damping": Option(float, "largest λ (none: 1e4 × damping)", nullable=True, range=POSITIVE),
+}
+"""Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
+
+SGD_OPTIONS: dict[str, Option] = {
+    "lr": Option(float, "learning rate α (default: the checkpoint's)", range=POSITIVE),
+    "batch_size": Option(int, "batch size (default: the checkpoint's)", range=POSITIVE),
+    "momentum": Option(float, "momentum (default: the checkpoint's)", range=HALF_OPEN_UNIT),
+}
+"""Options of the SGD strategies; the defaults come from the checkpoint."""
+
+
+AUTO_RULE_OPTIONS: dict[str, Option] = {
+    "interval": Option(
+        float, "budget fraction of SGD before each HF probe (the window)", range=OPEN_UNIT
+    ),
+    "first": Option(
+        float,
+        "budget fraction of SGD before the first probe (default: interval; 0: probe at once)",
+        range=HALF_OPEN_UNIT,
+    ),
+    "margin": Option(
+        float,
+        "switch only when HF's loss decrease per second exceeds margin × SGD's (0: no rate test)",
+        range=NONNEGATIVE,
+    ),
+    "backoff": Option(
+        float, "factor by which the window grows after each rolled-back probe", range=AT_LEAST_ONE
+    ),
+    "rho_min": Option(
+        float,
+        "roll a probe back whose reduction ratio ρ is below rho_min (0: no such test)",
+        range=NONNEGATIVE,
+    ),
+    "switch_back": Option(
+        bool, "try SGD again when HF slows down (a trial, rolled back if it does not pay)"
+    ),
+    "stall": Option(
+        float,
+        "HF has slowed down when its rate over a window is below stall × its best rate "
+        "(or below SGD's last rate)",
+        range=OPEN_UNIT,
+    ),
+}
+"""Options of the switching rule of ``auto`` (see :mod:`hfft.experiment.auto` for the defaults)."""
+
+AUTO_HF_PREFIX = "hf_"
+
+AUTO_OPTIONS: dict[str, Option] = {
+    **AUTO_RULE_OPTIONS,
+    **SGD_OPTIONS,
+    "m": HF_OPTIONS["m"],
+    **{AUTO_HF_PREFIX + key: option for key, option in HF_OPTIONS.items() if key != "m"},
+}
+"""Options of ``auto``: the rule's, the SGD phase's, ``m`` and the other HF options as ``hf_*``."""
+
+
+SWA_OPTIONS: dict[str, Option] = {
+    **SGD_OPTIONS,
+    "swa_lr": Option(float, "the rate SWALR anneals to (default: α/2)", range=POSITIVE),
+    "start": Option(
+        float, "budget fraction at which averaging starts", range=HALF_OPEN_UNIT, default=0.5
+    ),
+    "anneal_steps": Option(
+        int, "steps over which SWALR anneals from α to swa_lr", range=POSITIVE, default=10
+    ),
+}
+"""Options of ``swa``: SGD's, and SWALR's rate, the start of averaging and the anneal."""
+
+LBFGS_OPTIONS: dict[str, Option] = {
+    "m": Option(int, "batch of each step (default: HF's m)", range=POSITIVE),
+    "lr": Option(float, "step length (as torch.optim.LBFGS)", range=POSITIVE, default=1.0),
+    "history_size": Option(int, "curvature pairs kept", range=POSITIVE, default=10),
+    "max_iter": Option(int, "iterations per step, all on its batch", range=POSITIVE, default=10),
+}
+"""Options of ``lbfgs`` (strong-Wolfe line search, one batch per step)."""
+
+ADAM_OPTIONS: dict[str, Option] = {
+    "lr": Option(
+        float, "learning rate (default 1e-3, not tuned to the checkpoint)", range=POSITIVE
+    ),
+    "batch_size": SGD_OPTIONS["batch_size"],
+    "beta1": Option(float, "first-moment decay", range=HALF_OPEN_UNIT, default=0.9),
+    "beta2": Option(float, "second-moment decay", range=HALF_OPEN_UNIT, default=0.999),
+    "eps": Option(float, "denominator term", range=POSITIVE, default=1e-8),
+    "schedule": Option(
+        str, "learning-rate schedule", choices=("constant", "cosine"), default="constant"
+    ),
+}
+"""Options of ``adam`` and ``adamw``."""
+
+SCHEDULEFREE_OPTIONS: dict[str, Option] = {
+    "lr": SGD_OPTIONS["lr"],
+    "batch_size": SGD_OPTIONS["batch_size"],
+    "momentum": Option(
+        float, "interpolation β of schedule-free SGD", range=HALF_OPEN_UNIT, default=0.9
+    ),
+    "warmup_steps": Option(int, "linear warm-up steps", range=NONNEGATIVE, default=0),
+}
+"""Options of ``sgd-schedulefree`` (``schedulefree.SGDScheduleFree``)."""
+
+_RUNNERS = "hfft.experiment.strategies.runners:"
+_LATE = "hfft.experiment.strategies.late_phase:"
+
+_SGD_SCHEDULES = {
+    "sgd": ("constant", "SGD at the checkpoint's rate α throughout"),
+    "sgd-div10": ("div10", "SGD at α/10"),
+    "sgd-cosine": ("cosine", "SGD with a cosine decay from α to 0 over the budget"),
+    "sgd-plateau": ("plateau", "SGD, α × 0.1 when the train loss stops improving (3 drops)"),
+}
+for _name, (_schedule, _summary) in _SGD_SCHEDULES.items():
+    register(
+        StrategyEntry(
+            _name,
+            _summary,
+            SGD_OPTIONS,
+            build=_RUNNERS + "build_sgd",
+            check=_RUNNERS + "check_sgd",
+            suites=("paper", "extended"),
+            settings={"schedule": _schedule},
+            log="plateau" if _schedule == "plateau" else None,
+            example=f"{_name}:lr=0.01" if _name == "sgd" else "",
+        )
+    )
+
+register(
+    StrategyEntry(
+        "hf",
+        "Hessian-free: GGN curvature, CG, Levenberg-Marquardt damping, line search",
+        HF_OPTIONS,
+        build=_RUNNERS + "build_hf",
+        check=_RUNNERS + "check_hf",
+        kind="hf",
+        suites=("paper", "extended"),
+        batch_option="m",
+        log="hf_progress",
+        example="hf:m=2048,damping=0.5",
+    )
+)
+register(
+    StrategyEntry(
+        "auto",
+        "constant-rate SGD, switching to HF when HF pays more",
+        AUTO_OPTIONS,
+        build="hfft.experiment.strategies.auto:build_auto",
+        check="hfft.experiment.strategies.auto:check_auto",
+        kind="auto",
+        suites=("paper", "extended"),
+        log="auto",
+        example="auto:m=256",
+    )
+)
+register(
+    StrategyEntry(
+        "swa",
+        "SGD, then SWALR and the average of the iterates (torch.optim.swa_utils)",
+        SWA_OPTIONS,
+        build=_LATE + "SWARunner.build",
+        check=_RUNNERS + "check_sgd",
+        suites=("extended",),
+        data_parallel=False,
+        log="swa",
+        evaluates="the average of the iterates",
+        example="swa:start=0.5",
+    )
+)
+register(
+    StrategyEntry(
+        "lbfgs",
+        "torch.optim.LBFGS with the strong-Wolfe line search, one batch per step",
+        LBFGS_OPTIONS,
+        build=_LATE + "LBFGSRunner.build",
+        check=_LATE + "check_lbfgs",
+        suites=("extended",),
+        batch_option="m",
+        data_parallel=False,
+        example="lbfgs:m=1024",
+    )
+)
+for _name, _summary in (
+    ("adam", "torch.optim.Adam from the checkpoint's moments, constant or cosine"),
+    ("adamw", "torch.optim.AdamW (decoupled weight decay), constant or cosine"),
+):
+    register(
+        StrategyEntry(
+            _name,
+            _summary,
+            ADAM_OPTIONS,
+            build=_LATE + "AdamRunner.build",
+            check=_LATE + "check_adam",
+            suites=("extended",),
+            data_parallel=False,
+            settings={"decoupled": _name == "adamw"},
+            log="adam",
+            example="adam:schedule=cosine" if _name == "adam" else "",
+        )
+    )
+register(
+    StrategyEntry(
+        "sgd-schedulefree",
+        "schedule-free SGD (the schedulefree package); its averaged point x is saved",
+        SCHEDULEFREE_OPTIONS,
+        build=_LATE + "ScheduleFreeRunner.build",
+        check=_RUNNERS + "check_sgd",
+        suites=("extended",),
+        data_parallel=False,
+        log="schedulefree",
+        evaluates="schedule-free SGD's averaged point x",
+    )
+)
