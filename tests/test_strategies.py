@@ -258,3 +258,55 @@ def test_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_docs_strategies_page_is_the_registry() -> None:
+    from pathlib import Path
+
+    from hfft.experiment.strategies.reference import strategies_markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"
+    assert page.read_text() == strategies_markdown(), (
+        "docs/strategies.md is stale: python -m hfft.experiment.strategies.reference > "
+        "docs/strategies.md"
+    )
+
+
+def test_every_entry_is_whole() -> None:
+    from hfft.experiment.records import RunnerReport
+
+    for e in entries():
+        assert e.summary and not e.summary.endswith("."), e.name
+        assert callable(e.builder()), e.name  # the named builders resolve
+        assert e.check is None or callable(e.checker()), e.name
+        assert e.log is None or e.log in RunnerReport.__optional_keys__, e.name
+        for key, option in e.options.items():
+            assert option.default is None or option.check(option.default), (e.name, key)
+
+
+def test_the_hf_step_entry_is_the_step_record() -> None:
+    import dataclasses
+
+    from hfft.optim.step_record import StepFields, StepRecord
+
+    fields = [f.name for f in dataclasses.fields(StepRecord)]
+    assert list(StepFields.__annotations__) == fields  # same fields, same order
+
+
+def test_a_record_of_the_strategy_as_typed_is_the_same_run(tmp_path) -> None:
+    """Records written before the strategy was typed once kept the text as typed
+    (``auto:m=256,interval=0.2``); a rerun still recognises its own folder."""
+    import json
+
+    from hfft.experiment.run.finetune import FinetuneConfig, same_finetune_run
+    from hfft.experiment.strategies.registry import canonical_label
+
+    config = FinetuneConfig(checkpoint="c.safetensors", strategy="auto:m=256,interval=0.2")
+    assert config.record()["strategy"] == "auto:interval=0.2,m=256"
+    older = {**config.record(), "strategy": "AUTO: m=256, interval=.2"}
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": older}))
+    assert same_finetune_run(tmp_path, config.key())
+    other = FinetuneConfig(checkpoint="c.safetensors", strategy="auto:m=512,interval=0.2")
+    assert not same_finetune_run(tmp_path, other.key())
+    assert canonical_label("no-such-strategy") == "no-such-strategy"
+    assert canonical_label(3) == 3

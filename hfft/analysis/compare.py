@@ -28,7 +28,13 @@ from hfft.experiment.records import COMPARE_KIND, CompareSummary
 from hfft.experiment.run.ownership import slug
 from hfft.experiment.run.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.run.starting_point import StartingPointOptions
-from hfft.experiment.strategies.registry import SUITES, Strategy, parse_strategy, suite_members
+from hfft.experiment.strategies.registry import (
+    SUITES,
+    Strategy,
+    canonical_label,
+    parse_strategy,
+    suite_members,
+)
 from hfft.optim import distributed
 
 __all__ = [
@@ -724,12 +730,19 @@ def _write_header(
 
 
 def _without_out(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k != "out"}
+    """The configuration without ``out``, its strategies as labels (an older record kept
+    them as typed)."""
+    plain = {k: v for k, v in config.items() if k != "out"}
+    if isinstance(plain.get("strategies"), list):
+        plain["strategies"] = [canonical_label(s) for s in plain["strategies"]]
+    return plain
 
 
 def _config_json(config: CompareConfig) -> dict[str, Any]:
     """The configuration as ``compare.json`` records it: the same for every shard."""
-    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    plain = dataclasses.replace(config, strategies=None)
+    data = json.loads(json.dumps(dataclasses.asdict(plain)))
+    data["strategies"] = None if config.strategies is None else [s.label for s in config.strategies]
     data.pop("shard", None)
     return cast(dict[str, Any], data)
 
@@ -854,7 +867,7 @@ def _summarise(
     from hfft.analysis.ranking import compare_summary
 
     out = Path(config.out)
-    summary = cast(CompareSummary, compare_summary(runs, not_relative=config.last_only))
+    summary = compare_summary(runs, not_relative=config.last_only)
     summary["config"], summary["strategies"] = _config_json(config), strategies
     summary["runs"] = [
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass, replace
-from typing import Any, cast
+from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 
@@ -28,6 +28,12 @@ from hfft.analysis.run_summary import (
     select_runs,
 )
 from hfft.analysis.wilcoxon import signed_rank_pvalue
+from hfft.experiment.records import (
+    CompareCheckpoint,
+    CompareSummary,
+    StrategyRanking,
+    TimeToTarget,
+)
 from hfft.experiment.strategies.hf_progress import progress_verdict, strategy_note
 
 __all__ = [
@@ -111,9 +117,21 @@ class StrategyStats:
     seeds: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
 
-    def as_dict(self) -> dict[str, Any]:
-        """The stats as a JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+    def as_dict(self) -> StrategyRanking:
+        """The stats as a JSON-ready record (tuples as lists)."""
+        return {
+            "strategy": self.strategy,
+            "metric": self.metric,
+            "values": list(self.values),
+            "mean": self.mean,
+            "q25": self.q25,
+            "median": self.median,
+            "q75": self.q75,
+            "rank": self.rank,
+            "tied_with": list(self.tied_with),
+            "seeds": list(self.seeds),
+            "dropped": list(self.dropped),
+        }
 
 
 def _iqr_overlap(a: StrategyStats, b: StrategyStats) -> bool:
@@ -415,7 +433,7 @@ def _start(group: list[RunSummary], metric: str) -> float | None:
 
 def _time_to_target_entry(
     group: list[RunSummary], metric: str, start: float | None
-) -> dict[str, Any] | None:
+) -> TimeToTarget | None:
     """The budget each strategy needed to reach the best SGD baseline's final value, where
     that value lies beyond the start (else reaching it says nothing); ``None`` otherwise."""
     try:
@@ -435,7 +453,7 @@ def _time_to_target_entry(
 
 def compare_summary(
     runs: Iterable[RunSummary], not_relative: Collection[str] = ()
-) -> dict[str, Any]:
+) -> CompareSummary:
     """The JSON-ready summary of a comparison (``compare.json``, ``hfft compare --json``).
 
     Layout::
@@ -476,7 +494,7 @@ def compare_summary(
     by_checkpoint: dict[str, list[RunSummary]] = {}
     for r in runs:
         by_checkpoint.setdefault(r.checkpoint, []).append(r)
-    checkpoints = []
+    checkpoints: list[CompareCheckpoint] = []
     for checkpoint, group in by_checkpoint.items():
         status: dict[str, int] = {}
         for r in group:
@@ -503,7 +521,7 @@ def compare_summary(
                 + overrun_notes(group),
             }
         )
-    summary: dict[str, Any] = {
+    summary: CompareSummary = {
         "metrics": list(metrics),
         "tie_rule": TIE_RULE,
         "checkpoints": checkpoints,

@@ -13,12 +13,12 @@ from hfft.cli.common import (
     DebugOpt,
     DeviceOpt,
     JsonOpt,
+    SourceArgs,
     command_guard,
     fail,
     note,
     print_json,
     resolve_device,
-    starting_point_options,
 )
 
 CheckpointArgument = Annotated[
@@ -119,7 +119,7 @@ def _problems(
 
     problems = []
     if checkpoint is not None:
-        options = starting_point_options(None, None, None, None, False, None, None, None)
+        options = SourceArgs().options()
         start = options.load(checkpoint, device=device)
         for line in start.notes:
             note(line)

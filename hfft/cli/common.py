@@ -7,13 +7,17 @@ reused by every command that takes them, so the help reads the same everywhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from typer.core import TyperGroup
@@ -27,16 +31,18 @@ from hfft.optim.distributed import launched
 if TYPE_CHECKING:
     from hfft.experiment.run.starting_point import StartingPointOptions
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def strategy_help() -> str:
     """``--strategy``'s help, from the registry: every strategy with its line, and examples."""
     from hfft.experiment.strategies.registry import entries
 
-    listed = "; ".join(f"{e.name} ({e.summary})" for e in entries())
+    names = ", ".join(e.name for e in entries())
     examples = ", ".join(e.example for e in entries() if e.example)
     return (
-        f"{listed}. Options after a colon, joined by commas, e.g. {examples} "
-        "(all options: docs/strategies.md)."
+        f"{names}. Options after a colon, joined by commas, e.g. {examples}. Every "
+        "strategy with its options: docs/strategies.md."
     )
 
 
@@ -230,46 +236,6 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(to_json(obj) + "\n")
 
 
-def starting_point_options(
-    model: str | None,
-    model_arg: list[str] | None,
-    data: str | None,
-    data_root: Path | None,
-    download: bool,
-    train_time: str | None,
-    lr: float | None,
-    batch_size: int | None,
-    momentum: float | None = None,
-    weight_decay: float | None = None,
-    *,
-    task: str | None = None,
-    loss: str | None = None,
-    metric: str | None = None,
-    valid_fraction: float | None = None,
-) -> StartingPointOptions:
-    """The checkpoint overrides given on the command line."""
-    from hfft.experiment.data.factories import parse_model_args
-    from hfft.experiment.run.budget import parse_duration
-    from hfft.experiment.run.starting_point import StartingPointOptions
-
-    return StartingPointOptions(
-        model=model,
-        model_args=parse_model_args(model_arg or []),
-        data=data,
-        data_root=str(data_root) if data_root else None,
-        download=download,
-        train_time=parse_duration(train_time) if train_time is not None else None,
-        lr=lr,
-        batch_size=batch_size,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        task=task,
-        loss=loss,
-        metric=metric,
-        valid_fraction=valid_fraction,
-    )
-
-
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 # --debug's callback records it for command_guard, so a command declares the parameter once
 # in its signature and its body never reads it
@@ -385,3 +351,110 @@ ValidFractionOpt = Annotated[
         "training, and hfft says so)."
     ),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceArgs:
+    """The checkpoint options every command that loads a checkpoint takes, as typed on the
+    command line: one parameter object (:func:`takes_source` adds them to a command)."""
+
+    model: str | None = None
+    model_arg: list[str] | None = None
+    data: str | None = None
+    data_root: Path | None = None
+    download: bool = False
+    train_time: str | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    task: str | None = None
+    loss: str | None = None
+    metric: str | None = None
+    valid_fraction: float | None = None
+
+    def options(self) -> StartingPointOptions:
+        """The overrides, checked (call inside :func:`command_guard`: a bad value is one
+        sentence and exit 2)."""
+        from hfft.experiment.data.factories import parse_model_args
+        from hfft.experiment.run.budget import parse_duration
+        from hfft.experiment.run.starting_point import StartingPointOptions
+
+        return StartingPointOptions(
+            model=self.model,
+            model_args=parse_model_args(self.model_arg or []),
+            data=self.data,
+            data_root=str(self.data_root) if self.data_root else None,
+            download=self.download,
+            train_time=None if self.train_time is None else parse_duration(self.train_time),
+            lr=self.lr,
+            batch_size=self.batch_size,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            task=self.task,
+            loss=self.loss,
+            metric=self.metric,
+            valid_fraction=self.valid_fraction,
+        )
+
+
+NO_SOURCE = SourceArgs()
+"""A command's ``source`` default: :func:`takes_source` replaces it by what was typed."""
+
+_SOURCE_OPTIONS: dict[str, Any] = {
+    "model": ModelOpt,
+    "model_arg": ModelArgOpt,
+    "data": DataOpt,
+    "data_root": DataRootOpt,
+    "download": DownloadOpt,
+    "train_time": TrainTimeOpt,
+    "lr": LrOpt,
+    "batch_size": BatchSizeOpt,
+    "momentum": MomentumOpt,
+    "weight_decay": WeightDecayOpt,
+    "task": TaskOpt,
+    "loss": LossOpt,
+    "metric": MetricOpt,
+    "valid_fraction": ValidFractionOpt,
+}
+SGD_SETTINGS = ("lr", "batch_size", "momentum", "weight_decay")
+"""The training's SGD settings among the checkpoint options (a command may leave them out)."""
+
+
+def takes_source(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a command the checkpoint options (``--model`` … ``--valid-fraction``) in place
+    of its parameter ``source``, which it receives as one :class:`SourceArgs`.
+
+    The options appear in ``--help`` where ``source`` stands in the signature; ``without``
+    leaves some out (``selftest`` takes no SGD settings).
+    """
+    names = [n for n in _SOURCE_OPTIONS if n not in without]
+
+    def wrap(command: F) -> F:
+        hints = typing.get_type_hints(command, include_extras=True)
+        params = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+        ]
+        at = [p.name for p in params].index("source")
+        added = [
+            inspect.Parameter(
+                n,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=SourceArgs.__dataclass_fields__[n].default,
+                annotation=_SOURCE_OPTIONS[n],
+            )
+            for n in names
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return command(*args, source=SourceArgs(**given), **kwargs)
+
+        signature = inspect.Signature([*params[:at], *added, *params[at + 1 :]])
+        wrapper.__signature__ = signature  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return cast(F, wrapper)
+
+    return wrap

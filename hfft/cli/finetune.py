@@ -8,37 +8,25 @@ from typing import Annotated, Any
 import typer
 
 from hfft.cli.common import (
-    BatchSizeOpt,
+    NO_SOURCE,
     BudgetOpt,
-    DataOpt,
-    DataRootOpt,
     DebugOpt,
     DeviceOpt,
-    DownloadOpt,
     EvalBatchOpt,
     EvalPointsOpt,
     JsonOpt,
-    LossOpt,
-    LrOpt,
-    MetricOpt,
-    ModelArgOpt,
-    ModelOpt,
-    MomentumOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
-    TaskOpt,
-    TrainTimeOpt,
-    ValidFractionOpt,
-    WeightDecayOpt,
+    SourceArgs,
     check_out_dir,
     command_guard,
     join_torchrun,
     note,
     print_json,
     resolve_device,
-    starting_point_options,
     strategy_help,
+    takes_source,
 )
 
 CheckpointArgument = Annotated[
@@ -55,25 +43,13 @@ OutOpt = Annotated[
 ]
 
 
+@takes_source()
 def finetune(
     checkpoint: CheckpointArgument,
     strategy: StrategyOpt = "hf",
     budget: BudgetOpt = "10%",
     out: OutOpt = None,
-    model: ModelOpt = None,
-    model_arg: ModelArgOpt = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    train_time: TrainTimeOpt = None,
-    lr: LrOpt = None,
-    batch_size: BatchSizeOpt = None,
-    momentum: MomentumOpt = None,
-    weight_decay: WeightDecayOpt = None,
-    task: TaskOpt = None,
-    loss: LossOpt = None,
-    metric: MetricOpt = None,
-    valid_fraction: ValidFractionOpt = None,
+    source: SourceArgs = NO_SOURCE,
     eval_batch_size: EvalBatchOpt = None,
     eval_points: EvalPointsOpt = 20,
     seed: SeedOpt = 0,
@@ -101,22 +77,7 @@ def finetune(
         check_out_dir(target)
         dev, main = join_torchrun(resolve_device(device))
         quiet, as_json = quiet or not main, as_json and main
-        options = starting_point_options(
-            model,
-            model_arg,
-            data,
-            data_root,
-            download,
-            train_time,
-            lr,
-            batch_size,
-            momentum,
-            weight_decay,
-            task=task,
-            loss=loss,
-            metric=metric,
-            valid_fraction=valid_fraction,
-        )
+        options = source.options()
         config = FinetuneConfig(
             checkpoint=str(checkpoint),
             strategy=chosen,

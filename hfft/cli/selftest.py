@@ -9,25 +9,18 @@ from typing import Annotated
 import typer
 
 from hfft.cli.common import (
-    DataOpt,
-    DataRootOpt,
+    NO_SOURCE,
+    SGD_SETTINGS,
     DebugOpt,
-    DownloadOpt,
     JsonOpt,
-    LossOpt,
-    MetricOpt,
-    ModelArgOpt,
-    ModelOpt,
     QuietOpt,
-    TaskOpt,
-    TrainTimeOpt,
-    ValidFractionOpt,
+    SourceArgs,
     command_guard,
     fail,
     note,
     print_json,
     resolve_device,
-    starting_point_options,
+    takes_source,
 )
 
 
@@ -70,18 +63,10 @@ DevicesOpt = Annotated[
 ]
 
 
+@takes_source(without=SGD_SETTINGS)
 def selftest(
     checkpoint: CheckpointArgument = None,
-    model: ModelOpt = None,
-    model_arg: ModelArgOpt = None,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    train_time: TrainTimeOpt = None,
-    task: TaskOpt = None,
-    loss: LossOpt = None,
-    metric: MetricOpt = None,
-    valid_fraction: ValidFractionOpt = None,
+    source: SourceArgs = NO_SOURCE,
     batch_size: BatchOpt = 128,
     budget: BudgetOpt = None,
     mode: ModeOpt = SelftestMode.eval,
@@ -109,7 +94,7 @@ def selftest(
 
     with command_guard():
         if checkpoint is None:
-            if model is not None or data is not None:
+            if source.model is not None or source.data is not None:
                 raise fail("--model and --data describe a CHECKPOINT; give one or drop them")
             from hfft.diagnostics.selftest import selftest_builtin, selftest_devices
 
@@ -120,20 +105,7 @@ def selftest(
             from hfft.diagnostics.selftest import selftest_checkpoint
 
             dev = resolve_device(device)
-            options = starting_point_options(
-                model,
-                model_arg,
-                data,
-                data_root,
-                download,
-                train_time,
-                None,
-                None,
-                task=task,
-                loss=loss,
-                metric=metric,
-                valid_fraction=valid_fraction,
-            )
+            options = source.options()
             with selftest_status(quiet or as_json):
                 start = options.load(checkpoint, dev)
                 for line in start.notes:

@@ -7,12 +7,16 @@ that could not be measured is ``null``. Records are versioned by
 :data:`SCHEMA_VERSION`; a new field is added without a version bump, a
 changed or removed field bumps it.
 
-Plain Python; importing this module does not import torch.
+A step entry lacks ``seconds`` while its runner returns it; the fine-tuning loop
+adds the clock's reading once the step is logged. Plain Python; importing this
+module does not import torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
+
+from hfft.optim.step_record import StepFields
 
 __all__ = [
     "COMPARE_KIND",
@@ -37,12 +41,14 @@ __all__ = [
     "PlateauState",
     "ProbeEntry",
     "RunManifest",
+    "RunnerReport",
     "SGDStepEntry",
     "SWALog",
     "SWAStepEntry",
     "ScheduleFreeLog",
     "SourceEntry",
     "SpentEntry",
+    "StepEntry",
     "StrategyRanking",
     "StudyRecord",
     "TaskEntry",
@@ -117,7 +123,7 @@ class SGDStepEntry(TypedDict):
     fraction: float
     lr: float
     loss: float | None
-    seconds: float
+    seconds: NotRequired[float]
 
 
 class SWAStepEntry(TypedDict):
@@ -128,7 +134,7 @@ class SWAStepEntry(TypedDict):
     lr: float
     loss: float | None
     averaged: int
-    seconds: float
+    seconds: NotRequired[float]
 
 
 class LBFGSStepEntry(TypedDict):
@@ -140,7 +146,7 @@ class LBFGSStepEntry(TypedDict):
     loss_after: float | None
     iterations: int
     function_evals: int
-    seconds: float
+    seconds: NotRequired[float]
 
 
 class SWALog(TypedDict):
@@ -169,37 +175,12 @@ class ScheduleFreeLog(TypedDict):
     batchnorm_update: str
 
 
-class HFStepEntry(TypedDict):
-    """One HF step, in ``steps``: the :class:`~hfft.optim.step_record.StepRecord` and when."""
+class HFStepEntry(StepFields):
+    """One HF step, in ``steps``: the :class:`~hfft.optim.step_record.StepRecord`
+    (:class:`~hfft.optim.step_record.StepFields`) and when."""
 
     fraction: float
-    seconds: float
-    step: int
-    accepted: bool
-    reject_reason: str | None
-    loss_before: float | None
-    loss_after: float | None
-    batch_loss: float | None
-    grad_norm: float | None
-    damping: float
-    next_damping: float
-    rho: float | None
-    cg_iterations: int
-    cg_stop_reason: str
-    cg_chosen_iterate: int
-    cg_q: float | None
-    alpha: float
-    linesearch_tries: int
-    products: int
-    eval_batch_evaluations: int
-    time_gradient: float
-    time_preconditioner: float
-    time_cg: float
-    time_products: float
-    time_eval: float
-    time_backtracking: float
-    time_linesearch: float
-    time_total: float
+    seconds: NotRequired[float]
 
 
 class ProbeEntry(TypedDict):
@@ -238,10 +219,17 @@ class TrialEntry(TypedDict):
 class AutoStepEntry(TypedDict, total=False):
     """One step of ``auto``, in ``steps``: an SGD or HF step's fields, and these."""
 
+    step: int
+    fraction: float
+    seconds: float
     phase: str
     hf_step: int
     probe: dict[str, Any]
     trial: dict[str, Any]
+
+
+StepEntry = SGDStepEntry | SWAStepEntry | LBFGSStepEntry | HFStepEntry | AutoStepEntry
+"""One entry of ``steps``: what a runner's ``step`` returns."""
 
 
 class AutoLog(TypedDict):
@@ -341,7 +329,20 @@ class HFProgressEntry(TypedDict):
     note: str | None
 
 
-class FinetuneLog(TypedDict, total=False):
+class RunnerReport(TypedDict, total=False):
+    """What a runner adds to ``metrics.json`` at the end (its ``report()``): the entry its
+    strategy's registry entry names under ``log``, and HF's curvature products."""
+
+    curvature_products: str
+    hf_progress: HFProgressEntry
+    plateau: PlateauState
+    auto: AutoLog
+    swa: SWALog
+    adam: AdamLog
+    schedulefree: ScheduleFreeLog
+
+
+class FinetuneLog(RunnerReport, total=False):
     """``metrics.json`` of one fine-tuning run."""
 
     schema_version: int
@@ -357,18 +358,12 @@ class FinetuneLog(TypedDict, total=False):
     seed: int
     setup_seconds: float
     evaluations: list[EvaluationEntry]
-    steps: list[dict[str, Any]]
+    steps: list[StepEntry]
     initial: EvaluationEntry
     final: EvaluationEntry
     best: EvaluationEntry
     spent: SpentEntry
     files: dict[str, str]
-    curvature_products: str
-    hf_progress: HFProgressEntry
-    plateau: PlateauState
-    auto: AutoLog
-    swa: SWALog
-    adam: AdamLog
     schedulefree: ScheduleFreeLog
 
 

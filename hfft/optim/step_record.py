@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TypedDict, cast
 
-__all__ = ["StepRecord"]
+__all__ = ["StepFields", "StepRecord"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,44 @@ class StepRecord:
     time_linesearch: float
     time_total: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StepFields:
         """A JSON-serialisable dict (non-finite floats become ``None``)."""
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in asdict(self).items()
-        }
+        return cast(
+            StepFields,
+            {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()
+            },
+        )
+
+
+class StepFields(TypedDict):
+    """:class:`StepRecord` as :meth:`StepRecord.to_dict` gives it: the same fields (a test
+    holds the two to each other), a float that can be non-finite as ``None``."""
+
+    step: int
+    accepted: bool
+    reject_reason: str | None
+    loss_before: float | None
+    loss_after: float | None
+    batch_loss: float | None
+    grad_norm: float | None
+    damping: float
+    next_damping: float
+    rho: float | None
+    cg_iterations: int
+    cg_stop_reason: str
+    cg_chosen_iterate: int
+    cg_q: float | None
+    alpha: float
+    linesearch_tries: int
+    products: int
+    eval_batch_evaluations: int
+    time_gradient: float
+    time_preconditioner: float
+    time_cg: float
+    time_products: float
+    time_eval: float
+    time_backtracking: float
+    time_linesearch: float
+    time_total: float

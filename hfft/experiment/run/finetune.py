@@ -70,7 +70,12 @@ from hfft.experiment.run.run_folder import RunFolder, check_not_input
 from hfft.experiment.run.starting_point import StartingPointOptions
 from hfft.experiment.run.train import versions
 from hfft.experiment.snapshot import StepHistory
-from hfft.experiment.strategies.registry import Strategy, make_runner, parse_strategy
+from hfft.experiment.strategies.registry import (
+    Strategy,
+    canonical_label,
+    make_runner,
+    parse_strategy,
+)
 from hfft.optim import distributed
 
 if TYPE_CHECKING:
@@ -170,6 +175,7 @@ def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
     if not isinstance(log, dict) or not isinstance(log.get("config"), dict):
         return False
     stored = {k: v for k, v in log["config"].items() if k not in ("out", "overwrite")}
+    stored["strategy"] = canonical_label(stored.get("strategy"))
     return bool(stored == key)
 
 
@@ -355,7 +361,7 @@ class _Run:
     def finish(self, status: str, final: EvaluationEntry) -> None:
         """Write ``final.safetensors`` and ``metrics.json`` (the caller holds signals)."""
         self.log["status"] = status
-        self.log.update(self.runner.report())  # type: ignore[typeddict-item]
+        self.log.update(self.runner.report())
         self.log["final"], self.log["best"] = final, self.best.copy()
         self.log["spent"] = cast(SpentEntry, self.clock.to_dict())
         with self.runner.evaluated() as model:

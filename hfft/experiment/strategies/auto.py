@@ -67,11 +67,12 @@ rule and its variants fare on the digits problem of ``hfft demo``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, cast
 
 from hfft._io import number
-from hfft.experiment.records import ProbeEntry, TrialEntry
+from hfft.experiment.records import AutoStepEntry, ProbeEntry, RunnerReport, TrialEntry
 from hfft.experiment.snapshot import snapshot
 from hfft.experiment.strategies.registry import Strategy
 from hfft.experiment.strategies.runners import (
@@ -263,9 +264,9 @@ class AutoRunner(Runner):
         self._window_steps = 0
         self._next_probe = fraction + (self._interval if self.probes else self.first)
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> AutoStepEntry:
         self.count += 1
-        return self._dispatch(fraction)
+        return cast(AutoStepEntry, self._dispatch(fraction))
 
     def _dispatch(self, fraction: float) -> dict[str, Any]:
         if self.phase == "hf":
@@ -380,10 +381,11 @@ class AutoRunner(Runner):
         self.trials.append(cast(TrialEntry, entry))
         return {k: v for k, v in entry.items() if k not in ("step", "fraction")}
 
-    def _tag(self, record: dict[str, Any], phase: str) -> dict[str, Any]:
-        if "step" in record and phase in ("hf", "probe"):
-            record["hf_step"] = record["step"]
-        return {**record, "step": self.count, "phase": phase}
+    def _tag(self, record: Mapping[str, Any], phase: str) -> dict[str, Any]:
+        hf_step = (
+            {"hf_step": record["step"]} if "step" in record and phase in ("hf", "probe") else {}
+        )
+        return {**record, **hf_step, "step": self.count, "phase": phase}
 
     def _probe(self, fraction: float) -> dict[str, Any]:
         assert self._window is not None
@@ -445,7 +447,7 @@ class AutoRunner(Runner):
             self.phase = "hf"
             self.sgd.diverged = self.diverged = False
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         return {
             "auto": {
                 "interval": self.interval,

@@ -15,7 +15,10 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hfft.experiment.records import HFProgressEntry
 
 __all__ = ["LITTLE", "HFProgress", "progress_note", "progress_verdict", "strategy_note"]
 
@@ -70,7 +73,7 @@ class HFProgress:
             return "little"
         return "made"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> HFProgressEntry:
         """The ``hf_progress`` entry of ``metrics.json``."""
         median = statistics.median(self.rhos) if self.rhos else None
         return {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
+    from hfft.experiment.records import RunnerReport, StepEntry
     from hfft.optim.output_hessians import Loss
 
 __all__ = ["Runner", "SGDSettings"]
@@ -30,7 +31,8 @@ class Runner:
     diverged: bool = False
     setup_seconds: float = 0.0
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> StepEntry:
+        """One step at budget fraction ``fraction``; its entry (without ``seconds``)."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, float]:
@@ -40,7 +42,7 @@ class Runner:
     def observe(self, metrics: Mapping[str, Any]) -> None:
         """Called with each evaluation's metrics (the plateau schedule listens)."""
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         """Extra top-level entries for ``metrics.json`` (``auto`` logs its switch)."""
         return {}
 

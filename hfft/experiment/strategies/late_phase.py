@@ -58,6 +58,12 @@ from hfft.optim.batches import pieces
 
 if TYPE_CHECKING:
     from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.records import (
+        LBFGSStepEntry,
+        RunnerReport,
+        SGDStepEntry,
+        SWAStepEntry,
+    )
     from hfft.experiment.strategies.registry import RunnerContext, StartingFacts, Strategy
     from hfft.optim.batches import Batchable
 
@@ -122,7 +128,7 @@ class SWARunner(SampledRunner):
     def step_state(self) -> list[torch.Tensor]:
         return list(self.average.state_dict().values())
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> SWAStepEntry:
         from torch.optim.swa_utils import SWALR
 
         if self.scheduler is None and fraction >= self.start:
@@ -150,7 +156,7 @@ class SWARunner(SampledRunner):
     def settings(self) -> dict[str, float]:
         return {"lr": self.lr}
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         bn = "on the clock" if self.bn else "none (no BatchNorm)"
         return {"swa": {"swa_lr": self.swa_lr, "start": self.start, "averaged": self.averaged,
                         "anneal_steps": self.anneal_steps, "batchnorm_update": bn}}  # fmt: skip
@@ -199,7 +205,7 @@ class LBFGSRunner(SampledRunner):
             loss = loss + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decayed)
         return loss
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> LBFGSStepEntry:
         x, y = self.batches.next()
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
@@ -324,7 +330,7 @@ class AdamRunner(SampledRunner):
                 self.opt.state[p]["step"] = entry["step"].float()
         self.lr = self.base_lr
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> SGDStepEntry:
         self.lr = float(self.schedule(fraction))
         for group in self.opt.param_groups:
             group["lr"] = self.lr
@@ -334,7 +340,7 @@ class AdamRunner(SampledRunner):
     def settings(self) -> dict[str, float]:
         return {"lr": self.lr}
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         schedule = "cosine" if self.cosine else "constant"
         return {"adam": {"lr": self.base_lr, "lr_source": self.lr_source,
                          "moments": self.moments, "schedule": schedule}}  # fmt: skip
@@ -379,7 +385,7 @@ class ScheduleFreeRunner(SampledRunner):
         with signals_held():
             self.opt.eval() if to_x else self.opt.train()
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> SGDStepEntry:
         value = self.update(self.opt)
         return {"step": self.count, "fraction": fraction, "lr": self.base_lr, "loss": value}
 
@@ -409,7 +415,7 @@ class ScheduleFreeRunner(SampledRunner):
     def settings(self) -> dict[str, float]:
         return {"lr": self.base_lr}
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         bn = "on the clock" if self.bn else "none (no BatchNorm)"
         return {"schedulefree": {"lr": self.base_lr, "batchnorm_update": bn}}
 

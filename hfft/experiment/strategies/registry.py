@@ -48,6 +48,7 @@ __all__ = [
     "StartingFacts",
     "Strategy",
     "StrategyEntry",
+    "canonical_label",
     "check_strategy",
     "entries",
     "entry",
@@ -125,7 +126,7 @@ class StrategyEntry:
     check: Checker | str | None = None
     kind: str = "first-order"
     suites: tuple[str, ...] = ()
-    batch_option: str | None = "batch_size"
+    batch_option: str | None = None
     data_parallel: bool = True
     settings: Mapping[str, Any] = field(default_factory=dict)
     log: str | None = None
@@ -366,6 +367,16 @@ def parse_strategy(text: str) -> Strategy:
         except ValueError:
             raise _bad_value(name, key, value.strip()) from None
     return Strategy(name, options)
+
+
+def canonical_label(text: Any) -> Any:
+    """A recorded strategy text as its label (older records kept the text as typed:
+    ``auto:m=256,interval=0.2`` is ``auto:interval=0.2,m=256``); anything that does not
+    parse is returned unchanged, so that it compares unequal."""
+    try:
+        return parse_strategy(text).label if isinstance(text, str) else text
+    except ValueError:
+        return text
 
 
 def check_strategy(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from hfft.experiment.data.splits import DataSplits
+    from hfft.experiment.records import HFStepEntry, RunnerReport, SGDStepEntry
     from hfft.experiment.strategies.registry import RunnerContext, StartingFacts, Strategy
     from hfft.optim.batches import Batchable
     from hfft.optim.output_hessians import Loss
@@ -161,7 +162,7 @@ class SGDRunner(SampledRunner):
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
         self.lr = self.base_lr
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> SGDStepEntry:
         self.lr = float(self.schedule(fraction))  # the plateau's rate: its last observation's
         for group in self.opt.param_groups:
             group["lr"] = self.lr
@@ -175,7 +176,7 @@ class SGDRunner(SampledRunner):
         if self.plateau is not None and "train_eval_loss" in metrics:
             self.plateau.observe(metrics["train_eval_loss"])
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         return {"plateau": self.plateau.to_dict()} if self.plateau is not None else {}
 
 
@@ -215,15 +216,15 @@ class HFRunner(Runner):
         b, rest = slice(0, self.local_m), slice(self.local_m, None)
         return (take(x, b), y[b]), (take(x, rest), y[rest])
 
-    def step_on(self, batches: tuple[Batch, Batch], fraction: float) -> dict[str, Any]:
-        """One HF step on batches from :meth:`draw`; its record as a JSON-ready dict."""
+    def step_on(self, batches: tuple[Batch, Batch], fraction: float) -> HFStepEntry:
+        """One HF step on batches from :meth:`draw`; its entry."""
         batch, eval_batch = batches
         record = self.opt.step(self.model, self.loss_fn, batch=batch, eval_batch=eval_batch)
-        entry = {"fraction": fraction, **record.to_dict()}
+        entry: HFStepEntry = {"fraction": fraction, **record.to_dict()}
         self.progress.observe(entry)
         return entry
 
-    def step(self, fraction: float) -> dict[str, Any]:
+    def step(self, fraction: float) -> HFStepEntry:
         return self.step_on(self.draw(), fraction)
 
     def objective(self, eval_batch: Batch) -> float:
@@ -233,7 +234,7 @@ class HFRunner(Runner):
     def settings(self) -> dict[str, float]:
         return {"damping": self.opt.damping}
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> RunnerReport:
         return {"curvature_products": self.opt.product_path, "hf_progress": self.progress.to_dict()}
 
 

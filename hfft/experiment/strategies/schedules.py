@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hfft.experiment.records import PlateauState
 
 __all__ = ["SCHEDULES", "Plateau", "Schedule", "constant", "cosine", "div10", "make_schedule"]
 
@@ -176,7 +179,7 @@ class Plateau:
             self._bad = 0
         return self._lr
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PlateauState:
         """A JSON-ready record of the settings and the state (``best`` is ``None`` before any)."""
         return {
             "lr": self._lr,
