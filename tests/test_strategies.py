@@ -241,6 +241,7 @@ def test_hf_options_match_hessian_free_signature() -> None:
         annotation = option.type.__name__ + (" | None" if option.nullable else "")
         assert parameter.annotation == annotation, name
         assert option.check(parameter.default), name
+        assert option.default == parameter.default, name  # the entry shows HessianFree's
     assert HF_OPTIONS["curvature"].choices == CURVATURES
     assert HF_OPTIONS["backend"].choices == BACKENDS
     assert HF_OPTIONS["model_mode"].choices == MODEL_MODES
@@ -310,3 +311,14 @@ def test_a_record_of_the_strategy_as_typed_is_the_same_run(tmp_path) -> None:
     assert not same_finetune_run(tmp_path, other.key())
     assert canonical_label("no-such-strategy") == "no-such-strategy"
     assert canonical_label(3) == 3
+
+
+def test_the_usage_table_names_every_registered_strategy() -> None:
+    import re
+    from pathlib import Path
+
+    usage = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text()
+    start = usage.index("| strategy | what it does |")
+    rows = usage[start : usage.index("\n\n", start)].splitlines()[2:]
+    named = [n for row in rows for n in re.findall(r"`([a-z0-9-]+)`", row.split("|")[1])]
+    assert named == [e.name for e in entries()]

@@ -34,6 +34,7 @@ __all__ = [
     "CompareSummary",
     "EpochEntry",
     "EvaluationEntry",
+    "FinetuneConfigEntry",
     "FinetuneLog",
     "HFProgressEntry",
     "HFStepEntry",
@@ -47,6 +48,7 @@ __all__ = [
     "SWAStepEntry",
     "ScheduleFreeLog",
     "SourceEntry",
+    "SourceOptionsEntry",
     "SpentEntry",
     "StepEntry",
     "StrategyRanking",
@@ -342,13 +344,49 @@ class RunnerReport(TypedDict, total=False):
     schedulefree: ScheduleFreeLog
 
 
+class SourceOptionsEntry(TypedDict):
+    """What the command line said about the checkpoint (``StartingPointOptions``): each
+    ``None`` where the checkpoint's own value holds."""
+
+    model: str | None
+    model_args: dict[str, Any]
+    data: str | None
+    data_root: str | None
+    download: bool
+    train_time: float | None
+    lr: float | None
+    batch_size: int | None
+    momentum: float | None
+    weight_decay: float | None
+    task: str | None
+    loss: str | None
+    metric: str | None
+    valid_fraction: float | None
+
+
+class FinetuneConfigEntry(TypedDict, total=False):
+    """A fine-tuning run's configuration (``FinetuneConfig``), under ``config``; what makes
+    two runs the same run is all of it but ``out`` and ``overwrite``."""
+
+    checkpoint: str
+    strategy: str
+    budget: str
+    out: str
+    source: SourceOptionsEntry
+    eval_batch_size: int | None
+    eval_points: int
+    seed: int
+    device: str
+    overwrite: bool
+
+
 class FinetuneLog(RunnerReport, total=False):
     """``metrics.json`` of one fine-tuning run."""
 
     schema_version: int
     kind: str
     status: str
-    config: dict[str, Any]
+    config: FinetuneConfigEntry
     strategy: str
     budget: BudgetEntry
     source: SourceEntry

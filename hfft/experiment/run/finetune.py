@@ -52,8 +52,8 @@ from hfft.experiment.records import (
     FINETUNE_KIND,
     SCHEMA_VERSION,
     EvaluationEntry,
+    FinetuneConfigEntry,
     FinetuneLog,
-    SourceEntry,
     SpentEntry,
     higher_is_better,
 )
@@ -118,22 +118,20 @@ class FinetuneConfig:
         check("eval_points", self.eval_points)
         check("seed", self.seed)
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> FinetuneConfigEntry:
         """The configuration as ``metrics.json`` stores it under ``config`` (JSON types; the
         strategy as its label)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["strategy"], data["source"] = self.strategy.label, asdict(self.source)
-        data = json.loads(json.dumps(data))
-        return data
+        return cast(FinetuneConfigEntry, json.loads(json.dumps(data)))
 
-    def key(self) -> dict[str, Any]:
+    def key(self) -> FinetuneConfigEntry:
         """What makes two runs the same run: the config without where it goes.
 
         As JSON types, as ``metrics.json`` stores it under ``config``.
         """
         data = self.record()
-        for name in ("out", "overwrite"):
-            data.pop(name)
+        del data["out"], data["overwrite"]
         return data
 
 
@@ -166,7 +164,7 @@ def default_out(checkpoint: Path, strategy: Strategy) -> Path:
     return checkpoint.parent / ("finetune-" + slug(strategy.label))
 
 
-def same_finetune_run(folder: Path, key: dict[str, Any]) -> bool:
+def same_finetune_run(folder: Path, key: Mapping[str, Any]) -> bool:
     """Whether ``folder`` holds a run of the configuration ``key`` (its ``metrics.json``)."""
     try:
         log = json.loads((folder / "metrics.json").read_text())
@@ -239,7 +237,7 @@ class _Run:
                 "limit": clock.budget.value,
                 "requested": config.budget,
             },
-            "source": cast(SourceEntry, src.describe()),
+            "source": src.describe(),
             "versions": versions(),
             "device": str(self.device),
             "world_size": distributed.world_size(),

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from hfft.experiment.data.splits import DataSplits
     from hfft.experiment.data.task import Task
+    from hfft.experiment.records import SourceEntry
     from hfft.experiment.run.budget import Budget
 
 __all__ = [
@@ -93,8 +94,8 @@ class StartingPoint:
         seconds = resolve_budget(budget, self.train_seconds).value
         return f"budget {budget}: {seconds:.3g} s, {budget} of {self.train_time_basis}"
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready description for logs."""
+    def describe(self) -> SourceEntry:
+        """What a run started from, as ``metrics.json`` records it under ``source``."""
         return {
             "checkpoint": str(self.path),
             "sha256": self.sha256,

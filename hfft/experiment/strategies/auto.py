@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, cast
 from hfft._io import number
 from hfft.experiment.records import AutoStepEntry, ProbeEntry, RunnerReport, TrialEntry
 from hfft.experiment.snapshot import snapshot
+from hfft.experiment.strategies.catalog import AUTO_RULE_OPTIONS
 from hfft.experiment.strategies.registry import Strategy
 from hfft.experiment.strategies.runners import (
     HFRunner,
@@ -123,10 +124,10 @@ __all__ = [
     "parts",
 ]
 
-DEFAULT_INTERVAL = 0.1
+DEFAULT_INTERVAL: float = AUTO_RULE_OPTIONS["interval"].default
 """Budget fraction of SGD before each probe."""
 
-DEFAULT_BACKOFF = 2.0
+DEFAULT_BACKOFF: float = AUTO_RULE_OPTIONS["backoff"].default
 """Factor by which the window grows after each rolled-back probe (1: fixed windows).
 
 Doubling bounds the probes' cost where HF never pays (about log2 of 1/interval
@@ -135,14 +136,14 @@ probes): on digits one probe cost about a tenth of a 30 % budget."""
 HF_SEED_OFFSET = 7919
 """HF's batches come from their own stream (seed + offset), SGD's from the run's seed."""
 
-DEFAULT_SWITCH_BACK = False
+DEFAULT_SWITCH_BACK: bool = AUTO_RULE_OPTIONS["switch_back"].default
 """Whether ``auto`` tries SGD again when HF slows down (see :data:`DEFAULT_STALL`).
 
 Off by default: on the digits problem 22 of 23 SGD trials after HF steps were
 rolled back (SGD at the training rate raised the loss from HF's parameters),
 so trials only cost time there (docs/auto.md)."""
 
-DEFAULT_STALL = 0.25
+DEFAULT_STALL: float = AUTO_RULE_OPTIONS["stall"].default
 """HF has slowed down when its rate over a window is below this fraction of its best."""
 
 
@@ -222,11 +223,11 @@ class AutoRunner(Runner):
             seed=settings.seed + HF_SEED_OFFSET,
         )
         self.model = model
-        self.interval = float(strategy.options.get("interval", DEFAULT_INTERVAL))
+        self.interval = float(strategy.get("interval"))
         self.first = float(strategy.options.get("first", self.interval))
-        self.margin = float(strategy.options.get("margin", DEFAULT_MARGIN))
-        self.backoff = float(strategy.options.get("backoff", DEFAULT_BACKOFF))
-        self.rho_min = float(strategy.options.get("rho_min", DEFAULT_RHO_MIN))
+        self.margin = float(strategy.get("margin"))
+        self.backoff = float(strategy.get("backoff"))
+        self.rho_min = float(strategy.get("rho_min"))
         self._interval = self.interval
         self.setup_seconds = self.hf.setup_seconds
         self.step_samples = self.sgd.step_samples
@@ -239,9 +240,9 @@ class AutoRunner(Runner):
         self._window_seconds = 0.0
         self._window_steps = 0
         self._next_probe = self.first
-        self.switch_back = bool(strategy.options.get("switch_back", DEFAULT_SWITCH_BACK))
+        self.switch_back = bool(strategy.get("switch_back"))
         self.trials: list[TrialEntry] = []
-        self.stall = float(strategy.options.get("stall", DEFAULT_STALL))
+        self.stall = float(strategy.get("stall"))
         self._sgd_rate = math.nan  # SGD's rate over its last measured window
         self._hf_best = math.nan  # HF's best rate: a probe's or a window's
         self._hf_window = [0.0, 0.0]  # HF's B̄ gain and seconds since the last check

@@ -44,29 +44,45 @@ __all__ = [
 ]
 
 HF_OPTIONS: dict[str, Option] = {
-    "m": Option(int, "size of the batch B (gradient and curvature)", range=POSITIVE),
-    "curvature": Option(str, "curvature matrix", choices=("ggn", "hessian")),
-    "damping": Option(float, "initial Tikhonov damping λ", range=POSITIVE),
-    "adapt_damping": Option(bool, "adapt λ with the Levenberg-Marquardt rule"),
-    "cg_max_iter": Option(int, "most CG iterations per step", range=POSITIVE),
-    "cg_tol": Option(float, "CG relative residual tolerance", range=NONNEGATIVE),
-    "martens_criterion": Option(bool, "stop CG on Martens' relative progress test"),
-    "cg_decay_x0": Option(float, "decay of the previous CG solution as start", range=UNIT),
-    "use_cg_backtracking": Option(bool, "backtrack over CG iterates"),
-    "lr": Option(float, "step size multiplier", range=POSITIVE),
-    "use_linesearch": Option(bool, "Armijo line search on the step"),
+    "m": Option(
+        int, "size of the batch B, gradient and curvature (default: min(2048, n/2))", range=POSITIVE
+    ),
+    "curvature": Option(str, "curvature matrix", choices=("ggn", "hessian"), default="ggn"),
+    "damping": Option(float, "initial Tikhonov damping λ", range=POSITIVE, default=1.0),
+    "adapt_damping": Option(bool, "adapt λ with the Levenberg-Marquardt rule", default=True),
+    "cg_max_iter": Option(int, "most CG iterations per step", range=POSITIVE, default=250),
+    "cg_tol": Option(float, "CG relative residual tolerance", range=NONNEGATIVE, default=1e-06),
+    "martens_criterion": Option(bool, "stop CG on Martens' relative progress test", default=True),
+    "cg_decay_x0": Option(
+        float, "decay of the previous CG solution as start", range=UNIT, default=0.95
+    ),
+    "use_cg_backtracking": Option(bool, "backtrack over CG iterates", default=True),
+    "lr": Option(float, "step size multiplier", range=POSITIVE, default=1.0),
+    "use_linesearch": Option(bool, "Armijo line search on the step", default=True),
     "preconditioner": Option(
         str, "CG preconditioner", choices=("empirical-fisher",), nullable=True
     ),
     "chunk_size": Option(int, "examples per chunk of the batch", nullable=True, range=POSITIVE),
-    "backend": Option(str, "curvature-product back-end", choices=("func", "backpack")),
-    "model_mode": Option(str, "module mode during HF products", choices=("eval", "train", "keep")),
-    "cache_chunks": Option(bool, "keep every chunk's linearisation"),
-    "preconditioner_exponent": Option(float, "exponent of the preconditioner", range=NONNEGATIVE),
-    "linesearch_beta": Option(float, "line-search step shrink factor", range=OPEN_UNIT),
-    "linesearch_c": Option(float, "Armijo sufficient-decrease constant", range=OPEN_UNIT),
-    "linesearch_max_tries": Option(int, "most line-search trials", range=POSITIVE),
-    "tf32": Option(bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)"),
+    "backend": Option(
+        str, "curvature-product back-end", choices=("func", "backpack"), default="func"
+    ),
+    "model_mode": Option(
+        str, "module mode during HF products", choices=("eval", "train", "keep"), default="eval"
+    ),
+    "cache_chunks": Option(bool, "keep every chunk's linearisation", default=False),
+    "preconditioner_exponent": Option(
+        float, "exponent of the preconditioner", range=NONNEGATIVE, default=0.75
+    ),
+    "linesearch_beta": Option(
+        float, "line-search step shrink factor", range=OPEN_UNIT, default=0.8
+    ),
+    "linesearch_c": Option(
+        float, "Armijo sufficient-decrease constant", range=OPEN_UNIT, default=0.01
+    ),
+    "linesearch_max_tries": Option(int, "most line-search trials", range=POSITIVE, default=20),
+    "tf32": Option(
+        bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)", default=False
+    ),
     "max_damping": Option(float, "largest λ (none: 1e4 × damping)", nullable=True, range=POSITIVE),
 }
 """Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
@@ -81,7 +97,10 @@ SGD_OPTIONS: dict[str, Option] = {
 
 AUTO_RULE_OPTIONS: dict[str, Option] = {
     "interval": Option(
-        float, "budget fraction of SGD before each HF probe (the window)", range=OPEN_UNIT
+        float,
+        "budget fraction of SGD before each HF probe (the window)",
+        range=OPEN_UNIT,
+        default=0.1,
     ),
     "first": Option(
         float,
@@ -92,26 +111,35 @@ AUTO_RULE_OPTIONS: dict[str, Option] = {
         float,
         "switch only when HF's loss decrease per second exceeds margin × SGD's (0: no rate test)",
         range=NONNEGATIVE,
+        default=0.0,
     ),
     "backoff": Option(
-        float, "factor by which the window grows after each rolled-back probe", range=AT_LEAST_ONE
+        float,
+        "factor by which the window grows after each rolled-back probe",
+        range=AT_LEAST_ONE,
+        default=2.0,
     ),
     "rho_min": Option(
         float,
         "roll a probe back whose reduction ratio ρ is below rho_min (0: no such test)",
         range=NONNEGATIVE,
+        default=0.5,
     ),
     "switch_back": Option(
-        bool, "try SGD again when HF slows down (a trial, rolled back if it does not pay)"
+        bool,
+        "try SGD again when HF slows down (a trial, rolled back if it does not pay)",
+        default=False,
     ),
     "stall": Option(
         float,
         "HF has slowed down when its rate over a window is below stall × its best rate "
         "(or below SGD's last rate)",
         range=OPEN_UNIT,
+        default=0.25,
     ),
 }
-"""Options of the switching rule of ``auto`` (see :mod:`hfft.experiment.auto` for the defaults)."""
+"""Options of the switching rule of ``auto``; :mod:`hfft.experiment.strategies.auto` and
+:mod:`~hfft.experiment.strategies.switch_rule` say why the defaults are what they are."""
 
 AUTO_HF_PREFIX = "hf_"
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hfft.experiment.strategies.options import Option, format_value
 
@@ -144,11 +144,11 @@ class StrategyEntry:
 
     def builder(self) -> Builder:
         """The function that builds the runner."""
-        return _resolve(self.build)
+        return cast(Builder, _resolve(self.build))
 
     def checker(self) -> Checker | None:
         """The function that checks the strategy against the data, if any."""
-        return None if self.check is None else _resolve(self.check)
+        return None if self.check is None else cast(Checker, _resolve(self.check))
 
 
 def _resolve(target: Callable[..., Any] | str) -> Any:

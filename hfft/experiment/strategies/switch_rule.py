@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hfft.experiment.strategies.catalog import AUTO_RULE_OPTIONS
+
 __all__ = [
     "ACTIONS",
     "DEFAULT_MARGIN",
@@ -21,11 +23,11 @@ __all__ = [
     "rate",
 ]
 
-DEFAULT_MARGIN = 0.0
+DEFAULT_MARGIN: float = AUTO_RULE_OPTIONS["margin"].default
 """With ``margin`` > 0, HF must also lower the B̄ objective faster than ``margin`` × SGD
 per second to switch; 0 (the default) leaves the decision to ρ."""
 
-DEFAULT_RHO_MIN = 0.5
+DEFAULT_RHO_MIN: float = AUTO_RULE_OPTIONS["rho_min"].default
 """A probe whose reduction ratio ρ is below this is rolled back (0: no such test).
 
 Between the Levenberg-Marquardt rule's own thresholds (it raises the damping
