@@ -15,7 +15,7 @@ import re
 import sys
 import traceback
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
@@ -355,67 +355,55 @@ ValidFractionOpt = Annotated[
 
 @dataclasses.dataclass(frozen=True)
 class SourceArgs:
-    """The checkpoint options every command that loads a checkpoint takes, as typed on the
-    command line: one parameter object (:func:`takes_source` adds them to a command)."""
+    """The checkpoint options of a command as typed (``--model`` … ``--valid-fraction``),
+    as one parameter object: :func:`takes_source` adds them to a command, which gets
+    this and turns it into the library's ``StartingPointOptions`` with :meth:`options`.
 
-    model: str | None = None
-    model_arg: list[str] | None = None
-    data: str | None = None
-    data_root: Path | None = None
-    download: bool = False
-    train_time: str | None = None
-    lr: float | None = None
-    batch_size: int | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    task: str | None = None
-    loss: str | None = None
-    metric: str | None = None
-    valid_fraction: float | None = None
+    Attributes:
+        typed: The values by parameter name (``model_arg``, ``train_time``, …), the
+            options a command does not take left out.
+    """
+
+    typed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def given(self, name: str) -> Any:
+        """The value of one option (``None`` when not given)."""
+        return self.typed.get(name)
 
     def options(self) -> StartingPointOptions:
-        """The overrides, checked (call inside :func:`command_guard`: a bad value is one
-        sentence and exit 2)."""
+        """The overrides, parsed and checked (call inside :func:`command_guard`: a bad value
+        is one sentence and exit 2)."""
         from hfft.experiment.data.factories import parse_model_args
         from hfft.experiment.run.budget import parse_duration
         from hfft.experiment.run.starting_point import StartingPointOptions
 
-        return StartingPointOptions(
-            model=self.model,
-            model_args=parse_model_args(self.model_arg or []),
-            data=self.data,
-            data_root=str(self.data_root) if self.data_root else None,
-            download=self.download,
-            train_time=None if self.train_time is None else parse_duration(self.train_time),
-            lr=self.lr,
-            batch_size=self.batch_size,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            task=self.task,
-            loss=self.loss,
-            metric=self.metric,
-            valid_fraction=self.valid_fraction,
-        )
+        values = {k: v for k, v in self.typed.items() if v is not None}
+        values["model_args"] = parse_model_args(values.pop("model_arg", None) or [])
+        if "train_time" in values:
+            values["train_time"] = parse_duration(values["train_time"])
+        if "data_root" in values:
+            values["data_root"] = str(values["data_root"])
+        return StartingPointOptions(**values)
 
 
 NO_SOURCE = SourceArgs()
 """A command's ``source`` default: :func:`takes_source` replaces it by what was typed."""
 
-_SOURCE_OPTIONS: dict[str, Any] = {
-    "model": ModelOpt,
-    "model_arg": ModelArgOpt,
-    "data": DataOpt,
-    "data_root": DataRootOpt,
-    "download": DownloadOpt,
-    "train_time": TrainTimeOpt,
-    "lr": LrOpt,
-    "batch_size": BatchSizeOpt,
-    "momentum": MomentumOpt,
-    "weight_decay": WeightDecayOpt,
-    "task": TaskOpt,
-    "loss": LossOpt,
-    "metric": MetricOpt,
-    "valid_fraction": ValidFractionOpt,
+_SOURCE_OPTIONS: dict[str, tuple[Any, Any]] = {  # name: (annotation, default)
+    "model": (ModelOpt, None),
+    "model_arg": (ModelArgOpt, None),
+    "data": (DataOpt, None),
+    "data_root": (DataRootOpt, None),
+    "download": (DownloadOpt, False),
+    "train_time": (TrainTimeOpt, None),
+    "lr": (LrOpt, None),
+    "batch_size": (BatchSizeOpt, None),
+    "momentum": (MomentumOpt, None),
+    "weight_decay": (WeightDecayOpt, None),
+    "task": (TaskOpt, None),
+    "loss": (LossOpt, None),
+    "metric": (MetricOpt, None),
+    "valid_fraction": (ValidFractionOpt, None),
 }
 SGD_SETTINGS = ("lr", "batch_size", "momentum", "weight_decay")
 """The training's SGD settings among the checkpoint options (a command may leave them out)."""
@@ -441,16 +429,16 @@ def takes_source(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
             inspect.Parameter(
                 n,
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                default=SourceArgs.__dataclass_fields__[n].default,
-                annotation=_SOURCE_OPTIONS[n],
+                default=_SOURCE_OPTIONS[n][1],
+                annotation=_SOURCE_OPTIONS[n][0],
             )
             for n in names
         ]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {n: kwargs.pop(n) for n in names if n in kwargs}
-            return command(*args, source=SourceArgs(**given), **kwargs)
+            typed = {n: kwargs.pop(n) for n in names if n in kwargs}
+            return command(*args, source=SourceArgs(typed), **kwargs)
 
         signature = inspect.Signature([*params[:at], *added, *params[at + 1 :]])
         wrapper.__signature__ = signature  # type: ignore[attr-defined]

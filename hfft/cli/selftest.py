@@ -94,7 +94,7 @@ def selftest(
 
     with command_guard():
         if checkpoint is None:
-            if source.model is not None or source.data is not None:
+            if source.given("model") is not None or source.given("data") is not None:
                 raise fail("--model and --data describe a CHECKPOINT; give one or drop them")
             from hfft.diagnostics.selftest import selftest_builtin, selftest_devices
 
