@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hfft.experiment.strategies.registry import kind_of
+
 __all__ = ["findings_markdown"]
 
 _MIN_WILCOXON_SEEDS = 5
@@ -26,7 +28,7 @@ def _label(metric: str) -> str:
 
 
 def _is_hf(strategy: str) -> bool:
-    return strategy == "hf" or strategy.startswith("hf:")
+    return kind_of(strategy) == "hf"
 
 
 def _early_late(checkpoints: Sequence[str]) -> tuple[list[str], list[str]]:

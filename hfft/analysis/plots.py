@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from hfft._io import atomic_write_bytes
 from hfft.analysis.ranking import ranked_metrics
 from hfft.analysis.run_summary import RunSummary, by_strategy, select_runs
+from hfft.experiment.strategies.registry import entry_of, kind_of
 
 __all__ = [
     "GRID",
@@ -85,15 +86,21 @@ def _base(label: str) -> str:
 
 
 def _is_hf(label: str) -> bool:
-    return _base(label) == "hf"
+    return kind_of(label) == "hf"
 
 
 def _is_auto(label: str) -> bool:
-    return _base(label) == "auto"
+    return kind_of(label) == "auto"
+
+
+def _is_extra(label: str) -> bool:
+    """A strategy beyond the paper's (the extended suite's late-phase methods)."""
+    found = entry_of(label)
+    return found is not None and found.kind == "first-order" and "paper" not in found.suites
 
 
 def _marker(label: str) -> str:
-    if _base(label) in _EXTENDED_COLORS:
+    if _is_extra(label):
         return "^"
     return "o" if _is_hf(label) else "D" if _is_auto(label) else "s"
 
@@ -106,7 +113,7 @@ def strategy_linestyle(label: str) -> str:
     With :func:`strategy_colors`, no two strategies of one comparison look
     alike, even where two colours are close.
     """
-    if _base(label) in _EXTENDED_COLORS:
+    if _is_extra(label):
         return _EXTENDED_LINE
     return _AUTO_LINE if _is_auto(label) else "-"
 

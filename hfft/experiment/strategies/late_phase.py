@@ -46,10 +46,10 @@ from torch import nn
 
 from hfft.experiment.interrupts import signals_held
 from hfft.experiment.strategies.runners import (
-    DEFAULT_M,
     SampledRunner,
     SGDSettings,
     check_sgd_batch,
+    default_m,
     sgd_settings,
 )
 from hfft.experiment.strategies.schedules import make_schedule
@@ -168,7 +168,7 @@ def lbfgs_batch(strategy: Strategy, n: int) -> int:
     Raises:
         ValueError: If it does not fit the ``n`` training samples.
     """
-    m = int(strategy.options.get("m", min(DEFAULT_M, max(1, n // 2))))
+    m = int(strategy.options.get("m", max(1, default_m(n))))
     if not 1 <= m <= n:
         raise ValueError(f"the L-BFGS batch lbfgs:m={m} must hold 1 to the {n} training samples")
     return m

@@ -52,6 +52,8 @@ __all__ = [
     "check_strategy",
     "entries",
     "entry",
+    "entry_of",
+    "kind_of",
     "make_runner",
     "parse_strategy",
     "register",
@@ -204,6 +206,18 @@ def entry(name: str) -> StrategyEntry | None:
     """The strategy called ``name``, or ``None``."""
     _load_catalog()
     return _ENTRIES.get(name)
+
+
+def entry_of(label: str) -> StrategyEntry | None:
+    """The entry of a recorded strategy label (``hf:m=2048`` gives ``hf``'s), or ``None``
+    for a strategy not registered here."""
+    return entry(label.partition(":")[0].strip().lower())
+
+
+def kind_of(label: str) -> str | None:
+    """The kind (:data:`KINDS`) of a recorded strategy label, or ``None`` if unregistered."""
+    found = entry_of(label)
+    return None if found is None else found.kind
 
 
 def suite_members(suite: str) -> tuple[StrategyEntry, ...]:

@@ -50,12 +50,21 @@ __all__ = [
     "check_hf",
     "check_sgd",
     "check_sgd_batch",
+    "default_m",
     "hf_batch_sizes",
     "sgd_settings",
     "sgd_update",
 ]
 
 DEFAULT_M = 2048
+
+
+def default_m(n: int) -> int:
+    """HF's batch size B when ``hf:m=`` is not given: min(2048, n/2) of ``n`` training
+    samples (L-BFGS's batch too), so that B̄ has room."""
+    return min(DEFAULT_M, n // 2)
+
+
 DEFAULT_EVAL_BATCH = 1024
 
 
@@ -253,7 +262,7 @@ def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[
         ValueError: If B and B̄ cannot be two disjoint batches of the training set.
     """
     what = f"hf:m={m}" if m is not None else "the default m"
-    m = min(DEFAULT_M, n // 2) if m is None else int(m)
+    m = default_m(n) if m is None else int(m)
     if m < 1 or m >= n:
         raise ValueError(
             f"HF's batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
