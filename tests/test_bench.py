@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from hfft.diagnostics import instruments
-from hfft.diagnostics.bench import LABELS, bench_model, check_targets, interleaved_medians
+from hfft.diagnostics.bench import LABELS, bench_model, check_targets
+from hfft.diagnostics.instruments import interleaved_medians
 from hfft.diagnostics.step_bench import BREAKDOWN, bench_hf_step
 
 

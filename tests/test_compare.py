@@ -393,7 +393,8 @@ def test_a_seed_without_a_score_is_named_in_the_ranking(run_dir: Path, tmp_path:
 def test_records_nested_too_deep_are_unreadable_not_a_traceback(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    from hfft.analysis.compare import _same_comparison, _stored_summary
+    from hfft.analysis.compare import _same_comparison
+    from hfft.analysis.shards import _stored_summary
     from hfft.experiment.run.finetune import same_finetune_run
 
     deep = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError

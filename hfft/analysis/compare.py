@@ -12,16 +12,16 @@ an interrupted compare loses at most the run in progress.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from hfft._io import atomic_write_json, sha256_file, to_json
+from hfft.analysis.shards import Shard, _compare_shard, _folder_lock
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
 from hfft.experiment.records import COMPARE_KIND, CompareSummary
@@ -48,45 +48,6 @@ __all__ = [
 ]
 
 HF_BATCH_SIZES = (256, 512, 1024, 2048, 4096)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One of ``count`` processes that share a comparison's runs (``--shard I/N``).
-
-    Shard ``index`` runs every ``count``-th run of :func:`plan_runs`'s order,
-    starting at position ``index``, into the shared output folder; whichever
-    shard finds every run there when it ends assembles the ranking. ``count``
-    0 (``--shard none``) runs nothing and only assembles.
-    """
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"I/N"`` (0 ≤ I < N) or ``"none"``.
-
-        Raises:
-            ValueError: For anything else.
-        """
-        if text.strip().lower() == "none":
-            return cls(0, 0)
-        index, slash, count = text.partition("/")
-        try:
-            shard = cls(int(index), int(count))
-        except ValueError:
-            shard = None
-        if not slash or shard is None or not 0 <= shard.index < shard.count:
-            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4) or none, not {text!r}")
-        return shard
-
-    def takes(self, position: int) -> bool:
-        """Whether this shard runs the run at ``position`` of the run order."""
-        return self.count > 0 and position % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}" if self.count else "none"
 
 
 @dataclass(frozen=True)
@@ -556,143 +517,17 @@ def compare(
                     _start(out, config, strategies)
                     runs.visit(range(len(runs.order)), run_missing=True)
                     return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
-            return _compare_shard(config, runs, strategies)
+            return _compare_shard(out, config.shard, _ShardSteps(config, runs, strategies))
         except KeyboardInterrupt as err:
             raise Interrupted.after(
                 err, f"the finished runs are kept in {out} (rerun the same command to resume)"
             ) from None
 
 
-def _compare_shard(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
-    """This shard's runs, then the ranking if every run is there and no other shard runs.
-
-    The folder's lock is shared while shards run and exclusive while one
-    claims the folder or assembles the ranking: a shard that finds others
-    running joins them (same configuration), a comparison without shards
-    cannot start beside them, and a shard that ends while others still run
-    leaves the ranking to the last of them.
-    """
-    from hfft.experiment.run.run_folder import FolderBusy
-
-    out, shard = Path(config.out), cast(Shard, config.shard)
-    if shard.count == 0:
-        return _assemble_only(config, runs, strategies)
-    try:
-        with _folder_lock(out):  # nobody else here: claim the folder
-            _start(out, config, strategies)
-    except FolderBusy:
-        pass  # other shards run (or one claims or assembles): join them
-    with _shared_lock(out, runs.on_note):
-        _check_joining(out, config)
-        runs.visit([p for p in range(len(runs.order)) if shard.takes(p)], run_missing=True)
-    try:
-        with _folder_lock(out):
-            runs.visit(range(len(runs.order)), run_missing=False)
-            if not runs.missing:
-                return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
-    except FolderBusy:  # another shard still runs (or assembles): it writes the ranking
-        runs.visit(range(len(runs.order)), run_missing=False)
-    if not runs.missing:  # all there: make sure someone assembles (the holder may not)
-        with _folder_lock(out, wait=True):
-            done = _stored_summary(out)
-            if done.get("status") == "completed" and _same_config(done, config):
-                return CompareResult(cast(CompareSummary, done), out / "compare.json",
-                                     [Path(p) for p in done.get("plots", [])], runs.reused,
-                                     runs.ran)  # fmt: skip
-            return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
-    header = cast(CompareSummary, _stored_summary(out))
-    return CompareResult(
-        header, out / "compare.json", [], runs.reused, runs.ran, runs.missing, assembled=False
-    )
-
-
-@contextlib.contextmanager
-def _shared_lock(out: Path, on_note: Callable[[str], None] | None) -> Iterator[None]:
-    """The folder's shared lock, saying so when it has to wait for an exclusive holder."""
-    from hfft.experiment.run.run_folder import FolderBusy
-
-    try:
-        with _folder_lock(out, shared=True):
-            yield
-        return
-    except FolderBusy:
-        pass
-    if on_note is not None:
-        on_note(
-            f"waiting for the process that holds {out} (a shard claiming or assembling it, or "
-            "a comparison without shards)"
-        )
-    with _folder_lock(out, wait=True, shared=True):
-        yield
-
-
-def _stored_summary(out: Path) -> dict[str, Any]:
-    """``compare.json`` as a dict (empty when it is missing or unreadable)."""
-    try:
-        stored = json.loads((out / "compare.json").read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
-        return {}
-    return stored if isinstance(stored, dict) else {}
-
-
 def _same_config(stored: dict[str, Any], config: CompareConfig) -> bool:
     mine = _config_json(config)
     theirs = stored.get("config")
     return isinstance(theirs, dict) and _without_out(theirs) == _without_out(mine)
-
-
-def _assemble_only(config: CompareConfig, runs: _Runs, strategies: list[str]) -> CompareResult:
-    """``--shard none``: the ranking from the runs there, or which are missing."""
-    from hfft.experiment.run.run_folder import FolderBusy
-
-    out = Path(config.out)
-    try:
-        with _folder_lock(out):
-            _start(out, config, strategies, header=False)
-            runs.visit(range(len(runs.order)), run_missing=False)
-            if not runs.missing:
-                return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
-    except FolderBusy:
-        raise FolderBusy(
-            f"another hfft process holds {out} (shards still running, whose last writes the "
-            "ranking, or a comparison without shards); assemble once it has ended"
-        ) from None
-    first = ", ".join(runs.missing[:3])
-    raise ValueError(
-        f"{len(runs.missing)} of {len(runs.order)} runs are not in {out} yet ({first}"
-        f"{', …' if len(runs.missing) > 3 else ''}); run the shards that hold them, then "
-        "assemble again"
-    )
-
-
-def _check_joining(out: Path, config: CompareConfig) -> None:
-    """Refuse to join the shards running in ``out`` with another configuration (the run
-    order would then mean other runs)."""
-    from hfft.experiment.run.run_folder import FolderTaken
-
-    if not distributed.is_main():
-        return
-    stored = _stored_summary(out)
-    if not stored:
-        raise FolderTaken(
-            f"{out} has no readable compare.json although another process holds it; start the "
-            "shards again once it has ended"
-        )
-    if not _same_config(stored, config):
-        raise FolderTaken(
-            f"{out} is being filled by another comparison (other checkpoints, strategies, "
-            "seeds or settings); start every shard with the same command but for --shard"
-        )
-
-
-@contextlib.contextmanager
-def _folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterator[None]:
-    """The comparison folder's lock, held by rank 0 alone (which writes the files)."""
-    from hfft.experiment.run.run_folder import locked_folder
-
-    main = distributed.is_main()
-    with locked_folder(out, wait=wait, shared=shared) if main else contextlib.nullcontext():
-        yield
 
 
 def _start(out: Path, config: CompareConfig, strategies: list[str], header: bool = True) -> None:
@@ -856,6 +691,55 @@ class _Runs:
             device=config.device,
             source=config.source,
             overwrite=True,  # compare owns its folder (checked in _claim)
+        )
+
+
+@dataclass(frozen=True)
+class _ShardSteps:
+    """The comparison's own steps, as its shards' coordination calls them
+    (:class:`hfft.analysis.shards.Comparison`)."""
+
+    config: CompareConfig
+    runs: _Runs
+    strategies: list[str]
+
+    @property
+    def order(self) -> list[tuple[int, int, int]]:
+        return self.runs.order
+
+    @property
+    def missing(self) -> list[str]:
+        return self.runs.missing
+
+    @property
+    def on_note(self) -> Callable[[str], None] | None:
+        return self.runs.on_note
+
+    def claim(self, header: bool = True) -> None:
+        _start(Path(self.config.out), self.config, self.strategies, header)
+
+    def visit(self, positions: Iterable[int], run_missing: bool) -> None:
+        self.runs.visit(positions, run_missing)
+
+    def summarise(self) -> CompareResult:
+        runs = self.runs
+        return _summarise(self.config, self.strategies, runs.listed(), runs.ran, runs.reused)
+
+    def same_config(self, stored: dict[str, Any]) -> bool:
+        return _same_config(stored, self.config)
+
+    def finished(self, done: dict[str, Any]) -> CompareResult:
+        plots = [Path(p) for p in done.get("plots", [])]
+        compare_json = Path(self.config.out) / "compare.json"
+        return CompareResult(
+            cast(CompareSummary, done), compare_json, plots, self.runs.reused, self.runs.ran
+        )
+
+    def unfinished(self, header: dict[str, Any]) -> CompareResult:
+        runs, compare_json = self.runs, Path(self.config.out) / "compare.json"
+        summary = cast(CompareSummary, header)
+        return CompareResult(
+            summary, compare_json, [], runs.reused, runs.ran, runs.missing, assembled=False
         )
 
 

@@ -34,11 +34,11 @@ from hfft._text import quoted
 from hfft.analysis.compare import (
     CompareConfig,
     CompareResult,
-    Shard,
     compare,
     hf_sizes,
     hf_sizes_note,
 )
+from hfft.analysis.shards import Shard
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord

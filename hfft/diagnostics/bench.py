@@ -12,7 +12,6 @@ the instruments slow it down. A whole HF step is measured by
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hfft.diagnostics.instruments import count_flops, peak_memory
+from hfft.diagnostics.instruments import (
+    count_flops,
+    interleaved_medians,
+    median_time,
+    peak_memory,
+    timed,
+)
 from hfft.experiment.data.splits import DataSplits
 from hfft.experiment.data.task import Task
 from hfft.experiment.strategies.registry import parse_strategy
@@ -30,7 +35,6 @@ from hfft.optim.batches import take
 from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss
-from hfft.optim.step_context import synced_time
 
 __all__ = [
     "BenchResult",
@@ -126,40 +130,6 @@ def shaped_problem(
     x = torch.randn(batch_size, channels, size, size, device=device)
     y = torch.randint(0, classes, (batch_size,), device=device)
     return model, x, y
-
-
-def timed(fn: Callable[[], Any], cuda: bool) -> float:
-    """Seconds of one call (the device synchronised before and after)."""
-    start = synced_time(cuda)
-    fn()
-    return synced_time(cuda) - start
-
-
-def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    return statistics.median(timed(fn, cuda) for _ in range(repeats))
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], cuda: bool, rounds: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds of each of ``fns``, all run once per round, round after round.
-
-    Every other round runs them backwards, so that no operation always follows
-    the same one (a product then uses the operator its setup built the round
-    before, and neither of two loops always runs on a warm cache); drifts in
-    machine load hit every operation alike. The ``warmup`` rounds are not
-    timed.
-    """
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
-    for r in range(warmup + rounds):
-        for key, fn in order if r < warmup or r % 2 == 0 else order[::-1]:
-            t = timed(fn, cuda)
-            if r >= warmup:
-                samples[key].append(t)
-    return {k: statistics.median(s) for k, s in samples.items()}
 
 
 def _operations(

@@ -1,13 +1,15 @@
-"""Peak memory and arithmetic of one call, on the CPU and on CUDA.
+"""Time, peak memory and arithmetic of any call, on the CPU and on CUDA.
 
-Used by :mod:`hfft.diagnostics.bench`; measured in their own runs, apart from the timed
-rounds, because the instruments slow the call down.
+Used by :mod:`hfft.diagnostics.bench` and the other benchmarks. Memory and arithmetic are
+measured in their own runs, apart from the timed rounds, because the instruments slow the
+call down.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,7 +17,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["count_flops", "peak_memory"]
+from hfft.optim.step_context import synced_time
+
+__all__ = ["count_flops", "interleaved_medians", "median_time", "peak_memory", "timed"]
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
@@ -131,3 +135,37 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with Counter():
         fn()
     return total
+
+
+def timed(fn: Callable[[], Any], cuda: bool) -> float:
+    """Seconds of one call (the device synchronised before and after)."""
+    start = synced_time(cuda)
+    fn()
+    return synced_time(cuda) - start
+
+
+def median_time(fn: Callable[[], Any], cuda: bool, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    return statistics.median(timed(fn, cuda) for _ in range(repeats))
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], cuda: bool, rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds of each of ``fns``, all run once per round, round after round.
+
+    Every other round runs them backwards, so that no operation always follows
+    the same one (a product then uses the operator its setup built the round
+    before, and neither of two loops always runs on a warm cache); drifts in
+    machine load hit every operation alike. The ``warmup`` rounds are not
+    timed.
+    """
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
+    for r in range(warmup + rounds):
+        for key, fn in order if r < warmup or r % 2 == 0 else order[::-1]:
+            t = timed(fn, cuda)
+            if r >= warmup:
+                samples[key].append(t)
+    return {k: statistics.median(s) for k, s in samples.items()}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hfft.diagnostics.bench import interleaved_medians
+from hfft.diagnostics.instruments import interleaved_medians
 from hfft.experiment.data.factories import build_model
 from hfft.experiment.data.sampling import BatchSampler, BatchStream
 from hfft.experiment.data.splits import load_data
@@ -53,7 +53,7 @@ def bench_sgd_loop(
 
     Both train the same model (two identical copies) with ``torch.optim.SGD`` on
     the same device-resident training split, without augmentation, one epoch
-    each, interleaved over ``rounds`` (:func:`hfft.diagnostics.bench.interleaved_medians`,
+    each, interleaved over ``rounds`` (:func:`hfft.diagnostics.instruments.interleaved_medians`,
     alternating which goes first) after one warm-up epoch; the medians are
     compared.
     """

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from hfft.diagnostics.bench import median_time
+from hfft.diagnostics.instruments import median_time
 from hfft.diagnostics.measure import (
     FAIL,
     MODES,

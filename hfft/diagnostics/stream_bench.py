@@ -4,7 +4,7 @@ Run ``python -m hfft.diagnostics.stream_bench`` (``--help`` for the options).
 It writes a folder of generated PNG images (``--images``, 3×32×32), loads it
 twice as a user's ``ImageFolder`` (read into memory, and streamed with
 ``HFFT_STREAM_ABOVE=0``), and times hfft's own SGD and HF runners on both,
-interleaved round by round (:func:`hfft.diagnostics.bench.interleaved_medians`),
+interleaved round by round (:func:`hfft.diagnostics.instruments.interleaved_medians`),
 so that the ratio streamed / resident is measured side by side in one run.
 The workers read ahead, as in a run: an HF step's next batches are read while
 it (or, here, another timed operation) computes, so the HF ratio shows what
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfft.diagnostics.bench import interleaved_medians
+from hfft.diagnostics.instruments import interleaved_medians
 from hfft.experiment.data.splits import DataSplits, load_data
 from hfft.experiment.data.task import Task
 from hfft.experiment.strategies.registry import make_runner, parse_strategy

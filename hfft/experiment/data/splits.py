@@ -29,7 +29,7 @@ agrees. Augmentation (:func:`hfft.experiment.data.sampling.augment_batch`) pads
 with zeros in that normalised space, i.e. with the channel mean.
 
 A user's data (``path/to/file.py:factory`` or ``package.module:factory``,
-see :func:`hfft.experiment.data.datasets.load_user_data`) is used exactly as the
+see :func:`hfft.experiment.data.user_data.load_user_data`) is used exactly as the
 factory returns it: any shape, never normalised or augmented. Its validation
 split is the factory's when it returns ``(train, valid, test)``; from
 ``(train, test)`` a fraction of the training set is held out only when asked
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-    from hfft.experiment.data.datasets import UserData
+    from hfft.experiment.data.user_data import UserData
     from hfft.optim.batches import Batchable
 
 __all__ = ["DataSplits", "SplitIndices", "load_data", "split_indices"]
@@ -255,7 +255,8 @@ def load_data(
         DataError: For an unknown name, a missing or unreadable data set, or
             user data of the wrong form.
     """
-    from hfft.experiment.data.datasets import LOADERS, builtin_data, load_user_data
+    from hfft.experiment.data.datasets import LOADERS, builtin_data
+    from hfft.experiment.data.user_data import load_user_data
 
     root_path = Path(root).expanduser() if root is not None else default_root()
     builtin = builtin_data(name)
