@@ -35,6 +35,28 @@ def test_every_field_is_documented(record: type) -> None:
     assert documented[record.__name__] == keys
 
 
+@pytest.mark.parametrize(
+    ("record", "config", "left_out"),
+    [
+        ("FinetuneConfigEntry", "hfft.experiment.run.finetune:FinetuneConfig", ()),
+        ("SourceOptionsEntry", "hfft.experiment.run.starting_point:StartingPointOptions", ()),
+        ("TrainConfigEntry", "hfft.experiment.run.train:TrainConfig", ()),
+        ("CompareConfigEntry", "hfft.analysis.compare:CompareConfig", ("shard",)),
+    ],
+)
+def test_a_config_record_has_the_fields_of_its_config(
+    record: str, config: str, left_out: tuple[str, ...]
+) -> None:
+    import dataclasses
+    import importlib
+
+    module, _, name = config.partition(":")
+    fields = [f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))]
+    assert list(getattr(records, record).__annotations__) == [
+        f for f in fields if f not in left_out
+    ]
+
+
 def test_the_docs_document_no_other_record() -> None:
     assert set(_documented()) == {r.__name__ for r in RECORDS}
 

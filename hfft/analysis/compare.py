@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +24,7 @@ from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.analysis.shards import Shard, _compare_shard, _folder_lock
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
-from hfft.experiment.records import COMPARE_KIND, CompareSummary
+from hfft.experiment.records import COMPARE_KIND, CompareConfigEntry, CompareSummary
 from hfft.experiment.run.ownership import slug
 from hfft.experiment.run.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.run.starting_point import StartingPointOptions
@@ -326,7 +326,7 @@ def _same_comparison(out: Path, config: CompareConfig) -> bool:
         stored = json.loads((out / "compare.json").read_text()).get("config")
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
-    mine = _config_json(config)
+    mine: Mapping[str, Any] = _config_json(config)
     return isinstance(stored, dict) and all(stored.get(k) == mine[k] for k in RUN_SETTINGS)
 
 
@@ -564,7 +564,7 @@ def _write_header(
     atomic_write_json(out / "compare.json", running)
 
 
-def _without_out(config: dict[str, Any]) -> dict[str, Any]:
+def _without_out(config: Mapping[str, Any]) -> dict[str, Any]:
     """The configuration without ``out``, its strategies as labels (an older record kept
     them as typed)."""
     plain = {k: v for k, v in config.items() if k != "out"}
@@ -573,13 +573,13 @@ def _without_out(config: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _config_json(config: CompareConfig) -> dict[str, Any]:
+def _config_json(config: CompareConfig) -> CompareConfigEntry:
     """The configuration as ``compare.json`` records it: the same for every shard."""
     plain = dataclasses.replace(config, strategies=None)
     data = json.loads(json.dumps(dataclasses.asdict(plain)))
     data["strategies"] = None if config.strategies is None else [s.label for s in config.strategies]
     data.pop("shard", None)
-    return cast(dict[str, Any], data)
+    return cast(CompareConfigEntry, data)
 
 
 def _clear_damaged(out: Path, run_dir: Path) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from hfft._io import number
-from hfft.experiment.records import higher_is_better
+from hfft.experiment.records import EvaluationEntry, HFProgressEntry, higher_is_better
 
 __all__ = [
     "RunSummary",
@@ -60,10 +60,10 @@ class RunSummary:
     strategy: str
     seed: int
     status: str
-    evaluations: tuple[dict[str, Any], ...]
+    evaluations: tuple[EvaluationEntry, ...]
     metric: str = "accuracy"
     cg_seconds: float | None = None
-    hf_progress: dict[str, Any] | None = None
+    hf_progress: HFProgressEntry | None = None
 
     @classmethod
     def from_metrics(cls, checkpoint: str, seed: int, metrics: Mapping[str, Any]) -> RunSummary:
@@ -90,7 +90,7 @@ class RunSummary:
             strategy=strategy,
             seed=int(seed),
             status=str(metrics.get("status", "unknown")),
-            evaluations=tuple(dict(e) for e in evaluations),
+            evaluations=tuple(cast(EvaluationEntry, dict(e)) for e in evaluations),
             metric=metric if metric in ("accuracy", "loss", "rmse", "r2") else "accuracy",
             cg_seconds=_cg_seconds(metrics.get("steps")),
             hf_progress=hf_progress_entry(metrics.get("hf_progress")),
@@ -197,7 +197,7 @@ def by_strategy(runs: Iterable[RunSummary]) -> dict[str, list[RunSummary]]:
     return {s: sorted(g, key=lambda r: r.seed) for s, g in groups.items()}
 
 
-def hf_progress_entry(entry: Any) -> dict[str, Any] | None:
+def hf_progress_entry(entry: Any) -> HFProgressEntry | None:
     """``metrics.json``'s ``hf_progress`` when it has the fields a note needs, else ``None``."""
     if not isinstance(entry, dict) or entry.get("verdict") not in ("none", "little", "made"):
         return None
@@ -206,4 +206,4 @@ def hf_progress_entry(entry: Any) -> dict[str, Any] | None:
         return None
     if entry["accepted"] > entry["steps"]:
         return None
-    return dict(entry)
+    return cast(HFProgressEntry, dict(entry))

@@ -30,6 +30,7 @@ __all__ = [
     "BudgetEntry",
     "CheckpointEntry",
     "CompareCheckpoint",
+    "CompareConfigEntry",
     "CompareRun",
     "CompareSummary",
     "EpochEntry",
@@ -55,6 +56,7 @@ __all__ = [
     "StudyRecord",
     "TaskEntry",
     "TimeToTarget",
+    "TrainConfigEntry",
     "TrainData",
     "TrialEntry",
     "higher_is_better",
@@ -185,11 +187,10 @@ class HFStepEntry(StepFields):
     seconds: NotRequired[float]
 
 
-class ProbeEntry(TypedDict):
-    """One HF probe of ``auto``, in ``auto.probes`` (and, without step and fraction, its step)."""
+class ProbeFields(TypedDict):
+    """What an HF probe of ``auto`` measured and decided: a :class:`ProbeEntry` without
+    its step and fraction, as the probe's step entry carries it under ``probe``."""
 
-    step: int
-    fraction: float
     sgd_gain: float | None
     sgd_seconds: float | None
     sgd_steps: int
@@ -202,11 +203,17 @@ class ProbeEntry(TypedDict):
     reason: str
 
 
-class TrialEntry(TypedDict):
-    """One SGD trial of ``auto`` after HF slowed down, in ``auto.trials``."""
+class ProbeEntry(ProbeFields):
+    """One HF probe of ``auto``, in ``auto.probes``: its fields, and when."""
 
     step: int
     fraction: float
+
+
+class TrialFields(TypedDict):
+    """An SGD trial of ``auto``: a :class:`TrialEntry` without its step and fraction, as
+    the step that ended it carries it under ``trial``."""
+
     end_step: int
     end_fraction: float
     sgd_gain: float | None
@@ -218,6 +225,14 @@ class TrialEntry(TypedDict):
     reason: str
 
 
+class TrialEntry(TrialFields):
+    """One SGD trial of ``auto`` after HF slowed down, in ``auto.trials``: its fields, and
+    when it started."""
+
+    step: int
+    fraction: float
+
+
 class AutoStepEntry(TypedDict, total=False):
     """One step of ``auto``, in ``steps``: an SGD or HF step's fields, and these."""
 
@@ -226,8 +241,8 @@ class AutoStepEntry(TypedDict, total=False):
     seconds: float
     phase: str
     hf_step: int
-    probe: dict[str, Any]
-    trial: dict[str, Any]
+    probe: ProbeFields
+    trial: TrialFields
 
 
 StepEntry = SGDStepEntry | SWAStepEntry | LBFGSStepEntry | HFStepEntry | AutoStepEntry
@@ -433,13 +448,38 @@ class EpochEntry(SplitMetrics, total=False):
     train_batch_loss: float | None
 
 
+class TrainConfigEntry(TypedDict):
+    """A training run's ``TrainConfig``, under ``config`` in ``run.json``."""
+
+    model: str
+    data: str
+    out: str
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    model_args: dict[str, Any]
+    data_root: str | None
+    download: bool
+    checkpoints: int
+    seed: int
+    device: str
+    augment: bool
+    overwrite: bool
+    task: str | None
+    loss: str | None
+    metric: str | None
+    valid_fraction: float | None
+
+
 class RunManifest(TypedDict):
     """``run.json`` of a training run."""
 
     schema_version: int
     kind: str
     status: str
-    config: dict[str, Any]
+    config: TrainConfigEntry
     data: TrainData
     task: TaskEntry
     device: str
@@ -500,12 +540,30 @@ class CompareRun(TypedDict):
     status: str
 
 
+class CompareConfigEntry(TypedDict):
+    """A comparison's ``CompareConfig`` without ``shard`` (the same for every shard), under
+    ``config`` in ``compare.json``."""
+
+    checkpoints: list[str]
+    strategies: list[str] | None
+    seeds: int
+    budget: str
+    out: str
+    eval_points: int
+    eval_batch_size: int | None
+    device: str
+    source: SourceOptionsEntry
+    overwrite: bool
+    suite: str
+    last_only: list[str]
+
+
 class CompareSummary(TypedDict, total=False):
     """``compare.json`` (and ``hfft compare --json``)."""
 
     kind: str
     status: str
-    config: dict[str, Any]
+    config: CompareConfigEntry
     strategies: list[str]
     metrics: list[str]
     tie_rule: str

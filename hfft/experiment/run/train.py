@@ -42,7 +42,13 @@ from hfft.experiment.data.sampling import BatchSampler, BatchStream
 from hfft.experiment.data.splits import load_data
 from hfft.experiment.interrupts import Interrupted, as_interrupt, first_signal_stops, signals_held
 from hfft.experiment.limits import check
-from hfft.experiment.records import SCHEMA_VERSION, TRAIN_KIND, EpochEntry, RunManifest
+from hfft.experiment.records import (
+    SCHEMA_VERSION,
+    TRAIN_KIND,
+    EpochEntry,
+    RunManifest,
+    TrainConfigEntry,
+)
 from hfft.experiment.run.budget import robust_training_seconds
 from hfft.experiment.run.checkpoint import save_checkpoint
 from hfft.experiment.run.evaluation import evaluate_splits
@@ -303,7 +309,7 @@ class _Training:
             "schema_version": SCHEMA_VERSION,
             "kind": TRAIN_KIND,
             "status": "running",
-            "config": asdict(self.config),
+            "config": cast(TrainConfigEntry, asdict(self.config)),
             "data": {
                 "name": splits.name,
                 "num_classes": splits.num_classes,
