@@ -21,7 +21,8 @@ from hfft.experiment.strategies.auto import (
     decide,
     decide_back,
 )
-from hfft.experiment.strategies.registry import make_runner, parse_strategy
+from hfft.experiment.strategies.make import make_runner
+from hfft.experiment.strategies.registry import parse_strategy
 
 runner = CliRunner()
 # cheap HF on the digits MLP of the trained_run fixture, and SGD at a rate at which it

@@ -36,7 +36,7 @@ def run_dir(trained_run: Path) -> Path:
     ids=["digits", "cifar", "tiny"],
 )
 def test_default_strategies(n_train: int, expected: list[str]) -> None:
-    assert default_strategies(n_train) == [
+    assert [s.label for s in default_strategies(n_train)] == [
         "sgd",
         "sgd-div10",
         "sgd-cosine",

@@ -174,7 +174,8 @@ def test_compare_notes_a_strategy_that_made_no_progress_in_most_seeds() -> None:
 
 def test_small_data_get_hf_at_fractions_of_the_training_set_and_a_line_saying_so() -> None:
     assert hf_sizes(341) == [42, 85, 170]
-    assert "hf:m=170" in default_strategies(341) and "auto:m=42" in default_strategies(341)
+    labels = [s.label for s in default_strategies(341)]
+    assert "hf:m=170" in labels and "auto:m=42" in labels
     note = hf_sizes_note(341)
     assert note is not None and note.startswith("hf at m=42, m=85, m=170, fractions of the 341")
     assert hf_sizes(1437) == [256, 512] and hf_sizes_note(5000) is None
@@ -343,7 +344,7 @@ def test_hf_sizes_say_whenever_a_standard_size_is_left_out(
     assert hf_sizes(n, eval_batch_size) == sizes
     note = hf_sizes_note(n, eval_batch_size)
     assert note == said if said is None else note is not None and note.startswith(said)
-    strategies = default_strategies(n, eval_batch_size=eval_batch_size)
+    strategies = [s.label for s in default_strategies(n, eval_batch_size=eval_batch_size)]
     assert [s for s in strategies if s.startswith(("hf", "auto"))] == (
         [f"auto:m={sizes[0]}", *(f"hf:m={m}" for m in sizes)] if sizes else []
     )

@@ -30,7 +30,8 @@ from hfft.experiment.strategies.late_phase import (
     SWARunner,
     adam_moments,
 )
-from hfft.experiment.strategies.registry import check_strategy, parse_strategy, suite_members
+from hfft.experiment.strategies.make import check_strategy
+from hfft.experiment.strategies.registry import parse_strategy, suite_members
 from hfft.experiment.strategies.runners import SGDSettings
 
 EXTENDED_STRATEGIES = [e.name for e in suite_members("extended") if "paper" not in e.suites]

@@ -255,7 +255,11 @@ def test_sgd_options_table() -> None:
 def test_modules_do_not_import_torch() -> None:
     code = (
         "import sys, hfft.experiment.run.budget, hfft.experiment.strategies.schedules, "
-        "hfft.experiment.strategies.options; "
+        "hfft.experiment.strategies.options, hfft.experiment.strategies.registry, "
+        "hfft.experiment.strategies.catalog, hfft.experiment.strategies.reference, "
+        "hfft.experiment.strategies.interface, hfft.experiment.strategies.hf_progress\n"
+        "from hfft.experiment.strategies.registry import entries, parse_strategy\n"
+        "entries(); parse_strategy('hf:m=64')\n"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
@@ -322,3 +326,39 @@ def test_the_usage_table_names_every_registered_strategy() -> None:
     rows = usage[start : usage.index("\n\n", start)].splitlines()[2:]
     named = [n for row in rows for n in re.findall(r"`([a-z0-9-]+)`", row.split("|")[1])]
     assert named == [e.name for e in entries()]
+
+
+def test_a_strategy_given_twice_is_refused_before_anything_runs() -> None:
+    from hfft.analysis.compare import CompareConfig
+
+    with pytest.raises(ValueError, match="strategy sgd is given twice"):
+        CompareConfig(checkpoints=("c.safetensors",), strategies=("sgd", "SGD"))
+
+
+def test_a_learning_rate_option_is_bounded_like_lr() -> None:
+    for text in ("sgd:lr=1e39", "adam:lr=1e39", "sgd-schedulefree:lr=1e39"):
+        with pytest.raises(ValueError, match="lr of strategy"):
+            parse_strategy(text)
+    assert parse_strategy("sgd:lr=3e38").options == {"lr": 3e38}
+
+
+def test_a_failed_catalog_import_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from hfft.experiment.strategies import registry
+
+    calls = []
+    real = importlib.import_module
+
+    def failing(name: str, *args: Any) -> Any:
+        calls.append(name)
+        raise ImportError("broken")
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(importlib, "import_module", failing)
+    with pytest.raises(ImportError):
+        registry.entries()
+    assert registry._loaded is False  # the next call tries again
+    monkeypatch.setattr(importlib, "import_module", real)
+    assert [e.name for e in registry.entries()][0] == "sgd"
+    assert calls == ["hfft.experiment.strategies.catalog"]

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from hfft._io import atomic_write_json, sha256_file, to_json
-from hfft.analysis.shards import Shard, _compare_shard, _folder_lock
+from hfft.analysis.shards import Shard, compare_shard, folder_lock
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import check
 from hfft.experiment.records import COMPARE_KIND, CompareConfigEntry, CompareSummary
 from hfft.experiment.run.ownership import slug
 from hfft.experiment.run.record_check import RecordError, check_finetune_log, shown
 from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.strategies.catalog import DEFAULT_EVAL_BATCH, largest_m
 from hfft.experiment.strategies.registry import (
     SUITES,
     Strategy,
@@ -80,6 +81,10 @@ class CompareConfig:
         if self.strategies is not None:  # a library caller's text: parsed here, once
             typed = tuple(parse_strategy(s) if isinstance(s, str) else s for s in self.strategies)
             object.__setattr__(self, "strategies", typed)
+            labels = [s.label for s in typed]
+            twice = next((label for label in labels if labels.count(label) > 1), None)
+            if twice is not None:
+                raise ValueError(f"strategy {twice} is given twice; give each strategy once")
         if self.shard is not None and self.overwrite:
             raise ValueError(
                 "--overwrite cannot be combined with --shard (one shard would delete the others' "
@@ -114,7 +119,7 @@ class CompareResult:
 
 def default_strategies(
     n_train: int, suite: str = "paper", eval_batch_size: int | None = None
-) -> list[str]:
+) -> list[Strategy]:
     """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data
     (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW and schedule-free SGD).
 
@@ -125,20 +130,16 @@ def default_strategies(
     sizes = hf_sizes(n_train, eval_batch_size)
     members = suite_members(suite)
     first = [e.name for e in members if e.kind == "first-order" and "paper" in e.suites]
-    auto = [f"{e.name}:m={sizes[0]}" for e in members if e.kind == "auto" and sizes]
-    hf = [f"{e.name}:m={m}" for e in members if e.kind == "hf" for m in sizes]
-    return [*first, *auto, *hf, *_suite_extras(suite)]
+    auto = [Strategy(e.name, {"m": sizes[0]}) for e in members if e.kind == "auto" and sizes]
+    hf = [Strategy(e.name, {"m": m}) for e in members if e.kind == "hf" for m in sizes]
+    return [*map(Strategy, first), *auto, *hf, *map(Strategy, _suite_extras(suite))]
 
 
 def _suite_extras(suite: str) -> list[str]:
-    """The strategies a suite adds to the paper's (``extended``: the late-phase methods)."""
-    return [e.name for e in suite_members(suite) if "paper" not in e.suites]
-
-
-def _largest_m(n_train: int, eval_batch_size: int | None) -> int:
-    """The largest m that leaves room for B̄: half the data, or what ``--eval-batch-size``
-    leaves."""
-    return n_train // 2 if eval_batch_size is None else min(n_train // 2, n_train - eval_batch_size)
+    """The first-order strategies a suite adds to the paper's (``extended``: the late-phase
+    methods), by name: they run with their defaults."""
+    paper = suite_members("paper")
+    return [e.name for e in suite_members(suite) if e.kind == "first-order" and e not in paper]
 
 
 def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
@@ -149,7 +150,7 @@ def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
     …, 4096 that fit; on data too small for 256, an eighth, a quarter and half
     of that largest m (:func:`hf_sizes_note` says which).
     """
-    largest = _largest_m(n_train, eval_batch_size)
+    largest = largest_m(n_train, eval_batch_size)
     sizes = [m for m in HF_BATCH_SIZES if m <= largest][-3:]
     if sizes:
         return sizes
@@ -159,9 +160,8 @@ def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
 def hf_sizes_note(n_train: int, eval_batch_size: int | None = None) -> str | None:
     """The line ``compare`` prints when HF runs at fewer than three of its standard sizes
     or at fractions of small data, saying which and why; ``None`` when three fit."""
-    from hfft.experiment.strategies.runners import DEFAULT_EVAL_BATCH
 
-    largest = _largest_m(n_train, eval_batch_size)
+    largest = largest_m(n_train, eval_batch_size)
     sizes = hf_sizes(n_train, eval_batch_size)
     standard = [m for m in HF_BATCH_SIZES if m <= largest]
     if len(standard) >= 3:
@@ -422,7 +422,7 @@ def _load_sources(
         by label (the given ones, else the suite's; the suite's extras added to given ones).
     """
     from hfft.experiment.run.budget import parse_budget, resolve_budget
-    from hfft.experiment.strategies.registry import check_strategy
+    from hfft.experiment.strategies.make import check_strategy
 
     sources = []
     for path in config.checkpoints:
@@ -440,11 +440,10 @@ def _load_sources(
             said.add(line)  # checkpoints of one training share it
             on_note(line)
     n_train = sources[0][0].splits.num_train
-    # the suite's strategies are hfft's own labels, typed here once
     typed = {s.label: s for s in given}
     if not given:
         suite = default_strategies(n_train, config.suite, config.eval_batch_size)
-        typed = {label: parse_strategy(label) for label in suite}
+        typed = {s.label: s for s in suite}
         if on_note is not None and (line := hf_sizes_note(n_train, config.eval_batch_size)):
             on_note(line)
     elif config.suite != "paper":  # the given ones and the suite's extras
@@ -513,11 +512,11 @@ def compare(
     with first_signal_stops():
         try:
             if config.shard is None:
-                with _folder_lock(out):
+                with folder_lock(out):
                     _start(out, config, strategies)
                     runs.visit(range(len(runs.order)), run_missing=True)
                     return _summarise(config, strategies, runs.listed(), runs.ran, runs.reused)
-            return _compare_shard(out, config.shard, _ShardSteps(config, runs, strategies))
+            return compare_shard(out, config.shard, _ShardSteps(config, runs, strategies))
         except KeyboardInterrupt as err:
             raise Interrupted.after(
                 err, f"the finished runs are kept in {out} (rerun the same command to resume)"

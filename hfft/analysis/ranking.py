@@ -35,6 +35,7 @@ from hfft.experiment.records import (
     TimeToTarget,
 )
 from hfft.experiment.strategies.hf_progress import progress_verdict, strategy_note
+from hfft.experiment.strategies.registry import entry_of
 
 __all__ = [
     "ALPHA",
@@ -288,8 +289,9 @@ def best_baseline_target(
 ) -> tuple[str, float]:
     """The SGD strategy with the best mean final ``metric``, and that mean.
 
-    SGD strategies are those whose label starts with ``sgd``; runs without a
-    finite final value are left out of the mean.
+    The SGD strategies are those the registry marks as a baseline (``sgd``,
+    ``sgd-div10``, ``sgd-cosine``, ``sgd-plateau`` and ``sgd-schedulefree``); runs
+    without a finite final value are left out of the mean.
 
     Raises:
         ValueError: If no SGD run has a finite final value.
@@ -297,7 +299,8 @@ def best_baseline_target(
     sign = 1.0 if higher_is_better(metric) else -1.0
     best: tuple[str, float] | None = None
     for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
-        if not strategy.startswith("sgd"):
+        found = entry_of(strategy)
+        if found is None or not found.baseline:
             continue
         finals = [v for v in (r.final(metric) for r in group) if v is not None]
         if finals and (best is None or sign * float(np.mean(finals)) > sign * best[1]):

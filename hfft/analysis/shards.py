@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from hfft.optim import distributed
 
-__all__ = ["Comparison", "Shard"]
+__all__ = ["Comparison", "Shard", "compare_shard", "folder_lock"]
 
 _R = TypeVar("_R")
 _R_co = TypeVar("_R_co", covariant=True)
@@ -106,7 +106,7 @@ class Comparison(Protocol[_R_co]):
         the running ``compare.json``)."""
 
 
-def _compare_shard(out: Path, shard: Shard, steps: Comparison[_R]) -> _R:
+def compare_shard(out: Path, shard: Shard, steps: Comparison[_R]) -> _R:
     """This shard's runs, then the ranking if every run is there and no other shard runs.
 
     The folder's lock is shared while shards run and exclusive while one
@@ -120,7 +120,7 @@ def _compare_shard(out: Path, shard: Shard, steps: Comparison[_R]) -> _R:
     if shard.count == 0:
         return _assemble_only(out, steps)
     try:
-        with _folder_lock(out):  # nobody else here: claim the folder
+        with folder_lock(out):  # nobody else here: claim the folder
             steps.claim()
     except FolderBusy:
         pass  # other shards run (or one claims or assembles): join them
@@ -128,14 +128,14 @@ def _compare_shard(out: Path, shard: Shard, steps: Comparison[_R]) -> _R:
         _check_joining(out, steps.same_config)
         steps.visit([p for p in range(len(steps.order)) if shard.takes(p)], run_missing=True)
     try:
-        with _folder_lock(out):
+        with folder_lock(out):
             steps.visit(range(len(steps.order)), run_missing=False)
             if not steps.missing:
                 return steps.summarise()
     except FolderBusy:  # another shard still runs (or assembles): it writes the ranking
         steps.visit(range(len(steps.order)), run_missing=False)
     if not steps.missing:  # all there: make sure someone assembles (the holder may not)
-        with _folder_lock(out, wait=True):
+        with folder_lock(out, wait=True):
             done = _stored_summary(out)
             if done.get("status") == "completed" and steps.same_config(done):
                 return steps.finished(done)
@@ -149,7 +149,7 @@ def _shared_lock(out: Path, on_note: Callable[[str], None] | None) -> Iterator[N
     from hfft.experiment.run.run_folder import FolderBusy
 
     try:
-        with _folder_lock(out, shared=True):
+        with folder_lock(out, shared=True):
             yield
         return
     except FolderBusy:
@@ -159,7 +159,7 @@ def _shared_lock(out: Path, on_note: Callable[[str], None] | None) -> Iterator[N
             f"waiting for the process that holds {out} (a shard claiming or assembling it, or "
             "a comparison without shards)"
         )
-    with _folder_lock(out, wait=True, shared=True):
+    with folder_lock(out, wait=True, shared=True):
         yield
 
 
@@ -177,7 +177,7 @@ def _assemble_only(out: Path, steps: Comparison[_R]) -> _R:
     from hfft.experiment.run.run_folder import FolderBusy
 
     try:
-        with _folder_lock(out):
+        with folder_lock(out):
             steps.claim(header=False)
             steps.visit(range(len(steps.order)), run_missing=False)
             if not steps.missing:
@@ -216,7 +216,7 @@ def _check_joining(out: Path, same_config: Callable[[dict[str, Any]], bool]) -> 
 
 
 @contextlib.contextmanager
-def _folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterator[None]:
+def folder_lock(out: Path, wait: bool = False, shared: bool = False) -> Iterator[None]:
     """The comparison folder's lock, held by rank 0 alone (which writes the files)."""
     from hfft.experiment.run.run_folder import locked_folder
 

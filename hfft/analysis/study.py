@@ -44,6 +44,7 @@ from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord
 from hfft.experiment.run.budget import parse_budget
 from hfft.experiment.run.starting_point import StartingPointOptions
+from hfft.experiment.strategies.catalog import largest_m
 from hfft.experiment.strategies.registry import Strategy, parse_strategy, suite_members
 
 __all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
@@ -97,7 +98,7 @@ class StudyResult:
     figures: list[Path]
 
 
-def figure1_strategies(n_train: int) -> list[str]:
+def figure1_strategies(n_train: int) -> list[Strategy]:
     """SGD, HF at the paper's batch sizes that fit the data, and ``auto`` with the smallest.
 
     HF needs B and a disjoint B̄, so ``m ≤ n_train / 2``. Where fewer than two
@@ -105,11 +106,11 @@ def figure1_strategies(n_train: int) -> list[str]:
     sets such as digits), and where neither fits, fractions of the training set
     (:func:`hfft.analysis.compare.hf_sizes`).
     """
-    sizes = [m for m in STUDY_HF_SIZES if m <= n_train // 2]
+    sizes = [m for m in STUDY_HF_SIZES if m <= largest_m(n_train)]
     if len(sizes) < 2:
-        sizes = [m for m in (256, 512) if m <= n_train // 2] or hf_sizes(n_train)
-    auto = f"auto:m={sizes[0]}" if sizes else "auto"
-    return ["sgd", *(f"hf:m={m}" for m in sizes), auto]
+        sizes = [m for m in (256, 512) if m <= largest_m(n_train)] or hf_sizes(n_train)
+    auto = Strategy("auto", {"m": sizes[0]}) if sizes else Strategy("auto")
+    return [Strategy("sgd"), *(Strategy("hf", {"m": m}) for m in sizes), auto]
 
 
 def _figure2_extra(figure1: list[str]) -> list[str]:
@@ -178,12 +179,9 @@ def _study(
     manifest = json.loads((train_dir / "run.json").read_text())
     checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
     n_train = int(manifest["data"]["train_size"])
-    # Figure 1's strategies as given, or hfft's own labels typed here once
-    typed = list(config.strategies or ()) or [
-        parse_strategy(s) for s in figure1_strategies(n_train)
-    ]
+    typed = list(config.strategies or ()) or figure1_strategies(n_train)
     figure1 = [s.label for s in typed]
-    small = n_train // 2 < STUDY_HF_SIZES[0]  # HF at fractions of the data, said
+    small = largest_m(n_train) < STUDY_HF_SIZES[0]  # HF at fractions of the data, said
     if not config.strategies and small and on_note and (line := hf_sizes_note(n_train)):
         on_note(line)
     extra = _figure2_extra(figure1)

@@ -38,11 +38,26 @@ def strategy_help() -> str:
     """``--strategy``'s help, from the registry: every strategy with its line, and examples."""
     from hfft.experiment.strategies.registry import entries
 
-    names = ", ".join(e.name for e in entries())
+    listed = "; ".join(f"{e.name} ({e.summary})" for e in entries())
     examples = ", ".join(e.example for e in entries() if e.example)
     return (
-        f"{names}. Options after a colon, joined by commas, e.g. {examples}. Every "
+        f"{listed}. Options after a colon, joined by commas, e.g. {examples}. Every "
         "strategy with its options: docs/strategies.md."
+    )
+
+
+def compare_strategy_help() -> str:
+    """``compare -s``'s help, from the registry: the paper suite's strategies by kind."""
+    from hfft.experiment.strategies.registry import suite_members
+
+    paper = suite_members("paper")
+    first = ", ".join(e.name for e in paper if e.kind == "first-order")
+    hf = " and ".join(e.name for e in paper if e.kind == "hf")
+    auto = " and ".join(e.name for e in paper if e.kind == "auto")
+    return (
+        "A strategy to compare (repeatable), e.g. -s sgd -s sgd-cosine -s hf:m=512. Default: "
+        f"{first}, {hf} at up to three batch sizes that fit the data, and {auto} with the "
+        "smallest of them."
     )
 
 

@@ -21,6 +21,7 @@ from hfft.cli.common import (
     SourceArgs,
     check_out_dir,
     command_guard,
+    compare_strategy_help,
     join_torchrun,
     note,
     print_json,
@@ -40,9 +41,7 @@ StrategiesOpt = Annotated[
     typer.Option(
         "--strategy",
         "-s",
-        help="A strategy to compare (repeatable), e.g. -s sgd -s sgd-cosine -s hf:m=512. "
-        "Default: sgd, sgd-div10, sgd-cosine, sgd-plateau, hf at up to three batch sizes "
-        "that fit the data, and auto with the smallest of them.",
+        help=compare_strategy_help(),
     ),
 ]
 SuiteOpt = Annotated[str, typer.Option(help=suite_help())]

@@ -22,13 +22,11 @@ from torch import Tensor, nn
 from hfft.diagnostics.instruments import (
     count_flops,
     interleaved_medians,
-    median_time,
     peak_memory,
-    timed,
 )
 from hfft.experiment.data.splits import DataSplits
 from hfft.experiment.data.task import Task
-from hfft.experiment.strategies.registry import parse_strategy
+from hfft.experiment.strategies.registry import Strategy
 from hfft.experiment.strategies.runners import SGDRunner, SGDSettings
 from hfft.models import get_problem
 from hfft.optim.batches import take
@@ -36,14 +34,7 @@ from hfft.optim.cg import conjugate_gradient
 from hfft.optim.curvature import LinearizationCache, linearize_curvature
 from hfft.optim.output_hessians import Loss
 
-__all__ = [
-    "BenchResult",
-    "bench_model",
-    "interleaved_medians",
-    "median_time",
-    "shaped_problem",
-    "timed",
-]
+__all__ = ["BenchResult", "bench_model", "shaped_problem"]
 
 # input shape and classes of the data set each registered problem trains on
 DATA_SHAPES = {
@@ -215,7 +206,7 @@ def _sgd_steps(
     splits = _bench_splits(x, y)
     ours = copy.deepcopy(model)
     settings = SGDSettings(loss_fn, lr=1e-6, batch_size=n, momentum=0.9, weight_decay=5e-4, seed=0)
-    runner = SGDRunner(parse_strategy("sgd"), ours, splits, settings, evaluations=1)
+    runner = SGDRunner(Strategy("sgd"), ours, splits, settings, evaluations=1)
     twin = copy.deepcopy(model)
     opt = torch.optim.SGD(twin.parameters(), lr=1e-6, momentum=0.9, weight_decay=5e-4)
 

@@ -22,7 +22,7 @@ from hfft.diagnostics.measure import PASS, WARN, Check
 from hfft.experiment.data.splits import DataSplits
 from hfft.experiment.data.task import Task
 from hfft.experiment.run.evaluation import evaluate
-from hfft.experiment.strategies.registry import parse_strategy
+from hfft.experiment.strategies.registry import Strategy
 from hfft.experiment.strategies.runners import HFRunner
 from hfft.optim.batches import Batchable, take
 
@@ -54,7 +54,7 @@ def progress_check(
     x, y = _held_out(splits)
     loss_fn = task.loss()
     probe = copy.deepcopy(model)
-    strategy = parse_strategy("hf" if chunk_size is None else f"hf:chunk_size={chunk_size}")
+    strategy = Strategy("hf", {} if chunk_size is None else {"chunk_size": chunk_size})
     try:
         before = evaluate(probe, x, y, task, loss_fn)["loss"]
         runner = HFRunner(

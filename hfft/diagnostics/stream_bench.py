@@ -30,7 +30,8 @@ from torch import nn
 from hfft.diagnostics.instruments import interleaved_medians
 from hfft.experiment.data.splits import DataSplits, load_data
 from hfft.experiment.data.task import Task
-from hfft.experiment.strategies.registry import make_runner, parse_strategy
+from hfft.experiment.strategies.make import make_runner
+from hfft.experiment.strategies.registry import Strategy
 
 __all__ = ["bench_streaming", "image_folder", "write_image_folder"]
 
@@ -82,9 +83,9 @@ def _splits(root: Path, limit: str) -> DataSplits:
     return load_data(spec, root=root, seed=0, valid_fraction=0.1)
 
 
-def _runner(strategy: str, model: nn.Module, splits: DataSplits, batch_size: int) -> Any:
+def _runner(strategy: Strategy, model: nn.Module, splits: DataSplits, batch_size: int) -> Any:
     return make_runner(
-        parse_strategy(strategy),
+        strategy,
         model,
         splits,
         loss_fn=Task().loss(),
@@ -118,8 +119,9 @@ def bench_streaming(
     model = _cnn(data["resident"].num_classes)
     fns: dict[str, Callable[[], Any]] = {}
     for kind, splits in data.items():
-        sgd = _runner("sgd", copy.deepcopy(model), splits, batch_size)
-        hf = _runner(f"hf:m={m},cg_max_iter=10", copy.deepcopy(model), splits, batch_size)
+        sgd = _runner(Strategy("sgd"), copy.deepcopy(model), splits, batch_size)
+        hf_strategy = Strategy("hf", {"m": m, "cg_max_iter": 10})
+        hf = _runner(hf_strategy, copy.deepcopy(model), splits, batch_size)
         steps = splits.num_train // batch_size
         fns[f"sgd epoch {kind}"] = functools.partial(_steps, sgd, steps)
         fns[f"hf step {kind}"] = functools.partial(_steps, hf, 1)

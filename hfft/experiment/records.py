@@ -417,7 +417,6 @@ class FinetuneLog(RunnerReport, total=False):
     best: EvaluationEntry
     spent: SpentEntry
     files: dict[str, str]
-    schedulefree: ScheduleFreeLog
 
 
 class TrainData(TypedDict):

@@ -70,10 +70,10 @@ from hfft.experiment.run.run_folder import RunFolder, check_not_input
 from hfft.experiment.run.starting_point import StartingPointOptions
 from hfft.experiment.run.train import versions
 from hfft.experiment.snapshot import StepHistory
+from hfft.experiment.strategies.make import make_runner
 from hfft.experiment.strategies.registry import (
     Strategy,
     canonical_label,
-    make_runner,
     parse_strategy,
 )
 from hfft.optim import distributed

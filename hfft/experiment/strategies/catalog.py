@@ -23,6 +23,7 @@ from __future__ import annotations
 from hfft.experiment.limits import (
     AT_LEAST_ONE,
     HALF_OPEN_UNIT,
+    LIMITS,
     NONNEGATIVE,
     OPEN_UNIT,
     POSITIVE,
@@ -32,16 +33,44 @@ from hfft.experiment.strategies.options import Option
 from hfft.experiment.strategies.registry import StrategyEntry, register
 
 __all__ = [
+    "ADAM_DEFAULT_LR",
     "ADAM_OPTIONS",
     "AUTO_HF_PREFIX",
     "AUTO_OPTIONS",
     "AUTO_RULE_OPTIONS",
+    "DEFAULT_EVAL_BATCH",
+    "DEFAULT_M",
     "HF_OPTIONS",
     "LBFGS_OPTIONS",
     "SCHEDULEFREE_OPTIONS",
     "SGD_OPTIONS",
     "SWA_OPTIONS",
+    "default_m",
+    "largest_m",
 ]
+
+DEFAULT_M = 2048
+"""HF's batch size B (and L-BFGS's batch) when ``m`` is not given, data allowing."""
+
+DEFAULT_EVAL_BATCH = 1024
+"""HF's second batch B̄ when ``--eval-batch-size`` is not given, data allowing."""
+
+
+def largest_m(n: int, eval_batch_size: int | None = None) -> int:
+    """The largest HF batch B that leaves room for B̄ among ``n`` training samples: half
+    of them, or what ``eval_batch_size`` leaves."""
+    return n // 2 if eval_batch_size is None else min(n // 2, n - eval_batch_size)
+
+
+def default_m(n: int) -> int:
+    """HF's batch size B when ``hf:m=`` is not given: min(2048, n/2)."""
+    return min(DEFAULT_M, largest_m(n))
+
+
+ADAM_DEFAULT_LR = 1e-3
+"""Adam's learning rate when neither the strategy nor a saved Adam state gives one."""
+
+_LR = LIMITS["lr"].range  # a learning rate is bounded alike as an option and as --lr
 
 HF_OPTIONS: dict[str, Option] = {
     "m": Option(
@@ -88,7 +117,7 @@ HF_OPTIONS: dict[str, Option] = {
 """Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
 
 SGD_OPTIONS: dict[str, Option] = {
-    "lr": Option(float, "learning rate α (default: the checkpoint's)", range=POSITIVE),
+    "lr": Option(float, "learning rate α (default: the checkpoint's)", range=_LR),
     "batch_size": Option(int, "batch size (default: the checkpoint's)", range=POSITIVE),
     "momentum": Option(float, "momentum (default: the checkpoint's)", range=HALF_OPEN_UNIT),
 }
@@ -174,7 +203,10 @@ LBFGS_OPTIONS: dict[str, Option] = {
 
 ADAM_OPTIONS: dict[str, Option] = {
     "lr": Option(
-        float, "learning rate (default 1e-3, not tuned to the checkpoint)", range=POSITIVE
+        float,
+        f"learning rate (default: the checkpoint's Adam state's, else {ADAM_DEFAULT_LR}, "
+        "not tuned to the checkpoint)",
+        range=_LR,
     ),
     "batch_size": SGD_OPTIONS["batch_size"],
     "beta1": Option(float, "first-moment decay", range=HALF_OPEN_UNIT, default=0.9),
@@ -200,10 +232,10 @@ _RUNNERS = "hfft.experiment.strategies.runners:"
 _LATE = "hfft.experiment.strategies.late_phase:"
 
 _SGD_SCHEDULES = {
-    "sgd": ("constant", "SGD at the checkpoint's rate α throughout"),
+    "sgd": ("constant", "SGD at the checkpoint's rate α"),
     "sgd-div10": ("div10", "SGD at α/10"),
-    "sgd-cosine": ("cosine", "SGD with a cosine decay from α to 0 over the budget"),
-    "sgd-plateau": ("plateau", "SGD, α × 0.1 when the train loss stops improving (3 drops)"),
+    "sgd-cosine": ("cosine", "SGD, α decayed to 0 by a cosine"),
+    "sgd-plateau": ("plateau", "SGD, α × 0.1 when the loss stalls"),
 }
 for _name, (_schedule, _summary) in _SGD_SCHEDULES.items():
     register(
@@ -216,6 +248,7 @@ for _name, (_schedule, _summary) in _SGD_SCHEDULES.items():
             check=_RUNNERS + "check_sgd",
             suites=("paper", "extended"),
             settings={"schedule": _schedule},
+            baseline=True,
             log="plateau" if _schedule == "plateau" else None,
             example=f"{_name}:lr=0.01" if _name == "sgd" else "",
         )
@@ -224,7 +257,7 @@ for _name, (_schedule, _summary) in _SGD_SCHEDULES.items():
 register(
     StrategyEntry(
         "hf",
-        "Hessian-free: GGN curvature, CG, Levenberg-Marquardt damping, line search",
+        "Hessian-free: GGN, CG, damping",
         HF_OPTIONS,
         build=_RUNNERS + "build_hf",
         check=_RUNNERS + "check_hf",
@@ -238,7 +271,7 @@ register(
 register(
     StrategyEntry(
         "auto",
-        "constant-rate SGD, switching to HF when HF pays more",
+        "SGD, switching to hf when HF pays more",
         AUTO_OPTIONS,
         batch_option="batch_size",
         build="hfft.experiment.strategies.auto:build_auto",
@@ -252,7 +285,7 @@ register(
 register(
     StrategyEntry(
         "swa",
-        "SGD, then SWALR and the average of the iterates (torch.optim.swa_utils)",
+        "SGD, then the average of the iterates",
         SWA_OPTIONS,
         batch_option="batch_size",
         build=_LATE + "SWARunner.build",
@@ -267,7 +300,7 @@ register(
 register(
     StrategyEntry(
         "lbfgs",
-        "torch.optim.LBFGS with the strong-Wolfe line search, one batch per step",
+        "L-BFGS, one batch per step",
         LBFGS_OPTIONS,
         build=_LATE + "LBFGSRunner.build",
         check=_LATE + "check_lbfgs",
@@ -278,8 +311,8 @@ register(
     )
 )
 for _name, _summary in (
-    ("adam", "torch.optim.Adam from the checkpoint's moments, constant or cosine"),
-    ("adamw", "torch.optim.AdamW (decoupled weight decay), constant or cosine"),
+    ("adam", "Adam, from the checkpoint's moments"),
+    ("adamw", "AdamW, decoupled weight decay"),
 ):
     register(
         StrategyEntry(
@@ -299,7 +332,7 @@ for _name, _summary in (
 register(
     StrategyEntry(
         "sgd-schedulefree",
-        "schedule-free SGD (the schedulefree package); its averaged point x is saved",
+        "schedule-free SGD",
         SCHEDULEFREE_OPTIONS,
         batch_option="batch_size",
         build=_LATE + "ScheduleFreeRunner.build",
@@ -307,6 +340,7 @@ register(
         suites=("extended",),
         data_parallel=False,
         log="schedulefree",
+        baseline=True,
         evaluates="schedule-free SGD's averaged point x",
     )
 )

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hfft.experiment.strategies.catalog import largest_m
+
 if TYPE_CHECKING:
     from hfft.experiment.records import HFProgressEntry
 
@@ -150,7 +152,7 @@ def _why(m: int, n_train: int, how: str) -> str:
         f" The step fitted to B (m={m}) {how} the loss on B̄, a second batch of training "
         "data: the model fits its training data closely, or m is small for this model."
     )
-    larger = min(n_train // 2, 4 * m)
+    larger = min(largest_m(n_train), 4 * m)
     if larger > m:
         return why + f" Try a larger m (hf:m={larger}) or a first-order strategy (sgd-cosine)."
     return why + " m is as large as the data allow: try a first-order strategy (sgd-cosine)."

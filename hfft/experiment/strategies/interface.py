@@ -24,7 +24,8 @@ __all__ = ["Runner", "SGDSettings"]
 
 
 class Runner:
-    """Interface: ``step(fraction) -> record``; ``diverged``; ``hyper`` and ``report`` for logs."""
+    """Interface: ``step(fraction) -> step entry``; ``diverged``; ``settings`` and ``report``
+    for logs."""
 
     model: nn.Module
     step_samples: int = 0

@@ -45,11 +45,12 @@ import torch
 from torch import nn
 
 from hfft.experiment.interrupts import signals_held
+from hfft.experiment.limits import LIMITS
+from hfft.experiment.strategies.catalog import ADAM_DEFAULT_LR, default_m
 from hfft.experiment.strategies.runners import (
     SampledRunner,
     SGDSettings,
     check_sgd_batch,
-    default_m,
     sgd_settings,
 )
 from hfft.experiment.strategies.schedules import make_schedule
@@ -79,8 +80,6 @@ __all__ = [
     "lbfgs_batch",
 ]
 
-ADAM_DEFAULT_LR = 1e-3
-"""Adam's learning rate when neither the strategy nor a saved Adam state gives one."""
 
 _BN_BATCH = 256
 
@@ -282,7 +281,9 @@ def adam_moments(state: dict[str, Any] | None, model: nn.Module) -> list[dict[st
 def _saved_lr(state: dict[str, Any] | None) -> float | None:
     groups = (state or {}).get("param_groups") or [{}]
     lr = groups[0].get("lr") if isinstance(groups[0], dict) else None
-    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
+    if lr is None or not LIMITS["lr"].accepts(lr):  # a finite rate > 0, not a bool
+        return None
+    return float(lr)
 
 
 class AdamRunner(SampledRunner):

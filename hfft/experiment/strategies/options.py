@@ -43,12 +43,6 @@ class Option:
     range: limits.Range | None = None
     default: Any = None
 
-    def help_line(self) -> str:
-        """``help``, with the default when there is one: ``history pairs kept (default 10)``."""
-        if self.default is None:
-            return self.help
-        return f"{self.help} (default {format_value(self.default)})"
-
     def describe(self) -> str:
         """What values are accepted, e.g. ``an integer > 0`` or ``one of ggn, hessian``."""
         if self.type is str:

@@ -7,6 +7,7 @@ this module does not import torch.
 
 from __future__ import annotations
 
+from hfft.experiment.strategies.options import format_value
 from hfft.experiment.strategies.registry import SUITES, StrategyEntry, entries
 
 __all__ = ["strategies_markdown"]
@@ -57,7 +58,10 @@ def _section(e: StrategyEntry) -> list[str]:
         f"## `{e.name}`",
         "",
         f"{e.summary}. Kind: {e.kind}; `compare --suite`: {suites}; evaluated and saved: "
-        f"{e.evaluates}" + ("" if e.data_parallel else "; runs in one process only") + ".",
+        f"{e.evaluates}"
+        + ("; a time-to-target baseline" if e.baseline else "")
+        + ("" if e.data_parallel else "; runs in one process only")
+        + ".",
         "",
     ]
     if e.log is not None:
@@ -66,7 +70,7 @@ def _section(e: StrategyEntry) -> list[str]:
         return [*lines, "No options.", ""]
     lines += ["| option | accepts | default | meaning |", "|---|---|---|---|"]
     for key, option in e.options.items():
-        default = "—" if option.default is None else f"`{option.default}`"
+        default = "—" if option.default is None else f"`{format_value(option.default)}`"
         lines.append(f"| `{key}` | {option.describe()} | {default} | {option.help} |")
     return [*lines, ""]
 

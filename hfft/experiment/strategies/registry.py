@@ -6,7 +6,8 @@ check against the data and the checkpoint, the runner it builds, what is
 evaluated and saved, what it adds to ``metrics.json`` and the ``compare``
 suites it belongs to. The command-line help, ``compare``'s suites, the
 validation of options and ``docs/strategies.md`` are made from the entries;
-nothing else decides what a strategy is by its name.
+nothing else decides what a strategy is by its name (a plot's colours and
+``study``'s choice of Figure 1's strategies aside).
 
 The built-in entries are in :mod:`hfft.experiment.strategies.catalog`. A new
 strategy is one module: its runner (a :class:`~hfft.experiment.strategies.runners.Runner`)
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
     from hfft.experiment.data.splits import DataSplits
     from hfft.experiment.strategies.interface import Runner, SGDSettings
-    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "KINDS",
@@ -49,12 +49,10 @@ __all__ = [
     "Strategy",
     "StrategyEntry",
     "canonical_label",
-    "check_strategy",
     "entries",
     "entry",
     "entry_of",
     "kind_of",
-    "make_runner",
     "parse_strategy",
     "register",
     "suite_members",
@@ -119,6 +117,8 @@ class StrategyEntry:
         log: The top-level ``metrics.json`` entry its runner's report adds.
         evaluates: What is evaluated and saved, in words.
         example: A typical use, for the help (``sgd:lr=0.01``).
+        baseline: Whether ``compare``'s time to target may take its final value as the
+            target (the best such strategy's).
     """
 
     name: str
@@ -134,6 +134,7 @@ class StrategyEntry:
     log: str | None = None
     evaluates: str = "the trained weights"
     example: str = ""
+    baseline: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -192,8 +193,12 @@ _loaded = False
 def _load_catalog() -> None:
     global _loaded
     if not _loaded:
-        _loaded = True
-        importlib.import_module(_OWN + "catalog")
+        _loaded = True  # first: the catalog registers through register(), which loads it
+        try:
+            importlib.import_module(_OWN + "catalog")
+        except BaseException:
+            _loaded = False
+            raise
 
 
 def entries() -> tuple[StrategyEntry, ...]:
@@ -391,67 +396,3 @@ def canonical_label(text: Any) -> Any:
         return parse_strategy(text).label if isinstance(text, str) else text
     except ValueError:
         return text
-
-
-def check_strategy(
-    strategy: Strategy,
-    n: int,
-    *,
-    lr: float | None,
-    batch_size: int | None,
-    eval_batch_size: int | None,
-) -> None:
-    """Whether a strategy can run on ``n`` training samples, without building anything.
-
-    ``compare`` checks every strategy with this before the first run starts.
-
-    Raises:
-        ValueError: For batches that do not fit the data, a missing learning rate or
-            batch size, or a strategy that does not run data-parallel under torchrun,
-            in one sentence.
-    """
-    spec = strategy.entry
-    if not spec.data_parallel:
-        from hfft.optim import distributed
-
-        if distributed.is_distributed():
-            raise ValueError(
-                f"strategy {strategy.name!r} does not run data-parallel yet; run it in one process"
-            )
-    check = spec.checker()
-    if check is not None:
-        check(strategy, StartingFacts(n, lr, batch_size, eval_batch_size))
-
-
-def make_runner(
-    strategy: Strategy,
-    model: nn.Module,
-    splits: DataSplits,
-    *,
-    loss_fn: Loss,
-    lr: float | None,
-    batch_size: int | None,
-    momentum: float,
-    weight_decay: float,
-    eval_batch_size: int | None,
-    evaluations: int,
-    seed: int,
-    optimizer_state: dict[str, Any] | None = None,
-) -> Runner:
-    """The runner of a strategy, checked first (:func:`check_strategy`), built by its entry.
-
-    ``lr``, ``batch_size`` and ``momentum`` are the checkpoint's (a strategy's own
-    options take precedence); ``optimizer_state`` is its saved optimizer state, if any
-    (``adam`` and ``adamw`` start from its moments).
-
-    Raises:
-        ValueError: When the strategy cannot run on the data (see :func:`check_strategy`).
-    """
-    from hfft.experiment.strategies.interface import SGDSettings
-
-    check_strategy(
-        strategy, splits.num_train, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size
-    )
-    settings = SGDSettings(loss_fn, lr, batch_size, momentum, weight_decay, seed)
-    context = RunnerContext(model, splits, settings, eval_batch_size, evaluations, optimizer_state)
-    return strategy.entry.builder()(strategy, context)

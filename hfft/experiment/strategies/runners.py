@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from hfft.experiment.data.sampling import BatchSampler, BatchStream
+from hfft.experiment.strategies.catalog import DEFAULT_EVAL_BATCH, default_m, largest_m
 from hfft.experiment.strategies.hf_progress import HFProgress
 from hfft.experiment.strategies.interface import Runner, SGDSettings
 from hfft.experiment.strategies.schedules import Plateau, make_schedule
@@ -50,22 +51,10 @@ __all__ = [
     "check_hf",
     "check_sgd",
     "check_sgd_batch",
-    "default_m",
     "hf_batch_sizes",
     "sgd_settings",
     "sgd_update",
 ]
-
-DEFAULT_M = 2048
-
-
-def default_m(n: int) -> int:
-    """HF's batch size B when ``hf:m=`` is not given: min(2048, n/2) of ``n`` training
-    samples (L-BFGS's batch too), so that B̄ has room."""
-    return min(DEFAULT_M, n // 2)
-
-
-DEFAULT_EVAL_BATCH = 1024
 
 
 def sgd_update(
@@ -266,7 +255,7 @@ def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[
     if m < 1 or m >= n:
         raise ValueError(
             f"HF's batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
-            f"leaving samples for its second batch B̄; choose hf:m={max(1, n // 2)} or less"
+            f"leaving samples for its second batch B̄; choose hf:m={max(1, largest_m(n))} or less"
         )
     m_bar = min(DEFAULT_EVAL_BATCH, n - m) if eval_batch_size is None else eval_batch_size
     if m_bar < 1 or m + m_bar > n:
