@@ -360,5 +360,5 @@ def test_a_failed_catalog_import_is_not_remembered(monkeypatch: pytest.MonkeyPat
         registry.entries()
     assert registry._loaded is False  # the next call tries again
     monkeypatch.setattr(importlib, "import_module", real)
-    assert [e.name for e in registry.entries()][0] == "sgd"
+    assert registry.entries()[0].name == "sgd"
     assert calls == ["hfft.experiment.strategies.catalog"]
