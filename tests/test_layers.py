@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,36 +88,39 @@ def _imports(path: Path, module: str) -> set[str]:
 MODULES = _modules()
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if _layer(m) is not None))
-def test_a_module_imports_only_from_the_layers_below(module: str) -> None:
-    own = _layer(module)
-    assert own in ALLOWED, f"{module} is in no known layer"
-    bad = sorted(
+def _upward(
+    module: str, place: Callable[[str], str | None], allowed: dict[str, set[str]]
+) -> list[str]:
+    """The imports of ``module`` from a place (layer or floor) not below its own."""
+    own = place(module)
+    assert own in allowed, f"{module} is in no known place"
+    return sorted(
         imported
         for imported in _imports(MODULES[module], module)
         if imported in MODULES
         and imported not in BASE
-        and _layer(imported) != own
-        and _layer(imported) not in ALLOWED[own]
+        and place(imported) is not None
+        and place(imported) != own
+        and place(imported) not in allowed[own]
     )
-    assert not bad, f"{module} ({own}) imports {bad}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _layer(m) is not None))
+def test_a_module_imports_only_from_the_layers_below(module: str) -> None:
+    bad = _upward(module, _layer, ALLOWED)
+    assert not bad, f"{module} ({_layer(module)}) imports {bad}"
+
+
+def _experiment_floor(module: str) -> str | None:
+    return _floor(module) if _layer(module) == "experiment" else None
 
 
 @pytest.mark.parametrize(
     "module", sorted(m for m in MODULES if _layer(m) == "experiment" and m != "hfft.experiment")
 )
 def test_an_experiment_module_imports_only_from_the_floors_below(module: str) -> None:
-    own = _floor(module)
-    assert own in EXPERIMENT_ALLOWED, f"{module} is in no known floor of experiment"
-    bad = sorted(
-        imported
-        for imported in _imports(MODULES[module], module)
-        if imported in MODULES
-        and _layer(imported) == "experiment"
-        and _floor(imported) != own
-        and _floor(imported) not in EXPERIMENT_ALLOWED[own]
-    )
-    assert not bad, f"{module} ({own}) imports {bad}"
+    bad = _upward(module, _experiment_floor, EXPERIMENT_ALLOWED)
+    assert not bad, f"{module} ({_floor(module)}) imports {bad}"
 
 
 def test_experiment_has_the_known_floors() -> None:
