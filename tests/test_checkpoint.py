@@ -76,6 +76,19 @@ def test_file_is_plain_safetensors(tmp_path: Path) -> None:
     assert_same(load_file(path), sd)
 
 
+def test_file_says_it_is_a_pytorch_safetensors_file(tmp_path: Path) -> None:
+    """``transformers``' ``from_pretrained`` and timm refuse a file without
+    ``"format": "pt"`` in its header; hfft's own metadata sits beside it."""
+    from safetensors import safe_open
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, trained_state(bn_model()), METADATA)
+    with safe_open(path, framework="pt") as f:
+        header = f.metadata()
+    assert header["format"] == "pt" and set(header) == {"format", "hfft"}
+    assert load_checkpoint(path).metadata == METADATA
+
+
 def test_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
     w = torch.randn(4, 3)
     sd = {"a": w, "tied": w, "t": w.t(), "slice": w[1:3]}
@@ -437,3 +450,53 @@ def test_long_keys_are_cut_in_messages() -> None:
     with pytest.raises(CheckpointError) as info:
         apply_state_dict(nn.Linear(3, 2), state)
     assert len(str(info.value)) < 400 and "…" in str(info.value)
+
+
+def test_a_timm_style_checkpoint_with_its_args_is_read(tmp_path: Path) -> None:
+    """timm's CheckpointSaver stores the script's ``args`` (an ``argparse.Namespace``,
+    paths inside) beside the weights; those are plain data, not code."""
+    import argparse
+    import pathlib
+
+    sd = trained_state(bn_model())
+    args = argparse.Namespace(lr=0.1, output=pathlib.PurePosixPath("out"), data=pathlib.Path("d"))
+    torch.save({"epoch": 3, "arch": "bn", "state_dict": sd, "args": args}, tmp_path / "t.pth.tar")
+    assert_same(load_checkpoint(tmp_path / "t.pth.tar").state_dict, sd)
+
+
+def test_a_lightning_style_checkpoint_with_path_hyperparameters_is_read(tmp_path: Path) -> None:
+    import pathlib
+
+    sd = trained_state(bn_model())
+    hp = {"data_dir": pathlib.Path("/data"), "lr": 0.1}
+    torch.save({"state_dict": sd, "hyper_parameters": hp, "epoch": 1}, tmp_path / "l.ckpt")
+    assert_same(load_checkpoint(tmp_path / "l.ckpt").state_dict, sd)
+
+
+class _Config:  # a class of the user's script: importing it would run their module
+    def __init__(self) -> None:
+        self.lr = 0.1
+
+
+def test_another_object_beside_the_weights_is_refused_by_name(tmp_path: Path) -> None:
+    import argparse
+
+    obj = {"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1),
+           "config": _Config()}  # fmt: skip
+    torch.save(obj, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"test_checkpoint\._Config") as info:
+        load_checkpoint(tmp_path / "c.pt")
+    assert "Namespace" not in str(info.value).split("(")[1].split(")")[0]  # only what is refused
+
+
+def test_a_hostile_global_among_inert_ones_is_named_and_not_run(tmp_path: Path) -> None:
+    import argparse
+
+    marker = tmp_path / "executed"
+    obj = {"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1),
+           "payload": _Payload(marker)}  # fmt: skip
+    torch.save(obj, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="system") as info:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "execute code" in str(info.value)
+    assert not marker.exists()

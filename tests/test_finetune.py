@@ -77,6 +77,8 @@ def test_every_strategy_runs_and_writes_outputs(
         assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
         meta = load_checkpoint(result.out / f"{name}.safetensors").metadata
         assert meta["model"] == "mlp" and meta["strategy"] == log["strategy"]
+        with safetensors.safe_open(result.out / f"{name}.safetensors", framework="pt") as f:
+            assert f.metadata()["format"] == "pt"  # what from_pretrained requires
 
 
 def test_sgd_schedules_follow_the_budget_fraction(ckpt: Path, tmp_path: Path) -> None:

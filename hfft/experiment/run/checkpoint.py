@@ -10,12 +10,18 @@ It reads those, any other safetensors file, and PyTorch files made with
 ``"model"``, ``"state_dict"`` or ``"model_state_dict"`` (PyTorch Lightning's
 ``.ckpt`` files are such dicts). A checkpoint is untrusted input, so PyTorch
 files are **always** read with ``torch.load(weights_only=True)``, which
-refuses pickles that would import or call arbitrary Python code.
+refuses pickles that would import or call arbitrary Python code. Beside
+tensors and containers it reads, as inert data, the few plain objects that
+training scripts store next to the weights (:data:`INERT_GLOBALS`: timm's
+``args`` are an ``argparse.Namespace``, and scripts keep ``pathlib`` paths);
+every other global is refused by name, before anything is unpickled.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import pathlib
 import re
 import warnings
 from collections.abc import Mapping
@@ -41,6 +47,22 @@ __all__ = [
 
 #: Header key of the JSON metadata in safetensors files written by hfft.
 METADATA_KEY = "hfft"
+
+FORMAT_METADATA = {"format": "pt"}
+"""Header metadata every safetensors file hfft writes carries beside its own: the key that
+``transformers``' and ``timm``'s loaders require of a PyTorch safetensors file."""
+
+INERT_GLOBALS: tuple[type, ...] = (
+    argparse.Namespace,
+    pathlib.PosixPath,
+    pathlib.PurePosixPath,
+    pathlib.WindowsPath,
+    pathlib.PureWindowsPath,
+)
+"""Classes a ``torch.save`` file may hold beside tensors, read as data under
+``weights_only`` (torch's ``safe_globals``): building one sets attributes or joins
+path parts, and calls nothing else. hfft never uses them; they only no longer
+make a real-world checkpoint unreadable."""
 
 #: Entries of a ``torch.save``'d dict that may hold the state dict, in order of preference.
 _NESTED_KEYS = ("model", "state_dict", "model_state_dict")
@@ -86,7 +108,7 @@ def save_checkpoint(
             directory must exist.
         state_dict: Tensors by name, e.g. ``model.state_dict()``.
         metadata: JSON-serialisable metadata, stored under the header key
-            ``"hfft"``.
+            ``"hfft"``, beside ``"format": "pt"`` (which ``from_pretrained`` requires).
 
     Raises:
         CheckpointError: If an entry is not a tensor or the metadata is not
@@ -106,7 +128,7 @@ def save_checkpoint(
             )
         # clone: safetensors refuses tensors that share storage (tied weights, views)
         tensors[name] = value.detach().to("cpu").contiguous().clone()
-    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: header}))
+    atomic_write_bytes(path, save(tensors, metadata={**FORMAT_METADATA, METADATA_KEY: header}))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -187,7 +209,8 @@ def _load_torch(path: Path) -> Checkpoint:
             # sparse and quantized entries: refused by name below, not as a corrupt file
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(INERT_GLOBALS)):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # untrusted bytes: any failure is the file's fault
         raise CheckpointError(_torch_load_message(path, err)) from None
     return Checkpoint(path, _extract_state_dict(path, obj), None, "torch", _optimizer_state(obj))
@@ -231,13 +254,29 @@ def _check_expansion(path: Path) -> None:
         )
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a ``torch.save`` file names beyond :data:`INERT_GLOBALS`, found by reading
+    its pickle's opcodes (nothing is unpickled); empty when it cannot tell."""
+    inert = {f"{c.__module__}.{c.__qualname__}" for c in INERT_GLOBALS}
+    try:
+        named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip archive of torch.save, or damaged: the caller says so
+        return []
+    return [g for g in named if g not in inert]
+
+
 def _torch_load_message(path: Path, err: Exception) -> str:
     text = str(err)
+    unsafe = _unsafe_globals(path)
     found = re.search(r"GLOBAL (\S+)", text)  # "unsupported GLOBAL posix.system …"
-    if found is not None:
+    if not unsafe and found is not None:  # e.g. a legacy (non-zip) torch.save file
+        unsafe = [found.group(1)]
+    if unsafe:
+        names = short_list(unsafe)
         return (
-            f"Checkpoint '{path}' contains Python objects ({found.group(1)}) that would "
-            "execute code when loaded; hfft only loads plain tensors."
+            f"Checkpoint '{path}' contains Python objects ({names}) that would import or "
+            "execute code when loaded; hfft reads tensors and plain data only (of objects, "
+            "argparse.Namespace and pathlib paths)."
         )
     if "Weights only load failed" in text:
         return (
