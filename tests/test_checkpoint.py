@@ -500,3 +500,41 @@ def test_a_hostile_global_among_inert_ones_is_named_and_not_run(tmp_path: Path) 
         load_checkpoint(tmp_path / "evil.pt")
     assert "execute code" in str(info.value)
     assert not marker.exists()
+
+
+def _with_ema(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A timm-style file: the trained weights and their EMA, both state dicts."""
+    sd = trained_state(bn_model())
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 9, "state_dict": sd, "state_dict_ema": ema}, path)
+    return path, sd, ema
+
+
+def test_several_state_dicts_the_default_is_said_and_a_key_picks_another(tmp_path: Path) -> None:
+    path, sd, ema = _with_ema(tmp_path)
+    default = load_checkpoint(path)
+    assert_same(default.state_dict, sd)
+    assert default.note is not None
+    assert "'state_dict', 'state_dict_ema'" in default.note and "--checkpoint-key" in default.note
+    picked = load_checkpoint(path, "state_dict_ema")
+    assert_same(picked.state_dict, ema)
+    assert picked.note is None
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": sd, "epoch": 1}, plain)
+    assert load_checkpoint(plain).note is None  # one state dict: nothing to say
+
+
+def test_a_checkpoint_key_that_is_not_there_names_the_ones_that_are(tmp_path: Path) -> None:
+    path, _, _ = _with_ema(tmp_path)
+    with pytest.raises(CheckpointError, match="'state_dict', 'state_dict_ema'"):
+        load_checkpoint(path, "model_ema")
+    with pytest.raises(CheckpointError, match="no state dict under --checkpoint-key 'epoch'"):
+        load_checkpoint(path, "epoch")
+    only_ema = tmp_path / "ema.pt"
+    torch.save({"model_ema": trained_state(bn_model())}, only_ema)
+    with pytest.raises(CheckpointError, match="pass --checkpoint-key model_ema"):
+        load_checkpoint(only_ema)
+    save_checkpoint(tmp_path / "c.safetensors", trained_state(bn_model()), {})
+    with pytest.raises(CheckpointError, match="safetensors file"):
+        load_checkpoint(tmp_path / "c.safetensors", "state_dict")

@@ -291,3 +291,31 @@ def test_long_data_options_are_cut(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(StartingPointError) as info:
         load_starting_point(path)
     assert len(str(info.value)) < 500 and "…" in str(info.value)
+
+
+def test_checkpoint_key_takes_the_ema_weights_and_the_choice_is_said(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    import argparse
+
+    sd = load_checkpoint(ckpt).state_dict
+    ema = {k: v * 0.5 if v.is_floating_point() else v for k, v in sd.items()}
+    pt = tmp_path / "timm-style.pth.tar"
+    torch.save({"state_dict": sd, "state_dict_ema": ema, "args": argparse.Namespace(lr=0.05)}, pt)
+    common = dict(model="mlp", model_args={"width": 32}, data="digits", lr=0.05, batch_size=64)
+    default = StartingPointOptions(**common).load(pt)
+    assert any("using 'state_dict' (--checkpoint-key" in n for n in default.notes)
+    picked = StartingPointOptions(**common, checkpoint_key="state_dict_ema").load(pt)
+    for name, value in picked.model.state_dict().items():
+        assert torch.equal(value, ema[name])
+    assert StartingPointOptions(checkpoint_key="state_dict_ema").record()["checkpoint_key"] == (
+        "state_dict_ema"
+    )
+    assert "checkpoint_key" not in StartingPointOptions().record()  # older records still match
+    argv = ["finetune", str(pt), "--model", "mlp", "--model-arg", "width=32", "--data", "digits"]
+    argv += ["--lr", "0.05", "--batch-size", "64", "--strategy", "sgd", "--budget", "2steps"]
+    argv += ["--checkpoint-key", "state_dict_ema", "--out", str(tmp_path / "out")]
+    done = runner.invoke(app, argv)
+    assert done.exit_code == 0, done.output
+    log = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert log["config"]["source"]["checkpoint_key"] == "state_dict_ema"

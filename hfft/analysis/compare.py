@@ -576,6 +576,7 @@ def _config_json(config: CompareConfig) -> CompareConfigEntry:
     """The configuration as ``compare.json`` records it: the same for every shard."""
     plain = dataclasses.replace(config, strategies=None)
     data = json.loads(json.dumps(dataclasses.asdict(plain)))
+    data["source"] = config.source.record()
     data["strategies"] = None if config.strategies is None else [s.label for s in config.strategies]
     data.pop("shard", None)
     return cast(CompareConfigEntry, data)

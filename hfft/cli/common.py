@@ -358,6 +358,14 @@ MetricOpt = Annotated[
         "accuracy for classification, the loss otherwise)."
     ),
 ]
+CheckpointKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The entry of a torch.save checkpoint that holds the weights to take, e.g. "
+        "state_dict_ema or model_ema (default: model, state_dict or model_state_dict; "
+        "hfft says which when there are several)."
+    ),
+]
 ValidFractionOpt = Annotated[
     float | None,
     typer.Option(
@@ -419,6 +427,7 @@ _SOURCE_OPTIONS: dict[str, tuple[Any, Any]] = {  # name: (annotation, default)
     "loss": (LossOpt, None),
     "metric": (MetricOpt, None),
     "valid_fraction": (ValidFractionOpt, None),
+    "checkpoint_key": (CheckpointKeyOpt, None),
 }
 SGD_SETTINGS = ("lr", "batch_size", "momentum", "weight_decay")
 """The training's SGD settings among the checkpoint options (a command may leave them out)."""

@@ -377,6 +377,7 @@ class SourceOptionsEntry(TypedDict):
     loss: str | None
     metric: str | None
     valid_fraction: float | None
+    checkpoint_key: NotRequired[str]
 
 
 class FinetuneConfigEntry(TypedDict, total=False):

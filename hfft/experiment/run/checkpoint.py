@@ -92,6 +92,8 @@ class Checkpoint:
     metadata: dict[str, Any] | None
     format: str
     optimizer_state: dict[str, Any] | None = None
+    note: str | None = None
+    """Which of several state dicts in the file was taken, when it holds several."""
 
 
 def save_checkpoint(
@@ -131,7 +133,7 @@ def save_checkpoint(
     atomic_write_bytes(path, save(tensors, metadata={**FORMAT_METADATA, METADATA_KEY: header}))
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, key: str | None = None) -> Checkpoint:
     """Read a checkpoint: safetensors, or a PyTorch file read with ``weights_only=True``.
 
     A file is read as safetensors if its name ends in ``.safetensors`` or its
@@ -143,6 +145,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
     Args:
         path: The checkpoint file.
+        key: The entry of a ``torch.save``'d dict that holds the state dict to take
+            (``state_dict_ema``, ``model_ema``); by default the first of ``"model"``,
+            ``"state_dict"`` and ``"model_state_dict"``, with a note when the file
+            holds other state dicts too.
 
     Returns:
         The :class:`Checkpoint`, tensors on the CPU.
@@ -158,8 +164,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint path '{path}' is not a file.")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        if key is not None:
+            raise CheckpointError(
+                f"--checkpoint-key picks a state dict inside a torch.save file; '{path}' is a "
+                "safetensors file, which holds one"
+            )
         return _load_safetensors(path)
-    return _load_torch(path)
+    return _load_torch(path, key)
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -200,7 +211,7 @@ def _load_safetensors(path: Path) -> Checkpoint:
     return Checkpoint(path, state_dict, metadata, "safetensors")
 
 
-def _load_torch(path: Path) -> Checkpoint:
+def _load_torch(path: Path, key: str | None = None) -> Checkpoint:
     _check_expansion(path)
     try:
         with warnings.catch_warnings():
@@ -213,7 +224,8 @@ def _load_torch(path: Path) -> Checkpoint:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # untrusted bytes: any failure is the file's fault
         raise CheckpointError(_torch_load_message(path, err)) from None
-    return Checkpoint(path, _extract_state_dict(path, obj), None, "torch", _optimizer_state(obj))
+    state_dict, note = _extract_state_dict(path, obj, key)
+    return Checkpoint(path, state_dict, None, "torch", _optimizer_state(obj), note)
 
 
 def _optimizer_state(obj: Any) -> dict[str, Any] | None:
@@ -289,25 +301,58 @@ def _torch_load_message(path: Path, err: Exception) -> str:
     )
 
 
-def _extract_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
+def _state_dicts(obj: Mapping[Any, Any]) -> list[str]:
+    """The entries of a ``torch.save``'d dict that hold tensors by name (state dicts)."""
+    return [
+        k
+        for k, v in obj.items()
+        if isinstance(k, str)
+        and isinstance(v, Mapping)
+        and any(isinstance(t, Tensor) for t in v.values())
+    ]
+
+
+def _extract_state_dict(
+    path: Path, obj: Any, key: str | None = None
+) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict of a loaded ``torch.save`` object, and a note on which was taken when
+    there were several (see :func:`load_checkpoint`)."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"Checkpoint '{path}' holds a {type(obj).__name__}, not a state dict of tensors."
         )
-    for key in _NESTED_KEYS:
-        if isinstance(obj.get(key), Mapping):
-            obj, where = obj[key], f" under {key!r}"
-            break
+    found = _state_dicts(obj)
+    note = None
+    if key is not None:
+        if key not in found:
+            held = short_list(found, quoted=True) if found else "none"
+            raise CheckpointError(
+                f"Checkpoint '{path}' has no state dict under --checkpoint-key {key!r}; "
+                f"the ones it holds: {held}"
+            )
+        obj, where = obj[key], f" under {key!r}"
     else:
-        where = ""
+        for nested in _NESTED_KEYS:
+            if isinstance(obj.get(nested), Mapping):
+                obj, where = obj[nested], f" under {nested!r}"
+                others = [k for k in found if k != nested]
+                if others:
+                    note = (
+                        f"{path.name} holds state dicts under {short_list(found, quoted=True)}; "
+                        f"using {nested!r} (--checkpoint-key picks another)"
+                    )
+                break
+        else:
+            where = ""
     if not obj or not any(isinstance(v, Tensor) for v in obj.values()):
+        hint = f"; it has one under {found[0]!r}: pass --checkpoint-key {found[0]}" if found else ""
         raise CheckpointError(
             f"Checkpoint '{path}' holds no tensors{where}; expected a state dict or a dict "
-            "with one under 'model', 'state_dict' or 'model_state_dict'."
+            f"with one under 'model', 'state_dict' or 'model_state_dict'{hint}."
         )
     for name, value in obj.items():
         _check_entry(path, where, name, value)
-    return {name: value.detach() for name, value in obj.items()}
+    return {name: value.detach() for name, value in obj.items()}, note
 
 
 def _check_entry(path: Path, where: str, name: Any, value: Any) -> None:

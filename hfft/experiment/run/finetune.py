@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -122,7 +122,7 @@ class FinetuneConfig:
         """The configuration as ``metrics.json`` stores it under ``config`` (JSON types; the
         strategy as its label)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["strategy"], data["source"] = self.strategy.label, asdict(self.source)
+        data["strategy"], data["source"] = self.strategy.label, self.source.record()
         return cast(FinetuneConfigEntry, json.loads(json.dumps(data)))
 
     def key(self) -> FinetuneConfigEntry:

@@ -21,11 +21,12 @@ sentence; code runs only when the user names it (``--model file.py:fn``,
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hfft._text import quoted
 from hfft.experiment.limits import FLOAT32_MAX, check
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from hfft.experiment.data.splits import DataSplits
     from hfft.experiment.data.task import Task
-    from hfft.experiment.records import SourceEntry
+    from hfft.experiment.records import SourceEntry, SourceOptionsEntry
     from hfft.experiment.run.budget import Budget
 
 __all__ = [
@@ -132,11 +133,20 @@ class StartingPointOptions:
     loss: str | None = None
     metric: str | None = None
     valid_fraction: float | None = None
+    checkpoint_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("lr", "batch_size", "momentum", "weight_decay", "train_time"):
             check(name, getattr(self, name))
         check("valid_fraction", self.valid_fraction)
+
+    def record(self) -> SourceOptionsEntry:
+        """The overrides as records keep them (``config.source``); ``checkpoint_key`` only
+        when given, so that a record written before it existed is still the same run."""
+        data = json.loads(json.dumps(asdict(self)))
+        if data["checkpoint_key"] is None:
+            del data["checkpoint_key"]
+        return cast("SourceOptionsEntry", data)
 
     def load(self, checkpoint: str | Path, device: str = "cpu") -> StartingPoint:
         """:func:`load_starting_point` with these overrides."""
@@ -389,7 +399,7 @@ def load_starting_point(
 
     options = options or StartingPointOptions()
     path = Path(checkpoint)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, options.checkpoint_key)
     meta = trusted_metadata(
         path,
         ckpt.metadata,
@@ -434,7 +444,7 @@ def load_starting_point(
         train_time_problem=problem,
         train_time_basis=basis,
         task=task,
-        notes=(*notes, *said, *data_notes(splits)),
+        notes=(*((ckpt.note,) if ckpt.note else ()), *notes, *said, *data_notes(splits)),
         optimizer_state=ckpt.optimizer_state,
         **_hyperparameters(options, meta, model_name),
     )
