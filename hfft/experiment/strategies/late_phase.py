@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ from hfft.experiment.limits import LIMITS
 from hfft.experiment.strategies.catalog import ADAM_DEFAULT_LR, default_m
 from hfft.experiment.strategies.runners import (
     SampledRunner,
+    ScheduledRunner,
     SGDSettings,
     check_sgd_batch,
     sgd_settings,
@@ -88,13 +89,24 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-class SWARunner(SampledRunner):
-    """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
+class _FromSettings:
+    """A runner built from its strategy, the model, its data and the checkpoint's settings:
+    the registry's builder is the class's :meth:`build`."""
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
+        ) -> None: ...
 
     @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> SWARunner:
-        """The runner of its strategy (the registry's builder)."""
+    def build(cls, strategy: Strategy, context: RunnerContext) -> Self:
+        """The runner of ``strategy`` (the registry's builder)."""
         return cls(strategy, context.model, context.splits, context.settings)
+
+
+class SWARunner(SampledRunner, _FromSettings):
+    """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
 
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
@@ -173,13 +185,8 @@ def lbfgs_batch(strategy: Strategy, n: int) -> int:
     return m
 
 
-class LBFGSRunner(SampledRunner):
+class LBFGSRunner(SampledRunner, _FromSettings):
     """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
-
-    @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> LBFGSRunner:
-        """The runner of its strategy (the registry's builder)."""
-        return cls(strategy, context.model, context.splits, context.settings)
 
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
@@ -286,7 +293,7 @@ def _saved_lr(state: dict[str, Any] | None) -> float | None:
     return float(lr)
 
 
-class AdamRunner(SampledRunner):
+class AdamRunner(ScheduledRunner):
     """``torch.optim.Adam`` or ``AdamW`` from the checkpoint, constant or cosine."""
 
     @classmethod
@@ -331,29 +338,14 @@ class AdamRunner(SampledRunner):
                 self.opt.state[p]["step"] = entry["step"].float()
         self.lr = self.base_lr
 
-    def step(self, fraction: float) -> SGDStepEntry:
-        self.lr = float(self.schedule(fraction))
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr
-        value = self.update(self.opt)
-        return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
-
-    def settings(self) -> dict[str, float]:
-        return {"lr": self.lr}
-
     def report(self) -> RunnerReport:
         schedule = "cosine" if self.cosine else "constant"
         return {"adam": {"lr": self.base_lr, "lr_source": self.lr_source,
                          "moments": self.moments, "schedule": schedule}}  # fmt: skip
 
 
-class ScheduleFreeRunner(SampledRunner):
+class ScheduleFreeRunner(SampledRunner, _FromSettings):
     """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
-
-    @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> ScheduleFreeRunner:
-        """The runner of its strategy (the registry's builder)."""
-        return cls(strategy, context.model, context.splits, context.settings)
 
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings

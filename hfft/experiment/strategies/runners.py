@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "Runner",
     "SGDRunner",
     "SGDSettings",
+    "ScheduledRunner",
     "build_hf",
     "build_sgd",
     "check_hf",
@@ -135,7 +136,26 @@ class SampledRunner(Runner):
         return float(flat[-1])
 
 
-class SGDRunner(SampledRunner):
+class ScheduledRunner(SampledRunner):
+    """A runner whose step sets its optimizer's rate from its schedule, then updates
+    (SGD's four schedules, Adam's constant or cosine rate)."""
+
+    opt: torch.optim.Optimizer
+    schedule: Callable[[float], float]
+    lr: float
+
+    def step(self, fraction: float) -> SGDStepEntry:
+        self.lr = float(self.schedule(fraction))  # a plateau's rate: its last observation's
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr
+        value = self.update(self.opt)
+        return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
+
+    def settings(self) -> dict[str, float]:
+        return {"lr": self.lr}
+
+
+class SGDRunner(ScheduledRunner):
     """SGD with one of the four learning-rate strategies of the paper (§3.2)."""
 
     def __init__(
@@ -159,16 +179,6 @@ class SGDRunner(SampledRunner):
         self.schedule = make_schedule(schedule, self.base_lr, evaluations)
         self.plateau = self.schedule if isinstance(self.schedule, Plateau) else None
         self.lr = self.base_lr
-
-    def step(self, fraction: float) -> SGDStepEntry:
-        self.lr = float(self.schedule(fraction))  # the plateau's rate: its last observation's
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr
-        value = self.update(self.opt)
-        return {"step": self.count, "fraction": fraction, "lr": self.lr, "loss": value}
-
-    def settings(self) -> dict[str, float]:
-        return {"lr": self.lr}
 
     def observe(self, metrics: Mapping[str, Any]) -> None:
         if self.plateau is not None and "train_eval_loss" in metrics:
