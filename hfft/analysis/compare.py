@@ -33,8 +33,8 @@ from hfft.experiment.strategies.registry import (
     SUITES,
     Strategy,
     canonical_label,
-    parse_strategy,
     suite_members,
+    typed_strategies,
 )
 from hfft.optim import distributed
 
@@ -78,13 +78,8 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.checkpoints:
             raise ValueError("compare needs at least one checkpoint")
-        if self.strategies is not None:  # a library caller's text: parsed here, once
-            typed = tuple(parse_strategy(s) if isinstance(s, str) else s for s in self.strategies)
-            object.__setattr__(self, "strategies", typed)
-            labels = [s.label for s in typed]
-            twice = next((label for label in labels if labels.count(label) > 1), None)
-            if twice is not None:
-                raise ValueError(f"strategy {twice} is given twice; give each strategy once")
+        if self.strategies is not None:
+            object.__setattr__(self, "strategies", typed_strategies(self.strategies))
         if self.shard is not None and self.overwrite:
             raise ValueError(
                 "--overwrite cannot be combined with --shard (one shard would delete the others' "

@@ -45,7 +45,7 @@ from hfft.experiment.records import STUDY_KIND, StudyRecord
 from hfft.experiment.run.budget import parse_budget
 from hfft.experiment.run.starting_point import StartingPointOptions
 from hfft.experiment.strategies.catalog import largest_m
-from hfft.experiment.strategies.registry import Strategy, parse_strategy, suite_members
+from hfft.experiment.strategies.registry import Strategy, suite_members, typed_strategies
 
 __all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
 
@@ -82,9 +82,8 @@ class StudyConfig:
         check("eval_points", self.eval_points)
         check("eval_batch_size", self.eval_batch_size)
         parse_budget(self.budget)  # bad budgets and strategies before the training
-        if self.strategies is not None:  # a library caller's text: parsed here, once
-            typed = tuple(parse_strategy(s) if isinstance(s, str) else s for s in self.strategies)
-            object.__setattr__(self, "strategies", typed)
+        if self.strategies is not None:
+            object.__setattr__(self, "strategies", typed_strategies(self.strategies))
 
 
 @dataclass(frozen=True)

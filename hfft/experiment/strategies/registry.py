@@ -29,7 +29,7 @@ an entry may name its builder and check as ``"module:function"`` inside
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -56,6 +56,7 @@ __all__ = [
     "parse_strategy",
     "register",
     "suite_members",
+    "typed_strategies",
 ]
 
 KINDS = ("first-order", "hf", "auto")
@@ -386,6 +387,21 @@ def parse_strategy(text: str) -> Strategy:
         except ValueError:
             raise _bad_value(name, key, value.strip()) from None
     return Strategy(name, options)
+
+
+def typed_strategies(given: Iterable[Strategy | str]) -> tuple[Strategy, ...]:
+    """Strategies for a configuration: a library caller's text parsed (once, here), each
+    strategy once.
+
+    Raises:
+        ValueError: For a strategy that does not parse, or one given twice.
+    """
+    typed = tuple(s if isinstance(s, Strategy) else parse_strategy(s) for s in given)
+    labels = [s.label for s in typed]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice is not None:
+        raise ValueError(f"strategy {twice} is given twice; give each strategy once")
+    return typed
 
 
 def canonical_label(text: Any) -> Any:
