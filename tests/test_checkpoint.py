@@ -538,3 +538,138 @@ def test_a_checkpoint_key_that_is_not_there_names_the_ones_that_are(tmp_path: Pa
     save_checkpoint(tmp_path / "c.safetensors", trained_state(bn_model()), {})
     with pytest.raises(CheckpointError, match="safetensors file"):
         load_checkpoint(tmp_path / "c.safetensors", "state_dict")
+
+
+# --- issue #26: OmegaConf configs and enums in torch.save files (Lightning's hyper_parameters) ---
+
+
+def _hyperparameters() -> dict[str, object]:
+    """What ``save_hyperparameters()`` keeps of a run configured by OmegaConf and argparse."""
+    import argparse
+    import pathlib
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(
+        {"lr": 0.1, "optim": {"name": "sgd", "betas": [0.9, 0.99], "nesterov": True},
+         "data": {"root": "/data", "split": None}, "ref": "${lr}"}
+    )  # fmt: skip
+    return {"cfg": cfg, "lst": OmegaConf.create([1, 2]),
+            "ns": argparse.Namespace(seed=0, out=pathlib.Path("runs")),
+            "path": pathlib.Path("/data/x")}  # fmt: skip
+
+
+def test_omegaconf_hyperparameters_are_read_as_data(tmp_path: Path) -> None:
+    pytest.importorskip("omegaconf", reason="OmegaConf configs are read only with omegaconf")
+    sd = trained_state(bn_model())
+    path = tmp_path / "l.ckpt"
+    torch.save({"state_dict": sd, "hyper_parameters": _hyperparameters(), "epoch": 1}, path)
+    assert_same(load_checkpoint(path).state_dict, sd)
+
+
+def test_a_config_as_the_hyperparameters_is_never_resolved(tmp_path: Path) -> None:
+    """``save_hyperparameters(cfg)`` stores the DictConfig itself: a ``Mapping`` whose values,
+    once read, resolve interpolations and raise for ``???``; hfft reads none of them."""
+    omegaconf = pytest.importorskip("omegaconf", reason="OmegaConf configs need omegaconf")
+    cfg = omegaconf.OmegaConf.create(
+        {"lr": "???", "ref": "${missing}", "home": "${oc.env:HOME}", "nested": {"a": 1}}
+    )
+    sd = trained_state(bn_model())
+    path = tmp_path / "c.ckpt"
+    torch.save({"model": cfg, "state_dict": sd, "hyper_parameters": cfg,
+                "hparams_type": omegaconf.DictConfig}, path)  # fmt: skip
+    assert_same(load_checkpoint(path).state_dict, sd)
+    torch.save(cfg, tmp_path / "only.pt")
+    with pytest.raises(CheckpointError, match="holds a DictConfig, not a state dict"):
+        load_checkpoint(tmp_path / "only.pt")
+
+
+@pytest.mark.parametrize("container", ["dict", "DictConfig"])
+def test_a_user_enum_is_refused_by_name_and_its_module_never_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, container: str
+) -> None:
+    import importlib
+    import sys
+
+    marker = tmp_path / "imported"
+    name = f"user_colours_{container.lower()}"
+    (tmp_path / f"{name}.py").write_text(
+        "import enum, pathlib\n"
+        "pathlib.Path(__file__).with_name('imported').touch()  # a side effect on import\n"
+        "class Colour(enum.Enum):\n"
+        "    RED = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable: hfft still must not import it
+    colour = importlib.import_module(name).Colour.RED
+    hp: object = {"colour": colour}
+    if container == "DictConfig":
+        omegaconf = pytest.importorskip("omegaconf", reason="a config needs omegaconf")
+        hp = omegaconf.OmegaConf.create(hp)
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": hp}, tmp_path / "e.pt")
+    marker.unlink()
+    monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(CheckpointError, match=rf"\({name}\.Colour\)") as info:
+        load_checkpoint(tmp_path / "e.pt")
+    assert "an enum's .value" in str(info.value)
+    assert not marker.exists() and name not in sys.modules
+
+
+def test_without_omegaconf_a_config_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    pytest.importorskip("omegaconf", reason="writing the config needs omegaconf")
+    sd = trained_state(bn_model())
+    torch.save({"state_dict": sd, "hyper_parameters": _hyperparameters()}, tmp_path / "l.ckpt")
+    monkeypatch.setitem(sys.modules, "omegaconf", None)  # import omegaconf raises ImportError
+    with pytest.raises(CheckpointError, match=r"pip install 'hfft\[lightning\]'") as info:
+        load_checkpoint(tmp_path / "l.ckpt")
+    assert str(info.value).count(". ") == 0  # one sentence
+    plain = tmp_path / "plain.ckpt"  # a file without a config does not need it
+    torch.save({"state_dict": sd, "hyper_parameters": {"lr": 0.1}}, plain)
+    assert_same(load_checkpoint(plain).state_dict, sd)
+
+
+@pytest.mark.slow
+# lightning's own: torch deprecates a pytree class it uses, and 16 samples need no workers
+@pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)`:FutureWarning")
+@pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
+@pytest.mark.parametrize("as_config", [False, True], ids=["init-arguments", "one-config"])
+def test_a_lightning_trainer_checkpoint_with_a_config_is_read(
+    tmp_path: Path, as_config: bool
+) -> None:
+    """A real ``Trainer.save_checkpoint`` file: ``save_hyperparameters()`` of a DictConfig, a
+    Namespace and a Path (a plain dict of them), or of one DictConfig (stored as it is)."""
+    pl = pytest.importorskip("lightning.pytorch", reason="a real checkpoint needs lightning")
+    hp = _hyperparameters()
+
+    class Tiny(pl.LightningModule):
+        def __init__(self, cfg: object, ns: object, path: object, as_config: bool) -> None:
+            super().__init__()
+            if as_config:
+                self.save_hyperparameters(cfg)
+            else:
+                self.save_hyperparameters(ignore=["as_config"])
+            self.net = nn.Linear(4, 3)
+
+        def training_step(self, batch: list[Tensor], _: int) -> Tensor:
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    module = Tiny(hp["cfg"], hp["ns"], hp["path"], as_config)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    trainer = pl.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=2, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "tiny.ckpt")
+    named = torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "tiny.ckpt"))
+    assert "omegaconf.dictconfig.DictConfig" in named
+    loaded = load_checkpoint(tmp_path / "tiny.ckpt")
+    assert_same(loaded.state_dict, {f"net.{k}": v for k, v in module.net.state_dict().items()})
+    assert loaded.optimizer_state is not None

@@ -80,6 +80,16 @@ def keyword_model():
     return KeywordModel()
 
 
+class TensorModel(KeywordModel):
+    def forward(self, x):  # takes one tensor, not the dict hfft passes (its keys are not x)
+        b, t = x.size()
+        return self.out(self.emb(x).mean(1))
+
+
+def tensor_model():
+    return TensorModel()
+
+
 def mlp():
     return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
 
@@ -162,24 +172,35 @@ def assert_refused(result, out: Path, *said: str) -> None:
 
 
 def test_a_model_that_fails_on_hffts_call_is_one_paragraph(user: Path, tmp_path: Path) -> None:
-    result, out = train(user, tmp_path, "keyword_model", "tokens")
+    result, out = train(user, tmp_path, "tensor_model", "tokens")
     assert_refused(
         result,
         out,
         "hfft called model(batch) on 2 training samples, a dict with keys input_ids "
         "(int64 2×16), attention_mask (int64 2×16)",
         "AttributeError: 'dict' object has no attribute 'size'",
+        "as keywords when forward names every key",
         "pass --debug for the traceback",
     )
     assert len(result.output.strip().splitlines()) == 1  # one paragraph
 
 
+def test_a_forward_that_names_the_keys_gets_them_as_keywords(user: Path, tmp_path: Path) -> None:
+    result, out = train(user, tmp_path, "keyword_model", "tokens")
+    assert result.exit_code == 0, result.output
+    assert (
+        "calling convention: the batch's dict goes to forward as keywords "
+        "(input_ids=…, attention_mask=…)" in result.output
+    )
+    assert (out / "run.json").is_file()
+
+
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_debug_shows_the_traceback(user: Path, tmp_path: Path, how: str) -> None:
     extra, env = (["--debug"], None) if how == "option" else ([], {"HFFT_DEBUG": "1"})
-    result, out = train(user, tmp_path, "keyword_model", "tokens", *extra, env=env)
+    result, out = train(user, tmp_path, "tensor_model", "tokens", *extra, env=env)
     assert result.exit_code == 2, result.output
-    assert "Traceback" in result.output and "input_ids.size()" in result.output
+    assert "Traceback" in result.output and "x.size()" in result.output
     assert result.output.rstrip().splitlines()[-1].startswith("hfft: error: hfft called model")
     assert not out.exists()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,11 +298,13 @@ def _other_configuration(stored: Any, key: dict[str, Any]) -> str:
 def _weights_check(run_dir: Path, files: Any) -> str | None:
     """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
     from hfft.experiment.run.finetune import WEIGHT_FILES
+    from hfft.experiment.run.ownership import EXPORTED
 
     if not isinstance(files, dict) or "final.safetensors" not in files:
         return "its metrics.json records no hash of final.safetensors"
     for name, digest in files.items():
-        if name not in WEIGHT_FILES:  # nothing else is read, least of all outside the run
+        # nothing else is read, least of all outside the run
+        if name not in WEIGHT_FILES and not re.fullmatch(EXPORTED, str(name)):
             return f"its metrics.json lists {shown(name)}, not a weight file of a run"
         path = run_dir / name
         if not path.is_file():

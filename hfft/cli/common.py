@@ -296,7 +296,8 @@ ModelArgOpt = Annotated[
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        help="Model name, or file.py:fn or package.module:fn for a plain state-dict checkpoint "
+        help="Model name, timm:NAME (timm's architecture, no download), or file.py:fn or "
+        "package.module:fn for a plain state-dict checkpoint or a transformers folder "
         "(loading your file executes it)."
     ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,11 +33,26 @@ from hfft.cli.common import (
 CheckpointArgument = Annotated[
     Path,
     typer.Argument(
-        help="Checkpoint: hfft safetensors, or a PyTorch state_dict .pt/.pth "
-        "(then --model and --data are needed)."
+        help="Checkpoint: hfft safetensors, a PyTorch state_dict .pt/.pth/.ckpt (then --model "
+        "and --data are needed), or a transformers save_pretrained folder (then --data)."
     ),
 ]
 StrategyOpt = Annotated[str, typer.Option(help=strategy_help())]
+
+
+class Export(str, Enum):
+    """What ``--export`` writes beside the safetensors."""
+
+    lightning = "lightning"
+
+
+ExportOpt = Annotated[
+    Export | None,
+    typer.Option(
+        help="lightning: also write final.ckpt, a copy of the input .ckpt with the final "
+        "weights in place, which LightningModule.load_from_checkpoint loads."
+    ),
+]
 OutOpt = Annotated[
     Path | None,
     typer.Option(help="Output directory (default: finetune-STRATEGY beside the checkpoint)."),
@@ -55,6 +71,7 @@ def finetune(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
+    export: ExportOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -65,6 +82,10 @@ def finetune(
     metrics.json (configuration, evaluations over the budget, every optimizer
     step, final and best results) into --out. The clock runs only while the
     optimizer works; evaluations are paused out of it.
+
+    CHECKPOINT may be a transformers save_pretrained folder: the model is built
+    from its config.json (transformers' own classes, no remote code), and
+    final/ and best/ are written as model folders that from_pretrained loads.
     """
     with command_guard():
         from hfft.cli.render.progress import finetune_progress
@@ -89,6 +110,7 @@ def finetune(
             seed=seed,
             device=dev,
             overwrite=overwrite,
+            export=export.value if export else None,
         )
         with finetune_progress(chosen.label, quiet or as_json) as on_progress:
             result = run_finetune(config, on_progress=on_progress, on_note=note)

@@ -394,6 +394,7 @@ class FinetuneConfigEntry(TypedDict, total=False):
     seed: int
     device: str
     overwrite: bool
+    export: NotRequired[str]
 
 
 class FinetuneLog(RunnerReport, total=False):

@@ -4,7 +4,8 @@ Many models take more than one input — token ids and an attention mask, an
 image and a caption — as a dict or tuple whose tensors share dimension 0, the
 samples. Every part of hfft that slices, gathers, moves or counts a batch
 does it through these functions, so such inputs work like a plain tensor
-(the model receives the nest as its one argument: ``model({"x": …, "mask": …})``).
+(the model receives the nest as its one argument: ``model({"x": …, "mask": …})``, which
+:mod:`hfft.experiment.data.convention` passes on as keywords when ``forward`` names them).
 
 Inputs too large to hold in memory are a :class:`LazyInputs`: they know their
 length and materialise only the samples :func:`take` asks for (a streamed data

@@ -78,12 +78,22 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
             _fmt(key, result.best.get(key)),
         )
     console.print(table)
-    console.print(f"outputs in {result.out}: {', '.join(result.files)}")
+    console.print(f"outputs in {result.out}: {', '.join(_outputs(result.files))}")
+    folders = [f.rstrip("/") + "/" for f in _outputs(result.files) if f.endswith("/")]
+    if folders:
+        console.print(f"{' and '.join(folders)}: model folders that from_pretrained loads")
+    if "final.ckpt" in result.files:
+        console.print("final.ckpt: your .ckpt with the final weights (load_from_checkpoint)")
     for name, why in result.missing.items():
         console.print(f"no {name}: {why}")
     note = (result.log.get("hf_progress") or {}).get("note")
     if note:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _outputs(files: tuple[str, ...]) -> list[str]:
+    """The files written, a folder's once (``final/``)."""
+    return list(dict.fromkeys(f.split("/")[0] + "/" if "/" in f else f for f in files))
 
 
 def _metric_keys(entry: Mapping[str, Any]) -> list[str]:

@@ -1,9 +1,11 @@
 """Naming a model on the command line: registered problems and user factories.
 
 ``--model`` is either a registered name (``3c3d``, ``mlp``, …; see
-:mod:`hfft.models`) or a factory spec, ``path/to/file.py:factory`` or
-``package.module:factory``, naming a function that returns an ``nn.Module``.
-``--model-arg KEY=VALUE`` items become keyword arguments of the factory.
+:mod:`hfft.models`), an architecture of timm's registry (``timm:resnet18``,
+built without weights: hfft loads them from the checkpoint) or a factory spec,
+``path/to/file.py:factory`` or ``package.module:factory``, naming a function
+that returns an ``nn.Module``. ``--model-arg KEY=VALUE`` items become keyword
+arguments of the factory (of ``timm.create_model``).
 
 Nothing here imports torch at module level, so the CLI can import it cheaply.
 """
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATA_ARGS",
+    "TIMM",
     "ModelSpecError",
     "absolute_spec",
     "build_model",
@@ -38,6 +41,11 @@ __all__ = [
 
 #: Arguments that follow the data and are passed by :func:`build_model` itself.
 DATA_ARGS = ("num_classes", "in_channels", "input_size", "input_shape")
+
+TIMM = "timm:"
+"""Prefix of a model of timm's registry, ``timm:resnet18``: ``timm.create_model(NAME,
+pretrained=False, …)`` builds it, library code from a fixed list of architectures."""
+
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
@@ -218,18 +226,22 @@ def build_model(
     data_args: dict[str, Any],
     device: str | None = None,
 ) -> nn.Module:
-    """Build a model from a registered name or a user's factory spec.
+    """Build a model from a registered name, a timm architecture or a user's factory spec.
 
     The factory is called with ``model_args`` and those of the data's
     arguments (``num_classes``, ``in_channels``, ``input_size``,
     ``input_shape``; :meth:`hfft.experiment.data.splits.DataSplits.data_args`)
     that its signature names explicitly — a bare ``**kwargs`` gets none of
     them, so ``torchvision.models:resnet18`` works with ``--model-arg
-    num_classes=10``. A model argument of the same name as a data argument
-    wins (the user said so).
+    num_classes=10``. ``timm:NAME`` is ``timm.create_model(NAME,
+    pretrained=False, …)`` with the data's ``num_classes`` and its
+    ``in_channels`` as timm's ``in_chans``
+    (:func:`hfft.experiment.data.timm_models.check_timm_model` says which names
+    and arguments it refuses). A model argument of the same name as a data
+    argument wins (the user said so).
 
     Args:
-        spec_or_name: Registered name or ``file.py:factory`` /
+        spec_or_name: Registered name, ``timm:NAME``, or ``file.py:factory`` /
             ``package.module:factory``.
         model_args: Keyword arguments for the factory (see :func:`parse_model_args`).
         data_args: What the data says about outputs and input shape.
@@ -242,40 +254,20 @@ def build_model(
 
     Raises:
         ModelSpecError: For an unknown name, a bad spec (see
-            :func:`load_factory`), a model argument the factory does not take,
-            a factory that fails in any way (``sys.exit`` included; one
-            paragraph naming the call), or one that returns something other
-            than an ``nn.Module``.
+            :func:`load_factory`, :mod:`hfft.experiment.data.timm_models`), a model argument
+            the factory does not take, a factory that fails in any way
+            (``sys.exit`` included; one paragraph naming the call), or one
+            that returns something other than an ``nn.Module``.
     """
     import torch
     from torch import nn
 
-    from hfft.models import PROBLEMS
-
-    if spec_or_name in PROBLEMS:
-        factory: Callable[..., Any] = PROBLEMS[spec_or_name].build
-    elif ":" in spec_or_name:
-        factory = load_factory(spec_or_name)
-    else:
-        known = ", ".join(PROBLEMS)
-        raise ModelSpecError(
-            f"Unknown model {spec_or_name!r}; use one of {known} "
-            "or path/to/file.py:factory or package.module:factory."
-        )
-    named = _named_parameters(factory)
-    kwargs = {**{k: v for k, v in data_args.items() if k in named}, **model_args}
-    _check_accepts(spec_or_name, factory, model_args)
-    call = ", ".join(f"{k}={quoted(v, 40)}" for k, v in kwargs.items())
+    factory, kwargs = _factory(spec_or_name, model_args, data_args)
     with (
         calling(
             f"Building model {clipped(spec_or_name)!r} failed: hfft called it as "
-            f"{clipped(spec_or_name.rpartition(':')[2], 40)}({call})",
-            (
-                f"hfft's model {spec_or_name!r} takes tensor inputs of the shape its data "
-                "gives; for other data name a model of your own (path/to/file.py:factory)"
-                if spec_or_name in PROBLEMS
-                else "Make the factory return the model for these arguments (--model-arg sets them)"
-            ),
+            + _shown_call(spec_or_name, kwargs),
+            _advice(spec_or_name),
             error=ModelSpecError,
         ),
         torch.device(device) if device is not None else contextlib.nullcontext(),
@@ -287,6 +279,55 @@ def build_model(
             "not a torch.nn.Module."
         )
     return model
+
+
+def _factory(
+    spec: str, model_args: dict[str, Any], data_args: dict[str, Any]
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The callable that builds the model, and its keyword arguments."""
+    from hfft.models import PROBLEMS
+
+    # before package.module:factory: timm's top-level names are helpers (create_model,
+    # list_models), none a model function, so the prefix hides no factory anyone names
+    if spec.startswith(TIMM):
+        from hfft.experiment.data.timm_models import timm_factory
+
+        return timm_factory(spec, model_args, data_args)
+    if spec in PROBLEMS:
+        factory: Callable[..., Any] = PROBLEMS[spec].build
+    elif ":" in spec:
+        factory = load_factory(spec)
+    else:
+        known = ", ".join(PROBLEMS)
+        raise ModelSpecError(
+            f"Unknown model {spec!r}; use one of {known}, timm:NAME (an architecture of timm) "
+            "or path/to/file.py:factory or package.module:factory."
+        )
+    named = _named_parameters(factory)
+    _check_accepts(spec, factory, model_args)
+    return factory, {**{k: v for k, v in data_args.items() if k in named}, **model_args}
+
+
+def _shown_call(spec: str, kwargs: dict[str, Any]) -> str:
+    """The call as the user can read it: ``resnet18(num_classes=10)``."""
+    args = [f"{k}={quoted(v, 40)}" for k, v in kwargs.items()]
+    if spec.startswith(TIMM):
+        name = clipped(spec.removeprefix(TIMM), 40)
+        return f"timm.create_model({', '.join([repr(name), 'pretrained=False', *args])})"
+    return f"{clipped(spec.rpartition(':')[2], 40)}({', '.join(args)})"
+
+
+def _advice(spec: str) -> str:
+    from hfft.models import PROBLEMS
+
+    if spec in PROBLEMS:
+        return (
+            f"hfft's model {spec!r} takes tensor inputs of the shape its data gives; for other "
+            "data name a model of your own (path/to/file.py:factory)"
+        )
+    if spec.startswith(TIMM):
+        return "Pass only arguments this timm architecture takes (--model-arg sets them)"
+    return "Make the factory return the model for these arguments (--model-arg sets them)"
 
 
 def _named_parameters(factory: Callable[..., Any]) -> set[str]:

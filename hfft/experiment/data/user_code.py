@@ -114,15 +114,20 @@ def describe_batch(x: Any, most: int = 5) -> str:
     return f"{head} and {rest} more" if rest > 0 else head
 
 
-def first_outputs(model: nn.Module, inputs: Batchable, dtype: torch.dtype | None) -> Any:
+def first_outputs(
+    model: nn.Module, inputs: Batchable, dtype: torch.dtype | None, call: str = "model(batch)"
+) -> Any:
     """hfft's first forward pass: ``model(inputs)`` in eval mode without gradients.
 
     The modules' modes are restored afterwards.
 
     Args:
         model: The model.
-        inputs: A few training samples, as every batch will be passed: one argument.
+        inputs: A few training samples, as every batch will be passed: one argument
+            (which the model's hooks may pass on as keywords,
+            :mod:`hfft.experiment.data.convention`).
         dtype: The model's floating-point parameter dtype, if it has one (for the advice).
+        call: How the paragraph names the call (``model(**batch)`` for keywords).
 
     Raises:
         UserCodeError: If the forward pass fails in any way.
@@ -133,7 +138,7 @@ def first_outputs(model: nn.Module, inputs: Batchable, dtype: torch.dtype | None
 
     n = batch_size(inputs)
     samples = f"{n} training sample{'s' if n != 1 else ''}"
-    what = f"hfft called model(batch) on {samples}, {describe_batch(inputs)}"
+    what = f"hfft called {call} on {samples}, {describe_batch(inputs)}"
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -190,9 +195,9 @@ def _forward_advice(inputs: Batchable, dtype: torch.dtype | None) -> str:
     floating = {t.dtype for t in _leaves(inputs) if t.is_floating_point()}
     if isinstance(inputs, dict):
         return (
-            "hfft passes each batch as one argument: make forward take the dict "
-            "(forward(self, batch), reading batch[key]), or wrap the model in a module whose "
-            "forward does"
+            "hfft passes a dict batch as keywords when forward names every key "
+            "(forward(self, input_ids, attention_mask)), else as one argument "
+            "(forward(self, batch), reading batch[key]): make forward take it one of these ways"
         )
     if dtype is not None and floating - {dtype}:
         found = ", ".join(sorted(str(d).removeprefix("torch.") for d in floating))

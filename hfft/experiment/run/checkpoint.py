@@ -13,16 +13,21 @@ files are **always** read with ``torch.load(weights_only=True)``, which
 refuses pickles that would import or call arbitrary Python code. Beside
 tensors and containers it reads, as inert data, the few plain objects that
 training scripts store next to the weights (:data:`INERT_GLOBALS`: timm's
-``args`` are an ``argparse.Namespace``, and scripts keep ``pathlib`` paths);
-every other global is refused by name, before anything is unpickled.
+``args`` are an ``argparse.Namespace``, and scripts keep ``pathlib`` paths),
+and OmegaConf configs (Lightning's ``hyper_parameters``; :data:`CONFIG_GLOBALS`,
+with ``omegaconf`` installed); every other global is refused by name, before
+anything is unpickled, a user's ``Enum`` or dataclass too: the file is data,
+and hfft never imports the code it names.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import pathlib
 import re
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,11 +42,13 @@ from hfft._text import clipped, quoted, short_list
 
 __all__ = [
     "METADATA_KEY",
+    "NESTED_KEYS",
     "Checkpoint",
     "CheckpointError",
     "apply_state_dict",
     "check_fit",
     "load_checkpoint",
+    "read_torch",
     "save_checkpoint",
 ]
 
@@ -64,8 +71,22 @@ INERT_GLOBALS: tuple[type, ...] = (
 path parts, and calls nothing else. hfft never uses them; they only no longer
 make a real-world checkpoint unreadable."""
 
+CONFIG_GLOBALS = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.nodes.AnyNode",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+)
+"""The classes an OmegaConf ``DictConfig`` or ``ListConfig`` of plain values pickles into
+(what Lightning's ``save_hyperparameters()`` stores): containers and their metadata, rebuilt
+by setting attributes. They are read, with the types their metadata names
+(:func:`_config_globals`), only when the file names them and ``omegaconf`` is installed. A
+structured config names its dataclass and an enum value its ``Enum`` class: user code,
+refused by name."""
+
 #: Entries of a ``torch.save``'d dict that may hold the state dict, in order of preference.
-_NESTED_KEYS = ("model", "state_dict", "model_state_dict")
+NESTED_KEYS = ("model", "state_dict", "model_state_dict")
 
 
 class CheckpointError(ValueError):
@@ -212,7 +233,22 @@ def _load_safetensors(path: Path) -> Checkpoint:
 
 
 def _load_torch(path: Path, key: str | None = None) -> Checkpoint:
+    obj = read_torch(path)
+    state_dict, note = _extract_state_dict(path, obj, key)
+    return Checkpoint(path, state_dict, None, "torch", _optimizer_state(obj), note)
+
+
+def read_torch(path: Path) -> Any:
+    """The whole object of a ``torch.save`` file, read under ``weights_only`` with the
+    inert classes of :data:`INERT_GLOBALS` and :data:`CONFIG_GLOBALS` (``--export
+    lightning`` writes it back with the fine-tuned weights in place).
+
+    Raises:
+        CheckpointError: As :func:`load_checkpoint` does for a file it cannot read.
+    """
     _check_expansion(path)
+    named = _named_globals(path)
+    allowed = INERT_GLOBALS + _config_globals(path, named)
     try:
         with warnings.catch_warnings():
             # protocol ≥ 3 pickles: the load below fails with a clear error anyway
@@ -220,22 +256,45 @@ def _load_torch(path: Path, key: str | None = None) -> Checkpoint:
             # sparse and quantized entries: refused by name below, not as a corrupt file
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            with torch.serialization.safe_globals(list(INERT_GLOBALS)):
+            with torch.serialization.safe_globals(list(allowed)):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # untrusted bytes: any failure is the file's fault
-        raise CheckpointError(_torch_load_message(path, err)) from None
-    state_dict, note = _extract_state_dict(path, obj, key)
-    return Checkpoint(path, state_dict, None, "torch", _optimizer_state(obj), note)
+        unsafe = _unsafe_globals(named, allowed)
+        raise CheckpointError(_torch_load_message(path, err, unsafe)) from None
+    return obj
+
+
+def _config_globals(path: Path, named: list[str]) -> tuple[Any, ...]:
+    """OmegaConf's container classes of :data:`CONFIG_GLOBALS` and the types their metadata
+    names (``typing.Any``, ``dict``, ``list``, ``int``; ``defaultdict(dict)`` for its
+    resolver cache), when the file names one; else none.
+
+    Raises:
+        CheckpointError: When the file names them and ``omegaconf`` is not installed.
+    """
+    if not any(g in CONFIG_GLOBALS for g in named):
+        return ()
+    try:
+        from omegaconf import DictConfig, ListConfig
+        from omegaconf.base import ContainerMetadata, Metadata
+        from omegaconf.nodes import AnyNode
+    except ImportError:
+        raise CheckpointError(
+            f"Checkpoint '{path}' holds OmegaConf configs (Lightning's hyper_parameters), which "
+            "hfft reads only with omegaconf installed: pip install 'hfft[lightning]'."
+        ) from None
+    classes = (DictConfig, ListConfig, AnyNode, ContainerMetadata, Metadata)
+    return (*classes, typing.Any, collections.defaultdict, dict, list, int)
 
 
 def _optimizer_state(obj: Any) -> dict[str, Any] | None:
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         return None
     lightning = obj.get("optimizer_states")
     candidates = [obj.get("optimizer"), obj.get("optimizer_state_dict")]
     if isinstance(lightning, list) and lightning:
         candidates.append(lightning[0])
-    return next((dict(c) for c in candidates if isinstance(c, Mapping) and "state" in c), None)
+    return next((dict(c) for c in candidates if isinstance(c, dict) and "state" in c), None)
 
 
 #: How much larger than its file a ``torch.save`` archive may be once read into memory.
@@ -266,20 +325,23 @@ def _check_expansion(path: Path) -> None:
         )
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """The globals a ``torch.save`` file names beyond :data:`INERT_GLOBALS`, found by reading
-    its pickle's opcodes (nothing is unpickled); empty when it cannot tell."""
-    inert = {f"{c.__module__}.{c.__qualname__}" for c in INERT_GLOBALS}
+def _named_globals(path: Path) -> list[str]:
+    """The globals a ``torch.save`` file names beyond torch's own, found by reading its
+    pickle's opcodes (nothing is unpickled); empty when it cannot tell."""
     try:
-        named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip archive of torch.save, or damaged: the caller says so
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip archive of torch.save, or damaged: the load says so
         return []
+
+
+def _unsafe_globals(named: list[str], allowed: tuple[Any, ...]) -> list[str]:
+    """The ``named`` globals that are not ``allowed``."""
+    inert = {f"{c.__module__}.{c.__qualname__}" for c in allowed}
     return [g for g in named if g not in inert]
 
 
-def _torch_load_message(path: Path, err: Exception) -> str:
+def _torch_load_message(path: Path, err: Exception, unsafe: list[str]) -> str:
     text = str(err)
-    unsafe = _unsafe_globals(path)
     found = re.search(r"GLOBAL (\S+)", text)  # "unsupported GLOBAL posix.system …"
     if not unsafe and found is not None:  # e.g. a legacy (non-zip) torch.save file
         unsafe = [found.group(1)]
@@ -288,7 +350,8 @@ def _torch_load_message(path: Path, err: Exception) -> str:
         return (
             f"Checkpoint '{path}' contains Python objects ({names}) that would import or "
             "execute code when loaded; hfft reads tensors and plain data only (of objects, "
-            "argparse.Namespace and pathlib paths)."
+            "argparse.Namespace, pathlib paths and OmegaConf configs): save it again with "
+            "plain values in their place (an enum's .value, a dataclass as a dict)."
         )
     if "Weights only load failed" in text:
         return (
@@ -302,12 +365,17 @@ def _torch_load_message(path: Path, err: Exception) -> str:
 
 
 def _state_dicts(obj: Mapping[Any, Any]) -> list[str]:
-    """The entries of a ``torch.save``'d dict that hold tensors by name (state dicts)."""
+    """The entries of a ``torch.save``'d dict that hold tensors by name (state dicts).
+
+    Only ``dict``s (``OrderedDict`` too) count, here and wherever a loaded file is looked
+    into: an OmegaConf ``DictConfig`` is a ``Mapping`` whose values, once read, resolve
+    interpolations (``${oc.env:…}``) and raise for a missing one (``???``).
+    """
     return [
         k
         for k, v in obj.items()
         if isinstance(k, str)
-        and isinstance(v, Mapping)
+        and isinstance(v, dict)
         and any(isinstance(t, Tensor) for t in v.values())
     ]
 
@@ -317,7 +385,7 @@ def _extract_state_dict(
 ) -> tuple[dict[str, Tensor], str | None]:
     """The state dict of a loaded ``torch.save`` object, and a note on which was taken when
     there were several (see :func:`load_checkpoint`)."""
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         raise CheckpointError(
             f"Checkpoint '{path}' holds a {type(obj).__name__}, not a state dict of tensors."
         )
@@ -332,8 +400,8 @@ def _extract_state_dict(
             )
         obj, where = obj[key], f" under {key!r}"
     else:
-        for nested in _NESTED_KEYS:
-            if isinstance(obj.get(nested), Mapping):
+        for nested in NESTED_KEYS:
+            if isinstance(obj.get(nested), dict):
                 obj, where = obj[nested], f" under {nested!r}"
                 others = [k for k in found if k != nested]
                 if others:

@@ -94,6 +94,7 @@ __all__ = [
 ]
 
 WEIGHT_FILES = ("final.safetensors", "best.safetensors")
+EXPORTS = (None, "lightning")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "cpu"
     overwrite: bool = False
+    export: str | None = None
+    """``"lightning"``: the final weights also written into a copy of the input ``.ckpt``
+    (``final.ckpt``, :mod:`hfft.experiment.run.export`)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.strategy, str):  # a library caller's text: parsed here, once
@@ -117,12 +121,19 @@ class FinetuneConfig:
         check("eval_batch_size", self.eval_batch_size)
         check("eval_points", self.eval_points)
         check("seed", self.seed)
+        if self.export not in EXPORTS:
+            raise ValueError(
+                f"--export takes {', '.join(e for e in EXPORTS if e)}, not {self.export!r}"
+            )
 
     def record(self) -> FinetuneConfigEntry:
         """The configuration as ``metrics.json`` stores it under ``config`` (JSON types; the
-        strategy as its label)."""
+        strategy as its label; ``export`` only when given, so that a record written before
+        it existed is still the same run)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["strategy"], data["source"] = self.strategy.label, self.source.record()
+        if data["export"] is None:
+            del data["export"]
         return cast(FinetuneConfigEntry, json.loads(json.dumps(data)))
 
     def key(self) -> FinetuneConfigEntry:
@@ -214,6 +225,7 @@ class _Run:
         on_progress: Callable[[float, Mapping[str, Any]], None] | None,
     ) -> None:
 
+        self.src, self.export, self.key = src, config.export, config.source.checkpoint_key
         self.model, self.splits, self.runner, self.clock = src.model, src.splits, runner, clock
         self.device = next(self.model.parameters()).device
         self.out, self.on_progress = out, on_progress
@@ -365,9 +377,37 @@ class _Run:
         with self.runner.evaluated() as model:
             if _finite_state(model):
                 self._save("final.safetensors", final, model)
+        if self.main:
+            self._export()
         self.log["files"] = dict(self.files)
         if self.main:
             atomic_write_json(self.out / "metrics.json", self.log)
+
+    def _export(self) -> None:
+        """The weight files again as the user's tools load them: ``final/`` and ``best/``
+        model folders for a transformers input, ``final.ckpt`` for ``--export lightning``."""
+        from hfft.experiment.run.checkpoint import load_checkpoint
+        from hfft.experiment.run.pretrained import write_folder
+
+        for name in WEIGHT_FILES:
+            if name not in self.files:
+                continue
+            saved = load_checkpoint(self.out / name)
+            stem = name.removesuffix(".safetensors")
+            if self.src.pretrained is not None:
+                written = write_folder(
+                    self.src.pretrained, self.out / stem, saved.state_dict, saved.metadata or {}
+                )
+                self._written([f"{stem}/{w}" for w in written])
+            if self.export == "lightning" and stem == "final":
+                from hfft.experiment.run.export import write_lightning
+
+                write_lightning(self.src.path, self.key, saved.state_dict, self.out / "final.ckpt")
+                self._written(["final.ckpt"])
+
+    def _written(self, names: list[str]) -> None:
+        for name in names:
+            self.files[name] = sha256_file(self.out / name)
 
     def _why_missing(self, name: str) -> str:
         if name == "final.safetensors":
@@ -488,6 +528,10 @@ def _prepare(
 
     strategy = config.strategy
     budget = parse_budget(config.budget)
+    if config.export == "lightning":
+        from hfft.experiment.run.export import check_exportable
+
+        check_exportable(Path(config.checkpoint), config.source.checkpoint_key)
     src = source or config.source.load(config.checkpoint, config.device)
     if source is None and on_note is not None:
         for note in (*src.notes, src.budget_note(budget)):

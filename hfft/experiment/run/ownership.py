@@ -131,9 +131,14 @@ def _names(values: Iterable[Any]) -> set[str]:
     return {n for n in map(_safe, values) if n is not None}
 
 
+EXPORTED = r"(final|best)/\w[\w.-]*|final\.ckpt"
+"""The files a fine-tuning run writes beside its weights for the user's tools: the model
+folders of a transformers input (``final/model.safetensors``, …) and ``--export
+lightning``'s ``final.ckpt``."""
+
 _NAMES = {
     "run.json": (r"ckpt-\d+\.safetensors", ""),
-    "metrics.json": (r"(final|best)\.safetensors", ""),
+    "metrics.json": (rf"(final|best)\.safetensors|{EXPORTED}", ""),
     "compare.json": (r"(curves|relative)-[^/]+\.png", r"[^/]+/[^/]+/seed-\d+"),
     "study.json": (r"report\.md|figure[12][^/]*\.png", r"train|runs"),
 }

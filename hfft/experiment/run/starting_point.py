@@ -12,11 +12,13 @@ Precedence for every hyperparameter: explicit override, then the checkpoint's
 metadata, then the registered problem's defaults.
 
 A checkpoint is data, never code: from its metadata only names of hfft's own
-model registry and data sets are taken, with plain argument values (int,
-float, bool, str) and hyperparameters in their ranges (:mod:`hfft.experiment.limits`). A
-header that names a file, a module or anything else is refused with one
-sentence; code runs only when the user names it (``--model file.py:fn``,
-``--data file.py:fn``).
+model registry (or of timm's, ``timm:NAME``) and data sets are taken, with plain
+argument values (int, float, bool, str) and hyperparameters in their ranges
+(:mod:`hfft.experiment.limits`). A header that names a file, a module or anything
+else is refused with one sentence; code runs only when the user names it
+(``--model file.py:fn``, ``--data file.py:fn``). A transformers ``save_pretrained``
+folder's config names a class that transformers itself ships, or is refused
+(:mod:`hfft.experiment.run.pretrained`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ if TYPE_CHECKING:
     from hfft.experiment.data.task import Task
     from hfft.experiment.records import SourceEntry, SourceOptionsEntry
     from hfft.experiment.run.budget import Budget
+    from hfft.experiment.run.pretrained import PretrainedFolder
 
 __all__ = [
+    "FittedTask",
     "StartingPoint",
     "StartingPointError",
     "StartingPointOptions",
@@ -84,6 +88,9 @@ class StartingPoint:
     train_time_basis: str | None = None
     """What :attr:`train_seconds` is (``--train-time``, or which time of ``run.json``),
     for the note of a ``N%`` budget."""
+    pretrained: PretrainedFolder | None = None
+    """The ``save_pretrained`` folder the model came from, whose layout the fine-tuned
+    weights are written back in (``final/``, ``best/``)."""
 
     def budget_note(self, budget: Budget) -> str | None:
         """The line saying what a budget of ``N%`` is in seconds and which training time it
@@ -236,7 +243,8 @@ def trusted_metadata(
 ) -> dict[str, Any]:
     """What :func:`load_starting_point` takes from a checkpoint's metadata, checked.
 
-    The model must be a name of hfft's registry and the data set one of its
+    The model must be a name of hfft's registry (or ``timm:NAME`` of timm's) and the
+    data set one of its
     built-in sets (unless the user named them); model arguments must be plain
     values; hyperparameters must pass :mod:`hfft.experiment.limits`. Entries the user
     overrides are not taken (nor checked).
@@ -250,12 +258,17 @@ def trusted_metadata(
     meta = metadata or {}
     trusted: dict[str, Any] = {}
     if not model_given and meta.get("model") is not None:
+        from hfft.experiment.data.factories import TIMM, ModelSpecError
+        from hfft.experiment.data.timm_models import check_timm_model
+
         name = meta["model"]
-        if not isinstance(name, str) or name not in PROBLEMS:
+        # timm:NAME of timm's registry is library code from a fixed list, like hfft's models
+        timm = isinstance(name, str) and name.startswith(TIMM)
+        if not isinstance(name, str) or not (name in PROBLEMS or timm):
             raise StartingPointError(
                 f"{path} names the model {quoted(name)} in its metadata, which is not one of "
-                f"hfft's models ({', '.join(PROBLEMS)}); hfft never runs code a checkpoint "
-                f"names: pass {_again('--model', name)} if you trust that code"
+                f"hfft's models ({', '.join(PROBLEMS)}) nor timm:NAME; hfft never runs code a "
+                f"checkpoint names: pass {_again('--model', name)} if you trust that code"
             )
         args = meta.get("model_args") or {}
         plain = isinstance(args, dict) and all(
@@ -266,6 +279,14 @@ def trusted_metadata(
                 f"{path} has model arguments in its metadata that are not plain values "
                 "(int, float, bool or str); pass --model and --model-arg explicitly"
             )
+        if timm:  # a registered architecture without downloads or files, or one sentence
+            try:
+                check_timm_model(name, args)
+            except ModelSpecError as err:
+                raise StartingPointError(
+                    f"{path} names the model {quoted(name)} in its metadata, which hfft cannot "
+                    f"take: {str(err).rstrip('.')}"
+                ) from None
         trusted["model"], trusted["model_args"] = name, dict(args)
     if not data_given and meta.get("data") is not None:
         data = meta["data"]
@@ -378,7 +399,8 @@ def load_starting_point(
     """Load a checkpoint into its model, with its data split and hyperparameters.
 
     Args:
-        checkpoint: hfft safetensors or a PyTorch state-dict file.
+        checkpoint: hfft safetensors, a PyTorch state-dict file, or a transformers
+            ``save_pretrained`` folder (:mod:`hfft.experiment.run.pretrained`).
         options: What the user gave on the command line (each overrides the
             checkpoint's metadata, which overrides the registered problem's
             defaults).
@@ -395,11 +417,13 @@ def load_starting_point(
     from hfft.experiment.data.factories import build_model
     from hfft.experiment.data.splits import load_data
     from hfft.experiment.run.checkpoint import apply_state_dict, check_fit, load_checkpoint
+    from hfft.experiment.run.pretrained import build_pretrained, tied_entries
     from hfft.models import PROBLEMS
 
     options = options or StartingPointOptions()
-    path = Path(checkpoint)
-    ckpt = load_checkpoint(path, options.checkpoint_key)
+    path = Path(checkpoint).expanduser()
+    folder = _pretrained_folder(path, options)
+    ckpt = folder.checkpoint() if folder else load_checkpoint(path, options.checkpoint_key)
     meta = trusted_metadata(
         path,
         ckpt.metadata,
@@ -407,7 +431,7 @@ def load_starting_point(
         data_given=options.data is not None,
     )
     _check_model_sizes(path, meta.get("model_args") or {}, options.model_args, ckpt.state_dict)
-    model_name, data_name = _model_and_data(path, meta, options)
+    model_name, data_name = _model_and_data(path, meta, options, folder)
     seed = int(_first(data_seed, meta.get("data_seed"), 0))
     fraction = _first(options.valid_fraction, meta.get("valid_fraction"))
     splits = load_data(
@@ -421,18 +445,24 @@ def load_starting_point(
         valid_seen=fraction is not None and fraction != meta.get("valid_fraction"),
     )
     args = {**(meta.get("model_args") or {}), **options.model_args}
-    if model_name in PROBLEMS:  # hfft's own model: shapes checked on "meta", before memory
-        check_fit(build_model(model_name, args, splits.data_args(), "meta"), ckpt.state_dict)
-    net = build_model(model_name, args, splits.data_args())
-    notes = apply_state_dict(net, ckpt.state_dict)
+    if folder is not None and options.model is None:
+        net, notes = build_pretrained(folder)
+    else:
+        if model_name in PROBLEMS:  # hfft's own model: shapes checked on "meta", before memory
+            check_fit(build_model(model_name, args, splits.data_args(), "meta"), ckpt.state_dict)
+        net = build_model(model_name, args, splits.data_args())
+        weights = tied_entries(net, ckpt.state_dict) if folder else ckpt.state_dict
+        notes = apply_state_dict(net, weights)
     net = net.to(device)
     asked = _task_options(path, meta.get("task"), options)
-    task, task_note, splits = fit_task(net, splits, asked)
+    fitted = fit_task(net, splits, asked)
+    task, splits = fitted.task, fitted.splits
     seconds, basis, problem = _training_time(path, options.train_time)
-    said = (task_note,) if inferred(asked, data_name) else ()
+    said = fitted.notes(inferred(asked, data_name))
     return StartingPoint(
         path=path,
-        sha256=sha256_file(path),
+        sha256=folder.sha256() if folder else sha256_file(path),
+        pretrained=folder,
         metadata=ckpt.metadata,
         model=net,
         model_name=model_name,
@@ -448,6 +478,21 @@ def load_starting_point(
         optimizer_state=ckpt.optimizer_state,
         **_hyperparameters(options, meta, model_name),
     )
+
+
+def _pretrained_folder(path: Path, options: StartingPointOptions) -> PretrainedFolder | None:
+    """A ``save_pretrained`` folder read (``None`` for a file); a checkpoint key refused."""
+    from hfft.experiment.run.checkpoint import CheckpointError
+    from hfft.experiment.run.pretrained import read_folder
+
+    if not path.is_dir():
+        return None
+    if options.checkpoint_key is not None:
+        raise CheckpointError(
+            f"--checkpoint-key picks a state dict inside a torch.save file; '{path}' is a "
+            "model folder, which holds one"
+        )
+    return read_folder(path)
 
 
 def _training_time(
@@ -513,11 +558,30 @@ def inferred(asked: dict[str, Any], data: str) -> bool:
     return user and all(asked.get(k) is None for k in ("kind", "loss"))
 
 
-def fit_task(
-    model: nn.Module, splits: DataSplits, asked: dict[str, Any]
-) -> tuple[Task, str, DataSplits]:
+@dataclass(frozen=True)
+class FittedTask:
+    """What :func:`fit_task` found: the task, a line saying which, the splits in the
+    model's precision, and a line on the model's calling convention when it is not
+    ``model(batch)`` returning a tensor."""
+
+    task: Task
+    note: str
+    splits: DataSplits
+    convention: str | None = None
+
+    def notes(self, inferred: bool) -> tuple[str, ...]:
+        """The lines to say: the task's when it was inferred, the convention's."""
+        said = (self.note,) if inferred else ()
+        return (*said, *((self.convention,) if self.convention else ()))
+
+
+def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> FittedTask:
     """The task that fits the model's outputs on two training samples, one line saying so,
     and the splits in the model's precision.
+
+    The model's calling convention is adopted first (:mod:`hfft.experiment.data.convention`):
+    a dict batch goes to ``forward`` as keywords when it names every key, and a
+    ``ModelOutput``, a dict with ``logits`` or a tuple is reduced to its logits.
 
     What can be checked before any work is checked here: the model's precision
     (float16 and bfloat16 are refused; floating inputs of another precision
@@ -539,6 +603,7 @@ def fit_task(
     """
     import torch
 
+    from hfft.experiment.data.convention import adopt_convention
     from hfft.experiment.data.task import TaskError, check_targets, infer_task, load_loss
     from hfft.experiment.data.user_code import first_loss, first_outputs
     from hfft.optim.batches import take
@@ -546,11 +611,15 @@ def fit_task(
     dtype = _precision(model)
     if dtype is not None:
         splits = splits.cast_inputs(dtype)
-    out = first_outputs(model, take(splits.train_x, slice(0, 2)), dtype)
+    sample = take(splits.train_x, slice(0, 2))
+    out, convention = adopt_convention(
+        model, sample, lambda c: first_outputs(model, sample, dtype, c.call())
+    )
     if not isinstance(out, torch.Tensor):
         raise StartingPointError(
-            f"the model returns a {type(out).__name__}, not a tensor of outputs; "
-            "wrap it so that forward returns the logits or predictions"
+            f"the model returns a {type(out).__name__}, not a tensor of outputs, nor one "
+            "with .logits, a 'logits' entry or a tensor first; wrap it so that forward "
+            "returns the logits or predictions"
         )
     try:
         loss = load_loss(asked["loss"]) if asked.get("loss") else None
@@ -563,7 +632,7 @@ def fit_task(
         raise StartingPointError(str(err)) from err
     if loss is not None:
         first_loss(loss, asked["loss"], out, splits.train_y[:2])
-    return task, note, splits
+    return FittedTask(task, note, splits, convention.note())
 
 
 def _precision(model: nn.Module) -> Any:
@@ -623,12 +692,22 @@ def _valid_note(splits: DataSplits) -> tuple[str, ...]:
 
 
 def _model_and_data(
-    path: Path, meta: dict[str, Any], options: StartingPointOptions
+    path: Path,
+    meta: dict[str, Any],
+    options: StartingPointOptions,
+    folder: PretrainedFolder | None = None,
 ) -> tuple[str, str]:
-    """The model and data names: the user's, else the metadata's, else the problem's data."""
+    """The model and data names: the user's, else the metadata's (or a transformers folder's
+    class), else the problem's data."""
     from hfft.models import PROBLEMS
 
-    model_name = _first(options.model, meta.get("model"))
+    built = f"transformers:{folder.architecture}" if folder and folder.architecture else None
+    model_name = _first(options.model, meta.get("model"), built)
+    if model_name is None and folder is not None:
+        raise StartingPointError(
+            f"'{path / 'config.json'}' names no model class under architectures; pass "
+            "--model file.py:factory to build the model"
+        )
     if model_name is None:
         raise StartingPointError(
             f"{path} carries no hfft metadata, so the model is unknown; "

@@ -279,9 +279,9 @@ class _Training:
         self.model = self.model.to(self.device)
         _check_finite_start(self.model, config.model)
         asked = {"kind": config.task, "loss": config.loss, "metric": config.metric}
-        self.task, task_note, self.splits = fit_task(self.model, self.splits, asked)
-        said = (task_note,) if inferred(asked, config.data) else ()
-        self.notes = (*said, *data_notes(self.splits))
+        fitted = fit_task(self.model, self.splits, asked)
+        self.task, self.splits = fitted.task, fitted.splits
+        self.notes = (*fitted.notes(inferred(asked, config.data)), *data_notes(self.splits))
         self.loss_fn = self.task.loss()
         self.opt = torch.optim.SGD(
             param_groups(self.model, config.weight_decay), lr=config.lr, momentum=config.momentum
