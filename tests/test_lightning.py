@@ -87,3 +87,14 @@ def test_export_lightning_is_refused_for_a_file_that_holds_no_lightning_state(
     said = finetune(plain, tmp_path / "run", "--export", "lightning", code=2)
     assert "--export lightning writes the weights back into a copy of a Lightning .ckpt" in said
     assert not (tmp_path / "run").exists()
+
+
+def test_a_half_precision_ckpt_says_that_the_export_rounds(ckpt: Path, tmp_path: Path) -> None:
+    obj = torch.load(ckpt, weights_only=False)
+    obj["state_dict"] = {k: v.to(torch.bfloat16) for k, v in obj["state_dict"].items()}
+    half = tmp_path / "half.ckpt"
+    torch.save(obj, half)
+    said = finetune(half, tmp_path / "run", "--strategy", "hf:m=64", "--export", "lightning")
+    assert "final.ckpt keeps the checkpoint's bfloat16 weights" in " ".join(said.split())
+    exported = torch.load(tmp_path / "run" / "final.ckpt", weights_only=False)
+    assert all(t.dtype == torch.bfloat16 for t in exported["state_dict"].values())

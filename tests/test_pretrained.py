@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from hfft.cli import app
 from hfft.experiment.run.checkpoint import CheckpointError
 from hfft.experiment.run.pretrained import read_folder, tied_entries
+from hfft.experiment.run.starting_point import StartingPointOptions, load_starting_point
 
 transformers = pytest.importorskip("transformers", reason="the hf extra: pip install 'hfft[hf]'")
 hp = pytest.importorskip("tests.hf_project")
@@ -48,10 +49,13 @@ def hfft(*args: object, code: int = 0) -> str:
     return result.output
 
 
-def finetune(folder: Path, name: str, out: Path, strategy: str, *extra: str) -> dict:
+def finetune(
+    folder: Path, name: str, out: Path, strategy: str, *extra: str, data: str = ""
+) -> dict:
     hfft(
-        "finetune", folder / name, "--data", f"{PROJECT}:{DATA[name]}", "--strategy", strategy,
-        "--budget", "3steps", "--eval-points", "2", "--out", out, "--device", "cpu", *extra,
+        "finetune", folder / name, "--data", f"{PROJECT}:{data or DATA[name]}",
+        "--strategy", strategy, "--budget", "3steps", "--eval-points", "2", "--out", out,
+        "--device", "cpu", *extra,
     )  # fmt: skip
     return json.loads((out / "metrics.json").read_text())
 
@@ -87,6 +91,15 @@ def test_a_folder_is_fine_tuned_and_loads_back_with_from_pretrained(
         assert log[stem]["test_accuracy"] == pytest.approx(accuracy)
         for file in (out / stem).iterdir():
             assert log["files"][f"{stem}/{file.name}"]  # listed, so hfft may replace it
+    # hfft's model of the folder gives the user's logits: the same outputs, not only the loss
+    fitted = load_starting_point(
+        out / "final", StartingPointOptions(data=f"{PROJECT}:{DATA[name]}")
+    )
+    x = getattr(hp, DATA[name])()[2][0]
+    with torch.no_grad():
+        ours = fitted.model.eval()(x)
+        theirs = AUTO[name].from_pretrained(out / "final").eval()(**x).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(out / "final")
     assert tokenizer("t3 t4")["input_ids"] == [3, 4]
     assert log["final"]["test_loss"] != log["initial"]["test_loss"]
@@ -232,3 +245,94 @@ def test_tied_entries_fill_the_second_name_of_a_shared_tensor() -> None:
         "0.weight": stored["0.weight"],
         "1.weight": stored["0.weight"],
     }
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"attn_implementation": "kernels-community/flash-attn"}, "may fetch and run as code"),
+        ({"text_config": {"experts_implementation": "org/kernel"}}, "may fetch and run as code"),
+        ({"quantization_config": {"quant_method": "bitsandbytes"}}, "quantized model"),
+    ],
+    ids=["attention-kernel", "nested-kernel", "quantized"],
+)
+def test_a_config_that_would_fetch_kernels_or_quantize_is_refused(
+    models: Path, tmp_path: Path, change: dict, said: str
+) -> None:
+    folder = _copy(models, tmp_path)
+    _config(folder, **change)
+    assert said in hfft("finetune", folder, "--data", f"{PROJECT}:review_classes", code=2)
+
+
+def test_model_safetensors_is_taken_before_an_index_as_from_pretrained_does(
+    models: Path, tmp_path: Path
+) -> None:
+    folder = _copy(models, tmp_path, "lm")
+    shutil.copy(models / "classifier" / "model.safetensors", folder / "model.safetensors")
+    assert list(read_folder(folder).layout) == ["model.safetensors"]
+
+
+def test_model_args_without_a_model_are_refused_for_a_folder(models: Path) -> None:
+    output = hfft(
+        "finetune", models / "classifier", "--data", f"{PROJECT}:review_classes",
+        "--model-arg", "hidden_dropout_prob=0.5", code=2,
+    )  # fmt: skip
+    assert "built from its config.json" in output
+
+
+@pytest.mark.slow
+def test_a_stale_tensor_of_the_folder_is_left_out_of_final(models: Path, tmp_path: Path) -> None:
+    """An older transformers saved buffers (``position_ids``) the model no longer has."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(models, tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    stale = {"bert.embeddings.position_ids": torch.arange(12)[None]}
+    save_file({**weights, **stale}, folder / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "run"
+    log = finetune(tmp_path, "classifier", out, "hf:m=64,cg_max_iter=5")
+    assert log["status"] == "completed"
+    assert own_test(out / "final", "classifier")[0] == pytest.approx(
+        log["final"]["test_loss"], rel=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_a_run_folder_chains_and_a_run_file_says_where_to_chain(
+    models: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    finetune(models, "lm", first, "sgd", "--lr", "0.05", "--batch-size", "32")
+    # final/ carries hfft's metadata: the training settings need not be given again
+    log = finetune(first, "final", tmp_path / "second", "sgd", data=DATA["lm"])
+    assert log["source"]["lr"] == 0.05 and log["source"]["batch_size"] == 32
+    said = hfft(
+        "finetune", first / "final.safetensors", "--data", f"{PROJECT}:counting_text", code=2
+    )
+    assert "fine-tune the run's final/ folder" in said
+
+
+def test_two_model_folders_with_dotted_names_get_their_own_runs(tmp_path: Path) -> None:
+    from hfft.analysis.compare import _checkpoint_keys
+
+    folders = [tmp_path / "Llama-3.2-1B", tmp_path / "Llama-3.2-3B"]
+    for folder in folders:
+        folder.mkdir()
+    assert _checkpoint_keys(folders) == ["Llama-3.2-1B", "Llama-3.2-3B"]
+    files = [tmp_path / "a" / "ckpt.pt", tmp_path / "b" / "ckpt.pt", tmp_path / "b" / "ckpt.pt"]
+    assert len(set(_checkpoint_keys(files))) == 3
+
+
+@pytest.mark.slow
+def test_a_damaged_run_of_a_folder_is_run_again(models: Path, tmp_path: Path) -> None:
+    args = (
+        "compare", models / "classifier", "--data", f"{PROJECT}:review_classes", "-s", "sgd",
+        "--seeds", "1", "--budget", "1steps", "--lr", "0.05", "--batch-size", "32",
+        "--out", tmp_path / "cmp", "--device", "cpu",
+    )  # fmt: skip
+    hfft(*args)
+    run = tmp_path / "cmp" / "classifier" / "sgd" / "seed-0"
+    (run / "metrics.json").write_text("{damaged")
+    said = " ".join(hfft(*args).split())
+    assert "1 runs done, 0 reused" in said, said
+    assert json.loads((run / "metrics.json").read_text())["files"]["final/model.safetensors"]

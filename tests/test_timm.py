@@ -146,6 +146,21 @@ def test_metadata_naming_timm_without_timm_names_the_extra(monkeypatch: pytest.M
         _trusted({"model": "timm:test_resnet"})
 
 
+def test_metadata_of_an_oversized_model_is_refused_before_it_takes_memory(tmp_path: Path) -> None:
+    """The shapes are checked on the meta device first: 10⁶ × the MLP of a ViT would take
+    about 200 GB if it were built."""
+    from hfft.experiment.run.checkpoint import CheckpointError, save_checkpoint
+    from hfft.experiment.run.starting_point import StartingPointOptions, load_starting_point
+
+    path = tmp_path / "vit.safetensors"
+    args = {"mlp_ratio": 1e6, "num_classes": 10, "in_chans": 1, "img_size": 16}
+    weights = {"w": torch.zeros(16, 16)}  # as large as the integer arguments, not the model
+    save_checkpoint(path, weights, {"model": "timm:test_vit", "model_args": args})
+    options = StartingPointOptions(data=f"{tp.__file__}:few_digits")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_starting_point(path, options)
+
+
 # --- end to end: a CheckpointSaver file, hfft finetune, and back into timm --------------------
 
 

@@ -188,10 +188,15 @@ def run_directory(out: Path, checkpoint: str, strategy: str, seed: int) -> Path:
 
 
 def _checkpoint_keys(paths: list[Path]) -> list[str]:
-    stems = [p.stem for p in paths]
+    """One folder name per checkpoint: its stem (a model folder's whole name: ``Llama-3.2-1B``
+    has no suffix), else with its parent's name, else numbered."""
+    stems = [p.name if p.is_dir() else p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
-    return [slug(f"{p.parent.name}-{p.stem}") for p in paths]
+    keys = [slug(f"{p.parent.name}-{s}") for p, s in zip(paths, stems, strict=True)]
+    if len(set(keys)) == len(keys):
+        return keys
+    return [f"{i + 1}-{k}" for i, k in enumerate(keys)]
 
 
 def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, int, int]]:
@@ -587,15 +592,23 @@ def _clear_damaged(out: Path, run_dir: Path) -> None:
     Raises:
         FolderBusy: If another process holds the run's folder.
     """
-    from hfft.experiment.run.ownership import first_foreign, is_scratch, remove_owned
+    from hfft.experiment.run.ownership import first_foreign, remove_owned
     from hfft.experiment.run.run_folder import locked_folder
 
     if not run_dir.is_dir() or first_foreign(run_dir, nested_runs=False) is None:
         return
-    if any(e.is_dir() and not is_scratch(e.name) for e in run_dir.iterdir()):
+    if any(e.is_dir() and not _run_entry(e.name) for e in run_dir.iterdir()):
         return  # another run inside: the run's own finetune refuses it, nothing removed
     with locked_folder(run_dir):
         remove_owned(out, under=run_dir.relative_to(out).as_posix())
+
+
+def _run_entry(name: str) -> bool:
+    """A folder a run itself holds: its scratch, or the model folders of a transformers
+    input (``final/``, ``best/``)."""
+    from hfft.experiment.run.ownership import is_scratch
+
+    return is_scratch(name) or name in ("final", "best")
 
 
 class _Runs:

@@ -50,7 +50,7 @@ ExportOpt = Annotated[
     Export | None,
     typer.Option(
         help="lightning: also write final.ckpt, a copy of the input .ckpt with the final "
-        "weights in place, which LightningModule.load_from_checkpoint loads."
+        "weights in place (for load_from_checkpoint)."
     ),
 ]
 OutOpt = Annotated[

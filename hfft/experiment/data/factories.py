@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfft._text import clipped, quoted
-from hfft.experiment.data.user_code import calling, raised
+from hfft.experiment.data.timm_models import TIMM
+from hfft.experiment.data.user_code import ModelSpecError, calling, raised
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,17 +43,9 @@ __all__ = [
 #: Arguments that follow the data and are passed by :func:`build_model` itself.
 DATA_ARGS = ("num_classes", "in_channels", "input_size", "input_shape")
 
-TIMM = "timm:"
-"""Prefix of a model of timm's registry, ``timm:resnet18``: ``timm.create_model(NAME,
-pretrained=False, …)`` builds it, library code from a fixed list of architectures."""
-
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-
-
-class ModelSpecError(ValueError):
-    """A model name, factory spec or model argument the user got wrong."""
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -290,7 +283,7 @@ def _factory(
     # before package.module:factory: timm's top-level names are helpers (create_model,
     # list_models), none a model function, so the prefix hides no factory anyone names
     if spec.startswith(TIMM):
-        from hfft.experiment.data.timm_models import timm_factory
+        from hfft.experiment.data.timm_models import timm_factory  # imports timm when called
 
         return timm_factory(spec, model_args, data_args)
     if spec in PROBLEMS:

@@ -14,9 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hfft._text import clipped
-from hfft.experiment.data.factories import TIMM, ModelSpecError
+from hfft.experiment.data.user_code import ModelSpecError
 
-__all__ = ["TIMM_REFUSED", "check_timm_model", "timm_factory"]
+__all__ = ["TIMM", "TIMM_REFUSED", "check_timm_model", "timm_factory"]
+
+TIMM = "timm:"
+"""Prefix of a model of timm's registry, ``timm:resnet18``: ``timm.create_model(NAME,
+pretrained=False, …)`` builds it, library code from a fixed list of architectures."""
 
 TIMM_REFUSED = {
     "pretrained": "would download timm's pretrained weights",

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG_HINT",
+    "ModelSpecError",
     "UserCodeError",
     "calling",
     "describe_batch",
@@ -43,6 +44,10 @@ __all__ = [
 
 DEBUG_HINT = "pass --debug for the traceback"
 """How a paragraph ends: where the user's traceback is."""
+
+
+class ModelSpecError(ValueError):
+    """A model name, factory spec or model argument the user got wrong."""
 
 
 class UserCodeError(ValueError):

@@ -1,4 +1,8 @@
-"""``--export lightning``: the fine-tuned weights written back into a copy of the user's ``.ckpt``.
+"""The fine-tuned weights written the way the user's tools load them.
+
+A transformers input gets ``final/`` and ``best/`` model folders
+(:mod:`hfft.experiment.run.pretrained`). ``--export lightning`` writes the
+fine-tuned weights back into a copy of the user's ``.ckpt``.
 
 PyTorch Lightning's ``Module.load_from_checkpoint`` rebuilds the module from
 the checkpoint's ``hyper_parameters`` and loads its ``state_dict``, whose keys
@@ -16,18 +20,62 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from hfft._text import short_list
 from hfft.experiment.run.checkpoint import NESTED_KEYS, CheckpointError, read_torch
 
-__all__ = ["check_exportable", "write_lightning"]
+if TYPE_CHECKING:
+    from hfft.experiment.run.starting_point import StartingPoint
+
+__all__ = ["check_exportable", "export_weights", "write_lightning"]
 
 
-def check_exportable(path: Path, key: str | None) -> None:
+def export_weights(
+    out: Path, saved: list[str], src: StartingPoint, export: str | None, key: str | None
+) -> list[str]:
+    """Write the saved weight files again as the user's tools load them.
+
+    ``final/`` and ``best/`` model folders for a transformers input
+    (:func:`hfft.experiment.run.pretrained.write_folder`), ``final.ckpt`` for
+    ``--export lightning`` (:func:`write_lightning`).
+
+    Args:
+        out: The run's folder.
+        saved: The weight files written there (``final.safetensors``, ``best.safetensors``).
+        src: What the run started from.
+        export: ``--export`` (``"lightning"`` or ``None``).
+        key: ``--checkpoint-key``.
+
+    Returns:
+        The names written, relative to ``out``.
+    """
+    from hfft.experiment.run.checkpoint import load_checkpoint
+    from hfft.experiment.run.pretrained import write_folder
+
+    written = []
+    for name in saved:
+        weights = load_checkpoint(out / name)
+        stem = name.removesuffix(".safetensors")
+        if src.pretrained is not None:
+            files = write_folder(
+                src.pretrained, out / stem, weights.state_dict, weights.metadata or {}
+            )
+            written += [f"{stem}/{f}" for f in files]
+        if export == "lightning" and stem == "final":
+            write_lightning(src.path, key, weights.state_dict, out / "final.ckpt")
+            written.append("final.ckpt")
+    return written
+
+
+def check_exportable(path: Path, key: str | None) -> str | None:
     """Refuse, before any work, an input that ``--export lightning`` cannot write back into.
+
+    Returns:
+        A line saying that ``final.ckpt`` keeps the checkpoint's lower precision, when its
+        weights are float16 or bfloat16; else ``None``.
 
     Raises:
         ValueError: For a folder, a safetensors file, or a ``torch.save`` file without
@@ -39,7 +87,23 @@ def check_exportable(path: Path, key: str | None) -> None:
             f"--export lightning writes the weights back into a copy of a Lightning .ckpt; "
             f"{path} is not a torch.save file"
         )
-    _entry(path, read_torch(path), key)
+    import torch
+
+    obj = read_torch(path)
+    weights = obj[_entry(path, obj, key)]
+    low = sorted(
+        {
+            str(t.dtype).removeprefix("torch.")
+            for t in weights.values()
+            if isinstance(t, Tensor) and t.dtype in (torch.float16, torch.bfloat16)
+        }
+    )
+    if not low:
+        return None
+    return (
+        f"final.ckpt keeps the checkpoint's {' and '.join(low)} weights: the fine-tuned "
+        "float32 weights are rounded to them there (final.safetensors holds them whole)"
+    )
 
 
 def write_lightning(path: Path, key: str | None, state: Mapping[str, Tensor], dest: Path) -> None:

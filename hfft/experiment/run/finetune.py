@@ -384,29 +384,11 @@ class _Run:
             atomic_write_json(self.out / "metrics.json", self.log)
 
     def _export(self) -> None:
-        """The weight files again as the user's tools load them: ``final/`` and ``best/``
-        model folders for a transformers input, ``final.ckpt`` for ``--export lightning``."""
-        from hfft.experiment.run.checkpoint import load_checkpoint
-        from hfft.experiment.run.pretrained import write_folder
+        """The weight files again as the user's tools load them (:mod:`.export`)."""
+        from hfft.experiment.run.export import export_weights
 
-        for name in WEIGHT_FILES:
-            if name not in self.files:
-                continue
-            saved = load_checkpoint(self.out / name)
-            stem = name.removesuffix(".safetensors")
-            if self.src.pretrained is not None:
-                written = write_folder(
-                    self.src.pretrained, self.out / stem, saved.state_dict, saved.metadata or {}
-                )
-                self._written([f"{stem}/{w}" for w in written])
-            if self.export == "lightning" and stem == "final":
-                from hfft.experiment.run.export import write_lightning
-
-                write_lightning(self.src.path, self.key, saved.state_dict, self.out / "final.ckpt")
-                self._written(["final.ckpt"])
-
-    def _written(self, names: list[str]) -> None:
-        for name in names:
+        names = [n for n in WEIGHT_FILES if n in self.files]
+        for name in export_weights(self.out, names, self.src, self.export, self.key):
             self.files[name] = sha256_file(self.out / name)
 
     def _why_missing(self, name: str) -> str:
@@ -531,7 +513,9 @@ def _prepare(
     if config.export == "lightning":
         from hfft.experiment.run.export import check_exportable
 
-        check_exportable(Path(config.checkpoint), config.source.checkpoint_key)
+        said = check_exportable(Path(config.checkpoint), config.source.checkpoint_key)
+        if said is not None and on_note is not None:
+            on_note(said)
     src = source or config.source.load(config.checkpoint, config.device)
     if source is None and on_note is not None:
         for note in (*src.notes, src.budget_note(budget)):

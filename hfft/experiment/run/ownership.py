@@ -131,7 +131,18 @@ def _names(values: Iterable[Any]) -> set[str]:
     return {n for n in map(_safe, values) if n is not None}
 
 
-EXPORTED = r"(final|best)/\w[\w.-]*|final\.ckpt"
+COMPANIONS = (
+    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens"
+    r"|vocab|preprocessor_config|processor_config|chat_template)\.(json|txt|jinja)"
+    r"|merges\.txt|[\w-]+\.model"
+)
+"""The files of a transformers model folder copied beside its weights: config, generation
+config, tokenizer and processor files; never a trainer's results, states or other weights."""
+
+MODEL_FOLDER_FILES = rf"{COMPANIONS}|[\w-]+\.safetensors|model\.safetensors\.index\.json"
+"""What a model folder hfft writes (``final/``, ``best/``) holds."""
+
+EXPORTED = rf"(final|best)/({MODEL_FOLDER_FILES})|final\.ckpt"
 """The files a fine-tuning run writes beside its weights for the user's tools: the model
 folders of a transformers input (``final/model.safetensors``, …) and ``--export
 lightning``'s ``final.ckpt``."""
@@ -192,6 +203,19 @@ the run's own ``metrics.json`` is unreadable or damaged, so that the comparison 
 it again."""
 
 
+def _exported_in(run: Path) -> frozenset[str]:
+    """The files of a run's ``final/`` and ``best/`` model folders that are there, by the
+    names a run writes (:data:`EXPORTED`), owned like :data:`RUN_FILES` when the run's
+    ``metrics.json`` is damaged."""
+    found = [
+        f"{stem}/{p.name}"
+        for stem in ("final", "best")
+        if (run / stem).is_dir() and not (run / stem).is_symlink()
+        for p in (run / stem).iterdir()
+    ]
+    return frozenset(f for f in found if re.fullmatch(EXPORTED, f))
+
+
 def owned(folder: Path, pending: Mapping[str, Mapping[str, Any]] | None = None) -> Owned:
     """Everything the records in ``folder`` list, with the files of the run folders they
     list (each read from its own record).
@@ -224,7 +248,8 @@ def owned(folder: Path, pending: Mapping[str, Mapping[str, Any]] | None = None) 
             continue
         inner = owned(path) if path.is_dir() else Owned()
         if lister == "compare.json":  # a comparison's run folder holds a run's files
-            inner = Owned(inner.files | frozenset(RUN_FILES), inner.folders, inner.runs)
+            run_files = frozenset(RUN_FILES) | _exported_in(path)
+            inner = Owned(inner.files | run_files, inner.folders, inner.runs)
         if lister.endswith("compare.json"):
             runs.add(sub)
         files |= {f"{sub}/{f}" for f in inner.files}

@@ -47,10 +47,6 @@ SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 EXTRA = "transformers models need the hf extra: pip install 'hfft[hf]'"
 
-_COMPANION = re.compile(r"[^/\\]+\.(json|txt|model|jinja|tiktoken)\Z")
-"""The files copied beside the weights: config, generation config, tokenizer files. Not
-an optimizer or trainer state (of the weights before), not code, not other weights."""
-_NOT_COMPANIONS = {INDEX, "trainer_state.json"}
 _SHARD = re.compile(r"[A-Za-z0-9_.-]+\.safetensors\Z")
 
 
@@ -88,20 +84,24 @@ class PretrainedFolder:
         return digest.hexdigest()
 
     def checkpoint(self) -> Checkpoint:
-        """The weights of every file, read as hfft reads a safetensors checkpoint."""
+        """The weights of every file, read as hfft reads a safetensors checkpoint, with the
+        metadata hfft wrote into them when it wrote the folder (``final/``, ``best/``)."""
         from hfft.experiment.run.checkpoint import load_checkpoint
 
         state: dict[str, Tensor] = {}
+        metadata = None
         for name in self.layout:
-            state.update(load_checkpoint(self.path / name).state_dict)
-        return Checkpoint(self.path, state, None, "transformers")
+            read = load_checkpoint(self.path / name)
+            state.update(read.state_dict)
+            metadata = metadata or read.metadata
+        return Checkpoint(self.path, state, metadata, "transformers")
 
     def companions(self) -> list[Path]:
         """The config, generation and tokenizer files to copy beside fine-tuned weights."""
+        from hfft.experiment.run.ownership import COMPANIONS
+
         return sorted(
-            p
-            for p in self.path.iterdir()
-            if p.is_file() and _COMPANION.fullmatch(p.name) and p.name not in _NOT_COMPANIONS
+            p for p in self.path.iterdir() if p.is_file() and re.fullmatch(COMPANIONS, p.name)
         )
 
 
@@ -126,17 +126,43 @@ def read_folder(path: Path) -> PretrainedFolder:
             "trust_remote_code would run; hfft never runs code a checkpoint names: pass "
             "--model file.py:factory to build the model with code you trust."
         )
+    _refuse_code(path / CONFIG, config)
+    if (path / SINGLE).is_file():  # before the index, as from_pretrained takes them
+        return PretrainedFolder(path, config, {SINGLE: _names_in(path / SINGLE)})
     if (path / INDEX).is_file():
         index = _json_object(path / INDEX)
         return PretrainedFolder(path, config, _sharded_layout(path, index), index)
-    if (path / SINGLE).is_file():
-        return PretrainedFolder(path, config, {SINGLE: _names_in(path / SINGLE)})
     pickled = sorted(p.name for p in path.glob("pytorch_model*.bin"))
     held = f" ({short_list(pickled)})" if pickled else ""
     raise CheckpointError(
         f"Checkpoint folder '{path}' holds no {SINGLE} nor {INDEX}{held}; hfft reads the "
         "safetensors weights save_pretrained writes by default."
     )
+
+
+_ATTENTION = ("eager", "sdpa")
+
+
+def _refuse_code(path: Path, config: Any) -> None:
+    """Refuse a config (or a sub-config in it) that makes transformers fetch or run code
+    beyond its own classes: a kernel named by repository (``attn_implementation``,
+    ``experts_implementation`` other than eager or sdpa) or a quantization back-end."""
+    if not isinstance(config, dict):
+        return
+    for key, value in config.items():
+        named = key.endswith("_implementation") and value is not None
+        if named and value not in _ATTENTION:
+            raise CheckpointError(
+                f"'{path}' asks for {key} {quoted(value, 60)}, which transformers may fetch "
+                "and run as code; hfft builds a folder's model with eager or sdpa only: "
+                "pass --model file.py:factory to build it with code you trust."
+            )
+        if key == "quantization_config" and value:
+            raise CheckpointError(
+                f"'{path}' describes a quantized model; hfft fine-tunes floating-point "
+                "weights only."
+            )
+        _refuse_code(path, value)
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -309,37 +335,37 @@ def write_folder(
     input's index is written with its ``weight_map`` and the new ``total_size``. A
     config whose ``dtype`` is not float32 is written saying float32, as the weights are.
 
+    A tensor of the input the model does not have (a stale buffer from_pretrained left
+    out) is left out, and so is a shard left empty.
+
     Returns:
         The names written in ``dest``.
-
-    Raises:
-        CheckpointError: If ``state`` lacks a tensor of the input's layout.
     """
     from hfft._io import atomic_write_bytes, atomic_write_json
     from hfft.experiment.run.checkpoint import save_checkpoint
 
-    wanted = [k for keys in folder.layout.values() for k in keys]
-    missing = [k for k in wanted if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"The fine-tuned model has no tensors {short_list(missing)} of '{folder.path}'s "
-            "layout; its weights are in final.safetensors."
-        )
+    layout = {
+        name: kept
+        for name, keys in folder.layout.items()
+        if (kept := tuple(k for k in keys if k in state))
+    }
     dest.mkdir(exist_ok=True)
     written = []
+    config = _float32_config(folder.config)
     for src in folder.companions():
-        config = _float32_config(folder.config)
         if src.name == CONFIG and config != folder.config:
             atomic_write_json(dest / CONFIG, config)
         else:
             atomic_write_bytes(dest / src.name, src.read_bytes())
         written.append(src.name)
-    for name, keys in folder.layout.items():
+    for name, keys in layout.items():
         save_checkpoint(dest / name, {k: state[k] for k in keys}, metadata)
         written.append(name)
     if folder.index is not None:
-        total = sum(state[k].numel() * state[k].element_size() for k in wanted)
-        weight_map = {k: name for name, keys in folder.layout.items() for k in keys}
+        total = sum(
+            state[k].numel() * state[k].element_size() for ks in layout.values() for k in ks
+        )
+        weight_map = {k: name for name, keys in layout.items() for k in keys}
         meta = {**(folder.index.get("metadata") or {}), "total_size": total}
         atomic_write_json(
             dest / INDEX, {**folder.index, "metadata": meta, "weight_map": weight_map}
