@@ -258,3 +258,18 @@ def test_selftest_checks_a_keyword_model(project: tuple[Path, Path]) -> None:
     result = runner.invoke(app, [*args, "--batch-size", "32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "calling convention" in result.output and "selftest passed" in result.output
+
+
+def test_labels_among_the_inputs_are_refused(project: tuple[Path, Path], tmp_path: Path) -> None:
+    path, ckpt = project
+    extra = tmp_path / "labelled.py"
+    extra.write_text(
+        f"import sys; sys.path.insert(0, {str(path.parent)!r})\n"
+        "from project import data as plain\n\n"
+        "def data():\n"
+        "    return [({**x, 'labels': y}, y) for x, y in plain()]\n"
+    )
+    args = ["finetune", str(ckpt), "--model", f"{path}:keywords", "--data", f"{extra}:data"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--budget", "1steps"])
+    assert result.exit_code == 2, result.output
+    assert "holds 'labels'" in result.output and not (tmp_path / "run").exists()

@@ -83,11 +83,21 @@ class PretrainedFolder:
             digest.update(f"{name}\0{sha256_file(self.path / name)}\n".encode())
         return digest.hexdigest()
 
-    def checkpoint(self) -> Checkpoint:
+    def checkpoint(self, weights: bool = True) -> Checkpoint:
         """The weights of every file, read as hfft reads a safetensors checkpoint, with the
-        metadata hfft wrote into them when it wrote the folder (``final/``, ``best/``)."""
+        metadata hfft wrote into them when it wrote the folder (``final/``, ``best/``).
+
+        Args:
+            weights: Read the tensors (for a model the user's factory builds); without
+                them only the metadata is read (``from_pretrained`` reads the weights,
+                and a large model is not held twice).
+        """
         from hfft.experiment.run.checkpoint import load_checkpoint
 
+        if not weights:
+            return Checkpoint(
+                self.path, {}, _hfft_metadata(self.path / next(iter(self.layout))), "transformers"
+            )
         state: dict[str, Tensor] = {}
         metadata = None
         for name in self.layout:
@@ -374,8 +384,31 @@ def write_folder(
     return written
 
 
-def _float32_config(config: dict[str, Any]) -> dict[str, Any]:
+def _float32_config(config: Any) -> Any:
+    """The config with every ``dtype`` (of sub-configs too) saying float32."""
+    if not isinstance(config, dict):
+        return config
     return {
-        k: ("float32" if k in ("dtype", "torch_dtype") and isinstance(v, str) else v)
+        k: (
+            "float32"
+            if k in ("dtype", "torch_dtype") and isinstance(v, str)
+            else _float32_config(v)
+        )
         for k, v in config.items()
     }
+
+
+def _hfft_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata hfft wrote into a weight file's header, without reading its tensors."""
+    from safetensors import safe_open
+
+    from hfft.experiment.run.checkpoint import METADATA_KEY
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            data = json.loads((f.metadata() or {}).get(METADATA_KEY) or "null")
+    except Exception as err:  # safetensors' own errors, and unreadable JSON
+        raise CheckpointError(
+            f"Checkpoint '{path}' is not a valid safetensors file with readable metadata: {err}."
+        ) from None
+    return data if isinstance(data, dict) else None

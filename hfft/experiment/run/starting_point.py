@@ -268,7 +268,10 @@ def load_starting_point(
     options = options or StartingPointOptions()
     path = Path(checkpoint).expanduser()
     folder = _pretrained_folder(path, options)
-    ckpt = folder.checkpoint() if folder else load_checkpoint(path, options.checkpoint_key)
+    if folder is not None:  # from_pretrained reads the weights unless the user's code builds it
+        ckpt = folder.checkpoint(weights=options.model is not None)
+    else:
+        ckpt = load_checkpoint(path, options.checkpoint_key)
     meta = trusted_metadata(
         path,
         ckpt.metadata,
@@ -462,6 +465,12 @@ def fit_task(model: nn.Module, splits: DataSplits, asked: dict[str, Any]) -> Fit
     if dtype is not None:
         splits = splits.cast_inputs(dtype)
     sample = take(splits.train_x, slice(0, 2))
+    if isinstance(sample, dict) and "labels" in sample:
+        raise StartingPointError(
+            "the inputs' dict holds 'labels', which a transformers model takes as targets to "
+            "return its own loss; return them from the data factory as the targets, "
+            "(inputs, labels), and hfft computes the loss"
+        )
     out, convention = adopt_convention(
         model, sample, lambda c: first_outputs(model, sample, dtype, c.call())
     )
