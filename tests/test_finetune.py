@@ -488,7 +488,7 @@ def test_a_second_interrupt_while_saving_waits_for_the_files(
         finetune(cfg, on_progress=stop)
     log = json.loads((out / "metrics.json").read_text())
     assert log["status"] == "interrupted"
-    assert set(log["files"]) == {"final.safetensors", "best.safetensors"}
+    assert set(log["files"]) == {"final.safetensors", "best.safetensors", "evaluations.csv"}
 
 
 def test_an_interrupt_at_start_up_writes_nothing_and_says_so(
@@ -549,7 +549,7 @@ def test_the_summary_lists_only_files_that_exist(ckpt: Path, tmp_path: Path) -> 
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert "best.safetensors" not in files
     text = " ".join(result.output.split())
-    assert f"outputs in {tmp_path / 'o'}: final.safetensors, metrics.json" in text
+    assert f"outputs in {tmp_path / 'o'}: final.safetensors, evaluations.csv, metrics.json" in text
     assert "no best.safetensors: no evaluation had finite losses" in text
 
 

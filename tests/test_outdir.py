@@ -220,7 +220,13 @@ def test_a_training_rerun_leaves_other_hfft_runs_inside_its_folder(train_copy: P
     assert result.exit_code == 0, result.output
     assert _tree(ft) == kept  # another run of hfft's, not this training's: left alone
     names = sorted(p.name for p in train_copy.iterdir())
-    assert names == ["ckpt-01.safetensors", "ckpt-02.safetensors", "finetune-sgd", "run.json"]
+    assert names == [
+        "ckpt-01.safetensors",
+        "ckpt-02.safetensors",
+        "evaluations.csv",
+        "finetune-sgd",
+        "run.json",
+    ]
     assert (train_copy / "ckpt-02.safetensors").read_bytes() != old
 
 

@@ -57,9 +57,11 @@ def test_a_comparison_owns_its_runs_files(tmp_path: Path) -> None:
         "c/sgd/seed-0/metrics.json",
         "c/sgd/seed-0/final.safetensors",
         "c/sgd/seed-0/best.safetensors",  # a run's name in a comparison's run folder
+        "c/sgd/seed-0/evaluations.csv",
         "c/hf/seed-0/metrics.json",
         "c/hf/seed-0/final.safetensors",
         "c/hf/seed-0/best.safetensors",
+        "c/hf/seed-0/evaluations.csv",
     }
     assert first_foreign(tmp_path / "cmp") is None
 

@@ -274,7 +274,8 @@ def test_study_runs_both_protocols_and_reports_what_the_runs_say(tmp_path: Path)
     # study.json lists the study's own files: nothing in the folder is foreign
     record = json.loads((out / "study.json").read_text())
     assert record["status"] == "completed" and record["folders"] == ["train", "runs"]
-    assert set(record["files"]) == {"study.json", "report.md", *(p.name for p in result.figures)}
+    figures = {p.name for p in result.figures}
+    assert set(record["files"]) == {"study.json", "report.md", "evaluations.csv", *figures}
     assert first_foreign(out) is None
     # a rerun reuses the training and every run
     notes: list[str] = []

@@ -125,6 +125,7 @@ def test_cli_train_quiet(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [
         "ckpt-01.safetensors",
         "ckpt-02.safetensors",
+        "evaluations.csv",
         "run.json",
     ]
 
@@ -181,7 +182,11 @@ def test_another_runs_folder_needs_overwrite(tmp_path: Path) -> None:
     assert len(json.loads((run / "run.json").read_text())["checkpoints"]) == 2
     # --overwrite clears the old run first: no ckpt-02 of the old run stays beside the new
     train(config(tmp_path, epochs=1, checkpoints=1, overwrite=True))
-    assert sorted(p.name for p in run.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "ckpt-01.safetensors",
+        "evaluations.csv",
+        "run.json",
+    ]
 
 
 def test_an_interrupt_names_what_was_saved(tmp_path: Path) -> None:
@@ -255,7 +260,11 @@ def test_a_full_disk_leaves_nothing_half_written(
     assert result.output.strip() == (
         f"hfft: error: No space left on device: {out / 'ckpt-02.safetensors'}."
     )
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ckpt-01.safetensors",
+        "evaluations.csv",
+        "run.json",
+    ]
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == ("running" if also_the_manifest else "failed")
     assert [c["path"] for c in manifest["checkpoints"]] == ["ckpt-01.safetensors"]
@@ -298,7 +307,7 @@ def test_a_diverging_training_stops_and_says_so(tmp_path: Path) -> None:
     assert "no checkpoint was written" in result.output
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "diverged" and manifest["checkpoints"] == []
-    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["evaluations.csv", "run.json"]
 
 
 NAN_LATER = """
@@ -344,7 +353,11 @@ def test_a_training_that_diverges_later_keeps_the_checkpoints_before(tmp_path: P
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"] == "diverged"
     assert [c["epoch"] for c in manifest["checkpoints"]] == [1]
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt-01.safetensors", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ckpt-01.safetensors",
+        "evaluations.csv",
+        "run.json",
+    ]
     assert manifest["epochs"][0]["train_eval_loss"] is not None
 
 

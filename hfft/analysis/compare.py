@@ -301,13 +301,20 @@ def _other_configuration(stored: Any, key: dict[str, Any]) -> str:
 
 
 def _weights_check(run_dir: Path, files: Any) -> str | None:
-    """Why the weight files of a run do not match their recorded hashes (``None``: they do)."""
+    """Why the weight files of a run do not match their recorded hashes (``None``: they do).
+
+    The evaluations table is no weight file: made from ``metrics.json`` alone, it is
+    written again when damaged (:mod:`hfft.experiment.run.evaluations_csv`).
+    """
+    from hfft.experiment.run.evaluations_csv import CSV_NAME
     from hfft.experiment.run.finetune import WEIGHT_FILES
     from hfft.experiment.run.ownership import EXPORTED
 
     if not isinstance(files, dict) or "final.safetensors" not in files:
         return "its metrics.json records no hash of final.safetensors"
     for name, digest in files.items():
+        if name == CSV_NAME:
+            continue
         # nothing else is read, least of all outside the run
         if name not in WEIGHT_FILES and not re.fullmatch(EXPORTED, str(name)):
             return f"its metrics.json lists {shown(name)}, not a weight file of a run"
@@ -405,9 +412,11 @@ def _owned_lists(
 ) -> dict[str, list[str]]:
     """``files`` and ``folders`` of ``compare.json``: this comparison's plots and run
     folders, with those of the earlier runs of the same comparison kept in the folder."""
+    from hfft.experiment.run.evaluations_csv import CSV_NAME
     from hfft.experiment.run.ownership import read_record
 
-    files, folders = ["compare.json", *(p.name for p in plots)], _run_folders(config, strategies)
+    files = ["compare.json", CSV_NAME, *(p.name for p in plots)]
+    folders = _run_folders(config, strategies)
     stored = read_record(out / "compare.json") if _same_comparison(out, config) else None
     for name, mine in (("files", files), ("folders", folders)):
         theirs = (stored or {}).get(name)
@@ -467,6 +476,7 @@ def compare(
     config: CompareConfig,
     on_run: Callable[[int, int, str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_done: Callable[[str, Path], None] | None = None,
 ) -> CompareResult:
     """Run (or reuse) every checkpoint × strategy × seed and rank the strategies.
 
@@ -482,6 +492,9 @@ def compare(
         config: The comparison.
         on_run: Called as ``on_run(index, total, description)`` before each run.
         on_note: Called with one sentence for each run that is redone and why.
+        on_done: Called as ``on_done(name, folder)`` once each run has finished or is
+            found finished, ``name`` being ``<checkpoint>/<strategy label>/seed-<k>``
+            (rank 0 alone; the trackers of :mod:`hfft.analysis.trackers`).
 
     Returns:
         The :class:`CompareResult`; ``compare.json`` and the plots are in
@@ -511,7 +524,7 @@ def compare(
             raise ValueError(f"{out} holds no comparison to assemble; run its shards first")
     sources, typed = _load_sources(config, given, on_note)
     strategies = list(typed)
-    runs = _Runs(config, sources, typed, on_run, on_note)
+    runs = _Runs(config, sources, typed, on_run, on_note, on_done)
     with first_signal_stops():
         try:
             if config.shard is None:
@@ -621,10 +634,11 @@ class _Runs:
         typed: dict[str, Strategy],
         on_run: Callable[[int, int, str], None] | None,
         on_note: Callable[[str], None] | None,
+        on_done: Callable[[str, Path], None] | None = None,
     ) -> None:
         strategies = list(typed)  # labels, in order
         self.config, self.sources, self.strategies, self.typed = config, sources, strategies, typed
-        self.on_run, self.on_note = on_run, on_note
+        self.on_run, self.on_note, self.on_done = on_run, on_note, on_done
         self.order = plan_runs(config, strategies)
         self.keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
         self.done: dict[tuple[int, int, int], Any] = {}
@@ -648,6 +662,7 @@ class _Runs:
 
     def _visit(self, position: int, run_missing: bool) -> None:
         from hfft.analysis.ranking import RunSummary
+        from hfft.experiment.run.evaluations_csv import restore_finetune_table
         from hfft.experiment.run.finetune import finetune
         from hfft.experiment.run.run_folder import FolderBusy
 
@@ -663,6 +678,8 @@ class _Runs:
         )
         if log is not None and why is None:
             self.reused += 1
+            if distributed.is_main():
+                restore_finetune_table(Path(ft.out), log)
         elif not run_missing:
             self.missing.append(what)
             return
@@ -686,6 +703,8 @@ class _Runs:
                 return
             self.ran += 1
         self.done[c, k, seed] = RunSummary.from_metrics(key, seed, log)
+        if self.on_done is not None and distributed.is_main():
+            self.on_done(f"{key}/{label}/seed-{seed}", Path(ft.out))
 
     def _finetune_config(self, c: int, label: str, seed: int) -> Any:
         from hfft.experiment.run.finetune import FinetuneConfig
@@ -787,6 +806,19 @@ def _summarise(
     summary["plots"] = [str(p) for p in plots]
     summary.update(_owned_lists(out, config, strategies, plots))  # type: ignore[typeddict-item]
     summary["kind"], summary["status"] = COMPARE_KIND, "completed"
+    _write_evaluations(out, runs)
     compare_json = out / "compare.json"
     atomic_write_json(compare_json, summary)
     return CompareResult(summary, compare_json, plots, reused, ran)
+
+
+def _write_evaluations(out: Path, runs: list[Any]) -> None:
+    """``evaluations.csv``: every run's evaluations in one table, each run named by its
+    folder in the comparison and its checkpoint by the comparison's name for it."""
+    from hfft.experiment.run.evaluations_csv import CSV_NAME, evaluation_rows, write_evaluations
+
+    rows = []
+    for r in runs:
+        folder = run_directory(Path(), r.checkpoint, r.strategy, r.seed).as_posix()
+        rows += evaluation_rows(r.evaluations, folder, r.strategy, r.seed, r.checkpoint)
+    write_evaluations(out / CSV_NAME, rows)

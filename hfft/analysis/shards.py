@@ -1,19 +1,22 @@
 """Shards: N processes sharing one comparison folder (``--shard I/N``).
 
-Each shard runs its share of the runs into the same folder. The folder's lock
-is shared while shards run and exclusive while one claims the folder (and
-writes its running header) or assembles the ranking; a comparison without
-shards cannot start beside them, and the last shard to end, finding every
-run there, assembles the ranking. The comparison's own steps (claiming the
-folder, visiting runs, summarising, the configuration check) come in as a
-:class:`Comparison`: this module knows nothing of what a run is.
+A shard is given as I/N, or is the task of a Slurm job array that this
+process is (``--shard slurm``: :meth:`Shard.from_slurm`). Each shard runs its
+share of the runs into the same folder. The folder's lock is shared while
+shards run and exclusive while one claims the folder (and writes its running
+header) or assembles the ranking; a comparison without shards cannot start
+beside them, and the last shard to end, finding every run there, assembles
+the ranking. The comparison's own steps (claiming the folder, visiting runs,
+summarising, the configuration check) come in as a :class:`Comparison`: this
+module knows nothing of what a run is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -28,7 +31,7 @@ _R_co = TypeVar("_R_co", covariant=True)
 
 @dataclass(frozen=True)
 class Shard:
-    """One of ``count`` processes that share a comparison's runs (``--shard I/N``).
+    """One of ``count`` processes that share a comparison's runs (``--shard I/N``, ``slurm``).
 
     Shard ``index`` runs every ``count``-th run of
     :func:`hfft.analysis.compare.plan_runs`'s order, starting at position
@@ -41,22 +44,76 @@ class Shard:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"I/N"`` (0 ≤ I < N) or ``"none"``.
+    def parse(cls, text: str, environ: Mapping[str, str] | None = None) -> Shard | None:
+        """``"I/N"`` (0 ≤ I < N), ``"none"``, ``"slurm"`` or ``"auto"``.
+
+        ``slurm`` is the shard of the Slurm job array task this process is
+        (:meth:`from_slurm`, reading ``environ``, by default the process's
+        environment); ``auto`` is that inside an array task and ``None`` (no
+        shard: one process runs every run) outside one.
 
         Raises:
-            ValueError: For anything else.
+            ValueError: For anything else, for ``slurm`` outside a Slurm array
+                task, and for an array whose task ids do not number the shards.
         """
-        if text.strip().lower() == "none":
+        word = text.strip().lower()
+        if word == "none":
             return cls(0, 0)
+        if word in ("slurm", "auto"):
+            shard = cls.from_slurm(os.environ if environ is None else environ)
+            if shard is None and word == "slurm":
+                raise ValueError(
+                    "--shard slurm takes I and N from a Slurm job array task "
+                    "(SLURM_ARRAY_TASK_ID), and this process is not one; start it with "
+                    "sbatch --array, or give --shard I/N"
+                )
+            return shard
         index, slash, count = text.partition("/")
         try:
-            shard = cls(int(index), int(count))
+            parsed = cls(int(index), int(count))
         except ValueError:
-            shard = None
-        if not slash or shard is None or not 0 <= shard.index < shard.count:
-            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4) or none, not {text!r}")
-        return shard
+            parsed = None
+        if not slash or parsed is None or not 0 <= parsed.index < parsed.count:
+            raise ValueError(
+                f"--shard takes I/N with 0 <= I < N (e.g. 0/4), none, slurm or auto, not {text!r}"
+            )
+        return parsed
+
+    @classmethod
+    def from_slurm(cls, environ: Mapping[str, str]) -> Shard | None:
+        """The shard of a Slurm job array task; ``None`` outside a job array.
+
+        I = ``SLURM_ARRAY_TASK_ID`` − ``SLURM_ARRAY_TASK_MIN``, so an array may
+        start anywhere (``--array=0-15`` and ``--array=1-16`` are both 16
+        shards); N = ``SLURM_ARRAY_TASK_COUNT`` (else MAX − MIN + 1). A limit on
+        the tasks running at once (``--array=0-15%4``) is fine; a step or a list
+        with gaps (``--array=0-15:2``, ``1,3,5``) is refused: its ids do not
+        number the shards 0 … N−1.
+
+        Raises:
+            ValueError: For such an array, or variables that are not whole numbers.
+        """
+        if "SLURM_ARRAY_TASK_ID" not in environ:
+            return None
+        names = ("ID", "MIN", "MAX")
+        try:
+            task, low, high = (int(environ[f"SLURM_ARRAY_TASK_{n}"]) for n in names)
+            count = int(environ.get("SLURM_ARRAY_TASK_COUNT", high - low + 1))
+            step = int(environ.get("SLURM_ARRAY_TASK_STEP", 1))
+        except (KeyError, ValueError):
+            found = {n: environ.get(f"SLURM_ARRAY_TASK_{n}") for n in (*names, "COUNT")}
+            raise ValueError(
+                f"--shard slurm needs whole numbers in SLURM_ARRAY_TASK_ID, _MIN and _MAX "
+                f"(and _COUNT, if set), not {found}"
+            ) from None
+        if step != 1 or count != high - low + 1 or not low <= task <= high:
+            ids = f"{low}-{high}" + (f":{step}" if step != 1 else "")
+            raise ValueError(
+                f"--shard slurm numbers the shards by the array's task ids, which must be "
+                f"consecutive (e.g. --array=0-15 or 1-16, a %limit allowed); this array has "
+                f"{count} tasks with ids {ids}"
+            )
+        return cls(task - low, count)
 
     def takes(self, position: int) -> bool:
         """Whether this shard runs the run at ``position`` of the run order."""

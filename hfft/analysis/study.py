@@ -11,7 +11,9 @@ comparison in ``OUT/runs``:
 
 The Figure 1 runs from the last checkpoint are also Figure 2's, so nothing
 runs twice. Both figures are copied to ``OUT`` and ``OUT/report.md`` gives
-the tables (:mod:`hfft.analysis.report`). Like ``compare``, a rerun reuses
+the tables (:mod:`hfft.analysis.report`); ``OUT/evaluations.csv`` holds the
+evaluations of the training and of every run in one table
+(:mod:`hfft.experiment.run.evaluations_csv`). Like ``compare``, a rerun reuses
 every verified run, and ``--shard I/N`` divides the runs among processes.
 ``OUT/study.json`` lists the study's own files and folders; a folder holding
 anything else is refused before the training starts
@@ -37,12 +39,19 @@ from hfft.analysis.compare import (
     compare,
     hf_sizes,
     hf_sizes_note,
+    run_directory,
 )
 from hfft.analysis.shards import Shard
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord
 from hfft.experiment.run.budget import parse_budget
+from hfft.experiment.run.evaluations_csv import (
+    CSV_NAME,
+    finetune_rows,
+    train_rows,
+    write_evaluations,
+)
 from hfft.experiment.run.starting_point import StartingPointOptions
 from hfft.experiment.strategies.catalog import largest_m
 from hfft.experiment.strategies.registry import Strategy, suite_members, typed_strategies
@@ -123,6 +132,7 @@ def study(
     run_training: Callable[[Any], Any] | None = None,
     on_run: Callable[[int, int, str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_done: Callable[[str, Path], None] | None = None,
 ) -> StudyResult:
     """Train (or reuse the training), run both protocols, write the report and figures.
 
@@ -133,6 +143,8 @@ def study(
             with a progress bar).
         on_run: As for :func:`hfft.analysis.compare.compare`.
         on_note: Called with one sentence for what is reused, waited for or redone.
+        on_done: Called as ``on_done(name, folder)`` with the finished training
+            (``train``), then as for :func:`hfft.analysis.compare.compare`.
 
     Raises:
         ValueError: For a training folder that did not finish, bad strategies
@@ -142,7 +154,7 @@ def study(
     started = time.perf_counter()
     _claim(config)
     with _what_is_kept(Path(config.out)):
-        return _study(config, started, run_training, on_run, on_note)
+        return _study(config, started, run_training, on_run, on_note, on_done)
 
 
 @contextlib.contextmanager
@@ -167,12 +179,15 @@ def _study(
     run_training: Callable[[Any], Any] | None,
     on_run: Callable[[int, int, str], None] | None,
     on_note: Callable[[str], None] | None,
+    on_done: Callable[[str, Path], None] | None = None,
 ) -> StudyResult:
     """The study once its folder is claimed: :func:`study`'s steps."""
     train_dir = _training(config, run_training, on_note)
     why = _unfinished(train_dir)
     if why is not None:  # a training that diverged, say
         raise ValueError(f"{train_dir} is not a finished hfft train run: {why}")
+    if on_done is not None:
+        on_done("train", train_dir)
     out = Path(config.out)
     _write_record(config, [], "running")
     manifest = json.loads((train_dir / "run.json").read_text())
@@ -201,11 +216,13 @@ def _study(
         ),
         on_run=on_run,
         on_note=on_note,
+        on_done=on_done,
     )
     if not comparison.assembled:
         return StudyResult(comparison, train_dir, None, [])
     pairs = _figure_pairs(out, comparison, Path(checkpoints[-1]).stem)
     _write_record(config, [target.name for _, target in pairs], "running")
+    _write_evaluations(config, train_dir, manifest, comparison)
     figures = _copy_figures(pairs)
     from hfft.analysis.report import report_markdown
 
@@ -249,7 +266,7 @@ def _record(config: StudyConfig, figures: list[str], status: str) -> StudyRecord
     return {
         "kind": STUDY_KIND,
         "status": status,
-        "files": ["study.json", "report.md", *figures],
+        "files": ["study.json", "report.md", CSV_NAME, *figures],
         "folders": ["runs"] if config.train_run is not None else ["train", "runs"],
     }
 
@@ -258,6 +275,22 @@ def _write_record(config: StudyConfig, figures: list[str], status: str) -> None:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "study.json", _record(config, figures, status))
+
+
+def _write_evaluations(
+    config: StudyConfig, train_dir: Path, manifest: dict[str, Any], comparison: CompareResult
+) -> None:
+    """``evaluations.csv``: the training's epochs and every run's evaluations (read from
+    its ``metrics.json``), each run named by its folder in the study (a ``--train-run``
+    by the folder as given)."""
+    from hfft.experiment.run.ownership import read_record
+
+    rows = train_rows(manifest, run="train" if config.train_run is None else str(train_dir))
+    for run in comparison.summary.get("runs", []):
+        folder = run_directory(Path("runs"), run["checkpoint"], run["strategy"], run["seed"])
+        log = read_record(Path(config.out) / folder / "metrics.json") or {}
+        rows += finetune_rows(log, run=folder.as_posix(), checkpoint=run["checkpoint"])
+    write_evaluations(Path(config.out) / CSV_NAME, rows)
 
 
 def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -> CompareResult:

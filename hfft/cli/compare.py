@@ -9,21 +9,32 @@ import typer
 
 from hfft.cli.common import (
     NO_SOURCE,
+    ArrayOpt,
     BudgetOpt,
+    CpusPerTaskOpt,
     DebugOpt,
     DeviceOpt,
     EvalBatchOpt,
     EvalPointsOpt,
+    GpusPerTaskOpt,
     JsonOpt,
+    MlflowOpt,
     OverwriteOpt,
+    PartitionOpt,
     QuietOpt,
     ShardOpt,
     SourceArgs,
+    SubmitOpt,
+    TensorBoardOpt,
+    TimeOpt,
+    WaitOpt,
     check_out_dir,
     command_guard,
     compare_strategy_help,
     join_torchrun,
     note,
+    open_trackers,
+    parse_shard,
     print_json,
     resolve_device,
     suite_help,
@@ -31,6 +42,8 @@ from hfft.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hfft.analysis.compare import CompareConfig, CompareResult, Shard
 
 CheckpointsArgument = Annotated[
@@ -53,6 +66,7 @@ OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume)."
 
 @takes_source()
 def compare(
+    ctx: typer.Context,
     checkpoints: CheckpointsArgument,
     strategy: StrategiesOpt = None,
     suite: SuiteOpt = "paper",
@@ -65,6 +79,15 @@ def compare(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     shard: ShardOpt = None,
+    submit: SubmitOpt = None,
+    array: ArrayOpt = None,
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
+    cpus_per_task: CpusPerTaskOpt = None,
+    time: TimeOpt = None,
+    wait: WaitOpt = False,
+    tensorboard: TensorBoardOpt = None,
+    mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -76,14 +99,19 @@ def compare(
     apart marked), and writes every run's outputs, compare.json and PNG plots
     into --out. Runs go one after another on the device; rerunning reuses
     finished runs. With --shard I/N, N processes (e.g. a job array, one per GPU)
-    share the runs in one folder, and the last to finish writes the ranking.
+    share the runs in one folder, and the last to finish writes the ranking;
+    --submit slurm --array N submits them as a Slurm job array.
     """
     with command_guard():
-        from hfft.analysis.compare import CompareConfig, Shard
+        from hfft.analysis.compare import CompareConfig
+        from hfft.cli.job_array import SubmitArgs
         from hfft.experiment.strategies.registry import parse_strategy
 
+        jobs = SubmitArgs(submit, array, partition, gpus_per_task, cpus_per_task, time, wait)
+        jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
-        dev, main = join_torchrun(resolve_device(device))
+        dev, main = jobs.device(device) if submit else join_torchrun(resolve_device(device))
+        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name) if main else None
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
             strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
@@ -96,23 +124,38 @@ def compare(
             device=dev,
             source=source.options(),
             overwrite=overwrite,
-            shard=None if shard is None else Shard.parse(shard),
+            shard=parse_shard(shard),
         )
-        run_and_report(config, quiet or not main, as_json and main)
+        if submit:
+            jobs.submit(ctx, config, lambda r: report(config, r, quiet, as_json), as_json)
+            return
+        run_and_report(config, quiet or not main, as_json and main, log_run)
 
 
-def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> CompareResult:
-    """Compare with a progress bar and print the rankings (also used by ``hfft demo``)."""
+def run_and_report(
+    config: CompareConfig,
+    quiet: bool,
+    as_json: bool,
+    log_run: Callable[[str, Path], None] | None = None,
+) -> CompareResult:
+    """Compare with a progress bar and print the rankings (also used by ``hfft demo``);
+    ``log_run`` logs each run to the trackers as it finishes or is found finished."""
     from hfft.analysis.compare import compare as run_compare
     from hfft.cli.render.progress import compare_progress
 
     with compare_progress(quiet or as_json) as on_run:
-        result = run_compare(config, on_run=on_run, on_note=note)
+        result = run_compare(config, on_run=on_run, on_note=note, on_done=log_run)
+    report(config, result, quiet, as_json)
+    return result
+
+
+def report(config: CompareConfig, result: CompareResult, quiet: bool, as_json: bool) -> None:
+    """Print the rankings (or, from a shard that left them to another, what it did)."""
     if not result.assembled:
         note(shard_waiting(config.shard, config.out, result))
         if as_json:
             print_json(result.summary)
-        return result
+        return
     if as_json:
         print_json(result.summary)
     elif not quiet:
@@ -121,7 +164,6 @@ def run_and_report(config: CompareConfig, quiet: bool, as_json: bool) -> Compare
         from hfft.cli.render.summaries import print_compare
 
         print_compare(Console(), result)
-    return result
 
 
 def shard_waiting(shard: Shard | None, out: str | Path, result: CompareResult) -> str:

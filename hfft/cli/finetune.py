@@ -16,14 +16,17 @@ from hfft.cli.common import (
     EvalBatchOpt,
     EvalPointsOpt,
     JsonOpt,
+    MlflowOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
     SourceArgs,
+    TensorBoardOpt,
     check_out_dir,
     command_guard,
     join_torchrun,
     note,
+    open_trackers,
     print_json,
     resolve_device,
     strategy_help,
@@ -72,6 +75,8 @@ def finetune(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     export: ExportOpt = None,
+    tensorboard: TensorBoardOpt = None,
+    mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -98,6 +103,7 @@ def finetune(
         check_out_dir(target)
         dev, main = join_torchrun(resolve_device(device))
         quiet, as_json = quiet or not main, as_json and main
+        log_run = open_trackers(tensorboard, mlflow, target) if main else None
         options = source.options()
         config = FinetuneConfig(
             checkpoint=str(checkpoint),
@@ -114,6 +120,8 @@ def finetune(
         )
         with finetune_progress(chosen.label, quiet or as_json) as on_progress:
             result = run_finetune(config, on_progress=on_progress, on_note=note)
+        if log_run is not None:  # from metrics.json, once the run is over
+            log_run(target.resolve().name, target)
     if as_json:
         print_json(result_dict(result))
     elif not quiet:

@@ -8,30 +8,43 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hfft.cli.common import (
+    ArrayOpt,
     BatchSizeOpt,
     BudgetOpt,
+    CpusPerTaskOpt,
     DataOpt,
     DataRootOpt,
     DebugOpt,
     DeviceOpt,
     EvalBatchOpt,
     EvalPointsOpt,
+    GpusPerTaskOpt,
     LossOpt,
     LrOpt,
+    MlflowOpt,
     ModelArgOpt,
+    PartitionOpt,
     QuietOpt,
     ShardOpt,
+    SubmitOpt,
     TaskOpt,
+    TensorBoardOpt,
+    TimeOpt,
+    WaitOpt,
     WeightDecayOpt,
     check_out_dir,
     command_guard,
     note,
+    open_trackers,
+    parse_shard,
     resolve_device,
 )
 from hfft.cli.compare import SeedsOpt, StrategiesOpt
 from hfft.cli.train import ModelArgument
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hfft.analysis.study import StudyConfig, StudyResult
 
 TrainRunOpt = Annotated[
@@ -56,6 +69,7 @@ StudyMomentumOpt = Annotated[
 
 
 def study(
+    ctx: typer.Context,
     model: ModelArgument,
     out: Annotated[Path, typer.Option(help="Output directory (rerun to resume).")],
     data: DataOpt = None,
@@ -77,6 +91,15 @@ def study(
     eval_batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     shard: ShardOpt = None,
+    submit: SubmitOpt = None,
+    array: ArrayOpt = None,
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = None,
+    cpus_per_task: CpusPerTaskOpt = None,
+    time: TimeOpt = None,
+    wait: WaitOpt = False,
+    tensorboard: TensorBoardOpt = None,
+    mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -88,18 +111,22 @@ def study(
     1 per checkpoint), and from the last checkpoint every late-phase strategy
     (Figure 2), each with --seeds seeds under --budget. Writes OUT/report.md,
     figure1-*.png and figure2.png; every run is in OUT/runs. A rerun resumes;
-    --shard I/N shares the runs among N processes.
+    --shard I/N shares the runs among N processes, and --submit slurm --array N
+    submits them as a Slurm job array.
     """
     with command_guard():
-        from hfft.analysis.compare import Shard
         from hfft.analysis.study import StudyConfig
+        from hfft.cli.job_array import SubmitArgs
         from hfft.experiment.data.factories import parse_model_args
         from hfft.experiment.run.train import TrainConfig
         from hfft.experiment.strategies.registry import parse_strategy
 
+        jobs = SubmitArgs(submit, array, partition, gpus_per_task, cpus_per_task, time, wait)
+        jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
+        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name)
         args = parse_model_args(model_arg or [])
-        dev = resolve_device(device)
+        dev = jobs.device(device)[0] if submit else resolve_device(device)
         train = None
         if train_run is None:
             train = TrainConfig.for_model(
@@ -129,9 +156,12 @@ def study(
             eval_batch_size=eval_batch_size,
             device=dev,
             source=_user_code(model, args, data, data_root, task, loss),
-            shard=None if shard is None else Shard.parse(shard),
+            shard=parse_shard(shard),
         )
-        run_and_report(config, quiet)
+        if submit:
+            jobs.submit(ctx, config, lambda r: report(config, r, quiet))
+            return
+        run_and_report(config, quiet, log_run)
 
 
 def _user_code(
@@ -159,17 +189,31 @@ def _user_code(
     )
 
 
-def run_and_report(config: StudyConfig, quiet: bool) -> StudyResult:
-    """Run the study with progress bars and say where the report is (also ``hfft demo``)."""
+def run_and_report(
+    config: StudyConfig, quiet: bool, log_run: Callable[[str, Path], None] | None = None
+) -> StudyResult:
+    """Run the study with progress bars and say where the report is (also ``hfft demo``);
+    ``log_run`` logs the training and each run to the trackers."""
     from hfft.analysis.study import study as run_study
-    from hfft.cli import compare, train
+    from hfft.cli import train
     from hfft.cli.render.progress import compare_progress
 
     def trained(train_config: Any, keep_finished: bool = False) -> Any:
         return train.run_and_report(train_config, quiet, keep_finished=keep_finished)
 
     with compare_progress(quiet) as on_run:
-        result = run_study(config, run_training=trained, on_run=on_run, on_note=note)
+        result = run_study(
+            config, run_training=trained, on_run=on_run, on_note=note, on_done=log_run
+        )
+    report(config, result, quiet)
+    return result
+
+
+def report(config: StudyConfig, result: StudyResult, quiet: bool) -> None:
+    """Say where the report is, with Figure 2's rankings (or what a shard that left the
+    ranking to another did)."""
+    from hfft.cli import compare
+
     comparison = result.comparison
     if not comparison.assembled:
         note(compare.shard_waiting(config.shard, Path(config.out) / "runs", comparison))
@@ -187,4 +231,3 @@ def run_and_report(config: StudyConfig, quiet: bool) -> StudyResult:
         )
         for figure in result.figures:
             console.print(f"figure: {figure}")
-    return result

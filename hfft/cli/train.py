@@ -18,22 +18,27 @@ from hfft.cli.common import (
     LossOpt,
     LrOpt,
     MetricOpt,
+    MlflowOpt,
     ModelArgOpt,
     MomentumOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
     TaskOpt,
+    TensorBoardOpt,
     ValidFractionOpt,
     WeightDecayOpt,
     check_out_dir,
     command_guard,
     fail,
     note,
+    open_trackers,
     resolve_device,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hfft.experiment.run.train import TrainConfig, TrainResult
 
 ModelArgument = Annotated[
@@ -71,6 +76,8 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
+    tensorboard: TensorBoardOpt = None,
+    mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -85,6 +92,7 @@ def train(
         from hfft.experiment.run.train import TrainConfig
 
         check_out_dir(out)
+        log_run = open_trackers(tensorboard, mlflow, out)
         config = TrainConfig.for_model(
             model,
             model_args=parse_model_args(model_arg or []),
@@ -107,11 +115,17 @@ def train(
             metric=metric,
             valid_fraction=valid_fraction,
         )
-        run_and_report(config, quiet)
+        run_and_report(config, quiet, log_run=log_run)
 
 
-def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False) -> TrainResult:
-    """Train with a progress bar and print the summary (also used by ``hfft study``)."""
+def run_and_report(
+    config: TrainConfig,
+    quiet: bool,
+    keep_finished: bool = False,
+    log_run: Callable[[str, Path], None] | None = None,
+) -> TrainResult:
+    """Train with a progress bar and print the summary (also used by ``hfft study``);
+    ``log_run`` logs the finished run to the trackers (``--tensorboard``, ``--mlflow``)."""
     from hfft.cli.render.progress import training_progress
     from hfft.experiment.run.train import train as run_training
 
@@ -119,6 +133,9 @@ def run_and_report(config: TrainConfig, quiet: bool, keep_finished: bool = False
         result = run_training(
             config, on_step=on_step, on_epoch=on_epoch, on_note=note, keep_finished=keep_finished
         )
+    if log_run is not None:  # from run.json, once the training is over (a diverged one too)
+        folder = result.manifest.parent
+        log_run(folder.resolve().name, folder)
     if result.status == "diverged":
         raise fail(_diverged_sentence(result), code=1)
     if not quiet:

@@ -10,7 +10,8 @@ The loop reads top to bottom:
    the evaluation points, the same points for every strategy;
 4. evaluate at the end; write ``final.safetensors``, ``best.safetensors``
    (best on validation by the task's metric, never test; not written when the
-   data has no validation split) and ``metrics.json``.
+   data has no validation split), ``evaluations.csv`` (the evaluations as a
+   long table, :mod:`hfft.experiment.run.evaluations_csv`) and ``metrics.json``.
 
 The files are written into a staging folder and swapped into ``--out`` at the
 end (:class:`hfft.experiment.run.run_folder.RunFolder`), so the folder holds exactly one run's
@@ -65,6 +66,7 @@ from hfft.experiment.run.budget import (
 )
 from hfft.experiment.run.checkpoint import save_checkpoint
 from hfft.experiment.run.evaluation import evaluate_splits
+from hfft.experiment.run.evaluations_csv import CSV_NAME, finetune_rows, write_evaluations
 from hfft.experiment.run.ownership import slug
 from hfft.experiment.run.run_folder import RunFolder, check_not_input
 from hfft.experiment.run.starting_point import StartingPointOptions
@@ -369,7 +371,8 @@ class _Run:
         return "completed"
 
     def finish(self, status: str, final: EvaluationEntry) -> None:
-        """Write ``final.safetensors`` and ``metrics.json`` (the caller holds signals)."""
+        """Write ``final.safetensors``, ``evaluations.csv`` and ``metrics.json`` (the caller
+        holds signals)."""
         self.log["status"] = status
         self.log.update(self.runner.report())
         self.log["final"], self.log["best"] = final, self.best.copy()
@@ -379,6 +382,9 @@ class _Run:
                 self._save("final.safetensors", final, model)
         if self.main:
             self._export()
+            # the evaluations as a table, listed and hashed like the weights
+            write_evaluations(self.out / CSV_NAME, finetune_rows(self.log))
+            self.files[CSV_NAME] = sha256_file(self.out / CSV_NAME)
         self.log["files"] = dict(self.files)
         if self.main:
             atomic_write_json(self.out / "metrics.json", self.log)

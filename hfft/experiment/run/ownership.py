@@ -148,10 +148,10 @@ folders of a transformers input (``final/model.safetensors``, …) and ``--expor
 lightning``'s ``final.ckpt``."""
 
 _NAMES = {
-    "run.json": (r"ckpt-\d+\.safetensors", ""),
-    "metrics.json": (rf"(final|best)\.safetensors|{EXPORTED}", ""),
-    "compare.json": (r"(curves|relative)-[^/]+\.png", r"[^/]+/[^/]+/seed-\d+"),
-    "study.json": (r"report\.md|figure[12][^/]*\.png", r"train|runs"),
+    "run.json": (r"ckpt-\d+\.safetensors|evaluations\.csv", ""),
+    "metrics.json": (rf"(final|best)\.safetensors|evaluations\.csv|{EXPORTED}", ""),
+    "compare.json": (r"(curves|relative)-[^/]+\.png|evaluations\.csv", r"[^/]+/[^/]+/seed-\d+"),
+    "study.json": (r"report\.md|figure[12][^/]*\.png|evaluations\.csv", r"train|runs"),
 }
 """Per record, the names of the files and folders it may list: what that kind of run
 writes. A record edited to list anything else (a user's file beside it) lists nothing
@@ -197,7 +197,7 @@ def _earlier_folders(name: str, record: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-RUN_FILES = ("metrics.json", "final.safetensors", "best.safetensors")
+RUN_FILES = ("metrics.json", "final.safetensors", "best.safetensors", "evaluations.csv")
 """What a fine-tuning run writes: a comparison's run folder owns these names even when
 the run's own ``metrics.json`` is unreadable or damaged, so that the comparison can run
 it again."""

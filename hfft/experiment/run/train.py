@@ -9,7 +9,9 @@ the epochs, :func:`hfft.experiment.run.budget.robust_training_seconds`) that a
 budget of "10 % of the training time" takes later: a slow spell of the machine
 during a few epochs does not multiply the budgets (``budget_time`` names it).
 It is rewritten atomically after every epoch, so an interrupted run leaves a
-valid manifest (status ``"interrupted"``) and valid checkpoints. Its
+valid manifest (status ``"interrupted"``) and valid checkpoints; with it,
+``evaluations.csv``, its epochs' evaluations as a long table
+(:mod:`hfft.experiment.run.evaluations_csv`). Its
 ``status`` is ``"completed"`` only for a training that ran every epoch; a
 training that stopped otherwise says so (``"interrupted"``, ``"diverged"``,
 ``"failed"``, or ``"running"`` after ``kill -9``), and a budget of "10 %" of
@@ -52,6 +54,7 @@ from hfft.experiment.records import (
 from hfft.experiment.run.budget import robust_training_seconds
 from hfft.experiment.run.checkpoint import save_checkpoint
 from hfft.experiment.run.evaluation import evaluate_splits
+from hfft.experiment.run.evaluations_csv import CSV_NAME, train_rows, write_evaluations
 from hfft.experiment.run.ownership import read_record, remove_owned
 from hfft.experiment.run.run_folder import claim, clean_stale, locked_folder
 from hfft.experiment.run.starting_point import data_notes, fit_task, inferred
@@ -327,7 +330,7 @@ class _Training:
             "checkpoints": [],
             "epochs": [],
             # every file this run may write, listed before it is written (ownership)
-            "files": [MANIFEST, *self.checkpoint_names()],
+            "files": [MANIFEST, CSV_NAME, *self.checkpoint_names()],
         }
 
     def checkpoint_names(self) -> list[str]:
@@ -367,13 +370,15 @@ class _Training:
         return _first(self.config.valid_fraction, USER_VALID_FRACTION)
 
     def write_manifest(self, status: str | None = None) -> list[int]:
-        """Write ``run.json``; the signals that arrived meanwhile waited for it."""
+        """Write ``run.json`` and the table of its epochs; the signals that arrived meanwhile
+        waited for them."""
         with signals_held(deliver=False) as caught:
             if status is not None:
                 self.manifest["status"] = status
             self.manifest["train_seconds"] = self.elapsed
             self.manifest["robust_train_seconds"] = self.robust_seconds()
             atomic_write_json(self.out / MANIFEST, self.manifest)
+            write_evaluations(self.out / CSV_NAME, train_rows(self.manifest))
         return caught
 
     def robust_seconds(self) -> float | None:
