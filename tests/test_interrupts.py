@@ -94,6 +94,20 @@ def test_the_first_sigterm_stops_as_terminated() -> None:
         raise AssertionError("SIGTERM did not stop the run")
 
 
+def test_an_also_signal_stops_and_waits_as_sigterm_and_is_reported() -> None:
+    before = signal.getsignal(signal.SIGUSR2)
+    with first_signal_stops(also=(signal.SIGUSR2,)) as arrived:
+        with signals_held(deliver=False) as caught:  # a run writing its files
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert caught == [signal.SIGUSR2] and isinstance(as_interrupt(caught), Terminated)
+        with first_signal_stops(), pytest.raises(Terminated):  # a nested run, not held
+            os.kill(os.getpid(), signal.SIGUSR2)
+    assert arrived == {signal.SIGUSR2}
+    assert signal.getsignal(signal.SIGUSR2) is before  # put back by the outermost
+    with first_signal_stops(), signals_held():  # without it, SIGUSR2 is not hfft's
+        assert signal.getsignal(signal.SIGUSR2) is before
+
+
 def test_nested_stops_share_one_state() -> None:
     with first_signal_stops():
         with first_signal_stops(), pytest.raises(KeyboardInterrupt):

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from hfft.analysis.compare import CompareConfig
-from hfft.analysis.job_array import JobArray, ShardTask, logs_folder, submit, wait
+from hfft.analysis.job_array import JobArray, ShardTask, Submitted, logs_folder, submit, wait
 from hfft.analysis.shards import Shard
 from hfft.cli import app
+from hfft.cli.render.job_array import submission_lines
 
 runner = CliRunner()
 SMALL = ("--seeds", "2", "--budget", "2steps", "--eval-points", "1")
@@ -158,8 +160,9 @@ def test_submit_local_ranks_as_one_process_does(
     args = [*_compare_args(trained_run, tmp_path / "shared"), "--device", "cpu", "-q"]
     shared = runner.invoke(app, [*args, "--submit", "local", "--array", "2", "--wait"])
     assert shared.exit_code == 0, shared.output
-    assert re.match(r"started 2 shards as processes on this machine: shard 0/2 as job \d+, "
-                    r"1/2 as job \d+$", shared.output.splitlines()[0])  # fmt: skip
+    assert re.match(r"started 2 shards as processes on this machine \(1 thread each, as "
+                    r"OMP_NUM_THREADS says\): shard 0/2 as job \d+, 1/2 as job \d+$",
+                    shared.output.splitlines()[0])  # fmt: skip
     one = runner.invoke(app, [*_compare_args(trained_run, tmp_path / "one"), "-q"])
     assert one.exit_code == 0, one.output
     ranked = _rankings(tmp_path / "shared" / "compare.json")
@@ -213,9 +216,14 @@ def test_a_signalled_task_is_requeued_and_its_runs_resume(
     assert "Requeued job" in log, log
     seed = staging.name.split(".")[1].replace("-", " ")  # the run that was signalled
     assert log.count(f"of this shard: ckpt-02 sgd {seed}\n") == 2, log  # it ran twice
-    # the run that was mid-way started over; nothing of it is left behind
+    # hfft stopped it and saved it marked interrupted before submitit requeued the shard
+    notes = submitted.jobs[0].stderr() or ""
+    assert "requeueing shard 0/1: the finished runs are kept" in notes, notes
+    # the run that was mid-way started over; its files are whole, nothing is left behind
     assert (result.ran + result.reused, result.assembled) == (2, True)
     assert not list(out.rglob(".*staging*"))
+    for metrics in out.rglob("metrics.json"):
+        assert json.loads(metrics.read_text())["status"] == "completed"
     assert json.loads((out / "compare.json").read_text())["status"] == "completed"
 
 
@@ -240,12 +248,14 @@ class _RecordingExecutor:
     def __init__(self, folder: Path) -> None:
         self.parameters: dict[str, Any] = {}
         self.tasks: list[tuple[int, dict[str, Any]]] = []
+        self.submitted: list[ShardTask] = []
 
     def update_parameters(self, **parameters: Any) -> None:
         self.parameters.update(parameters)
 
     def submit(self, task: ShardTask, index: int) -> Any:
         self.tasks.append((index, dict(self.parameters)))
+        self.submitted.append(task)
         return type("Job", (), {"job_id": str(index)})()
 
 
@@ -263,7 +273,10 @@ def test_local_tasks_get_their_own_gpus_round_robin(
         return executors[-1]
 
     monkeypatch.setattr(submitit, "LocalExecutor", local_executor)
-    config = CompareConfig(checkpoints=("a",), device="cuda", out=str(tmp_path / "cmp"))
+    (tmp_path / "a.safetensors").touch()  # it exists: enough to submit
+    config = CompareConfig(
+        checkpoints=(str(tmp_path / "a.safetensors"),), device="cuda", out=str(tmp_path / "cmp")
+    )
     monkeypatch.setattr(job_array, "_local_gpus", lambda: 3)
     submitted = submit(config, JobArray("local", 4, tmp_path / "logs", gpus_per_task=2))
     assert submitted.job_ids == ["0", "1", "2", "3"] and submitted.array_id is None
@@ -273,3 +286,240 @@ def test_local_tasks_get_their_own_gpus_round_robin(
     monkeypatch.setattr(job_array, "_local_gpus", lambda: 0)
     with pytest.raises(ValueError, match="needs CUDA on this machine"):
         submit(config, JobArray("local", 2, tmp_path / "logs", gpus_per_task=1))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "bogus"], "budget 'bogus'"),
+        (["--out", "{ckpt}"], "holds the input"),
+        (["--budget", "3steps"], "holds another comparison"),
+        (["--out", "{foreign}"], "which is not a file of an hfft run there"),
+    ],
+    ids=["budget", "out-is-input", "other-comparison", "foreign-file"],
+)
+def test_what_every_task_would_refuse_is_refused_before_submitting(
+    trained_run: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    done = tmp_path / "done"  # a finished comparison of budget 2steps
+    (done / "ckpt-02" / "sgd" / "seed-0").mkdir(parents=True)
+    (done / "compare.json").write_text(
+        json.dumps({"kind": "hfft-compare", "status": "completed", "config": {
+            "checkpoints": ["x"], "budget": "2steps", "eval_points": 1, "eval_batch_size": None,
+            "device": "cpu", "source": {}}, "folders": ["ckpt-02/sgd/seed-0"]})
+    )  # fmt: skip
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    paths = {"ckpt": str(trained_run), "foreign": str(tmp_path / "foreign")}
+    args = [*_compare_args(trained_run, done), *[a.format(**paths) for a in extra]]
+    result = runner.invoke(app, [*args, "--submit", "local", "--array", "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert message in _error_line(result.output)
+    assert not any(tmp_path.glob("*.submitit"))  # nothing submitted
+
+
+@pytest.mark.parametrize(
+    ("train_run", "message"),
+    [("missing", "is not a finished hfft train run: it has no run.json"),
+     ("trained", "runs holds another comparison")],
+    ids=["unfinished-training", "other-study"],
+)  # fmt: skip
+def test_a_study_that_every_task_would_refuse_is_refused_before_submitting(
+    trained_run: Path, tmp_path: Path, train_run: str, message: str
+) -> None:
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)  # the runs of a study with another budget
+    (out / "runs" / "compare.json").write_text(
+        json.dumps({"kind": "hfft-compare", "status": "running", "config": {
+            "checkpoints": ["x"], "budget": "9steps", "eval_points": 1, "eval_batch_size": None,
+            "device": "cpu", "source": {}}})
+    )  # fmt: skip
+    (out / "study.json").write_text(
+        json.dumps({"kind": "hfft-study", "status": "running", "files": [], "folders": ["runs"]})
+    )
+    folder = trained_run if train_run == "trained" else tmp_path / "missing"
+    args = ["study", "mlp", "--train-run", str(folder), "-s", "sgd", *SMALL, "--out", str(out),
+            "--device", "cpu", "--submit", "local", "--array", "2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in _error_line(result.output)
+    assert not logs_folder(out).exists()
+
+
+def test_one_local_task_is_one_shard_and_says_its_threads() -> None:
+    paths = type("Paths", (), {"stdout": Path("7_0_log.out"), "stderr": Path("7_0_log.err")})
+    job = type("Job", (), {"job_id": "7", "paths": paths})()
+    lines = submission_lines(Submitted("local", [job], Path("logs"), 2, 4), "out", "hfft …")
+    assert lines[0] == (
+        "started 1 shard as a process on this machine (2 threads each: the 4 cores shared): "
+        "shard 0/1 as job 7"
+    )
+    assert "give the command below --shard I/1 instead of --shard none" in lines[2]
+    slurm = type("Job", (), {"job_id": "42_0", "paths": paths})()
+    lines = submission_lines(Submitted("slurm", [slurm], Path("logs")), "out", "hfft …")
+    assert lines[0].startswith("submitted 1 shard as Slurm job array 42: ")
+    assert "--shard I/1 (in an sbatch --array=I job: --shard slurm/1)" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("omp", "shards", "threads", "cores"),
+    [(None, 2, 4, 8), (None, 16, 1, 8), ("3", 2, 3, None)],
+    ids=["cores-shared", "more-tasks-than-cores", "omp-given"],
+)
+def test_local_tasks_share_the_cores(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    omp: str | None,
+    shards: int,
+    threads: int,
+    cores: int | None,
+) -> None:
+    import submitit
+
+    executors: list[_RecordingExecutor] = []
+
+    def local_executor(folder: Path) -> _RecordingExecutor:
+        executors.append(_RecordingExecutor(folder))
+        return executors[-1]
+
+    monkeypatch.setattr(submitit, "LocalExecutor", local_executor)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    (tmp_path / "a.safetensors").touch()
+    config = CompareConfig(checkpoints=(str(tmp_path / "a.safetensors"),), out=str(tmp_path / "c"))
+    submitted = submit(config, JobArray("local", shards, tmp_path / "logs"))
+    assert (submitted.threads, submitted.cores) == (threads, cores)
+    # a user's OMP_NUM_THREADS is inherited: the tasks then leave their threads alone
+    tasks = {(task.local, task.threads) for task in executors[0].submitted}
+    assert tasks == {(True, threads if omp is None else None)}
+
+
+def test_a_local_task_sets_its_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import hfft.analysis.job_array as job_array
+
+    seen: dict[str, Any] = {}
+
+    def fake_compare(config: CompareConfig, **_: Any) -> str:
+        seen.update(threads=torch.get_num_threads(), shard=config.shard)
+        seen.update(omp=os.environ["OMP_NUM_THREADS"], mkl=os.environ["MKL_NUM_THREADS"])
+        return "ranked"
+
+    monkeypatch.setattr(job_array, "compare", fake_compare)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # put back by monkeypatch
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    try:
+        config = CompareConfig(checkpoints=("a",), out=str(tmp_path / "cmp"))
+        assert ShardTask(config, 4, threads=2)(3) == "ranked"
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"threads": 2, "shard": Shard(3, 4), "omp": "2", "mkl": "2"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR2, signal.SIGTERM], ids=["usr2", "term"])
+def test_a_requeue_signal_waits_for_the_files_then_requeues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    """SIGUSR2 in the middle of writing a run's files: they are written whole, the task
+    stops as on SIGTERM, and only then does submitit's handler requeue it (once), with
+    the SIGTERM that Slurm sends a requeued job ignored. A plain SIGTERM is not requeued."""
+    import hfft.analysis.job_array as job_array
+    from hfft.experiment.interrupts import (
+        Interrupted,
+        as_interrupt,
+        first_signal_stops,
+        signals_held,
+    )
+
+    events: list[str] = []
+    metrics = tmp_path / "metrics.json"
+
+    def fake_compare(config: CompareConfig, **_: Any) -> str:
+        with first_signal_stops():  # as compare does; its run's files written while held
+            with signals_held(deliver=False) as late:
+                os.kill(os.getpid(), signum)
+                metrics.write_text(json.dumps({"status": "interrupted", "steps": [1, 2, 3]}))
+                events.append("written")
+            stop = as_interrupt(late)
+            if stop is not None:
+                raise Interrupted.after(stop, "the finished runs are kept")
+        return "ranked"
+
+    def submitit_requeue(signum: int, frame: Any) -> None:  # checkpoint, requeue, exit
+        events.append("requeued")
+        os.kill(os.getpid(), signal.SIGTERM)  # what Slurm sends after scontrol requeue
+        raise SystemExit(-1)
+
+    monkeypatch.setattr(job_array, "compare", fake_compare)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        task = ShardTask(CompareConfig(checkpoints=("a",), out=str(tmp_path / "cmp")), 2)
+        expected = SystemExit if signum == signal.SIGUSR2 else Interrupted
+        with pytest.raises(expected):
+            task(0)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert json.loads(metrics.read_text())["steps"] == [1, 2, 3]
+    assert events == ["written", "requeued"] if signum == signal.SIGUSR2 else ["written"]
+
+
+def _log_says(folder: Path, text: str, seconds: float) -> bool:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if any(text in p.read_text() for p in folder.glob("*_log.out")):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_waiting_stops_the_waiting_and_the_local_tasks_run_on(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "sgd", "--seeds", "2",
+            "--budget", "2s", "--eval-points", "1", "--out", str(out), "--device", "cpu", "-q",
+            "--submit", "local", "--array", "1", "--wait"]  # fmt: skip
+    # a session of its own, as a terminal's foreground job: Ctrl-C is SIGINT to its group
+    command = subprocess.Popen(
+        [sys.executable, "-m", "hfft", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert _log_says(logs_folder(out), "run 1/2 of this shard", 60)
+        os.killpg(command.pid, signal.SIGINT)
+        output, _ = command.communicate(timeout=30)
+    finally:
+        if command.poll() is None:
+            command.kill()
+    assert command.returncode == 130, output
+    job = re.search(r"shard 0/1 as job (\d+)", output)[1]  # type: ignore[index]
+    assert output.splitlines()[-1] == (
+        f"hfft: interrupted; stopped waiting; the tasks run on (kill {job} stops them, each "
+        f"saving its run in progress; logs in {logs_folder(out)})"
+    )
+    # the task was not interrupted: it runs both runs to the end and writes the ranking
+    started = time.monotonic()
+    while time.monotonic() - started < 60 and not (out / "compare.json").is_file():
+        time.sleep(0.1)
+    while time.monotonic() - started < 60:
+        if json.loads((out / "compare.json").read_text())["status"] == "completed":
+            break
+        time.sleep(0.1)
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["status"] == "completed", summary
+    for metrics in out.rglob("metrics.json"):
+        assert json.loads(metrics.read_text())["status"] == "completed"
+    errors = "".join(p.read_text() for p in logs_folder(out).glob("*_log.err"))
+    assert "KeyboardInterrupt" not in errors and "Traceback" not in errors, errors

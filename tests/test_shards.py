@@ -36,7 +36,7 @@ def _array(task: int, low: int, high: int, count: int | None = None, step: int |
         (_array(15, 0, 15, 16, 1), Shard(15, 16)),
         (_array(1, 1, 16, 16, 1), Shard(0, 16)),  # --array=1-16: ids start at 1
         (_array(16, 1, 16, 16), Shard(15, 16)),
-        (_array(7, 5, 8), Shard(2, 4)),  # no COUNT (older Slurm): N = MAX - MIN + 1
+        (_array(2, 1, 4), Shard(1, 4)),  # no COUNT (older Slurm): N = MAX - MIN + 1
         (_array(3, 0, 3, 4, 1), Shard(3, 4)),  # --array=0-3%2: the limit changes nothing
     ],
     ids=["min0-first", "min0-last", "min1-first", "min1-last", "no-count", "limit"],
@@ -59,6 +59,55 @@ def test_slurm_arrays_whose_ids_skip_are_refused(env: dict[str, str]) -> None:
         Shard.parse("slurm", env)
 
 
+@pytest.mark.parametrize(
+    "env",
+    [_array(3, 3, 3, 1), _array(7, 5, 8, 4), _array(0, 0, 0, 1), _array(1, 1, 1)],
+    ids=["one-task", "part-5-8", "only-0", "only-1"],
+)
+def test_part_of_an_array_is_refused_without_the_shard_count(env: dict[str, str]) -> None:
+    # sbatch --array=3 to rerun shard 3 would otherwise be shard 0/1: every run
+    with pytest.raises(ValueError, match=r"look like part of one: .* --shard slurm/N"):
+        Shard.parse("slurm", env)
+    with pytest.raises(ValueError, match="look like part of one"):
+        Shard.parse("auto", env)
+
+
+@pytest.mark.parametrize(
+    ("env", "text", "expected"),
+    [
+        (_array(3, 3, 3, 1), "slurm/16", Shard(3, 16)),  # --array=3: shard 3 of 16
+        (_array(7, 3, 7, 2), "slurm/16", Shard(7, 16)),  # --array=3,7
+        (_array(5, 5, 8, 4), "Slurm/16", Shard(5, 16)),  # --array=5-8
+        (_array(0, 0, 15, 16, 1), "slurm/16", Shard(0, 16)),  # the whole array
+        (_array(2, 0, 14, 8, 2), "slurm/16", Shard(2, 16)),  # a step: ids taken as they are
+    ],
+    ids=["one", "list", "range", "whole", "step"],
+)
+def test_slurm_n_runs_the_shard_its_task_id_names(
+    env: dict[str, str], text: str, expected: Shard
+) -> None:
+    assert Shard.parse(text, env) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "text"),
+    [(_array(1, 1, 16, 16), "slurm/16"), (_array(16, 16, 16, 1), "slurm/16")],
+    ids=["numbered-from-1", "id-n"],
+)
+def test_slurm_n_refuses_ids_beyond_the_shards_in_every_task(
+    env: dict[str, str], text: str
+) -> None:
+    # --array=1-16 with slurm/16: task 1 is refused too, not only task 16
+    with pytest.raises(ValueError, match="ids must lie in 0-15"):
+        Shard.parse(text, env)
+
+
+@pytest.mark.parametrize("text", ["slurm/0", "slurm/x", "slurm/"])
+def test_slurm_n_needs_a_shard_count(text: str) -> None:
+    with pytest.raises(ValueError, match="takes N >= 1 shards"):
+        Shard.parse(text, _array(0, 0, 0, 1))
+
+
 def test_slurm_variables_that_are_not_numbers_are_refused() -> None:
     with pytest.raises(ValueError, match="whole numbers"):
         Shard.parse("slurm", {**_array(0, 0, 3), "SLURM_ARRAY_TASK_MIN": "x"})
@@ -71,6 +120,8 @@ def test_outside_a_job_array_slurm_is_one_sentence_and_auto_is_no_shard() -> Non
     with pytest.raises(ValueError, match="not one; start it with sbatch --array") as err:
         Shard.parse("slurm", outside)
     assert str(err.value).count(". ") == 0
+    with pytest.raises(ValueError, match="--shard slurm/4 takes its shard from a Slurm job"):
+        Shard.parse("slurm/4", outside)
 
 
 def test_compare_takes_its_shard_from_a_faked_slurm_array(
@@ -94,3 +145,10 @@ def test_compare_takes_its_shard_from_a_faked_slurm_array(
     assert "--shard auto: shard 0/2 (Slurm array task 1)" in other.output
     done = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert done["status"] == "completed" and len(done["runs"]) == 4
+    # sbatch --array=1 to rerun shard 1 of 2: refused as slurm, shard 1/2 as slurm/2
+    part = runner.invoke(app, [*args, "--shard", "slurm"], env=_array(1, 1, 1, 1, 1))
+    assert part.exit_code == 2 and "--shard slurm/N" in part.output, part.output
+    again = runner.invoke(app, [*args, "--shard", "slurm/2"], env=_array(1, 1, 1, 1, 1))
+    assert again.exit_code == 0, again.output
+    assert "--shard slurm/2: shard 1/2 (Slurm array task 1)" in again.output
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"] == done["runs"]

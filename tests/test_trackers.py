@@ -1,24 +1,32 @@
 """--tensorboard and --mlflow: what TensorBoard's event reader and MLflow's client read back
 is what metrics.json and run.json say; run names overlay; reuse is unchanged; a missing
-package is one sentence."""
+package, or a tracker folder that overlaps --out, is one sentence; another folder's run of
+the same name is kept; a tracker that fails is one note; shards log a run once."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from hfft.analysis.trackers import mlflow as mlflow_log
 from hfft.analysis.trackers import open_trackers
-from hfft.analysis.trackers.mlflow import tracking_uri
-from hfft.analysis.trackers.run_record import split_metric
+from hfft.analysis.trackers import tensorboard as tensorboard_log
+from hfft.analysis.trackers.mlflow import MLflowLog, tracking_uri
 from hfft.analysis.trackers.tensorboard import run_folder, tag
 from hfft.cli import app
+from hfft.experiment.run.evaluations_csv import CSV_NAME, split_metric
+from hfft.experiment.run.run_folder import locked_folder
 
 runner = CliRunner()
 HF_SMALL = "hf:m=256,cg_max_iter=20"
@@ -152,7 +160,11 @@ def test_a_training_logs_its_epochs_to_both(trained_run: Path, tmp_path: Path) -
     log("train", trained_run)
     scalars = _scalars(tmp_path / "tb" / "train")
     epochs = manifest["epochs"]
-    assert [s.step for s in scalars["train/batch_loss"]] == [e["epoch"] for e in epochs]
+    assert [s.step for s in scalars["train_batch/loss"]] == [e["epoch"] for e in epochs]
+    # the tags are evaluations.csv's split/metric, read by the same function
+    with (trained_run / CSV_NAME).open() as table:
+        named = {f"{row['split']}/{row['metric']}" for row in csv.DictReader(table)}
+    assert set(scalars) == named
     assert [s.wall_time for s in scalars["valid/accuracy"]] == [
         e["elapsed_seconds"] for e in epochs
     ]
@@ -255,7 +267,8 @@ def test_run_names_become_folders_tensorboard_reads() -> None:
     )
     assert run_folder(Path("tb"), "a b/../seed-0") == Path("tb/a_b/_/seed-0")
     assert tag("train_eval_loss") == "train_eval/loss"
-    assert tag("train_batch_loss") == "train/batch_loss"
+    assert tag("train_batch_loss") == "train_batch/loss"
+    assert tag("epoch_seconds") == "epoch_seconds"  # no split's metric: as it is
 
 
 def test_a_folder_or_relative_file_uri_is_a_local_store(tmp_path: Path) -> None:
@@ -263,3 +276,158 @@ def test_a_folder_or_relative_file_uri_is_a_local_store(tmp_path: Path) -> None:
     assert tracking_uri("file:./mlruns") == (Path.cwd() / "mlruns").as_uri()
     for uri in ("http://localhost:5000", "sqlite:///mlflow.db", "databricks", "file:///x"):
         assert tracking_uri(uri) == uri
+
+
+def _record(folder: Path, accuracy: float) -> Path:
+    """A fine-tuning record of two evaluations, the last at ``accuracy`` (TensorBoard reads
+    no more)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    evaluations = [
+        {"fraction": 0.0, "seconds": 0.0, "step": 0, "test_accuracy": 0.5},
+        {"fraction": 1.0, "seconds": 2.0, "step": 3, "test_accuracy": accuracy},
+    ]
+    record = {"kind": "hfft-finetune", "status": "completed", "evaluations": evaluations}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    return folder
+
+
+def _events(folder: Path) -> list[Path]:
+    return sorted(folder.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("train", "--tensorboard"),  # DIR/<out's name> would be --out itself
+        ("compare", "--tensorboard"),  # DIR/<checkpoint>/… could be, or hold, --out
+        ("finetune", "--mlflow"),  # MLflow reads every folder of its store
+    ],
+)
+def test_a_tracker_folder_that_holds_the_output_folder_is_refused(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, option: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    checkpoint = str(trained_run / "ckpt-02.safetensors")
+    argv = {
+        "train": ["train", "mlp", "--data", "digits", "--epochs", "2", "--checkpoints", "1"],
+        "compare": ["compare", checkpoint, "-s", "sgd", "--seeds", "1"],
+        "finetune": ["finetune", checkpoint, "--budget", "2steps"],
+    }[command]
+    result = runner.invoke(app, [*argv, "--out", "tbp/d", option, "tbp"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"hfft: error: {option} tbp holds the output folder tbp/d; the trackers' files and "
+        "the runs' must not share folders, so choose a folder beside it.\n"
+    )
+    assert not (tmp_path / "tbp").exists()
+
+
+def test_a_bad_setting_is_refused_before_the_trackers_open(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    store, tb = tmp_path / "mlruns", tmp_path / "tb"
+    argv = ["compare", str(trained_run / "ckpt-02.safetensors"), "-s", "nosuch"]
+    trackers = ["--tensorboard", str(tb), "--mlflow", str(store)]
+    result = runner.invoke(app, [*argv, "--out", str(tmp_path / "cmp"), *trackers])
+    assert result.exit_code == 2 and "unknown strategy 'nosuch'" in result.stderr
+    assert not store.exists() and not tb.exists()  # no empty experiment left behind
+
+
+def test_another_folders_run_of_the_same_name_is_kept_and_said(tmp_path: Path) -> None:
+    first = _record(tmp_path / "ft" / "sgd" / "seed-0", 0.75)
+    second = _record(tmp_path / "ft" / "sgd-cosine" / "seed-0", 0.875)
+    tb, notes = tmp_path / "tb", []
+    log = open_trackers(tb, None, "hfft", on_note=notes.append).log
+    log("seed-0", first)
+    (kept,) = _events(tb / "seed-0")
+    log("seed-0", second)  # lone runs: both named after their folder, seed-0
+    assert kept in _events(tb / "seed-0") and len(_events(tb / "seed-0")) == 2
+    assert len(notes) == 1
+    assert notes[0].startswith(f"TensorBoard shows run seed-0 ({second}) in {tb / 'seed-0'}")
+    for folder in (first, second):  # each record once
+        log("seed-0", folder)
+    assert len(_events(tb / "seed-0")) == 2 and len(notes) == 1
+    _record(first, 0.625)  # the first run redone: its own events replaced, the other's kept
+    log("seed-0", first)
+    events = _events(tb / "seed-0")
+    assert kept not in events and len(events) == 2
+    values = sorted(s.value for s in _scalars(tb / "seed-0")["test/accuracy"] if s.step == 1000)
+    assert values == [0.625, 0.875]
+
+
+def test_a_tracker_that_fails_is_one_note_and_the_next_run_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tb, notes = tmp_path / "tb", []
+    log = open_trackers(tb, str(tmp_path / "mlruns"), "hfft", on_note=notes.append).log
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "metrics.json").write_text('{"kind": "hfft-fine')  # cut short
+    log("corrupt", corrupt)
+    assert notes == [
+        f"the trackers did not get run corrupt: {corrupt / 'metrics.json'} is not JSON "
+        "(Unterminated string starting at: line 1 column 10 (char 9)) (a rerun of the "
+        "command logs it)"
+    ]
+
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("a tracker's bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tensorboard_log, "log_run", broken)
+        patched.setattr(MLflowLog, "log_run", lambda self, run: {}["hfft.record"])
+        log("a", _record(tmp_path / "a", 0.75))  # both fail: one note
+    assert notes[1:] == [
+        "TensorBoard and MLflow did not get run a: RuntimeError: a tracker's bug; "
+        "KeyError: 'hfft.record' (a rerun of the command logs it)"
+    ]
+    log("b", _record(tmp_path / "b", 0.875))  # the next run is logged
+    assert _scalars(tb / "b")["test/accuracy"][-1].value == 0.875
+    assert set(_runs(tmp_path / "mlruns", "hfft")) == {"b"} and len(notes) == 2
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "mlflow"])
+def test_shards_sharing_a_tensorboard_folder_or_local_store_log_under_its_lock(
+    tmp_path: Path, tracker: str
+) -> None:
+    folder, tb, store = _record(tmp_path / "run", 0.75), tmp_path / "tb", tmp_path / "mlruns"
+    if tracker == "tensorboard":
+        log, shared = open_trackers(tb, None, "cmp").log, tb
+    else:
+        log, shared = open_trackers(None, str(store), "cmp").log, store
+    with locked_folder(shared):  # another shard checking or writing
+        writer = threading.Thread(target=log, args=("r", folder))
+        writer.start()
+        time.sleep(0.3)
+        assert writer.is_alive()  # waits for it
+        assert not (_events(tb / "r") if tracker == "tensorboard" else _all_runs(store, "cmp"))
+    writer.join(timeout=30)
+    assert len(_events(tb / "r") if tracker == "tensorboard" else _all_runs(store, "cmp")) == 1
+
+
+def test_a_run_another_shard_logged_since_is_not_logged_again(tmp_path: Path) -> None:
+    folder, store = _record(tmp_path / "run", 0.75), tmp_path / "mlruns"
+    shards = [open_trackers(None, str(store), "cmp") for _ in range(2)]  # both opened first
+    shards[0].log("r", folder)
+    shards[1].log("r", folder)  # asks the experiment again right before creating a run
+    assert len(_all_runs(store, "cmp")) == 1
+
+
+def test_every_mlflow_call_gives_up_after_one_retry_and_twenty_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in mlflow_log.LIMITS:
+        monkeypatch.delenv(key, raising=False)
+    trackers = open_trackers(None, str(tmp_path / "mlruns"), "cmp")
+    assert trackers.mlflow is not None
+    client, seen = trackers.mlflow.client, []
+    create_run = client.create_run
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        seen.append({key: os.environ.get(key) for key in mlflow_log.LIMITS})
+        return create_run(*args, **kwargs)
+
+    monkeypatch.setattr(client, "create_run", spied)
+    trackers.log("r", _record(tmp_path / "run", 0.75))
+    assert seen == [{"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}]
+    assert not set(mlflow_log.LIMITS) & set(os.environ)  # set for hfft's calls alone

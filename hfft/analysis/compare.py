@@ -45,6 +45,7 @@ __all__ = [
     "Shard",
     "compare",
     "default_strategies",
+    "preflight",
     "run_directory",
     "run_order",
 ]
@@ -348,9 +349,22 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
         FolderTaken: If it holds another comparison's files, or files hfft did not write.
     """
     from hfft.experiment.run.ownership import remove_owned
-    from hfft.experiment.run.run_folder import FolderTaken, check_foreign, check_owner, clean_stale
+    from hfft.experiment.run.run_folder import clean_stale
 
-    planned = _run_folders(config, strategies)
+    owner = _check_claim(out, config, _run_folders(config, strategies))
+    clean_stale(out)
+    if owner == "overwrite":
+        remove_owned(out)
+
+
+def _check_claim(
+    out: Path, config: CompareConfig, planned: list[str], strangers: bool = True
+) -> str:
+    """:func:`_claim`'s checks, which write nothing: ``out``'s owner as
+    :func:`~hfft.experiment.run.run_folder.check_owner` says (``planned``: the run
+    folders; ``strangers``: refuse another run in one of them)."""
+    from hfft.experiment.run.run_folder import FolderTaken, check_foreign, check_owner
+
     # with --overwrite every run folder is replaced whole; without it only a run that is
     # done again, whose own finetune refuses another run inside its folder
     check_foreign(out, pending={"compare.json": {"folders": planned}}, runs_whole=config.overwrite)
@@ -368,11 +382,46 @@ def _claim(out: Path, config: CompareConfig, strategies: list[str]) -> None:
             f"{out} holds another comparison (its budget, evaluation points, B̄ size, device "
             f"or checkpoint options differ); choose another --out, {remedy}"
         ) from None
-    if not config.overwrite:
+    if not config.overwrite and strangers:
         _check_strangers(out, planned)
-    clean_stale(out)
-    if owner == "overwrite":
-        remove_owned(out)
+    return owner
+
+
+def preflight(config: CompareConfig) -> None:
+    """What :func:`compare` would refuse before its first run, as far as that is known
+    without loading the checkpoints or writing anything: for a job array
+    (:mod:`hfft.analysis.job_array`), whose every task would refuse it.
+
+    The budget, that every checkpoint exists, and that ``config.out`` may hold
+    the comparison (:func:`_claim`'s checks; with the suite's strategies, which
+    depend on the data, the run folders found there stand for the planned ones).
+
+    Raises:
+        ValueError: One sentence (a ``FolderTaken`` for the folder).
+    """
+    from hfft.experiment.run.budget import parse_budget
+    from hfft.experiment.run.run_folder import check_not_input
+
+    parse_budget(config.budget)
+    for path in config.checkpoints:
+        if not Path(path).expanduser().exists():
+            raise ValueError(f"Checkpoint file '{path}' does not exist")
+    out = Path(config.out)
+    check_not_input(out, [Path(c) for c in config.checkpoints], replaces=True)
+    given = [s.label for s in config.strategies or ()]
+    if given and config.suite != "paper":  # as _load_sources adds them
+        given += [name for name in _suite_extras(config.suite) if name not in given]
+    if given:
+        _check_claim(out, config, _run_folders(config, given))
+        return
+    keys = _checkpoint_keys([Path(p) for p in config.checkpoints])
+    found = [
+        p.relative_to(out).as_posix()
+        for k in keys
+        for p in (out / k).glob("*/seed-*")
+        if p.is_dir()
+    ]
+    _check_claim(out, config, found, strangers=False)
 
 
 def _check_strangers(out: Path, planned: list[str]) -> None:

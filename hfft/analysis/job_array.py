@@ -9,29 +9,42 @@ any shards do; the last task to end writes the ranking.
 A task is a :class:`ShardTask`, which submitit pickles into the logs folder
 and calls in the task with its index. It is checkpointable in submitit's
 sense: when Slurm signals a task (SIGUSR2, 90 s before its time limit, or at
-preemption where the cluster sends it), submitit requeues the same shard and
-ends the task. The requeued task reuses every finished run; the run that was
-in progress leaves its folder as it was before (the staging folder it wrote
-into is cleared) and starts over. A task that keeps reaching its time limit
-is requeued at most three times.
+preemption where the cluster sends it), hfft stops the run in progress as on
+SIGTERM — never inside the writing of its files, which the signal waits for —
+and saves it marked interrupted; then submitit requeues the same shard and the
+task ends, ignoring the SIGTERM that Slurm sends a requeued job. The requeued
+task reuses every finished run and runs the stopped one again. A task that
+keeps reaching its time limit is requeued at most three times.
+
+Local tasks (``--submit local``) run in sessions of their own, so that a
+Ctrl-C in the terminal that submitted them (``--wait``) stops the waiting, not
+them; they share this machine's cores (torch threads: the cores ÷ N, unless
+``OMP_NUM_THREADS`` says otherwise).
 
 submitit (the ``slurm`` extra) is imported only when shards are submitted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from hfft.analysis.compare import CompareConfig, CompareResult, compare
+from hfft.analysis.compare import preflight as compare_preflight
 from hfft.analysis.shards import Shard
 from hfft.analysis.study import StudyConfig, StudyResult, study
+from hfft.analysis.study import preflight as study_preflight
+from hfft.experiment.interrupts import first_signal_stops
 
 __all__ = [
     "CLUSTERS",
@@ -52,6 +65,9 @@ EXTRA = "--submit needs submitit, the slurm extra: pip install 'hfft[slurm]'"
 
 _NO_LIMIT_MIN = 60 * 24 * 365
 """A local task's time limit when none is given (submitit's own default is 2 minutes)."""
+
+_REQUEUE = signal.SIGUSR2
+"""The signal on which submitit requeues a task (Slurm's ``--signal=USR2@90``)."""
 
 Config = CompareConfig | StudyConfig
 Result = CompareResult | StudyResult
@@ -133,16 +149,39 @@ class ShardTask:
 
     A module-level class holding its configuration as data, so that submitit
     can pickle it; :meth:`checkpoint` makes it requeueable (see the module's
-    docstring).
+    docstring). A ``local`` task leaves the terminal's session; ``threads``
+    (local tasks) is its number of torch, OpenMP and MKL threads.
     """
 
     config: Config
     count: int
+    local: bool = False
+    threads: int | None = None
 
     def __call__(self, index: int) -> Result:
         config = dataclasses.replace(self.config, shard=Shard(index, self.count))
+        if self.local:
+            with contextlib.suppress(OSError):  # already a session's leader
+                os.setsid()  # out of reach of a Ctrl-C in the terminal that submitted it
+        if self.threads is not None:
+            _use_threads(self.threads)
         _check_device(config.device)
         _note(f"shard {index}/{self.count} of {config.out}")
+        requeue = signal.getsignal(_REQUEUE)  # submitit's: checkpoint, requeue, exit
+        with first_signal_stops(also=(_REQUEUE,)) as arrived:
+            try:
+                return self._run(config)
+            except KeyboardInterrupt as err:  # saved, and said so (Interrupted)
+                if _REQUEUE not in arrived or not callable(requeue):
+                    raise
+                stopped = err
+        _note(f"requeueing shard {index}/{self.count}: {stopped}")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm ends a requeued job with it
+        requeue(_REQUEUE, None)  # exits (SystemExit); returns only in a task of rank > 0
+        raise stopped
+
+    @staticmethod
+    def _run(config: Config) -> Result:
         if isinstance(config, StudyConfig):
             return study(config, on_run=_on_run, on_note=_note)
         return compare(config, on_run=_on_run, on_note=_note)
@@ -156,11 +195,15 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class Submitted:
-    """The submitted tasks (submitit jobs, task I running shard I) and their logs folder."""
+    """The submitted tasks (submitit jobs, task I running shard I) and their logs folder;
+    for local tasks, each one's ``threads`` and the ``cores`` they share (``None``: the
+    user's ``OMP_NUM_THREADS`` chose)."""
 
     cluster: str
     jobs: list[Any]
     logs: Path
+    threads: int | None = None
+    cores: int | None = None
 
     @property
     def job_ids(self) -> list[str]:
@@ -189,19 +232,63 @@ def submit(config: Config, array: JobArray) -> Submitted:
 
     Raises:
         ValueError: If submitit is missing, the configuration cannot be sharded
-            (``overwrite``), Slurm is not reachable from here, ``sbatch`` refused
-            the job, or local tasks ask for GPUs that this machine lacks.
+            (``overwrite``) or every task would refuse it (a budget, a missing
+            checkpoint, an output folder that holds something else: the
+            ``preflight`` of :mod:`~hfft.analysis.compare` or
+            :mod:`~hfft.analysis.study`), Slurm is not reachable from here,
+            ``sbatch`` refused the job, or local tasks ask for GPUs that this
+            machine lacks.
     """
     submitit = load_submitit()
     if config.shard is not None:
         raise ValueError("--submit runs every shard itself; leave out --shard")
-    dataclasses.replace(config, shard=Shard(0, array.shards))  # refusals before submitting
-    task = ShardTask(config, array.shards)
-    if array.cluster == "local":
-        jobs = _submit_local(submitit, task, array)
+    sharded = dataclasses.replace(config, shard=Shard(0, array.shards))  # refusals first
+    if isinstance(sharded, StudyConfig):
+        study_preflight(sharded)
     else:
-        jobs = _submit_slurm(submitit, task, array)
-    return Submitted(array.cluster, jobs, array.logs)
+        compare_preflight(sharded)
+    if array.cluster == "slurm":
+        task = ShardTask(config, array.shards)
+        return Submitted(array.cluster, _submit_slurm(submitit, task, array), array.logs)
+    threads, cores = _local_threads(array.shards)
+    task = ShardTask(config, array.shards, local=True, threads=None if cores is None else threads)
+    jobs = _submit_local(submitit, task, array)
+    return Submitted(array.cluster, jobs, array.logs, threads, cores)
+
+
+def _local_threads(shards: int) -> tuple[int, int | None]:
+    """Each local task's threads, and the cores they share (``None``: the user's
+    ``OMP_NUM_THREADS``, which the tasks inherit, says how many)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given), None
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return max(1, cores // shards), cores
+
+
+def _use_threads(threads: int) -> None:
+    """``threads`` torch threads, and as many for OpenMP and MKL in what this task starts."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while local tasks start: their controllers, which share this
+    terminal's process group, inherit that, so a Ctrl-C here does not make them kill their
+    tasks (which leave the group themselves: :class:`ShardTask`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _submit_local(submitit: ModuleType, task: ShardTask, array: JobArray) -> list[Any]:
@@ -216,12 +303,13 @@ def _submit_local(submitit: ModuleType, task: ShardTask, array: JobArray) -> lis
             "--submit local with GPUs for each task needs CUDA on this machine; use --device cpu"
         )
     jobs = []
-    for index in range(array.shards):
-        if array.gpus_per_task:
-            first = index * array.gpus_per_task
-            visible = [(first + k) % here for k in range(array.gpus_per_task)]
-            executor.update_parameters(visible_gpus=visible)
-        jobs.append(executor.submit(task, index))
+    with _sigint_ignored():
+        for index in range(array.shards):
+            if array.gpus_per_task:
+                first = index * array.gpus_per_task
+                visible = [(first + k) % here for k in range(array.gpus_per_task)]
+                executor.update_parameters(visible_gpus=visible)
+            jobs.append(executor.submit(task, index))
     return jobs
 
 

@@ -1,7 +1,7 @@
 """Shards: N processes sharing one comparison folder (``--shard I/N``).
 
 A shard is given as I/N, or is the task of a Slurm job array that this
-process is (``--shard slurm``: :meth:`Shard.from_slurm`). Each shard runs its
+process is (``--shard slurm`` or ``slurm/N``: :meth:`Shard.from_slurm`). Each shard runs its
 share of the runs into the same folder. The folder's lock is shared while
 shards run and exclusive while one claims the folder (and writes its running
 header) or assembles the ranking; a comparison without shards cannot start
@@ -31,7 +31,8 @@ _R_co = TypeVar("_R_co", covariant=True)
 
 @dataclass(frozen=True)
 class Shard:
-    """One of ``count`` processes that share a comparison's runs (``--shard I/N``, ``slurm``).
+    """One of ``count`` processes that share a comparison's runs (``--shard I/N``, ``slurm``,
+    ``slurm/N``).
 
     Shard ``index`` runs every ``count``-th run of
     :func:`hfft.analysis.compare.plan_runs`'s order, starting at position
@@ -45,12 +46,12 @@ class Shard:
 
     @classmethod
     def parse(cls, text: str, environ: Mapping[str, str] | None = None) -> Shard | None:
-        """``"I/N"`` (0 ≤ I < N), ``"none"``, ``"slurm"`` or ``"auto"``.
+        """``"I/N"`` (0 ≤ I < N), ``"none"``, ``"slurm"``, ``"slurm/N"`` or ``"auto"``.
 
-        ``slurm`` is the shard of the Slurm job array task this process is
-        (:meth:`from_slurm`, reading ``environ``, by default the process's
-        environment); ``auto`` is that inside an array task and ``None`` (no
-        shard: one process runs every run) outside one.
+        ``slurm`` and ``slurm/N`` are the shard of the Slurm job array task this
+        process is (:meth:`from_slurm`, reading ``environ``, by default the
+        process's environment); ``auto`` is ``slurm`` inside an array task and
+        ``None`` (no shard: one process runs every run) outside one.
 
         Raises:
             ValueError: For anything else, for ``slurm`` outside a Slurm array
@@ -59,11 +60,16 @@ class Shard:
         word = text.strip().lower()
         if word == "none":
             return cls(0, 0)
-        if word in ("slurm", "auto"):
-            shard = cls.from_slurm(os.environ if environ is None else environ)
-            if shard is None and word == "slurm":
+        environ = os.environ if environ is None else environ
+        name, slash, count = word.partition("/")
+        if word in ("slurm", "auto") or (name == "slurm" and slash):
+            total = None if not slash else int(count) if count.isdigit() else 0
+            if total == 0:
+                raise ValueError(f"--shard slurm/N takes N >= 1 shards, not {text.strip()!r}")
+            shard = cls.from_slurm(environ, total)
+            if shard is None and word != "auto":
                 raise ValueError(
-                    "--shard slurm takes I and N from a Slurm job array task "
+                    f"--shard {word} takes its shard from a Slurm job array task "
                     "(SLURM_ARRAY_TASK_ID), and this process is not one; start it with "
                     "sbatch --array, or give --shard I/N"
                 )
@@ -75,20 +81,28 @@ class Shard:
             parsed = None
         if not slash or parsed is None or not 0 <= parsed.index < parsed.count:
             raise ValueError(
-                f"--shard takes I/N with 0 <= I < N (e.g. 0/4), none, slurm or auto, not {text!r}"
+                "--shard takes I/N with 0 <= I < N (e.g. 0/4), none, slurm, slurm/N or auto, "
+                f"not {text!r}"
             )
         return parsed
 
     @classmethod
-    def from_slurm(cls, environ: Mapping[str, str]) -> Shard | None:
+    def from_slurm(cls, environ: Mapping[str, str], total: int | None = None) -> Shard | None:
         """The shard of a Slurm job array task; ``None`` outside a job array.
 
-        I = ``SLURM_ARRAY_TASK_ID`` − ``SLURM_ARRAY_TASK_MIN``, so an array may
-        start anywhere (``--array=0-15`` and ``--array=1-16`` are both 16
-        shards); N = ``SLURM_ARRAY_TASK_COUNT`` (else MAX − MIN + 1). A limit on
-        the tasks running at once (``--array=0-15%4``) is fine; a step or a list
-        with gaps (``--array=0-15:2``, ``1,3,5``) is refused: its ids do not
-        number the shards 0 … N−1.
+        Without ``total`` (``--shard slurm``) the array is every shard, whatever
+        N is: I = ``SLURM_ARRAY_TASK_ID`` − ``SLURM_ARRAY_TASK_MIN`` and N =
+        ``SLURM_ARRAY_TASK_COUNT`` (else MAX − MIN + 1), so the ids must run
+        0 … N−1 or 1 … N with N ≥ 2 (``--array=0-15`` and ``--array=1-16`` are
+        both 16 shards; a ``%`` limit on the tasks running at once is fine). A
+        step or a list with gaps (``--array=0-15:2``, ``1,3,5``) is refused, and
+        so is part of an array (``--array=3``, ``5-8``, ``0``), which would
+        divide the runs anew (one task would run them all).
+
+        With ``total`` N (``--shard slurm/N``), I is ``SLURM_ARRAY_TASK_ID`` as
+        it is, so an array of some of the N shards (``--array=3``, ``3,7``)
+        runs exactly those; every id of the array must lie in 0 … N−1
+        (``--array=1-16`` with ``slurm/16`` is refused in every task).
 
         Raises:
             ValueError: For such an array, or variables that are not whole numbers.
@@ -106,12 +120,28 @@ class Shard:
                 f"--shard slurm needs whole numbers in SLURM_ARRAY_TASK_ID, _MIN and _MAX "
                 f"(and _COUNT, if set), not {found}"
             ) from None
+        if total is not None:
+            if not 0 <= low <= task <= high < total:
+                raise ValueError(
+                    f"--shard slurm/{total} runs shard SLURM_ARRAY_TASK_ID of {total}, so the "
+                    f"array's ids must lie in 0-{total - 1} (--array=0-{total - 1} for every "
+                    f"shard, --array=I,J to rerun shards I and J); this array's ids run "
+                    f"{low}-{high}"
+                )
+            return cls(task, total)
         if step != 1 or count != high - low + 1 or not low <= task <= high:
             ids = f"{low}-{high}" + (f":{step}" if step != 1 else "")
             raise ValueError(
                 f"--shard slurm numbers the shards by the array's task ids, which must be "
                 f"consecutive (e.g. --array=0-15 or 1-16, a %limit allowed); this array has "
                 f"{count} tasks with ids {ids}"
+            )
+        if low not in (0, 1) or count < 2:
+            raise ValueError(
+                f"--shard slurm takes the array for all of the shards, its ids running from 0 "
+                f"or 1 (e.g. --array=0-15 or 1-16), and ids {low}-{high} look like part of "
+                f"one: to run some of N shards, give --shard slurm/N (e.g. --array=3 with "
+                f"--shard slurm/16 reruns shard 3 of 16)"
             )
         return cls(task - low, count)
 

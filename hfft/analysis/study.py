@@ -56,7 +56,14 @@ from hfft.experiment.run.starting_point import StartingPointOptions
 from hfft.experiment.strategies.catalog import largest_m
 from hfft.experiment.strategies.registry import Strategy, suite_members, typed_strategies
 
-__all__ = ["STUDY_HF_SIZES", "StudyConfig", "StudyResult", "figure1_strategies", "study"]
+__all__ = [
+    "STUDY_HF_SIZES",
+    "StudyConfig",
+    "StudyResult",
+    "figure1_strategies",
+    "preflight",
+    "study",
+]
 
 
 STUDY_HF_SIZES = (256, 1024, 2048, 6144)
@@ -191,36 +198,16 @@ def _study(
     out = Path(config.out)
     _write_record(config, [], "running")
     manifest = json.loads((train_dir / "run.json").read_text())
-    checkpoints = [str(train_dir / c["path"]) for c in manifest["checkpoints"]]
     n_train = int(manifest["data"]["train_size"])
-    typed = list(config.strategies or ()) or figure1_strategies(n_train)
-    figure1 = [s.label for s in typed]
     small = largest_m(n_train) < STUDY_HF_SIZES[0]  # HF at fractions of the data, said
     if not config.strategies and small and on_note and (line := hf_sizes_note(n_train)):
         on_note(line)
-    extra = _figure2_extra(figure1)
-    comparison = _compare(
-        config,
-        CompareConfig(
-            checkpoints=tuple(checkpoints),
-            strategies=(*typed, *(Strategy(name) for name in extra)),
-            seeds=config.seeds,
-            budget=config.budget,
-            out=str(out / "runs"),
-            eval_points=config.eval_points,
-            eval_batch_size=config.eval_batch_size,
-            device=config.device,
-            source=config.source,
-            last_only=tuple(extra),
-            shard=config.shard,
-        ),
-        on_run=on_run,
-        on_note=on_note,
-        on_done=on_done,
-    )
+    both = _protocols(config, train_dir, manifest)
+    figure1 = [s.label for s in both.strategies or () if s.label not in both.last_only]
+    comparison = _compare(config, both, on_run=on_run, on_note=on_note, on_done=on_done)
     if not comparison.assembled:
         return StudyResult(comparison, train_dir, None, [])
-    pairs = _figure_pairs(out, comparison, Path(checkpoints[-1]).stem)
+    pairs = _figure_pairs(out, comparison, Path(both.checkpoints[-1]).stem)
     _write_record(config, [target.name for _, target in pairs], "running")
     _write_evaluations(config, train_dir, manifest, comparison)
     figures = _copy_figures(pairs)
@@ -233,6 +220,50 @@ def _study(
     )
     _write_record(config, [f.name for f in figures], "completed")
     return StudyResult(comparison, train_dir, report, figures)
+
+
+def _protocols(config: StudyConfig, train_dir: Path, manifest: dict[str, Any]) -> CompareConfig:
+    """Both protocols as one comparison in ``OUT/runs``: Figure 1's strategies from
+    every checkpoint of the training, Figure 2's others from the last alone."""
+    n_train = int(manifest["data"]["train_size"])
+    typed = list(config.strategies or ()) or figure1_strategies(n_train)
+    extra = _figure2_extra([s.label for s in typed])
+    return CompareConfig(
+        checkpoints=tuple(str(train_dir / c["path"]) for c in manifest["checkpoints"]),
+        strategies=(*typed, *(Strategy(name) for name in extra)),
+        seeds=config.seeds,
+        budget=config.budget,
+        out=str(Path(config.out) / "runs"),
+        eval_points=config.eval_points,
+        eval_batch_size=config.eval_batch_size,
+        device=config.device,
+        source=config.source,
+        last_only=tuple(extra),
+        shard=config.shard,
+    )
+
+
+def preflight(config: StudyConfig) -> None:
+    """What :func:`study` would refuse before its first run, as far as that is known
+    without training, loading or writing anything (for a job array, whose every task
+    would refuse it): the output folder, a ``train_run`` that did not finish, and once
+    the training is there, the comparison's folder (:func:`hfft.analysis.compare.preflight`).
+
+    Raises:
+        ValueError: One sentence.
+    """
+    from hfft.analysis.compare import preflight as compare_preflight
+
+    _claim(config)  # the budget and the strategies: checked by StudyConfig
+    train_dir = Path(config.train_run or Path(config.out) / "train")
+    why = _unfinished(train_dir)
+    if why is not None and config.train_run is not None:
+        raise ValueError(f"{train_dir} is not a finished hfft train run: {why}")
+    if why is None:
+        manifest = json.loads((train_dir / "run.json").read_text())
+        both = _protocols(config, train_dir, manifest)
+        with _other_runs(config, both.out):
+            compare_preflight(both)
 
 
 def _claim(config: StudyConfig) -> None:
@@ -295,15 +326,22 @@ def _write_evaluations(
 
 def _compare(config: StudyConfig, comparison: CompareConfig, **callbacks: Any) -> CompareResult:
     """:func:`compare`, with the study's words for a folder that holds other runs."""
+    with _other_runs(config, comparison.out):
+        return compare(comparison, **callbacks)
+
+
+@contextlib.contextmanager
+def _other_runs(config: StudyConfig, runs: str) -> Iterator[None]:
+    """The study's words for a comparison folder (``runs``) that holds other runs."""
     from hfft.experiment.run.run_folder import FolderTaken
 
     try:
-        return compare(comparison, **callbacks)
+        yield
     except FolderTaken:
         if config.shard is not None:
             raise
         raise FolderTaken(
-            f"{comparison.out} holds the runs of another study (its budget, evaluation points, "
+            f"{runs} holds the runs of another study (its budget, evaluation points, "
             "B̄ size, device or checkpoint options differ) or other files; choose another --out"
         ) from None
 

@@ -16,7 +16,6 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
@@ -276,69 +275,27 @@ ShardOpt = Annotated[
         help="Run only every N-th run (from the I-th, 0-based) into the shared --out, so that "
         "N processes (a job array, one per GPU) share the work; the last to finish writes the "
         "ranking. 'none': run nothing, only assemble the ranking once every run is there. "
-        "'slurm': I and N from this Slurm array task; 'auto': that in an array task, else "
-        "no shard.",
+        "'slurm': I and N from this Slurm array task, the array being every shard; "
+        "'slurm/N': I = SLURM_ARRAY_TASK_ID as is (to rerun some shards: --array=3); 'auto': "
+        "slurm in an array task, else no shard.",
     ),
 ]
 
 
 def parse_shard(text: str | None) -> Shard | None:
     """``--shard`` as a :class:`hfft.analysis.shards.Shard` (``None``: no shard), saying
-    which shard ``slurm`` or ``auto`` found (call inside :func:`command_guard`)."""
+    which shard ``slurm``, ``slurm/N`` or ``auto`` found (call inside :func:`command_guard`)."""
     if text is None:
         return None
     from hfft.analysis.shards import Shard
 
     shard = Shard.parse(text)
-    if shard is not None and text.strip().lower() in ("slurm", "auto"):
+    if shard is not None and text.strip().lower().startswith(("slurm", "auto")):
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         note(f"--shard {text.strip()}: shard {shard} (Slurm array task {task})")
     return shard
 
 
-class Cluster(str, Enum):
-    """Where ``--submit`` sends the shards."""
-
-    slurm = "slurm"
-    local = "local"
-
-
-SubmitOpt = Annotated[
-    Cluster | None,
-    typer.Option(
-        help="Submit the shards (--array N) through submitit: as one Slurm job array, or as "
-        "processes on this machine (local); prints the job ids (the slurm extra).",
-    ),
-]
-ArrayOpt = Annotated[
-    int | None,
-    typer.Option(metavar="<int>", min=1, help="With --submit: how many shards (tasks)."),
-]
-PartitionOpt = Annotated[str | None, typer.Option(help="With --submit slurm: the partition.")]
-GpusPerTaskOpt = Annotated[
-    int | None,
-    typer.Option(
-        metavar="<int>",
-        min=0,
-        help="With --submit: GPUs for each task (default: 1 with --device cuda; with auto, "
-        "slurm's tasks run on cuda when given GPUs, local ones when this machine has CUDA).",
-    ),
-]
-CpusPerTaskOpt = Annotated[
-    int | None,
-    typer.Option(metavar="<int>", min=1, help="With --submit slurm: CPU cores for each task."),
-]
-TimeOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="With --submit: each task's time limit, e.g. 4h (needed for slurm); a task "
-        "that nears it is requeued and resumes."
-    ),
-]
-WaitOpt = Annotated[
-    bool,
-    typer.Option("--wait", help="With --submit: wait for every task, then print the ranking."),
-]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -534,36 +491,3 @@ def takes_source(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
         return cast(F, wrapper)
 
     return wrap
-
-
-TensorBoardOpt = Annotated[
-    Path | None,
-    typer.Option(
-        metavar="DIR",
-        help="Also write each run's evaluations as TensorBoard event files into DIR, a folder "
-        "per run, once it ends (the tensorboard extra).",
-    ),
-]
-MlflowOpt = Annotated[
-    str | None,
-    typer.Option(
-        metavar="URI",
-        help="Also log each run to MLflow once it ends: a tracking URI, or a folder for a local "
-        "store, e.g. ./mlruns (the mlflow extra).",
-    ),
-]
-
-
-def open_trackers(
-    tensorboard: Path | None, mlflow: str | None, out: Path, experiment: str = "hfft"
-) -> Callable[[str, Path], None] | None:
-    """``--tensorboard``/``--mlflow`` checked before any work (a missing extra is one
-    sentence): what logs a finished run, called as ``log(name, folder)``; ``None`` when
-    neither is given. ``experiment`` is the MLflow experiment, unless the user's
-    ``MLFLOW_EXPERIMENT_NAME`` names one."""
-    if tensorboard is None and mlflow is None:
-        return None
-    from hfft.analysis.trackers import open_trackers as opened
-
-    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
-    return opened(tensorboard, mlflow, experiment, outside=out, on_note=note).log

@@ -9,37 +9,37 @@ import typer
 
 from hfft.cli.common import (
     NO_SOURCE,
-    ArrayOpt,
     BudgetOpt,
-    CpusPerTaskOpt,
     DebugOpt,
     DeviceOpt,
     EvalBatchOpt,
     EvalPointsOpt,
-    GpusPerTaskOpt,
     JsonOpt,
-    MlflowOpt,
     OverwriteOpt,
-    PartitionOpt,
     QuietOpt,
     ShardOpt,
     SourceArgs,
-    SubmitOpt,
-    TensorBoardOpt,
-    TimeOpt,
-    WaitOpt,
     check_out_dir,
     command_guard,
     compare_strategy_help,
     join_torchrun,
     note,
-    open_trackers,
     parse_shard,
     print_json,
     resolve_device,
     suite_help,
     takes_source,
 )
+from hfft.cli.job_array import (
+    ArrayOpt,
+    CpusPerTaskOpt,
+    GpusPerTaskOpt,
+    PartitionOpt,
+    SubmitOpt,
+    TimeOpt,
+    WaitOpt,
+)
+from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,7 +111,6 @@ def compare(
         jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
         dev, main = jobs.device(device) if submit else join_torchrun(resolve_device(device))
-        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name) if main else None
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
             strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
@@ -126,6 +125,7 @@ def compare(
             overwrite=overwrite,
             shard=parse_shard(shard),
         )
+        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name) if main else None
         if submit:
             jobs.submit(ctx, config, lambda r: report(config, r, quiet, as_json), as_json)
             return

@@ -16,22 +16,20 @@ from hfft.cli.common import (
     EvalBatchOpt,
     EvalPointsOpt,
     JsonOpt,
-    MlflowOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
     SourceArgs,
-    TensorBoardOpt,
     check_out_dir,
     command_guard,
     join_torchrun,
     note,
-    open_trackers,
     print_json,
     resolve_device,
     strategy_help,
     takes_source,
 )
+from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 
 CheckpointArgument = Annotated[
     Path,
@@ -103,7 +101,6 @@ def finetune(
         check_out_dir(target)
         dev, main = join_torchrun(resolve_device(device))
         quiet, as_json = quiet or not main, as_json and main
-        log_run = open_trackers(tensorboard, mlflow, target) if main else None
         options = source.options()
         config = FinetuneConfig(
             checkpoint=str(checkpoint),
@@ -118,6 +115,7 @@ def finetune(
             overwrite=overwrite,
             export=export.value if export else None,
         )
+        log_run = open_trackers(tensorboard, mlflow, target) if main else None  # settings checked
         with finetune_progress(chosen.label, quiet or as_json) as on_progress:
             result = run_finetune(config, on_progress=on_progress, on_note=note)
         if log_run is not None:  # from metrics.json, once the run is over

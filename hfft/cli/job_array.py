@@ -14,12 +14,13 @@ import dataclasses
 import re
 import shlex
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hfft.cli.common import Cluster, fail, print_json, resolve_device
+from hfft.cli.common import fail, print_json, resolve_device
 from hfft.optim.distributed import launched
 
 if TYPE_CHECKING:
@@ -27,7 +28,63 @@ if TYPE_CHECKING:
     from hfft.analysis.job_array import JobArray, Submitted
     from hfft.analysis.study import StudyConfig
 
-__all__ = ["SubmitArgs", "assemble_command"]
+__all__ = [
+    "ArrayOpt",
+    "Cluster",
+    "CpusPerTaskOpt",
+    "GpusPerTaskOpt",
+    "PartitionOpt",
+    "SubmitArgs",
+    "SubmitOpt",
+    "TimeOpt",
+    "WaitOpt",
+    "assemble_command",
+]
+
+
+class Cluster(str, Enum):
+    """Where ``--submit`` sends the shards."""
+
+    slurm = "slurm"
+    local = "local"
+
+
+SubmitOpt = Annotated[
+    Cluster | None,
+    typer.Option(
+        help="Submit the shards (--array N) through submitit: as one Slurm job array, or as "
+        "processes on this machine (local); prints the job ids (the slurm extra).",
+    ),
+]
+ArrayOpt = Annotated[
+    int | None,
+    typer.Option(metavar="<int>", min=1, help="With --submit: how many shards (tasks)."),
+]
+PartitionOpt = Annotated[str | None, typer.Option(help="With --submit slurm: the partition.")]
+GpusPerTaskOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="<int>",
+        min=0,
+        help="With --submit: GPUs for each task (default: 1 with --device cuda; with auto, "
+        "slurm's tasks run on cuda when given GPUs, local ones when this machine has CUDA).",
+    ),
+]
+CpusPerTaskOpt = Annotated[
+    int | None,
+    typer.Option(metavar="<int>", min=1, help="With --submit slurm: CPU cores for each task."),
+]
+TimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --submit: each task's time limit, e.g. 4h (needed for slurm); a task "
+        "that nears it is requeued and resumes."
+    ),
+]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait", help="With --submit: wait for every task, then print the ranking."),
+]
 
 _LEFT_OUT = frozenset(
     ("submit", "array", "partition", "gpus_per_task", "cpus_per_task", "time", "wait", "shard",
@@ -154,13 +211,14 @@ def _waited(submitted: Submitted, assemble: str) -> Any:
         results = wait(submitted)
     except ShardFailed as err:
         raise fail(str(err), code=1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # local tasks run in sessions of their own: Ctrl-C spares them
         running = (
             f"job array {submitted.array_id} runs on (scancel {submitted.array_id} stops it)"
             if submitted.array_id is not None
-            else f"the tasks started here may still run (logs in {submitted.logs})"
+            else f"the tasks run on (kill {' '.join(submitted.job_ids)} stops them, each saving "
+            f"its run in progress; logs in {submitted.logs})"
         )
-        raise Interrupted(f"stopped waiting; the {running}") from None
+        raise Interrupted(f"stopped waiting; {running}") from None
     done = [r for r in results if _comparison(r).assembled]
     if not done:
         raise fail(

@@ -8,38 +8,38 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hfft.cli.common import (
-    ArrayOpt,
     BatchSizeOpt,
     BudgetOpt,
-    CpusPerTaskOpt,
     DataOpt,
     DataRootOpt,
     DebugOpt,
     DeviceOpt,
     EvalBatchOpt,
     EvalPointsOpt,
-    GpusPerTaskOpt,
     LossOpt,
     LrOpt,
-    MlflowOpt,
     ModelArgOpt,
-    PartitionOpt,
     QuietOpt,
     ShardOpt,
-    SubmitOpt,
     TaskOpt,
-    TensorBoardOpt,
-    TimeOpt,
-    WaitOpt,
     WeightDecayOpt,
     check_out_dir,
     command_guard,
     note,
-    open_trackers,
     parse_shard,
     resolve_device,
 )
 from hfft.cli.compare import SeedsOpt, StrategiesOpt
+from hfft.cli.job_array import (
+    ArrayOpt,
+    CpusPerTaskOpt,
+    GpusPerTaskOpt,
+    PartitionOpt,
+    SubmitOpt,
+    TimeOpt,
+    WaitOpt,
+)
+from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 from hfft.cli.train import ModelArgument
 
 if TYPE_CHECKING:
@@ -124,7 +124,6 @@ def study(
         jobs = SubmitArgs(submit, array, partition, gpus_per_task, cpus_per_task, time, wait)
         jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
-        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name)
         args = parse_model_args(model_arg or [])
         dev = jobs.device(device)[0] if submit else resolve_device(device)
         train = None
@@ -158,6 +157,7 @@ def study(
             source=_user_code(model, args, data, data_root, task, loss),
             shard=parse_shard(shard),
         )
+        log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name)
         if submit:
             jobs.submit(ctx, config, lambda r: report(config, r, quiet))
             return

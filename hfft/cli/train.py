@@ -18,23 +18,21 @@ from hfft.cli.common import (
     LossOpt,
     LrOpt,
     MetricOpt,
-    MlflowOpt,
     ModelArgOpt,
     MomentumOpt,
     OverwriteOpt,
     QuietOpt,
     SeedOpt,
     TaskOpt,
-    TensorBoardOpt,
     ValidFractionOpt,
     WeightDecayOpt,
     check_out_dir,
     command_guard,
     fail,
     note,
-    open_trackers,
     resolve_device,
 )
+from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,7 +90,6 @@ def train(
         from hfft.experiment.run.train import TrainConfig
 
         check_out_dir(out)
-        log_run = open_trackers(tensorboard, mlflow, out)
         config = TrainConfig.for_model(
             model,
             model_args=parse_model_args(model_arg or []),
@@ -115,6 +112,7 @@ def train(
             metric=metric,
             valid_fraction=valid_fraction,
         )
+        log_run = open_trackers(tensorboard, mlflow, out)  # once the settings are checked
         run_and_report(config, quiet, log_run=log_run)
 
 

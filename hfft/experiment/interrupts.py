@@ -8,6 +8,8 @@ writing its files — cannot be cut short by a second Ctrl-C. Only inside
 :func:`interruptible` (the evaluation of the saved weights) does a later
 signal raise again, to skip that work. :func:`signals_held` keeps even a first
 signal waiting while a run that was *not* interrupted writes its final files.
+A job array's task adds the scheduler's warning signal (SIGUSR2, ``also``),
+which then stops and waits exactly as SIGTERM does.
 
 A run that stopped raises :class:`Interrupted`, whose message says truthfully
 what was saved where; a plain ``KeyboardInterrupt`` reaching the command line
@@ -35,7 +37,8 @@ __all__ = [
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so that runs save what they have."""
+    """SIGTERM (or an ``also`` signal), delivered like Ctrl-C so that runs save what they
+    have."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,7 +69,7 @@ def as_interrupt(signals: list[int]) -> KeyboardInterrupt | None:
     """The interrupt the first of ``signals`` (held by :func:`signals_held`) stands for."""
     if not signals:
         return None
-    return Terminated() if signals[0] == signal.SIGTERM else KeyboardInterrupt()
+    return KeyboardInterrupt() if signals[0] == signal.SIGINT else Terminated()
 
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
@@ -79,12 +82,19 @@ class _Stop:
     stopping = False
     interruptible = 0
     later: list[int] = []  # noqa: RUF012 (one process-wide list, reset by the outermost)
+    also: tuple[int, ...] = ()  # the outermost's signals that stop as SIGTERM does
+    arrived: set[int] = set()  # noqa: RUF012 (the outermost's, what it yields)
+
+
+def _held() -> tuple[int, ...]:
+    return (*_HELD, *_Stop.also)
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    _Stop.arrived.add(signum)
     if not _Stop.stopping:
         _Stop.stopping = True
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
     _Stop.later.append(signum)
     if _Stop.interruptible:
         raise KeyboardInterrupt
@@ -95,7 +105,9 @@ def _main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def first_signal_stops(ignore_after_stop: bool = False) -> Iterator[None]:
+def first_signal_stops(
+    ignore_after_stop: bool = False, also: tuple[int, ...] = ()
+) -> Iterator[set[int]]:
     """The first SIGINT/SIGTERM raises; later ones wait (see the module docstring).
 
     Nested uses share one state; the outermost installs the handlers and puts
@@ -106,21 +118,29 @@ def first_signal_stops(ignore_after_stop: bool = False) -> Iterator[None]:
             instead of putting the previous handlers back (the command line,
             which exits right after, so a late signal cannot cut its last line
             short).
+        also: More signals that stop, and wait in :func:`signals_held`, as
+            SIGTERM does (the outermost's count): a job array task's SIGUSR2.
+
+    Yields:
+        The signals that arrived in the block (the outermost's set, shared by
+        nested uses), held ones included.
     """
     if not _main_thread():
-        yield
+        yield set()
         return
     outermost = _Stop.depth == 0
     previous: dict[int, Any] = {}
     if outermost:
         _Stop.stopping, _Stop.later, _Stop.interruptible = False, [], 0
-        previous = {s: signal.signal(s, _on_signal) for s in _HELD}
+        _Stop.also, _Stop.arrived = tuple(also), set()
+        previous = {s: signal.signal(s, _on_signal) for s in _held()}
     _Stop.depth += 1
     try:
-        yield
+        yield _Stop.arrived
     finally:
         _Stop.depth -= 1
         if outermost:
+            _Stop.also = ()
             for s, handler in previous.items():
                 stopped = ignore_after_stop and _Stop.stopping
                 signal.signal(s, signal.SIG_IGN if stopped else handler)
@@ -138,7 +158,8 @@ def interruptible() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_held(deliver: bool = True) -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM, even a first one, until the block ends.
+    """Hold SIGINT and SIGTERM (and :func:`first_signal_stops`'s ``also``), even a first
+    one, until the block ends.
 
     For writes that must complete (a run's final files). With ``deliver``, the
     first signal that arrived goes to the handler that was in place before,
@@ -153,8 +174,10 @@ def signals_held(deliver: bool = True) -> Iterator[list[int]]:
 
     def hold(signum: int, frame: Any) -> None:
         caught.append(signum)
+        if _Stop.depth:
+            _Stop.arrived.add(signum)
 
-    previous: dict[int, Any] = {s: signal.signal(s, hold) for s in _HELD}
+    previous: dict[int, Any] = {s: signal.signal(s, hold) for s in _held()}
     try:
         yield caught
     finally:

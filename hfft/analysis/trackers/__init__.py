@@ -38,27 +38,44 @@ class Trackers:
     def log(self, name: str, folder: Path) -> None:
         """Log the finished run in ``folder`` under ``name`` (``ckpt-10/hf:m=2048/seed-3``).
 
-        A tracker that fails (a full disk, a server gone) is one note, and the next
-        run is logged all the same: the run's own files are written, and a rerun of
-        the command logs what is missing.
+        Whatever fails here (a full disk, a server gone, a record that cannot be read, a
+        bug of a tracker) is one note for the run, and the next run is logged all the
+        same: the run's own files are written, and a rerun of the command logs what is
+        missing. Only an interrupt goes through (Ctrl-C, SIGTERM: a ``BaseException``).
         """
-        run = read_run(name, folder)
+        try:
+            run = read_run(name, folder)
+        except Exception as err:
+            self._note(f"the trackers did not get run {name}: {_reason(err)}")
+            return
         if run is None:
             return
+        failed = []
         if self.tensorboard is not None:
             try:
-                tensorboard_log.log_run(run, self.tensorboard)
-            except OSError as err:
-                self._note(f"TensorBoard did not get run {name}: {err}")
+                tensorboard_log.log_run(run, self.tensorboard, self.on_note)
+            except Exception as err:
+                failed.append(("TensorBoard", _reason(err)))
         if self.mlflow is not None:
             try:
                 self.mlflow.log_run(run)
-            except OSError as err:
-                self._note(f"MLflow did not get run {name}: {err}")
+            except Exception as err:
+                failed.append(("MLflow", _reason(err)))
+        if failed:
+            trackers = " and ".join(tracker for tracker, _ in failed)
+            self._note(f"{trackers} did not get run {name}: {'; '.join(r for _, r in failed)}")
 
     def _note(self, line: str) -> None:
         if self.on_note is not None:
             self.on_note(f"{line} (a rerun of the command logs it)")
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong, in words: the message of an error hfft expects (a full disk, an
+    unreadable record), the exception's type too for any other."""
+    if isinstance(err, OSError | ValueError) and str(err):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def open_trackers(
@@ -75,12 +92,14 @@ def open_trackers(
         mlflow: ``--mlflow``: a tracking URI, or a folder for a local store.
         experiment: The MLflow experiment (created when missing).
         outside: The command's output folder, which must not hold the trackers' files
-            (hfft refuses files it did not write there).
-        on_note: Called with one sentence for a run a tracker could not take.
+            (hfft refuses files it did not write there), nor lie inside their folders
+            (a run's TensorBoard folder, ``DIR/<run name>``, could be it or hold it).
+        on_note: Called with one sentence for a run a tracker could not take, or that
+            TensorBoard shows together with another folder's run of the same name.
 
     Raises:
         ValueError: For a missing package (naming its extra), a tracker folder inside
-            ``outside``, or an MLflow store that cannot be opened.
+            ``outside`` or holding it, or an MLflow store that cannot be opened.
     """
     if tensorboard is not None:
         tensorboard_log.require()
@@ -88,11 +107,19 @@ def open_trackers(
         mlflow_log.require()
     uri = None if mlflow is None else mlflow_log.tracking_uri(mlflow)
     store = None if uri is None else mlflow_log.local_store(uri)
-    for option, folder in (("--tensorboard", tensorboard), ("--mlflow", store)):
-        if folder is not None and outside is not None and _inside(folder, outside):
+    given = (("--tensorboard", tensorboard, tensorboard), ("--mlflow", mlflow, store))
+    for option, typed, folder in given:
+        if folder is None or outside is None:
+            continue
+        if _inside(folder, outside):
             raise ValueError(
-                f"{option} {folder} is inside the output folder {outside}, which holds only "
+                f"{option} {typed} is inside the output folder {outside}, which holds only "
                 "the files of hfft's runs; choose a folder outside it"
+            )
+        if _inside(outside, folder):  # run names are folders under DIR: one could be --out
+            raise ValueError(
+                f"{option} {typed} holds the output folder {outside}; the trackers' files "
+                "and the runs' must not share folders, so choose a folder beside it"
             )
     opened = None if uri is None else mlflow_log.MLflowLog(uri, experiment)
     return Trackers(tensorboard, opened, on_note)

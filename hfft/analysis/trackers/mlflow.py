@@ -15,6 +15,14 @@ clock too. Tags: ``status``, ``hfft.record`` (the record's SHA-256: a
 record already in the experiment is not logged again) and ``hfft.folder``.
 Artifacts: the record and the final weights.
 
+Shards sharing an experiment log each run once: right before creating a run
+the experiment is asked whether another process logged that record since,
+and a local store is locked while one checks and logs (a server has no lock:
+two shards that log the same record at the same moment can still both log it).
+Every call gives up after one retry and 20 seconds per request
+(:data:`LIMITS`; the user's own settings hold), so a server gone
+mid-comparison costs each run seconds, not MLflow's minutes of retries.
+
 A folder or a ``file:`` URI is MLflow's local file store, which needs no
 server; MLflow 3 keeps it only for those who opt in
 (``MLFLOW_ALLOW_FILE_STORE``), which hfft does for its own calls when the
@@ -35,12 +43,12 @@ from typing import Any
 
 from hfft.analysis.trackers.run_record import RunRecord
 
-__all__ = ["MISSING", "MLflowLog", "require", "tracking_uri"]
+__all__ = ["LIMITS", "MISSING", "MLflowLog", "require", "tracking_uri"]
 
 MISSING = "--mlflow needs the mlflow extra: pip install 'hfft[mlflow]'"
-REFRESH_SECONDS = 10.0
-"""How often, at most, the experiment's logged records are read again (another process,
-a shard, may have logged a run this one finds finished)."""
+LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""MLflow's settings around each of hfft's calls (unless the user set them): a server that
+does not answer is said in seconds, not after minutes of retries."""
 
 
 def require() -> None:
@@ -86,9 +94,9 @@ class MLflowLog:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self.uri, self.experiment = uri, experiment
-        try:  # a server that does not answer is said in seconds, not after minutes of retries
-            with self._quiet(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="20"):
+        self.uri, self.experiment, self.store = uri, experiment, local_store(uri)
+        try:
+            with self._quiet():
                 self.client = MlflowClient(tracking_uri=uri)
                 found = self.client.get_experiment_by_name(experiment)
                 if found is not None and found.lifecycle_stage == "deleted":
@@ -112,7 +120,7 @@ class MLflowLog:
         from mlflow.exceptions import MlflowException
 
         try:
-            with self._quiet():
+            with self._quiet(), self._locked():
                 if self._logged(run.digest):
                     return False
                 self._log(run)
@@ -153,13 +161,28 @@ class MLflowLog:
         self.client.set_terminated(run_id, "FINISHED", end_time=now)
 
     def _logged(self, digest: str) -> bool:
-        """Whether a run of this record is in the experiment (read again at most every
-        :data:`REFRESH_SECONDS`)."""
-        if digest not in self.digests and time.monotonic() - self.read_at >= REFRESH_SECONDS:
-            self._refresh()
+        """Whether a run of this record is in the experiment: asked again right before one
+        is created (another process, a shard, may have logged it since it was opened)."""
+        if digest not in self.digests:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`hfft.record` = '{digest}'",
+                max_results=1,
+            )
+            if found:
+                self.digests.add(digest)
         return digest in self.digests
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """A local store locked (shards sharing it check and log one at a time)."""
+        from hfft.experiment.run.run_folder import locked_folder
+
+        with locked_folder(self.store, wait=True) if self.store else contextlib.nullcontext():
+            yield
+
     def _refresh(self) -> None:
+        """Read the records logged in the experiment (once, when it is opened)."""
         self.digests: set[str] = set()
         token = None
         while True:
@@ -168,14 +191,12 @@ class MLflowLog:
             token = page.token
             if not token:
                 break
-        self.read_at = time.monotonic()
 
     @contextlib.contextmanager
-    def _quiet(self, **settings: str) -> Iterator[None]:
+    def _quiet(self) -> Iterator[None]:
         """MLflow's calls, its prints ("View run …") kept off stdout, its local file store
-        allowed for a ``file:`` URI, and its other ``settings`` (environment variables) where
-        the user has not set them."""
-        wanted = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **settings}
+        allowed for a ``file:`` URI, and :data:`LIMITS` where the user has not set them."""
+        wanted = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **LIMITS}
         if self.uri.startswith("file:"):
             wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
         added = [k for k in wanted if k not in os.environ]  # the user's own setting holds

@@ -14,30 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hfft.experiment.records import FINETUNE_KIND, TRAIN_KIND
+from hfft.experiment.run.evaluations_csv import split_metric
 
-__all__ = ["HF_STEP_FIELDS", "Point", "RunRecord", "read_run", "split_metric"]
+__all__ = ["HF_STEP_FIELDS", "Point", "RunRecord", "read_run"]
 
 RECORD_FILES = {FINETUNE_KIND: "metrics.json", TRAIN_KIND: "run.json"}
 """The record each kind of run writes."""
 
 HF_STEP_FIELDS = ("damping", "rho", "cg_iterations", "alpha")
 """What an HF step entry gives the trackers (``hfft.optim.step_record.StepRecord``'s names)."""
-
-_SPLIT = re.compile(r"(train_eval|train|valid|test)_(\w+)")
-
-
-def split_metric(key: str) -> tuple[str, str] | None:
-    """``test_accuracy`` → ``("test", "accuracy")``, ``train_batch_loss`` → ``("train",
-    "batch_loss")``; ``None`` for a field that is no split's metric."""
-    found = _SPLIT.fullmatch(key)
-    return None if found is None else (found[1], found[2])
 
 
 @dataclass(frozen=True)
@@ -116,13 +107,21 @@ class RunRecord:
 
 
 def read_run(name: str, folder: Path) -> RunRecord | None:
-    """The finished run in ``folder`` (``None`` when it holds no record of a run)."""
+    """The finished run in ``folder`` (``None`` when it holds no record of a run).
+
+    Raises:
+        OSError: When the record cannot be read.
+        ValueError: When it is not JSON.
+    """
     for path in (folder / "metrics.json", folder / "run.json"):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             continue
-        record = json.loads(data)
+        try:
+            record = json.loads(data)
+        except ValueError as err:
+            raise ValueError(f"{path} is not JSON ({err})") from None
         if isinstance(record, dict) and RECORD_FILES.get(str(record.get("kind"))) == path.name:
             return RunRecord(name, folder, record, hashlib.sha256(data).hexdigest())
     return None
@@ -137,5 +136,6 @@ def _seconds(value: Any) -> float | None:
 
 
 def _metrics(entry: Mapping[str, Any]) -> dict[str, float]:
-    """The finite split metrics of an evaluation (an unmeasured one is ``null``: left out)."""
+    """The finite split metrics of an evaluation (an unmeasured one is ``null``: left out),
+    the keys read as ``evaluations.csv`` reads them."""
     return {k: float(v) for k, v in entry.items() if split_metric(k) and _finite(v)}

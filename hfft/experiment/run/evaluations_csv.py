@@ -34,6 +34,7 @@ __all__ = [
     "evaluation_rows",
     "finetune_rows",
     "restore_finetune_table",
+    "split_metric",
     "train_rows",
     "write_evaluations",
 ]
@@ -82,8 +83,11 @@ COLUMNS = EvaluationRow._fields
 """The table's columns, in order."""
 
 
-def _split_metric(key: str) -> tuple[str, str] | None:
-    """``("test", "accuracy")`` for ``test_accuracy``; ``None`` for a key that is no metric."""
+def split_metric(key: str) -> tuple[str, str] | None:
+    """A record key's split and metric: ``("test", "accuracy")`` for ``test_accuracy``,
+    ``("train_batch", "loss")`` for ``train_batch_loss``; ``None`` for a key that is no
+    metric. The one reading of a key: ``evaluations.csv``'s columns and the trackers'
+    names (:mod:`hfft.analysis.trackers`) both come from it."""
     for split in SPLITS:
         if key.startswith(split + "_") and len(key) > len(split) + 1:
             return split, key[len(split) + 1 :]
@@ -113,7 +117,7 @@ def evaluation_rows(
         fraction, seconds, step = (entry.get(key) for key in position)
         where = (number(fraction), number(seconds), _count(step))
         for key, value in entry.items():
-            named = _split_metric(key)
+            named = split_metric(key)
             if named is not None:
                 rows.append(
                     EvaluationRow(run, strategy, seed, checkpoint, *where, *named, number(value))
