@@ -101,10 +101,12 @@ def open_trackers(
         ValueError: For a missing package (naming its extra), a tracker folder inside
             ``outside`` or holding it, or an MLflow store that cannot be opened.
     """
-    if tensorboard is not None:
-        tensorboard_log.require()
-    if mlflow is not None:
-        mlflow_log.require()
+    for flag, package, missing in (
+        (tensorboard, "tensorboard", tensorboard_log.MISSING),
+        (mlflow, "mlflow", mlflow_log.MISSING),
+    ):
+        if flag is not None:
+            _require(package, missing)
     uri = None if mlflow is None else mlflow_log.tracking_uri(mlflow)
     store = None if uri is None else mlflow_log.local_store(uri)
     given = (("--tensorboard", tensorboard, tensorboard), ("--mlflow", mlflow, store))
@@ -128,3 +130,13 @@ def open_trackers(
 def _inside(folder: Path, out: Path) -> bool:
     folder, out = folder.resolve(), out.resolve()
     return folder == out or out in folder.parents
+
+
+def _require(package: str, missing: str) -> None:
+    """Import a tracker's package, or say which extra installs it (one sentence)."""
+    import importlib
+
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise ValueError(missing) from None

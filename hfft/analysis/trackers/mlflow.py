@@ -43,24 +43,12 @@ from typing import Any
 
 from hfft.analysis.trackers.run_record import RunRecord
 
-__all__ = ["LIMITS", "MISSING", "MLflowLog", "require", "tracking_uri"]
+__all__ = ["LIMITS", "MISSING", "MLflowLog", "tracking_uri"]
 
 MISSING = "--mlflow needs the mlflow extra: pip install 'hfft[mlflow]'"
 LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 """MLflow's settings around each of hfft's calls (unless the user set them): a server that
 does not answer is said in seconds, not after minutes of retries."""
-
-
-def require() -> None:
-    """Check that MLflow's package is there.
-
-    Raises:
-        ValueError: Naming the extra that installs it.
-    """
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        raise ValueError(MISSING) from None
 
 
 def tracking_uri(text: str) -> str:

@@ -32,24 +32,12 @@ from pathlib import Path
 from hfft.analysis.trackers.run_record import RunRecord
 from hfft.experiment.run.evaluations_csv import split_metric
 
-__all__ = ["MISSING", "log_run", "require", "run_folder", "tag"]
+__all__ = ["MISSING", "log_run", "run_folder", "tag"]
 
 MISSING = "--tensorboard needs the tensorboard extra: pip install 'hfft[tensorboard]'"
 _EVENTS = "events.out.tfevents."
 _MARK = re.compile(r"\.hfft-([0-9a-f]{8})-([0-9a-f]{16})$")
 """An event file's mark: whose folder (8 hex digits) and which record (16)."""
-
-
-def require() -> None:
-    """Check that TensorBoard's package is there.
-
-    Raises:
-        ValueError: Naming the extra that installs it.
-    """
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise ValueError(MISSING) from None
 
 
 def run_folder(logdir: Path, name: str) -> Path:
