@@ -355,6 +355,39 @@ def test_another_folders_run_of_the_same_name_is_kept_and_said(tmp_path: Path) -
     assert values == [0.625, 0.875]
 
 
+def test_only_this_runs_own_event_files_are_ever_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's own event files and other files under the run's name survive both a
+    replacement (the run redone) and a write that fails halfway."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = _record(tmp_path / "ft" / "seed-0", 0.75)
+    tb = tmp_path / "tb"
+    strangers = [tb / "seed-0" / "events.out.tfevents.1.host.0", tb / "seed-0" / "notes.txt"]
+    strangers.append(tb / "seed-0" / "events.out.tfevents.2.host.0.hfft-not-a-mark")
+    for path in strangers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the user's")
+    log = open_trackers(tb, None, "hfft").log
+    log("seed-0", folder)
+    _record(folder, 0.625)  # redone: its earlier events are replaced
+    log("seed-0", folder)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", broken)
+    _record(folder, 0.5)
+    notes: list[str] = []
+    open_trackers(tb, None, "hfft", on_note=notes.append).log("seed-0", folder)
+    assert len(notes) == 1  # the failed write is one note
+    assert all(path.read_bytes() == b"the user's" for path in strangers)
+    ours = [p for p in _events(tb / "seed-0") if p not in strangers]
+    assert len(ours) == 1  # the run's last complete events, nothing of the failed write
+    assert _scalars(tb / "seed-0")["test/accuracy"][-1].value == 0.625
+
+
 def test_a_tracker_that_fails_is_one_note_and_the_next_run_is_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
