@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from hfft.experiment.data.task import Task
     from hfft.experiment.records import SourceEntry, SourceOptionsEntry
     from hfft.experiment.run.budget import Budget
+    from hfft.experiment.run.checkpoint import Checkpoint
     from hfft.experiment.run.pretrained import PretrainedFolder
 
 __all__ = [
@@ -258,20 +259,11 @@ def load_starting_point(
         DataError: For missing data sets.
     """
     from hfft._io import sha256_file
-    from hfft.experiment.data.factories import build_model
     from hfft.experiment.data.splits import load_data
-    from hfft.experiment.data.timm_models import TIMM
-    from hfft.experiment.run.checkpoint import apply_state_dict, check_fit, load_checkpoint
-    from hfft.experiment.run.pretrained import build_pretrained, tied_entries
-    from hfft.models import PROBLEMS
 
     options = options or StartingPointOptions()
     path = Path(checkpoint).expanduser()
-    folder = _pretrained_folder(path, options)
-    if folder is not None:  # from_pretrained reads the weights unless the user's code builds it
-        ckpt = folder.checkpoint(weights=options.model is not None)
-    else:
-        ckpt = load_checkpoint(path, options.checkpoint_key)
+    folder, ckpt = _read(path, options)
     meta = trusted_metadata(
         path,
         ckpt.metadata,
@@ -293,14 +285,7 @@ def load_starting_point(
         valid_seen=fraction is not None and fraction != meta.get("valid_fraction"),
     )
     args = {**(meta.get("model_args") or {}), **options.model_args}
-    if folder is not None and options.model is None:
-        net, notes = build_pretrained(folder)
-    else:
-        if model_name in PROBLEMS or model_name.startswith(TIMM):  # on "meta", before memory
-            check_fit(build_model(model_name, args, splits.data_args(), "meta"), ckpt.state_dict)
-        net = build_model(model_name, args, splits.data_args())
-        weights = tied_entries(net, ckpt.state_dict) if folder else ckpt.state_dict
-        notes = apply_state_dict(net, weights)
+    net, notes = _built(model_name, args, splits, folder, ckpt, options.model is None)
     net = net.to(device)
     asked = _task_options(path, meta.get("task"), options)
     fitted = fit_task(net, splits, asked)
@@ -326,6 +311,42 @@ def load_starting_point(
         optimizer_state=ckpt.optimizer_state,
         **_hyperparameters(options, meta, model_name),
     )
+
+
+def _read(path: Path, options: StartingPointOptions) -> tuple[PretrainedFolder | None, Checkpoint]:
+    """The checkpoint's folder (for a transformers folder) and what it holds."""
+    from hfft.experiment.run.checkpoint import load_checkpoint
+
+    folder = _pretrained_folder(path, options)
+    if folder is not None:  # from_pretrained reads the weights unless the user's code builds it
+        return folder, folder.checkpoint(weights=options.model is not None)
+    return None, load_checkpoint(path, options.checkpoint_key)
+
+
+def _built(
+    name: str,
+    args: dict[str, Any],
+    splits: DataSplits,
+    folder: PretrainedFolder | None,
+    ckpt: Checkpoint,
+    from_config: bool,
+) -> tuple[nn.Module, list[str]]:
+    """The model with the checkpoint's weights, and notes on what was adapted: a folder's
+    by ``from_pretrained`` unless ``--model`` names the code (``from_config`` false), else
+    built by name or factory and loaded strictly."""
+    from hfft.experiment.data.factories import build_model
+    from hfft.experiment.data.timm_models import TIMM
+    from hfft.experiment.run.checkpoint import apply_state_dict, check_fit
+    from hfft.experiment.run.pretrained import build_pretrained, tied_entries
+    from hfft.models import PROBLEMS
+
+    if folder is not None and from_config:
+        return build_pretrained(folder)
+    if name in PROBLEMS or name.startswith(TIMM):  # shapes on "meta", before any memory
+        check_fit(build_model(name, args, splits.data_args(), "meta"), ckpt.state_dict)
+    net = build_model(name, args, splits.data_args())
+    weights = tied_entries(net, ckpt.state_dict) if folder else ckpt.state_dict
+    return net, apply_state_dict(net, weights)
 
 
 def _pretrained_folder(path: Path, options: StartingPointOptions) -> PretrainedFolder | None:
