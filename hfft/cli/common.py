@@ -461,7 +461,21 @@ def takes_source(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
     The options appear in ``--help`` where ``source`` stands in the signature; ``without``
     leaves some out (``selftest`` takes no SGD settings).
     """
-    names = [n for n in _SOURCE_OPTIONS if n not in without]
+    table = {n: option for n, option in _SOURCE_OPTIONS.items() if n not in without}
+    return takes_options("source", table, SourceArgs)
+
+
+def takes_options(
+    name: str, table: Mapping[str, tuple[Any, Any]], bundle: Callable[[dict[str, Any]], Any]
+) -> Callable[[F], F]:
+    """Give a command a group of options in place of its parameter ``name``, which it
+    receives as one object, ``bundle({option: value as typed})``.
+
+    Args:
+        name: The command's parameter the options stand in for (in ``--help`` too).
+        table: ``{parameter: (annotation, default)}`` of the options, in order.
+        bundle: Makes the one object from the values typed.
+    """
 
     def wrap(command: F) -> F:
         hints = typing.get_type_hints(command, include_extras=True)
@@ -469,21 +483,18 @@ def takes_source(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
             p.replace(annotation=hints[p.name])
             for p in inspect.signature(command).parameters.values()
         ]
-        at = [p.name for p in params].index("source")
+        at = [p.name for p in params].index(name)
         added = [
             inspect.Parameter(
-                n,
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                default=_SOURCE_OPTIONS[n][1],
-                annotation=_SOURCE_OPTIONS[n][0],
+                n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=hint
             )
-            for n in names
+            for n, (hint, default) in table.items()
         ]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            typed = {n: kwargs.pop(n) for n in names if n in kwargs}
-            return command(*args, source=SourceArgs(typed), **kwargs)
+            typed = {n: kwargs.pop(n) for n in table if n in kwargs}
+            return command(*args, **{name: bundle(typed)}, **kwargs)
 
         signature = inspect.Signature([*params[:at], *added, *params[at + 1 :]])
         wrapper.__signature__ = signature  # type: ignore[attr-defined]

@@ -30,15 +30,7 @@ from hfft.cli.common import (
     suite_help,
     takes_source,
 )
-from hfft.cli.job_array import (
-    ArrayOpt,
-    CpusPerTaskOpt,
-    GpusPerTaskOpt,
-    PartitionOpt,
-    SubmitOpt,
-    TimeOpt,
-    WaitOpt,
-)
+from hfft.cli.job_array import NO_JOBS, SubmitArgs, takes_jobs
 from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 
 if TYPE_CHECKING:
@@ -65,6 +57,7 @@ OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume)."
 
 
 @takes_source()
+@takes_jobs
 def compare(
     ctx: typer.Context,
     checkpoints: CheckpointsArgument,
@@ -79,13 +72,7 @@ def compare(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     shard: ShardOpt = None,
-    submit: SubmitOpt = None,
-    array: ArrayOpt = None,
-    partition: PartitionOpt = None,
-    gpus_per_task: GpusPerTaskOpt = None,
-    cpus_per_task: CpusPerTaskOpt = None,
-    time: TimeOpt = None,
-    wait: WaitOpt = False,
+    jobs: SubmitArgs = NO_JOBS,
     tensorboard: TensorBoardOpt = None,
     mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
@@ -104,13 +91,11 @@ def compare(
     """
     with command_guard():
         from hfft.analysis.compare import CompareConfig
-        from hfft.cli.job_array import SubmitArgs
         from hfft.experiment.strategies.registry import parse_strategy
 
-        jobs = SubmitArgs(submit, array, partition, gpus_per_task, cpus_per_task, time, wait)
         jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
-        dev, main = jobs.device(device) if submit else join_torchrun(resolve_device(device))
+        dev, main = jobs.device(device) if jobs.cluster else join_torchrun(resolve_device(device))
         config = CompareConfig(
             checkpoints=tuple(str(c) for c in checkpoints),
             strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
@@ -126,7 +111,7 @@ def compare(
             shard=parse_shard(shard),
         )
         log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name) if main else None
-        if submit:
+        if jobs.cluster:
             jobs.submit(ctx, config, lambda r: report(config, r, quiet, as_json), as_json)
             return
         run_and_report(config, quiet or not main, as_json and main, log_run)

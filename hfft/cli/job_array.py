@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hfft.cli.common import fail, print_json, resolve_device
+from hfft.cli.common import fail, print_json, resolve_device, takes_options
 from hfft.optim.distributed import launched
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hfft.analysis.study import StudyConfig
 
 __all__ = [
+    "NO_JOBS",
     "ArrayOpt",
     "Cluster",
     "CpusPerTaskOpt",
@@ -39,6 +40,7 @@ __all__ = [
     "TimeOpt",
     "WaitOpt",
     "assemble_command",
+    "takes_jobs",
 ]
 
 
@@ -104,6 +106,11 @@ class SubmitArgs:
     cpus_per_task: int | None = None
     time: str | None = None
     wait: bool = False
+
+    @classmethod
+    def typed(cls, values: dict[str, Any]) -> SubmitArgs:
+        """The options as the command line gave them (``submit`` is the cluster)."""
+        return cls(**{("cluster" if k == "submit" else k): v for k, v in values.items()})
 
     def check(self, shard: str | None, trackers: bool = False) -> None:
         """Refuse options that do not go together, and a missing submitit, before any work.
@@ -196,6 +203,26 @@ class SubmitArgs:
             typer.echo(line, err=as_json)
         if self.wait:
             show(_waited(submitted, assemble))
+
+
+takes_jobs = takes_options(
+    "jobs",
+    {
+        "submit": (SubmitOpt, None),
+        "array": (ArrayOpt, None),
+        "partition": (PartitionOpt, None),
+        "gpus_per_task": (GpusPerTaskOpt, None),
+        "cpus_per_task": (CpusPerTaskOpt, None),
+        "time": (TimeOpt, None),
+        "wait": (WaitOpt, False),
+    },
+    SubmitArgs.typed,
+)
+"""Give ``compare`` and ``study`` the ``--submit`` options in place of their parameter
+``jobs``, one :class:`SubmitArgs`."""
+
+NO_JOBS = SubmitArgs()
+"""The default of ``jobs`` in a signature; :func:`takes_jobs` replaces it."""
 
 
 def _waited(submitted: Submitted, assemble: str) -> Any:

@@ -30,15 +30,7 @@ from hfft.cli.common import (
     resolve_device,
 )
 from hfft.cli.compare import SeedsOpt, StrategiesOpt
-from hfft.cli.job_array import (
-    ArrayOpt,
-    CpusPerTaskOpt,
-    GpusPerTaskOpt,
-    PartitionOpt,
-    SubmitOpt,
-    TimeOpt,
-    WaitOpt,
-)
+from hfft.cli.job_array import NO_JOBS, SubmitArgs, takes_jobs
 from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 from hfft.cli.train import ModelArgument
 
@@ -68,6 +60,7 @@ StudyMomentumOpt = Annotated[
 ]
 
 
+@takes_jobs
 def study(
     ctx: typer.Context,
     model: ModelArgument,
@@ -91,13 +84,7 @@ def study(
     eval_batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     shard: ShardOpt = None,
-    submit: SubmitOpt = None,
-    array: ArrayOpt = None,
-    partition: PartitionOpt = None,
-    gpus_per_task: GpusPerTaskOpt = None,
-    cpus_per_task: CpusPerTaskOpt = None,
-    time: TimeOpt = None,
-    wait: WaitOpt = False,
+    jobs: SubmitArgs = NO_JOBS,
     tensorboard: TensorBoardOpt = None,
     mlflow: MlflowOpt = None,
     quiet: QuietOpt = False,
@@ -116,16 +103,14 @@ def study(
     """
     with command_guard():
         from hfft.analysis.study import StudyConfig
-        from hfft.cli.job_array import SubmitArgs
         from hfft.experiment.data.factories import parse_model_args
         from hfft.experiment.run.train import TrainConfig
         from hfft.experiment.strategies.registry import parse_strategy
 
-        jobs = SubmitArgs(submit, array, partition, gpus_per_task, cpus_per_task, time, wait)
         jobs.check(shard, trackers=tensorboard is not None or mlflow is not None)
         check_out_dir(out)
         args = parse_model_args(model_arg or [])
-        dev = jobs.device(device)[0] if submit else resolve_device(device)
+        dev = jobs.device(device)[0] if jobs.cluster else resolve_device(device)
         train = None
         if train_run is None:
             train = TrainConfig.for_model(
@@ -158,7 +143,7 @@ def study(
             shard=parse_shard(shard),
         )
         log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name)
-        if submit:
+        if jobs.cluster:
             jobs.submit(ctx, config, lambda r: report(config, r, quiet))
             return
         run_and_report(config, quiet, log_run)
