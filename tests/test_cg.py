@@ -132,3 +132,34 @@ def test_non_finite_product_stops() -> None:
 def test_invalid_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         conjugate_gradient(lambda v: v, **kwargs)
+
+
+def test_a_radius_larger_than_the_solution_changes_nothing() -> None:
+    a, b = spd(10), torch.randn(10, dtype=torch.float64)
+    free = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, martens_criterion=False)
+    big = float(torch.linalg.vector_norm(free.x)) * 2
+    bounded = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, martens_criterion=False, radius=big)
+    assert bounded.stop_reason == free.stop_reason == "residual"
+    torch.testing.assert_close(bounded.x, free.x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.3, 0.9], ids=lambda s: f"radius={s}·|x*|")
+def test_steihaug_stops_on_the_boundary_with_the_quadratic_still_falling(share: float) -> None:
+    a, b = spd(12, cond=100.0, seed=2), torch.randn(12, dtype=torch.float64)
+    radius = share * float(torch.linalg.vector_norm(torch.linalg.solve(a, b)))
+    res = conjugate_gradient(lambda v: a @ v, b, tol=1e-12, martens_criterion=False, radius=radius)
+    x = res.x
+    assert res.stop_reason == "radius"
+    assert float(torch.linalg.vector_norm(x)) == pytest.approx(radius, rel=1e-10)
+    assert res.q_values[-1] == pytest.approx(float(0.5 * x @ a @ x - b @ x), rel=1e-10)
+    assert all(q1 < q0 for q0, q1 in zip(res.q_values, res.q_values[1:], strict=False))
+    assert res.iterates[-1][0] == res.iterations
+    torch.testing.assert_close(res.iterates[-1][1], x)
+    torch.testing.assert_close(b - a @ x, b - a @ x)  # residual tracked consistently
+    assert res.residual_norm == pytest.approx(float(torch.linalg.vector_norm(b - a @ x)), rel=1e-8)
+
+
+def test_a_start_outside_the_radius_is_refused() -> None:
+    a, b = spd(4), torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="radius"):
+        conjugate_gradient(lambda v: a @ v, b, torch.ones(4, dtype=torch.float64), radius=1.0)

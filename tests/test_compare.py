@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -403,3 +405,75 @@ def test_records_nested_too_deep_are_unreadable_not_a_traceback(
     assert _stored_summary(tmp_path) == {}
     assert not _same_comparison(tmp_path, _small(run_dir, tmp_path))
     assert not same_finetune_run(tmp_path, {"strategy": "sgd"})
+
+
+# --- held-out seeds and the user's target (issue #28 §3) --------------------------------------
+
+
+def test_run_order_from_a_first_seed_is_that_of_the_same_seeds_in_a_longer_range() -> None:
+    held_out = run_order(2, 3, 2, first_seed=5)
+    assert {s for _, _, s in held_out} == {5, 6}
+    assert held_out == [(c, k, s) for c, k, s in run_order(2, 3, 7) if s >= 5]
+
+
+def _evaluated(run: Path) -> list[dict]:
+    """A run's evaluations and step losses without its clock readings."""
+    log = json.loads((run / "metrics.json").read_text())
+    evaluations = [{k: v for k, v in e.items() if "seconds" not in k} for e in log["evaluations"]]
+    return [*evaluations, *({"loss": s["loss"]} for s in log["steps"])]
+
+
+def test_held_out_seeds_run_as_themselves_and_reuse_the_runs_of_a_longer_range(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    held = compare(_small(run_dir, tmp_path, strategies=("sgd",), seeds=2, first_seed=5))
+    assert sorted(p.name for p in (tmp_path / "cmp" / "ckpt-02" / "sgd").iterdir()) == [
+        "seed-5", "seed-6"
+    ]  # fmt: skip
+    (entry,) = held.summary["checkpoints"]
+    assert entry["rankings"]["test_accuracy"][0]["seeds"] == [5, 6]
+    assert held.summary["config"]["first_seed"] == 5
+    # seed 5 of seeds 0 … 5 is the same run, bit for bit
+    longer = _small(run_dir, tmp_path, strategies=("sgd",), seeds=6, out=str(tmp_path / "all"))
+    assert compare(longer).ran == 6
+    five = run_directory(tmp_path / "all", "ckpt-02", "sgd", 5)
+    assert _evaluated(five) == _evaluated(run_directory(tmp_path / "cmp", "ckpt-02", "sgd", 5))
+    assert _evaluated(five) != _evaluated(run_directory(tmp_path / "all", "ckpt-02", "sgd", 4))
+    # held-out seeds beside seeds 0 … 5 reuse seed 5 and add seed 6
+    again = compare(dataclasses.replace(longer, seeds=2, first_seed=5))
+    assert (again.ran, again.reused) == (1, 1)
+
+
+def test_cli_target_and_first_seed(run_dir: Path, tmp_path: Path) -> None:
+    ckpt = str(run_dir / "ckpt-02.safetensors")
+    argv = ["compare", ckpt, "-s", "sgd", "--seeds", "1", "--budget", "2steps", "--device",
+            "cpu", "--eval-points", "1"]  # fmt: skip
+    out = tmp_path / "c"
+    bad = runner.invoke(app, [*argv, "--target", "98", "--out", str(out)])
+    assert bad.exit_code == 2, bad.output
+    assert "--target 98 is no accuracy (a fraction from 0 to 1); write 98%" in bad.output
+    assert not out.exists()
+    bad = runner.invoke(app, [*argv, "--first-seed", "-1", "--out", str(out)])
+    assert bad.exit_code == 2 and not out.exists()
+    ok = runner.invoke(app, [*argv, "--first-seed", "3", "--target", "10%", "--json",
+                             "--out", str(out)])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads(ok.output)
+    assert summary["config"]["target"] == "10%" and summary["config"]["first_seed"] == 3
+    ttt = summary["checkpoints"][0]["time_to_target"]
+    assert (ttt["baseline"], ttt["target"], ttt["seeds"]) == ("user", 0.1, {"sgd": 1})
+    assert (out / "ckpt-02" / "sgd" / "seed-3" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("kw", "says"),
+    [
+        ({"target": "soon"}, "--target must be a number"),
+        ({"first_seed": -1}, "--first-seed"),
+        ({"first_seed": 2**32 - 1, "seeds": 2}, "goes beyond the largest seed, 4294967295"),
+    ],
+    ids=["target", "negative-seed", "beyond-max-seed"],
+)
+def test_compare_config_refuses_a_bad_target_or_first_seed(kw: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        CompareConfig(checkpoints=("a",), **kw)

@@ -10,7 +10,12 @@ from helpers import flat_params
 from torch import nn
 
 from hfft.diagnostics.dense import dense, dense_ggn, loss_of_flat
-from hfft.optim.curvature import LinearizationCache, linearize_curvature, split_batch
+from hfft.optim.curvature import (
+    LinearizationCache,
+    batch_gradient,
+    linearize_curvature,
+    split_batch,
+)
 from hfft.optim.output_hessians import ClassLastCrossEntropy
 
 CASES = [(model, loss, backend) for model, loss in CASE_TABLE for backend in ("func", "backpack")]
@@ -372,3 +377,14 @@ def test_recurrent_and_attention_models_give_the_dense_ggn(name: str) -> None:
     )
     v = torch.randn(flat_params(model).numel(), dtype=torch.float64)
     torch.testing.assert_close(forced.matvec(v), op.matvec(v), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3, 5], ids=lambda c: f"chunk={c}")
+def test_batch_gradient_is_the_operators_gradient_in_any_chunking(chunk_size: int | None) -> None:
+    model, x, y = make_problem("mlp", n=11)
+    loss_fn = nn.CrossEntropyLoss()
+    params = list(model.parameters())
+    op = linearize_curvature(model, loss_fn, x, y, params)
+    loss, grad = batch_gradient(model, loss_fn, split_batch(x, y, chunk_size, loss_fn), params)
+    assert loss == pytest.approx(op.loss, rel=1e-12)
+    torch.testing.assert_close(grad, op.grad, rtol=1e-10, atol=1e-12)

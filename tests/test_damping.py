@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from hfft import HessianFree
-from hfft.optim.damping import MAX_DAMPING_FACTOR, adapt_damping, raise_damping, reduction_ratio
+from hfft.optim.damping import (
+    MAX_DAMPING_FACTOR,
+    adapt_damping,
+    adapt_radius,
+    raise_damping,
+    reduction_ratio,
+)
 from hfft.optim.flat import flatten
 
 
@@ -89,3 +95,17 @@ def test_damping_stays_bounded_while_rho_stays_negative_for_hundreds_of_steps() 
 def test_max_damping_below_damping_is_refused() -> None:
     with pytest.raises(ValueError, match="max_damping must be at least damping"):
         HessianFree(nn.Linear(2, 1).parameters(), damping=2.0, max_damping=1.0)
+
+
+@pytest.mark.parametrize(
+    ("rho", "at_boundary", "expected"),
+    [(-1.0, True, 0.5), (0.1, False, 0.5), (0.5, True, 2.0), (0.9, True, 4.0), (0.9, False, 2.0)],
+    ids=["rho<0", "rho<1/4", "rho-middle", "rho>3/4-boundary", "rho>3/4-inside"],
+)
+def test_trust_region_rule(rho: float, at_boundary: bool, expected: float) -> None:
+    assert adapt_radius(2.0, rho, at_boundary) == expected
+
+
+def test_non_positive_radius_rejected() -> None:
+    with pytest.raises(ValueError, match="radius"):
+        adapt_radius(0.0, 0.5, True)

@@ -298,7 +298,11 @@ def test_a_few_steps_train_a_classifier() -> None:
         ({"cg_decay_x0": 1.5}, "cg_decay_x0"),
         ({"lr": -1.0}, "lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
-        ({"preconditioner": "kfac"}, "preconditioner"),
+        ({"preconditioner": "shampoo"}, "preconditioner"),
+        ({"curvature_fraction": 0.0}, "curvature_fraction"),
+        ({"curvature_fraction": 1.5}, "curvature_fraction"),
+        ({"damping_rule": "wolfe"}, "damping_rule"),
+        ({"rho_batch": "test"}, "rho_batch"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"backend": "jax"}, "backend"),
         ({"model_mode": "test"}, "model_mode"),
@@ -493,3 +497,99 @@ def test_hf_steps_on_recurrent_and_attention_models(name: str) -> None:
     expected = "reverse-over-reverse" if name == "no-forward-mode" else "traced linearisation"
     assert opt.product_path.startswith(expected)
     assert torch.backends.mkldnn.enabled and torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+# -- the HF variants of the literature (issue #28) ---------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25], ids=lambda f: f"fraction={f}")
+def test_subsampled_curvature_step_solves_with_the_curvature_of_the_first_part(
+    fraction: float,
+) -> None:
+    # Byrd et al. 2011: the gradient on all of B, the GGN on its first ⌈f·|B|⌉ samples
+    model, x, y = make_problem("mlp", n=8)
+    loss_fn, lam, k = nn.CrossEntropyLoss(), 0.3, math.ceil(fraction * 8)
+    theta = flat_params(model)
+    g_sub = dense_ggn(model, loss_fn, x[:k], y[:k])
+    grad = torch.func.grad(loss_of_flat(model, loss_fn, x, y))(theta)
+    expected = theta - torch.linalg.solve(g_sub + lam * torch.eye(theta.numel()).double(), grad)
+    opt = HessianFree(model.parameters(), damping=lam, curvature_fraction=fraction, **EXACT)
+    record = opt.step(model, loss_fn, batch=(x, y))
+    assert record.accepted
+    with torch.no_grad():
+        assert record.batch_loss == pytest.approx(float(loss_fn(model_at(model, theta)(x), y)))
+    torch.testing.assert_close(flat_params(model), expected, rtol=1e-7, atol=1e-9)
+
+
+def model_at(model: nn.Module, flat: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` with the flat parameters ``flat``."""
+    other = copy.deepcopy(model)
+    hf_step.write_flat(list(other.parameters()), flat)
+    return other
+
+
+def test_subsampled_curvature_takes_fewer_sample_products() -> None:
+    # the point of it: a product costs a fraction of the batch; same gradient either way
+    model, x, y = make_problem("mlp", n=40)
+    records = {}
+    for fraction in (1.0, 0.25):
+        m = copy.deepcopy(model)
+        opt = HessianFree(m.parameters(), curvature_fraction=fraction, chunk_size=10)
+        records[fraction] = opt.step(m, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]))
+    assert records[0.25].grad_norm == pytest.approx(records[1.0].grad_norm, rel=1e-10)
+    assert records[0.25].batch_loss == pytest.approx(records[1.0].batch_loss, rel=1e-12)
+
+
+def test_rho_on_the_curvature_batch_is_measured_on_b() -> None:
+    model, x, y = make_problem("mlp", n=30)
+    loss_fn = nn.CrossEntropyLoss()
+    start = copy.deepcopy(model)
+    opt = HessianFree(
+        model.parameters(), rho_batch="curvature", use_cg_backtracking=False, use_linesearch=False
+    )
+    r = opt.step(model, loss_fn, batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+    # no backtracking, no line search: the step is the last CG iterate, so ρ on B is
+    # (f_B(θ + p) − f_B(θ)) / q(p), with f_B at θ + p the model's loss on B now
+    with torch.no_grad():
+        f_new = float(loss_fn(model(x[:20]), y[:20]))
+        f_old = float(loss_fn(start(x[:20]), y[:20]))
+    assert r.batch_loss == pytest.approx(f_old, rel=1e-10)
+    assert r.rho == pytest.approx((f_new - f_old) / r.cg_q, rel=1e-8)
+    # ... and the LM rule follows that ρ
+    expected = r.damping * (1.5 if r.rho < 0.25 else 2 / 3 if r.rho > 0.75 else 1.0)
+    assert r.next_damping == pytest.approx(expected)
+
+
+def test_trust_region_keeps_the_step_inside_a_radius_that_rho_adapts() -> None:
+    model, x, y = make_problem("mlp", n=40)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = HessianFree(model.parameters(), damping=1e-3, damping_rule="trust-region")
+    records = []
+    for _ in range(6):
+        before = flat_params(model)
+        r = opt.step(model, loss_fn, batch=(x[:25], y[:25]), eval_batch=(x[25:], y[25:]))
+        records.append((r, float(torch.linalg.vector_norm(flat_params(model) - before))))
+    assert records[0][0].radius is None  # the first step sets the scale
+    for r, moved in records[1:]:
+        assert r.radius is not None and moved <= r.radius * (1 + 1e-9)
+        assert r.damping == r.next_damping == 1e-3  # λ stays under a trust region
+    for (r, _), (nxt, _) in zip(records[1:], records[2:], strict=False):  # noqa: RUF007
+        if not r.accepted or r.rho < 0.25:
+            assert nxt.radius is not None and nxt.radius <= r.radius / 4 * (1 + 1e-12)
+    assert any(r.cg_stop_reason == "radius" for r, _ in records)
+
+
+def test_kfac_preconditioner_changes_cgs_path_not_its_solution() -> None:
+    # exact CG finds the same damped Gauss-Newton step with or without it
+    model, x, y = make_problem("mlp", n=40)
+    loss_fn = nn.CrossEntropyLoss()
+    found = {}
+    for pre in (None, "kfac"):
+        m = copy.deepcopy(model)
+        hp = {**EXACT, "cg_tol": 1e-10}
+        r = HessianFree(m.parameters(), damping=1e-2, preconditioner=pre, **hp).step(
+            m, loss_fn, batch=(x, y)
+        )
+        found[pre] = (flat_params(m), r.cg_iterations)
+    torch.testing.assert_close(found["kfac"][0], found[None][0], rtol=1e-6, atol=1e-8)
+    assert found["kfac"][1] != found[None][1]

@@ -34,6 +34,9 @@ def test_names() -> None:
         "adam",
         "adamw",
         "sgd-schedulefree",
+        "kfac",
+        "soap",
+        "muon",
     )
 
 
@@ -135,8 +138,8 @@ def test_unknown_strategy() -> None:
         parse_strategy("rmsprop:lr=0.1")
     assert str(err.value) == (
         "unknown strategy 'rmsprop'; use one of sgd, sgd-div10, sgd-cosine, sgd-plateau, hf, "
-        "auto, swa, lbfgs, adam, adamw, sgd-schedulefree, optionally with key=value options as "
-        "in hf:m=2048,damping=0.5 or sgd:lr=0.01"
+        "auto, swa, lbfgs, adam, adamw, sgd-schedulefree, kfac, soap, muon, optionally with "
+        "key=value options as in hf:m=2048,damping=0.5 or sgd:lr=0.01"
     )
 
 
@@ -160,7 +163,9 @@ def test_unknown_option_lists_the_accepted_ones() -> None:
         ("hf:linesearch_beta=1", "must be a number in \\(0, 1\\), got '1'"),
         ("hf:adapt_damping=maybe", "must be true or false, got 'maybe'"),
         ("hf:curvature=fisher", "must be one of ggn, hessian, got 'fisher'"),
-        ("hf:preconditioner=kfac", "must be one of empirical-fisher, none, got 'kfac'"),
+        ("hf:preconditioner=shampoo", "must be one of empirical-fisher, kfac, none, got 'shampoo'"),
+        ("hf:curvature_fraction=0", "curvature_fraction"),
+        ("hf:damping_rule=wolfe", "damping_rule"),
         ("hf:chunk_size=-1", "must be an integer > 0 or none, got '-1'"),
         ("hf:curvature=none", "must be one of ggn, hessian, got 'none'"),
         ("sgd:momentum=1", "must be a number in \\[0, 1\\), got '1'"),

@@ -56,6 +56,31 @@ def test_last_only_strategies_run_from_the_last_checkpoint_alone() -> None:
     assert len(order) == 3 * 2 * 2 + 2
 
 
+def test_a_study_gives_its_comparison_the_held_out_seeds_and_the_target(tmp_path: Path) -> None:
+    from hfft.analysis.study import _protocols
+
+    config = StudyConfig(
+        out=str(tmp_path / "s"), train_run=str(tmp_path / "t"), first_seed=5, target="98%"
+    )
+    manifest = {"data": {"train_size": 1293}, "checkpoints": [{"path": "ckpt-01.safetensors"}]}
+    both = _protocols(config, tmp_path / "t", manifest)
+    assert (both.seeds, both.first_seed, both.target) == (5, 5, "98%")
+    labels = [s.label for s in both.strategies or ()]
+    assert {seed for _, _, seed in plan_runs(both, labels)} == {5, 6, 7, 8, 9}
+
+
+@pytest.mark.parametrize(
+    ("kw", "says"),
+    [({"target": "98 %%"}, "--target must be a number"), ({"first_seed": -1}, "--first-seed")],
+    ids=["target", "first-seed"],
+)
+def test_a_study_refuses_a_bad_target_or_first_seed_before_training(
+    tmp_path: Path, kw: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ValueError, match=says):
+        StudyConfig(out=str(tmp_path / "s"), train_run=str(tmp_path / "t"), **kw)
+
+
 @pytest.mark.parametrize(
     ("n_train", "expected"),
     [
@@ -375,10 +400,17 @@ def test_study_cli_small_instance(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
         ["study", "mlp", "--data", "digits", "--model-arg", "width=16", "--epochs", "2",
-         "--checkpoints", "2", "-s", "sgd", "-s", HF, *SMALL, "--out", str(tmp_path / "s")],
+         "--checkpoints", "2", "-s", "sgd", "-s", HF, *SMALL, "--first-seed", "1",
+         "--target", "50%", "--out", str(tmp_path / "s")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "report: " in result.output and (tmp_path / "s" / "report.md").exists()
+    said = " ".join(result.output.split())
+    assert "ckpt-02: time to reach test accuracy 50.00% (--target)" in said
+    assert said.index("time to reach") < said.index("ranked by")
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "From ckpt-02, to test accuracy 50.00 % (--target):" in report
+    assert "2 seeds (1–2)" in report and "## What the runs show" in report
     run = run_directory(tmp_path / "s" / "runs", "ckpt-02", "lbfgs", 1)
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
 

@@ -3,7 +3,8 @@
 Every run is an ordinary ``hfft finetune`` run written to
 ``OUT/<checkpoint>/<strategy>/seed-<k>/``. Runs go one after another on the
 device (timings stay fair). Seeds are paired: seed k gives every strategy the
-same sampler seed, hence the same data order where the strategy allows it.
+same sampler seed, hence the same data order where the strategy allows it; the
+seeds run from ``first_seed`` (0), so that held-out seeds add runs beside the others.
 
 A rerun of the same command reuses every finished run whose stored
 configuration and checkpoint hash match, and runs only the missing ones, so
@@ -23,8 +24,9 @@ from typing import Any, cast
 
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.analysis.shards import Shard, compare_shard, folder_lock
+from hfft.analysis.target import parse_target
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
-from hfft.experiment.limits import check
+from hfft.experiment.limits import MAX_SEED, check
 from hfft.experiment.records import COMPARE_KIND, CompareConfigEntry, CompareSummary
 from hfft.experiment.run.ownership import slug
 from hfft.experiment.run.record_check import RecordError, check_finetune_log, shown
@@ -43,6 +45,7 @@ __all__ = [
     "CompareConfig",
     "CompareResult",
     "Shard",
+    "check_seeds",
     "compare",
     "default_strategies",
     "preflight",
@@ -61,11 +64,18 @@ class CompareConfig:
     ones) that run from the last checkpoint alone, as the paper's Figure 2
     strategies do in ``hfft study``. ``shard`` makes this process one of
     several sharing the runs (:class:`Shard`); ``None`` runs them all.
+
+    The seeds are ``first_seed`` … ``first_seed + seeds − 1`` (held-out seeds 5–9:
+    ``seeds=5, first_seed=5``). ``target`` is the value of the first ranked metric
+    the time to target is for, as ``--target`` takes it (``0.981`` or ``98.1%``,
+    :func:`hfft.analysis.target.parse_target`); ``None``: the best SGD baseline's
+    final value.
     """
 
     checkpoints: tuple[str, ...]
     strategies: tuple[Strategy, ...] | None = None
     seeds: int = 5
+    first_seed: int = 0
     budget: str = "10%"
     out: str = "compare"
     eval_points: int = 20
@@ -75,6 +85,7 @@ class CompareConfig:
     overwrite: bool = False
     suite: str = "paper"
     last_only: tuple[str, ...] = ()
+    target: str | None = None
     shard: Shard | None = None
 
     def __post_init__(self) -> None:
@@ -89,9 +100,26 @@ class CompareConfig:
             )
         if self.suite not in SUITES:
             raise ValueError(f"the suite must be one of {', '.join(SUITES)}, not {self.suite!r}")
-        check("seeds", self.seeds)
+        check_seeds(self.seeds, self.first_seed)
         check("eval_points", self.eval_points)
         check("eval_batch_size", self.eval_batch_size)
+        if self.target is not None:
+            parse_target(self.target)  # its form; its range once the metric is known
+
+
+def check_seeds(seeds: int, first_seed: int) -> None:
+    """Refuse a number of seeds, or a first seed, whose seeds are not all valid seeds.
+
+    Raises:
+        ValueError: One sentence naming the option.
+    """
+    check("seeds", seeds)
+    check("seed", first_seed, "--first-seed")
+    if first_seed + seeds - 1 > MAX_SEED:
+        raise ValueError(
+            f"--first-seed {first_seed} with --seeds {seeds} goes beyond the largest seed, "
+            f"{MAX_SEED}"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +146,9 @@ def default_strategies(
     n_train: int, suite: str = "paper", eval_batch_size: int | None = None
 ) -> list[Strategy]:
     """The four SGD strategies, ``auto``, and HF at up to three batch sizes that fit the data
-    (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW and schedule-free SGD).
+    (``suite="extended"``: and SWA, L-BFGS, Adam, AdamW, schedule-free SGD, K-FAC, SOAP and
+    Muon; ``suite="second-order"``: SGD with a constant, divided and cosine rate, HF's sizes,
+    K-FAC, SOAP and Muon).
 
     ``auto`` uses the smallest HF size, so that its probes are as cheap as HF
     steps get here and its HF phase is one of the HF runs it is ranked against;
@@ -133,10 +163,12 @@ def default_strategies(
 
 
 def _suite_extras(suite: str) -> list[str]:
-    """The first-order strategies a suite adds to the paper's (``extended``: the late-phase
-    methods), by name: they run with their defaults."""
+    """The first- and second-order strategies a suite adds to the paper's (``extended``: the
+    late-phase methods and HF's peers; ``second-order``: HF's peers), by name: they run with
+    their defaults."""
     paper = suite_members("paper")
-    return [e.name for e in suite_members(suite) if e.kind == "first-order" and e not in paper]
+    added = ("first-order", "second-order")
+    return [e.name for e in suite_members(suite) if e.kind in added and e not in paper]
 
 
 def hf_sizes(n_train: int, eval_batch_size: int | None = None) -> list[int]:
@@ -200,10 +232,13 @@ def _checkpoint_keys(paths: list[Path]) -> list[str]:
     return [f"{i + 1}-{k}" for i, k in enumerate(keys)]
 
 
-def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, int, int]]:
-    """The order of the runs, as (checkpoint, strategy, seed) indices.
+def run_order(
+    checkpoints: int, strategies: int, seeds: int, first_seed: int = 0
+) -> list[tuple[int, int, int]]:
+    """The order of the runs, as (checkpoint index, strategy index, seed).
 
-    Seed by seed, and within a seed checkpoint by checkpoint, with the
+    The seeds are ``first_seed`` … ``first_seed + seeds − 1``, each the run's own
+    seed. Seed by seed, and within a seed checkpoint by checkpoint, with the
     strategies rotated by one place for each (checkpoint, seed): under a time
     budget a slow spell of the machine then falls on every strategy alike
     instead of on the one whose block of seeds it hit. (On the 2-core
@@ -212,7 +247,7 @@ def run_order(checkpoints: int, strategies: int, seeds: int) -> list[tuple[int, 
     in a block.)
     """
     order = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):  # a seed's rotation: the same in any range
         for c in range(checkpoints):
             shift = (seed + c) % strategies if strategies else 0
             order += [(c, (shift + i) % strategies, seed) for i in range(strategies)]
@@ -225,7 +260,9 @@ def plan_runs(config: CompareConfig, strategies: list[str]) -> list[tuple[int, i
     last = len(config.checkpoints) - 1
     return [
         (c, k, seed)
-        for c, k, seed in run_order(len(config.checkpoints), len(strategies), config.seeds)
+        for c, k, seed in run_order(
+            len(config.checkpoints), len(strategies), config.seeds, config.first_seed
+        )
         if c == last or strategies[k] not in config.last_only
     ]
 
@@ -476,7 +513,8 @@ def _owned_lists(
 def _load_sources(
     config: CompareConfig, given: list[Strategy], on_note: Callable[[str], None] | None
 ) -> tuple[list, dict[str, Strategy]]:
-    """Every checkpoint loaded, and the budget and strategies checked against each one.
+    """Every checkpoint loaded, and the budget, ``--target`` and strategies checked against
+    each one.
 
     Returns:
         The checkpoints' starting points with their initial weights, and the strategies
@@ -509,6 +547,8 @@ def _load_sources(
             on_note(line)
     elif config.suite != "paper":  # the given ones and the suite's extras
         typed |= {name: Strategy(name) for name in _suite_extras(config.suite) if name not in typed}
+    if config.target is not None:  # before any run, now that the metric is known
+        parse_target(config.target, f"test_{sources[0][0].task.best_metric}")
     for src, _ in sources:
         for strategy in typed.values():
             check_strategy(
@@ -550,8 +590,8 @@ def compare(
         ``config.out``.
 
     Raises:
-        ValueError: For malformed strategies or budgets, strategies that do
-            not fit a checkpoint's data, or an output folder that holds
+        ValueError: For malformed strategies, budgets or targets, strategies that
+            do not fit a checkpoint's data, or an output folder that holds
             another comparison (before anything runs).
         Interrupted: On Ctrl-C or SIGTERM, once the run in progress has saved
             what it had; finished runs are kept and a rerun resumes.
@@ -827,10 +867,12 @@ def _summarise(
 ) -> CompareResult:
     """Rank, plot and write ``compare.json``."""
     from hfft.analysis.plots import plot_budget_curves, plot_relative_performance
-    from hfft.analysis.ranking import compare_summary
+    from hfft.analysis.ranking import compare_summary, ranked_metrics
 
     out = Path(config.out)
-    summary = compare_summary(runs, not_relative=config.last_only)
+    metric = ranked_metrics(runs)[0]
+    target = None if config.target is None else parse_target(config.target, metric)
+    summary = compare_summary(runs, not_relative=config.last_only, target=target)
     summary["config"], summary["strategies"] = _config_json(config), strategies
     summary["runs"] = [
         {"checkpoint": r.checkpoint, "strategy": r.strategy, "seed": r.seed, "status": r.status}

@@ -3,7 +3,8 @@
 Every sentence is read off the comparison's summary (``compare.json``): where
 HF ranks among Figure 1's strategies early and late, who leads each checkpoint
 and who cannot be told apart from it, where HF lands among every strategy from
-the last checkpoint, and what the comparison's notes say about HF. It states
+the last checkpoint, how soon HF reaches the target from there beside the
+fastest first-order strategy, and what the comparison's notes say about HF. It states
 what the numbers show, whichever way they go; nothing is measured here.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hfft.analysis.target import USER, ratio_text, shown_value, soonest_first
 from hfft.experiment.strategies.registry import kind_of
 
 __all__ = ["findings_markdown"]
@@ -128,6 +130,58 @@ def _last_sentence(summary: Mapping[str, Any], metric: str) -> str | None:
     return f"From the last checkpoint ({entries[-1]['checkpoint']}, {_label(metric)}), {where}."
 
 
+def _and(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _target_sentence(summary: Mapping[str, Any]) -> str | None:
+    """From the last checkpoint: who reaches the target first, HF's best ratio to the fastest
+    first-order strategy, and the HF strategies some of whose seeds never reach it."""
+    entries = summary.get("checkpoints", [])
+    ttt = entries[-1].get("time_to_target") if entries else None
+    if not ttt or not ttt.get("fractions"):
+        return None
+    fractions, ratios = ttt["fractions"], ttt.get("ratios") or {}
+    given = (
+        "given by --target" if ttt.get("baseline") == USER else f"{ttt['baseline']}'s final value"
+    )
+    head = (
+        f"Time to target from the last checkpoint ({entries[-1]['checkpoint']}: "
+        f"{_label(ttt['metric'])} {shown_value(ttt['metric'], ttt['target'])}, {given}): "
+    )
+    reached = [s for s in soonest_first(ttt) if fractions[s] is not None]
+    if not reached:
+        return head + "no strategy reaches it in half of its seeds."
+    firsts = [s for s in reached if fractions[s] == fractions[reached[0]]]
+    verb = "reaches" if len(firsts) == 1 else "reach"
+    clauses = [
+        f"{_and(firsts)} {verb} it first, at {100 * fractions[reached[0]]:.0f} % of the budget"
+    ]
+    fastest = ttt.get("fastest_first_order")
+    hf = [s for s in fractions if _is_hf(s)]
+    rated = [s for s in hf if ratios.get(s) is not None]
+    if "fastest_first_order" not in ttt:  # a compare.json written before ratios were kept
+        pass
+    elif fastest is None:
+        clauses.append("no first-order strategy reaches it in half of its seeds (no ratio)")
+    elif rated:
+        best = min(rated, key=lambda s: ratios[s])
+        clauses.append(
+            f"HF's best, {best}, needs {ratio_text(ratios[best])} the budget of {fastest}, the "
+            "fastest first-order strategy"
+        )
+    elif hf:
+        clauses.append("no HF strategy reaches it in half of its seeds")
+    missed, seeds = ttt.get("missed") or {}, ttt.get("seeds") or {}
+    clauses += [
+        f"{missed[s]} of {seeds[s]} seeds of {s} never reach it"
+        for s in hf
+        if missed.get(s) and s in seeds
+    ]
+    return head + "; ".join(clauses) + "."
+
+
 def _main_clause(note: str) -> str:
     """A note without its explanation: up to its first bracket, ``;``, ``, since`` or ``.``."""
     return re.split(r" \(|; |, since |\. |: a |\.$", note, maxsplit=1)[0]
@@ -174,5 +228,7 @@ def findings_markdown(summary: Mapping[str, Any], figure1: Sequence[str]) -> str
     if metrics:
         sentences.append(_ties_sentence(summary, metrics[0]))
         sentences += [s for m in metrics if (s := _last_sentence(summary, m)) is not None]
+    if (target := _target_sentence(summary)) is not None:
+        sentences.append(target)
     sentences.append(_notes_sentence(summary))
     return "## What the runs show\n\n" + " ".join(sentences) + "\n"

@@ -69,6 +69,10 @@ _EXTENDED_COLORS = {
     "adam": "#bcbd22",
     "adamw": "#1a1a8c",
     "sgd-schedulefree": "#000000",
+    # HF's peers (issue #28): mustard, magenta, mint
+    "kfac": "#e6ab02",
+    "soap": "#ff00ff",
+    "muon": "#66c2a5",
 }
 # SGD (the paper's) and HF solid, auto dash-dotted, the extended suite dashed
 _EXTENDED_LINE = "--"
@@ -94,9 +98,11 @@ def _is_auto(label: str) -> bool:
 
 
 def _is_extra(label: str) -> bool:
-    """A strategy beyond the paper's (the extended suite's late-phase methods)."""
+    """A strategy beyond the paper's (the extended suite's late-phase methods, HF's peers)."""
     found = entry_of(label)
-    return found is not None and found.kind == "first-order" and "paper" not in found.suites
+    if found is None:
+        return False
+    return found.kind in ("first-order", "second-order") and "paper" not in found.suites
 
 
 def _marker(label: str) -> str:

@@ -4,7 +4,8 @@ A run is scored, as in the paper, by the **best** value of a metric it reached
 within the budget (best test accuracy, best train loss), not by its last
 value. Per strategy the scores of the seeds are summarised by their mean and
 quartiles; strategies are ordered by the mean, and pairs that the data cannot
-tell apart are marked (:func:`rank_strategies` states the rule).
+tell apart are marked (:func:`rank_strategies` states the rule). How soon each
+strategy reaches a target value is :mod:`hfft.analysis.target`'s (re-exported here).
 
 Everything here is plain Python and NumPy/SciPy on the content of the runs'
 ``metrics.json`` files (read into :class:`hfft.analysis.run_summary.RunSummary`, which
@@ -13,7 +14,6 @@ this module re-exports), so it is cheap and testable without a model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import cast
@@ -27,15 +27,10 @@ from hfft.analysis.run_summary import (
     higher_is_better,
     select_runs,
 )
+from hfft.analysis.target import best_baseline_target, time_to_target, time_to_target_entry
 from hfft.analysis.wilcoxon import signed_rank_pvalue
-from hfft.experiment.records import (
-    CompareCheckpoint,
-    CompareSummary,
-    StrategyRanking,
-    TimeToTarget,
-)
+from hfft.experiment.records import CompareCheckpoint, CompareSummary, StrategyRanking
 from hfft.experiment.strategies.hf_progress import progress_verdict, strategy_note
-from hfft.experiment.strategies.registry import entry_of
 
 __all__ = [
     "ALPHA",
@@ -240,76 +235,6 @@ def _ties(stats: list[StrategyStats], higher: bool) -> dict[str, list[str]]:
     return ties
 
 
-def _reached(value: float, target: float, higher: bool) -> bool:
-    return value >= target if higher else value <= target
-
-
-def time_to_target(
-    runs: Iterable[RunSummary],
-    target: float,
-    metric: str = "test_accuracy",
-    checkpoint: str | None = None,
-) -> dict[str, float | None]:
-    """Per strategy, the budget fraction by which half of its seeds reached ``target``.
-
-    A run reaches the target at the first evaluation (in budget order) where
-    ``metric ≥ target`` (``≤`` for losses); a run that never does counts as
-    reaching it at +∞. The result is the median of these fractions over
-    seeds, taken as the ⌈n/2⌉-th smallest (the ordinary median for odd n, the
-    lower median for even n), so it is ``None`` exactly when fewer than half
-    of the seeds reach the target.
-
-    Args:
-        runs: The runs.
-        target: The value to reach, e.g. from :func:`best_baseline_target`.
-        metric: An evaluation key.
-        checkpoint: Use only runs from this checkpoint; required when the runs
-            come from several checkpoints.
-
-    Returns:
-        ``{strategy: fraction or None}`` in the order the strategies first appear.
-    """
-    higher = higher_is_better(metric)
-    out: dict[str, float | None] = {}
-    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
-        times = []
-        for r in group:
-            fractions, values = r.series(metric)
-            hits = [
-                f for f, v in zip(fractions, values, strict=True) if _reached(v, target, higher)
-            ]
-            times.append(float(hits[0]) if hits else math.inf)
-        t = sorted(times)[math.ceil(len(times) / 2) - 1]
-        out[strategy] = None if math.isinf(t) else t
-    return out
-
-
-def best_baseline_target(
-    runs: Iterable[RunSummary], checkpoint: str | None = None, metric: str = "test_accuracy"
-) -> tuple[str, float]:
-    """The SGD strategy with the best mean final ``metric``, and that mean.
-
-    The SGD strategies are those the registry marks as a baseline (``sgd``,
-    ``sgd-div10``, ``sgd-cosine``, ``sgd-plateau`` and ``sgd-schedulefree``); runs
-    without a finite final value are left out of the mean.
-
-    Raises:
-        ValueError: If no SGD run has a finite final value.
-    """
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    best: tuple[str, float] | None = None
-    for strategy, group in by_strategy(select_runs(runs, checkpoint)).items():
-        found = entry_of(strategy)
-        if found is None or not found.baseline:
-            continue
-        finals = [v for v in (r.final(metric) for r in group) if v is not None]
-        if finals and (best is None or sign * float(np.mean(finals)) > sign * best[1]):
-            best = (strategy, float(np.mean(finals)))
-    if best is None:
-        raise ValueError(f"no SGD run with a final {metric} to take as the target")
-    return best
-
-
 def relative_performance(
     runs: Iterable[RunSummary], metric: str
 ) -> dict[str, dict[str, list[float]]]:
@@ -434,28 +359,8 @@ def _start(group: list[RunSummary], metric: str) -> float | None:
     return next((v for r in group if (v := r.start(metric)) is not None), None)
 
 
-def _time_to_target_entry(
-    group: list[RunSummary], metric: str, start: float | None
-) -> TimeToTarget | None:
-    """The budget each strategy needed to reach the best SGD baseline's final value, where
-    that value lies beyond the start (else reaching it says nothing); ``None`` otherwise."""
-    try:
-        baseline, target = best_baseline_target(group, metric=metric)
-    except ValueError:
-        return None
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    if start is not None and not sign * target > sign * start:
-        return None
-    return {
-        "metric": metric,
-        "baseline": baseline,
-        "target": target,
-        "fractions": time_to_target(group, target, metric),
-    }
-
-
 def compare_summary(
-    runs: Iterable[RunSummary], not_relative: Collection[str] = ()
+    runs: Iterable[RunSummary], not_relative: Collection[str] = (), target: float | None = None
 ) -> CompareSummary:
     """The JSON-ready summary of a comparison (``compare.json``, ``hfft compare --json``).
 
@@ -474,9 +379,12 @@ def compare_summary(
               "rankings": {"test_accuracy": [StrategyStats.as_dict(), ...],
                            "train_eval_loss": [...]},
               "time_to_target": {"metric": "test_accuracy", "baseline": "sgd-cosine",
-                                 "target": 0.93, "fractions": {"hf:m=2048": 0.35, ...}}
-                                or null (no SGD baseline with a final test accuracy, or
-                                its final value does not lie beyond the start),
+                                 "target": 0.93, "fractions": {"hf:m=2048": 0.35, ...},
+                                 "missed": {"hf:m=2048": 1, ...}, "seeds": {...: 5},
+                                 "ratios": {"hf:m=2048": 1.4, ...},
+                                 "fastest_first_order": "sgd-div10"}
+                                (time_to_target_entry) or null (no SGD baseline with a
+                                final test accuracy beyond the start, and no target),
               "notes": ["hf:m=256 seed 3 diverged at 40 % of the budget; ...", ...]
             }, ...
           ],
@@ -488,6 +396,8 @@ def compare_summary(
         runs: Runs from one or more checkpoints.
         not_relative: Strategies left out of the relative performance (those
             that ran from the last checkpoint alone).
+        target: The value of the first ranked metric the time to target is for
+            (``--target``); ``None``: the best SGD baseline's final value.
 
     Returns:
         The summary; every number in it is finite.
@@ -503,7 +413,7 @@ def compare_summary(
         for r in group:
             status[r.status] = status.get(r.status, 0) + 1
         start = {m: _start(group, m) for m in metrics}
-        ttt = _time_to_target_entry(group, metrics[0], start[metrics[0]])
+        ttt, target_notes = time_to_target_entry(group, metrics[0], start[metrics[0]], target)
         timing = step_seconds(group)
         stalled, stalled_notes = hf_progress(group)
         checkpoints.append(
@@ -521,7 +431,8 @@ def compare_summary(
                 "notes": run_notes(group, metrics)
                 + stalled_notes
                 + _timing_notes(timing)
-                + overrun_notes(group),
+                + overrun_notes(group)
+                + target_notes,
             }
         )
     summary: CompareSummary = {

@@ -1,8 +1,10 @@
 """A study's ``report.md``: its tables, computed from the comparison's summary.
 
-Every number comes from ``compare.json`` (the rankings, relative performance
-and step times of :func:`hfft.analysis.ranking.compare_summary`) and the
-training's ``run.json``; nothing is measured here.
+Every number comes from ``compare.json`` (the time to target, rankings,
+relative performance and step times of
+:func:`hfft.analysis.ranking.compare_summary`) and the training's
+``run.json``; nothing is measured here. The time to target comes first: how
+much of the budget each strategy needs is what a reader asks first.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hfft.analysis.findings import findings_markdown
+from hfft.analysis.target import USER, ratio_text, soonest_first
 
 __all__ = ["phases", "report_markdown"]
 
@@ -36,6 +39,14 @@ def _value(metric: str, value: float | None) -> str:
 
 def _count(n: Any, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _seeds(config: Mapping[str, Any]) -> str:
+    """``5 seeds``, or ``5 seeds (5–9)`` when they do not start at 0 (``--first-seed``)."""
+    n, first = config.get("seeds"), config.get("first_seed") or 0
+    if not first or not isinstance(n, int):
+        return _count(n, "seed")
+    return f"{_count(n, 'seed')} ({first}–{first + n - 1})"
 
 
 def _label(metric: str) -> str:
@@ -118,6 +129,53 @@ def _winners_table(summary: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def _target_words(ttt: Mapping[str, Any]) -> str:
+    """``sgd-cosine's final test accuracy 93.00 %`` or ``test accuracy 98.00 % (--target)``."""
+    value = f"{_label(ttt['metric'])} {_value(ttt['metric'], ttt['target'])}"
+    if ttt.get("baseline") == USER:
+        return f"{value} (--target)"
+    return f"{ttt['baseline']}'s final {value}"
+
+
+def _target_table(entry: Mapping[str, Any]) -> list[str]:
+    """One checkpoint's time to target, soonest first: the budget, the ratio to the fastest
+    first-order strategy and the seeds that missed it (or a line saying there is none)."""
+    ttt = entry.get("time_to_target")
+    if not ttt or not ttt.get("fractions"):
+        return [f"From {entry['checkpoint']}: no time to target (the Notes say why).", ""]
+    fastest = ttt.get("fastest_first_order")
+    ratios, missed, seeds = (ttt.get(k) or {} for k in ("ratios", "missed", "seeds"))
+    rows = []
+    for s in soonest_first(ttt):
+        f, r = ttt["fractions"][s], ratios.get(s)
+        rows.append(
+            [
+                s,
+                "not reached" if f is None else f"{100 * f:.0f} %",
+                "–" if r is None else ratio_text(r),
+                f"{missed[s]} of {seeds[s]}" if s in missed and s in seeds else "–",
+            ]
+        )
+    header = ["strategy", "to target", f"× {fastest or 'fastest first-order'}", "seeds missed"]
+    return [f"From {entry['checkpoint']}, to {_target_words(ttt)}:", "", *_table(header, rows), ""]
+
+
+def _target_section(summary: Mapping[str, Any]) -> list[str]:
+    """``## Time to target``: a table per checkpoint and how to read it."""
+    lines = [
+        "## Time to target",
+        "",
+        "The budget fraction by which half of a strategy's seeds reached the target (the "
+        "first evaluation after the first step at or beyond it), its ratio to that of the "
+        "fastest first-order strategy (below 1: sooner; – where either did not reach it) and "
+        "the seeds that never reached it.",
+        "",
+    ]
+    for entry in summary.get("checkpoints", []):
+        lines += _target_table(entry)
+    return lines
+
+
 def _ranking(entry: Mapping[str, Any], metric: str) -> list[str]:
     rows = [["–", "start (checkpoint)", _value(metric, entry.get("start", {}).get(metric)), "", ""]]
     for st in entry["rankings"].get(metric) or []:
@@ -172,9 +230,9 @@ def report_markdown(
     figures: Sequence[Path],
     seconds: float,
 ) -> str:
-    """``report.md``: the setup and time spent, Figure 1's relative scores per
-    checkpoint and per phase, the winners and ties per checkpoint, Figure 2's
-    rankings, the step times per strategy and the notes.
+    """``report.md``: the setup and time spent, each checkpoint's time to target,
+    Figure 1's relative scores per checkpoint and per phase, the winners and ties
+    per checkpoint, Figure 2's rankings, the step times per strategy and the notes.
 
     Args:
         summary: The comparison's summary (``compare.json``).
@@ -193,12 +251,13 @@ def report_markdown(
         f"- Training: {train.get('epochs')} epochs of SGD (lr {train.get('lr')}, momentum "
         f"{train.get('momentum')}, L2 {train.get('weight_decay')}, batch {train.get('batch_size')}"
         f"), {_train_time(manifest)}, {len(entries)} checkpoints.",
-        f"- Budget {config.get('budget')} per run, {_count(config.get('seeds'), 'seed')}, "
+        f"- Budget {config.get('budget')} per run, {_seeds(config)}, "
         f"{_count(len(runs), 'run')} on {config.get('device')}; the process that wrote this took "
         f"{seconds:.0f} s.",
         f"- Figure 1 (every checkpoint): {', '.join(figure1)}. Figure 2 (the last): all "
         f"{len(summary.get('strategies', []))} strategies.",
         "",
+        *_target_section(summary),
         "## Figure 1: relative performance from every checkpoint",
         "",
         *(f"![{f.stem}]({f.name})" for f in figures if f.name.startswith("figure1")),

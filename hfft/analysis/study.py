@@ -36,12 +36,14 @@ from hfft._text import quoted
 from hfft.analysis.compare import (
     CompareConfig,
     CompareResult,
+    check_seeds,
     compare,
     hf_sizes,
     hf_sizes_note,
     run_directory,
 )
 from hfft.analysis.shards import Shard
+from hfft.analysis.target import parse_target
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.limits import check
 from hfft.experiment.records import STUDY_KIND, StudyRecord
@@ -76,7 +78,8 @@ class StudyConfig:
     comparison of both protocols from its checkpoints.
 
     ``strategies`` are Figure 1's (default :func:`figure1_strategies`);
-    Figure 2 adds every other strategy from the last checkpoint.
+    Figure 2 adds every other strategy from the last checkpoint. ``first_seed``
+    and ``target`` are the comparison's (:class:`~hfft.analysis.compare.CompareConfig`).
     """
 
     out: str
@@ -84,17 +87,21 @@ class StudyConfig:
     train_run: str | None = None
     strategies: tuple[Strategy, ...] | None = None
     seeds: int = 5
+    first_seed: int = 0
     budget: str = "10%"
     eval_points: int = 20
     eval_batch_size: int | None = None
     device: str = "cpu"
     source: StartingPointOptions = field(default_factory=StartingPointOptions)
+    target: str | None = None
     shard: Shard | None = None
 
     def __post_init__(self) -> None:
         if (self.train is None) == (self.train_run is None):
             raise ValueError("a study needs a training configuration or a finished training run")
-        check("seeds", self.seeds)
+        check_seeds(self.seeds, self.first_seed)
+        if self.target is not None:  # its form; its range once the metric is known
+            parse_target(self.target)
         check("eval_points", self.eval_points)
         check("eval_batch_size", self.eval_batch_size)
         parse_budget(self.budget)  # bad budgets and strategies before the training
@@ -129,9 +136,12 @@ def figure1_strategies(n_train: int) -> list[Strategy]:
 
 
 def _figure2_extra(figure1: list[str]) -> list[str]:
-    """The late-phase strategies Figure 2 adds to Figure 1's."""
+    """The late-phase strategies Figure 2 adds to Figure 1's (not HF's peers of issue #28,
+    soap and muon, which ``compare --suite second-order`` ranks and soap's extra installs)."""
+    paper = suite_members("paper")
+    peers = {e.name for e in suite_members("second-order") if e not in paper}
     first_order = [e.name for e in suite_members("extended") if e.kind == "first-order"]
-    return [s for s in first_order if s not in figure1]
+    return [s for s in first_order if s not in figure1 and s not in peers]
 
 
 def study(
@@ -232,6 +242,7 @@ def _protocols(config: StudyConfig, train_dir: Path, manifest: dict[str, Any]) -
         checkpoints=tuple(str(train_dir / c["path"]) for c in manifest["checkpoints"]),
         strategies=(*typed, *(Strategy(name) for name in extra)),
         seeds=config.seeds,
+        first_seed=config.first_seed,
         budget=config.budget,
         out=str(Path(config.out) / "runs"),
         eval_points=config.eval_points,
@@ -239,6 +250,7 @@ def _protocols(config: StudyConfig, train_dir: Path, manifest: dict[str, Any]) -
         device=config.device,
         source=config.source,
         last_only=tuple(extra),
+        target=config.target,
         shard=config.shard,
     )
 

@@ -68,9 +68,14 @@ def suite_help() -> str:
 
     paper = {e.name for e in suite_members("paper")}
     extra = [e.name for e in suite_members("extended") if e.name not in paper]
+    second = suite_members("second-order")
+    sgd = [e.name for e in second if e.name in paper and e.kind == "first-order"]
+    hf = " and ".join(e.name for e in second if e.kind == "hf")
+    peers = [e.name for e in second if e.name not in paper]
     return (
         "paper: the paper's strategies (the default set); extended: also "
-        f"{', '.join(extra)} (added to any -s given)."
+        f"{', '.join(extra)}; second-order: {', '.join(sgd)}, {hf} at its default sizes and "
+        f"{', '.join(peers)}. A suite's strategies beyond the paper's are added to any -s given."
     )
 
 

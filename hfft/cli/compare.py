@@ -53,6 +53,24 @@ SuiteOpt = Annotated[str, typer.Option(help=suite_help())]
 SeedsOpt = Annotated[
     int, typer.Option(metavar="<int>", help="Seeds per strategy (paired across strategies).", min=1)
 ]
+FirstSeedOpt = Annotated[
+    int,
+    typer.Option(
+        metavar="<int>",
+        help="The first seed: the runs take seeds N to N+seeds−1 (held-out seeds 5–9: --seeds 5 "
+        "--first-seed 5); runs of other seeds in --out are reused.",
+        min=0,
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="VALUE",
+        help="The value of the first ranked metric whose time to target is given: an accuracy "
+        "as a percentage (98.1%) or a fraction (0.981), a loss as it is (default: the best SGD "
+        "baseline's final value). Checked against the task once the checkpoints load.",
+    ),
+]
 OutOpt = Annotated[Path, typer.Option(help="Output directory (rerun to resume).")]
 
 
@@ -64,7 +82,9 @@ def compare(
     strategy: StrategiesOpt = None,
     suite: SuiteOpt = "paper",
     seeds: SeedsOpt = 5,
+    first_seed: FirstSeedOpt = 0,
     budget: BudgetOpt = "10%",
+    target: TargetOpt = None,
     out: OutOpt = Path("compare"),
     source: SourceArgs = NO_SOURCE,
     eval_batch_size: EvalBatchOpt = None,
@@ -81,12 +101,15 @@ def compare(
 ) -> None:
     """Run every strategy × seed from each checkpoint under one budget and rank them.
 
-    Ranks by the best test accuracy and by the best train loss reached within the
+    First the time to target: the budget each strategy needs (median over
+    seeds) to reach the best SGD baseline's final test accuracy (or --target),
+    and its ratio to the fastest first-order strategy's. Then the rankings by
+    the best test accuracy and by the best train loss reached within the
     budget (mean and quartiles over seeds, with strategies that cannot be told
-    apart marked), and writes every run's outputs, compare.json and PNG plots
-    into --out. Runs go one after another on the device; rerunning reuses
-    finished runs. With --shard I/N, N processes (e.g. a job array, one per GPU)
-    share the runs in one folder, and the last to finish writes the ranking;
+    apart marked). Writes every run's outputs, compare.json and PNG plots into
+    --out. Runs go one after another on the device; rerunning reuses finished
+    runs. With --shard I/N, N processes (e.g. a job array, one per GPU) share
+    the runs in one folder, and the last to finish writes the ranking;
     --submit slurm --array N submits them as a Slurm job array.
     """
     with command_guard():
@@ -101,6 +124,7 @@ def compare(
             strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
             suite=suite,
             seeds=seeds,
+            first_seed=first_seed,
             budget=budget,
             out=str(out),
             eval_points=eval_points,
@@ -108,6 +132,7 @@ def compare(
             device=dev,
             source=source.options(),
             overwrite=overwrite,
+            target=target,
             shard=parse_shard(shard),
         )
         log_run = open_trackers(tensorboard, mlflow, out, out.resolve().name) if main else None

@@ -29,7 +29,7 @@ from hfft.cli.common import (
     parse_shard,
     resolve_device,
 )
-from hfft.cli.compare import SeedsOpt, StrategiesOpt
+from hfft.cli.compare import FirstSeedOpt, SeedsOpt, StrategiesOpt, TargetOpt
 from hfft.cli.job_array import NO_JOBS, SubmitArgs, takes_jobs
 from hfft.cli.trackers import MlflowOpt, TensorBoardOpt, open_trackers
 from hfft.cli.train import ModelArgument
@@ -79,7 +79,9 @@ def study(
     loss: LossOpt = None,
     strategy: StrategiesOpt = None,
     seeds: SeedsOpt = 5,
+    first_seed: FirstSeedOpt = 0,
     budget: BudgetOpt = "10%",
+    target: TargetOpt = None,
     eval_points: EvalPointsOpt = 20,
     eval_batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
@@ -96,10 +98,11 @@ def study(
     reuses --train-run), then from every checkpoint runs SGD against HF at
     the paper's batch sizes that fit the data and auto (Figure 1, scored 0 to
     1 per checkpoint), and from the last checkpoint every late-phase strategy
-    (Figure 2), each with --seeds seeds under --budget. Writes OUT/report.md,
-    figure1-*.png and figure2.png; every run is in OUT/runs. A rerun resumes;
-    --shard I/N shares the runs among N processes, and --submit slurm --array N
-    submits them as a Slurm job array.
+    (Figure 2), each with --seeds seeds under --budget. Writes OUT/report.md
+    (opening with each strategy's time to target and ending with what the
+    runs show), figure1-*.png and figure2.png; every run is in OUT/runs. A
+    rerun resumes; --shard I/N shares the runs among N processes, and
+    --submit slurm --array N submits them as a Slurm job array.
     """
     with command_guard():
         from hfft.analysis.study import StudyConfig
@@ -135,7 +138,9 @@ def study(
             train_run=None if train_run is None else str(train_run),
             strategies=tuple(parse_strategy(s) for s in strategy or []) or None,
             seeds=seeds,
+            first_seed=first_seed,
             budget=budget,
+            target=target,
             eval_points=eval_points,
             eval_batch_size=eval_batch_size,
             device=dev,
@@ -195,8 +200,8 @@ def run_and_report(
 
 
 def report(config: StudyConfig, result: StudyResult, quiet: bool) -> None:
-    """Say where the report is, with Figure 2's rankings (or what a shard that left the
-    ranking to another did)."""
+    """Say where the report is, with the time to target and the rankings from the last
+    checkpoint (or what a shard that left the ranking to another did)."""
     from hfft.cli import compare
 
     comparison = result.comparison
@@ -205,11 +210,13 @@ def report(config: StudyConfig, result: StudyResult, quiet: bool) -> None:
     elif not quiet:
         from rich.console import Console
 
-        from hfft.cli.render.summaries import ranking_table
+        from hfft.cli.render.summaries import print_target, ranking_table
 
         console, summary = Console(), comparison.summary
-        for metric in summary["metrics"]:  # Figure 2's rankings; the rest is in the report
-            console.print(ranking_table(summary["checkpoints"][-1], metric))
+        last = summary["checkpoints"][-1]  # Figure 2's; the rest is in the report
+        print_target(console, last)
+        for metric in summary["metrics"]:
+            console.print(ranking_table(last, metric))
         console.print(
             f"{comparison.ran} runs done, {comparison.reused} reused; every run in "
             f"{Path(config.out) / 'runs'}.\nreport: {result.report}"

@@ -19,6 +19,7 @@ __all__ = [
     "ANY",
     "AT_LEAST_ONE",
     "FLOAT32_MAX",
+    "FRACTION",
     "HALF_OPEN_UNIT",
     "LIMITS",
     "MAX_CHECKPOINTS",
@@ -73,6 +74,7 @@ NONNEGATIVE = Range(lambda v: v >= 0, ">= 0")
 UNIT = Range(lambda v: 0 <= v <= 1, "in [0, 1]")
 OPEN_UNIT = Range(lambda v: 0 < v < 1, "in (0, 1)")
 HALF_OPEN_UNIT = Range(lambda v: 0 <= v < 1, "in [0, 1)")
+FRACTION = Range(lambda v: 0 < v <= 1, "in (0, 1]")
 AT_LEAST_ONE = Range(lambda v: v >= 1, ">= 1")
 ANY = Range(lambda v: True, "")
 

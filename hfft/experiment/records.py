@@ -39,12 +39,16 @@ __all__ = [
     "FinetuneLog",
     "HFProgressEntry",
     "HFStepEntry",
+    "KFACLog",
+    "KFACStepEntry",
     "LBFGSStepEntry",
+    "MuonLog",
     "PlateauState",
     "ProbeEntry",
     "RunManifest",
     "RunnerReport",
     "SGDStepEntry",
+    "SOAPLog",
     "SWALog",
     "SWAStepEntry",
     "ScheduleFreeLog",
@@ -179,6 +183,60 @@ class ScheduleFreeLog(TypedDict):
     batchnorm_update: str
 
 
+class KFACStepEntry(TypedDict):
+    """One step of ``kfac``: K-FAC's direction, Martens & Grosse's step length, ρ on B̄."""
+
+    step: int
+    fraction: float
+    loss: float | None
+    loss_after: float | None
+    rho: float | None
+    damping: float
+    alpha: float | None
+    accepted: bool
+    seconds: NotRequired[float]
+
+
+class KFACLog(TypedDict):
+    """``kfac``'s settings and what K-FAC covers."""
+
+    m: int
+    eval_batch_size: int
+    fisher: str
+    update_every: int
+    covered: list[str]
+    uncovered: list[str]
+    note: str | None
+    accepted: int
+    damping: float
+
+
+class SOAPLog(TypedDict):
+    """``soap``'s settings (``pytorch_optimizer.SOAP``)."""
+
+    lr: float
+    lr_source: str
+    grafting: str
+    betas: list[float]
+    precondition_frequency: int
+    weight_decay: float
+    weight_decay_mode: str
+
+
+class MuonLog(TypedDict):
+    """``muon``'s settings and which parameters ``torch.optim.Muon`` updates."""
+
+    lr: float
+    adjust_lr_fn: str
+    momentum: float
+    muon_tensors: int
+    muon_parameters: int
+    sgd_tensors: int
+    sgd_parameters: int
+    sgd_lr: float
+    sgd_momentum: float
+
+
 class HFStepEntry(StepFields):
     """One HF step, in ``steps``: the :class:`~hfft.optim.step_record.StepRecord`
     (:class:`~hfft.optim.step_record.StepFields`) and when."""
@@ -245,7 +303,9 @@ class AutoStepEntry(TypedDict, total=False):
     trial: TrialFields
 
 
-StepEntry = SGDStepEntry | SWAStepEntry | LBFGSStepEntry | HFStepEntry | AutoStepEntry
+StepEntry = (
+    SGDStepEntry | SWAStepEntry | LBFGSStepEntry | HFStepEntry | AutoStepEntry | KFACStepEntry
+)
 """One entry of ``steps``: what a runner's ``step`` returns."""
 
 
@@ -357,6 +417,9 @@ class RunnerReport(TypedDict, total=False):
     swa: SWALog
     adam: AdamLog
     schedulefree: ScheduleFreeLog
+    kfac: KFACLog
+    soap: SOAPLog
+    muon: MuonLog
 
 
 class SourceOptionsEntry(TypedDict):
@@ -510,12 +573,17 @@ class StrategyRanking(TypedDict):
 
 
 class TimeToTarget(TypedDict):
-    """The budget each strategy needed to reach the best SGD baseline's final accuracy."""
+    """The budget each strategy needed to reach the best SGD baseline's final accuracy (or
+    the user's ``--target``), and its ratio to the fastest first-order strategy's."""
 
     metric: str
     baseline: str
     target: float
     fractions: dict[str, float | None]
+    missed: dict[str, int]
+    seeds: dict[str, int]
+    ratios: dict[str, float | None]
+    fastest_first_order: str | None
 
 
 class CompareCheckpoint(TypedDict):
@@ -548,6 +616,7 @@ class CompareConfigEntry(TypedDict):
     checkpoints: list[str]
     strategies: list[str] | None
     seeds: int
+    first_seed: int
     budget: str
     out: str
     eval_points: int
@@ -557,6 +626,7 @@ class CompareConfigEntry(TypedDict):
     overwrite: bool
     suite: str
     last_only: list[str]
+    target: str | None
 
 
 class CompareSummary(TypedDict, total=False):

@@ -22,6 +22,10 @@ Stopping rules, checked after every iteration in this order:
   ``k = max(10, 0.1 i)``; we round ``0.1 i`` up so that ``k`` is an integer
   index offset (identical for i ≤ 100, one more iteration of look-back above).
 * ``"max_iter"`` – the iteration budget is spent.
+* ``"radius"`` – with a trust region (``radius``), the next iterate would leave
+  the ball ``‖x‖ ≤ radius``: the iterate is moved along the search direction to
+  the boundary instead and CG stops (Steihaug 1983). Checked with the
+  curvature, before the other rules.
 
 Iterates ``x_i`` (after ``i`` iterations, ``x_0`` the warm start) are kept for
 ``i ∈ {⌈1.3^j⌉ − 1 : j ≥ 1} = {1, 2, 3, 4, 6, 8, 10, 13, 17, …}`` and for the
@@ -57,7 +61,7 @@ class CGResult:
             inside the loop; the initial residual costs one more when ``x0`` is
             non-zero).
         stop_reason: One of ``"residual"``, ``"martens"``, ``"max_iter"``,
-            ``"negative curvature"``, ``"non-finite"``.
+            ``"negative curvature"``, ``"non-finite"``, ``"radius"``.
         iterates: ``(i, x_i)`` pairs on the ``⌈1.3^j⌉ − 1`` grid plus the last
             iterate, ordered by ``i``.
         q_values: ``q(x_i)`` for every iteration ``i = 0 … iterations``.
@@ -111,6 +115,7 @@ def conjugate_gradient(
     martens_eps: float = MARTENS_EPS,
     precondition: Callable[[Tensor], Tensor] | None = None,
     grid_base: float = GRID_BASE,
+    radius: float | None = None,
 ) -> CGResult:
     """Minimise ``½ xᵀA x − bᵀx`` (solve ``A x = b``) with preconditioned CG.
 
@@ -128,15 +133,22 @@ def conjugate_gradient(
         precondition: ``r ↦ M⁻¹ r`` for a symmetric positive definite
             preconditioner ``M``; identity when ``None``.
         grid_base: Base ``γ`` of the kept-iterate grid ``⌈γ^j⌉ − 1``.
+        radius: Trust-region radius on ``‖x‖`` (Euclidean; Steihaug's CG):
+            CG stops on the boundary rather than leave the ball. ``x0`` must
+            lie inside it. ``None``: no trust region.
 
     Returns:
         The :class:`CGResult`.
 
     Raises:
-        ValueError: If ``b`` is not 1-D, ``x0`` does not match it, or
-            ``max_iter < 0``.
+        ValueError: If ``b`` is not 1-D, ``x0`` does not match it or lies outside
+            ``radius``, or ``max_iter < 0``.
     """
     _check_inputs(b, x0, max_iter)
+    if radius is not None and not (
+        radius > 0 and (x0 is None or float(torch.linalg.vector_norm(x0)) <= radius)
+    ):
+        raise ValueError(f"the trust region needs radius > 0 with x0 inside, got {radius}")
     apply_m_inv = precondition if precondition is not None else (lambda r: r)
     if x0 is None or not bool(torch.any(x0 != 0)):
         x, r = torch.zeros_like(b), b.clone()
@@ -151,7 +163,7 @@ def conjugate_gradient(
     if r_norm0 <= tol * b_norm or max_iter == 0:
         reason = "residual" if r_norm0 <= tol * b_norm else "max_iter"
         return CGResult(x, 0, reason, [(0, x)], [q0], r_norm0)
-    run = _Run(matvec, apply_m_inv, b, x, r, q0, r_norm0)
+    run = _Run(matvec, apply_m_inv, b, x, r, q0, r_norm0, radius)
     stop = run.iterate(max_iter, tol * b_norm, martens_criterion, martens_eps, grid_base)
     if not run.iterates or run.iterates[-1][0] != run.i:
         run.iterates.append((run.i, run.x))
@@ -179,8 +191,10 @@ class _Run:
         r: Tensor,
         q0: float,
         r_norm0: float,
+        radius: float | None = None,
     ) -> None:
         self.matvec, self.apply_m_inv, self.b = matvec, apply_m_inv, b
+        self.radius = radius
         self.x, self.r = x, r
         self.y = apply_m_inv(r)
         self.p = self.y.clone()
@@ -221,15 +235,32 @@ class _Run:
         y_new = self.apply_m_inv(r_new)
         ry_new = torch.dot(r_new, y_new)
         q_new = -0.5 * torch.dot(x_new, r_new + self.b)
-        stats = torch.stack([p_ap, q_new, torch.linalg.vector_norm(r_new), ry_new]).tolist()
-        p_ap_val, q_val, r_norm, _ = stats
+        x_norm = torch.linalg.vector_norm(x_new)
+        stats = torch.stack([p_ap, q_new, torch.linalg.vector_norm(r_new), ry_new, x_norm]).tolist()
+        p_ap_val, q_val, r_norm, _, x_norm_val = stats
         if math.isfinite(p_ap_val) and p_ap_val <= 0.0:
             return "negative curvature"
         if not all(math.isfinite(v) for v in stats):
             return "non-finite"
+        if self.radius is not None and x_norm_val > self.radius:
+            self._to_boundary(ap)
+            return "radius"
         self.i += 1
         self.p = y_new + (ry_new / self.ry) * self.p
         self.x, self.r, self.y, self.ry = x_new, r_new, y_new, ry_new
         self.q_values.append(q_val)
         self.residual_norm = r_norm
         return None
+
+    def _to_boundary(self, ap: Tensor) -> None:
+        """Step from ``x`` along ``p`` to ``‖x + t p‖ = radius`` (the positive root ``t``),
+        as one more iteration (Steihaug 1983)."""
+        assert self.radius is not None
+        xp, pp, xx = (float(torch.dot(u, v)) for u, v in ((self.x, self.p), (self.p, self.p),
+                                                          (self.x, self.x)))  # fmt: skip
+        t = (-xp + math.sqrt(max(xp * xp + pp * (self.radius**2 - xx), 0.0))) / pp
+        self.x = self.x + t * self.p
+        self.r = self.r - t * ap
+        self.i += 1
+        self.q_values.append(float(-0.5 * torch.dot(self.x, self.r + self.b)))
+        self.residual_norm = float(torch.linalg.vector_norm(self.r))

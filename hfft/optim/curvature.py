@@ -57,6 +57,7 @@ __all__ = [
     "CURVATURES",
     "CurvatureOperator",
     "LinearizationCache",
+    "batch_gradient",
     "batch_loss",
     "linearize_curvature",
     "split_batch",
@@ -124,6 +125,35 @@ def batch_loss(model: nn.Module, loss_fn: Loss, chunks: Sequence[Chunk]) -> floa
     for c in chunks:
         total += c.weight * float(loss_fn(model(c.inputs), c.targets))
     return total
+
+
+def batch_gradient(
+    model: nn.Module,
+    loss_fn: Loss,
+    chunks: Sequence[Chunk],
+    params: Sequence[Tensor],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[float, Tensor]:
+    """The batch loss and its flat gradient, one backward pass per chunk.
+
+    What a :class:`CurvatureOperator` computes as it linearises, without the
+    linearisation: the gradient of a batch whose curvature is taken on a part of it
+    (sub-sampled curvature). ``reduce`` sums both over ranks (data-parallel).
+    """
+    loss = 0.0
+    grad = [torch.zeros_like(p) for p in params]
+    for c in chunks:
+        value = loss_fn(model(c.inputs), c.targets)
+        parts = torch.autograd.grad(value, list(params), allow_unused=True)
+        loss += c.weight * float(value.detach())
+        for acc, g in zip(grad, parts, strict=True):
+            if g is not None:
+                acc.add_(g, alpha=c.weight)
+    flat = torch.cat([g.reshape(-1) for g in grad])
+    if reduce is not None:
+        both = reduce(torch.cat([flat, flat.new_tensor([loss])]))
+        flat, loss = both[:-1], float(both[-1])
+    return loss, flat
 
 
 class LinearizationCache:

@@ -28,6 +28,7 @@ __all__ = [
     "INCREASE",
     "MAX_DAMPING_FACTOR",
     "adapt_damping",
+    "adapt_radius",
     "raise_damping",
     "reduction_ratio",
 ]
@@ -83,3 +84,22 @@ def adapt_damping(
 def raise_damping(damping: float, upper: float = math.inf) -> float:
     """λ × 3/2, but not above ``upper``."""
     return min(damping * INCREASE, upper)
+
+
+def adapt_radius(radius: float, rho: float, at_boundary: bool) -> float:
+    """The trust-region rule (Nocedal & Wright 2006, Algorithm 4.1): the next radius.
+
+    A quadratic model that over-promised (``ρ < 1/4``) is trusted a quarter as far;
+    one that predicted well (``ρ > 3/4``) on a step that reached the boundary is
+    trusted twice as far; otherwise the radius stays.
+
+    Raises:
+        ValueError: If ``radius`` is not positive.
+    """
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    if rho < 0.25:
+        return radius / 4
+    if rho > 0.75 and at_boundary:
+        return radius * 2
+    return radius

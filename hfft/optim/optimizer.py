@@ -6,8 +6,10 @@ One :meth:`HessianFree.step` on a batch B and a disjoint batch B̄:
    where ``f = L + Σ_groups (wd/2)‖θ_group‖²`` is the objective *with* its L2
    term: ``g`` gets ``wd·θ`` and the curvature ``wd·I`` on each group.
 2. CG on ``(C + λI) p = −g`` from ``cg_decay_x0 ×`` the previous final iterate,
-   optionally preconditioned by the damped empirical-Fisher diagonal.
-3. λ adapted by the Levenberg-Marquardt rule with ρ measured on B̄.
+   optionally preconditioned by the damped empirical-Fisher diagonal or K-FAC.
+3. λ adapted by the Levenberg-Marquardt rule with ρ measured on B̄ (or, with
+   ``damping_rule="trust-region"``, λ fixed and CG kept inside a radius that ρ
+   adapts).
 4. CG backtracking on B̄ over the kept iterates.
 5. An Armijo line search on B̄; no acceptable step size → the step is
    rejected, θ is left unchanged and λ is raised.
@@ -46,9 +48,11 @@ from hfft.optim.preconditioner import (
 from hfft.optim.step_context import fp32_precision, step_mode
 from hfft.optim.step_record import StepRecord
 
-__all__ = ["MODEL_MODES", "HessianFree", "StepRecord"]
+__all__ = ["DAMPING_RULES", "MODEL_MODES", "RHO_BATCHES", "HessianFree", "StepRecord"]
 
 MODEL_MODES = ("eval", "train", "keep")
+DAMPING_RULES = ("lm", "trust-region")
+RHO_BATCHES = ("eval", "curvature")
 Batch = tuple[Tensor, Tensor]
 
 
@@ -70,6 +74,16 @@ class HessianFree(torch.optim.Optimizer):
         adapt_damping: Levenberg-Marquardt adaptation of λ.
         max_damping: The largest λ (default ``1e4 × damping``): the LM rule
             stops growing λ there (see :mod:`hfft.optim.damping`).
+        curvature_fraction: The share of B on which CG's curvature products are
+            taken (its first part; B is a random draw); the gradient is on all
+            of B (Byrd, Chin, Neveitt & Nocedal 2011). 1: all of B.
+        damping_rule: ``"lm"`` (Levenberg-Marquardt on λ, Martens 2010) or
+            ``"trust-region"``: λ stays at ``damping``, CG stops on the boundary
+            of ``‖p‖ ≤ Δ`` (Steihaug 1983), and Δ — from the first step's
+            length — is adapted by ρ (Nocedal & Wright 2006, Algorithm 4.1).
+        rho_batch: Where ρ is measured: ``"eval"`` (B̄, the paper's choice) or
+            ``"curvature"`` (B, the batch the quadratic model was built on: the
+            question the Levenberg-Marquardt rule asks; one more evaluation of B).
         cg_max_iter: Most CG iterations per step.
         cg_tol: CG stops when ``‖r‖ ≤ cg_tol · ‖g‖``.
         martens_criterion: Martens' relative-progress stopping rule for CG.
@@ -81,7 +95,9 @@ class HessianFree(torch.optim.Optimizer):
         use_linesearch: Armijo line search on B̄.
         weight_decay: L2 coefficient ``wd`` of the objective term
             ``(wd/2)‖θ‖²``, per group.
-        preconditioner: ``None`` or ``"empirical-fisher"``.
+        preconditioner: ``None``, ``"empirical-fisher"`` or ``"kfac"`` (K-FAC's
+            damped inverse on the curvature batch, Martens & Grosse 2015; one
+            process only).
         chunk_size: Split B and B̄ into chunks of this many samples; sums are
             exact for mean- and sum-reduced losses.
         backend: ``"func"`` (linearise once per step) or ``"backpack"``
@@ -136,6 +152,9 @@ class HessianFree(torch.optim.Optimizer):
         linesearch_max_tries: int = 20,
         tf32: bool = False,
         max_damping: float | None = None,
+        curvature_fraction: float = 1.0,
+        damping_rule: str = "lm",
+        rho_batch: str = "eval",
     ) -> None:
         defaults = dict(
             curvature=curvature,
@@ -160,6 +179,9 @@ class HessianFree(torch.optim.Optimizer):
             linesearch_max_tries=linesearch_max_tries,
             tf32=tf32,
             max_damping=MAX_DAMPING_FACTOR * damping if max_damping is None else max_damping,
+            curvature_fraction=curvature_fraction,
+            damping_rule=damping_rule,
+            rho_batch=rho_batch,
         )
         _check_defaults(defaults)
         super().__init__(params, defaults)
@@ -199,11 +221,12 @@ class HessianFree(torch.optim.Optimizer):
         params = self._params()
         state = ModelState(model, params)
         with step_mode(model, hp["model_mode"]):
-            n = batch_size(inputs)
-            size = hp["chunk_size"] or n
-            for m in sorted({min(size, n), n % size} - {0}):
-                head = take(inputs, slice(0, m))
-                self._lin_cache.get(model, state, [p.detach() for p in params], head)
+            whole = batch_size(inputs)
+            for n in {whole, math.ceil(hp["curvature_fraction"] * whole)}:  # B, and S
+                size = hp["chunk_size"] or n
+                for m in sorted({min(size, n), n % size} - {0}):
+                    head = take(inputs, slice(0, m))
+                    self._lin_cache.get(model, state, [p.detach() for p in params], head)
         return time.perf_counter() - start
 
     @property
@@ -327,7 +350,9 @@ class HessianFree(torch.optim.Optimizer):
         step_no = g_state["step"] = int(g_state.get("step", 0)) + 1
         targets = (batch[1], eval_batch[1])
         damping = float(g_state.get("damping", hp["damping"]))
-        hf = HFStep(model, loss_fn, params, theta, self._wd_vector(params), hp, damping, targets)
+        radius = g_state.get("radius")
+        wd = self._wd_vector(params)
+        hf = HFStep(model, loss_fn, params, theta, wd, hp, damping, targets, radius)
         # 1. gradient and curvature on B, the objective on B̄ at θ
         op, grad, batch_f = hf.linearize(batch, eval_batch, self._lin_cache, self.profile)
         grad_norm = float(torch.linalg.vector_norm(grad))
@@ -338,10 +363,10 @@ class HessianFree(torch.optim.Optimizer):
                 op,
                 step_no,
                 reject_reason="non-finite loss or gradient",
-                next_damping=raise_damping(damping, hp["max_damping"]),
+                next_damping=self._grown(damping),
                 **measured,
             )
-            return self._done(record)
+            return self._done(record, _shrunk(radius))
         # 2. CG from the decayed previous solution
         result = hf.solve(op, grad, self._warm_start(params))
         self._keep_warm_start(params, result.x)
@@ -362,18 +387,29 @@ class HessianFree(torch.optim.Optimizer):
         )
         new = None if choice.alpha is None else theta + choice.alpha * choice.p
         reason = _not_taken(hp, result, choice, hf.f0, theta, new)
-        if reason is not None:  # a rejected step: λ grows, whatever ρ said
+        if reason is not None:  # a rejected step: λ grows (the region shrinks), whatever ρ said
             write_flat(params, theta)
-            grown = max(choice.next_damping, raise_damping(damping, hp["max_damping"]))
-            decided["next_damping"] = grown
-            return self._done(hf.record(op, step_no, reject_reason=reason, **decided))
+            decided["next_damping"] = max(choice.next_damping, self._grown(damping))
+            shrunk = min(
+                (r for r in (choice.next_radius, _shrunk(radius)) if r is not None), default=None
+            )
+            return self._done(hf.record(op, step_no, reject_reason=reason, **decided), shrunk)
         assert new is not None
         write_flat(params, new)
         accepted = dict(accepted=True, loss_after=choice.loss_after, alpha=choice.alpha)
-        return self._done(hf.record(op, step_no, **accepted, **decided))
+        return self._done(hf.record(op, step_no, **accepted, **decided), choice.next_radius)
 
-    def _done(self, record: StepRecord) -> StepRecord:
+    def _grown(self, damping: float) -> float:
+        """λ after a rejected step: grown by the LM rule's factor, or kept under a trust
+        region (whose radius shrinks instead)."""
+        if self.defaults["damping_rule"] == "trust-region":
+            return damping
+        return raise_damping(damping, self.defaults["max_damping"])
+
+    def _done(self, record: StepRecord, radius: float | None = None) -> StepRecord:
         self._global()["damping"] = record.next_damping
+        if self.defaults["damping_rule"] == "trust-region":
+            self._global()["radius"] = radius
         return record
 
     def _warm_start(self, params: Sequence[Tensor]) -> Tensor | None:
@@ -387,6 +423,11 @@ class HessianFree(torch.optim.Optimizer):
         if torch.isfinite(x).all():
             for p, chunk in zip(params, torch.split(x, [p.numel() for p in params]), strict=True):
                 self.state[p]["cg_x"] = chunk.view_as(p).clone()
+
+
+def _shrunk(radius: float | None) -> float | None:
+    """The trust region after a rejected step: a quarter (``None`` stays: no region yet)."""
+    return None if radius is None or not math.isfinite(radius) else radius / 4
 
 
 def _not_taken(
@@ -436,6 +477,12 @@ def _check_defaults(hp: dict[str, Any]) -> None:
     _check(0 <= hp["cg_decay_x0"] <= 1, f"cg_decay_x0 must be in [0, 1], got {hp['cg_decay_x0']}")
     _check(hp["lr"] > 0, f"lr must be positive, got {hp['lr']}")
     _check(hp["weight_decay"] >= 0, f"weight_decay must be >= 0, got {hp['weight_decay']}")
+    _check(
+        0 < hp["curvature_fraction"] <= 1,
+        f"curvature_fraction must be in (0, 1], got {hp['curvature_fraction']}",
+    )
+    _check(hp["damping_rule"] in DAMPING_RULES, f"damping_rule must be one of {DAMPING_RULES}")
+    _check(hp["rho_batch"] in RHO_BATCHES, f"rho_batch must be one of {RHO_BATCHES}")
     chunk = hp["chunk_size"]
     _check(chunk is None or chunk >= 1, f"chunk_size must be a positive integer, got {chunk}")
 

@@ -24,7 +24,8 @@ from hfft.optim.output_hessians import Loss
 
 __all__ = ["PRECONDITIONERS", "empirical_fisher_diagonal", "preconditioner_from_diagonal"]
 
-PRECONDITIONERS = ("empirical-fisher",)
+PRECONDITIONERS = ("empirical-fisher", "kfac")
+"""CG's preconditioners: this module's diagonal, and K-FAC (:mod:`hfft.optim.kfac`)."""
 
 
 def empirical_fisher_diagonal(

@@ -21,7 +21,8 @@ class StepRecord:
     which ``time_products`` in curvature products), ``time_eval`` (every
     evaluation on B̄, of which ``time_backtracking`` and ``time_linesearch``;
     the rest is the losses at θ and at the last CG iterate, which ρ needs)
-    and ``time_total``.
+    and ``time_total``. ``radius`` is the trust region CG stayed inside
+    (``damping_rule="trust-region"``; ``None`` otherwise or on the first step).
     """
 
     step: int
@@ -50,6 +51,7 @@ class StepRecord:
     time_backtracking: float
     time_linesearch: float
     time_total: float
+    radius: float | None = None
 
     def to_dict(self) -> StepFields:
         """A JSON-serialisable dict (non-finite floats become ``None``)."""
@@ -92,3 +94,4 @@ class StepFields(TypedDict):
     time_backtracking: float
     time_linesearch: float
     time_total: float
+    radius: float | None

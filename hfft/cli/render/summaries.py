@@ -1,4 +1,8 @@
-"""The summaries that ``train``, ``finetune`` and ``compare`` print when they finish."""
+"""The summaries that ``train``, ``finetune`` and ``compare`` print when they finish.
+
+A comparison prints, per checkpoint, the time to target first (:func:`target_table`:
+what a reader asks first, how much budget each strategy needs), then the rankings.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hfft._text import short_list
+from hfft.analysis.target import USER
 
 if TYPE_CHECKING:
     from hfft.analysis.compare import CompareResult
@@ -18,9 +23,12 @@ if TYPE_CHECKING:
 __all__ = [
     "print_compare",
     "print_finetune_summary",
+    "print_target",
     "print_train_summary",
     "ranking_table",
     "switch_line",
+    "target_cell",
+    "target_table",
 ]
 
 
@@ -51,6 +59,10 @@ def switch_line(record: Mapping[str, Any]) -> str | None:
         f"auto: switched {what} at step {record['step']} "
         f"({record['fraction']:.0%} of the budget): {reason}"
     )
+
+
+def _label(metric: str) -> str:
+    return metric.replace("train_eval", "train").replace("_", " ")
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -141,10 +153,8 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     fractions = ttt.get("fractions", {}) if ttt.get("metric") == metric else {}
     if fractions:
         table.add_column("to target", justify="right", overflow="fold")
-        table.caption = (
-            f"tied with: not distinguishable given the seed spread; to target: budget needed "
-            f"to reach {ttt['baseline']}'s final {_fmt(metric, ttt['target'])} (median over seeds)"
-        )
+        tied = "tied with: not distinguishable given the seed spread"
+        table.caption = f"{tied}; {_target_caption(ttt)}"
     fmt = _pct if accuracy else (lambda v: f"{v:.4f}")
     start = (entry.get("start") or {}).get(metric)
     if start is not None:  # the checkpoint itself: the reference, not a competitor
@@ -173,16 +183,103 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
             "– (untested)" if untested else short_list(s["tied_with"], 2),
         ]
         if fractions:
-            f = fractions.get(s["strategy"])
-            row.append("not reached" if f is None else f"{100 * f:.0f}%")
+            row.append(target_cell(ttt, s["strategy"]))
         table.add_row(*row)
     return table
 
 
+def _target_words(ttt: Mapping[str, Any]) -> str:
+    """What the target is: ``sgd-cosine's final test accuracy 93.00%`` or ``… (--target)``."""
+    metric = ttt["metric"]
+    value = f"{_label(metric)} {_fmt(metric, ttt['target'])}"
+    if ttt.get("baseline") == USER:
+        return f"{value} (--target)"
+    return f"{ttt['baseline']}'s final {value}"
+
+
+def _target_caption(ttt: Mapping[str, Any]) -> str:
+    """The ranking table's words on its "to target" column."""
+    fastest = ttt.get("fastest_first_order")
+    ratio = (
+        f"; in brackets over {fastest}'s, the fastest first-order strategy (below 1: sooner)"
+        if fastest
+        else ""
+    )
+    return (
+        f"to target: budget needed to reach {_target_words(ttt)} (median over seeds){ratio}; "
+        "(k/n): seeds that never reached it"
+    )
+
+
+def target_cell(ttt: Mapping[str, Any], strategy: str) -> str:
+    """One strategy's time to target in one cell: ``27% (2.7×)``, ``27% (2.7×), 1 missed``
+    or ``not reached (5/5)`` (seeds that missed it, of all; an older ``compare.json``
+    without these counts gives ``27%`` and ``not reached``)."""
+    from hfft.analysis.target import ratio_text
+
+    fraction = ttt["fractions"].get(strategy)
+    missed = (ttt.get("missed") or {}).get(strategy)
+    seeds = (ttt.get("seeds") or {}).get(strategy)
+    if fraction is None:
+        return "not reached" + (f" ({missed}/{seeds})" if missed is not None and seeds else "")
+    ratio = (ttt.get("ratios") or {}).get(strategy)
+    text = f"{100 * fraction:.0f}%" + ("" if ratio is None else f" ({ratio_text(ratio)})")
+    return text + (f", {missed} missed" if missed else "")
+
+
+def target_table(entry: Mapping[str, Any]) -> Table | None:
+    """One checkpoint's time to target, soonest first: the budget each strategy needed,
+    its ratio to the fastest first-order strategy's and the seeds that missed it
+    (``None`` where the checkpoint has no time to target)."""
+    from hfft.analysis.target import ratio_text, soonest_first
+
+    ttt = entry.get("time_to_target")
+    if not ttt or not ttt.get("fractions"):
+        return None
+    fastest = ttt.get("fastest_first_order")
+    ratios, missed, seeds = (ttt.get(k) or {} for k in ("ratios", "missed", "seeds"))
+    title = f"{entry['checkpoint']}: time to reach {_target_words(ttt)}"
+    # as wide as its title, which says what the target is (the console narrows it if need be)
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    table.add_column("strategy", overflow="fold")
+    table.add_column("to target", justify="right")
+    table.add_column(f"× {fastest}" if fastest else "× fastest first-order", justify="right")
+    table.add_column("seeds missed", justify="right")
+    for s in soonest_first(ttt):
+        f, r = ttt["fractions"][s], ratios.get(s)
+        table.add_row(
+            s,
+            "not reached" if f is None else f"{100 * f:.0f}%",
+            "–" if r is None else ratio_text(r),
+            f"{missed[s]}/{seeds[s]}" if s in missed and s in seeds else "–",
+        )
+    if fastest:
+        reference = (
+            f"× {fastest}: that budget over {fastest}'s, the fastest first-order strategy "
+            "(below 1: sooner)"
+        )
+    elif "fastest_first_order" in ttt:
+        reference = "no first-order strategy reached it in half of its seeds: no ratio"
+    else:
+        reference = "no ratios: its compare.json was written before hfft kept them"
+    table.caption = f"to target: the budget by which half of the seeds reached it; {reference}"
+    return table
+
+
+def print_target(console: Console, entry: Mapping[str, Any]) -> None:
+    """A checkpoint's time-to-target table, or a line saying that it has none."""
+    table = target_table(entry)
+    if table is not None:
+        console.print(table)
+    else:
+        console.print(f"{entry['checkpoint']}: no time to target (the notes say why)")
+
+
 def print_compare(console: Console, result: CompareResult) -> None:
-    """The rankings of every checkpoint, notes, and where the files are."""
+    """Per checkpoint the time to target, the rankings and the notes; where the files are."""
     summary = result.summary
     for entry in summary["checkpoints"]:
+        print_target(console, entry)
         for metric in summary["metrics"]:
             console.print(ranking_table(entry, metric))
         for note in entry.get("notes", []):

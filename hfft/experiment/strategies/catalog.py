@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from hfft.experiment.limits import (
     AT_LEAST_ONE,
+    FRACTION,
     HALF_OPEN_UNIT,
     LIMITS,
     NONNEGATIVE,
@@ -89,7 +90,7 @@ HF_OPTIONS: dict[str, Option] = {
     "lr": Option(float, "step size multiplier", range=POSITIVE, default=1.0),
     "use_linesearch": Option(bool, "Armijo line search on the step", default=True),
     "preconditioner": Option(
-        str, "CG preconditioner", choices=("empirical-fisher",), nullable=True
+        str, "CG preconditioner", choices=("empirical-fisher", "kfac"), nullable=True
     ),
     "chunk_size": Option(int, "examples per chunk of the batch", nullable=True, range=POSITIVE),
     "backend": Option(
@@ -113,6 +114,24 @@ HF_OPTIONS: dict[str, Option] = {
         bool, "allow TF32 convolutions and matmuls on CUDA (off: IEEE float32)", default=False
     ),
     "max_damping": Option(float, "largest λ (none: 1e4 × damping)", nullable=True, range=POSITIVE),
+    "curvature_fraction": Option(
+        float,
+        "share of B for CG's curvature products (sub-sampled)",
+        range=FRACTION,
+        default=1.0,
+    ),
+    "damping_rule": Option(
+        str,
+        "lm: adapt λ; trust-region: fixed λ, CG inside a radius ρ adapts",
+        choices=("lm", "trust-region"),
+        default="lm",
+    ),
+    "rho_batch": Option(
+        str,
+        "where ρ is measured: eval (B̄) or curvature (B)",
+        choices=("eval", "curvature"),
+        default="eval",
+    ),
 }
 """Options of the ``hf`` strategy: ``m`` and the keywords of ``HessianFree``."""
 
@@ -246,7 +265,8 @@ for _name, (_schedule, _summary) in _SGD_SCHEDULES.items():
             batch_option="batch_size",
             build=_RUNNERS + "build_sgd",
             check=_RUNNERS + "check_sgd",
-            suites=("paper", "extended"),
+            # the second-order suite's SGD baselines: the three schedules fixed in advance
+            suites=("paper", "extended", *(("second-order",) if _schedule != "plateau" else ())),
             settings={"schedule": _schedule},
             baseline=True,
             log="plateau" if _schedule == "plateau" else None,
@@ -262,7 +282,7 @@ register(
         build=_RUNNERS + "build_hf",
         check=_RUNNERS + "check_hf",
         kind="hf",
-        suites=("paper", "extended"),
+        suites=("paper", "extended", "second-order"),
         batch_option="m",
         log="hf_progress",
         example="hf:m=2048,damping=0.5",
@@ -342,5 +362,116 @@ register(
         log="schedulefree",
         baseline=True,
         evaluates="schedule-free SGD's averaged point x",
+    )
+)
+
+# --- the second-order and preconditioned peers of HF (issue #28) --------------------------
+
+SOAP_DEFAULT_LR = 3e-3
+"""``soap``'s rate when none is given: ``pytorch_optimizer.SOAP``'s default, the SOAP paper's."""
+
+KFAC_OPTIONS: dict[str, Option] = {
+    "m": Option(
+        int,
+        "size of the batch B: gradient, K-FAC factors, GGN product (default: HF's m)",
+        range=POSITIVE,
+    ),
+    "damping": Option(float, "initial damping λ (as HF's)", range=POSITIVE, default=1.0),
+    "adapt_damping": Option(bool, "adapt λ with the Levenberg-Marquardt rule", default=True),
+    "max_damping": Option(float, "largest λ (none: 1e4 × damping)", nullable=True, range=POSITIVE),
+    "fisher": Option(
+        str,
+        "curvature K-FAC approximates: mc (sampled labels, Martens & Grosse), type-2 (the GGN), "
+        "empirical",
+        choices=("mc", "type-2", "empirical"),
+        default="mc",
+    ),
+    "lr": Option(float, "multiplier of the step length α*", range=POSITIVE, default=1.0),
+    "update_every": Option(int, "steps between new K-FAC factors", range=POSITIVE, default=1),
+    "chunk_size": HF_OPTIONS["chunk_size"],
+}
+"""Options of ``kfac`` (:mod:`hfft.experiment.strategies.second_order`)."""
+
+SOAP_OPTIONS: dict[str, Option] = {
+    "lr": Option(
+        float,
+        f"learning rate (default: pytorch-optimizer's {SOAP_DEFAULT_LR}, not tuned to the "
+        "checkpoint)",
+        range=_LR,
+        default=SOAP_DEFAULT_LR,
+    ),
+    "batch_size": SGD_OPTIONS["batch_size"],
+    "beta1": Option(float, "first-moment decay", range=HALF_OPEN_UNIT, default=0.95),
+    "beta2": Option(float, "second-moment decay", range=HALF_OPEN_UNIT, default=0.95),
+    "precondition_frequency": Option(
+        int, "steps between new eigenbases of the preconditioner", range=POSITIVE, default=10
+    ),
+    "weight_decay": Option(
+        float, "decoupled weight decay (default: the problem's L2 factor)", range=NONNEGATIVE
+    ),
+}
+"""Options of ``soap`` (``pytorch_optimizer.SOAP``, the package's recommended defaults)."""
+
+MUON_OPTIONS: dict[str, Option] = {
+    "lr": Option(
+        float,
+        f"Muon's rate for the weight matrices (default: adam's {ADAM_DEFAULT_LR}, as "
+        "match_rms_adamw allows; not tuned)",
+        range=_LR,
+        default=ADAM_DEFAULT_LR,
+    ),
+    "momentum": Option(float, "Muon's momentum", range=HALF_OPEN_UNIT, default=0.95),
+    "adjust_lr_fn": Option(
+        str,
+        "Muon's rate scaling: match_rms_adamw (AdamW-like rates), original, spectral_unclamped",
+        choices=("match_rms_adamw", "original", "spectral_unclamped"),
+        default="match_rms_adamw",
+    ),
+    "batch_size": SGD_OPTIONS["batch_size"],
+}
+"""Options of ``muon`` (the other parameters take SGD at the checkpoint's rate and momentum)."""
+
+_SECOND = "hfft.experiment.strategies.second_order:"
+
+register(
+    StrategyEntry(
+        "kfac",
+        "K-FAC steps, Martens & Grosse's step length and damping",
+        KFAC_OPTIONS,
+        build=_SECOND + "KFACRunner.build",
+        check=_SECOND + "check_kfac",
+        kind="second-order",
+        suites=("extended", "second-order"),
+        batch_option="m",
+        data_parallel=False,
+        log="kfac",
+        example="kfac:m=1024",
+    )
+)
+register(
+    StrategyEntry(
+        "soap",
+        "SOAP: Adam in Shampoo's eigenbasis (pytorch-optimizer)",
+        SOAP_OPTIONS,
+        build=_SECOND + "SOAPRunner.build",
+        check=_SECOND + "check_soap",
+        suites=("extended", "second-order"),
+        batch_option="batch_size",
+        data_parallel=False,
+        log="soap",
+    )
+)
+register(
+    StrategyEntry(
+        "muon",
+        "Muon on the weight matrices, SGD on the rest",
+        MUON_OPTIONS,
+        build=_SECOND + "MuonRunner.build",
+        check=_SECOND + "check_muon",
+        suites=("extended", "second-order"),
+        batch_option="batch_size",
+        data_parallel=False,
+        log="muon",
+        example="muon:lr=0.002",
     )
 )

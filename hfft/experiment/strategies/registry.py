@@ -59,12 +59,16 @@ __all__ = [
     "typed_strategies",
 ]
 
-KINDS = ("first-order", "hf", "auto")
-"""What reports group a strategy as: a first-order method, Hessian-free, or ``auto``."""
+KINDS = ("first-order", "hf", "auto", "second-order")
+"""What reports group a strategy as: a first-order method, Hessian-free, ``auto``, or a
+second-order method other than HF (``kfac``: neither a time-to-target reference, as the
+first-order ones are, nor given HF's progress notes)."""
 
-SUITES = ("paper", "extended")
-"""``compare --suite``: ``paper`` (the paper's strategies) and ``extended`` (also the
-late-phase methods a practitioner would try)."""
+SUITES = ("paper", "extended", "second-order")
+"""``compare --suite``: ``paper`` (the paper's strategies), ``extended`` (also the
+late-phase methods a practitioner would try) and ``second-order`` (SGD with a constant,
+divided and cosine rate, HF at its default sizes and the second-order and preconditioned
+peers of HF: ``kfac``, ``soap``, ``muon``)."""
 
 _OWN = "hfft.experiment.strategies."
 
