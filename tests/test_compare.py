@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,58 @@ def test_every_strategy_is_checked_before_the_first_run(run_dir: Path, tmp_path:
     result = runner.invoke(app, [*argv, "--budget", "2steps", "--out", str(out)])
     assert result.exit_code == 2
     assert "HF's batch B (hf:m=99999999) must hold 1 to 1292 of the 1293 training" in result.output
+    assert not out.exists()  # sgd did not run first
+
+
+LOSS = "torch.nn:MultiMarginLoss"  # a user's loss (--loss) that K-FAC does not support
+
+
+def test_a_suite_leaves_out_what_cannot_run_here_and_says_why(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hfft.analysis.compare import _load_sources
+    from hfft.experiment.run.starting_point import StartingPointOptions
+    from hfft.experiment.strategies.registry import parse_strategy
+
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # the extra not installed
+    user = StartingPointOptions(loss=LOSS)
+    config = _small(run_dir, tmp_path, strategies=None, suite="second-order", source=user)
+    notes: list[str] = []
+    _, typed = _load_sources(config, [], notes.append)
+    assert [s for s in typed if not s.startswith("hf:")] == ["sgd", "sgd-div10", "sgd-cosine",
+                                                             "muon"]  # fmt: skip
+    kfac = [n for n in notes if n.startswith("kfac left out of --suite second-order: K-FAC ")]
+    assert len(kfac) == 1 and kfac[0].endswith("not this run's MultiMarginLoss")
+    assert "soap left out of --suite second-order: soap needs pytorch-optimizer, the " \
+        "second-order extra (pip install 'hfft[second-order]')" in notes  # fmt: skip
+    _, typed = _load_sources(config, [parse_strategy("sgd")], notes.append)  # added to -s
+    assert list(typed) == ["sgd", "muon"]
+    notes.clear()
+    extended = _small(run_dir, tmp_path, strategies=None, suite="extended")  # cross-entropy
+    _, typed = _load_sources(extended, [], notes.append)
+    assert "kfac" in typed and "soap" not in typed
+    assert [n for n in notes if "left out" in n] == [
+        "soap left out of --suite extended: soap needs pytorch-optimizer, the second-order "
+        "extra (pip install 'hfft[second-order]')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "says"),
+    [("kfac", "not this run's MultiMarginLoss."), ("soap", "(pip install 'hfft[second-order]').")],
+)
+def test_a_strategy_named_that_cannot_run_here_is_refused_before_any_run(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, says: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)
+    out = tmp_path / "cmp"
+    ckpt = str(run_dir / "ckpt-02.safetensors")
+    argv = ["compare", ckpt, "-s", "sgd", "-s", strategy, "--suite", "extended", "--loss", LOSS,
+            "--budget", "2steps", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("hfft: error:")]
+    assert len(error) == 1 and error[0].endswith(says)
     assert not out.exists()  # sgd did not run first
 
 

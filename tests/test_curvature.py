@@ -10,6 +10,7 @@ from helpers import flat_params
 from torch import nn
 
 from hfft.diagnostics.dense import dense, dense_ggn, loss_of_flat
+from hfft.optim.batches import signature
 from hfft.optim.curvature import (
     LinearizationCache,
     batch_gradient,
@@ -184,6 +185,18 @@ def test_traced_linearization_is_reused_across_steps() -> None:
         rtol=1e-9,
         atol=1e-11,
     )
+
+
+def test_trace_prepares_every_chunk_shape_of_the_batches_once() -> None:
+    model, x, y = make_problem("mlp", n=10)
+    params = list(model.parameters())
+    cache = LinearizationCache()
+    cache.trace(model, params, x, [10, 5], chunk_size=4)  # chunks of 4 and 2, of 4 and 1
+    assert sorted(key[2] for key in cache._cache) == sorted(signature(x[:k]) for k in (1, 2, 4))
+    linearize_curvature(model, nn.CrossEntropyLoss(), x, y, chunk_size=4, lin_cache=cache)
+    assert len(cache._cache) == 3  # the step traced nothing more
+    cache.trace(model, params, x, [10], chunk_size=None)  # one chunk: the whole batch
+    assert len(cache._cache) == 4 and all(v is not None for v in cache._cache.values())
 
 
 @pytest.mark.parametrize(

@@ -368,3 +368,17 @@ def test_hf_steps_that_fail_in_selftest_are_a_warning_not_an_error(
     assert check["detail"] == (
         "HF steps could not be taken: CUDA out of memory. Tried to allocate 20.00 GiB"
     )
+
+
+def test_notes_say_which_batch_rho_was_measured_on() -> None:
+    # hf:rho_batch=curvature measures ρ on B: the notes must not call it ρ on B̄
+    on_b = HFProgress(m=256, m_bar=1024, n_train=10_000, rho_batch="curvature")
+    for _ in range(4):
+        on_b.observe(_step(rho=0.9))
+    entry = on_b.to_dict()
+    assert entry["rho_batch"] == "curvature"
+    assert "(median ρ on B 0.90)" in entry["note"] and "ρ on B̄" not in entry["note"]
+    note = strategy_note("hf:m=256,rho_batch=curvature", [entry, entry])
+    assert note is not None and "median ρ on B 0.90" in note and "ρ on B̄" not in note
+    old = {k: v for k, v in entry.items() if k != "rho_batch"}  # written before it was kept
+    assert "median ρ on B̄ 0.90" in (strategy_note("hf:m=256", [old, old]) or "")

@@ -261,6 +261,45 @@ def test_bad_arguments_are_one_sentence(loss_fn: nn.Module, fisher: str, message
         KFAC.compute(model, loss_fn, x, y, list(model.parameters()), fisher=fisher)
 
 
+def _my_loss(z: Tensor, y: Tensor) -> Tensor:
+    return (z - y).abs().mean()
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "float_targets", "what"),
+    [
+        (nn.CrossEntropyLoss(), False, None),
+        (nn.CrossEntropyLoss(reduction="sum", ignore_index=0), False, None),
+        (nn.MSELoss(reduction="sum"), True, None),
+        (nn.BCEWithLogitsLoss(), True, "BCEWithLogitsLoss"),
+        (nn.CrossEntropyLoss(weight=torch.ones(3)), False, "cross-entropy with class weights"),
+        (nn.CrossEntropyLoss(label_smoothing=0.1), False, "cross-entropy with label smoothing"),
+        (nn.CrossEntropyLoss(), True, "cross-entropy on class probabilities (soft targets)"),
+        (nn.MSELoss(reduction="none"), True, "a loss with reduction='none'"),
+        (_my_loss, True, "function _my_loss"),
+    ],
+    ids="ce ce-sum mse-sum bce weights smoothing soft-targets no-reduction function".split(),
+)
+def test_unsupported_loss_says_what_kfac_cannot_take(
+    loss_fn: nn.Module, float_targets: bool, what: str | None
+) -> None:
+    from hfft.optim.kfac import unsupported_loss
+
+    found = unsupported_loss(loss_fn, float_targets=float_targets)
+    if what is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith("K-FAC supports nn.CrossEntropyLoss on ")
+        assert found.endswith(f"not this run's {what}")
+
+
+def test_soft_targets_are_refused_by_compute() -> None:
+    model, x, y = make_problem("mlp")
+    soft = torch.softmax(torch.randn(y.shape[0], 3, dtype=torch.float64), dim=1)
+    with pytest.raises(ValueError, match="cross-entropy on class probabilities"):
+        KFAC.compute(model, nn.CrossEntropyLoss(), x, soft, list(model.parameters()))
+
+
 def test_damping_must_be_positive() -> None:
     model, x, y = make_problem("mlp")
     k = KFAC.compute(model, nn.CrossEntropyLoss(), x, y, list(model.parameters()))

@@ -593,3 +593,48 @@ def test_kfac_preconditioner_changes_cgs_path_not_its_solution() -> None:
         found[pre] = (flat_params(m), r.cg_iterations)
     torch.testing.assert_close(found["kfac"][0], found[None][0], rtol=1e-6, atol=1e-8)
     assert found["kfac"][1] != found[None][1]
+
+
+def test_a_rejected_first_step_quarters_the_trust_region_whatever_rho_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # docs/optimizer.md: Δ is quartered after a rejected step; on the first (unconstrained)
+    # step that is a quarter of its length, not ρ's verdict (which may double it)
+    import hfft.optim.optimizer as optimizer_module
+
+    model, x, y = make_problem("mlp", n=40)
+    opt = HessianFree(
+        model.parameters(), damping=1.0, damping_rule="trust-region", rho_batch="curvature"
+    )
+    monkeypatch.setattr(optimizer_module, "_not_taken", lambda *args: "rejected by the test")
+    r = opt.step(model, nn.CrossEntropyLoss(), batch=(x[:25], y[:25]), eval_batch=(x[25:], y[25:]))
+    assert not r.accepted and r.radius is None and r.rho >= 0.25  # ρ alone: no shrinking
+    length = float(torch.linalg.vector_norm(torch.cat([opt.state[p]["cg_x"].reshape(-1)
+                                                       for p in model.parameters()])))  # fmt: skip
+    assert opt.state["hf"]["radius"] == pytest.approx(length / 4)
+
+
+def test_rho_on_b_is_not_counted_as_an_evaluation_of_b_bar() -> None:
+    model, x, y = make_problem("mlp", n=30)
+    counts = {}
+    for rho_batch in ("eval", "curvature"):
+        m = copy.deepcopy(model)
+        opt = HessianFree(m.parameters(), rho_batch=rho_batch, use_cg_backtracking=False)
+        r = opt.step(m, nn.CrossEntropyLoss(), batch=(x[:20], y[:20]), eval_batch=(x[20:], y[20:]))
+        counts[rho_batch] = r.eval_batch_evaluations
+    assert counts["curvature"] == counts["eval"]
+
+
+def test_subsampled_curvature_takes_the_gradient_pass_even_when_the_share_is_all_of_b(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # data-parallel ranks hold shards that differ by one sample: ⌈f·n⌉ may be all of one
+    # rank's shard and not of another's; every rank must still run the same all-reduces
+    # (batch_gradient's among them) and normalise S alike, so the choice is the option's
+    calls = []
+    real = hf_step.batch_gradient
+    monkeypatch.setattr(hf_step, "batch_gradient", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, x, y = make_problem("mlp", n=9)
+    opt = HessianFree(model.parameters(), curvature_fraction=0.9)  # ⌈0.9 · 9⌉ = 9
+    opt.step(model, nn.CrossEntropyLoss(), batch=(x, y))
+    assert calls == [1]

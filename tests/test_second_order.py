@@ -1,9 +1,9 @@
-"""HF's peers (issue #28): kfac, soap and muon.
+"""HF's peers (issue #28): soap and muon, and the suites that add them with kfac.
 
-Each runner is held to its library's own loop on the same seeded batches
-(SOAP and Muon bitwise), K-FAC's step to Newton's on a problem where K-FAC is
-the exact curvature, and each runs through ``finetune`` reproducibly, putting
-back the last accepted weights when interrupted inside a step.
+SOAP and Muon are held to their libraries' own loops on the same seeded batches
+(bitwise); each of the three runs through ``finetune`` reproducibly, putting
+back the last accepted weights when interrupted inside a step. K-FAC's own
+runner is tested in ``test_kfac_runner.py``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from hfft.experiment.data.sampling import BatchSampler
 from hfft.experiment.data.splits import DataSplits
 from hfft.experiment.interrupts import Interrupted
 from hfft.experiment.run.finetune import FinetuneConfig, finetune
-from hfft.experiment.strategies.registry import StartingFacts, parse_strategy
+from hfft.experiment.strategies.registry import (
+    StartingFacts,
+    StrategyUnavailable,
+    parse_strategy,
+)
 from hfft.experiment.strategies.runners import SGDSettings
 from hfft.experiment.strategies.second_order import (
-    KFACRunner,
     MuonRunner,
     SOAPRunner,
-    check_kfac,
     check_muon,
     check_soap,
 )
@@ -121,6 +123,23 @@ def test_muon_takes_the_matrices_and_sgd_the_rest_on_sgds_batches() -> None:
     assert (report["muon_tensors"], report["muon_parameters"]) == (1, 24)  # 3 × 8
     assert (report["sgd_tensors"], report["sgd_parameters"]) == (3, 6 + 2 + 3)
     assert report["adjust_lr_fn"] == "match_rms_adamw" and report["sgd_lr"] == 0.1
+    # the decay the twin's Muon applied (bitwise the same weights), and how
+    assert report["weight_decay"] == 0.01 and report["weight_decay_mode"].startswith("decoupled")
+
+
+def test_muon_records_no_decay_where_the_problem_has_none() -> None:
+    # torch.optim.Muon's own default is 0.1: the recorded 0 must be what it applies
+    model, splits = conv_problem()
+    twin = copy.deepcopy(model)
+    runner = MuonRunner(parse_strategy("muon"), model, splits, settings(weight_decay=0.0))
+    runner.step(0.0)
+    muon = torch.optim.Muon([twin[3].weight], lr=1e-3, weight_decay=0.0,
+                            adjust_lr_fn="match_rms_adamw")  # fmt: skip
+    idx = _sgd_batches(splits, seed=3, size=16, steps=1)[0]
+    CE(twin(splits.train_x[idx]), splits.train_y[idx]).backward()
+    muon.step()
+    assert torch.equal(model[3].weight, twin[3].weight)
+    assert runner.report()["muon"]["weight_decay"] == 0.0
 
 
 def test_muon_leaves_embeddings_to_sgd() -> None:
@@ -130,122 +149,6 @@ def test_muon_leaves_embeddings_to_sgd() -> None:
     assert (report["muon"]["muon_tensors"], report["muon"]["sgd_tensors"]) == (1, 2)
 
 
-# --- kfac ------------------------------------------------------------------------------
-
-
-def regression(n: int = 64) -> tuple[nn.Module, DataSplits, torch.Tensor]:
-    """Noise-free linear regression in float64: every batch has the same minimiser."""
-    torch.manual_seed(1)
-    x = torch.randn(n, 4, dtype=torch.float64)
-    solution = torch.randn(2, 5, dtype=torch.float64)
-    y = x @ solution[:, :4].T + solution[:, 4]
-    return nn.Linear(4, 2).double(), splits_of(x, y), solution
-
-
-def kfac(text: str, model: nn.Module, splits: DataSplits, **given: Any) -> KFACRunner:
-    return KFACRunner(parse_strategy(text), model, splits, settings(**given), eval_batch_size=16)
-
-
-def test_kfac_is_newtons_step_where_kfac_is_the_exact_curvature() -> None:
-    # one Linear layer under MSE: the GGN is A ⊗ G exactly (type-2), and it is the Hessian;
-    # factored damping perturbs it by O(√λ), so λ is tiny
-    model, splits, solution = regression()
-    start = copy.deepcopy(model)
-    runner = kfac("kfac:m=32,fisher=type-2,damping=1e-16,adapt_damping=false", model,
-                  splits, loss_fn=nn.MSELoss(), weight_decay=0.0)  # fmt: skip
-    entry = runner.step(0.0)
-    found = torch.cat([model.weight.detach(), model.bias.detach().unsqueeze(1)], dim=1)
-    torch.testing.assert_close(found, solution, rtol=1e-6, atol=1e-6)
-    assert entry["accepted"] and entry["alpha"] == pytest.approx(1.0, abs=1e-6)
-    assert entry["loss_after"] is not None and entry["loss_after"] < 1e-10
-    # the quadratic model on B is the loss on B, so it predicts −f_B(θ): ρ = f_B̄(θ) / f_B(θ)
-    b, b_bar = BatchSampler(64, seed=3).disjoint_pair(32, 16)
-    with torch.no_grad():
-        f_b, f_bar = (float(nn.MSELoss()(start(splits.train_x[i]), splits.train_y[i]))
-                      for i in (b, b_bar))  # fmt: skip
-    assert entry["loss"] == pytest.approx(f_bar, rel=1e-12)
-    assert entry["rho"] == pytest.approx(f_bar / f_b, rel=1e-6)
-
-
-def test_a_kfac_step_that_raises_the_loss_is_rejected_and_damping_grows() -> None:
-    model, splits = conv_problem()
-    before = copy.deepcopy(model)
-    runner = kfac("kfac:m=32,lr=1000,damping=0.5", model, splits)  # far past the minimum
-    entry = runner.step(0.0)
-    assert not entry["accepted"] and entry["damping"] == 0.5
-    assert entry["loss_after"] is not None and entry["loss"] is not None
-    assert entry["loss_after"] > entry["loss"]
-    assert _same_weights(model, before)
-    assert runner.damping == pytest.approx(0.75)  # rejected: at least 3/2 × λ
-
-
-def test_kfac_is_reproducible_from_its_seed() -> None:
-    runs = []
-    for seed in (3, 3, 4):
-        model, splits = conv_problem()
-        runner = kfac("kfac:m=32", model, splits, seed=seed)  # Monte-Carlo labels
-        entries = [runner.step(k / 3) for k in range(3)]
-        runs.append((model, entries))
-    assert _same_weights(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
-    assert not _same_weights(runs[0][0], runs[2][0])
-    assert any(e["accepted"] for e in runs[0][1])
-
-
-def test_kfac_steps_on_hfs_batches() -> None:
-    from hfft.experiment.strategies.runners import HFRunner
-
-    model, splits = conv_problem()
-    runner = kfac("kfac:m=32", model, splits)
-    hf = HFRunner(parse_strategy("hf:m=32"), copy.deepcopy(model), splits, loss_fn=CE,
-                  weight_decay=0.01, eval_batch_size=16, seed=3)  # fmt: skip
-    for _ in range(2):
-        (xb, yb), (xe, ye) = hf.draw()
-        x, y = runner.batches.next()
-        assert torch.equal(x, torch.cat([xb, xe])) and torch.equal(y, torch.cat([yb, ye]))
-
-
-def test_kfac_step_puts_theta_back_when_interrupted_in_its_trial(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import hfft.optim.kfac_step as kfac_step_module
-    from hfft.optim.kfac import KFAC
-    from hfft.optim.kfac_step import kfac_step
-
-    model, splits = conv_problem()
-    real, calls = kfac_step_module.batch_loss, {"n": 0}
-
-    def batch_loss(*args: Any) -> float:
-        calls["n"] += 1
-        if calls["n"] == 2:  # f at the trial point θ + αp, written into the model
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(kfac_step_module, "batch_loss", batch_loss)
-    params = list(model.parameters())
-    theta = [p.detach().clone() for p in params]
-    x, y = splits.train_x, splits.train_y
-    batch, eval_batch = (x[:32], y[:32]), (x[32:48], y[32:48])
-    factors = KFAC.compute(model, CE, *batch, params)
-    wd = torch.zeros(sum(p.numel() for p in params))
-    with pytest.raises(KeyboardInterrupt):
-        kfac_step(model, CE, params, wd, batch, eval_batch, factors, damping=1.0,
-                  weight_decay=0.0)  # fmt: skip
-    assert calls["n"] == 2 and all(torch.equal(p, t) for p, t in zip(params, theta, strict=True))
-
-
-def test_kfac_reports_what_it_leaves_to_the_identity() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
-    x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
-    runner = kfac("kfac:m=32,fisher=type-2", model, splits_of(x, y))
-    runner.step(0.0)
-    report = runner.report()["kfac"]
-    assert report["uncovered"] == ["1.weight", "1.bias"] and report["fisher"] == "type-2"
-    assert set(report["covered"]) == {"0.weight", "0.bias", "3.weight", "3.bias"}
-    assert report["note"] is not None and "2 of the 6 parameter tensors" in report["note"]
-    assert kfac("kfac", *conv_problem()).report()["kfac"]["note"] is None
-
-
 # --- checks, suites ----------------------------------------------------------------------
 
 
@@ -253,10 +156,9 @@ def test_checks_refuse_in_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     facts = StartingFacts(n_train=100, lr=None, batch_size=16, eval_batch_size=None)
     with pytest.raises(ValueError, match=r"muon needs the training learning rate.*pass --lr"):
         check_muon(parse_strategy("muon"), facts)
-    with pytest.raises(ValueError, match=r"K-FAC's batch B \(kfac:m=100\).*kfac:m=50 or less"):
-        check_kfac(parse_strategy("kfac:m=100"), facts)
     monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # not installed
-    with pytest.raises(ValueError, match=r"pip install 'hfft\[second-order\]'"):
+    # unavailable whatever its options: a suite that added soap leaves it out (test_compare)
+    with pytest.raises(StrategyUnavailable, match=r"pip install 'hfft\[second-order\]'"):
         check_soap(parse_strategy("soap"), facts)
 
 
@@ -336,3 +238,16 @@ def test_an_interrupt_inside_a_step_keeps_the_last_accepted_weights(
     assert log["status"] == "interrupted" and len(log["steps"]) == 2
     cut = load_file(tmp_path / "cut" / "final.safetensors")
     assert all(torch.equal(cut[k], weights[0][k]) for k in cut)
+
+
+def test_hf_with_the_kfac_preconditioner_is_refused_under_torchrun_before_any_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hfft.experiment.strategies.make import check_strategy
+    from hfft.optim import distributed
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match=r"hf:preconditioner=kfac runs in one process only"):
+        check_strategy(parse_strategy("hf:m=32,preconditioner=kfac"), 100, lr=0.1,
+                       batch_size=8, eval_batch_size=None)  # fmt: skip
+    check_strategy(parse_strategy("hf:m=32"), 100, lr=0.1, batch_size=8, eval_batch_size=None)

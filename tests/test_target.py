@@ -12,11 +12,16 @@ from hfft.analysis.ranking import compare_summary
 from hfft.analysis.run_summary import RunSummary
 from hfft.analysis.target import (
     USER,
+    TargetRow,
     fastest_reference,
+    metric_label,
     parse_target,
     ratio_text,
     reach_times,
     soonest_first,
+    target_header,
+    target_rows,
+    target_words,
     time_to_target_entry,
 )
 
@@ -191,3 +196,58 @@ def test_compare_summary_takes_the_users_target_and_notes_it() -> None:
 )
 def test_ratio_text(ratio: float, text: str) -> None:
     assert ratio_text(ratio) == text
+
+
+# --- the words every table says it in (the terminal's and report.md's) -------------------
+
+TTT = {
+    "metric": "test_accuracy",
+    "baseline": "sgd-cosine",
+    "target": 0.981,
+    "fractions": {"hf:m=256": None, "sgd": 0.5, "sgd-div10": 0.25},
+    "missed": {"hf:m=256": 5, "sgd": 2, "sgd-div10": 0},
+    "seeds": {"hf:m=256": 5, "sgd": 5, "sgd-div10": 5},
+    "ratios": {"hf:m=256": None, "sgd": 2.0, "sgd-div10": 1.0},
+    "fastest_first_order": "sgd-div10",
+}
+
+
+@pytest.mark.parametrize(
+    ("metric", "label"),
+    [
+        ("train_eval_loss", "train loss"),
+        ("test_accuracy", "test accuracy"),
+        ("valid_r2", "valid r2"),
+    ],
+)
+def test_metric_label(metric: str, label: str) -> None:
+    assert metric_label(metric) == label
+
+
+def test_target_words_name_the_baseline_or_the_users_target() -> None:
+    assert target_words(TTT) == "sgd-cosine's final test accuracy 98.10 %"
+    mine = {**TTT, "baseline": USER, "metric": "train_eval_loss", "target": 0.25}
+    assert target_words(mine) == "train loss 0.25 (--target)"
+    assert (
+        target_words(mine, lambda m, v: f"<{m}={v}>")
+        == "train loss <train_eval_loss=0.25> (--target)"
+    )
+
+
+def test_target_rows_soonest_first_in_either_tables_format() -> None:
+    assert target_header(TTT) == ["strategy", "to target", "× sgd-div10", "seeds missed"]
+    rows = target_rows(TTT)
+    assert rows[0] == TargetRow("sgd-div10", 0.25, 1.0, 0, 5)
+    assert [r.cells() for r in rows] == [
+        ["sgd-div10", "25 %", "1.0×", "0 of 5"],
+        ["sgd", "50 %", "2.0×", "2 of 5"],
+        ["hf:m=256", "not reached", "–", "5 of 5"],
+    ]
+    assert rows[1].cells(percent="{:.0f}%", of="{}/{}") == ["sgd", "50%", "2.0×", "2/5"]
+
+
+def test_target_rows_of_an_older_entry_without_ratios_or_counts() -> None:
+    old = {k: TTT[k] for k in ("metric", "baseline", "target", "fractions")}
+    assert target_header(old)[2] == "× fastest first-order"
+    assert target_rows(old)[0].cells() == ["sgd-div10", "25 %", "–", "–"]
+    assert target_rows({**old, "missed": TTT["missed"]})[0].missed is None  # without seeds

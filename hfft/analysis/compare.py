@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from hfft._io import atomic_write_json, sha256_file, to_json
 from hfft.analysis.shards import Shard, compare_shard, folder_lock
-from hfft.analysis.target import parse_target
+from hfft.analysis.target import metric_label, parse_target
 from hfft.experiment.interrupts import Interrupted, first_signal_stops
 from hfft.experiment.limits import MAX_SEED, check
 from hfft.experiment.records import COMPARE_KIND, CompareConfigEntry, CompareSummary
@@ -518,10 +518,10 @@ def _load_sources(
 
     Returns:
         The checkpoints' starting points with their initial weights, and the strategies
-        by label (the given ones, else the suite's; the suite's extras added to given ones).
+        by label (the given ones, else the suite's; the suite's extras added to given ones,
+        less those that cannot run on this problem: :func:`_checked`).
     """
     from hfft.experiment.run.budget import parse_budget, resolve_budget
-    from hfft.experiment.strategies.make import check_strategy
 
     sources = []
     for path in config.checkpoints:
@@ -549,16 +549,51 @@ def _load_sources(
         typed |= {name: Strategy(name) for name in _suite_extras(config.suite) if name not in typed}
     if config.target is not None:  # before any run, now that the metric is known
         parse_target(config.target, f"test_{sources[0][0].task.best_metric}")
-    for src, _ in sources:
-        for strategy in typed.values():
-            check_strategy(
-                strategy,
-                src.splits.num_train,
-                lr=src.lr,
-                batch_size=src.batch_size,
-                eval_batch_size=config.eval_batch_size,
-            )
-    return sources, typed
+    added = set(_suite_extras(config.suite)) - {s.label for s in given}
+    return sources, _checked(config, [src for src, _ in sources], typed, added, on_note)
+
+
+def _checked(
+    config: CompareConfig,
+    sources: list,
+    typed: dict[str, Strategy],
+    added: set[str],
+    on_note: Callable[[str], None] | None,
+) -> dict[str, Strategy]:
+    """The strategies, each checked against every checkpoint before any run
+    (:func:`~hfft.experiment.strategies.make.check_strategy`, with the task's loss).
+
+    A strategy the suite added (a label in ``added``) that cannot run on this problem or
+    installation whatever its options (``kfac`` on a loss K-FAC does not support, ``soap``
+    without pytorch-optimizer) is left out, with a note saying why; a strategy the user
+    named is refused.
+
+    Raises:
+        ValueError: For a strategy that cannot run, in one sentence.
+    """
+    from hfft.experiment.strategies.make import check_strategy
+    from hfft.experiment.strategies.registry import StrategyUnavailable
+
+    kept = dict(typed)
+    for src in sources:
+        for label, strategy in list(kept.items()):
+            try:
+                check_strategy(
+                    strategy,
+                    src.splits.num_train,
+                    lr=src.lr,
+                    batch_size=src.batch_size,
+                    eval_batch_size=config.eval_batch_size,
+                    loss_fn=src.task.loss(),
+                    float_targets=src.splits.train_y.is_floating_point(),
+                )
+            except StrategyUnavailable as err:
+                if label not in added:
+                    raise
+                del kept[label]
+                if on_note is not None:
+                    on_note(f"{label} left out of --suite {config.suite}: {err}")
+    return kept
 
 
 def compare(
@@ -891,9 +926,8 @@ def _summarise(
         for key, path in zip(keys, planned, strict=False)
     ]
     for metric, path in zip(metrics, planned[len(keys) :], strict=True):
-        label = metric.replace("train_eval", "train").replace("_", " ")
         rel = summary["relative_performance"][metric]
-        plots.append(plot_relative_performance(rel, path, metric_label=label))
+        plots.append(plot_relative_performance(rel, path, metric_label=metric_label(metric)))
     summary["plots"] = [str(p) for p in plots]
     summary.update(_owned_lists(out, config, strategies, plots))  # type: ignore[typeddict-item]
     summary["kind"], summary["status"] = COMPARE_KIND, "completed"

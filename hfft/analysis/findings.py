@@ -16,17 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from hfft.analysis.target import USER, ratio_text, shown_value, soonest_first
+from hfft.analysis.target import USER, metric_label, ratio_text, shown_value, soonest_first
 from hfft.experiment.strategies.registry import kind_of
 
 __all__ = ["findings_markdown"]
 
 _MIN_WILCOXON_SEEDS = 5
 """Seeds below which only overlapping quartiles mark ties (see the tie rule)."""
-
-
-def _label(metric: str) -> str:
-    return metric.replace("train_eval", "train").replace("_", " ")
 
 
 def _is_hf(strategy: str) -> bool:
@@ -88,7 +84,7 @@ def _course_sentence(
         verdict = f"HF rises but does not lead late (its best: {best_late}, #{last[best_late]})"
     else:
         verdict = f"HF does not rise from early to late (its best late: #{last[best_late]})"
-    return f"On {_label(metric)} (relative score, early → late: {moves}), {verdict}."
+    return f"On {metric_label(metric)} (relative score, early → late: {moves}), {verdict}."
 
 
 def _ties_sentence(summary: Mapping[str, Any], metric: str) -> str:
@@ -108,7 +104,7 @@ def _ties_sentence(summary: Mapping[str, Any], metric: str) -> str:
         if isinstance(seeds, int) and seeds < _MIN_WILCOXON_SEEDS
         else ""
     )
-    return f"Leaders on {_label(metric)}: {'; '.join(parts)}.{few}"
+    return f"Leaders on {metric_label(metric)}: {'; '.join(parts)}.{few}"
 
 
 def _last_sentence(summary: Mapping[str, Any], metric: str) -> str | None:
@@ -127,7 +123,8 @@ def _last_sentence(summary: Mapping[str, Any], metric: str) -> str | None:
             f"{top['strategy']} leads the {len(ranking)} strategies and HF's best, "
             f"{best['strategy']}, is #{best['rank']}, {tied} it"
         )
-    return f"From the last checkpoint ({entries[-1]['checkpoint']}, {_label(metric)}), {where}."
+    last = entries[-1]["checkpoint"]
+    return f"From the last checkpoint ({last}, {metric_label(metric)}), {where}."
 
 
 def _and(names: Sequence[str]) -> str:
@@ -148,7 +145,7 @@ def _target_sentence(summary: Mapping[str, Any]) -> str | None:
     )
     head = (
         f"Time to target from the last checkpoint ({entries[-1]['checkpoint']}: "
-        f"{_label(ttt['metric'])} {shown_value(ttt['metric'], ttt['target'])}, {given}): "
+        f"{metric_label(ttt['metric'])} {shown_value(ttt['metric'], ttt['target'])}, {given}): "
     )
     reached = [s for s in soonest_first(ttt) if fractions[s] is not None]
     if not reached:

@@ -74,8 +74,11 @@ _EXTENDED_COLORS = {
     "soap": "#ff00ff",
     "muon": "#66c2a5",
 }
-# SGD (the paper's) and HF solid, auto dash-dotted, the extended suite dashed
+# SGD (the paper's) and HF solid, auto dash-dotted, the extended suite dashed, HF's
+# second-order and preconditioned peers dotted (their colours come near adam's and sgd's)
 _EXTENDED_LINE = "--"
+_PEER_LINE = ":"
+_PEERS = ("kfac", "soap", "muon")
 _AUTO_LINE = "-."
 _OTHER_SGD = "#5b6f8a"
 _HF_SINGLE = "#d62728"
@@ -113,12 +116,15 @@ def _marker(label: str) -> str:
 
 def strategy_linestyle(label: str) -> str:
     """The line style of a strategy's curves: ``--`` for the extended suite
-    (``swa``, ``lbfgs``, ``adam``, ``adamw``, ``sgd-schedulefree``), ``-.``
-    for ``auto``, solid for the paper's SGD strategies and HF.
+    (``swa``, ``lbfgs``, ``adam``, ``adamw``, ``sgd-schedulefree``), ``:`` for
+    HF's peers ``kfac``, ``soap`` and ``muon``, ``-.`` for ``auto``, solid for
+    the paper's SGD strategies and HF.
 
     With :func:`strategy_colors`, no two strategies of one comparison look
     alike, even where two colours are close.
     """
+    if label.split(":")[0] in _PEERS:
+        return _PEER_LINE
     if _is_extra(label):
         return _EXTENDED_LINE
     return _AUTO_LINE if _is_auto(label) else "-"

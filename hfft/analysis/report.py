@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from hfft.analysis.findings import findings_markdown
-from hfft.analysis.target import USER, ratio_text, soonest_first
+from hfft.analysis.target import (
+    metric_label,
+    shown_value,
+    target_header,
+    target_rows,
+    target_words,
+)
 
 __all__ = ["phases", "report_markdown"]
 
@@ -32,9 +38,7 @@ def phases(checkpoints: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{100 * value:.2f} %" if metric.endswith("accuracy") else f"{value:.4g}"
+    return "–" if value is None else shown_value(metric, value)
 
 
 def _count(n: Any, what: str) -> str:
@@ -47,10 +51,6 @@ def _seeds(config: Mapping[str, Any]) -> str:
     if not first or not isinstance(n, int):
         return _count(n, "seed")
     return f"{_count(n, 'seed')} ({first}–{first + n - 1})"
-
-
-def _label(metric: str) -> str:
-    return metric.replace("train_eval", "train").replace("_", " ")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -71,8 +71,8 @@ def _relative_tables(summary: Mapping[str, Any], figure1: Sequence[str]) -> list
             [s, *(f"{means[c, s]:.2f}" if (c, s) in means else "–" for c in names)] for s in figure1
         ]
         out += [
-            f"Mean relative **best {_label(metric)}** per checkpoint (columns: checkpoints 1 to "
-            f"{len(names)}; 0 = worst run, 1 = best run):",
+            f"Mean relative **best {metric_label(metric)}** per checkpoint (columns: checkpoints "
+            f"1 to {len(names)}; 0 = worst run, 1 = best run):",
             "",
         ]
         out += [*_table(header, rows), ""]
@@ -103,7 +103,7 @@ def _phase_table(
         for s in figure1
     ]
     return [
-        f"By phase ({_label(metric)}; rank among the strategies):",
+        f"By phase ({metric_label(metric)}; rank among the strategies):",
         "",
         *_table(header, rows),
         "",
@@ -115,7 +115,7 @@ def _winners_table(summary: Mapping[str, Any]) -> list[str]:
     metrics = summary.get("metrics", [])
     header = ["checkpoint"]
     for m in metrics:
-        header += [f"start {_label(m)}", f"best {_label(m)}", "tied with it"]
+        header += [f"start {metric_label(m)}", f"best {metric_label(m)}", "tied with it"]
     rows = []
     for entry in summary.get("checkpoints", []):
         row = [entry["checkpoint"]]
@@ -129,35 +129,15 @@ def _winners_table(summary: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
-def _target_words(ttt: Mapping[str, Any]) -> str:
-    """``sgd-cosine's final test accuracy 93.00 %`` or ``test accuracy 98.00 % (--target)``."""
-    value = f"{_label(ttt['metric'])} {_value(ttt['metric'], ttt['target'])}"
-    if ttt.get("baseline") == USER:
-        return f"{value} (--target)"
-    return f"{ttt['baseline']}'s final {value}"
-
-
 def _target_table(entry: Mapping[str, Any]) -> list[str]:
     """One checkpoint's time to target, soonest first: the budget, the ratio to the fastest
     first-order strategy and the seeds that missed it (or a line saying there is none)."""
     ttt = entry.get("time_to_target")
     if not ttt or not ttt.get("fractions"):
         return [f"From {entry['checkpoint']}: no time to target (the Notes say why).", ""]
-    fastest = ttt.get("fastest_first_order")
-    ratios, missed, seeds = (ttt.get(k) or {} for k in ("ratios", "missed", "seeds"))
-    rows = []
-    for s in soonest_first(ttt):
-        f, r = ttt["fractions"][s], ratios.get(s)
-        rows.append(
-            [
-                s,
-                "not reached" if f is None else f"{100 * f:.0f} %",
-                "–" if r is None else ratio_text(r),
-                f"{missed[s]} of {seeds[s]}" if s in missed and s in seeds else "–",
-            ]
-        )
-    header = ["strategy", "to target", f"× {fastest or 'fastest first-order'}", "seeds missed"]
-    return [f"From {entry['checkpoint']}, to {_target_words(ttt)}:", "", *_table(header, rows), ""]
+    rows = [row.cells() for row in target_rows(ttt)]
+    words = target_words(ttt)
+    return [f"From {entry['checkpoint']}, to {words}:", "", *_table(target_header(ttt), rows), ""]
 
 
 def _target_section(summary: Mapping[str, Any]) -> list[str]:
@@ -182,7 +162,7 @@ def _ranking(entry: Mapping[str, Any], metric: str) -> list[str]:
         spread = f"{_value(metric, st['q25'])} – {_value(metric, st['q75'])}"
         tied = ", ".join(st["tied_with"]) or "none"
         rows.append([str(st["rank"]), st["strategy"], _value(metric, st["mean"]), spread, tied])
-    header = ["rank", "strategy", f"best {_label(metric)} (mean)", "quartiles", "tied with"]
+    header = ["rank", "strategy", f"best {metric_label(metric)} (mean)", "quartiles", "tied with"]
     return [*_table(header, rows), ""]
 
 
@@ -274,7 +254,7 @@ def report_markdown(
         lines += [f"![{f.stem}]({f.name})" for f in figures if f.name == "figure2.png"] + [""]
         for metric in summary.get("metrics", []):
             lines += [
-                f"From {last['checkpoint']}, best {_label(metric)}:",
+                f"From {last['checkpoint']}, best {metric_label(metric)}:",
                 "",
                 *_ranking(last, metric),
             ]

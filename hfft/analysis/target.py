@@ -9,7 +9,10 @@ reaches it when half of its seeds do, and its *time to target* is that budget
 fraction, the median over seeds. Each time is set against the fastest
 first-order strategy's (:func:`time_to_target_entry`), so that "HF needs 2.7×
 the budget of ``sgd-div10``" is read off one number: a ratio below 1 is faster
-than every first-order method.
+than every first-order method. The words every table says it in (what the target
+is, a row per strategy: :func:`target_words`, :func:`target_rows`) are here too;
+the terminal (:mod:`hfft.cli.render.summaries`) and ``report.md``
+(:mod:`hfft.analysis.report`) render them.
 
 Plain Python on :class:`hfft.analysis.run_summary.RunSummary`, no model needed.
 """
@@ -17,7 +20,8 @@ Plain Python on :class:`hfft.analysis.run_summary.RunSummary`, no model needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,13 +33,18 @@ from hfft.experiment.strategies.registry import entry_of, kind_of
 __all__ = [
     "REFERENCE_KIND",
     "USER",
+    "TargetRow",
     "best_baseline_target",
     "fastest_reference",
+    "metric_label",
     "parse_target",
     "ratio_text",
     "reach_times",
     "shown_value",
     "soonest_first",
+    "target_header",
+    "target_rows",
+    "target_words",
     "time_to_target",
     "time_to_target_entry",
 ]
@@ -82,8 +91,8 @@ def parse_target(text: str, metric: str | None = None) -> float:
     name = metric.rsplit("_", 1)[-1]
     if percent and name != "accuracy":
         raise ValueError(
-            f"--target {text} is a percentage, but the comparison ranks first by {_label(metric)}"
-            f"; give its value as a plain number"
+            f"--target {text} is a percentage, but the comparison ranks first by "
+            f"{metric_label(metric)}; give its value as a plain number"
         )
     value = value / 100 if percent else value
     if name == "accuracy" and not 0 <= value <= 1:
@@ -92,13 +101,15 @@ def parse_target(text: str, metric: str | None = None) -> float:
             "percentage"
         )
     if name in ("loss", "rmse") and value < 0:
-        raise ValueError(f"--target {text} is negative, but {_label(metric)} is at least 0")
+        raise ValueError(f"--target {text} is negative, but {metric_label(metric)} is at least 0")
     if name == "r2" and value > 1:
-        raise ValueError(f"--target {text} is above 1, the largest {_label(metric)}")
+        raise ValueError(f"--target {text} is above 1, the largest {metric_label(metric)}")
     return value
 
 
-def _label(metric: str) -> str:
+def metric_label(metric: str) -> str:
+    """A recorded metric in words, as every report and table names it: ``train_eval_loss``
+    is ``train loss``, ``test_accuracy`` ``test accuracy``."""
     return metric.replace("train_eval", "train").replace("_", " ")
 
 
@@ -248,43 +259,63 @@ def time_to_target_entry(
     Returns:
         The ``compare.json`` entry (or ``None``) and the notes.
     """
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    if target is None:
-        try:
-            baseline, value = best_baseline_target(group, metric=metric)
-        except ValueError:
-            return None, [
-                f"no time to target: no SGD strategy has a final {_label(metric)} to take as "
-                "the target (--target sets one)"
-            ]
-        if start is not None and not sign * value > sign * start:
-            return None, [
-                f"no time to target: {baseline}'s final {_label(metric)} "
-                f"({shown_value(metric, value)}) does not lie beyond the start "
-                f"({shown_value(metric, start)}); --target sets a value to reach"
-            ]
-    else:
-        baseline, value = USER, target
+    chosen = _chosen_target(group, metric, start, target)
+    if isinstance(chosen, str):
+        return None, [chosen]
+    baseline, value = chosen
     notes = []
+    sign = 1.0 if higher_is_better(metric) else -1.0
     if start is not None and sign * start >= sign * value:
         notes.append(
-            f"the checkpoint itself reaches the target ({_label(metric)} "
+            f"the checkpoint itself reaches the target ({metric_label(metric)} "
             f"{shown_value(metric, start)}, target {shown_value(metric, value)}): the time to "
             "target is when each strategy is still there after its first step"
         )
-    times = reach_times(group, value, metric)
-    fractions = {s: _median(t) for s, t in times.items()}
-    fastest = fastest_reference(fractions)
-    if fastest is None:
+    entry = _entry(group, metric, baseline, value)
+    if entry["fastest_first_order"] is None:
         notes.append(
             "no first-order strategy reached the target in half of its seeds or more, so no "
             "strategy's time to target has a ratio to the fastest first-order one"
         )
+    return entry, notes
+
+
+def _chosen_target(
+    group: list[RunSummary], metric: str, start: float | None, target: float | None
+) -> tuple[str, float] | str:
+    """The target's ``baseline`` (:data:`USER` for ``target``) and value, or the note that
+    says why there is none (no SGD baseline's value, or one that does not lie beyond the
+    start)."""
+    if target is not None:
+        return USER, target
+    try:
+        baseline, value = best_baseline_target(group, metric=metric)
+    except ValueError:
+        return (
+            f"no time to target: no SGD strategy has a final {metric_label(metric)} to take as "
+            "the target (--target sets one)"
+        )
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    if start is not None and not sign * value > sign * start:
+        return (
+            f"no time to target: {baseline}'s final {metric_label(metric)} "
+            f"({shown_value(metric, value)}) does not lie beyond the start "
+            f"({shown_value(metric, start)}); --target sets a value to reach"
+        )
+    return baseline, value
+
+
+def _entry(group: list[RunSummary], metric: str, baseline: str, value: float) -> TimeToTarget:
+    """The ``compare.json`` entry: each strategy's time to ``value``, the seeds that missed
+    it and the ratio to the fastest first-order strategy's time (null where there is none)."""
+    times = reach_times(group, value, metric)
+    fractions = {s: _median(t) for s, t in times.items()}
+    fastest = fastest_reference(fractions)
     reference = None if fastest is None else fractions[fastest]
     ratios = {
         s: None if f is None or reference is None else f / reference for s, f in fractions.items()
     }
-    entry: TimeToTarget = {
+    return {
         "metric": metric,
         "baseline": baseline,
         "target": value,
@@ -294,4 +325,72 @@ def time_to_target_entry(
         "ratios": ratios,
         "fastest_first_order": fastest,
     }
-    return entry, notes
+
+
+# --- the time to target in words, for the terminal's tables and report.md ----------------
+
+
+def target_words(ttt: Mapping[str, Any], shown: Callable[[str, float], str] = shown_value) -> str:
+    """What a :class:`~hfft.experiment.records.TimeToTarget`'s target is, in words:
+    ``sgd-cosine's final test accuracy 98.10 %``, or ``test accuracy 98.10 % (--target)``
+    for the user's; ``shown(metric, value)`` writes the value as the caller's tables do."""
+    metric = ttt["metric"]
+    value = f"{metric_label(metric)} {shown(metric, ttt['target'])}"
+    if ttt.get("baseline") == USER:
+        return f"{value} (--target)"
+    return f"{ttt['baseline']}'s final {value}"
+
+
+def target_header(ttt: Mapping[str, Any]) -> list[str]:
+    """The columns of a time-to-target table (:meth:`TargetRow.cells`)."""
+    fastest = ttt.get("fastest_first_order")
+    return ["strategy", "to target", f"× {fastest or 'fastest first-order'}", "seeds missed"]
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """One strategy's line of a time-to-target table.
+
+    Attributes:
+        strategy: The strategy's label.
+        fraction: Its time to target (``None``: not reached).
+        ratio: That over the fastest first-order strategy's (``None``: no ratio).
+        missed: Its seeds that never reached the target (``None``: not recorded).
+        seeds: Its seeds (``None``: not recorded).
+    """
+
+    strategy: str
+    fraction: float | None
+    ratio: float | None
+    missed: int | None
+    seeds: int | None
+
+    def cells(self, percent: str = "{:.0f} %", of: str = "{} of {}") -> list[str]:
+        """The row in words under :func:`target_header`: ``27 %`` or ``not reached``,
+        ``2.7×`` or ``–``, ``1 of 5`` or ``–``; ``percent`` and ``of`` are the caller's
+        formats of a percentage and of seeds missed out of all."""
+        counted = self.missed is not None and self.seeds is not None
+        return [
+            self.strategy,
+            "not reached" if self.fraction is None else percent.format(100 * self.fraction),
+            "–" if self.ratio is None else ratio_text(self.ratio),
+            of.format(self.missed, self.seeds) if counted else "–",
+        ]
+
+
+def target_rows(ttt: Mapping[str, Any]) -> list[TargetRow]:
+    """A :class:`~hfft.experiment.records.TimeToTarget`'s strategies, soonest first
+    (:func:`soonest_first`); an older ``compare.json`` without ratios or seed counts
+    gives ``None`` for them."""
+    ratios, missed, seeds = (ttt.get(k) or {} for k in ("ratios", "missed", "seeds"))
+    both = set(missed) & set(seeds)  # seeds missed are shown only with all the seeds
+    return [
+        TargetRow(
+            s,
+            ttt["fractions"][s],
+            ratios.get(s),
+            missed[s] if s in both else None,
+            seeds[s] if s in both else None,
+        )
+        for s in soonest_first(ttt)
+    ]

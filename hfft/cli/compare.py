@@ -58,7 +58,8 @@ FirstSeedOpt = Annotated[
     typer.Option(
         metavar="<int>",
         help="The first seed: the runs take seeds N to N+seeds−1 (held-out seeds 5–9: --seeds 5 "
-        "--first-seed 5); runs of other seeds in --out are reused.",
+        "--first-seed 5); their runs already in --out are reused, those of other seeds "
+        "are kept but not ranked.",
         min=0,
     ),
 ]

@@ -229,6 +229,8 @@ class MuonLog(TypedDict):
     lr: float
     adjust_lr_fn: str
     momentum: float
+    weight_decay: float
+    weight_decay_mode: str
     muon_tensors: int
     muon_parameters: int
     sgd_tensors: int
@@ -403,6 +405,7 @@ class HFProgressEntry(TypedDict):
     m: int
     eval_batch_size: int
     n_train: int
+    rho_batch: NotRequired[str]
     note: str | None
 
 

@@ -33,7 +33,7 @@ every chunk's linearisation (memory of the whole batch, no recomputation).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +195,29 @@ class LinearizationCache:
                 self.fallback_reason = f"{type(err).__name__}: {err}"
                 self._cache[key] = None
         return self._cache[key]
+
+    def trace(
+        self,
+        model: nn.Module,
+        params: Sequence[Tensor],
+        inputs: Batchable,
+        sizes: Iterable[int],
+        chunk_size: int | None,
+    ) -> None:
+        """Trace now, in the model's current mode, every chunk shape that batches of each of
+        ``sizes`` samples split into ``chunk_size`` chunks give (:func:`split_batch`),
+        from the first samples of ``inputs``; each shape once.
+
+        Tracing is a one-time cost like a compilation: done before the clock starts (the
+        ``kfac`` runner), it stays out of timed steps.
+        """
+        state = ModelState(model, params)
+        shapes: set[int] = set()
+        for n in sizes:
+            size = chunk_size or n
+            shapes |= {min(size, n), n % size} - {0}  # the full chunks and the remainder
+        for k in sorted(shapes):
+            self.get(model, state, [p.detach() for p in params], take(inputs, slice(0, k)))
 
 
 class CurvatureOperator:

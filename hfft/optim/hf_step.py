@@ -142,7 +142,8 @@ class HFStep:
 
     def objective_at(self, d: Tensor | None, chunks: list[Any] | None = None) -> float:
         """The objective on B̄ (or ``chunks``) at ``θ + d`` (θ for ``None``); writes that point."""
-        self.evals += 1
+        if chunks is None:  # the record counts the evaluations on B̄ alone
+            self.evals += 1
         flat = self.theta if d is None else self.theta + d
         write_flat(self.params, flat)
         loss = batch_loss(self.model, self.loss_fn, self.eval_chunks if chunks is None else chunks)
@@ -159,7 +160,9 @@ class HFStep:
         decision compares with.
         """
         hp = self.hp
-        whole = self.n_s >= batch[1].shape[0]
+        # the option decides, not this rank's shard: ⌈f·n⌉ may be all of one rank's shard and
+        # not of another's, and every rank must normalise S alike and run the same all-reduces
+        whole = hp["curvature_fraction"] >= 1
         sub = batch if whole else (take(batch[0], slice(0, self.n_s)), batch[1][: self.n_s])
         self.curvature_batch = sub
         op = linearize_curvature(
@@ -262,12 +265,12 @@ class HFStep:
         hp = self.hp
         p_last = result.iterates[-1][1]
         f_last = self.objective_at(p_last)  # ρ's numerator, and backtracking's start
-        self.times["eval"] += self.timer.lap()
         if hp["rho_batch"] == "curvature":  # on B, which the quadratic model was built on
             f_b = self.objective_at(p_last, self.batch_chunks)
             rho = reduction_ratio(f_b, self.batch_f, result.q_values[-1])
         else:
             rho = reduction_ratio(f_last, self.f0, result.q_values[-1])
+        self.times["eval"] += self.timer.lap()  # ρ's evaluations, not backtracking's
         next_damping, next_radius = self.damping, None
         if hp["damping_rule"] == "trust-region":  # λ stays; the region adapts
             reached = self.radius is None or result.stop_reason == "radius"

@@ -46,12 +46,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hfft._text import clipped
 from hfft.optim.batches import Batchable, batch_size, take
 from hfft.optim.fisher import FISHER_TYPES, output_gradients
 from hfft.optim.flat import FlatSpace
 from hfft.optim.output_hessians import Loss, loss_normaliser
 
-__all__ = ["FISHER_TYPES", "KFAC", "coverage"]
+__all__ = ["FISHER_TYPES", "KFAC", "coverage", "unsupported_loss"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -217,6 +218,49 @@ def coverage(model: nn.Module, params: Sequence[Tensor]) -> tuple[list[str], lis
     return _names(model, params, held)
 
 
+def unsupported_loss(loss_fn: Loss, *, float_targets: bool) -> str | None:
+    """Why K-FAC cannot take ``loss_fn``, in one sentence; ``None`` when it can.
+
+    The output gradients of every Fisher type (:mod:`hfft.optim.fisher`) are
+    written for ``nn.MSELoss`` and for ``nn.CrossEntropyLoss`` on class indices
+    (its output Hessian ``diag p − p pᵀ``); class weights, label smoothing or
+    probability targets change that Hessian, and any other loss has none that
+    K-FAC knows. It needs only the loss and the targets' dtype: a run is refused up front.
+
+    Args:
+        loss_fn: The batch loss.
+        float_targets: Whether the targets are floating point (for cross-entropy:
+            class probabilities rather than indices).
+    """
+    what: str | None = None
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if loss_fn.weight is not None:
+            what = "cross-entropy with class weights"
+        elif loss_fn.label_smoothing != 0:
+            what = "cross-entropy with label smoothing"
+        elif float_targets:
+            what = "cross-entropy on class probabilities (soft targets)"
+    elif not isinstance(loss_fn, nn.MSELoss):
+        what = _loss_name(loss_fn)
+    if what is None and getattr(loss_fn, "reduction", None) not in ("mean", "sum"):
+        what = f"a loss with reduction={getattr(loss_fn, 'reduction', None)!r}"
+    if what is None:
+        return None
+    return (
+        "K-FAC supports nn.CrossEntropyLoss on class indices (no class weights or label "
+        f"smoothing) and nn.MSELoss, with mean or sum reduction, not this run's {what}"
+    )
+
+
+def _loss_name(loss_fn: Loss) -> str:
+    """``BCEWithLogitsLoss``, or ``function my_loss`` for a plain function (a user's name,
+    clipped)."""
+    if isinstance(loss_fn, nn.Module):
+        return clipped(type(loss_fn).__name__, 40)
+    name = getattr(loss_fn, "__qualname__", None)
+    return clipped(f"function {name}" if isinstance(name, str) else type(loss_fn).__name__, 40)
+
+
 def _names(
     model: nn.Module, params: Sequence[Tensor], held: set[int]
 ) -> tuple[list[str], list[str]]:
@@ -252,18 +296,9 @@ def _check_arguments(
         raise ValueError(f"fisher must be one of {', '.join(FISHER_TYPES)}, got {fisher!r}")
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk}")
-    ok = isinstance(loss_fn, nn.MSELoss) or (
-        isinstance(loss_fn, nn.CrossEntropyLoss)
-        and loss_fn.weight is None
-        and loss_fn.label_smoothing == 0
-        and not targets.is_floating_point()
-    )
-    if not ok or getattr(loss_fn, "reduction", None) not in ("mean", "sum"):
-        raise ValueError(
-            "K-FAC supports nn.CrossEntropyLoss (class-index targets, no class weights or "
-            "label smoothing) "
-            f"and nn.MSELoss, with mean or sum reduction, not {loss_fn!r}"
-        )
+    problem = unsupported_loss(loss_fn, float_targets=targets.is_floating_point())
+    if problem is not None:
+        raise ValueError(problem)
     mine = {id(p) for p in model.parameters()}
     if any(id(p) not in mine or not p.requires_grad for p in params):
         raise ValueError("K-FAC's params must be parameters of the model that require gradients")

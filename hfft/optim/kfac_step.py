@@ -114,30 +114,42 @@ def kfac_step(
         if not (math.isfinite(f0) and bool(torch.isfinite(grad).all())):
             return _no_length(f0, "non-finite loss or gradient")
         p = -factors.inverse(damping + weight_decay)(grad)
-        # α* minimises the damped model along p; M(αp) is the undamped model's decrease
-        cp = op.matvec(p)  # p → C p: the one exact GGN product of the step
-        g_p = float(torch.dot(grad, p))
-        curvature = float(torch.dot(p, cp)) + float(torch.dot(p, wd * p))  # pᵀ(C + diag(wd))p
-        alpha_star = -g_p / (curvature + damping * float(torch.dot(p, p)))
+        alpha_star, g_p, curvature = _step_length(op, grad, p, wd, damping)
         if not math.isfinite(alpha_star) or alpha_star <= 0:
             return _no_length(f0, "no finite step length")
         alpha = lr * alpha_star
-        predicted = alpha * g_p + 0.5 * alpha**2 * curvature
+        predicted = alpha * g_p + 0.5 * alpha**2 * curvature  # M(αp), the undamped model
         new = theta + alpha * p
         f_new = _objective_at(model, loss_fn, params, new, wd, eval_chunks)
     except BaseException:  # an interrupt in a trial evaluation: the weights stay at θ
         write_flat(params, theta)
         raise
-    rho = reduction_ratio(f_new, f0, predicted)
-    reason = None
-    if not f_new < f0:  # also NaN
-        reason = "the step did not lower the loss on B̄"
-    elif torch.equal(new, theta):
-        reason = "the step was too small to change the weights"
+    reason = _rejection(f0, f_new, new, theta)
     if reason is not None:
         write_flat(params, theta)
-        return KFACStepResult(f0, f_new, rho, alpha, False, reason)
-    return KFACStepResult(f0, f_new, rho, alpha, True)
+    rho = reduction_ratio(f_new, f0, predicted)
+    return KFACStepResult(f0, f_new, rho, alpha, reason is None, reason)
+
+
+def _step_length(
+    op: CurvatureOperator, grad: Tensor, p: Tensor, wd: Tensor, damping: float
+) -> tuple[float, float, float]:
+    """``α*`` that minimises the damped model along ``p`` (Martens & Grosse 2015, §6.4),
+    with ``gᵀp`` and ``pᵀ(C + diag(wd))p`` from which the undamped model's decrease follows."""
+    cp = op.matvec(p)  # p → C p: the one exact GGN product of the step
+    g_p = float(torch.dot(grad, p))
+    curvature = float(torch.dot(p, cp)) + float(torch.dot(p, wd * p))  # pᵀ(C + diag(wd))p
+    return -g_p / (curvature + damping * float(torch.dot(p, p))), g_p, curvature
+
+
+def _rejection(f0: float, f_new: float, new: Tensor, theta: Tensor) -> str | None:
+    """Why the step ``θ → new`` is not taken (``None``: it is): it must lower ``f`` on B̄
+    (as HF's line search demands) and change the weights."""
+    if not f_new < f0:  # also NaN
+        return "the step did not lower the loss on B̄"
+    if torch.equal(new, theta):
+        return "the step was too small to change the weights"
+    return None
 
 
 def _no_length(f0: float, reason: str) -> KFACStepResult:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from hfft.optim import distributed
-from hfft.optim.batches import Batchable, batch_size, take
+from hfft.optim.batches import Batchable, batch_size
 from hfft.optim.cg import CGResult
 from hfft.optim.curvature import (
     BACKENDS,
@@ -39,7 +39,7 @@ from hfft.optim.curvature import (
     split_batch,
 )
 from hfft.optim.damping import MAX_DAMPING_FACTOR, raise_damping
-from hfft.optim.flat import ModelState, flatten
+from hfft.optim.flat import flatten
 from hfft.optim.hf_step import Choice, HFStep, write_flat
 from hfft.optim.output_hessians import Loss, loss_normaliser
 from hfft.optim.preconditioner import (
@@ -218,15 +218,10 @@ class HessianFree(torch.optim.Optimizer):
         if hp["backend"] != "func" or hp["curvature"] != "ggn":
             return 0.0
         start = time.perf_counter()
-        params = self._params()
-        state = ModelState(model, params)
+        whole = batch_size(inputs)
+        sizes = {whole, math.ceil(hp["curvature_fraction"] * whole)}  # B, and S
         with step_mode(model, hp["model_mode"]):
-            whole = batch_size(inputs)
-            for n in {whole, math.ceil(hp["curvature_fraction"] * whole)}:  # B, and S
-                size = hp["chunk_size"] or n
-                for m in sorted({min(size, n), n % size} - {0}):
-                    head = take(inputs, slice(0, m))
-                    self._lin_cache.get(model, state, [p.detach() for p in params], head)
+            self._lin_cache.trace(model, self._params(), inputs, sizes, hp["chunk_size"])
         return time.perf_counter() - start
 
     @property
@@ -390,10 +385,8 @@ class HessianFree(torch.optim.Optimizer):
         if reason is not None:  # a rejected step: λ grows (the region shrinks), whatever ρ said
             write_flat(params, theta)
             decided["next_damping"] = max(choice.next_damping, self._grown(damping))
-            shrunk = min(
-                (r for r in (choice.next_radius, _shrunk(radius)) if r is not None), default=None
-            )
-            return self._done(hf.record(op, step_no, reject_reason=reason, **decided), shrunk)
+            record = hf.record(op, step_no, reject_reason=reason, **decided)
+            return self._done(record, _shrunk(radius, result))
         assert new is not None
         write_flat(params, new)
         accepted = dict(accepted=True, loss_after=choice.loss_after, alpha=choice.alpha)
@@ -425,9 +418,15 @@ class HessianFree(torch.optim.Optimizer):
                 self.state[p]["cg_x"] = chunk.view_as(p).clone()
 
 
-def _shrunk(radius: float | None) -> float | None:
-    """The trust region after a rejected step: a quarter (``None`` stays: no region yet)."""
-    return None if radius is None or not math.isfinite(radius) else radius / 4
+def _shrunk(radius: float | None, result: CGResult | None = None) -> float | None:
+    """The trust region after a rejected step: a quarter of it, or of the length of CG's
+    last iterate on the first (unconstrained) step, whatever ρ said; ``None`` where there
+    is none (no region yet and no CG run, or a length of 0 or not finite)."""
+    if radius is None and result is not None:
+        radius = float(torch.linalg.vector_norm(result.iterates[-1][1]))
+    if radius is None or not (math.isfinite(radius) and radius > 0):
+        return None
+    return radius / 4
 
 
 def _not_taken(

@@ -20,7 +20,8 @@ class StepRecord:
     linearisation on B), ``time_preconditioner``, ``time_cg`` (all of CG, of
     which ``time_products`` in curvature products), ``time_eval`` (every
     evaluation on B̄, of which ``time_backtracking`` and ``time_linesearch``;
-    the rest is the losses at θ and at the last CG iterate, which ρ needs)
+    the rest is the losses at θ and at the last CG iterate, which ρ needs, on B
+    too with ``rho_batch="curvature"``)
     and ``time_total``. ``radius`` is the trust region CG stayed inside
     (``damping_rule="trust-region"``; ``None`` otherwise or on the first step).
     """

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hfft._text import short_list
-from hfft.analysis.target import USER
+from hfft.analysis.target import metric_label, target_header, target_rows, target_words
 
 if TYPE_CHECKING:
     from hfft.analysis.compare import CompareResult
@@ -61,10 +61,6 @@ def switch_line(record: Mapping[str, Any]) -> str | None:
     )
 
 
-def _label(metric: str) -> str:
-    return metric.replace("train_eval", "train").replace("_", " ")
-
-
 def _fmt(key: str, value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "–"
@@ -84,7 +80,7 @@ def print_finetune_summary(console: Console, result: FinetuneResult) -> None:
         table.add_column(name, justify="right")
     for key in _metric_keys(result.initial):
         table.add_row(
-            key.replace("_", " ").replace("train eval", "train"),
+            metric_label(key),
             _fmt(key, result.initial.get(key)),
             _fmt(key, result.final.get(key)),
             _fmt(key, result.best.get(key)),
@@ -132,8 +128,7 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     from hfft.analysis.ranking import MIN_PAIRS
 
     accuracy = metric.endswith("accuracy")
-    name = metric.replace("train_eval", "train").replace("_", " ")
-    what = f"best {name}" + (" (%)" if accuracy else "")
+    what = f"best {metric_label(metric)}" + (" (%)" if accuracy else "")
     table = Table(
         title=f"{entry['checkpoint']}: ranked by {what} within the budget",
         title_justify="left",
@@ -188,15 +183,6 @@ def ranking_table(entry: Mapping[str, Any], metric: str) -> Table:
     return table
 
 
-def _target_words(ttt: Mapping[str, Any]) -> str:
-    """What the target is: ``sgd-cosine's final test accuracy 93.00%`` or ``… (--target)``."""
-    metric = ttt["metric"]
-    value = f"{_label(metric)} {_fmt(metric, ttt['target'])}"
-    if ttt.get("baseline") == USER:
-        return f"{value} (--target)"
-    return f"{ttt['baseline']}'s final {value}"
-
-
 def _target_caption(ttt: Mapping[str, Any]) -> str:
     """The ranking table's words on its "to target" column."""
     fastest = ttt.get("fastest_first_order")
@@ -206,7 +192,7 @@ def _target_caption(ttt: Mapping[str, Any]) -> str:
         else ""
     )
     return (
-        f"to target: budget needed to reach {_target_words(ttt)} (median over seeds){ratio}; "
+        f"to target: budget needed to reach {target_words(ttt, _fmt)} (median over seeds){ratio}; "
         "(k/n): seeds that never reached it"
     )
 
@@ -231,28 +217,19 @@ def target_table(entry: Mapping[str, Any]) -> Table | None:
     """One checkpoint's time to target, soonest first: the budget each strategy needed,
     its ratio to the fastest first-order strategy's and the seeds that missed it
     (``None`` where the checkpoint has no time to target)."""
-    from hfft.analysis.target import ratio_text, soonest_first
-
     ttt = entry.get("time_to_target")
     if not ttt or not ttt.get("fractions"):
         return None
     fastest = ttt.get("fastest_first_order")
-    ratios, missed, seeds = (ttt.get(k) or {} for k in ("ratios", "missed", "seeds"))
-    title = f"{entry['checkpoint']}: time to reach {_target_words(ttt)}"
+    title = f"{entry['checkpoint']}: time to reach {target_words(ttt, _fmt)}"
     # as wide as its title, which says what the target is (the console narrows it if need be)
     table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("strategy", overflow="fold")
-    table.add_column("to target", justify="right")
-    table.add_column(f"× {fastest}" if fastest else "× fastest first-order", justify="right")
-    table.add_column("seeds missed", justify="right")
-    for s in soonest_first(ttt):
-        f, r = ttt["fractions"][s], ratios.get(s)
-        table.add_row(
-            s,
-            "not reached" if f is None else f"{100 * f:.0f}%",
-            "–" if r is None else ratio_text(r),
-            f"{missed[s]}/{seeds[s]}" if s in missed and s in seeds else "–",
-        )
+    strategy, *numbers = target_header(ttt)
+    table.add_column(strategy, overflow="fold")
+    for column in numbers:
+        table.add_column(column, justify="right")
+    for row in target_rows(ttt):
+        table.add_row(*row.cells(percent="{:.0f}%", of="{}/{}"))
     if fastest:
         reference = (
             f"× {fastest}: that budget over {fastest}'s, the fastest first-order strategy "

@@ -168,8 +168,9 @@ def parts(strategy: Strategy) -> tuple[Strategy, Strategy]:
 
 
 def check_auto(strategy: Strategy, facts: StartingFacts) -> None:
-    """HF's batches fit the data, and SGD's rate and batch size are known and fit it."""
-    check_hf(strategy, facts)
+    """HF's batches fit the data (and its preconditioner the loss: ``hf_preconditioner=kfac``),
+    and SGD's rate and batch size are known and fit it."""
+    check_hf(parts(strategy)[1], facts)
     check_sgd(strategy, facts)
 
 

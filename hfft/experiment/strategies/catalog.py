@@ -390,7 +390,7 @@ KFAC_OPTIONS: dict[str, Option] = {
     "update_every": Option(int, "steps between new K-FAC factors", range=POSITIVE, default=1),
     "chunk_size": HF_OPTIONS["chunk_size"],
 }
-"""Options of ``kfac`` (:mod:`hfft.experiment.strategies.second_order`)."""
+"""Options of ``kfac`` (:mod:`hfft.experiment.strategies.kfac_runner`)."""
 
 SOAP_OPTIONS: dict[str, Option] = {
     "lr": Option(
@@ -431,6 +431,7 @@ MUON_OPTIONS: dict[str, Option] = {
 }
 """Options of ``muon`` (the other parameters take SGD at the checkpoint's rate and momentum)."""
 
+_KFAC = "hfft.experiment.strategies.kfac_runner:"
 _SECOND = "hfft.experiment.strategies.second_order:"
 
 register(
@@ -438,8 +439,8 @@ register(
         "kfac",
         "K-FAC steps, Martens & Grosse's step length and damping",
         KFAC_OPTIONS,
-        build=_SECOND + "KFACRunner.build",
-        check=_SECOND + "check_kfac",
+        build=_KFAC + "KFACRunner.build",
+        check=_KFAC + "check_kfac",
         kind="second-order",
         suites=("extended", "second-order"),
         batch_option="m",

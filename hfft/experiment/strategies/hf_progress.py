@@ -39,6 +39,7 @@ class HFProgress:
         m: Size of B (gradient and curvature).
         m_bar: Size of B̄ (damping, backtracking, line search).
         n_train: Training samples (the largest B and B̄ together).
+        rho_batch: Where the optimizer measured ρ: ``"eval"`` (B̄) or ``"curvature"`` (B).
     """
 
     m: int
@@ -50,6 +51,7 @@ class HFProgress:
     max_damping: float = 0.0
     decrease: float = 0.0
     """Sum over accepted steps of (loss before − loss after) / loss before, on B̄."""
+    rho_batch: str = "eval"
 
     def observe(self, record: Mapping[str, Any]) -> None:
         """Count one HF step record (a :class:`hfft.optim.StepRecord` as a dict)."""
@@ -78,6 +80,7 @@ class HFProgress:
     def to_dict(self) -> HFProgressEntry:
         """The ``hf_progress`` entry of ``metrics.json``."""
         median = statistics.median(self.rhos) if self.rhos else None
+        facts = (self.verdict, self.steps, self.accepted, median, self.m, self.n_train)
         return {
             "verdict": self.verdict,
             "steps": self.steps,
@@ -87,21 +90,32 @@ class HFProgress:
             "m": self.m,
             "eval_batch_size": self.m_bar,
             "n_train": self.n_train,
-            "note": progress_note(
-                self.verdict, self.steps, self.accepted, median, self.m, self.n_train
-            ),
+            "rho_batch": self.rho_batch,
+            "note": progress_note(*facts, self.rho_batch),
         }
 
 
+def _rho_on(rho_batch: Any) -> str:
+    """The batch ρ was measured on (``rho_batch``; B̄ for an entry written before it was kept)."""
+    return "B" if rho_batch == "curvature" else "B̄"
+
+
 def progress_note(
-    verdict: str, steps: int, accepted: int, median_rho: float | None, m: int, n_train: int
+    verdict: str,
+    steps: int,
+    accepted: int,
+    median_rho: float | None,
+    m: int,
+    n_train: int,
+    rho_batch: str = "eval",
 ) -> str | None:
     """One or two sentences on a run where HF made no or little progress (else ``None``)."""
     if verdict == "made":
         return None
     if not steps:
         return "HF took no step: the run ended before its first step did."
-    rho = f" (median ρ on B̄ {median_rho:.2f})" if median_rho is not None else ""
+    where = _rho_on(rho_batch)
+    rho = f" (median ρ on {where} {median_rho:.2f})" if median_rho is not None else ""
     if verdict == "little":
         head = f"HF made little progress: only {accepted} of {steps} steps were taken{rho}."
         return head + _why(m, n_train, "mostly did not lower")
@@ -125,7 +139,8 @@ def strategy_note(strategy: str, entries: Sequence[Mapping[str, Any]]) -> str | 
     taken = _span([e["accepted"] for e in poor])
     steps = _span([e["steps"] for e in poor])
     rhos = [r for e in poor if isinstance(r := e.get("median_rho"), (int, float))]
-    rho = f", median ρ on B̄ {statistics.median(rhos):.2f}" if rhos else ""
+    where = _rho_on(poor[0].get("rho_batch"))
+    rho = f", median ρ on {where} {statistics.median(rhos):.2f}" if rhos else ""
     how = "did not lower" if verdict == "no" else "mostly did not lower"
     return (
         f"{strategy}: HF made {verdict} progress in {len(poor)} of {len(entries)} seeds "

@@ -31,12 +31,18 @@ def check_strategy(
     lr: float | None,
     batch_size: int | None,
     eval_batch_size: int | None,
+    loss_fn: Loss | None = None,
+    float_targets: bool = False,
 ) -> None:
     """Whether a strategy can run on ``n`` training samples, without building anything.
 
-    ``compare`` checks every strategy with this before the first run starts.
+    ``compare`` checks every strategy with this before the first run starts. ``loss_fn``
+    and ``float_targets`` (whether the training targets are floating point) let a
+    strategy that supports only some losses refuse the others (``kfac``).
 
     Raises:
+        StrategyUnavailable: For a strategy that cannot run on this problem or
+            installation whatever its options (its loss, a missing package).
         ValueError: For batches that do not fit the data, a missing learning rate or
             batch size, or a strategy that does not run data-parallel under torchrun,
             in one sentence.
@@ -51,7 +57,8 @@ def check_strategy(
             )
     check = spec.checker()
     if check is not None:
-        check(strategy, StartingFacts(n, lr, batch_size, eval_batch_size))
+        facts = StartingFacts(n, lr, batch_size, eval_batch_size, loss_fn, float_targets)
+        check(strategy, facts)
 
 
 def make_runner(
@@ -79,7 +86,13 @@ def make_runner(
         ValueError: When the strategy cannot run on the data (see :func:`check_strategy`).
     """
     check_strategy(
-        strategy, splits.num_train, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size
+        strategy,
+        splits.num_train,
+        lr=lr,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        loss_fn=loss_fn,
+        float_targets=splits.train_y.is_floating_point(),
     )
     settings = SGDSettings(loss_fn, lr, batch_size, momentum, weight_decay, seed)
     context = RunnerContext(model, splits, settings, eval_batch_size, evaluations, optimizer_state)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from hfft.experiment.data.splits import DataSplits
     from hfft.experiment.strategies.interface import Runner, SGDSettings
+    from hfft.optim.output_hessians import Loss
 
 __all__ = [
     "KINDS",
@@ -48,6 +49,7 @@ __all__ = [
     "StartingFacts",
     "Strategy",
     "StrategyEntry",
+    "StrategyUnavailable",
     "canonical_label",
     "entries",
     "entry",
@@ -76,13 +78,23 @@ _OWN = "hfft.experiment.strategies."
 @dataclass(frozen=True)
 class StartingFacts:
     """What a strategy is checked against before any run: the training samples, the
-    checkpoint's SGD rate and batch size (``None`` where it records none) and
-    ``--eval-batch-size``."""
+    checkpoint's SGD rate and batch size (``None`` where it records none),
+    ``--eval-batch-size``, and the run's loss (``None``: not known to the caller) with
+    whether its targets are floating point (regression, multi-label, class probabilities):
+    what a method that knows only some losses (K-FAC) asks."""
 
     n_train: int
     lr: float | None
     batch_size: int | None
     eval_batch_size: int | None
+    loss_fn: Loss | None = None
+    float_targets: bool = False
+
+
+class StrategyUnavailable(ValueError):
+    """A strategy that cannot run on this problem or installation whatever its options (a
+    loss it does not support, a package not installed), in one sentence: refused when
+    named, left out with a note when a ``compare`` suite added it."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,8 @@ class StrategyEntry:
         build: ``build(strategy, context) -> Runner``, or ``"module:function"``
             inside :mod:`hfft.experiment.strategies`.
         check: ``check(strategy, facts)`` raising a one-sentence ``ValueError``
-            when the strategy cannot run on the data (same forms as ``build``).
+            when the strategy cannot run on the data, a :class:`StrategyUnavailable`
+            where no option would help (same forms as ``build``).
         kind: One of :data:`KINDS`.
         suites: The ``compare --suite`` values that include it.
         batch_option: The option that sets its batch size (``m``, ``batch_size``).

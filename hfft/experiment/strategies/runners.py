@@ -53,6 +53,7 @@ __all__ = [
     "check_sgd",
     "check_sgd_batch",
     "hf_batch_sizes",
+    "kfac_loss_problem",
     "sgd_settings",
     "sgd_update",
 ]
@@ -211,7 +212,7 @@ class HFRunner(Runner):
         self.opt = HessianFree(param_groups(model, weight_decay), **opts)
         self.sampler = BatchSampler(n, seed=seed, device=splits.train_y.device)
         self.step_samples = self.m
-        self.progress = HFProgress(self.m, self.m_bar, n)
+        self.progress = HFProgress(self.m, self.m_bar, n, rho_batch=self.opt.defaults["rho_batch"])
         self.local_m = len(range(n)[distributed.shard(self.m)])
         draw = functools.partial(_disjoint_pair, self.sampler, self.m, self.m_bar)
         self.batches = BatchStream(splits.train_x, splits.train_y, draw)
@@ -252,27 +253,31 @@ def _disjoint_pair(sampler: BatchSampler, m: int, m_bar: int) -> Tensor:
     return torch.cat([idx[distributed.shard(m)], idx_bar[distributed.shard(m_bar)]])
 
 
-def hf_batch_sizes(m: int | None, n: int, eval_batch_size: int | None) -> tuple[int, int]:
+def hf_batch_sizes(
+    m: int | None, n: int, eval_batch_size: int | None, *, method: str = "HF", name: str = "hf"
+) -> tuple[int, int]:
     """HF's batch sizes, B (``m``, default min(2048, n/2)) and B̄, checked against ``n`` samples.
 
-    B̄ defaults to min(1024, n − m).
+    B̄ defaults to min(1024, n − m). ``kfac`` draws the same batches: its errors name
+    ``method`` (``K-FAC``) and the strategy ``name`` (``kfac``).
 
     Raises:
         ValueError: If B and B̄ cannot be two disjoint batches of the training set.
     """
-    what = f"hf:m={m}" if m is not None else "the default m"
+    what = f"{name}:m={m}" if m is not None else "the default m"
     m = default_m(n) if m is None else int(m)
     if m < 1 or m >= n:
         raise ValueError(
-            f"HF's batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
-            f"leaving samples for its second batch B̄; choose hf:m={max(1, largest_m(n))} or less"
+            f"{method}'s batch B ({what}) must hold 1 to {n - 1} of the {n} training samples, "
+            f"leaving samples for its second batch B̄; choose {name}:m={max(1, largest_m(n))} "
+            "or less"
         )
     m_bar = min(DEFAULT_EVAL_BATCH, n - m) if eval_batch_size is None else eval_batch_size
     if m_bar < 1 or m + m_bar > n:
         raise ValueError(
-            f"HF needs two disjoint batches of the {n} training samples, B of {m} ({what}) "
+            f"{method} needs two disjoint batches of the {n} training samples, B of {m} ({what}) "
             f"and B̄ of {m_bar} (--eval-batch-size), but {m + m_bar} do not fit; choose a "
-            "smaller hf:m= or --eval-batch-size"
+            f"smaller {name}:m= or --eval-batch-size"
         )
     return m, m_bar
 
@@ -317,14 +322,38 @@ def check_sgd(strategy: Strategy, facts: StartingFacts) -> None:
     check_sgd_batch(sgd_settings(strategy, facts.lr, facts.batch_size)[1], facts.n_train)
 
 
+def kfac_loss_problem(facts: StartingFacts) -> str | None:
+    """Why K-FAC cannot take the run's loss (:func:`hfft.optim.kfac.unsupported_loss`), in
+    one sentence; ``None`` when it can or the caller does not know the loss."""
+    if facts.loss_fn is None:
+        return None
+    from hfft.optim.kfac import unsupported_loss
+
+    return unsupported_loss(facts.loss_fn, float_targets=facts.float_targets)
+
+
 def check_hf(strategy: Strategy, facts: StartingFacts) -> None:
-    """HF's batches B and B̄ fit the data (:func:`hf_batch_sizes`).
+    """HF's batches B and B̄ fit the data (:func:`hf_batch_sizes`), and K-FAC as CG's
+    preconditioner supports the loss and runs in one process.
 
     Raises:
         ValueError: If not, in one sentence.
     """
     m = strategy.options.get("m")
     hf_batch_sizes(None if m is None else int(m), facts.n_train, facts.eval_batch_size)
+    if strategy.options.get("preconditioner") == "kfac":
+        if (problem := kfac_loss_problem(facts)) is not None:
+            raise ValueError(
+                f"HF's preconditioner=kfac cannot be used here: {problem}; choose "
+                "preconditioner=empirical-fisher or none"
+            )
+        from hfft.optim import distributed
+
+        if distributed.is_distributed():  # else refused at the first step, after the setup
+            raise ValueError(
+                "hf:preconditioner=kfac runs in one process only (K-FAC's factors are not "
+                "summed over ranks); run it without torchrun"
+            )
 
 
 def build_sgd(strategy: Strategy, context: RunnerContext) -> SGDRunner:
