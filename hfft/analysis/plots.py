@@ -317,7 +317,7 @@ def plot_budget_curves(
         _budget_panel(ax, groups, colors, metric, scale, handles)
         ax.set_ylabel(ylabel)
         ax.set_title(title_)
-    fig.suptitle(title)
+    fig.suptitle(title, x=0.01, ha="left")  # clear of the legend at the right
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right upper")
     return _save(fig, path)

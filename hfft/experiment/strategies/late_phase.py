@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ from hfft.experiment.interrupts import signals_held
 from hfft.experiment.limits import LIMITS
 from hfft.experiment.strategies.catalog import ADAM_DEFAULT_LR, default_m
 from hfft.experiment.strategies.runners import (
+    FromSettings,
     SampledRunner,
     ScheduledRunner,
     SGDSettings,
@@ -89,23 +90,7 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-class _FromSettings:
-    """A runner built from its strategy, the model, its data and the checkpoint's settings:
-    the registry's builder is the class's :meth:`build`."""
-
-    if TYPE_CHECKING:
-
-        def __init__(
-            self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
-        ) -> None: ...
-
-    @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> Self:
-        """The runner of ``strategy`` (the registry's builder)."""
-        return cls(strategy, context.model, context.splits, context.settings)
-
-
-class SWARunner(SampledRunner, _FromSettings):
+class SWARunner(SampledRunner, FromSettings):
     """SGD, then SWALR and an ``AveragedModel`` of the iterates from ``start`` on."""
 
     def __init__(
@@ -185,7 +170,7 @@ def lbfgs_batch(strategy: Strategy, n: int) -> int:
     return m
 
 
-class LBFGSRunner(SampledRunner, _FromSettings):
+class LBFGSRunner(SampledRunner, FromSettings):
     """``torch.optim.LBFGS`` (strong Wolfe) on one batch per step, in HF's model mode."""
 
     def __init__(
@@ -344,7 +329,7 @@ class AdamRunner(ScheduledRunner):
                          "moments": self.moments, "schedule": schedule}}  # fmt: skip
 
 
-class ScheduleFreeRunner(SampledRunner, _FromSettings):
+class ScheduleFreeRunner(SampledRunner, FromSettings):
     """``schedulefree.SGDScheduleFree``; its x (``eval()``) is evaluated and saved."""
 
     def __init__(

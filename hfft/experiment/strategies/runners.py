@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     Batch = tuple[Batchable, Tensor]
 
 __all__ = [
+    "FromSettings",
     "HFRunner",
     "Runner",
     "SGDRunner",
@@ -80,6 +81,22 @@ def sgd_update(
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+class FromSettings:
+    """A runner built from its strategy, the model, its data and the checkpoint's settings:
+    the registry's builder is the class's :meth:`build`."""
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
+        ) -> None: ...
+
+    @classmethod
+    def build(cls, strategy: Strategy, context: RunnerContext) -> Self:
+        """The runner of ``strategy`` (the registry's builder)."""
+        return cls(strategy, context.model, context.splits, context.settings)
 
 
 class SampledRunner(Runner):

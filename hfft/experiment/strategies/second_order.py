@@ -37,14 +37,14 @@ from torch import nn
 
 from hfft.experiment.strategies.catalog import SOAP_DEFAULT_LR
 from hfft.experiment.strategies.registry import StrategyUnavailable
-from hfft.experiment.strategies.runners import SampledRunner, check_sgd_batch
+from hfft.experiment.strategies.runners import FromSettings, SampledRunner, check_sgd_batch
 from hfft.models import param_groups
 
 if TYPE_CHECKING:
     from hfft.experiment.data.splits import DataSplits
     from hfft.experiment.records import RunnerReport, SGDStepEntry
     from hfft.experiment.strategies.interface import SGDSettings
-    from hfft.experiment.strategies.registry import RunnerContext, StartingFacts, Strategy
+    from hfft.experiment.strategies.registry import StartingFacts, Strategy
 
 __all__ = ["EXTRA", "MUON_DECAY", "MuonRunner", "SOAPRunner", "check_muon", "check_soap"]
 
@@ -80,13 +80,8 @@ def _batch_size(strategy: Strategy, batch_size: int | None) -> int:
     return int(size)
 
 
-class SOAPRunner(SampledRunner):
+class SOAPRunner(SampledRunner, FromSettings):
     """``pytorch_optimizer.SOAP`` on SGD's seeded batches."""
-
-    @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> SOAPRunner:
-        """The runner of ``soap`` (the registry's builder)."""
-        return cls(strategy, context.model, context.splits, context.settings)
 
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
@@ -161,13 +156,8 @@ MUON_DECAY = "decoupled (AdamW-style): θ ← (1 − lr · weight_decay) θ, at 
 rate ``lr`` as given (``adjust_lr_fn`` scales only the orthogonalised update)."""
 
 
-class MuonRunner(SampledRunner):
+class MuonRunner(SampledRunner, FromSettings):
     """``torch.optim.Muon`` on the weight matrices and SGD on the rest, on SGD's batches."""
-
-    @classmethod
-    def build(cls, strategy: Strategy, context: RunnerContext) -> MuonRunner:
-        """The runner of ``muon`` (the registry's builder)."""
-        return cls(strategy, context.model, context.splits, context.settings)
 
     def __init__(
         self, strategy: Strategy, model: nn.Module, splits: DataSplits, settings: SGDSettings
