@@ -259,20 +259,26 @@ class _RecordingExecutor:
         return type("Job", (), {"job_id": str(index)})()
 
 
-def test_local_tasks_get_their_own_gpus_round_robin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def executors(monkeypatch: pytest.MonkeyPatch) -> list[_RecordingExecutor]:
+    """submitit's LocalExecutor replaced by recording ones, listed as ``submit`` makes them."""
     import submitit
 
-    import hfft.analysis.job_array as job_array
-
-    executors: list[_RecordingExecutor] = []
+    made: list[_RecordingExecutor] = []
 
     def local_executor(folder: Path) -> _RecordingExecutor:
-        executors.append(_RecordingExecutor(folder))
-        return executors[-1]
+        made.append(_RecordingExecutor(folder))
+        return made[-1]
 
     monkeypatch.setattr(submitit, "LocalExecutor", local_executor)
+    return made
+
+
+def test_local_tasks_get_their_own_gpus_round_robin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executors: list[_RecordingExecutor]
+) -> None:
+    import hfft.analysis.job_array as job_array
+
     (tmp_path / "a.safetensors").touch()  # it exists: enough to submit
     config = CompareConfig(
         checkpoints=(str(tmp_path / "a.safetensors"),), device="cuda", out=str(tmp_path / "cmp")
@@ -369,20 +375,12 @@ def test_one_local_task_is_one_shard_and_says_its_threads() -> None:
 def test_local_tasks_share_the_cores(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    executors: list[_RecordingExecutor],
     omp: str | None,
     shards: int,
     threads: int,
     cores: int | None,
 ) -> None:
-    import submitit
-
-    executors: list[_RecordingExecutor] = []
-
-    def local_executor(folder: Path) -> _RecordingExecutor:
-        executors.append(_RecordingExecutor(folder))
-        return executors[-1]
-
-    monkeypatch.setattr(submitit, "LocalExecutor", local_executor)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
