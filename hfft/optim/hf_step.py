@@ -47,7 +47,7 @@ from hfft.optim.preconditioner import empirical_fisher_diagonal, preconditioner_
 from hfft.optim.step_context import Timer
 from hfft.optim.step_record import StepRecord
 
-__all__ = ["Choice", "HFStep", "write_flat"]
+__all__ = ["Choice", "HFStep", "curvature_size", "write_flat"]
 
 Batch = tuple[Tensor, Tensor]
 
@@ -60,6 +60,12 @@ def write_flat(params: Sequence[Tensor], flat: Tensor) -> None:
         n = p.numel()
         p.copy_(flat[offset : offset + n].view_as(p))
         offset += n
+
+
+def curvature_size(fraction: float, n: int) -> int:
+    """How many of B's ``n`` samples CG's curvature products take: ⌈fraction · n⌉ (all of B
+    at a fraction of 1)."""
+    return n if fraction >= 1 else max(1, math.ceil(fraction * n))
 
 
 @dataclass(frozen=True)
@@ -113,10 +119,7 @@ class HFStep:
         )
         self.hp, self.damping, self.radius = hp, damping, radius
         # sub-sampled curvature: the first part of B (itself a random draw) is S
-        n = int(targets[0].shape[0])
-        self.n_s = (
-            n if hp["curvature_fraction"] >= 1 else max(1, math.ceil(hp["curvature_fraction"] * n))
-        )
+        self.n_s = curvature_size(hp["curvature_fraction"], int(targets[0].shape[0]))
         self.timer = Timer(theta.device)
         self.times: dict[str, float] = dict.fromkeys(
             ("gradient", "preconditioner", "cg", "eval", "backtracking", "linesearch"), 0.0

@@ -40,7 +40,7 @@ from hfft.optim.curvature import (
 )
 from hfft.optim.damping import MAX_DAMPING_FACTOR, raise_damping
 from hfft.optim.flat import flatten
-from hfft.optim.hf_step import Choice, HFStep, write_flat
+from hfft.optim.hf_step import Choice, HFStep, curvature_size, write_flat
 from hfft.optim.output_hessians import Loss, loss_normaliser
 from hfft.optim.preconditioner import (
     PRECONDITIONERS,
@@ -219,7 +219,7 @@ class HessianFree(torch.optim.Optimizer):
             return 0.0
         start = time.perf_counter()
         whole = batch_size(inputs)
-        sizes = {whole, math.ceil(hp["curvature_fraction"] * whole)}  # B, and S
+        sizes = {whole, curvature_size(hp["curvature_fraction"], whole)}  # B, and S
         with step_mode(model, hp["model_mode"]):
             self._lin_cache.trace(model, self._params(), inputs, sizes, hp["chunk_size"])
         return time.perf_counter() - start
