@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlatSpace", "ModelState", "flatten"]
+__all__ = ["FlatSpace", "ModelState", "flatten", "weight_decay_vector"]
 
 
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
     """The tensors' values concatenated into one 1-D tensor (a detached copy)."""
     return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def weight_decay_vector(groups: Iterable[Mapping[str, Any]]) -> Tensor:
+    """Each optimised entry's L2 factor, flat in the groups' order: the ``weight_decay`` of
+    its parameter group, for the parameters that require gradients."""
+    return torch.cat([
+        torch.full((p.numel(),), float(g["weight_decay"]), dtype=p.dtype, device=p.device)
+        for g in groups for p in g["params"] if p.requires_grad
+    ])  # fmt: skip
 
 
 class FlatSpace:

@@ -39,7 +39,7 @@ from hfft.optim.curvature import (
     split_batch,
 )
 from hfft.optim.damping import MAX_DAMPING_FACTOR, raise_damping
-from hfft.optim.flat import flatten
+from hfft.optim.flat import flatten, weight_decay_vector
 from hfft.optim.hf_step import Choice, HFStep, curvature_size, write_flat
 from hfft.optim.output_hessians import Loss, loss_normaliser
 from hfft.optim.preconditioner import (
@@ -253,18 +253,6 @@ class HessianFree(torch.optim.Optimizer):
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
 
-    def _wd_vector(self, params: Sequence[Tensor]) -> Tensor:
-        parts = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    parts.append(
-                        torch.full(
-                            (p.numel(),), group["weight_decay"], dtype=p.dtype, device=p.device
-                        )
-                    )
-        return torch.cat(parts)
-
     @torch.no_grad()
     def objective(self, model: nn.Module, loss_fn: Loss, batch: Batch) -> float:
         """The objective on ``batch`` at the current parameters, as :meth:`step` measures B̄.
@@ -280,7 +268,7 @@ class HessianFree(torch.optim.Optimizer):
         reduce, totals = distributed.shard_sizes([loss_normaliser(loss_fn, batch[1])], theta.device)
         total = totals[0] if totals is not None else None
         chunks = split_batch(batch[0], batch[1], hp["chunk_size"], loss_fn, total)
-        wd = self._wd_vector(params)
+        wd = weight_decay_vector(self.param_groups)
         with step_mode(model, hp["model_mode"]):
             loss = distributed.sum_float(batch_loss(model, loss_fn, chunks), reduce, theta.device)
         return loss + 0.5 * float(torch.dot(wd * theta, theta))
@@ -346,7 +334,7 @@ class HessianFree(torch.optim.Optimizer):
         targets = (batch[1], eval_batch[1])
         damping = float(g_state.get("damping", hp["damping"]))
         radius = g_state.get("radius")
-        wd = self._wd_vector(params)
+        wd = weight_decay_vector(self.param_groups)
         hf = HFStep(model, loss_fn, params, theta, wd, hp, damping, targets, radius)
         # 1. gradient and curvature on B, the objective on B̄ at θ
         op, grad, batch_f = hf.linearize(batch, eval_batch, self._lin_cache, self.profile)

@@ -34,6 +34,7 @@ from hfft.experiment.strategies.runners import hf_batch_sizes, kfac_loss_problem
 from hfft.models import param_groups
 from hfft.optim.batches import take
 from hfft.optim.damping import MAX_DAMPING_FACTOR, adapt_damping, raise_damping
+from hfft.optim.flat import weight_decay_vector
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -86,9 +87,7 @@ class KFACRunner(Runner):
         self.model, self.loss_fn, self.weight_decay = model, s.loss_fn, s.weight_decay
         groups = param_groups(model, s.weight_decay)
         self.params = [p for g in groups for p in g["params"] if p.requires_grad]
-        self.wd = torch.cat([torch.full((p.numel(),), float(g["weight_decay"]), dtype=p.dtype,
-                                        device=p.device)
-                             for g in groups for p in g["params"] if p.requires_grad])  # fmt: skip
+        self.wd = weight_decay_vector(groups)
         self.sampler = BatchSampler(n, seed=s.seed, device=splits.train_y.device)
         self.batches = BatchStream(splits.train_x, splits.train_y, self._draw)
         device = self.params[0].device
