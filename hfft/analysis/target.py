@@ -264,8 +264,7 @@ def time_to_target_entry(
         return None, [chosen]
     baseline, value = chosen
     notes = []
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    if start is not None and sign * start >= sign * value:
+    if start is not None and not _beyond(metric, value, start):
         notes.append(
             f"the checkpoint itself reaches the target ({metric_label(metric)} "
             f"{shown_value(metric, start)}, target {shown_value(metric, value)}): the time to "
@@ -295,14 +294,19 @@ def _chosen_target(
             f"no time to target: no SGD strategy has a final {metric_label(metric)} to take as "
             "the target (--target sets one)"
         )
-    sign = 1.0 if higher_is_better(metric) else -1.0
-    if start is not None and not sign * value > sign * start:
+    if start is not None and not _beyond(metric, value, start):
         return (
             f"no time to target: {baseline}'s final {metric_label(metric)} "
             f"({shown_value(metric, value)}) does not lie beyond the start "
             f"({shown_value(metric, start)}); --target sets a value to reach"
         )
     return baseline, value
+
+
+def _beyond(metric: str, value: float, start: float) -> bool:
+    """Whether ``value`` is better than the checkpoint's ``start`` (above it, or below it for
+    a loss)."""
+    return value > start if higher_is_better(metric) else value < start
 
 
 def _entry(group: list[RunSummary], metric: str, baseline: str, value: float) -> TimeToTarget:
