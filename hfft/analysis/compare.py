@@ -576,6 +576,7 @@ def _checked(
 
     kept = dict(typed)
     for src in sources:
+        loss_fn, float_targets = src.task.loss(), src.splits.train_y.is_floating_point()
         for label, strategy in list(kept.items()):
             try:
                 check_strategy(
@@ -584,8 +585,8 @@ def _checked(
                     lr=src.lr,
                     batch_size=src.batch_size,
                     eval_batch_size=config.eval_batch_size,
-                    loss_fn=src.task.loss(),
-                    float_targets=src.splits.train_y.is_floating_point(),
+                    loss_fn=loss_fn,
+                    float_targets=float_targets,
                 )
             except StrategyUnavailable as err:
                 if label not in added:
