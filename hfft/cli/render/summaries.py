@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from hfft._text import short_list
-from hfft.analysis.target import metric_label, target_header, target_rows, target_words
+from hfft.analysis.target import (
+    metric_label,
+    ratio_text,
+    target_header,
+    target_rows,
+    target_words,
+)
 
 if TYPE_CHECKING:
     from hfft.analysis.compare import CompareResult
@@ -201,8 +207,6 @@ def target_cell(ttt: Mapping[str, Any], strategy: str) -> str:
     """One strategy's time to target in one cell: ``27% (2.7×)``, ``27% (2.7×), 1 missed``
     or ``not reached (5/5)`` (seeds that missed it, of all; an older ``compare.json``
     without these counts gives ``27%`` and ``not reached``)."""
-    from hfft.analysis.target import ratio_text
-
     fraction = ttt["fractions"].get(strategy)
     missed = (ttt.get("missed") or {}).get(strategy)
     seeds = (ttt.get("seeds") or {}).get(strategy)
